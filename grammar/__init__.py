@@ -1,0 +1,1 @@
+"""Lark grammars; the compiler loads them as package data."""

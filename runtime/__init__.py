@@ -1,0 +1,1 @@
+"""The emulated i386 machine (issue 3)."""
