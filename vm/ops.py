@@ -1,0 +1,863 @@
+"""One semantic function per opcode of the instruction table (the interpreter tier).
+
+Each function takes the Machine, its pre-decoded argument and the index of the next
+entry, and returns the index to continue at (or STOP). Hot paths work on the stack list
+directly; everything that can fail goes through ``Machine.raise_exception`` so the
+exception rules live in one place. Deliberate departures from the 5.0 C code, all where
+5.0 read or wrote outside its buffers, are listed in docs/rpn.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from dprobes.vm import stacktrace
+from dprobes.vm.bytecode import Instruction
+from dprobes.vm.context import MemoryFault
+from dprobes.vm.exceptions import NO_HANDLER, OperandError
+from dprobes.vm.exceptions import ExceptionCode as Ex
+from dprobes.vm.interp import (
+    MASK32,
+    MAX_CALL_DEPTH,
+    STACK_MASK,
+    STOP,
+    ExitKind,
+    Frame,
+    Machine,
+    OpFunction,
+)
+from dprobes.vm.isa import OPS_BY_NAME, Operand, OpFlag, OpInfo
+from dprobes.vm.registers import REGISTERS_BY_INDEX, RegisterShape
+
+SIGN = 0x80000000
+TOKEN_MEMORY_FAULT, TOKEN_MEMORY, TOKEN_ASCII, TOKEN_LOG = 0xFF, 0, 1, 7
+PREFIX = 3
+
+SEMANTICS: dict[str, OpFunction] = {}
+ARGUMENTS: dict[str, Callable[[Instruction, dict[int, int]], Any]] = {}
+
+
+def semantic(*names: str) -> Callable[[OpFunction], OpFunction]:
+    """Register ``fn`` as the meaning of the named opcodes."""
+    def register(fn: OpFunction) -> OpFunction:
+        for name in names:
+            assert name in OPS_BY_NAME, name
+            SEMANTICS[name] = fn
+        return fn
+    return register
+
+
+def semantic_for(op: OpInfo) -> OpFunction:
+    return SEMANTICS[op.name]
+
+
+def build_argument(insn: Instruction, index_of: dict[int, int]) -> Any:
+    """What the semantic function gets: an entry index for branches, else the operand."""
+    special = ARGUMENTS.get(insn.op.name)
+    if special is not None:
+        return special(insn, index_of)
+    if OpFlag.RESERVED in insn.op.flags:
+        return (insn.op.code, insn.offset)
+    if insn.op.operand is Operand.REL32:
+        assert insn.target is not None
+        return index_of[insn.target]
+    return insn.operand
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 32) if value & SIGN else value
+
+
+# --- control flow -------------------------------------------------------------------
+@semantic("NOP")
+def nop(m: Machine, arg: None, nxt: int) -> int:
+    return nxt
+
+
+def take_jump(m: Machine, target: int, nxt: int) -> int:
+    """A taken jump: count it against jmpmax first."""
+    if m.jmp_count == m.jmpmax:
+        return m.raise_exception(Ex.MAX_JMPS, m.jmpmax, 0, nxt)
+    m.jmp_count += 1
+    return target
+
+
+@semantic("JMP")
+def jmp(m: Machine, target: int, nxt: int) -> int:
+    return take_jump(m, target, nxt)
+
+
+def _conditional_jump(taken: Callable[[int], bool]) -> OpFunction:
+    def jump(m: Machine, target: int, nxt: int) -> int:
+        if taken(m.stack[m.tos]):
+            return take_jump(m, target, nxt)
+        return nxt
+    return jump
+
+
+semantic("JLT")(_conditional_jump(lambda v: v >= SIGN))
+semantic("JLE")(_conditional_jump(lambda v: v == 0 or v >= SIGN))
+semantic("JGT")(_conditional_jump(lambda v: 0 < v < SIGN))
+semantic("JGE")(_conditional_jump(lambda v: v < SIGN))
+semantic("JZ")(_conditional_jump(lambda v: v == 0))
+semantic("JNZ")(_conditional_jump(lambda v: v != 0))
+
+
+@semantic("LOOP")
+def loop(m: Machine, target: int, nxt: int) -> int:
+    count = m.jmp_count
+    m.jmp_count = (count + 1) & 0xFFFF  # 5.0 counts even the loop that fails
+    if count == m.jmpmax:
+        return m.raise_exception(Ex.MAX_JMPS, m.jmpmax, 0, nxt)
+    tos = m.tos
+    value = (m.stack[tos] - 1) & MASK32
+    m.stack[tos] = value
+    return target if value else nxt
+
+
+ARGUMENTS["CALL"] = lambda insn, index_of: (index_of[insn.target], insn.target, insn.end)
+
+
+@semantic("CALL")
+def call(m: Machine, arg: tuple[int, int, int], nxt: int) -> int:
+    target, called, returns = arg
+    if len(m.frames) > MAX_CALL_DEPTH:
+        return m.raise_exception(Ex.CALL_STACK_OVERFLOW, MAX_CALL_DEPTH, 0, nxt)
+    m.frames.append(Frame(m.sbp, called, returns))
+    return target
+
+
+@semantic("RET")
+def ret(m: Machine, arg: None, nxt: int) -> int:
+    if len(m.frames) == 1:
+        return m.raise_exception(Ex.CALL_STACK_OVERFLOW, 0, 0, nxt)
+    frame = m.frames.pop()
+    m.sbp = frame.sbp
+    if m.ex_pending:
+        m.ex_hand = m.frames[-1].handler
+        return m.dispatch()
+    return m.index_of[frame.returns]
+
+
+@semantic("ABORT")
+def abort(m: Machine, arg: None, nxt: int) -> int:
+    return m.finish(ExitKind.ABORT)
+
+
+@semantic("REM")
+def rem(m: Machine, arg: None, nxt: int) -> int:
+    return m.finish(ExitKind.REM)
+
+
+@semantic("EXIT")
+def exit_(m: Machine, arg: None, nxt: int) -> int:
+    return m.finish(ExitKind.EXIT)
+
+
+@semantic("EXIT_N")
+def exit_to(m: Machine, facility: int, nxt: int) -> int:
+    if not 1 <= facility <= 3:
+        return m.raise_exception(Ex.INVALID_OPERAND, OperandError.EXIT_FACILITY, facility, nxt)
+    m.exit_to = facility
+    return m.finish(ExitKind.EXIT_TO)
+
+
+@semantic("SUSPEND", "RESUME", "ALLOC_GV", "FREE_GV", "FREE_GVI")
+def reserved(m: Machine, arg: tuple[int, int], nxt: int) -> int:
+    opcode, offset = arg
+    return m.raise_exception(Ex.INVALID_OPCODE, opcode, offset, nxt)
+
+
+ARGUMENTS["CALLK"] = lambda insn, index_of: (insn.op.code, insn.offset)
+
+
+@semantic("CALLK")
+def callk(m: Machine, arg: tuple[int, int], nxt: int) -> int:
+    if m.ctx.callk(m):
+        return nxt
+    return reserved(m, arg, nxt)
+
+
+# --- arithmetic and logic ---------------------------------------------------------
+def _binary(compute: Callable[[int, int], int]) -> OpFunction:
+    """``a b -> f(tos=b, nos=a)``: pop TOS then NOS, push the result."""
+    def binary(m: Machine, arg: None, nxt: int) -> int:
+        stack, tos = m.stack, m.tos
+        below = (tos + 1) & STACK_MASK
+        stack[below] = compute(stack[tos], stack[below]) & MASK32
+        m.tos = below
+        return nxt
+    return binary
+
+
+def _rotate_left(value: int, count: int) -> int:
+    count &= 31
+    return ((value << count) | (value >> (32 - count))) & MASK32
+
+
+semantic("ADD")(_binary(lambda tos, nos: tos + nos))
+semantic("SUB")(_binary(lambda tos, nos: tos - nos))
+semantic("MUL")(_binary(lambda tos, nos: tos * nos))
+semantic("AND")(_binary(lambda tos, nos: tos & nos))
+semantic("OR")(_binary(lambda tos, nos: tos | nos))
+semantic("XOR")(_binary(lambda tos, nos: tos ^ nos))
+semantic("SHL")(_binary(lambda value, count: value << (count & 31)))
+semantic("SHR")(_binary(lambda value, count: value >> (count & 31)))
+semantic("ROL")(_binary(_rotate_left))
+semantic("ROR")(_binary(lambda value, count: _rotate_left(value, 32 - (count & 31))))
+
+
+def _in_place(compute: Callable[[int, int], int]) -> OpFunction:
+    """Rewrite TOS from itself and the u8 immediate."""
+    def in_place(m: Machine, n: int, nxt: int) -> int:
+        m.stack[m.tos] = compute(m.stack[m.tos], n) & MASK32
+        return nxt
+    return in_place
+
+
+semantic("SHL_I")(_in_place(lambda value, n: value << (n & 31)))
+semantic("SHR_I")(_in_place(lambda value, n: value >> (n & 31)))
+semantic("ROL_I")(_in_place(_rotate_left))
+semantic("ROR_I")(_in_place(lambda value, n: _rotate_left(value, 32 - (n & 31))))
+semantic("NEG")(_in_place(lambda value, _: ~value))
+
+
+@semantic("DIV", "IDIV")
+def divide(m: Machine, arg: bool, nxt: int) -> int:
+    divisor, dividend = m.pop(), m.pop()
+    if divisor == 0:
+        return m.raise_exception(Ex.DIV_BY_ZERO, 0, 0, nxt)
+    if arg:  # idiv: C truncation toward zero; INT_MIN / -1 wraps (i386 would trap)
+        a, b = _signed(dividend), _signed(divisor)
+        quotient = abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)
+        remainder = a - b * quotient
+    else:
+        quotient, remainder = divmod(dividend, divisor)
+    m.push(remainder)
+    m.push(quotient)
+    return nxt
+
+
+ARGUMENTS["DIV"] = lambda insn, index_of: False
+ARGUMENTS["IDIV"] = lambda insn, index_of: True
+
+
+def _propagate(left: bool, k: int, value: int) -> int:
+    """pbl/pbr: copy bit k-1 into every bit above (left) or below it."""
+    bit = (value >> (k - 1)) & 1
+    span = (MASK32 << (k - 1)) & MASK32 if left else (1 << k) - 1
+    return (value | span) if bit else (value & ~span & MASK32)
+
+
+def _zero(left: bool, k: int, value: int) -> int:
+    """pzl keeps the low k bits (k = 32 clears all, the i386 shift-count quirk);
+    pzr clears bits 0..k-2."""
+    if left:
+        return 0 if k == 32 else value & ((1 << k) - 1)
+    return value & (MASK32 << (k - 1)) & MASK32
+
+
+def _bit_stack(compute: Callable[[bool, int, int], int], left: bool) -> OpFunction:
+    def bit_op(m: Machine, arg: None, nxt: int) -> int:
+        k = m.pop()
+        if not 1 <= k <= 32:
+            return m.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, nxt)
+        if compute is _zero and not left and k == 1:
+            return nxt  # 5.0 returns before popping the value
+        m.push(compute(left, k, m.pop()))
+        return nxt
+    return bit_op
+
+
+def _bit_immediate(compute: Callable[[bool, int, int], int], left: bool) -> OpFunction:
+    def bit_op(m: Machine, k: int, nxt: int) -> int:
+        if not 1 <= k <= 32:
+            if compute is _propagate:
+                return m.finish(ExitKind.TERMINATED)  # 5.0: silent end, no exception
+            return m.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, nxt)
+        m.stack[m.tos] = compute(left, k, m.stack[m.tos])
+        return nxt
+    return bit_op
+
+
+semantic("PBL")(_bit_stack(_propagate, True))
+semantic("PBR")(_bit_stack(_propagate, False))
+semantic("PZL")(_bit_stack(_zero, True))
+semantic("PZR")(_bit_stack(_zero, False))
+semantic("PBL_I")(_bit_immediate(_propagate, True))
+semantic("PBR_I")(_bit_immediate(_propagate, False))
+semantic("PZL_I")(_bit_immediate(_zero, True))
+semantic("PZR_I")(_bit_immediate(_zero, False))
+
+
+# --- stack ------------------------------------------------------------------------
+@semantic("PUSH")
+def push_immediate(m: Machine, value: int, nxt: int) -> int:
+    tos = (m.tos - 1) & STACK_MASK
+    m.stack[tos] = value
+    m.tos = tos
+    return nxt
+
+
+@semantic("XCHG")
+def xchg(m: Machine, arg: None, nxt: int) -> int:
+    stack, tos = m.stack, m.tos
+    below = (tos + 1) & STACK_MASK
+    stack[tos], stack[below] = stack[below], stack[tos]
+    return nxt
+
+
+@semantic("DUP_I")
+def dup_n(m: Machine, count: int, nxt: int) -> int:
+    value = m.pop()
+    for _ in range(count):
+        m.push(value)
+    return nxt
+
+
+@semantic("DUP")
+def dup(m: Machine, arg: None, nxt: int) -> int:
+    value = m.pop()
+    count = m.pop() & 0xFF
+    for _ in range(count + 1):
+        m.push(value)
+    return nxt
+
+
+@semantic("ROS")
+def ros(m: Machine, count: int, nxt: int) -> int:
+    m.tos = (m.tos + count) & STACK_MASK
+    return nxt
+
+
+# --- variables --------------------------------------------------------------------
+def _variables(m: Machine, local: bool) -> list[int]:
+    return m.lv if local else m.gv
+
+
+def _bad_index(m: Machine, local: bool, index: int, nxt: int) -> int:
+    kind = OperandError.LOCAL_INDEX if local else OperandError.GLOBAL_INDEX
+    return m.raise_exception(Ex.INVALID_OPERAND, kind, index, nxt)
+
+
+def _var_push(local: bool, from_stack: bool) -> OpFunction:
+    def push_var(m: Machine, index: int | None, nxt: int) -> int:
+        if from_stack:
+            index = m.pop() & 0xFFFF
+        assert index is not None
+        variables = _variables(m, local)
+        if index >= len(variables):
+            return _bad_index(m, local, index, nxt)
+        m.push(variables[index])
+        return nxt
+    return push_var
+
+
+def _var_pop(local: bool, from_stack: bool, keep: bool) -> OpFunction:
+    """pop (keep=False) or move (keep=True) TOS into a variable."""
+    def store_var(m: Machine, index: int | None, nxt: int) -> int:
+        if from_stack and keep:  # move: v i -> v
+            index = m.pop() & 0xFFFF
+            value = m.peek()
+        elif from_stack:  # pop: i v ->
+            value = m.pop()
+            index = m.pop() & 0xFFFF
+        else:
+            value = m.peek() if keep else None
+        assert index is not None
+        variables = _variables(m, local)
+        if index >= len(variables):
+            return _bad_index(m, local, index, nxt)
+        if value is None:
+            value = m.pop()
+        variables[index] = value
+        return nxt
+    return store_var
+
+
+def _var_step(local: bool, from_stack: bool, step: int) -> OpFunction:
+    def step_var(m: Machine, index: int | None, nxt: int) -> int:
+        if from_stack:
+            index = m.pop() & 0xFFFF
+        assert index is not None
+        variables = _variables(m, local)
+        if index >= len(variables):
+            return _bad_index(m, local, index, nxt)
+        variables[index] = (variables[index] + step) & MASK32
+        return nxt
+    return step_var
+
+
+for _scope, _local in (("LV", True), ("GV", False)):
+    semantic(f"PUSH_{_scope}I")(_var_push(_local, False))
+    semantic(f"PUSH_{_scope}")(_var_push(_local, True))
+    semantic(f"POP_{_scope}I")(_var_pop(_local, False, False))
+    semantic(f"POP_{_scope}")(_var_pop(_local, True, False))
+    semantic(f"MOVE_{_scope}I")(_var_pop(_local, False, True))
+    semantic(f"MOVE_{_scope}")(_var_pop(_local, True, True))
+    semantic(f"INC_{_scope}I")(_var_step(_local, False, 1))
+    semantic(f"INC_{_scope}")(_var_step(_local, True, 1))
+    semantic(f"DEC_{_scope}I")(_var_step(_local, False, -1))
+    semantic(f"DEC_{_scope}")(_var_step(_local, True, -1))
+
+
+# --- registers and system variables ---------------------------------------------
+def _push_register(user: bool) -> OpFunction:
+    def push_register(m: Machine, index: int, nxt: int) -> int:
+        reg = REGISTERS_BY_INDEX.get(index)
+        if reg is None or not (reg.push_u if user else reg.push_r):
+            m.push(0)  # verified programs never get here; 5.0 pushes 0
+            return nxt
+        shape = reg.shape
+        if shape is RegisterShape.CPUID:
+            leaf = m.pop()
+            eax, ebx, ecx, edx = m.ctx.cpuid(leaf) or (0, 0, 0, 0)
+            for word in (edx, ecx, ebx, eax):
+                m.push(word)
+            return nxt
+        if shape is RegisterShape.MSR:
+            value = m.ctx.read_msr(m.pop()) or 0
+            m.push(value >> 32)
+            m.push(value)
+            return nxt
+        value = m.ctx.read_register(reg, user) or 0
+        if shape is RegisterShape.WORD:
+            m.push(value)
+        elif shape is RegisterShape.DESCRIPTOR:
+            m.push(value >> 16)
+            m.push(value & 0xFFFF)
+        elif shape is RegisterShape.X87:
+            m.push((value >> 64) & 0xFFFF)
+            m.push(value >> 32)
+            m.push(value)
+        else:
+            for shift in (96, 64, 32, 0):
+                m.push(value >> shift)
+        return nxt
+    return push_register
+
+
+def _pop_register(user: bool) -> OpFunction:
+    def pop_register(m: Machine, index: int, nxt: int) -> int:
+        value = m.pop()
+        reg = REGISTERS_BY_INDEX.get(index)
+        if reg is not None and (reg.pop_u if user else reg.pop_r):
+            m.ctx.write_register(reg, user, value)
+        return nxt
+    return pop_register
+
+
+semantic("PUSH_R")(_push_register(False))
+semantic("PUSH_U")(_push_register(True))
+semantic("POP_R")(_pop_register(False))
+semantic("POP_U")(_pop_register(True))
+
+
+def _push_value(read: Callable[[Machine], int]) -> OpFunction:
+    def push_value(m: Machine, arg: None, nxt: int) -> int:
+        m.push(read(m))
+        return nxt
+    return push_value
+
+
+semantic("PUSH_TASK")(_push_value(lambda m: m.ctx.task()))
+semantic("PUSH_PID")(_push_value(lambda m: m.ctx.pid()))
+semantic("PUSH_PROCID")(_push_value(lambda m: m.ctx.processor()))
+semantic("PUSH_WID")(_push_value(lambda m: -32))
+semantic("PUSH_LP")(_push_value(lambda m: m.log_len))
+semantic("PUSH_PLP")(_push_value(lambda m: m.prev_log_len))
+semantic("PUSH_STP")(_push_value(lambda m: m.ex_len))
+semantic("SAVE_SBP")(_push_value(lambda m: m.sbp))
+semantic("SAVE_TSP")(_push_value(lambda m: m.tos))
+
+
+# --- memory and IO ----------------------------------------------------------------
+def _push_memory(width: int) -> OpFunction:
+    def push_memory(m: Machine, arg: None, nxt: int) -> int:
+        address = m.pop()
+        try:
+            data = m.ctx.read_memory(address, width)
+        except MemoryFault:
+            return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
+        if width == 8:
+            m.push(int.from_bytes(data[4:], "little"))
+            data = data[:4]
+        m.push(int.from_bytes(data, "little"))
+        return nxt
+    return push_memory
+
+
+def _pop_memory(width: int) -> OpFunction:
+    def pop_memory(m: Machine, arg: None, nxt: int) -> int:
+        value = m.pop()
+        if width == 8:
+            value |= m.pop() << 32
+        address = m.pop()
+        try:
+            m.ctx.write_memory(address, (value & ((1 << 8 * width) - 1)).to_bytes(width, "little"))
+        except MemoryFault:
+            return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
+        return nxt
+    return pop_memory
+
+
+for _width in (1, 2, 4, 8):
+    semantic(f"PUSH_MEM_U{8 * _width}")(_push_memory(_width))
+    semantic(f"POP_MEM_U{8 * _width}")(_pop_memory(_width))
+
+
+def _verify(write: bool) -> OpFunction:
+    def verify(m: Machine, arg: None, nxt: int) -> int:
+        address = m.pop()
+        try:
+            byte = m.ctx.read_memory(address, 1)
+            if write:
+                m.ctx.write_memory(address, byte)
+        except MemoryFault:
+            m.push(1)
+            return nxt
+        m.push(0)
+        return nxt
+    return verify
+
+
+semantic("VFY_R")(_verify(False))
+semantic("VFY_RW")(_verify(True))
+
+
+@semantic("SEG2LIN")
+def seg2lin(m: Machine, arg: None, nxt: int) -> int:
+    offset, selector = m.pop(), m.pop()
+    base = m.ctx.segment_base(selector)
+    if base is None:
+        return m.raise_exception(Ex.SEG_FAULT, selector, 0, nxt)
+    m.push(base + offset)
+    return nxt
+
+
+def _io_in(width: int) -> OpFunction:
+    def io_in(m: Machine, arg: None, nxt: int) -> int:
+        m.push(m.ctx.io_read(m.pop() & 0xFFFF, width))
+        return nxt
+    return io_in
+
+
+def _io_out(width: int) -> OpFunction:
+    def io_out(m: Machine, arg: None, nxt: int) -> int:
+        value = m.pop() & ((1 << 8 * width) - 1)
+        m.ctx.io_write(m.pop() & 0xFFFF, width, value)
+        return nxt
+    return io_out
+
+
+for _width in (1, 2, 4):
+    semantic(f"PUSH_IO_U{8 * _width}")(_io_in(_width))
+    semantic(f"POP_IO_U{8 * _width}")(_io_out(_width))
+
+
+# --- logging ----------------------------------------------------------------------
+def _overflow(m: Machine, nxt: int) -> int:
+    return m.raise_exception(Ex.LOG_OVERFLOW, m.log_cap, 0, nxt)
+
+
+def _log_words(m: Machine, count: int) -> None:
+    at = m.log_len
+    words = [m.pop() for _ in range(count)]
+    m.log[at:at + 4 * count] = struct.pack(f"<{count}I", *words)
+    m.log_len = at + 4 * count
+
+
+@semantic("LOG_I")
+def log_raw(m: Machine, wanted: int, nxt: int) -> int:
+    m.prev_log_len = m.log_len
+    room = min(4 * wanted, m.log_cap - m.log_len)
+    if room < 0:
+        return _overflow(m, nxt)
+    _log_words(m, room // 4)
+    if room // 4 < wanted:
+        return _overflow(m, nxt)
+    m.prev_log_len = m.log_len
+    return nxt
+
+
+@semantic("LOG")
+def log_record(m: Machine, arg: None, nxt: int) -> int:
+    wanted = m.pop() & 0xFFFF
+    start = m.prev_log_len = m.log_len
+    room = min(4 * wanted + PREFIX, m.log_cap - start)
+    if room < PREFIX:
+        return _overflow(m, nxt)
+    m.log_len += PREFIX
+    count = (room - PREFIX) // 4
+    _log_words(m, count)
+    m.log[start:start + PREFIX] = struct.pack("<BH", TOKEN_LOG, count)
+    if count < wanted:
+        return _overflow(m, nxt)
+    m.prev_log_len = m.log_len
+    return nxt
+
+
+def _fault_record(m: Machine, address: int, nxt: int) -> int:
+    """Roll back a failed ``log str``/``log mrf``: a 7-byte fault record, then EX_INVALID_ADDR."""
+    at = m.log_len
+    if at + 7 > m.log_cap:
+        return _overflow(m, nxt)
+    m.log[at:at + 7] = struct.pack("<BHI", TOKEN_MEMORY_FAULT, 4, address)
+    m.log_len = at + 7
+    return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
+
+
+@semantic("LOG_STR")
+def log_str(m: Machine, arg: None, nxt: int) -> int:
+    address, length = m.pop(), m.pop()
+    start = m.prev_log_len = m.log_len
+    length = min(length, m.log_cap - start - PREFIX)  # 5.0 let the prefix overrun logmax
+    if length < 0:
+        return _overflow(m, nxt)
+    try:
+        text = m.ctx.read_cstring(address, length)
+    except MemoryFault as fault:
+        return _fault_record(m, fault.address, nxt)
+    m.log[start:start + PREFIX + len(text)] = struct.pack("<BH", TOKEN_ASCII, len(text)) + text
+    m.log_len = m.prev_log_len = start + PREFIX + len(text)
+    return nxt
+
+
+@semantic("LOG_MRF")
+def log_mrf(m: Machine, arg: None, nxt: int) -> int:
+    address, length = m.pop(), m.pop()
+    start = m.prev_log_len = m.log_len
+    if start + length + PREFIX > m.log_cap:
+        m.log_overflow = True
+        length = m.log_cap - start - PREFIX
+        if length < 0:
+            return _overflow(m, nxt)
+    try:
+        data = m.ctx.read_memory(address, length)
+    except MemoryFault as fault:
+        return _fault_record(m, fault.address, nxt)
+    m.log[start:start + PREFIX + length] = struct.pack("<BH", TOKEN_MEMORY, length) + data
+    m.log_len = m.prev_log_len = start + PREFIX + length
+    return nxt
+
+
+def _log_variables(local: bool) -> OpFunction:
+    token = stacktrace.TOKEN_LV_ENTRY if local else stacktrace.TOKEN_GV_ENTRY
+
+    def log_variables(m: Machine, arg: None, nxt: int) -> int:
+        count, first = m.pop(), m.pop()
+        start = m.log_len
+        if start + PREFIX > m.log_cap:
+            return _overflow(m, nxt)
+        m.log[start:start + PREFIX] = bytes((token, 0, 0))
+        m.log_len = start + PREFIX
+        variables = _variables(m, local)
+        index, end, logged = first, (first + count) & MASK32, 0
+        while index < end:
+            if index >= len(variables):
+                return _bad_index(m, local, index, nxt)
+            if m.log_len + 4 > m.log_cap:
+                return _overflow(m, nxt)
+            m.log[m.log_len:m.log_len + 4] = variables[index].to_bytes(4, "little")
+            m.log_len += 4
+            logged += 1
+            m.log[start + 1:start + PREFIX] = (logged & 0xFFFF).to_bytes(2, "little")
+            index += 1
+        return nxt
+    return log_variables
+
+
+semantic("LOG_LV")(_log_variables(True))
+semantic("LOG_GV")(_log_variables(False))
+
+
+def _set_id(field: str, from_stack: bool) -> OpFunction:
+    def set_id(m: Machine, value: int | None, nxt: int) -> int:
+        setattr(m, field, (m.pop() if from_stack else value) & 0xFFFF)
+        return nxt
+    return set_id
+
+
+semantic("SETMIN_I")(_set_id("minor", False))
+semantic("SETMIN")(_set_id("minor", True))
+semantic("SETMAJ_I")(_set_id("major", False))
+semantic("SETMAJ")(_set_id("major", True))
+
+
+def _set_from_stack(field: str, mask: int = MASK32) -> OpFunction:
+    def set_value(m: Machine, arg: None, nxt: int) -> int:
+        setattr(m, field, m.pop() & mask)
+        return nxt
+    return set_value
+
+
+semantic("POP_LP")(_set_from_stack("log_len"))
+semantic("POP_STP")(_set_from_stack("ex_len"))
+semantic("RESTORE_SBP")(_set_from_stack("sbp", STACK_MASK))
+semantic("RESTORE_TSP")(_set_from_stack("tos", STACK_MASK))
+
+
+# --- exceptions and stack traces ------------------------------------------------
+ARGUMENTS["SX"] = lambda insn, index_of: insn.target
+
+
+@semantic("SX")
+def sx(m: Machine, handler: int, nxt: int) -> int:
+    m.frames[-1].handler = handler
+    return nxt
+
+
+@semantic("UX")
+def ux(m: Machine, arg: None, nxt: int) -> int:
+    m.frames[-1].handler = NO_HANDLER
+    return nxt
+
+
+@semantic("RX")
+def rx(m: Machine, arg: None, nxt: int) -> int:
+    return m.raise_user_exception()
+
+
+@semantic("PUSH_X")
+def push_x(m: Machine, arg: None, nxt: int) -> int:
+    m.push(m.ex_parm2)
+    m.push(m.ex_parm1)
+    m.push(m.cpu.ex_code)
+    return nxt
+
+
+@semantic("LOG_ST")
+def log_st(m: Machine, arg: None, nxt: int) -> int:
+    return nxt if stacktrace.log_stack_trace(m) else m.finish(ExitKind.TERMINATED)
+
+
+@semantic("PURGE_ST")
+def purge_st(m: Machine, arg: None, nxt: int) -> int:
+    m.ex_len = stacktrace.MIN_ST_SIZE
+    return nxt
+
+
+def _trace(field: str) -> OpFunction:
+    def trace(m: Machine, arg: None, nxt: int) -> int:
+        count = m.pop()
+        setattr(m.frames[-1], field, (count, m.pop()))
+        return nxt
+    return trace
+
+
+semantic("TRACE_LV")(_trace("lv_range"))
+semantic("TRACE_GV")(_trace("gv_range"))
+semantic("TRACE_PV")(_trace("pv_range"))
+
+
+# --- frame access -----------------------------------------------------------------
+def _frame_base(m: Machine, relative_to_sbp: bool) -> int:
+    return m.sbp if relative_to_sbp else m.tos
+
+
+def _frame_push(sbp: bool, immediate: bool) -> OpFunction:
+    def frame_push(m: Machine, k: int | None, nxt: int) -> int:
+        if not immediate:
+            k = _signed(m.pop())
+        assert k is not None
+        m.push(m.stack[(_frame_base(m, sbp) + k) & STACK_MASK])
+        return nxt
+    return frame_push
+
+
+def _frame_pop(sbp: bool, immediate: bool) -> OpFunction:
+    def frame_pop(m: Machine, k: int | None, nxt: int) -> int:
+        if immediate:  # the slot is computed before the value is popped
+            assert k is not None
+            slot = (_frame_base(m, sbp) + k) & STACK_MASK
+            m.stack[slot] = m.pop()
+            return nxt
+        value = m.pop()
+        k = _signed(m.pop())
+        m.stack[(_frame_base(m, sbp) + k) & STACK_MASK] = value
+        return nxt
+    return frame_pop
+
+
+def _frame_copy(sbp: bool, immediate: bool) -> OpFunction:
+    def frame_copy(m: Machine, k: int | None, nxt: int) -> int:
+        if not immediate:
+            k = _signed(m.pop())
+        assert k is not None
+        m.stack[(_frame_base(m, sbp) + k) & STACK_MASK] = m.stack[m.tos]
+        return nxt
+    return frame_copy
+
+
+for _base, _sbp in (("SBP", True), ("TSP", False)):
+    semantic(f"PUSH_{_base}")(_frame_push(_sbp, False))
+    semantic(f"PUSH_{_base}_I")(_frame_push(_sbp, True))
+    semantic(f"POP_{_base}")(_frame_pop(_sbp, False))
+    semantic(f"POP_{_base}_I")(_frame_pop(_sbp, True))
+    semantic(f"COPY_{_base}")(_frame_copy(_sbp, False))
+    semantic(f"COPY_{_base}_I")(_frame_copy(_sbp, True))
+
+
+# --- byte heap --------------------------------------------------------------------
+@semantic("MALLOC")
+def malloc(m: Machine, arg: None, nxt: int) -> int:
+    size = m.pop()
+    handle = m.heap.allocate(size)
+    if handle is None:
+        return m.raise_exception(Ex.HEAP_NOMEM, size, 0, nxt)
+    m.push(handle)
+    return nxt
+
+
+@semantic("FREE")
+def free(m: Machine, arg: None, nxt: int) -> int:
+    handle = m.pop()
+    if not m.heap.release(handle):
+        return m.raise_exception(Ex.HEAP_INVALID_HANDLE, handle, 0, nxt)
+    return nxt
+
+
+def _heap_push(width: int) -> OpFunction:
+    def heap_push(m: Machine, count: int, nxt: int) -> int:
+        offset, handle = m.pop(), m.pop()
+        size = m.heap.block_size(handle)
+        if size is None:
+            return m.raise_exception(Ex.HEAP_INVALID_HANDLE, handle, offset, nxt)
+        for _ in range(count):
+            if offset + width > size:
+                return m.raise_exception(Ex.HEAP_INVALID_OFFSET, handle, offset, nxt)
+            value = m.heap.load(handle, offset, width)
+            m.push(value)
+            if width == 8:  # 5.0 pushes the value truncated to a word, twice
+                m.push(value)
+            offset += width
+        return nxt
+    return heap_push
+
+
+def _heap_pop(width: int) -> OpFunction:
+    def heap_pop(m: Machine, count: int, nxt: int) -> int:
+        offset, handle = m.pop(), m.pop()
+        size = m.heap.block_size(handle)
+        if size is None:
+            return m.raise_exception(Ex.HEAP_INVALID_HANDLE, handle, offset, nxt)
+        for _ in range(count):
+            if offset + width > size:  # 5.0 let poph u8 write one byte past the block
+                return m.raise_exception(Ex.HEAP_INVALID_OFFSET, handle, offset, nxt)
+            if width == 8:
+                m.heap.store(handle, offset, 4, m.pop())
+                m.heap.store(handle, offset + 4, 4, m.pop())
+            else:
+                m.heap.store(handle, offset, width, m.pop())
+            offset += width
+        return nxt
+    return heap_pop
+
+
+for _width in (1, 2, 4, 8):
+    semantic(f"PUSHH_U{8 * _width}_I")(_heap_push(_width))
+    semantic(f"POPH_U{8 * _width}_I")(_heap_pop(_width))
+
+assert STOP < 0
