@@ -1,0 +1,154 @@
+"""``dpc exec``: fire one probe handler against a context given on the command line.
+
+This is the conformance entry point; its JSON output is a fixed contract (see the
+README): exit, exit_to, exception, log, ex_log, stack, lv, gv, major, minor, jumps, mem.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from dprobes.vm.api import VM, FireResult
+from dprobes.vm.context import MemoryContext
+from dprobes.vm.registers import REGISTERS_BY_NAME
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used; reported with exit status 2."""
+
+
+def parse_int(text: str, what: str) -> int:
+    """Decimal, 0x-hex, 0o, 0b or negative integer from the command line."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(f"{what}: '{text}' is not a number") from None
+
+
+def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values or ():
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise UsageError(f"{option} takes KEY=VALUE, got '{value}'")
+        out.append((key.strip(), rest.strip()))
+    return out
+
+
+def add_exec_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probe", type=int, default=0, help="probe index in file order")
+    parser.add_argument("--reg", action="append", metavar="NAME=VALUE",
+                        help="register value; u.NAME for the user-mode set (repeatable)")
+    parser.add_argument("--mem", action="append", metavar="ADDR=HEXBYTES",
+                        help="readable/writable memory; every other address faults")
+    parser.add_argument("--lv", action="append", metavar="I=V", help="local variable")
+    parser.add_argument("--gv", action="append", metavar="I=V", help="global variable")
+    parser.add_argument("--pid", default="0", help="value of push pid")
+    parser.add_argument("--task", default="0", help="value of push task")
+    parser.add_argument("--cpu", default="0", help="value of push procid")
+    parser.add_argument("--io", action="append", metavar="PORT=VALUE", help="IO port value")
+    parser.add_argument("--seg", action="append", metavar="SEL=BASE",
+                        help="valid segment selector and its base (seg2lin)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="fire the handler N times on the same VM, report the last")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+@dataclass
+class ExecSetup:
+    context: MemoryContext
+    regions: list[tuple[str, int]]  # (address as given, address)
+
+
+def build_context(args: argparse.Namespace) -> ExecSetup:
+    regs: dict[str, int] = {}
+    user: dict[str, int] = {}
+    for name, value in _pairs(args.reg, "--reg"):
+        target, bare = (user, name[2:]) if name.lower().startswith("u.") else (regs, name)
+        if bare.lower() not in REGISTERS_BY_NAME:
+            raise UsageError(f"--reg: unknown register '{bare}'")
+        target[bare.lower()] = parse_int(value, f"--reg {name}")
+    memory: dict[int, bytes] = {}
+    regions = []
+    for address_text, hex_bytes in _pairs(args.mem, "--mem"):
+        address = parse_int(address_text, "--mem address") & 0xFFFFFFFF
+        try:
+            memory[address] = bytes.fromhex(hex_bytes)
+        except ValueError:
+            raise UsageError(f"--mem {address_text}: '{hex_bytes}' is not hex bytes") from None
+        regions.append((address_text, address))
+    context = MemoryContext(
+        regs, user, memory,
+        pid=parse_int(args.pid, "--pid"),
+        task=parse_int(args.task, "--task"),
+        processor=parse_int(args.cpu, "--cpu"),
+        ports={parse_int(p, "--io port"): parse_int(v, "--io value")
+               for p, v in _pairs(args.io, "--io")},
+        segments={parse_int(s, "--seg selector"): parse_int(b, "--seg base")
+                  for s, b in _pairs(args.seg, "--seg")},
+    )
+    return ExecSetup(context, regions)
+
+
+def _set_variables(values: list[int], pairs: list[tuple[str, str]], option: str) -> None:
+    for index_text, value_text in pairs:
+        index = parse_int(index_text, option)
+        if not 0 <= index < len(values):
+            raise UsageError(f"{option} {index}: index out of range 0..{len(values) - 1}")
+        values[index] = parse_int(value_text, option) & 0xFFFFFFFF
+
+
+def execute(vm: VM, args: argparse.Namespace) -> tuple[FireResult, ExecSetup]:
+    if not 0 <= args.probe < len(vm.program.probes):
+        raise UsageError(f"--probe {args.probe}: the program has "
+                         f"{len(vm.program.probes)} probe(s)")
+    if args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    setup = build_context(args)
+    _set_variables(vm.locals, _pairs(args.lv, "--lv"), "--lv")
+    _set_variables(vm.globals.values, _pairs(args.gv, "--gv"), "--gv")
+    result = None
+    for _ in range(args.repeat):
+        result = vm.fire(args.probe, setup.context)
+    assert result is not None
+    return result, setup
+
+
+def result_json(result: FireResult, vm: VM, setup: ExecSetup) -> dict:
+    """The fixed ``dpc exec --json`` object."""
+    exception = result.exception
+    return {
+        "exit": result.exit.value,
+        "exit_to": result.exit_to,
+        "exception": None if exception is None else {
+            "code": int(exception.code), "parm1": exception.parm1, "parm2": exception.parm2,
+        },
+        "log": result.log.hex(),
+        "ex_log": result.ex_log.hex(),
+        "stack": list(result.stack),
+        "lv": list(vm.locals),
+        "gv": list(vm.globals.values),
+        "major": result.major,
+        "minor": result.minor,
+        "jumps": result.jumps,
+        "mem": {given: setup.context.region_bytes(address).hex()
+                for given, address in setup.regions},
+    }
+
+
+def result_text(result: FireResult, vm: VM) -> str:
+    """A human-readable summary of one hit."""
+    lines = [f"exit: {result.exit.value}"
+             + (f" {result.exit_to}" if result.exit_to is not None else "")]
+    if result.exception is not None:
+        e = result.exception
+        lines.append(f"exception: code=0x{int(e.code):04x} parm1=0x{e.parm1:x} parm2=0x{e.parm2:x}")
+    lines.append(f"major/minor: {result.major}/{result.minor}   jumps: {result.jumps}")
+    lines.append("stack (bottom first): " + " ".join(f"0x{w:x}" for w in result.stack))
+    lines.append(f"log ({len(result.log)} bytes): {result.log.hex(' ')}")
+    if result.ex_log:
+        lines.append(f"exception log ({len(result.ex_log)} bytes): {result.ex_log.hex(' ')}")
+    if vm.locals:
+        lines.append("lv: " + " ".join(f"0x{v:x}" for v in vm.locals))
+    return "\n".join(lines)
