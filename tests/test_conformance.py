@@ -9,11 +9,11 @@ import pytest
 
 from dprobes.compiler import cli
 from dprobes.compiler.pipeline import compile_rpn
+from dprobes.tests.corpus import Case, load_corpus
 from dprobes.vm import interp
 from dprobes.vm.bytecode import decode_range
 from dprobes.vm.exceptions import ExceptionCode
 from dprobes.vm.isa import TABLE
-from tests.corpus import Case, load_corpus
 
 CASES = load_corpus()
 
