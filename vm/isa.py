@@ -34,17 +34,19 @@ from dprobes.vm.exceptions import ExceptionCode as Ex
 class Operand(Enum):
     """Operand kinds: their encoded width, struct format and the values they accept."""
 
-    NONE = (0, "", 0, 0)
-    REL32 = (4, "<i", -(2**31), 2**31 - 1)  # branch target, relative to end of operand
-    IMM32 = (4, "<I", 0, 2**32 - 1)  # immediate word (negative text values wrap)
-    U8 = (1, "<B", 0, 0xFF)
-    U16 = (2, "<H", 0, 0xFFFF)
-    S16 = (2, "<h", -(2**15), 2**15 - 1)
-    REG = (2, "<H", 0, 0xFFFF)  # register index, see vm.registers
-    LV = (2, "<H", 0, 0xFFFF)  # local-variable index
-    GV = (2, "<H", 0, 0xFFFF)  # global-variable index
+    # (role, size, struct format, lowest, highest); the role keeps same-width kinds distinct
+    NONE = ("none", 0, "", 0, 0)
+    REL32 = ("target", 4, "<i", -(2**31), 2**31 - 1)  # branch target, relative to its end
+    IMM32 = ("word", 4, "<I", 0, 2**32 - 1)  # immediate word (negative text values wrap)
+    U8 = ("u8", 1, "<B", 0, 0xFF)
+    U16 = ("u16", 2, "<H", 0, 0xFFFF)
+    S16 = ("s16", 2, "<h", -(2**15), 2**15 - 1)
+    REG = ("register", 2, "<H", 0, 0xFFFF)  # register index, see vm.registers
+    LV = ("local", 2, "<H", 0, 0xFFFF)  # local-variable index
+    GV = ("global", 2, "<H", 0, 0xFFFF)  # global-variable index
 
-    def __init__(self, size: int, fmt: str, lo: int, hi: int) -> None:
+    def __init__(self, role: str, size: int, fmt: str, lo: int, hi: int) -> None:
+        self.role = role
         self.size = size
         self.fmt = fmt
         self.lo = lo
