@@ -1,0 +1,22 @@
+"""The README's embedding example runs as written and prints what it says."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_embedding_example_runs() -> None:
+    text = README.read_text()
+    block = re.search(r"## Embedding the VM\n\n```python\n(.*?)```", text, re.S)
+    assert block is not None
+    code = block.group(1)
+    expected = re.search(r"# (.*)$", code.strip().splitlines()[-1]).group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue().strip() == expected.strip()
