@@ -157,6 +157,10 @@ class MemoryContext(Context):
         return None
 
     def read_memory(self, address: int, size: int) -> bytes:
+        for start, data in self.regions:  # fast path: the range lies in one region
+            offset = address - start
+            if offset >= 0 and offset + size <= len(data):
+                return bytes(data[offset:offset + size])
         out = bytearray()
         while len(out) < size:
             at = (address + len(out)) & MASK32

@@ -9,6 +9,7 @@ exception rules live in one place. Deliberate departures from the 5.0 C code, al
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -197,12 +198,12 @@ def _rotate_left(value: int, count: int) -> int:
     return ((value << count) | (value >> (32 - count))) & MASK32
 
 
-semantic("ADD")(_binary(lambda tos, nos: tos + nos))
-semantic("SUB")(_binary(lambda tos, nos: tos - nos))
-semantic("MUL")(_binary(lambda tos, nos: tos * nos))
-semantic("AND")(_binary(lambda tos, nos: tos & nos))
-semantic("OR")(_binary(lambda tos, nos: tos | nos))
-semantic("XOR")(_binary(lambda tos, nos: tos ^ nos))
+semantic("ADD")(_binary(operator.add))
+semantic("SUB")(_binary(operator.sub))  # TOS - NOS: the 5.0 operand order
+semantic("MUL")(_binary(operator.mul))
+semantic("AND")(_binary(operator.and_))
+semantic("OR")(_binary(operator.or_))
+semantic("XOR")(_binary(operator.xor))
 semantic("SHL")(_binary(lambda value, count: value << (count & 31)))
 semantic("SHR")(_binary(lambda value, count: value >> (count & 31)))
 semantic("ROL")(_binary(_rotate_left))
@@ -309,20 +310,25 @@ def xchg(m: Machine, arg: None, nxt: int) -> int:
     return nxt
 
 
+def _replicate(m: Machine, value: int, copies: int) -> None:
+    """Push ``value`` ``copies`` times."""
+    stack, tos = m.stack, m.tos
+    for _ in range(copies):
+        tos = (tos - 1) & STACK_MASK
+        stack[tos] = value
+    m.tos = tos
+
+
 @semantic("DUP_I")
-def dup_n(m: Machine, count: int, nxt: int) -> int:
-    value = m.pop()
-    for _ in range(count):
-        m.push(value)
+def dup_n(m: Machine, copies: int, nxt: int) -> int:
+    _replicate(m, m.pop(), copies)
     return nxt
 
 
 @semantic("DUP")
 def dup(m: Machine, arg: None, nxt: int) -> int:
     value = m.pop()
-    count = m.pop() & 0xFF
-    for _ in range(count + 1):
-        m.push(value)
+    _replicate(m, value, (m.pop() & 0xFF) + 1)
     return nxt
 
 
@@ -333,56 +339,69 @@ def ros(m: Machine, count: int, nxt: int) -> int:
 
 
 # --- variables --------------------------------------------------------------------
-def _variables(m: Machine, local: bool) -> list[int]:
-    return m.lv if local else m.gv
-
-
 def _bad_index(m: Machine, local: bool, index: int, nxt: int) -> int:
     kind = OperandError.LOCAL_INDEX if local else OperandError.GLOBAL_INDEX
     return m.raise_exception(Ex.INVALID_OPERAND, kind, index, nxt)
 
 
 def _var_push(local: bool, from_stack: bool) -> OpFunction:
-    def push_var(m: Machine, index: int | None, nxt: int) -> int:
+    """push lv/gv: the index is the immediate, or (u16)TOS for the stack form."""
+    def push_var(m: Machine, index: int, nxt: int) -> int:
+        stack = m.stack
+        variables = m.lv if local else m.gv
+        tos = m.tos
         if from_stack:
-            index = m.pop() & 0xFFFF
-        assert index is not None
-        variables = _variables(m, local)
+            index = stack[tos] & 0xFFFF
+            tos = (tos + 1) & STACK_MASK
+            m.tos = tos
         if index >= len(variables):
             return _bad_index(m, local, index, nxt)
-        m.push(variables[index])
+        tos = (tos - 1) & STACK_MASK
+        stack[tos] = variables[index]
+        m.tos = tos
         return nxt
     return push_var
 
 
-def _var_pop(local: bool, from_stack: bool, keep: bool) -> OpFunction:
-    """pop (keep=False) or move (keep=True) TOS into a variable."""
-    def store_var(m: Machine, index: int | None, nxt: int) -> int:
-        if from_stack and keep:  # move: v i -> v
-            index = m.pop() & 0xFFFF
-            value = m.peek()
-        elif from_stack:  # pop: i v ->
-            value = m.pop()
-            index = m.pop() & 0xFFFF
-        else:
-            value = m.peek() if keep else None
-        assert index is not None
-        variables = _variables(m, local)
-        if index >= len(variables):
+def _var_pop(local: bool, from_stack: bool) -> OpFunction:
+    """pop lv/gv: ``v ->`` with an immediate index, ``i v ->`` for the stack form."""
+    def pop_var(m: Machine, index: int, nxt: int) -> int:
+        stack = m.stack
+        variables = m.lv if local else m.gv
+        tos = m.tos
+        value = stack[tos]
+        if from_stack:
+            tos = (tos + 1) & STACK_MASK
+            index = stack[tos] & 0xFFFF
+            m.tos = (tos + 1) & STACK_MASK
+        if index >= len(variables):  # the immediate form leaves v on the stack
             return _bad_index(m, local, index, nxt)
-        if value is None:
-            value = m.pop()
+        if not from_stack:
+            m.tos = (tos + 1) & STACK_MASK
         variables[index] = value
         return nxt
-    return store_var
+    return pop_var
+
+
+def _var_move(local: bool, from_stack: bool) -> OpFunction:
+    """move lv/gv: store TOS without popping it (``v i -> v`` for the stack form)."""
+    def move_var(m: Machine, index: int, nxt: int) -> int:
+        if from_stack:
+            index = m.pop() & 0xFFFF
+        variables = m.lv if local else m.gv
+        if index >= len(variables):
+            return _bad_index(m, local, index, nxt)
+        variables[index] = m.stack[m.tos]
+        return nxt
+    return move_var
 
 
 def _var_step(local: bool, from_stack: bool, step: int) -> OpFunction:
-    def step_var(m: Machine, index: int | None, nxt: int) -> int:
+    """inc/dec lv/gv, wrapping at 32 bits."""
+    def step_var(m: Machine, index: int, nxt: int) -> int:
         if from_stack:
             index = m.pop() & 0xFFFF
-        assert index is not None
-        variables = _variables(m, local)
+        variables = m.lv if local else m.gv
         if index >= len(variables):
             return _bad_index(m, local, index, nxt)
         variables[index] = (variables[index] + step) & MASK32
@@ -391,16 +410,12 @@ def _var_step(local: bool, from_stack: bool, step: int) -> OpFunction:
 
 
 for _scope, _local in (("LV", True), ("GV", False)):
-    semantic(f"PUSH_{_scope}I")(_var_push(_local, False))
-    semantic(f"PUSH_{_scope}")(_var_push(_local, True))
-    semantic(f"POP_{_scope}I")(_var_pop(_local, False, False))
-    semantic(f"POP_{_scope}")(_var_pop(_local, True, False))
-    semantic(f"MOVE_{_scope}I")(_var_pop(_local, False, True))
-    semantic(f"MOVE_{_scope}")(_var_pop(_local, True, True))
-    semantic(f"INC_{_scope}I")(_var_step(_local, False, 1))
-    semantic(f"INC_{_scope}")(_var_step(_local, True, 1))
-    semantic(f"DEC_{_scope}I")(_var_step(_local, False, -1))
-    semantic(f"DEC_{_scope}")(_var_step(_local, True, -1))
+    for _suffix, _from_stack in (("I", False), ("", True)):
+        semantic(f"PUSH_{_scope}{_suffix}")(_var_push(_local, _from_stack))
+        semantic(f"POP_{_scope}{_suffix}")(_var_pop(_local, _from_stack))
+        semantic(f"MOVE_{_scope}{_suffix}")(_var_move(_local, _from_stack))
+        semantic(f"INC_{_scope}{_suffix}")(_var_step(_local, _from_stack, 1))
+        semantic(f"DEC_{_scope}{_suffix}")(_var_step(_local, _from_stack, -1))
 
 
 # --- registers and system variables ---------------------------------------------
@@ -476,15 +491,19 @@ semantic("SAVE_TSP")(_push_value(lambda m: m.tos))
 # --- memory and IO ----------------------------------------------------------------
 def _push_memory(width: int) -> OpFunction:
     def push_memory(m: Machine, arg: None, nxt: int) -> int:
-        address = m.pop()
+        stack, tos = m.stack, m.tos
+        address = stack[tos]
         try:
             data = m.ctx.read_memory(address, width)
         except MemoryFault:
+            m.tos = (tos + 1) & STACK_MASK
             return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
-        if width == 8:
-            m.push(int.from_bytes(data[4:], "little"))
+        if width == 8:  # addr -> hi lo
+            stack[tos] = int.from_bytes(data[4:], "little")
+            tos = (tos - 1) & STACK_MASK
+            m.tos = tos
             data = data[:4]
-        m.push(int.from_bytes(data, "little"))
+        stack[tos] = int.from_bytes(data, "little")
         return nxt
     return push_memory
 
@@ -653,7 +672,7 @@ def _log_variables(local: bool) -> OpFunction:
             return _overflow(m, nxt)
         m.log[start:start + PREFIX] = bytes((token, 0, 0))
         m.log_len = start + PREFIX
-        variables = _variables(m, local)
+        variables = m.lv if local else m.gv
         index, end, logged = first, (first + count) & MASK32, 0
         while index < end:
             if index >= len(variables):
