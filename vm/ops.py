@@ -30,7 +30,7 @@ from dprobes.vm.interp import (
     OpFunction,
 )
 from dprobes.vm.isa import OPS_BY_NAME, Operand, OpFlag, OpInfo
-from dprobes.vm.registers import REGISTERS_BY_INDEX, RegisterShape
+from dprobes.vm.registers import REGISTERS_BY_INDEX, Register, RegisterShape
 
 SIGN = 0x80000000
 TOKEN_MEMORY_FAULT, TOKEN_MEMORY, TOKEN_ASCII, TOKEN_LOG = 0xFF, 0, 1, 7
@@ -419,51 +419,53 @@ for _scope, _local in (("LV", True), ("GV", False)):
 
 
 # --- registers and system variables ---------------------------------------------
-def _push_register(user: bool) -> OpFunction:
-    def push_register(m: Machine, index: int, nxt: int) -> int:
-        reg = REGISTERS_BY_INDEX.get(index)
-        if reg is None or not (reg.push_u if user else reg.push_r):
-            m.push(0)  # verified programs never get here; 5.0 pushes 0
-            return nxt
-        shape = reg.shape
-        if shape is RegisterShape.CPUID:
-            leaf = m.pop()
-            eax, ebx, ecx, edx = m.ctx.cpuid(leaf) or (0, 0, 0, 0)
-            for word in (edx, ecx, ebx, eax):
-                m.push(word)
-            return nxt
-        if shape is RegisterShape.MSR:
-            value = m.ctx.read_msr(m.pop()) or 0
-            m.push(value >> 32)
-            m.push(value)
-            return nxt
+def _register_argument(insn: Instruction, index_of: dict[int, int]) -> Register:
+    """The verifier has checked the register index, so hand the row itself over."""
+    return REGISTERS_BY_INDEX[insn.operand]
+
+
+def _push_wide(m: Machine, reg: Register, user: bool) -> None:
+    """Registers that are not one word: split them, or pop their argument first."""
+    shape = reg.shape
+    if shape is RegisterShape.CPUID:
+        eax, ebx, ecx, edx = m.ctx.cpuid(m.pop()) or (0, 0, 0, 0)
+        words: tuple[int, ...] = (edx, ecx, ebx, eax)
+    elif shape is RegisterShape.MSR:
+        value = m.ctx.read_msr(m.pop()) or 0
+        words = (value >> 32, value)
+    else:
         value = m.ctx.read_register(reg, user) or 0
-        if shape is RegisterShape.WORD:
-            m.push(value)
-        elif shape is RegisterShape.DESCRIPTOR:
-            m.push(value >> 16)
-            m.push(value & 0xFFFF)
+        if shape is RegisterShape.DESCRIPTOR:
+            words = (value >> 16, value & 0xFFFF)
         elif shape is RegisterShape.X87:
-            m.push((value >> 64) & 0xFFFF)
-            m.push(value >> 32)
-            m.push(value)
+            words = ((value >> 64) & 0xFFFF, value >> 32, value)
         else:
-            for shift in (96, 64, 32, 0):
-                m.push(value >> shift)
+            words = (value >> 96, value >> 64, value >> 32, value)
+    for word in words:
+        m.push(word)
+
+
+def _push_register(user: bool) -> OpFunction:
+    def push_register(m: Machine, reg: Register, nxt: int) -> int:
+        if reg.shape is RegisterShape.WORD:
+            tos = (m.tos - 1) & STACK_MASK
+            m.stack[tos] = (m.ctx.read_register(reg, user) or 0) & MASK32
+            m.tos = tos
+        else:
+            _push_wide(m, reg, user)
         return nxt
     return push_register
 
 
 def _pop_register(user: bool) -> OpFunction:
-    def pop_register(m: Machine, index: int, nxt: int) -> int:
-        value = m.pop()
-        reg = REGISTERS_BY_INDEX.get(index)
-        if reg is not None and (reg.pop_u if user else reg.pop_r):
-            m.ctx.write_register(reg, user, value)
+    def pop_register(m: Machine, reg: Register, nxt: int) -> int:
+        m.ctx.write_register(reg, user, m.pop())
         return nxt
     return pop_register
 
 
+for _name in ("PUSH_R", "PUSH_U", "POP_R", "POP_U"):
+    ARGUMENTS[_name] = _register_argument
 semantic("PUSH_R")(_push_register(False))
 semantic("PUSH_U")(_push_register(True))
 semantic("POP_R")(_pop_register(False))
@@ -772,51 +774,51 @@ semantic("TRACE_PV")(_trace("pv_range"))
 
 
 # --- frame access -----------------------------------------------------------------
-def _frame_base(m: Machine, relative_to_sbp: bool) -> int:
-    return m.sbp if relative_to_sbp else m.tos
-
-
 def _frame_push(sbp: bool, immediate: bool) -> OpFunction:
-    def frame_push(m: Machine, k: int | None, nxt: int) -> int:
+    """push sbp/tsp: push the slot k away from SBP or TOS (k popped first if not immediate)."""
+    def frame_push(m: Machine, k: int, nxt: int) -> int:
+        stack = m.stack
+        tos = m.tos
         if not immediate:
-            k = _signed(m.pop())
-        assert k is not None
-        m.push(m.stack[(_frame_base(m, sbp) + k) & STACK_MASK])
+            k = _signed(stack[tos])
+            tos = (tos + 1) & STACK_MASK
+        value = stack[((m.sbp if sbp else tos) + k) & STACK_MASK]
+        tos = (tos - 1) & STACK_MASK
+        stack[tos] = value
+        m.tos = tos
         return nxt
     return frame_push
 
 
 def _frame_pop(sbp: bool, immediate: bool) -> OpFunction:
-    def frame_pop(m: Machine, k: int | None, nxt: int) -> int:
-        if immediate:  # the slot is computed before the value is popped
-            assert k is not None
-            slot = (_frame_base(m, sbp) + k) & STACK_MASK
+    """pop sbp/tsp: store TOS in a slot; the immediate form computes the slot before popping."""
+    def frame_pop(m: Machine, k: int, nxt: int) -> int:
+        if immediate:
+            slot = ((m.sbp if sbp else m.tos) + k) & STACK_MASK
             m.stack[slot] = m.pop()
             return nxt
         value = m.pop()
         k = _signed(m.pop())
-        m.stack[(_frame_base(m, sbp) + k) & STACK_MASK] = value
+        m.stack[((m.sbp if sbp else m.tos) + k) & STACK_MASK] = value
         return nxt
     return frame_pop
 
 
 def _frame_copy(sbp: bool, immediate: bool) -> OpFunction:
-    def frame_copy(m: Machine, k: int | None, nxt: int) -> int:
+    """copy sbp/tsp: store TOS in a slot without popping it (stack form pops k first)."""
+    def frame_copy(m: Machine, k: int, nxt: int) -> int:
         if not immediate:
             k = _signed(m.pop())
-        assert k is not None
-        m.stack[(_frame_base(m, sbp) + k) & STACK_MASK] = m.stack[m.tos]
+        m.stack[((m.sbp if sbp else m.tos) + k) & STACK_MASK] = m.stack[m.tos]
         return nxt
     return frame_copy
 
 
 for _base, _sbp in (("SBP", True), ("TSP", False)):
-    semantic(f"PUSH_{_base}")(_frame_push(_sbp, False))
-    semantic(f"PUSH_{_base}_I")(_frame_push(_sbp, True))
-    semantic(f"POP_{_base}")(_frame_pop(_sbp, False))
-    semantic(f"POP_{_base}_I")(_frame_pop(_sbp, True))
-    semantic(f"COPY_{_base}")(_frame_copy(_sbp, False))
-    semantic(f"COPY_{_base}_I")(_frame_copy(_sbp, True))
+    for _suffix, _immediate in (("_I", True), ("", False)):
+        semantic(f"PUSH_{_base}{_suffix}")(_frame_push(_sbp, _immediate))
+        semantic(f"POP_{_base}{_suffix}")(_frame_pop(_sbp, _immediate))
+        semantic(f"COPY_{_base}{_suffix}")(_frame_copy(_sbp, _immediate))
 
 
 # --- byte heap --------------------------------------------------------------------
