@@ -1,0 +1,158 @@
+"""``dpc`` end to end: every command, and bad input of every kind gets exit 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dprobes.compiler import cli
+
+GOOD = """name = demo
+modtype = user
+num_lv = 1
+offset = 0
+    push r, eax
+    push 1
+    add
+    move lv, 0
+    log 1
+    exit
+"""
+
+
+def dpc(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = cli.main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return status, out, err
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.rpn"
+    path.write_text(GOOD)
+    return path
+
+
+def test_build_exec_disasm_round_trip(good: Path, tmp_path: Path, capsys) -> None:
+    out_path = tmp_path / "good.ppdf"
+    status, out, _ = dpc(capsys, "build", str(good), "-o", str(out_path))
+    assert status == 0 and out_path.exists() and "1 probe(s)" in out
+    for source in (good, out_path):  # exec and disasm take source or PPDF alike
+        status, out, _ = dpc(capsys, "exec", str(source), "--reg", "eax=41", "--json")
+        result = json.loads(out)
+        assert status == 0
+        assert result["log"] == "2a000000" and result["lv"] == [42] and result["exit"] == "exit"
+        status, out, _ = dpc(capsys, "disasm", str(source))
+        assert status == 0 and "push r, eax" in out and "move lv, 0" in out
+
+
+def test_build_default_output_name(good: Path, capsys) -> None:
+    status, _, _ = dpc(capsys, "build", str(good))
+    assert status == 0 and good.with_suffix(".ppdf").exists()
+
+
+def test_check_reports_ok(good: Path, capsys) -> None:
+    status, out, _ = dpc(capsys, "check", str(good))
+    assert status == 0 and "ok" in out
+
+
+def test_exec_contract_keys(good: Path, capsys) -> None:
+    status, out, _ = dpc(capsys, "exec", str(good), "--json", "--mem", "0x1000=aabb")
+    assert status == 0
+    assert set(json.loads(out)) == {"exit", "exit_to", "exception", "log", "ex_log", "stack",
+                                    "lv", "gv", "major", "minor", "jumps", "mem"}
+    assert json.loads(out)["mem"] == {"0x1000": "aabb"}
+
+
+def test_defines_reach_the_preprocessor(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "d.rpn"
+    path.write_text("name = d\nmodtype = user\noffset = 0\n push VALUE\n log 1\n exit\n")
+    status, out, _ = dpc(capsys, "exec", str(path), "-D", "VALUE=0x10", "--json")
+    assert status == 0 and json.loads(out)["log"] == "10000000"
+
+
+def test_help_opcodes_lists_the_table(capsys) -> None:
+    status, out, _ = dpc(capsys, "disasm", "--help-opcodes")
+    assert status == 0 and "pushh u64" in out and "TOS" in out
+
+
+BAD_INPUTS = {
+    "empty": b"",
+    "binary": bytes(range(256)) * 4,
+    "unterminated_comment": b"name = x\nmodtype = user\n/* never closed\noffset = 0\n exit\n",
+    "huge_immediate": b"name = x\nmodtype = user\noffset = 0\n push 0x100000000\n exit\n",
+    "duplicate_label": b"name = x\nmodtype = user\noffset = 0\nL:\nL:\n exit\n",
+    "undefined_label": b"name = x\nmodtype = user\noffset = 0\n jmp nowhere\n",
+    "runs_off_end": b"name = x\nmodtype = user\noffset = 0\n push 1\n",
+    "unknown_mnemonic": b"name = x\nmodtype = user\noffset = 0\n frobnicate\n exit\n",
+    "bad_register": b"name = x\nmodtype = user\noffset = 0\n pop r, eip\n exit\n",
+    "no_probes": b"name = x\nmodtype = user\n",
+    "cross_probe_jump": (b"name = x\nmodtype = user\noffset = 0\nA:\n exit\n"
+                         b"offset = 4\n jmp A\n"),
+    "bad_ppdf": b"DPPDF\r\n\x1a" + bytes(100),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("command", ["build", "check", "disasm", "exec"])
+def test_bad_input_exits_2(name: str, command: str, tmp_path: Path, capsys) -> None:
+    path = tmp_path / f"{name}.rpn"
+    path.write_bytes(BAD_INPUTS[name])
+    status, _, err = dpc(capsys, command, str(path))
+    assert status == 2, err
+    assert "error" in err
+
+
+def test_bad_input_points_at_the_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "label.rpn"
+    path.write_bytes(BAD_INPUTS["duplicate_label"])
+    _, _, err = dpc(capsys, "check", str(path))
+    assert f"{path}:5:1: error:" in err and "^" in err
+
+
+def test_ten_megabyte_file(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "big.rpn"
+    path.write_bytes(b" nop\n" * (2 * 1024 * 1024))
+    status, _, err = dpc(capsys, "check", str(path))
+    assert status == 2 and "error" in err
+
+
+def test_include_recursion(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "self.rpn"
+    path.write_text('#include "self.rpn"\n')
+    status, _, err = dpc(capsys, "check", str(path))
+    assert status == 2 and "include" in err
+
+
+def test_missing_file(tmp_path: Path, capsys) -> None:
+    status, _, err = dpc(capsys, "exec", str(tmp_path / "absent.rpn"))
+    assert status == 2 and "absent.rpn" in err
+
+
+@pytest.mark.parametrize("args", [
+    ["--probe", "3"], ["--reg", "bogus=1"], ["--reg", "eax"], ["--mem", "0x10=zz"],
+    ["--lv", "5=1"], ["--pid", "twelve"], ["--repeat", "0"],
+])
+def test_exec_usage_errors(args: list[str], good: Path, capsys) -> None:
+    status, _, err = dpc(capsys, "exec", str(good), *args)
+    assert status == 2 and "error" in err
+
+
+def test_unwritable_output(good: Path, tmp_path: Path, capsys) -> None:
+    status, _, err = dpc(capsys, "build", str(good), "-o", str(tmp_path / "no" / "x.ppdf"))
+    assert status == 2 and "cannot write" in err
+
+
+def test_real_process_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "random.rpn"
+    path.write_bytes(os.urandom(2000))
+    done = subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "build", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "error" in done.stderr
