@@ -7,10 +7,9 @@ and code longer than DProbes' u16 ``rpn_length``.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import replace
 
-from dprobes.compiler.diagnostics import DiagnosticSink, SourceLoc
+from dprobes.compiler.diagnostics import DiagnosticSink, SourceLoc, did_you_mean
 from dprobes.compiler.ir import IRInstruction, IRLabel, IRProgram
 from dprobes.vm.bytecode import encode
 from dprobes.vm.isa import Operand
@@ -42,9 +41,7 @@ def _resolve(insn: IRInstruction, end: int, probe: int,
     name = insn.operand
     assert isinstance(name, str)
     if name not in labels:
-        close = difflib.get_close_matches(name, labels, n=1)
-        hints = (f"did you mean '{close[0]}'?",) if close else ()
-        sink.error(insn.loc, f"undefined label '{name}'", *hints)
+        sink.error(insn.loc, f"undefined label '{name}'", *did_you_mean(name, labels))
         return None
     target, owner, where = labels[name]
     if owner != probe:

@@ -6,7 +6,8 @@ the command line can print all of them the same way and tests can check the fiel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -73,6 +74,12 @@ def _caret(text: str, loc: SourceLoc) -> list[str]:
     if loc.end_column is not None and loc.end_column > loc.column:
         width = loc.end_column - loc.column
     return [f"  {shown}", "  " + " " * start + "^" + "~" * (width - 1)]
+
+
+def did_you_mean(word: str, candidates: Iterable[str], shown: str = "{}") -> tuple[str, ...]:
+    """A "did you mean" hint for the closest candidate (formatted through ``shown``), or ()."""
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return (f"did you mean '{shown.format(close[0])}'?",) if close else ()
 
 
 class SourceCache:

@@ -26,11 +26,10 @@ that run off the end (the assembler and the verifier).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import replace
 
 from dprobes.compiler import rpn_ast as ast
-from dprobes.compiler.diagnostics import DiagnosticSink, SourceLoc
+from dprobes.compiler.diagnostics import DiagnosticSink, SourceLoc, did_you_mean
 from dprobes.compiler.ir import IRInstruction, IRLabel, IRProbe, IRProgram
 from dprobes.compiler.rpn_items import (
     ALL_KEYWORDS,
@@ -102,8 +101,7 @@ def _qualifier_hints(mnemonic: str, arg: ast.Arg) -> tuple[str, ...]:
                 "with a space or ','",)
     if register_named(name) is not None and (mnemonic, "r") in OPS_BY_SYNTAX:
         return (f"did you mean '{mnemonic} r, {arg.name}'?",)
-    close = difflib.get_close_matches(name, QUALIFIERS[mnemonic], n=1)
-    return (f"did you mean '{mnemonic} {close[0]}'?",) if close else ()
+    return did_you_mean(name, QUALIFIERS[mnemonic], f"{mnemonic} {{}}")
 
 
 def _wants(kind: Operand) -> str:
@@ -131,7 +129,6 @@ class _Lowering:
         self.code_started = False  # a label or instruction of the current probe was seen
         self.has_instructions = False
         self.outside_reported = False
-        self.labels: dict[str, SourceLoc] = {}
         self.probes: list[IRProbe] = []
 
     def run(self, body: list[ast.Statement]) -> IRProgram | None:
@@ -219,12 +216,6 @@ class _Lowering:
         if not self._in_probe(label.loc):
             return
         self.code_started = True
-        first = self.labels.get(label.name)
-        if first is not None:
-            self.sink.error(label.loc, f"label '{label.name}' is defined twice",
-                            f"first defined at {first}")
-            return
-        self.labels[label.name] = label.loc
         self.body.append(IRLabel(label.name, label.loc))
 
     def _instruction(self, line: ast.InstructionLine) -> None:
@@ -278,8 +269,7 @@ class _Lowering:
         if name in ALL_KEYWORDS:
             hints: tuple[str, ...] = (f"'{name}' is a keyword: write '{name} = <value>'",)
         else:
-            close = difflib.get_close_matches(name, [*MNEMONICS, *MNEMONIC_ALIASES], n=1)
-            hints = (f"did you mean '{close[0]}'?",) if close else ()
+            hints = did_you_mean(name, [*MNEMONICS, *MNEMONIC_ALIASES])
         loc = replace(line.loc, end_column=line.loc.column + len(line.mnemonic))
         self.sink.error(loc, f"unknown mnemonic '{line.mnemonic}'", *hints)
         return None
@@ -337,9 +327,8 @@ class _Lowering:
         takes = ", ".join(r.name for r in REGISTERS_BY_INDEX.values() if getattr(r, usable))
         register = register_named(arg.name)
         if register is None:
-            close = difflib.get_close_matches(arg.name.lower(), REGISTERS_BY_NAME, n=1)
-            hints = (f"did you mean '{close[0]}'?",) if close else ()
-            self.sink.error(arg.loc, f"unknown register '{arg.name}'", *hints,
+            self.sink.error(arg.loc, f"unknown register '{arg.name}'",
+                            *did_you_mean(arg.name.lower(), REGISTERS_BY_NAME),
                             f"'{_head(op)}' takes: {takes}")
             return None
         if not getattr(register, usable):

@@ -10,12 +10,11 @@ with a warning.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from dprobes.compiler import rpn_ast as ast
-from dprobes.compiler.diagnostics import DiagnosticSink, SourceLoc
+from dprobes.compiler.diagnostics import DiagnosticSink, SourceLoc, did_you_mean
 from dprobes.compiler.rpn_parser import parse_value
 from dprobes.compiler.symbols import WORD_MASK, SymbolTable
 from dprobes.vm.program import (
@@ -165,9 +164,8 @@ ALL_KEYWORDS = frozenset({*HEADER_KEYWORDS, *PROBE_STARTS, *PROBE_KEYWORDS})
 
 def unknown_keyword(item: ast.Item, sink: DiagnosticSink) -> None:
     """Report a keyword no table knows, with the closest known spelling."""
-    close = difflib.get_close_matches(item.keyword.lower(), ALL_KEYWORDS, n=1)
-    hints = (f"did you mean '{close[0]}'?",) if close else ()
-    sink.error(item.loc, f"unknown keyword '{item.keyword}'", *hints)
+    sink.error(item.loc, f"unknown keyword '{item.keyword}'",
+               *did_you_mean(item.keyword.lower(), ALL_KEYWORDS))
 
 
 @dataclass

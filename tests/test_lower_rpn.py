@@ -402,8 +402,6 @@ def test_duplicate_items_point_at_the_first() -> None:
      [("code before the first probe", 3, 1)]),
     ("name = m\nmodtype = user\noffset = 0\nexit\nminor = 3\n",
      [("'minor' comes after the probe's code", 5, 1)]),
-    ("name = m\nmodtype = user\noffset = 0\nL: exit\noffset = 1\n L: exit\n",
-     [("label 'L' is defined twice", 6, 2)]),
     ("name = m\nmodtype = user\noffset = -4\nexit\n",
      [("a probe location must be in 0..0xffffffff, not -4", 3, 10)]),
     ("name = m\nmodtype = user\noffset = main+4\nexit\n", [("unknown symbol 'main'", 3, 10)]),
@@ -412,10 +410,6 @@ def test_duplicate_items_point_at_the_first() -> None:
 ])
 def test_structure_errors(text: str, errors: list[tuple[str, int, int]]) -> None:
     assert reported(text) == errors
-
-
-def test_a_label_defined_twice_points_at_the_first() -> None:
-    assert hints(f"{HEADER}L: push 1\nL: exit\n") == ("first defined at t.rpn:6:1",)
 
 
 def test_missing_header_hints() -> None:
