@@ -46,7 +46,7 @@ def _check_register(insn: Instruction, locate, sink: DiagnosticSink) -> None:
 def _successors(insn: Instruction) -> list[int]:
     op = insn.op
     following: list[int] = []
-    if insn.falls_through or (op.name == "EXIT_N" and not 1 <= (insn.operand or 0) <= 3):
+    if insn.falls_through:  # exit_to with a bad facility raises EX_INVALID_OPERAND: no fall
         following.append(insn.end)
     if op.operand is Operand.REL32 and (OpFlag.BRANCH in op.flags or OpFlag.HANDLER in op.flags):
         assert insn.target is not None
