@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from dprobes.vm.interp import Machine
 
 MASK32 = 0xFFFFFFFF
+LIVE_SEGMENTS = frozenset({"fs", "gs"})
+"""Not saved in pt_regs: 5.0 read and wrote them on the live CPU for both register sets."""
 
 
 class MemoryFault(Exception):
@@ -103,8 +105,10 @@ class Context:
 class MemoryContext(Context):
     """A plain in-memory host for tests and embedding.
 
-    ``regs`` and ``user_regs`` map register names to values (unset user registers fall
-    back to the current set, as for a user-space probe); ``memory`` maps a start address
+    ``regs`` and ``user_regs`` map register names to values. A register with no separate
+    user value is one register for both sets, as for a user-space probe (5.0 pointed
+    ``uregs`` at the same pt_regs); fs and gs are always one register, read and written
+    live from the CPU as 5.0 did. ``memory`` maps a start address
     to the bytes there, all readable and writable, and every other address faults.
     Multi-word registers take wide integers: gdtr/idtr ``base << 16 | limit``, fr0-7 80
     bits, xmm0-7 128 bits. ``segments`` maps selectors to bases; any other selector faults.
@@ -126,6 +130,8 @@ class MemoryContext(Context):
     ) -> None:
         self.regs = {_reg_name(k): v for k, v in (regs or {}).items()}
         self.user_regs = {_reg_name(k): v for k, v in (user_regs or {}).items()}
+        for name in LIVE_SEGMENTS & self.user_regs.keys() - self.regs.keys():
+            self.regs[name] = self.user_regs[name]
         self.regions = [[start & MASK32, bytearray(data)] for start, data in (memory or {}).items()]
         self._pid, self._task, self._processor = pid, task, processor
         self.segments = dict(segments or {})
@@ -135,13 +141,17 @@ class MemoryContext(Context):
         self.cpuid_leaves = dict(cpuid or {})
         self.callk_calls = 0
 
+    def _set(self, reg: Register, user: bool) -> dict[str, int]:
+        """The register set ``reg`` lives in: the user set only where one was given for it."""
+        if user and reg.name in self.user_regs and reg.name not in LIVE_SEGMENTS:
+            return self.user_regs
+        return self.regs
+
     def read_register(self, reg: Register, user: bool) -> int | None:
-        if user and reg.name in self.user_regs:
-            return self.user_regs[reg.name]
-        return self.regs.get(reg.name)
+        return self._set(reg, user).get(reg.name)
 
     def write_register(self, reg: Register, user: bool, value: int) -> None:
-        (self.user_regs if user else self.regs)[reg.name] = value
+        self._set(reg, user)[reg.name] = value
 
     def cpuid(self, leaf: int) -> tuple[int, int, int, int] | None:
         return self.cpuid_leaves.get(leaf)

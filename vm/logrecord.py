@@ -3,8 +3,9 @@
 The interpreter reserves the header's length at the front of the log buffer (so
 ``push lp`` counts it and ``logmax`` is the data capacity); the host fills it in when it
 writes the record: ``{u16 facility_id=1, u16 len, u32 mask, u16 major, u16 minor}`` then,
-in this order and only when selected, cpu u32, pid u32, uid u32, cs u16 + eip u32,
-ss u16 + esp u32, a timeval (2 x u32) and a 16-byte process name.
+in this order and only when selected, pid u32, uid u32, cs u16 + eip u32, ss u16 + esp
+u32, a timeval (2 x u32) and a 16-byte process name. 5.0 added a cpu word only in SMP
+builds (whatever the CPU flag said); the emulated machine has one CPU, so it never does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dprobes.vm.program import LogField
 BASE_HEADER_LENGTH = 12
 
 FIELD_LENGTHS: tuple[tuple[LogField, int], ...] = (
-    (LogField.CPU, 4),
     (LogField.PID, 4),
     (LogField.UID, 4),
     (LogField.CSEIP, 6),
