@@ -13,7 +13,7 @@ the same CPU, as 5.0 shared its per-CPU stack between programs).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dprobes.vm.context import Context
 from dprobes.vm.interp import (
@@ -40,8 +40,7 @@ class GlobalVariables:
             self.values.extend([0] * (count - len(self.values)))
 
 
-@dataclass(frozen=True, slots=True)
-class FireResult:
+class FireResult(NamedTuple):
     """What one probe hit produced."""
 
     exit: ExitKind

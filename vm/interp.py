@@ -73,6 +73,9 @@ class Frame:
         self.returns = returns
 
 
+NO_HEAP = ProbeHeap(0)
+"""Shared by probes without a heap: it has no blocks, so nothing can change it."""
+
 OpFunction = Callable[["Machine", Any, int], int]
 Entry = tuple[OpFunction, Any, int]
 
@@ -121,7 +124,7 @@ class Machine:
         self.ex_parm1 = self.ex_parm2 = 0
         self.major, self.minor = probe.major, probe.minor
         self.lv, self.gv = lv, gv
-        self.heap = ProbeHeap(probe.heap_size)
+        self.heap = ProbeHeap(probe.heap_size) if probe.heap_size else NO_HEAP
         self.exit_kind: ExitKind | None = None
         self.exit_to: int | None = None
         self.exception: RaisedException | None = None
