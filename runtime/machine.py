@@ -1,0 +1,310 @@
+"""The machine: one CPU, physical memory, the page cache, swap, processes and a scheduler.
+
+This is the small i386 Linux box DProbes probes run in (runtime.md): programs are loaded
+from ELF files into address spaces that share page-cache frames, a deterministic
+round-robin scheduler gives each runnable process a fixed quantum of instructions, and
+``int $0x80`` reaches the system calls. Everything else a CPU can raise goes first to a
+pluggable ``trap_handler`` (the probe manager's trap3/trap1 and fault hooks) and only then
+to Linux's default: a fatal signal that ends *that* process with a crash report, never
+the host.
+
+Determinism: time is the instruction count (``clock``), random bytes come from a PRNG
+seeded at construction, pids and frames are handed out in order. Two machines given the
+same programs, inputs and seed execute the same instructions and print the same bytes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from unicorn import UC_ERR_INSN_INVALID, UcError
+from unicorn import x86_const as x86
+
+from dprobes.runtime import elfload, syscalls
+from dprobes.runtime.addrspace import MMAP_BASE, AddressSpace, KernelPages, PageMapping
+from dprobes.runtime.clock import VirtualClock
+from dprobes.runtime.cpu import CPU, STOP_ADDRESS
+from dprobes.runtime.pagecache import GuestFile, PageCache
+from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, PhysicalMemory
+from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Input, Process, Sink, State
+from dprobes.runtime.swap import SwapArea
+from dprobes.runtime.traps import (
+    INVALID_OPCODE,
+    PAGE_FAULT,
+    Trap,
+    TrapHandler,
+    describe_instruction,
+)
+
+QUANTUM = 200_000
+"""Instructions a process runs before the scheduler moves on to the next one."""
+SYSCALL_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
+
+
+class InstructionLimit(RuntimeError):
+    """``run(max_instructions=...)`` used up its budget with processes still running."""
+
+    def __init__(self, limit: int, running: Sequence[Process], machine: Machine) -> None:
+        where = ", ".join(f"pid {p.pid} ({p.name}) at EIP 0x{machine.saved_eip(p):08x}"
+                          for p in running)
+        super().__init__(f"instruction limit of {limit} reached with processes still "
+                         f"running: {where}")
+        self.limit, self.running = limit, list(running)
+
+
+class Machine:
+    """A deterministic single-CPU i386 Linux machine on unicorn."""
+
+    def __init__(self, seed: int = 0, memory_size: int = DEFAULT_SIZE,
+                 quantum: int = QUANTUM) -> None:
+        self.memory = PhysicalMemory(memory_size)
+        self.cache = PageCache(self.memory)
+        self.swap = SwapArea()
+        self.kernel = KernelPages()
+        self.cpu = CPU(self.memory, self.kernel)
+        self.clock = VirtualClock(self.cpu.counter)
+        self.random = random.Random(seed)
+        self.quantum = quantum
+        self.mmap_base = MMAP_BASE
+        self.processes: dict[int, Process] = {}
+        self.current: Process | None = None
+        self.trap_handler: TrapHandler | None = None
+        """Sees every CPU exception of a user process first; see ``traps.TrapHandler``."""
+        self.on_process_exit: list[Callable[[Process], None]] = []
+        self.unknown_syscalls: dict[int, int] = {}
+        self.syscall_trace: list[tuple[int, str, tuple[int, ...], int | None]] | None = None
+        """Set to a list to record (pid, name, arguments, result) of every system call."""
+        self._next_pid = 1
+        self._last_pid = 0
+        self._stop_requested = False
+        self._syscall_args = self.cpu.batch(SYSCALL_REGISTERS)
+        self.cpu.on_interrupt = self._interrupt
+        self.cpu.on_invalid_instruction = lambda: False  # stop; handled after emu_start
+        self.memory.on_code_freed = lambda frame: self.cpu.invalidate_code(
+            frame * PAGE_SIZE, PAGE_SIZE)
+
+    # --- processes -----------------------------------------------------------------------
+
+    def spawn(self, path: str | Path, argv: Sequence[str] | None = None,
+              env: dict[str, str] | None = None, stdin: bytes = b"",
+              files: Sequence[str | Path] = (), stdout: Callable[[bytes], None] | None = None,
+              stderr: Callable[[bytes], None] | None = None) -> Process:
+        """Load the static i386 executable ``path`` as a new runnable process.
+
+        ``argv`` defaults to ``[path]``; ``files`` are the only host files it may open
+        (read-only); ``stdout``/``stderr`` callbacks see output as it is written (it is
+        collected in the process either way). Raises ``LoadError`` for a bad executable.
+        """
+        space = AddressSpace(self.memory, self.cache, self.swap, self.kernel, notifier=self)
+        try:
+            image = elfload.load(space, self.cache, path)
+            argv = [str(path)] if argv is None else list(argv)
+            env = dict(env or {})
+            esp = elfload.build_stack(space, image, [a.encode() for a in argv],
+                                      [f"{k}={v}".encode() for k, v in env.items()],
+                                      self.random_bytes(16), str(path).encode())
+        except BaseException:
+            space.destroy()
+            raise
+        proc = Process(self._next_pid, str(path), argv, env, space, image, esp, Input(stdin),
+                       Sink(stdout), Sink(stderr),
+                       allowed_files=frozenset(Path(f).resolve() for f in files))
+        self._next_pid += 1
+        self.processes[proc.pid] = proc
+        return proc
+
+    def exit_process(self, proc: Process, status: int) -> None:
+        """End ``proc`` with exit ``status`` (from exit/exit_group)."""
+        self._end(proc, State.EXITED, status=status)
+
+    def kill_process(self, proc: Process, signal: int, reason: str,
+                     trap: Trap | None = None) -> None:
+        """End ``proc`` with a fatal ``signal``; the crash report says where and why."""
+        eip = self.saved_eip(proc)
+        at = trap.instruction if trap is not None else eip
+        try:
+            insn = describe_instruction(proc.space.read(at, 16), at)
+        except Exception:
+            insn = "unreadable instruction"
+        proc.crash = CrashReport(signal, eip, reason, trap.address if trap else None, insn)
+        self._end(proc, State.KILLED, signal=signal)
+
+    def _end(self, proc: Process, state: State, status: int | None = None,
+             signal: int | None = None) -> None:
+        if not proc.alive:
+            return
+        proc.state, proc.exit_status, proc.signal = state, status, signal
+        if proc is self.current:
+            self.cpu.uc.emu_stop()  # the address space goes when emulation has stopped
+
+    def _reap(self, proc: Process) -> None:
+        if proc is self.current:
+            self.cpu.switch_address_space(None)
+            self.current = None
+        proc.space.destroy()
+        proc.close_files()
+        proc.context = None
+        if proc.space.private_code:
+            self.cpu.counter.drop_table(proc.space.code_key())
+        for hook in list(self.on_process_exit):
+            hook(proc)
+
+    @staticmethod
+    def signal_name(signal: int) -> str:
+        return SIGNAL_NAMES.get(signal, f"signal {signal}")
+
+    def random_bytes(self, n: int) -> bytes:
+        """``n`` bytes from the machine's seeded PRNG (AT_RANDOM, getrandom)."""
+        return self.random.randbytes(n)
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(self, max_instructions: int | None = None) -> int:
+        """Run until every process has ended; returns the instructions executed.
+
+        With ``max_instructions``, raise ``InstructionLimit`` when that many have run and
+        processes remain (they stay runnable: ``run`` may be called again).
+        """
+        counter = self.cpu.counter
+        start = counter.executed
+        self._stop_requested = False
+        while not self._stop_requested:
+            runnable = [p for p in self.processes.values() if p.alive]
+            if not runnable:
+                break
+            budget = self.quantum
+            if max_instructions is not None:
+                left = start + max_instructions - counter.executed
+                if left <= 0:
+                    raise InstructionLimit(max_instructions, runnable, self)
+                budget = min(budget, left)
+            proc = next((p for p in runnable if p.pid > self._last_pid), runnable[0])
+            self._last_pid = proc.pid
+            self._slice(proc, budget)
+        return counter.executed - start
+
+    def request_stop(self) -> None:
+        """Make ``run`` return after the current instruction (e.g. to stop into a debugger)."""
+        self._stop_requested = True
+        self.cpu.uc.emu_stop()
+
+    def _slice(self, proc: Process, budget: int) -> None:
+        cpu, counter = self.cpu, self.cpu.counter
+        begin = self._switch_to(proc)
+        before = counter.executed
+        counter.limit = before + budget
+        cpu.last_fault = None
+        failure: UcError | None = None
+        try:
+            cpu.uc.emu_start(begin, STOP_ADDRESS)
+        except UcError as err:
+            failure = err
+        finally:
+            proc.instructions += counter.executed - before
+            cpu.flush_deferred()
+        if counter.error is not None:
+            error, counter.error = counter.error, None
+            raise RuntimeError("instruction counting failed") from error
+        if proc.alive and failure is not None:
+            self._cpu_stopped(proc, failure)
+        elif proc.alive and cpu.reg("eip") == STOP_ADDRESS:
+            trap = Trap.from_cpu(PAGE_FAULT, STOP_ADDRESS, STOP_ADDRESS)
+            self.kill_process(proc, trap.default_signal, "jump into kernel space", trap)
+        if proc.alive:
+            proc.context = cpu.save_context(proc.context)
+        else:
+            self._reap(proc)
+
+    def _switch_to(self, proc: Process) -> int:
+        """Put ``proc`` on the CPU; returns the address to start emulating at."""
+        cpu = self.cpu
+        if proc is not self.current or proc.context is None:
+            if proc.context is None:
+                cpu.restore_context(cpu.boot_context)
+                cpu.write_registers({r: 0 for r in ("eax", "ebx", "ecx", "edx", "esi",
+                                                    "edi", "ebp")})
+                begin = cpu.enter_user(proc.image.entry, proc.entry_esp)
+            else:
+                cpu.restore_context(proc.context)
+                begin = cpu.reg("eip")
+            cpu.switch_address_space(proc.space)
+            cpu.set_tls(proc.tls)
+            self.current = proc
+            return begin
+        return cpu.reg("eip")
+
+    def saved_eip(self, proc: Process) -> int:
+        """EIP of ``proc``: live if it is on the CPU, else from its saved context."""
+        if proc is self.current:
+            return self.cpu.reg("eip")
+        if proc.context is not None:
+            return proc.context.reg_read(x86.UC_X86_REG_EIP)
+        return proc.image.entry
+
+    # --- interrupts, faults and system calls ---------------------------------------------
+
+    def _interrupt(self, vector: int) -> None:
+        """UC_HOOK_INTR: int 0x80 is a system call; anything else is a trap."""
+        proc, cpu = self.current, self.cpu
+        cpu.flush_deferred()
+        if proc is None:
+            cpu.uc.emu_stop()
+            return
+        if vector == 0x80:
+            number, *args = self._syscall_args.read()
+            result = syscalls.dispatch(self, proc, number, tuple(args))
+            if self.syscall_trace is not None:
+                name = syscalls.NAMES.get(number, f"syscall_{number}")
+                self.syscall_trace.append((proc.pid, name, tuple(args), result))
+            if result is not None and proc.alive:
+                cpu.set_reg("eax", result)
+            return
+        self._trap(proc, Trap.from_cpu(vector, cpu.reg("eip")))
+
+    def _cpu_stopped(self, proc: Process, err: UcError) -> None:
+        """emu_start raised: a page fault (our TLB fill said no) or an invalid opcode."""
+        eip = self.cpu.reg("eip")
+        if err.errno == UC_ERR_INSN_INVALID:
+            self._trap(proc, Trap.from_cpu(INVALID_OPCODE, eip))
+        elif self.cpu.last_fault is not None:
+            address, access = self.cpu.last_fault
+            self._trap(proc, Trap.from_cpu(PAGE_FAULT, eip, address, access))
+        else:
+            self.kill_process(proc, 11, f"CPU stopped: {err}")
+
+    def _trap(self, proc: Process, trap: Trap) -> None:
+        handler = self.trap_handler
+        if handler is not None and handler(self, proc, trap):
+            return
+        what = trap.name
+        if trap.vector == PAGE_FAULT and trap.access is not None:
+            what += f" on {trap.access.name.lower()}"
+        self.kill_process(proc, trap.default_signal, what, trap)
+
+    # --- memory services for the probe manager and the address spaces --------------------
+
+    def file_pages(self, file: GuestFile, index: int,
+                   swap_in: bool = True) -> Iterator[PageMapping]:
+        """Every resident mapping of page ``index`` of ``file`` in every process (the
+        page-cache frame where shared, each private COW copy, swapped copies faulted in:
+        see ``AddressSpace.file_pages``)."""
+        for space in list(file.mappers.values()):
+            yield from space.file_pages(file, index, swap_in)
+
+    def invalidate_code(self, paddr: int, length: int) -> None:
+        """After writing into guest code in physical memory (planting or removing int3)."""
+        self.cpu.invalidate_code(paddr, length)
+
+    def invalidate_range(self, space: AddressSpace, start: int, end: int) -> None:
+        """MMU notifier: PTEs of ``space`` in [start, end) changed."""
+        if space is self.cpu.space:
+            self.cpu.flush_tlb()
+            self.cpu.counter.use_table(space.code_key())  # the layout may have changed
+        if space.private_code:  # (a file layout change is a new key anyway)
+            self.cpu.counter.forget(space.code_key())
+
+    def code_written(self, paddr: int, length: int) -> None:
+        """MMU notifier: the host wrote into an executable page."""
+        self.cpu.invalidate_code(paddr, length)
