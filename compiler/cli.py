@@ -22,11 +22,11 @@ from dprobes.compiler.exec_cmd import (
     UsageError,
     add_exec_options,
     execute,
+    make_vm,
     result_json,
     result_text,
 )
 from dprobes.compiler.pipeline import BuildOptions, CompileResult, default_output, load_program
-from dprobes.vm.api import VM
 
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 70
 
@@ -89,7 +89,7 @@ def cmd_disasm(args: argparse.Namespace, sources: SourceCache) -> int:
 
 
 def cmd_exec(args: argparse.Namespace, sources: SourceCache) -> int:
-    vm = VM(_load(args, sources).program)
+    vm = make_vm(_load(args, sources).program, args)
     result, setup = execute(vm, args)
     if args.json:
         print(json.dumps(result_json(result, vm, setup)))

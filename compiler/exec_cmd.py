@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from dprobes.vm.api import VM, FireResult
+from dprobes.vm.api import DEFAULT_HOT_THRESHOLD, TIERS, VM, FireResult
 from dprobes.vm.context import MemoryContext
+from dprobes.vm.program import Program
 from dprobes.vm.registers import REGISTERS_BY_NAME
 
 
@@ -53,6 +54,11 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="fire the handler N times on the same VM, report the last")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--tier", choices=TIERS, default="interp",
+                        help="execution tier: the interpreter (default), the LLVM JIT, or "
+                        "auto (interpret until the handler is hot, then compile)")
+    parser.add_argument("--hot-threshold", type=int, default=DEFAULT_HOT_THRESHOLD,
+                        metavar="N", help="with --tier auto: hits interpreted before compiling")
 
 
 @dataclass
@@ -97,6 +103,16 @@ def _set_variables(values: list[int], pairs: list[tuple[str, str]], option: str)
         if not 0 <= index < len(values):
             raise UsageError(f"{option} {index}: index out of range 0..{len(values) - 1}")
         values[index] = parse_int(value_text, option) & 0xFFFFFFFF
+
+
+def make_vm(program: Program, args: argparse.Namespace) -> VM:
+    """The VM for ``dpc exec``, on the tier the command line asked for."""
+    from dprobes.vm.jit import JitUnavailable
+
+    try:
+        return VM(program, tier=args.tier, hot_threshold=args.hot_threshold)
+    except JitUnavailable as error:
+        raise UsageError(f"--tier {args.tier}: {error}") from None
 
 
 def execute(vm: VM, args: argparse.Namespace) -> tuple[FireResult, ExecSetup]:

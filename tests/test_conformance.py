@@ -24,7 +24,11 @@ def _write(case: Case, tmp_path: Path) -> Path:
     return path
 
 
-def run_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+TIERS = ("interp", "jit")
+
+
+def run_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+             tier: str = "interp") -> None:
     path = _write(case, tmp_path)
     if case.errors:
         status = cli.main(["check", str(path)])
@@ -34,7 +38,7 @@ def run_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         for fragment in case.errors:
             assert fragment in err, f"expected {fragment!r} in:\n{err}"
         return
-    status = cli.main(["exec", str(path), "--json", *case.args])
+    status = cli.main(["exec", str(path), "--json", "--tier", tier, *case.args])
     out, err = capsys.readouterr()
     assert status == 0, err
     result = json.loads(out)
@@ -44,9 +48,13 @@ def run_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert not mismatched, f"{case.path.name}: (expected, got) {mismatched}\nfull: {result}"
 
 
+@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run_case(case, tmp_path, capsys)
+def test_case(case: Case, tier: str, tmp_path: Path,
+              capsys: pytest.CaptureFixture[str]) -> None:
+    if tier == "jit" and case.no_jit is not None:
+        pytest.skip(f"no jit: {case.no_jit}")
+    run_case(case, tmp_path, capsys, tier)
 
 
 def test_every_opcode_has_a_case(tmp_path: Path) -> None:

@@ -8,6 +8,14 @@ State that DProbes kept between hits lives here too: the program's local variabl
 system-wide global variables (pass one GlobalVariables to several VMs to share them) and
 the per-CPU RPN stack (one CpuState per emulated CPU; pass the same one to several VMs on
 the same CPU, as 5.0 shared its per-CPU stack between programs).
+
+Two tiers run a handler with the same semantics: the interpreter (``tier="interp"``, the
+default and the reference) and native code from the LLVM JIT (``tier="jit"``: every
+handler is compiled when the VM is made; ``tier="auto"``: a handler runs in the
+interpreter until it has fired ``hot_threshold`` times, then it is compiled). Compiled
+code is cached per process by a hash of the handler's bytes; ``vm.compile_seconds`` maps
+each compiled probe to the time its compilation took. Without llvmlite, ``tier="jit"``
+raises ``JitUnavailable`` and ``auto`` stays in the interpreter.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from dprobes.vm.interp import (
 )
 from dprobes.vm.logrecord import header_length
 from dprobes.vm.program import Program
+
+TIERS = ("interp", "jit", "auto")
+DEFAULT_HOT_THRESHOLD = 50
 
 
 class GlobalVariables:
@@ -60,6 +71,25 @@ class FireResult(NamedTuple):
         return self.exit is not ExitKind.ABORT
 
 
+def build_result(hit, header_length: int) -> FireResult:
+    """The FireResult of a finished hit; ``hit`` is the interpreter's Machine or the JIT's
+    NativeHit (same attributes: exit_kind, exit_to, exception, major, minor, jmp_count,
+    log_overflow, log_data(), exception_log(), stack_words())."""
+    aborted = hit.exit_kind is ExitKind.ABORT
+    return FireResult(
+        exit=hit.exit_kind,
+        exit_to=hit.exit_to,
+        exception=hit.exception,
+        log=b"" if aborted else hit.log_data(header_length),
+        ex_log=b"" if aborted else hit.exception_log(),
+        major=hit.major,
+        minor=hit.minor,
+        jumps=hit.jmp_count,
+        stack=tuple(hit.stack_words()),
+        log_overflow=hit.log_overflow,
+    )
+
+
 class VM:
     """One loaded program: decoded once, fired many times."""
 
@@ -69,7 +99,12 @@ class VM:
         *,
         globals: GlobalVariables | None = None,
         cpu: CpuState | None = None,
+        tier: str = "interp",
+        hot_threshold: int = DEFAULT_HOT_THRESHOLD,
+        native_context: bool = True,
     ) -> None:
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
         self.program = program
         self.decoded = decode_program(program)
         self.locals: list[int] = [0] * program.header.num_lv
@@ -77,6 +112,45 @@ class VM:
         self.globals.reserve(program.header.num_gv)
         self.cpu = cpu if cpu is not None else CpuState()
         self.header_length = header_length(program.header.log_fields)
+        self.tier = tier
+        self.hot_threshold = hot_threshold
+        self.native_context = native_context  # JIT: serve a MemoryContext natively
+        self.fire_counts = [0] * len(program.probes)
+        self.compile_seconds: dict[int, float] = {}
+        self._compiled: dict = {}  # probe -> vm.jit CompiledHandler
+        self._runner = None  # vm.jit JitRunner, made with the first compiled handler
+        if tier == "jit":
+            self.compile(range(len(program.probes)))
+
+    def compile(self, probes) -> None:
+        """Compile these probes' handlers now (one LLVM module); tier "jit" does all."""
+        from dprobes.vm.jit import JitRunner, compile_handlers
+
+        wanted = [p for p in probes if p not in self._compiled]
+        if not wanted:
+            return
+        if self._runner is None:
+            self._runner = JitRunner(self)
+        for probe, handler in compile_handlers(self.program, wanted).items():
+            self._compiled[probe] = handler
+            self.compile_seconds[probe] = handler.compile_seconds
+
+    def _native(self, probe: int):
+        """The compiled handler to use for this hit, or None for the interpreter."""
+        handler = self._compiled.get(probe)
+        if handler is None and self.tier == "auto":
+            if self.fire_counts[probe] < self.hot_threshold:
+                self.fire_counts[probe] += 1
+                return None
+            from dprobes.vm.jit import JitError
+
+            try:
+                self.compile([probe])
+            except JitError:  # no llvmlite, or a program the JIT cannot hold: interpret
+                self.tier = "interp"
+                return None
+            handler = self._compiled[probe]
+        return handler
 
     def fire(
         self,
@@ -92,6 +166,11 @@ class VM:
         """
         if not 0 <= probe < len(self.program.probes):
             raise IndexError(f"probe {probe} out of range 0..{len(self.program.probes) - 1}")
+        if self.tier != "interp" and trace is None:
+            handler = self._native(probe)
+            if handler is not None:
+                return build_result(self._runner.run(probe, handler, context),
+                                    self.header_length)
         machine = Machine(self.program, probe, self.decoded, self.cpu, self.locals,
                           self.globals.values, context, self.header_length)
         entry = self.decoded.entry_points[probe]
@@ -100,16 +179,4 @@ class VM:
         else:
             run_traced(machine, entry, self.decoded.offsets, trace)
         assert machine.exit_kind is not None
-        aborted = machine.exit_kind is ExitKind.ABORT
-        return FireResult(
-            exit=machine.exit_kind,
-            exit_to=machine.exit_to,
-            exception=machine.exception,
-            log=b"" if aborted else machine.log_data(self.header_length),
-            ex_log=b"" if aborted else machine.exception_log(),
-            major=machine.major,
-            minor=machine.minor,
-            jumps=machine.jmp_count,
-            stack=tuple(machine.stack_words()),
-            log_overflow=machine.log_overflow,
-        )
+        return build_result(machine, self.header_length)

@@ -1,0 +1,187 @@
+"""The llvmlite engine: compile handlers to native functions, once per process.
+
+One MCJIT engine per process holds the runtime library (built on first use, its symbols
+registered with ``llvm.add_symbol`` so handler modules link against them) and every
+compiled handler. Handlers are cached by a hash of what their code depends on: the
+handler's bytes, its start offset in the program's code (code offsets are constants in
+the native code: return points, handler addresses, EX_INVALID_OPCODE's parm2) and the
+ABI version. Nothing else of the program header is compiled in: jmpmax, logmax, the
+exception mask, the log header length and the probe's major/minor are state fields.
+
+Several handlers can be compiled in one module (``compile_handlers``), which is what the
+VM does for a program's probes; the per-handler compile time is the module's time split
+by instruction count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+
+from dprobes.vm.bytecode import decode_range
+from dprobes.vm.program import Program
+
+try:  # the null JIT: without llvmlite, asking for the JIT raises JitUnavailable
+    import llvmlite.binding as llvm
+    from llvmlite import ir
+
+    _IMPORT_ERROR: ImportError | None = None
+except ImportError as error:  # pragma: no cover - exercised by a test that hides llvmlite
+    llvm = None  # type: ignore[assignment]
+    ir = None  # type: ignore[assignment]
+    _IMPORT_ERROR = error
+
+
+class JitError(RuntimeError):
+    """Base of the JIT tier's errors."""
+
+
+class JitUnavailable(JitError):
+    """The JIT tier cannot run here (llvmlite missing, or no native target)."""
+
+
+HANDLER_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+OPT_LEVEL = 2
+
+
+@dataclass(frozen=True)
+class CompiledHandler:
+    """A native handler: call ``function(state_address)``."""
+
+    key: str
+    address: int
+    function: object  # ctypes function
+    compile_seconds: float  # this handler's share of its module's compile time
+    instructions: int
+
+
+def handler_key(program: Program, probe: int) -> str:
+    from dprobes.vm.jit.state import ABI_VERSION
+
+    record = program.probes[probe]
+    digest = hashlib.sha256()
+    digest.update(f"dprobes-jit/{ABI_VERSION}/{OPT_LEVEL}/{record.code_start}/".encode())
+    digest.update(program.handler(probe))
+    return digest.hexdigest()
+
+
+def require_llvmlite() -> None:
+    if _IMPORT_ERROR is not None:
+        raise JitUnavailable(
+            "the JIT tier needs llvmlite, which could not be imported "
+            f"({_IMPORT_ERROR}); use tier='interp' or install llvmlite") from _IMPORT_ERROR
+
+
+class Engine:
+    """The process-wide MCJIT engine with the runtime library loaded."""
+
+    _instance: Engine | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        require_llvmlite()
+        from dprobes.vm.jit.rtlib import RT_TYPES, build_rtlib, symbol
+
+        try:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            target = llvm.Target.from_default_triple()
+        except RuntimeError as error:
+            raise JitUnavailable(f"no native LLVM target: {error}") from error
+        self.target_machine = target.create_target_machine(opt=OPT_LEVEL, codemodel="jitdefault")
+        self.triple = target.triple if hasattr(target, "triple") else llvm.get_default_triple()
+        self.data_layout = str(self.target_machine.target_data)
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.target_machine)
+        self.modules: list[object] = []
+        self.cache: dict[str, CompiledHandler] = {}
+        start = time.perf_counter()
+        self._add(build_rtlib())
+        for name in RT_TYPES:
+            llvm.add_symbol(symbol(name), self.engine.get_function_address(symbol(name)))
+        self.rtlib_seconds = time.perf_counter() - start
+        self._counter = 0
+
+    @classmethod
+    def get(cls) -> Engine:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = Engine()
+            return cls._instance
+
+    def _optimize(self, module: object) -> None:
+        tuning = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
+        builder = llvm.create_pass_builder(self.target_machine, tuning)
+        builder.getModulePassManager().run(module, builder)
+
+    def _add(self, module: ir.Module) -> None:
+        module.triple = llvm.get_process_triple()
+        module.data_layout = self.data_layout
+        parsed = llvm.parse_assembly(str(module))
+        parsed.verify()
+        self._optimize(parsed)
+        self.engine.add_module(parsed)
+        self.engine.finalize_object()
+        self.modules.append(parsed)
+
+    def compile_handlers(self, program: Program,
+                         probes: list[int]) -> dict[int, CompiledHandler]:
+        """Native code for the given probes' handlers (cached ones are not recompiled)."""
+        from dprobes.vm.jit.function import HandlerLowering
+        from dprobes.vm.jit.irgen import intrinsics
+        from dprobes.vm.jit.rtlib import declare
+
+        out: dict[int, CompiledHandler] = {}
+        wanted: dict[str, list[int]] = {}
+        with self._lock:
+            for probe in probes:
+                key = handler_key(program, probe)
+                if key in self.cache:
+                    out[probe] = self.cache[key]
+                else:
+                    wanted.setdefault(key, []).append(probe)
+            if not wanted:
+                return out
+            start = time.perf_counter()
+            self._counter += 1
+            module = ir.Module(name=f"dprobes_handlers_{self._counter}")
+            runtime = declare(module)
+            intrinsic = intrinsics(module)
+            names: dict[str, str] = {}
+            sizes: dict[str, int] = {}
+            for key, same in wanted.items():
+                name = f"dprobes_handler_{key[:24]}"
+                HandlerLowering(module, runtime, intrinsic, program, same[0], name).build()
+                names[key] = name
+                record = program.probes[same[0]]
+                sizes[key] = len(decode_range(program.code, record.code_start, record.code_end))
+            self._add(module)
+            elapsed = time.perf_counter() - start
+            total = sum(sizes.values())
+            for key, name in names.items():
+                address = self.engine.get_function_address(name)
+                handler = CompiledHandler(key, address, HANDLER_FUNCTION(address),
+                                          elapsed * sizes[key] / total, sizes[key])
+                self.cache[key] = handler
+                for probe in wanted[key]:
+                    out[probe] = handler
+        return out
+
+
+def compile_handlers(program: Program, probes: list[int]) -> dict[int, CompiledHandler]:
+    return Engine.get().compile_handlers(program, probes)
+
+
+def handler_ir(program: Program, probe: int) -> str:
+    """The LLVM IR of one handler before optimisation (for debugging and docs)."""
+    require_llvmlite()
+    from dprobes.vm.jit.function import HandlerLowering
+    from dprobes.vm.jit.irgen import intrinsics
+    from dprobes.vm.jit.rtlib import declare
+
+    module = ir.Module(name="dprobes_handler_listing")
+    HandlerLowering(module, declare(module), intrinsics(module), program, probe,
+                    "handler").build()
+    return str(module)

@@ -1,0 +1,260 @@
+"""Small IR-building vocabulary shared by the native runtime library and the lowering.
+
+``Emitter`` wraps an llvmlite ``IRBuilder`` positioned in a function whose first
+argument is the state pointer, and speaks in the VM's terms: state fields (addressed by
+their ctypes byte offsets, see ``vm.jit.state``), the circular stack (every store marks
+its 32-word chunk dirty, so the runner copies back only what changed), call frames,
+variables, the log buffer, and calls through the host and helper tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llvmlite import ir
+
+from dprobes.vm.jit import state as S
+
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+STATUS = I32
+
+STACK_MASK = 1023
+NO_HANDLER = 0xFFFFFFFF
+
+
+def c32(value: int) -> ir.Constant:
+    return ir.Constant(I32, value & 0xFFFFFFFF)
+
+
+def c64(value: int) -> ir.Constant:
+    return ir.Constant(I64, value & 0xFFFFFFFFFFFFFFFF)
+
+
+def c8(value: int) -> ir.Constant:
+    return ir.Constant(I8, value & 0xFF)
+
+
+_FIELD_TYPES = {"jmp_count": I64, "session": I64, "st_count_at": I32,
+                "lv": PTR, "gv": PTR, "host": PTR, "helpers": PTR}
+
+HOST_TYPES: dict[str, ir.FunctionType] = {
+    "read_memory": ir.FunctionType(STATUS, [PTR, I32, I32, PTR, PTR]),
+    "write_memory": ir.FunctionType(STATUS, [PTR, I32, I32, PTR, PTR]),
+    "read_cstring": ir.FunctionType(STATUS, [PTR, I32, I32, PTR, PTR, PTR]),
+    "read_register": ir.FunctionType(STATUS, [PTR, I32, I32, PTR]),
+    "write_register": ir.FunctionType(STATUS, [PTR, I32, I32, I32]),
+    "cpuid": ir.FunctionType(STATUS, [PTR, I32, PTR]),
+    "read_msr": ir.FunctionType(STATUS, [PTR, I32, PTR]),
+    "io_read": ir.FunctionType(STATUS, [PTR, I32, I32, PTR]),
+    "io_write": ir.FunctionType(STATUS, [PTR, I32, I32, I32]),
+    "segment_base": ir.FunctionType(STATUS, [PTR, I32, PTR]),
+    "pid": ir.FunctionType(STATUS, [PTR, PTR]),
+    "task": ir.FunctionType(STATUS, [PTR, PTR]),
+    "processor": ir.FunctionType(STATUS, [PTR, PTR]),
+    "callk": ir.FunctionType(STATUS, [PTR, PTR]),
+}
+assert set(HOST_TYPES) == {name for name, _ in S.HOST_CALLBACKS}
+
+HELPER_TYPES: dict[str, ir.FunctionType] = {
+    "stack_trace": ir.FunctionType(STATUS, [PTR]),
+    "heap": ir.FunctionType(STATUS, [PTR, I32, I32]),
+}
+assert set(HELPER_TYPES) == {name for name, _ in S.HELPER_CALLBACKS}
+
+
+def intrinsics(module: ir.Module) -> dict[str, ir.Function]:
+    """The LLVM intrinsics the emitters use, declared once per module."""
+    return {
+        "memset": module.declare_intrinsic("llvm.memset", [PTR, I64]),
+        "memcpy": module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64]),
+        "fshl": ir.Function(module, ir.FunctionType(I32, [I32, I32, I32]), "llvm.fshl.i32"),
+        "fshr": ir.Function(module, ir.FunctionType(I32, [I32, I32, I32]), "llvm.fshr.i32"),
+    }
+
+
+class Emitter:
+    """IR emission helpers for one function whose argument 0 is the state pointer."""
+
+    def __init__(self, function: ir.Function, builder: ir.IRBuilder,
+                 intrinsic: dict[str, ir.Function]) -> None:
+        self.function = function
+        self.b = builder
+        self.state = function.args[0]
+        self.intrinsic = intrinsic
+
+    # --- blocks -------------------------------------------------------------------
+    def block(self, name: str) -> ir.Block:
+        return self.function.append_basic_block(name)
+
+    def at(self, block: ir.Block) -> None:
+        self.b.position_at_end(block)
+
+    # --- state fields ---------------------------------------------------------------
+    def addr(self, byte_offset: int | ir.Value) -> ir.Value:
+        """Pointer to ``state + byte_offset``."""
+        if isinstance(byte_offset, int):
+            byte_offset = c64(byte_offset)
+        elif byte_offset.type != I64:
+            byte_offset = self.b.zext(byte_offset, I64)
+        return self.b.gep(self.state, [byte_offset], source_etype=I8)
+
+    def field(self, name: str) -> ir.Value:
+        return self.addr(S.offset(name))
+
+    def load(self, name: str) -> ir.Value:
+        ty = _FIELD_TYPES.get(name, I32)
+        return self.b.load(self.field(name), typ=ty)
+
+    def store(self, name: str, value: ir.Value | int) -> None:
+        ty = _FIELD_TYPES.get(name, I32)
+        if isinstance(value, int):
+            value = ir.Constant(ty, value & ((1 << ty.width) - 1))
+        self.b.store(value, self.field(name))
+
+    def array_ptr(self, name: str, index: ir.Value, element: ir.Type = I32) -> ir.Value:
+        """Pointer to element ``index`` (an i32 or i64 value) of an inline state array."""
+        base = self.field(name)
+        if index.type != I64:
+            index = self.b.zext(index, I64)
+        return self.b.gep(base, [index], source_etype=element)
+
+    # --- the circular stack -------------------------------------------------------
+    def mask(self, value: ir.Value) -> ir.Value:
+        return self.b.and_(value, c32(STACK_MASK))
+
+    def slot_ptr(self, index: ir.Value) -> ir.Value:
+        """Pointer to stack slot ``index`` (already masked to 0..1023)."""
+        return self.array_ptr("stack", index)
+
+    def read_slot(self, index: ir.Value) -> ir.Value:
+        return self.b.load(self.slot_ptr(index), typ=I32)
+
+    def write_slot(self, index: ir.Value, value: ir.Value) -> None:
+        """Store into a (masked) slot and mark its chunk dirty."""
+        self.b.store(value, self.slot_ptr(index))
+        chunk = self.b.shl(c32(1), self.b.lshr(index, c32(5)))
+        self.store("stack_dirty", self.b.or_(self.load("stack_dirty"), chunk))
+
+    def tos(self) -> ir.Value:
+        return self.load("tos")
+
+    def set_tos(self, value: ir.Value) -> None:
+        self.store("tos", value)
+
+    def slot(self, depth: int | ir.Value, base: ir.Value | None = None) -> ir.Value:
+        """Masked index of the slot ``depth`` words below TOS (or below ``base``)."""
+        base = self.tos() if base is None else base
+        if isinstance(depth, int):
+            if depth == 0:
+                return base
+            depth = c32(depth)
+        return self.mask(self.b.add(base, depth))
+
+    def peek(self, depth: int = 0) -> ir.Value:
+        return self.read_slot(self.slot(depth))
+
+    def push(self, value: ir.Value | int) -> None:
+        if isinstance(value, int):
+            value = c32(value)
+        tos = self.mask(self.b.sub(self.tos(), c32(1)))
+        self.write_slot(tos, value)
+        self.set_tos(tos)
+
+    def pop(self) -> ir.Value:
+        tos = self.tos()
+        value = self.read_slot(tos)
+        self.set_tos(self.mask(self.b.add(tos, c32(1))))
+        return value
+
+    # --- call frames ----------------------------------------------------------------
+    def frame_word_ptr(self, frame: ir.Value, word: str) -> ir.Value:
+        """Pointer to ``frames[frame].word`` (frame an i32 index)."""
+        index = self.b.add(self.b.mul(frame, c32(len(S.FRAME_FIELDS))), c32(S.FRAME_WORD[word]))
+        return self.array_ptr("frames", index)
+
+    def top_frame(self) -> ir.Value:
+        return self.b.sub(self.load("nframes"), c32(1))
+
+    def top_word_ptr(self, word: str) -> ir.Value:
+        return self.frame_word_ptr(self.top_frame(), word)
+
+    # --- variables ----------------------------------------------------------------
+    def var_ptr(self, local: bool, index: ir.Value) -> ir.Value:
+        array = self.load("lv" if local else "gv")
+        return self.b.gep(array, [self.b.zext(index, I64)], source_etype=I32)
+
+    def var_count(self, local: bool) -> ir.Value:
+        return self.load("num_lv" if local else "num_gv")
+
+    def mark_var_dirty(self, local: bool) -> None:
+        self.store("var_dirty", self.b.or_(self.load("var_dirty"), c32(1 if local else 2)))
+
+    # --- buffers ----------------------------------------------------------------------
+    def log_ptr(self, at: ir.Value) -> ir.Value:
+        return self.array_ptr("log", at, I8)
+
+    def put(self, buffer: str, at: ir.Value, value: ir.Value) -> None:
+        """Unaligned little-endian store of ``value`` (i8/i16/i32) at buffer[at]."""
+        self.b.store(value, self.array_ptr(buffer, at, I8), align=1)
+
+    def memset(self, pointer: ir.Value, length: ir.Value) -> None:
+        length = length if length.type == I64 else self.b.zext(length, I64)
+        self.b.call(self.intrinsic["memset"], [pointer, c8(0), length, ir.Constant(I1, 0)])
+
+    def memcpy(self, dest: ir.Value, source: ir.Value, length: ir.Value) -> None:
+        length = length if length.type == I64 else self.b.zext(length, I64)
+        self.b.call(self.intrinsic["memcpy"], [dest, source, length, ir.Constant(I1, 0)])
+
+    # --- host and helper tables -----------------------------------------------------
+    def host_call(self, name: str, args: Sequence[ir.Value]) -> ir.Value:
+        """Call host service ``name`` with the host's ctx pointer prepended."""
+        table = self.load("host")
+        fn = self.b.load(self.b.gep(table, [c64(S.host_offset(name))], source_etype=I8),
+                         typ=PTR)
+        ctx = self.b.load(self.b.gep(table, [c64(S.host_offset("ctx"))], source_etype=I8),
+                          typ=PTR)
+        return self.b.call(Callee(fn, HOST_TYPES[name]), [ctx, *args])
+
+    def helper_call(self, name: str, args: Sequence[ir.Value]) -> ir.Value:
+        table = self.load("helpers")
+        fn = self.b.load(self.b.gep(table, [c64(S.helper_offset(name))], source_etype=I8),
+                         typ=PTR)
+        return self.b.call(Callee(fn, HELPER_TYPES[name]), list(args))
+
+    # --- small arithmetic helpers -----------------------------------------------------
+    def zext64(self, value: ir.Value) -> ir.Value:
+        return self.b.zext(value, I64) if value.type != I64 else value
+
+    def smin64(self, a: ir.Value, b: ir.Value) -> ir.Value:
+        return self.b.select(self.b.icmp_signed("<", a, b), a, b)
+
+    def alloca_entry(self, ty: ir.Type, name: str = "", count: int = 1) -> ir.Value:
+        """``count`` elements of ``ty`` on the stack, allocated in the entry block."""
+        entry = self.function.entry_basic_block
+        saved = self.b.block
+        with self.b.goto_block(entry):
+            if entry.instructions:
+                self.b.position_before(entry.instructions[0])
+            slot = self.b.alloca(ty, size=count if count > 1 else None, name=name)
+            slot.type = PTR  # an opaque pointer, like every other value here
+        self.b.position_at_end(saved)
+        return slot
+
+
+class Callee(ir.values.Value):
+    """A loaded function pointer with its function type, so ``IRBuilder.call`` can call
+    through it (with opaque pointers llvmlite cannot infer the type)."""
+
+    def __init__(self, pointer: ir.Value, ftype: ir.FunctionType) -> None:
+        self.pointer = pointer
+        self.type = PTR
+        self.function_type = ftype
+
+    def get_reference(self) -> str:
+        return self.pointer.get_reference()

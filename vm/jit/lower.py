@@ -1,0 +1,847 @@
+"""One ``lower_<name>`` per row of the instruction table, in the table's order.
+
+Each function emits the native code of one instruction into its block and ends the block
+(a branch to the next instruction, a target, ``resume`` or ``exit``). It mirrors the
+semantic function of the same opcode in ``vm.ops``; families of rows share a small
+factory exactly where ``vm.ops`` does (binary operators, variables, frame access).
+Hot operations are inline; the rest call the native runtime library (``vm.jit.rtlib``),
+which reports a status that ``HandlerLowering.status_branch`` turns into a branch.
+
+``LOWERINGS`` maps each opcode name to its function, like ``vm.ops.SEMANTICS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llvmlite import ir
+
+from dprobes.vm.bytecode import Instruction
+from dprobes.vm.exceptions import NO_HANDLER, OperandError
+from dprobes.vm.exceptions import ExceptionCode as Ex
+from dprobes.vm.interp import MAX_CALL_DEPTH
+from dprobes.vm.isa import TABLE
+from dprobes.vm.jit import state as S
+from dprobes.vm.jit.function import HandlerLowering
+from dprobes.vm.jit.irgen import I8, I16, I32, I64, c32, c64
+from dprobes.vm.jit.rtlib import SHAPE_CODES
+from dprobes.vm.ops import SIGN
+from dprobes.vm.registers import REGISTERS_BY_INDEX, RegisterShape
+from dprobes.vm.stacktrace import MIN_ST_SIZE
+
+Lowering = Callable[[HandlerLowering, Instruction], None]
+MASK32 = 0xFFFFFFFF
+
+
+# --- shared pieces ---------------------------------------------------------------------
+def _take_jump(lw: HandlerLowering, insn: Instruction) -> None:
+    """ops.take_jump: a taken jump counts against jmpmax first."""
+    e = lw.e
+    count = e.load("jmp_count")
+    limit = e.zext64(e.load("jmpmax"))
+    spent, ok = lw.new_block(insn, "jmpmax"), lw.new_block(insn, "taken")
+    e.b.cbranch(e.b.icmp_unsigned("==", count, limit), spent, ok)
+    e.at(spent)
+    lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, lw.next_block(insn))
+    e.at(ok)
+    e.store("jmp_count", e.b.add(count, c64(1)))
+    e.b.branch(lw.target_block(insn))
+
+
+def _conditional_jump(test: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        taken = lw.new_block(insn, "cond")
+        e.b.cbranch(test(e.b, e.peek(0)), taken, lw.next_block(insn))
+        e.at(taken)
+        _take_jump(lw, insn)
+    return lower
+
+
+def _reserved(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.raise_exception(Ex.INVALID_OPCODE, insn.op.code, insn.offset, lw.next_block(insn))
+
+
+def _push_value(read: Callable[[HandlerLowering], ir.Value]) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        lw.e.push(read(lw))
+        lw.e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _set_field(field: str, value_mask: int = MASK32) -> Lowering:
+    """setattr(m, field, m.pop() & mask)."""
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        value = e.pop()
+        e.store(field, e.b.and_(value, c32(value_mask)) if value_mask != MASK32 else value)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _set_id(field: str, from_stack: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        if from_stack:
+            e.store(field, e.b.and_(e.pop(), c32(0xFFFF)))
+        else:
+            e.store(field, (insn.operand or 0) & 0xFFFF)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _runtime_op(name: str, *args: int) -> Lowering:
+    """An operation done by the runtime library, which reports a status."""
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        lw.status_branch(lw.rt(name, *args), lw.next_block(insn))
+    return lower
+
+
+# --- control flow ----------------------------------------------------------------------
+def lower_nop(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.e.b.branch(lw.next_block(insn))
+
+
+def lower_jmp(lw: HandlerLowering, insn: Instruction) -> None:
+    _take_jump(lw, insn)
+
+
+def _signed_negative(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    return b.icmp_unsigned(">=", v, c32(SIGN))
+
+
+lower_jlt = _conditional_jump(_signed_negative)
+lower_jle = _conditional_jump(lambda b, v: b.or_(b.icmp_unsigned("==", v, c32(0)),
+                                                 _signed_negative(b, v)))
+lower_jgt = _conditional_jump(lambda b, v: b.and_(b.icmp_unsigned("!=", v, c32(0)),
+                                                  b.icmp_unsigned("<", v, c32(SIGN))))
+lower_jge = _conditional_jump(lambda b, v: b.icmp_unsigned("<", v, c32(SIGN)))
+lower_jz = _conditional_jump(lambda b, v: b.icmp_unsigned("==", v, c32(0)))
+lower_jnz = _conditional_jump(lambda b, v: b.icmp_unsigned("!=", v, c32(0)))
+
+
+def lower_loop(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    count = e.load("jmp_count")
+    e.store("jmp_count", e.b.and_(e.b.add(count, c64(1)), c64(0xFFFF)))  # every loop counts
+    spent, go = lw.new_block(insn, "jmpmax"), lw.new_block(insn, "count")
+    e.b.cbranch(e.b.icmp_unsigned("==", count, e.zext64(e.load("jmpmax"))), spent, go)
+    e.at(spent)
+    lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, lw.next_block(insn))
+    e.at(go)
+    tos = e.tos()
+    value = e.b.sub(e.read_slot(tos), c32(1))
+    e.write_slot(tos, value)
+    e.b.cbranch(e.b.icmp_unsigned("!=", value, c32(0)), lw.target_block(insn),
+                lw.next_block(insn))
+
+
+def lower_call(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    nframes = e.load("nframes")
+    full, push = lw.new_block(insn, "overflow"), lw.new_block(insn, "frame")
+    e.b.cbranch(e.b.icmp_unsigned(">", nframes, c32(MAX_CALL_DEPTH)), full, push)
+    e.at(full)
+    lw.raise_exception(Ex.CALL_STACK_OVERFLOW, MAX_CALL_DEPTH, 0, lw.next_block(insn))
+    e.at(push)
+    assert insn.target is not None
+    words = {"sbp": e.load("sbp"), "handler": c32(NO_HANDLER), "called": c32(insn.target),
+             "returns": c32(insn.end)}
+    for word in S.FRAME_FIELDS:
+        e.b.store(words.get(word, c32(0)), e.frame_word_ptr(nframes, word))
+    e.store("nframes", e.b.add(nframes, c32(1)))
+    e.b.branch(lw.target_block(insn))
+
+
+lower_ret = _runtime_op("ret")
+
+
+def lower_abort(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.finish(S.EXIT_ABORT)
+
+
+def lower_rem(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.finish(S.EXIT_REM)
+
+
+def lower_exit(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.finish(S.EXIT_EXIT)
+
+
+def lower_exit_n(lw: HandlerLowering, insn: Instruction) -> None:
+    facility = insn.operand or 0
+    if not 1 <= facility <= 3:
+        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.EXIT_FACILITY, facility,
+                           lw.next_block(insn))
+        return
+    lw.e.store("exit_to", facility)
+    lw.finish(S.EXIT_EXIT_TO)
+
+
+lower_suspend = _reserved
+lower_resume = _reserved
+
+
+def lower_callk(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    status = e.host_call("callk", [e.state])
+    e.store("stack_dirty", MASK32)  # the hook saw the whole state
+    e.store("var_dirty", 3)
+    lw.host_checked(status, insn, "callk")
+    no_hook = lw.new_block(insn, "no_hook")
+    e.b.cbranch(e.b.icmp_unsigned("!=", status, c32(0)), lw.next_block(insn), no_hook)
+    e.at(no_hook)
+    _reserved(lw, insn)
+
+
+# --- logging ---------------------------------------------------------------------------
+lower_setmin_i = _set_id("minor", False)
+lower_setmin = _set_id("minor", True)
+lower_setmaj_i = _set_id("major", False)
+lower_setmaj = _set_id("major", True)
+lower_log_str = _runtime_op("log_str")
+lower_log_mrf = _runtime_op("log_mrf")
+
+
+def lower_log_i(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.status_branch(lw.rt("log_n", insn.operand or 0), lw.next_block(insn))
+
+
+lower_log = _runtime_op("log_record")
+lower_log_lv = _runtime_op("log_vars", 1)
+lower_log_gv = _runtime_op("log_vars", 0)
+lower_push_lp = _push_value(lambda lw: lw.e.load("log_len"))
+lower_push_plp = _push_value(lambda lw: lw.e.load("prev_log_len"))
+lower_pop_lp = _set_field("log_len")
+
+
+# --- variables -------------------------------------------------------------------------
+def _bad_index(lw: HandlerLowering, insn: Instruction, local: bool, index: ir.Value) -> None:
+    kind = OperandError.LOCAL_INDEX if local else OperandError.GLOBAL_INDEX
+    lw.raise_exception(Ex.INVALID_OPERAND, kind, index, lw.next_block(insn))
+
+
+def _checked_index(lw: HandlerLowering, insn: Instruction, local: bool,
+                   index: ir.Value) -> None:
+    """Raise EX_INVALID_OPERAND unless index < len(variables); else go on in a new block."""
+    e = lw.e
+    bad, ok = lw.new_block(insn, "bad_index"), lw.new_block(insn, "index_ok")
+    e.b.cbranch(e.b.icmp_unsigned(">=", index, e.var_count(local)), bad, ok)
+    e.at(bad)
+    _bad_index(lw, insn, local, index)
+    e.at(ok)
+
+
+def _immediate_index(insn: Instruction) -> ir.Value:
+    return c32(insn.operand or 0)
+
+
+def _var_push(local: bool, from_stack: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        index = e.b.and_(e.pop(), c32(0xFFFF)) if from_stack else _immediate_index(insn)
+        _checked_index(lw, insn, local, index)
+        e.push(e.b.load(e.var_ptr(local, index), typ=I32))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _var_pop(local: bool, from_stack: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        tos = e.tos()
+        value = e.read_slot(tos)
+        if from_stack:
+            below = e.slot(1, tos)
+            index = e.b.and_(e.read_slot(below), c32(0xFFFF))
+            e.set_tos(e.slot(1, below))
+        else:
+            index = _immediate_index(insn)
+        _checked_index(lw, insn, local, index)  # the immediate form leaves v on the stack
+        if not from_stack:
+            e.set_tos(e.slot(1, tos))
+        e.b.store(value, e.var_ptr(local, index))
+        e.mark_var_dirty(local)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _var_move(local: bool, from_stack: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        index = e.b.and_(e.pop(), c32(0xFFFF)) if from_stack else _immediate_index(insn)
+        _checked_index(lw, insn, local, index)
+        e.b.store(e.peek(0), e.var_ptr(local, index))
+        e.mark_var_dirty(local)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _var_step(local: bool, from_stack: bool, step: int) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        index = e.b.and_(e.pop(), c32(0xFFFF)) if from_stack else _immediate_index(insn)
+        _checked_index(lw, insn, local, index)
+        pointer = e.var_ptr(local, index)
+        e.b.store(e.b.add(e.b.load(pointer, typ=I32), c32(step)), pointer)
+        e.mark_var_dirty(local)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+# --- global variables (in table order) ---
+lower_alloc_gv = _reserved
+lower_free_gv = _reserved
+lower_free_gvi = _reserved
+lower_push_gvi = _var_push(local=False, from_stack=False)
+lower_push_gv = _var_push(local=False, from_stack=True)
+lower_pop_gvi = _var_pop(local=False, from_stack=False)
+lower_pop_gv = _var_pop(local=False, from_stack=True)
+lower_move_gvi = _var_move(local=False, from_stack=False)
+lower_move_gv = _var_move(local=False, from_stack=True)
+lower_inc_gvi = _var_step(local=False, from_stack=False, step=1)
+lower_inc_gv = _var_step(local=False, from_stack=True, step=1)
+lower_dec_gvi = _var_step(local=False, from_stack=False, step=-1)
+lower_dec_gv = _var_step(local=False, from_stack=True, step=-1)
+# --- local variables ---
+lower_push_lvi = _var_push(local=True, from_stack=False)
+lower_push_lv = _var_push(local=True, from_stack=True)
+lower_pop_lvi = _var_pop(local=True, from_stack=False)
+lower_pop_lv = _var_pop(local=True, from_stack=True)
+lower_move_lvi = _var_move(local=True, from_stack=False)
+lower_move_lv = _var_move(local=True, from_stack=True)
+lower_inc_lvi = _var_step(local=True, from_stack=False, step=1)
+lower_inc_lv = _var_step(local=True, from_stack=True, step=1)
+lower_dec_lvi = _var_step(local=True, from_stack=False, step=-1)
+lower_dec_lv = _var_step(local=True, from_stack=True, step=-1)
+
+
+# --- arithmetic and logic ----------------------------------------------------------------
+Compute = Callable[[HandlerLowering, ir.Value, ir.Value], ir.Value]
+
+
+def _binary(compute: Compute) -> Lowering:
+    """``a b -> f(tos=b, nos=a)``: pop TOS then NOS, push the result."""
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        tos = e.tos()
+        below = e.slot(1, tos)
+        e.write_slot(below, compute(lw, e.read_slot(tos), e.read_slot(below)))
+        e.set_tos(below)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _in_place(compute: Callable[[HandlerLowering, ir.Value, int], ir.Value]) -> Lowering:
+    """Rewrite TOS from itself and the u8 immediate."""
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        tos = e.tos()
+        e.write_slot(tos, compute(lw, e.read_slot(tos), insn.operand or 0))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _rotate(lw: HandlerLowering, value: ir.Value, count: ir.Value, left: bool) -> ir.Value:
+    """Rotate by count & 31 (funnel shifts take the count modulo 32)."""
+    return lw.e.b.call(lw.e.intrinsic["fshl" if left else "fshr"], [value, value, count])
+
+
+def _count(lw: HandlerLowering, count: ir.Value) -> ir.Value:
+    return lw.e.b.and_(count, c32(31))
+
+
+lower_add = _binary(lambda lw, t, n: lw.e.b.add(t, n))
+lower_sub = _binary(lambda lw, t, n: lw.e.b.sub(t, n))  # TOS - NOS: the 5.0 operand order
+lower_mul = _binary(lambda lw, t, n: lw.e.b.mul(t, n))
+
+
+def _divide(signed: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        divisor = e.pop()
+        dividend = e.pop()
+        zero, go = lw.new_block(insn, "by_zero"), lw.new_block(insn, "divide")
+        e.b.cbranch(e.b.icmp_unsigned("==", divisor, c32(0)), zero, go)
+        e.at(zero)
+        lw.raise_exception(Ex.DIV_BY_ZERO, 0, 0, lw.next_block(insn))
+        e.at(go)
+        if signed:  # C truncation; INT_MIN / -1 wraps (i386 would trap)
+            minus_one, general, done = (lw.new_block(insn, n) for n in
+                                        ("minus_one", "general", "divided"))
+            e.b.cbranch(e.b.icmp_unsigned("==", divisor, c32(MASK32)), minus_one, general)
+            e.at(minus_one)
+            negated = e.b.sub(c32(0), dividend)
+            e.b.branch(done)
+            e.at(general)
+            quotient = e.b.sdiv(dividend, divisor)
+            remainder = e.b.srem(dividend, divisor)
+            e.b.branch(done)
+            e.at(done)
+            q = e.b.phi(I32)
+            q.add_incoming(negated, minus_one)
+            q.add_incoming(quotient, general)
+            r = e.b.phi(I32)
+            r.add_incoming(c32(0), minus_one)
+            r.add_incoming(remainder, general)
+        else:
+            q, r = e.b.udiv(dividend, divisor), e.b.urem(dividend, divisor)
+        e.push(r)
+        e.push(q)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+lower_div = _divide(signed=False)
+lower_idiv = _divide(signed=True)
+lower_neg = _in_place(lambda lw, v, n: lw.e.b.xor(v, c32(MASK32)))
+lower_and = _binary(lambda lw, t, n: lw.e.b.and_(t, n))
+lower_or = _binary(lambda lw, t, n: lw.e.b.or_(t, n))
+lower_xor = _binary(lambda lw, t, n: lw.e.b.xor(t, n))
+lower_rol_i = _in_place(lambda lw, v, n: _rotate(lw, v, c32(n & 31), True))
+lower_rol = _binary(lambda lw, v, n: _rotate(lw, v, n, True))
+lower_ror_i = _in_place(lambda lw, v, n: _rotate(lw, v, c32(n & 31), False))
+lower_ror = _binary(lambda lw, v, n: _rotate(lw, v, n, False))
+lower_shl_i = _in_place(lambda lw, v, n: lw.e.b.shl(v, c32(n & 31)))
+lower_shl = _binary(lambda lw, v, n: lw.e.b.shl(v, _count(lw, n)))
+lower_shr_i = _in_place(lambda lw, v, n: lw.e.b.lshr(v, c32(n & 31)))
+lower_shr = _binary(lambda lw, v, n: lw.e.b.lshr(v, _count(lw, n)))
+
+
+# pbl/pbr/pzl/pzr: k is 1..32 wherever these run (checked first)
+def _propagate(lw: HandlerLowering, left: bool, k: ir.Value, value: ir.Value) -> ir.Value:
+    """Copy bit k-1 into every bit above (left) or below it (ops._propagate)."""
+    b = lw.e.b
+    k1 = b.sub(k, c32(1))
+    bit = b.and_(b.lshr(value, k1), c32(1))
+    if left:
+        span = b.shl(c32(MASK32), k1)
+    else:
+        span = b.trunc(b.sub(b.shl(c64(1), b.zext(k, I64)), c64(1)), I32)
+    return b.select(b.icmp_unsigned("!=", bit, c32(0)), b.or_(value, span),
+                    b.and_(value, b.xor(span, c32(MASK32))))
+
+
+def _zero(lw: HandlerLowering, left: bool, k: ir.Value, value: ir.Value) -> ir.Value:
+    """pzl keeps the low k bits (k = 32 clears all); pzr clears bits 0..k-2 (ops._zero)."""
+    b = lw.e.b
+    if left:
+        low = b.trunc(b.sub(b.shl(c64(1), b.zext(k, I64)), c64(1)), I32)
+        return b.select(b.icmp_unsigned("==", k, c32(32)), c32(0), b.and_(value, low))
+    return b.and_(value, b.shl(c32(MASK32), b.sub(k, c32(1))))
+
+
+def _bit_stack(compute: Callable, left: bool, pzr: bool = False) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        k = e.pop()
+        bad, ok = lw.new_block(insn, "bad_bit"), lw.new_block(insn, "bit_ok")
+        e.b.cbranch(e.b.icmp_unsigned(">=", e.b.sub(k, c32(1)), c32(32)), bad, ok)
+        e.at(bad)
+        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, lw.next_block(insn))
+        e.at(ok)
+        if pzr:  # 5.0 returns before popping the value when k is 1
+            apply = lw.new_block(insn, "apply")
+            e.b.cbranch(e.b.icmp_unsigned("==", k, c32(1)), lw.next_block(insn), apply)
+            e.at(apply)
+        e.push(compute(lw, left, k, e.pop()))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _bit_immediate(compute: Callable, left: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        k = insn.operand or 0
+        if not 1 <= k <= 32:
+            if compute is _propagate:
+                lw.finish(S.EXIT_TERMINATED)  # 5.0: silent end, no exception
+            else:
+                lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k,
+                                   lw.next_block(insn))
+            return
+        tos = e.tos()
+        e.write_slot(tos, compute(lw, left, c32(k), e.read_slot(tos)))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+lower_pbl = _bit_stack(_propagate, left=True)
+lower_pbr = _bit_stack(_propagate, left=False)
+lower_pbl_i = _bit_immediate(_propagate, left=True)
+lower_pbr_i = _bit_immediate(_propagate, left=False)
+lower_pzl = _bit_stack(_zero, left=True)
+lower_pzr = _bit_stack(_zero, left=False, pzr=True)
+lower_pzl_i = _bit_immediate(_zero, left=True)
+lower_pzr_i = _bit_immediate(_zero, left=False)
+
+
+# --- stack -----------------------------------------------------------------------------
+def lower_push(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.e.push(insn.operand or 0)
+    lw.e.b.branch(lw.next_block(insn))
+
+
+def lower_xchg(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    tos = e.tos()
+    below = e.slot(1, tos)
+    top, under = e.read_slot(tos), e.read_slot(below)
+    e.write_slot(tos, under)
+    e.write_slot(below, top)
+    e.b.branch(lw.next_block(insn))
+
+
+def lower_dup_i(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    lw.rt("replicate", e.pop(), insn.operand or 0)
+    e.b.branch(lw.next_block(insn))
+
+
+def lower_dup(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    value = e.pop()
+    copies = e.b.add(e.b.and_(e.pop(), c32(0xFF)), c32(1))
+    lw.rt("replicate", value, copies)
+    e.b.branch(lw.next_block(insn))
+
+
+def lower_ros(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    e.set_tos(e.slot(insn.operand or 0))
+    e.b.branch(lw.next_block(insn))
+
+
+# --- registers and system variables ------------------------------------------------------
+def _push_register(user: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        reg = REGISTERS_BY_INDEX[insn.operand or 0]
+        if reg.shape is not RegisterShape.WORD:
+            lw.status_branch(lw.rt("push_wide", reg.index, int(user), SHAPE_CODES[reg.shape]),
+                             lw.next_block(insn))
+            return
+        words = lw.words
+        e.b.store(c32(0), words)
+        status = e.host_call("read_register", [c32(reg.index), c32(int(user)), words])
+        lw.host_checked(status, insn, "register")
+        e.push(e.b.load(words, typ=I32))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _pop_register(user: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        value = e.pop()
+        status = e.host_call("write_register", [c32(insn.operand or 0), c32(int(user)), value])
+        lw.host_checked(status, insn, "written")
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _system_value(service: str) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        words = lw.words
+        e.b.store(c32(0), words)
+        lw.host_checked(e.host_call(service, [words]), insn, service)
+        e.push(e.b.load(words, typ=I32))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+lower_push_r = _push_register(user=False)
+lower_pop_r = _pop_register(user=False)
+lower_push_u = _push_register(user=True)
+lower_pop_u = _pop_register(user=True)
+lower_push_task = _system_value("task")
+lower_push_pid = _system_value("pid")
+lower_push_procid = _system_value("processor")
+lower_push_wid = _push_value(lambda lw: c32(-32))
+
+
+# --- memory and IO -----------------------------------------------------------------------
+_WIDTH_TYPES = {1: I8, 2: I16, 4: I32}
+
+
+def _memory_switch(lw: HandlerLowering, insn: Instruction, status: ir.Value,
+                   fault: ir.Block, what: str) -> None:
+    """0: go on in a new block; 1: ``fault``; anything else: the host failed."""
+    e = lw.e
+    ok, failed = lw.new_block(insn, what), lw.new_block(insn, f"{what}_failed")
+    switch = e.b.switch(status, failed)
+    switch.add_case(c32(0), ok)
+    switch.add_case(c32(1), fault)
+    e.at(failed)
+    lw.rt("host_error")
+    e.b.branch(lw.exit_block)
+    e.at(ok)
+
+
+def _push_memory(width: int) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        tos = e.tos()
+        address = e.read_slot(tos)
+        buffer = lw.words
+        status = e.host_call("read_memory", [address, c32(width), buffer, lw.fault])
+        fault = lw.new_block(insn, "fault")
+        _memory_switch(lw, insn, status, fault, "read")
+        if width == 8:  # addr -> hi lo
+            low = e.b.load(buffer, typ=I32)
+            high = e.b.load(e.b.gep(buffer, [c64(1)], source_etype=I32), typ=I32)
+            e.write_slot(tos, high)
+            below = e.mask(e.b.sub(tos, c32(1)))
+            e.write_slot(below, low)
+            e.set_tos(below)
+        else:
+            value = e.b.load(buffer, typ=_WIDTH_TYPES[width])
+            e.write_slot(tos, e.b.zext(value, I32) if width < 4 else value)
+        e.b.branch(lw.next_block(insn))
+        e.at(fault)
+        e.set_tos(e.slot(1, tos))
+        lw.raise_exception(Ex.INVALID_ADDR, address, 0, lw.next_block(insn))
+    return lower
+
+
+def _pop_memory(width: int) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        buffer = lw.words
+        value = e.pop()
+        if width == 8:
+            e.b.store(value, buffer)
+            e.b.store(e.pop(), e.b.gep(buffer, [c64(1)], source_etype=I32))
+        else:
+            stored = value if width == 4 else e.b.trunc(value, _WIDTH_TYPES[width])
+            e.b.store(stored, buffer)
+        address = e.pop()
+        status = e.host_call("write_memory", [address, c32(width), buffer, lw.fault])
+        fault = lw.new_block(insn, "fault")
+        _memory_switch(lw, insn, status, fault, "written")
+        e.b.branch(lw.next_block(insn))
+        e.at(fault)
+        lw.raise_exception(Ex.INVALID_ADDR, address, 0, lw.next_block(insn))
+    return lower
+
+
+lower_push_mem_u8 = _push_memory(1)
+lower_push_mem_u16 = _push_memory(2)
+lower_push_mem_u32 = _push_memory(4)
+lower_push_mem_u64 = _push_memory(8)
+lower_pop_mem_u8 = _pop_memory(1)
+lower_pop_mem_u16 = _pop_memory(2)
+lower_pop_mem_u32 = _pop_memory(4)
+lower_pop_mem_u64 = _pop_memory(8)
+
+
+def _verify(write: bool) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        address = e.pop()
+        buffer = lw.words
+        bad, good = lw.new_block(insn, "unreadable"), lw.new_block(insn, "accessible")
+        status = e.host_call("read_memory", [address, c32(1), buffer, lw.fault])
+        _memory_switch(lw, insn, status, bad, "readable")
+        if write:
+            status = e.host_call("write_memory", [address, c32(1), buffer, lw.fault])
+            _memory_switch(lw, insn, status, bad, "writable")
+        e.b.branch(good)
+        for block, result in ((bad, 1), (good, 0)):
+            e.at(block)
+            e.push(result)
+            e.b.branch(lw.next_block(insn))
+    return lower
+
+
+lower_vfy_r = _verify(write=False)
+lower_vfy_rw = _verify(write=True)
+
+
+def lower_seg2lin(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    offset = e.pop()
+    selector = e.pop()
+    words = lw.words
+    status = e.host_call("segment_base", [selector, words])
+    bad = lw.new_block(insn, "bad_selector")
+    _memory_switch(lw, insn, status, bad, "base")
+    e.push(e.b.add(e.b.load(words, typ=I32), offset))
+    e.b.branch(lw.next_block(insn))
+    e.at(bad)
+    lw.raise_exception(Ex.SEG_FAULT, selector, 0, lw.next_block(insn))
+
+
+def _io_in(width: int) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        port = e.b.and_(e.pop(), c32(0xFFFF))
+        words = lw.words
+        e.b.store(c32(0), words)
+        lw.host_checked(e.host_call("io_read", [port, c32(width), words]), insn, "in")
+        e.push(e.b.load(words, typ=I32))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _io_out(width: int) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        value = e.b.and_(e.pop(), c32((1 << 8 * width) - 1))
+        port = e.b.and_(e.pop(), c32(0xFFFF))
+        lw.host_checked(e.host_call("io_write", [port, c32(width), value]), insn, "out")
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+lower_push_io_u8 = _io_in(1)
+lower_push_io_u16 = _io_in(2)
+lower_push_io_u32 = _io_in(4)
+lower_pop_io_u8 = _io_out(1)
+lower_pop_io_u16 = _io_out(2)
+lower_pop_io_u32 = _io_out(4)
+
+
+# --- exceptions and stack traces ---------------------------------------------------------
+def lower_sx(lw: HandlerLowering, insn: Instruction) -> None:
+    assert insn.target is not None
+    lw.e.b.store(c32(insn.target), lw.e.top_word_ptr("handler"))
+    lw.e.b.branch(lw.next_block(insn))
+
+
+def lower_ux(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.e.b.store(c32(NO_HANDLER), lw.e.top_word_ptr("handler"))
+    lw.e.b.branch(lw.next_block(insn))
+
+
+lower_rx = _runtime_op("rx")
+
+
+def lower_push_x(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    e.push(e.load("ex_parm2"))
+    e.push(e.load("ex_parm1"))
+    e.push(e.load("ex_code"))
+    e.b.branch(lw.next_block(insn))
+
+
+lower_log_st = _runtime_op("log_st")
+
+
+def lower_purge_st(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.e.store("ex_len", MIN_ST_SIZE)
+    lw.e.b.branch(lw.next_block(insn))
+
+
+def _trace(kind: str) -> Lowering:
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        count = e.pop()
+        first = e.pop()
+        e.b.store(count, e.top_word_ptr(f"{kind}_count"))
+        e.b.store(first, e.top_word_ptr(f"{kind}_first"))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+lower_trace_lv = _trace("lv")
+lower_trace_gv = _trace("gv")
+lower_trace_pv = _trace("pv")
+lower_push_stp = _push_value(lambda lw: lw.e.load("ex_len"))
+lower_pop_stp = _set_field("ex_len")
+
+
+# --- frame (SBP/TOS relative) access ------------------------------------------------------
+def _frame_push(sbp: bool, immediate: bool) -> Lowering:
+    """push sbp/tsp: push the slot k away from SBP or TOS (k popped first if not immediate)."""
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        tos = e.tos()
+        if immediate:
+            k = c32(insn.operand or 0)
+        else:
+            k = e.read_slot(tos)
+            tos = e.slot(1, tos)
+        base = e.load("sbp") if sbp else tos
+        value = e.read_slot(e.mask(e.b.add(base, k)))
+        new_tos = e.mask(e.b.sub(tos, c32(1)))
+        e.write_slot(new_tos, value)
+        e.set_tos(new_tos)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _frame_pop(sbp: bool, immediate: bool) -> Lowering:
+    """pop sbp/tsp: store TOS in a slot; the immediate form computes the slot before popping."""
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        if immediate:
+            base = e.load("sbp") if sbp else e.tos()
+            slot = e.mask(e.b.add(base, c32(insn.operand or 0)))
+            e.write_slot(slot, e.pop())
+        else:
+            value = e.pop()
+            k = e.pop()
+            base = e.load("sbp") if sbp else e.tos()
+            e.write_slot(e.mask(e.b.add(base, k)), value)
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+def _frame_copy(sbp: bool, immediate: bool) -> Lowering:
+    """copy sbp/tsp: store TOS in a slot without popping it (stack form pops k first)."""
+    def lower(lw: HandlerLowering, insn: Instruction) -> None:
+        e = lw.e
+        k = c32(insn.operand or 0) if immediate else e.pop()
+        tos = e.tos()
+        base = e.load("sbp") if sbp else tos
+        e.write_slot(e.mask(e.b.add(base, k)), e.read_slot(tos))
+        e.b.branch(lw.next_block(insn))
+    return lower
+
+
+lower_push_sbp = _frame_push(sbp=True, immediate=False)
+lower_pop_sbp = _frame_pop(sbp=True, immediate=False)
+lower_push_tsp = _frame_push(sbp=False, immediate=False)
+lower_pop_tsp = _frame_pop(sbp=False, immediate=False)
+lower_push_sbp_i = _frame_push(sbp=True, immediate=True)
+lower_pop_sbp_i = _frame_pop(sbp=True, immediate=True)
+lower_push_tsp_i = _frame_push(sbp=False, immediate=True)
+lower_pop_tsp_i = _frame_pop(sbp=False, immediate=True)
+lower_copy_sbp_i = _frame_copy(sbp=True, immediate=True)
+lower_copy_tsp_i = _frame_copy(sbp=False, immediate=True)
+lower_copy_sbp = _frame_copy(sbp=True, immediate=False)
+lower_copy_tsp = _frame_copy(sbp=False, immediate=False)
+lower_save_sbp = _push_value(lambda lw: lw.e.load("sbp"))
+lower_restore_sbp = _set_field("sbp", 1023)
+lower_save_tsp = _push_value(lambda lw: lw.e.tos())
+lower_restore_tsp = _set_field("tos", 1023)
+
+
+# --- byte heap (the allocator is a Python helper) ------------------------------------------
+def _heap(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.status_branch(lw.rt("heap", insn.op.code, insn.operand or 0), lw.next_block(insn))
+
+
+lower_malloc = _heap
+lower_free = _heap
+lower_pushh_u8_i = _heap
+lower_pushh_u16_i = _heap
+lower_pushh_u32_i = _heap
+lower_pushh_u64_i = _heap
+lower_poph_u8_i = _heap
+lower_poph_u16_i = _heap
+lower_poph_u32_i = _heap
+lower_poph_u64_i = _heap
+
+
+def lowering_name(op_name: str) -> str:
+    return f"lower_{op_name.lower()}"
+
+
+LOWERINGS: dict[str, Lowering] = {
+    op.name: globals()[lowering_name(op.name)] for op in TABLE
+    if lowering_name(op.name) in globals()
+}
+"""Opcode name -> its lowering (a completeness test checks that every row has one)."""

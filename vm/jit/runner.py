@@ -1,0 +1,268 @@
+"""Firing compiled handlers: the native state of one VM and its persistence rules.
+
+The interpreter's state between hits lives in Python lists: the per-CPU stack
+(``CpuState.stack``), the program's locals and the system-wide globals. A ``JitRunner``
+keeps native mirrors of them in its ``State`` and keeps the two in step without copying
+1024 words per hit:
+
+* copy in: each list is compared with a snapshot taken at the last copy out (fast when
+  nothing changed: the same int objects); if anything differs (an interpreter hit,
+  another VM on the same CPU, a test poking values) the whole list is copied in;
+* copy out: native code marks every 32-word chunk of the stack it writes, and whether
+  it wrote lv or gv; only those go back to the lists (and to the snapshots).
+
+So a VM may mix tiers freely (``auto`` does) and several VMs may share a CpuState or a
+GlobalVariables, as with the interpreter alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from array import array
+
+from dprobes.vm.context import Context
+from dprobes.vm.interp import STACK_MASK, STACK_SIZE, ExitKind, RaisedException
+from dprobes.vm.jit import state as S
+from dprobes.vm.jit.compile import CompiledHandler, JitError
+from dprobes.vm.jit.host import Session, drop_session, new_session, python_host_table
+from dprobes.vm.jit.runtime_helpers import HELPERS, view_of
+from dprobes.vm.stacktrace import MIN_ST_SIZE
+
+MASK32 = 0xFFFFFFFF
+CHUNK = 32
+ALL_CHUNKS = (1 << (STACK_SIZE // CHUNK)) - 1
+
+EXIT_KINDS = {
+    S.EXIT_EXIT: ExitKind.EXIT,
+    S.EXIT_EXIT_TO: ExitKind.EXIT_TO,
+    S.EXIT_REM: ExitKind.REM,
+    S.EXIT_ABORT: ExitKind.ABORT,
+    S.EXIT_TERMINATED: ExitKind.TERMINATED,
+}
+
+
+class JitHostError(JitError):
+    """A native host reported a failure (negative status) and no Python error was kept."""
+
+
+class ProgramTooLarge(JitError):
+    """The program's buffers exceed what the JIT state reserves (cannot happen for a
+    program within the DProbes limits)."""
+
+
+def _to_words(values: list[int]) -> array:
+    try:
+        return array("I", values)
+    except OverflowError:  # values outside 0..2**32-1 (the interpreter would keep them)
+        return array("I", [v & MASK32 for v in values])
+
+
+class _Mirror:
+    """A native word array kept in step with a Python list (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.array: ctypes.Array | None = None
+        self.view: memoryview | None = None
+        self.snapshot: list[int] | None = None
+        self.length = -1
+
+    def copy_in(self, values: list[int]) -> bool:
+        """Bring the mirror up to date; True when the array was (re)allocated."""
+        grown = False
+        if len(values) != self.length:
+            self.length = len(values)
+            self.array = (ctypes.c_uint32 * max(self.length, 1))()
+            self.view = memoryview(self.array).cast("B").cast("I")[:self.length]
+            self.snapshot = None
+            grown = True
+        if self.snapshot is None or values != self.snapshot:
+            assert self.view is not None
+            self.view[:] = _to_words(values)
+            self.snapshot = values[:]
+        return grown
+
+    def copy_out(self, values: list[int], start: int = 0, end: int | None = None) -> None:
+        assert self.view is not None and self.snapshot is not None
+        end = self.length if end is None else end
+        fresh = self.view[start:end].tolist()
+        values[start:end] = fresh
+        self.snapshot[start:end] = fresh
+
+
+class NativeHit:
+    """The results of one native hit, with the attributes ``api.build_result`` reads."""
+
+    __slots__ = (
+        "_ex_log",
+        "_log",
+        "_stack",
+        "exception",
+        "exit_kind",
+        "exit_to",
+        "jmp_count",
+        "log_overflow",
+        "major",
+        "minor",
+    )
+
+    def __init__(self, state: S.State, stack: list[int]) -> None:
+        kind = state.exit_kind
+        self.exit_kind = EXIT_KINDS[kind]
+        self.exit_to = state.exit_to if kind == S.EXIT_EXIT_TO else None
+        self.exception = (RaisedException(state.exc_code, state.exc_parm1, state.exc_parm2)
+                          if state.has_exception else None)
+        self.major, self.minor = state.major, state.minor
+        self.jmp_count = state.jmp_count
+        self.log_overflow = bool(state.log_overflow)
+        log_end = min(state.log_len, state.log_cap)
+        self._log = bytes(memoryview(state.log)[state.header_length:log_end]) \
+            if log_end > state.header_length else b""
+        ex_end = min(state.ex_len, state.ex_logmax)
+        self._ex_log = bytes(memoryview(state.ex_log)[MIN_ST_SIZE:ex_end]) \
+            if ex_end > MIN_ST_SIZE else b""
+        depth = -state.tos & STACK_MASK
+        self._stack = stack[STACK_SIZE - depth:][::-1] if depth else []
+
+    def log_data(self, header_length: int) -> bytes:
+        return self._log
+
+    def exception_log(self) -> bytes:
+        return self._ex_log
+
+    def stack_words(self) -> list[int]:
+        return self._stack
+
+
+class JitRunner:
+    """The native state of one VM: fires its compiled handlers."""
+
+    def __init__(self, vm) -> None:  # vm: dprobes.vm.api.VM
+        header = vm.program.header
+        self.vm = vm
+        log_cap = vm.header_length + header.logmax
+        if log_cap > S.LOG_BUFFER or header.ex_logmax > S.EX_LOG_BUFFER:
+            raise ProgramTooLarge(f"logmax {header.logmax} / ex_logmax {header.ex_logmax} "
+                                  "exceed the DProbes limits the JIT reserves room for")
+        self.state = S.State()
+        state = self.state
+        self.address = ctypes.addressof(state)
+        state.jmpmax = header.jmpmax
+        state.header_length = vm.header_length
+        state.log_cap = log_cap
+        state.ex_logmax = header.ex_logmax
+        state.ex_log_size = max(header.ex_logmax, MIN_ST_SIZE)
+        state.autostacktrace = int(header.autostacktrace)
+        state.helpers = ctypes.pointer(HELPERS)
+        self.session: Session = new_session(vm.program, state)
+        self.python_host = python_host_table(self.session)
+        self.stack_view = memoryview(state.stack).cast("B").cast("I")
+        self.stack_snapshot: list[int] | None = None
+        self.lv = _Mirror()
+        self.gv = _Mirror()
+        self.probe = -1
+        self.busy = False
+        self.native_hosts: dict[type, object] = {}
+
+    def close(self) -> None:
+        drop_session(self.session)
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # --- persistence ------------------------------------------------------------------
+    def _copy_in(self) -> None:
+        vm, state = self.vm, self.state
+        stack = vm.cpu.stack
+        if self.stack_snapshot is None or stack != self.stack_snapshot:
+            self.stack_view[:] = _to_words(stack)
+            self.stack_snapshot = stack[:]
+        if self.lv.copy_in(vm.locals):
+            state.lv = ctypes.cast(self.lv.array, ctypes.POINTER(ctypes.c_uint32))
+            state.num_lv = self.lv.length
+        if self.gv.copy_in(vm.globals.values):
+            state.gv = ctypes.cast(self.gv.array, ctypes.POINTER(ctypes.c_uint32))
+            state.num_gv = self.gv.length
+        state.ex_code = vm.cpu.ex_code
+
+    def _copy_out(self) -> None:
+        vm, state = self.vm, self.state
+        dirty = state.stack_dirty
+        if dirty:
+            stack, snapshot = vm.cpu.stack, self.stack_snapshot
+            assert snapshot is not None
+            if dirty == ALL_CHUNKS:
+                fresh = self.stack_view.tolist()
+                stack[:] = fresh
+                snapshot[:] = fresh
+            else:
+                chunk = 0
+                while dirty:
+                    if dirty & 1:
+                        start = chunk * CHUNK
+                        fresh = self.stack_view[start:start + CHUNK].tolist()
+                        stack[start:start + CHUNK] = fresh
+                        snapshot[start:start + CHUNK] = fresh
+                    dirty >>= 1
+                    chunk += 1
+        if state.var_dirty & 1:
+            self.lv.copy_out(vm.locals)
+        if state.var_dirty & 2:
+            self.gv.copy_out(vm.globals.values)
+        vm.cpu.ex_code = state.ex_code
+
+    # --- firing -----------------------------------------------------------------------
+    def _select_probe(self, probe: int) -> None:
+        record = self.vm.program.probes[probe]
+        state = self.state
+        state.ex_mask = record.ex_mask
+        state.probe_major = record.major & 0xFFFF
+        state.probe_minor = record.minor & 0xFFFF
+        self.session.probe = probe
+        self.probe = probe
+
+    def _host_for(self, context: Context) -> tuple[S.HostTable, object]:
+        """The callback table for ``context`` (native for MemoryContext when allowed)."""
+        if self.vm.native_context:
+            from dprobes.vm.jit.native_context import native_host_for
+
+            host = native_host_for(self, context)
+            if host is not None:
+                return host.table, host
+        return self.python_host, None
+
+    def run(self, probe: int, handler: CompiledHandler, context: Context) -> NativeHit:
+        if self.busy:
+            raise JitError("re-entrant fire on the same VM from inside a handler")
+        state, session = self.state, self.session
+        if probe != self.probe:
+            self._select_probe(probe)
+        self._copy_in()
+        table, native = self._host_for(context)
+        state.host = ctypes.pointer(table)
+        session.context = context
+        session.heap = None
+        session.error = None
+        view_of(session)
+        if native is not None:
+            native.before_hit()
+        self.busy = True
+        try:
+            handler.function(self.address)
+        finally:
+            self.busy = False
+            self._copy_out()
+            if native is not None:
+                native.after_hit()
+            session.context = None
+            session.heap = None
+        if session.error is not None:
+            error, session.error = session.error, None
+            raise error
+        kind = state.exit_kind
+        if kind == S.EXIT_HOST_ERROR:
+            raise JitHostError("a native host callback reported a failure")
+        if kind not in EXIT_KINDS:
+            raise JitError(f"native handler ended in an impossible state ({kind})")
+        return NativeHit(state, self.vm.cpu.stack)
