@@ -14,6 +14,8 @@ module sets that up on unicorn, following what runtime.md records as measured:
   register write, so user mode is entered as Linux enters it: ``iret`` from ring 0, here
   a one-instruction trampoline in a kernel page.
 - FPCW 0x37f and MXCSR 0x1f80 (unicorn starts both at 0), CR0.MP|NE, CR4.OSFXSR|OSXMMEXCPT.
+  CR4.TSD makes ``rdtsc`` in user mode a #GP, so the machine can answer it from the
+  instruction clock: unicorn's own TSC follows host time and cannot be hooked.
 - ``invalidate_code(paddr, n)`` after a host write into code: unicorn's translation cache
   is not coherent with host writes. Translations are keyed by physical address, and
   ``ctl_remove_cache`` takes a virtual one, so the frame is mapped for a moment at a kernel
@@ -67,7 +69,7 @@ instruction fetch at the current CPL) on every start, so this page is user-execu
 full of ``hlt``: user code that jumps into it gets #GP, and one that jumps exactly here
 stops emulation (the machine then kills it with SIGSEGV)."""
 CR0_MP, CR0_NE = 1 << 1, 1 << 5
-CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 9, 1 << 10
+CR4_TSD, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 2, 1 << 9, 1 << 10
 USER_EFLAGS = 0x202  # IF set, as for a new Linux process
 
 GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags")
@@ -120,6 +122,7 @@ class CPU:
         self._in_fill = False
         self._deferred: list[tuple[int, int]] = []
         self.tlb_fills = 0
+        self._cs = RegisterBatch(self.uc, ["cs"])  # before any hook can run
         self.counter = InstructionCounter(self.uc, self._read_code)
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
         self.uc.hook_add(UC_HOOK_INTR, lambda _uc, vector, _data: self.on_interrupt(vector))
@@ -144,6 +147,10 @@ class CPU:
     def _frame_address(self, vaddr: int) -> int:
         return (self.kernel.pages[vaddr >> PAGE_SHIFT][0] << PAGE_SHIFT) | (vaddr & PAGE_MASK)
 
+    def kernel_read(self, vaddr: int, n: int) -> bytes:
+        """Bytes of a fixmap kernel page (the GDT, for seg2lin), not crossing the page."""
+        return self.memory.read(self._frame_address(vaddr), n)
+
     def _boot(self) -> None:
         gdt = bytearray(8 * GDT_ENTRIES)
         flat = {KERNEL_CS: 0x9B, KERNEL_DS: 0x93, USER_CS: 0xFB, USER_DS: 0xF3}
@@ -157,8 +164,8 @@ class CPU:
         for reg in (x86.UC_X86_REG_DS, x86.UC_X86_REG_ES):
             uc.reg_write(reg, USER_DS)
         uc.reg_write(x86.UC_X86_REG_CR0, uc.reg_read(x86.UC_X86_REG_CR0) | CR0_MP | CR0_NE)
-        uc.reg_write(x86.UC_X86_REG_CR4,
-                     uc.reg_read(x86.UC_X86_REG_CR4) | CR4_OSFXSR | CR4_OSXMMEXCPT)
+        uc.reg_write(x86.UC_X86_REG_CR4, uc.reg_read(x86.UC_X86_REG_CR4) | CR4_TSD
+                     | CR4_OSFXSR | CR4_OSXMMEXCPT)
         uc.reg_write(x86.UC_X86_REG_FPCW, 0x37F)
         uc.reg_write(x86.UC_X86_REG_MXCSR, 0x1F80)
 
@@ -167,7 +174,7 @@ class CPU:
     def _tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: object, _data: object) -> bool:
         self.tlb_fills += 1
         kind = _ACCESS.get(access, Prot.READ)
-        user = uc.reg_read(x86.UC_X86_REG_CS) & 3 == 3
+        user = self._cs.read()[0] & 3 == 3
         self._in_fill = True
         try:
             found = (self.space.translate(vaddr, kind, user) if self.space is not None

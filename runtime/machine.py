@@ -23,7 +23,7 @@ from unicorn import UC_ERR_INSN_INVALID, UcError
 from unicorn import x86_const as x86
 
 from dprobes.runtime import elfload, syscalls
-from dprobes.runtime.addrspace import MMAP_BASE, AddressSpace, KernelPages, PageMapping
+from dprobes.runtime.addrspace import MMAP_BASE, AddressSpace, GuestFault, KernelPages, PageMapping
 from dprobes.runtime.clock import VirtualClock
 from dprobes.runtime.cpu import CPU, STOP_ADDRESS
 from dprobes.runtime.pagecache import GuestFile, PageCache
@@ -31,6 +31,7 @@ from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, PhysicalMemory
 from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Input, Process, Sink, State
 from dprobes.runtime.swap import SwapArea
 from dprobes.runtime.traps import (
+    GENERAL_PROTECTION,
     INVALID_OPCODE,
     PAGE_FAULT,
     Trap,
@@ -40,6 +41,8 @@ from dprobes.runtime.traps import (
 
 QUANTUM = 200_000
 """Instructions a process runs before the scheduler moves on to the next one."""
+SOLO_QUANTA = 50
+"""Quanta run in one ``emu_start`` when only one process is runnable."""
 SYSCALL_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
@@ -174,7 +177,8 @@ class Machine:
             runnable = [p for p in self.processes.values() if p.alive]
             if not runnable:
                 break
-            budget = self.quantum
+            # alone on the CPU, a process may run many quanta in one go: nobody can tell
+            budget = self.quantum if len(runnable) > 1 else self.quantum * SOLO_QUANTA
             if max_instructions is not None:
                 left = start + max_instructions - counter.executed
                 if left <= 0:
@@ -261,7 +265,23 @@ class Machine:
             if result is not None and proc.alive:
                 cpu.set_reg("eax", result)
             return
-        self._trap(proc, Trap.from_cpu(vector, cpu.reg("eip")))
+        eip = cpu.reg("eip")
+        if vector == GENERAL_PROTECTION and self._read_tsc(proc, eip):
+            return
+        self._trap(proc, Trap.from_cpu(vector, eip))
+
+    def _read_tsc(self, proc: Process, eip: int) -> bool:
+        """Emulate rdtsc/rdtscp (a #GP under CR4.TSD): the TSC is the instruction clock."""
+        try:
+            code = proc.space.read(eip, 3)
+        except GuestFault:
+            return False
+        length = 2 if code[:2] == b"\x0f\x31" else 3 if code == b"\x0f\x01\xf9" else 0
+        if length:
+            tsc = self.clock.ticks
+            self.cpu.write_registers({"eax": tsc & 0xFFFFFFFF, "edx": tsc >> 32 & 0xFFFFFFFF,
+                                      "eip": eip + length, **({"ecx": 0} if length == 3 else {})})
+        return bool(length)
 
     def _cpu_stopped(self, proc: Process, err: UcError) -> None:
         """emu_start raised: a page fault (our TLB fill said no) or an invalid opcode."""

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dprobes.runtime.addrspace import GuestFault, Prot, page_up
 from dprobes.runtime.cpu import TLS_COUNT, TLS_FIRST, segment_descriptor
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
-from dprobes.runtime.process import HostFile, OpenFile, Process
+from dprobes.runtime.process import HostFile, Process
 
 if TYPE_CHECKING:
     from dprobes.runtime.machine import Machine
@@ -138,26 +137,43 @@ def sys_prctl(m: Machine, p: Process, option: int, arg2: int) -> int:
     return -EINVAL
 
 
-@syscall(174, "rt_sigaction")
-def sys_rt_sigaction(m: Machine, p: Process, sig: int, act: int, oact: int, size: int) -> int:
+def _sigaction(p: Process, sig: int, act: int, oact: int, nbytes: int) -> int:
+    """Record the handler struct (nobody delivers signals here: actions are kept only)."""
     if not 1 <= sig <= 64 or sig in (9, 19):
         return -EINVAL
-    old = p.sigactions.get(sig, bytes(12 + size))
+    old = p.sigactions.get(sig, bytes(nbytes))[:nbytes].ljust(nbytes, b"\0")
     if act:
-        p.sigactions[sig] = p.space.read(act, 12 + size)
+        p.sigactions[sig] = p.space.read(act, nbytes)
     if oact:
         p.space.write(oact, old)
     return 0
 
 
+@syscall(174, "rt_sigaction")
+def sys_rt_sigaction(m: Machine, p: Process, sig: int, act: int, oact: int, size: int) -> int:
+    return _sigaction(p, sig, act, oact, 20) if size == 8 else -EINVAL  # 3 words + sigset
+
+
+@syscall(67, "sigaction")
+def sys_sigaction(m: Machine, p: Process, sig: int, act: int, oact: int) -> int:
+    return _sigaction(p, sig, act, oact, 16)  # the old struct: a 4-byte mask
+
+
 @syscall(175, "rt_sigprocmask")
 def sys_rt_sigprocmask(m: Machine, p: Process, how: int, new: int, old: int, size: int) -> int:
+    if size > 8 or how > 2:
+        return -EINVAL
     if old:
         p.space.write(old, p.sigmask.to_bytes(8, "little")[:size])
     if new:
-        mask = int.from_bytes(p.space.read(new, min(size, 8)), "little")
-        p.sigmask = {0: p.sigmask | mask, 1: p.sigmask & ~mask, 2: mask}.get(how, p.sigmask)
+        mask = int.from_bytes(p.space.read(new, size), "little")
+        p.sigmask = (p.sigmask | mask, p.sigmask & ~mask, mask)[how]
     return 0
+
+
+@syscall(126, "sigprocmask")
+def sys_sigprocmask(m: Machine, p: Process, how: int, new: int, old: int) -> int:
+    return sys_rt_sigprocmask(m, p, how, new, old, 4)
 
 
 @syscall(122, "uname")
@@ -292,131 +308,6 @@ def sys_prlimit64(m: Machine, p: Process, pid: int, resource: int, new: int, old
     return 0
 
 
-# --- files --------------------------------------------------------------------------------
-
-def _file(p: Process, fd: int) -> OpenFile | None:
-    return p.fds.get(signed(fd))
-
-
-@syscall(3, "read")
-def sys_read(m: Machine, p: Process, fd: int, buf: int, count: int) -> int:
-    f = _file(p, fd)
-    if f is None or not f.readable:
-        return -EBADF
-    data = f.read(min(count, 1 << 20))
-    p.space.write(buf, data)
-    return len(data)
-
-
-@syscall(4, "write")
-def sys_write(m: Machine, p: Process, fd: int, buf: int, count: int) -> int:
-    f = _file(p, fd)
-    if f is None or not f.writable:
-        return -EBADF
-    return f.write(p.space.read(buf, min(count, 1 << 20)))
-
-
-@syscall(146, "writev")
-def sys_writev(m: Machine, p: Process, fd: int, iov: int, iovcnt: int) -> int:
-    f = _file(p, fd)
-    if f is None or not f.writable:
-        return -EBADF
-    if iovcnt > 1024:
-        return -EINVAL
-    vectors = struct.unpack(f"<{2 * iovcnt}I", p.space.read(iov, 8 * iovcnt))
-    data = b"".join(p.space.read(vectors[i], vectors[i + 1]) for i in range(0, len(vectors), 2))
-    return f.write(data)
-
-
-def _open(m: Machine, p: Process, path_addr: int, flags: int) -> int:
-    name = p.space.read_cstring(path_addr).decode(errors="surrogateescape")
-    path = Path(name)
-    if path.resolve() not in p.allowed_files:
-        return -ENOENT  # only files the caller let the guest see exist
-    if flags & O_ACCMODE or flags & (O_CREAT | O_TRUNC):
-        return -EACCES
-    fd = p.lowest_free_fd()
-    p.fds[fd] = HostFile(path.resolve())
-    return fd
-
-
-@syscall(5, "open")
-def sys_open(m: Machine, p: Process, path: int, flags: int, mode: int) -> int:
-    return _open(m, p, path, flags)
-
-
-@syscall(295, "openat")
-def sys_openat(m: Machine, p: Process, dirfd: int, path: int, flags: int, mode: int) -> int:
-    return _open(m, p, path, flags)
-
-
-@syscall(6, "close")
-def sys_close(m: Machine, p: Process, fd: int) -> int:
-    f = p.fds.pop(signed(fd), None)
-    if f is None:
-        return -EBADF
-    if isinstance(f, HostFile):
-        f.close()
-    return 0
-
-
-@syscall(54, "ioctl")
-def sys_ioctl(m: Machine, p: Process, fd: int, request: int) -> int:
-    return -EBADF if _file(p, fd) is None else -ENOTTY  # no terminals here
-
-
-@syscall(85, "readlink")
-def sys_readlink(m: Machine, p: Process, path: int, buf: int, size: int) -> int:
-    if p.space.read_cstring(path) != b"/proc/self/exe":
-        return -ENOENT
-    target = str(Path(p.path).resolve()).encode()[:size]
-    p.space.write(buf, target)
-    return len(target)
-
-
-def _stat_target(p: Process, fd: int, path: int, flags: int) -> OpenFile | None:
-    if flags & AT_EMPTY_PATH and p.space.read_cstring(path, 1) == b"":
-        return _file(p, fd)
-    name = Path(p.space.read_cstring(path).decode(errors="surrogateescape")).resolve()
-    return HostFile(name) if name in p.allowed_files else None
-
-
-def _stat64(f: OpenFile) -> bytes:
-    blocks = (f.size + 511) // 512
-    return struct.pack("<QIIIIIIQIqIQIIIIIIQ", 0x0B, 0, 1, f.mode, 1, 0, 0, 0, 0, f.size,
-                       PAGE_SIZE, blocks, 0, 0, 0, 0, 0, 0, 1)
-
-
-@syscall(197, "fstat64")
-def sys_fstat64(m: Machine, p: Process, fd: int, buf: int) -> int:
-    f = _file(p, fd)
-    if f is None:
-        return -EBADF
-    p.space.write(buf, _stat64(f))
-    return 0
-
-
-@syscall(300, "fstatat64")
-def sys_fstatat64(m: Machine, p: Process, dirfd: int, path: int, buf: int, flags: int) -> int:
-    f = _stat_target(p, dirfd, path, flags)
-    if f is None:
-        return -ENOENT if not flags & AT_EMPTY_PATH else -EBADF
-    p.space.write(buf, _stat64(f))
-    return 0
-
-
-@syscall(383, "statx")
-def sys_statx(m: Machine, p: Process, dirfd: int, path: int, flags: int, mask: int,
-              buf: int) -> int:
-    f = _stat_target(p, dirfd, path, flags)
-    if f is None:
-        return -ENOENT if not flags & AT_EMPTY_PATH else -EBADF
-    head = struct.pack("<IIQIIIHHQQQQ", 0x7FF, PAGE_SIZE, 0, 1, 0, 0, f.mode, 0, 1, f.size,
-                       (f.size + 511) // 512, 0)
-    p.space.write(buf, head.ljust(256, b"\0"))
-    return 0
-
-
 # --- time ---------------------------------------------------------------------------------
 
 def _now_ns(m: Machine, clock_id: int) -> int:
@@ -458,3 +349,7 @@ def sys_time(m: Machine, p: Process, tloc: int) -> int:
 @syscall(386, "rseq")
 def sys_rseq(m: Machine, p: Process) -> int:
     return -ENOSYS  # glibc then does without restartable sequences
+
+
+# The file-descriptor calls live in their own module, which registers them in TABLE.
+from dprobes.runtime import syscalls_files  # noqa: E402, F401

@@ -260,6 +260,13 @@ def test_unknown_system_call_is_enosys_and_counted(tmp_path: Path) -> None:
     assert machine.unknown_syscalls == {999: 1}
 
 
+def test_rdtsc_reads_the_instruction_clock(tmp_path: Path) -> None:
+    path = tiny(tmp_path, bytes.fromhex("9090 0f31 89c3") + EXIT_WITH_EBX)  # exit(rdtsc & 0xff)
+    results = [run_one(path)[1] for _ in range(2)]
+    assert results[0].returncode == results[1].returncode
+    assert 0 < results[0].returncode <= results[0].instructions  # not host time: tiny
+
+
 def test_never_exiting_program_hits_the_instruction_limit(tmp_path: Path) -> None:
     machine = Machine()
     proc = machine.spawn(tiny(tmp_path, b"\xeb\xfe", "spin"))  # jmp $
