@@ -27,6 +27,8 @@ from dprobes.compiler.exec_cmd import (
     result_text,
 )
 from dprobes.compiler.pipeline import BuildOptions, CompileResult, default_output, load_program
+from dprobes.compiler.run_cmd import add_run_options
+from dprobes.compiler.run_cmd import cmd_run as run_machine
 
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 70
 
@@ -98,6 +100,10 @@ def cmd_exec(args: argparse.Namespace, sources: SourceCache) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace, sources: SourceCache) -> int:
+    return run_machine(args, _options(args))
+
+
 def _source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-D", dest="define", action="append", metavar="KEY=VALUE",
                         help="define a preprocessor macro")
@@ -137,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     _source_options(run)
     add_exec_options(run)
     run.set_defaults(run=cmd_exec)
+
+    machine = commands.add_parser(
+        "run", help="run a guest program on the emulated machine with probes inserted")
+    _source_options(machine)
+    add_run_options(machine)
+    machine.set_defaults(run=cmd_run)
     return parser
 
 

@@ -51,7 +51,7 @@ from unicorn import x86_const as x86
 from unicorn.unicorn import UcContext
 from unicorn.unicorn_py3.unicorn import uclib
 
-from dprobes.runtime.addrspace import AddressSpace, KernelPages, Prot
+from dprobes.runtime.addrspace import AddressSpace, GuestFault, KernelPages, Prot
 from dprobes.runtime.clock import InstructionCounter
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 
@@ -148,8 +148,18 @@ class CPU:
         return (self.kernel.pages[vaddr >> PAGE_SHIFT][0] << PAGE_SHIFT) | (vaddr & PAGE_MASK)
 
     def kernel_read(self, vaddr: int, n: int) -> bytes:
-        """Bytes of a fixmap kernel page (the GDT, for seg2lin), not crossing the page."""
-        return self.memory.read(self._frame_address(vaddr), n)
+        """``n`` bytes of kernel virtual memory (the GDT for seg2lin, ...); GuestFault at
+        the first unmapped byte."""
+        out = bytearray()
+        while len(out) < n:
+            addr = (vaddr + len(out)) & 0xFFFFFFFF
+            found = self.kernel.translate(addr, Prot.READ, user=False)
+            if found is None:
+                raise GuestFault(addr, Prot.READ)
+            base = (found[0] << PAGE_SHIFT) | (addr & PAGE_MASK)
+            take = min(n - len(out), PAGE_SIZE - (addr & PAGE_MASK))
+            out += self.memory.bytes[base : base + take]
+        return bytes(out)
 
     def _boot(self) -> None:
         gdt = bytearray(8 * GDT_ENTRIES)

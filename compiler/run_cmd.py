@@ -1,0 +1,164 @@
+"""``dpc run``: run a guest program on the emulated machine with probe programs inserted.
+
+The program's stdout and stderr pass through; ``dpc run`` exits with its exit status
+(128 + signal number when a signal killed it, as a shell reports it). Log records go to
+the target each program names (or ``--log-target``): KLOG text to ``--log-file`` or
+stderr, COM1/COM2 raw records and EVL JSON Lines to ``--log-file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import IO, TYPE_CHECKING
+
+from dprobes.compiler.exec_cmd import UsageError, parse_int
+from dprobes.compiler.pipeline import BuildOptions, load_program
+from dprobes.vm.program import LogField, LogTarget
+
+if TYPE_CHECKING:
+    from dprobes.runtime.probes import Emitted, ProbeManager
+
+LOG_FIELD_NAMES = {"PROCNAME": LogField.PROCNAME, "PID": LogField.PID, "UID": LogField.UID,
+                   "SSESP": LogField.SSESP, "PSW": LogField.SSESP, "CSEIP": LogField.CSEIP,
+                   "UPSW": LogField.CSEIP, "TSC": LogField.TSC}
+ALL_FIELDS = LogField.PROCNAME | LogField.PID | LogField.UID | LogField.SSESP \
+    | LogField.CSEIP | LogField.TSC
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probes", action="append", metavar="FILE", default=[],
+                        help="probe program (RPN source or PPDF) to insert (repeatable)")
+    parser.add_argument("--log", metavar="FIELDS",
+                        help="record header fields: PROCNAME PID UID SSESP CSEIP TSC or ALL "
+                             "(comma or space separated)")
+    parser.add_argument("--log-target", choices=[t.name for t in LogTarget if t.name != "LTT"])
+    parser.add_argument("--log-file", metavar="PATH", help="where log records go")
+    parser.add_argument("-f", "--unformatted", action="store_true",
+                        help="KLOG: plain hex bytes instead of a hex dump")
+    parser.add_argument("--dont-verify-opcodes", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="a second program for the same executable is merged in")
+    parser.add_argument("--replace", action="store_true",
+                        help="a second program for the same executable replaces the first")
+    parser.add_argument("--query", action="store_true", help="print the probe records at the end")
+    parser.add_argument("--getvars", action="store_true", help="print the variables at the end")
+    parser.add_argument("--max-instructions", default=None,
+                        help="stop a program that runs longer than this")
+    parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
+    parser.add_argument("--tier", choices=["interp", "jit", "auto"], default="interp")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON summary (status, records, variables, logs)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS]...")
+
+
+def _fields(text: str | None) -> LogField | None:
+    if text is None:
+        return None
+    fields = LogField.NONE
+    for word in text.replace(",", " ").split():
+        if word.upper() == "ALL":
+            fields |= ALL_FIELDS
+        elif word.upper() in LOG_FIELD_NAMES:
+            fields |= LOG_FIELD_NAMES[word.upper()]
+        else:
+            raise UsageError(f"--log: unknown field '{word}' "
+                             f"(choose from {', '.join(LOG_FIELD_NAMES)}, ALL)")
+    return fields
+
+
+def _writer(args: argparse.Namespace, stack: list[IO]) -> Callable[[Emitted, LogTarget], None]:
+    """A function writing one emitted record to its target."""
+    from dprobes.runtime.logtargets import LogSink
+
+    sinks: dict[LogTarget, LogSink] = {}
+
+    def sink(target: LogTarget) -> LogSink:
+        if target not in sinks:
+            if args.log_file:
+                stream: IO = open(args.log_file, "ab" if target in (LogTarget.COM1,  # noqa: SIM115
+                                  LogTarget.COM2) else "a")
+                stack.append(stream)
+            elif target is LogTarget.KLOG:
+                stream = sys.stderr
+            else:
+                raise UsageError(f"log target {target.name} needs --log-file")
+            sinks[target] = LogSink(target, stream, unformatted=args.unformatted)
+        return sinks[target]
+
+    return lambda emitted, target: sink(target).write(emitted.record, emitted.exception_log)
+
+
+def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
+    # the machine needs unicorn and llvmlite: load it only for this command
+    from dprobes.runtime.elfload import LoadError
+    from dprobes.runtime.machine import InstructionLimit, Machine
+    from dprobes.runtime.probes import InsertError, ProbeManager
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
+    limit = parse_int(args.max_instructions, "--max-instructions") \
+        if args.max_instructions else None
+    machine = Machine(seed=parse_int(args.seed, "--seed"))
+    manager = ProbeManager(machine, tier=args.tier, verify_opcodes=not args.dont_verify_opcodes,
+                           log_fields=_fields(args.log))
+    targets = {}
+    for path in args.probes:
+        program = load_program(path, options).program
+        try:
+            loaded = manager.insert(program, merge=args.merge, replace_old=args.replace)
+        except InsertError as error:
+            raise UsageError(str(error)) from None
+        targets[loaded.name] = LogTarget[args.log_target] if args.log_target \
+            else program.header.log_target
+    opened: list[IO] = []
+    write = _writer(args, opened)
+    manager.on_log.append(lambda emitted: write(emitted, targets[emitted.module]))
+    try:
+        process = machine.spawn(command[0], command, stdout=sys.stdout.buffer.write,
+                                stderr=sys.stderr.buffer.write)
+        try:
+            machine.run(max_instructions=limit)
+        except InstructionLimit as error:
+            raise UsageError(str(error)) from None
+    except LoadError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        sys.stdout.flush()
+        for stream in opened:
+            stream.close()
+    if process.crash is not None:
+        print(f"dpc run: {process.crash}", file=sys.stderr)
+    _report(args, manager, process)
+    code = process.returncode or 0
+    return code if code >= 0 else 128 - code
+
+
+def _report(args: argparse.Namespace, manager: ProbeManager, process) -> None:
+    rows = manager.query()
+    variables = manager.getvars()
+    if args.json:
+        print(json.dumps({
+            "status": process.returncode,
+            "signal": process.signal,
+            "records": [asdict(row) for row in rows],
+            "vars": variables,
+            "logs": len(manager.emitted),
+            "exits": manager.exits,
+        }), file=sys.stderr)
+        return
+    if args.query:
+        for row in rows:
+            line = (f"{row.module} probe {row.index} at {row.location}: {row.status} "
+                    f"count={row.count} hits={row.hits}")
+            if row.actual_opcode is not None:
+                line += f" actual_opcode=0x{row.actual_opcode:02x}"
+            print(line + "".join(f" ({note})" for note in row.notes), file=sys.stderr)
+    if args.getvars:
+        for module, values in variables.items():
+            print(f"{module}: " + " ".join(f"{i}=0x{v:x}" for i, v in enumerate(values)),
+                  file=sys.stderr)

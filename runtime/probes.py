@@ -1,0 +1,283 @@
+"""The probe manager: DProbes' kernel side for user-space probes.
+
+insert/remove/query/getvars work on program records as 5.0's ioctls did. A user probe is
+keyed by (file, file offset): its int3 is written into the page-cache frame of that file
+page, so every process running the file sees it at once, and into every private
+copy-on-write copy, including copies that are swapped out (found with the two-pass
+locator scheme of ``AddressSpace.file_pages``); a readpage hook re-plants it when a
+dropped page is read back in. Before that the offset must lie in an executable segment
+on an instruction boundary, no other probe may hold the address, and the byte there must
+be the probe's ``opcode`` (else MISMATCH; a mismatch in a private copy is skipped
+silently, as 5.0 did). A file with probes in it is write-denied. Firing lives in
+``runtime.trap3``.
+
+Merge and replace (the program already has a module entry):
+
+* neither: refused, as 5.0 refused a second program for a module (-EEXIST);
+* ``replace``: the old program is removed (every byte restored), then the new inserted;
+* ``merge``: both programs stay loaded, each with its own code and local variables;
+  where the new program probes a location the old one already probes, the new record
+  wins and the old one becomes REMOVED ("replaced by merge"). Old records that are
+  EXCLUDED, MISMATCH or INVALID_OFFSET keep that status and are not retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dprobes.runtime.codemap import CodeMap
+from dprobes.runtime.logtargets import LogRecord
+from dprobes.runtime.pagecache import GuestFile
+from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
+from dprobes.runtime.records import ProbeRecord, RecordStatus
+from dprobes.vm.api import VM, GlobalVariables
+from dprobes.vm.interp import CpuState
+from dprobes.vm.program import LogField, ModuleType, ProbeKind, Program
+
+if TYPE_CHECKING:
+    from dprobes.runtime.machine import Machine
+
+INT3 = 0xCC
+
+
+class InsertError(ValueError):
+    """A program that cannot be inserted at all (the message says why)."""
+
+
+@dataclass
+class LoadedProgram:
+    """An inserted program: its VM (code, local variables) and its probe records."""
+
+    program: Program
+    vm: VM
+    records: list[ProbeRecord]
+    file: GuestFile | None
+    log_fields: LogField
+
+    @property
+    def name(self) -> str:
+        return self.program.header.name
+
+
+@dataclass(frozen=True)
+class QueryRow:
+    """One record as ``--query`` reports it."""
+
+    module: str
+    index: int
+    location: str
+    status: str
+    count: int
+    hits: int
+    opcode: int | None
+    actual_opcode: int | None
+    notes: tuple[str, ...]
+
+
+@dataclass
+class Emitted:
+    """A log record as it left the probe manager, with its exception log."""
+
+    module: str
+    record: LogRecord
+    exception_log: bytes = b""
+
+
+@dataclass
+class ProbeManager:
+    """Owns the inserted programs of one machine and plants their probes."""
+
+    machine: Machine
+    tier: str = "interp"
+    verify_opcodes: bool = True
+    log_fields: LogField | None = None  # --log: overrides every program's `log =`
+    globals: GlobalVariables = field(default_factory=GlobalVariables)
+    cpu_state: CpuState = field(default_factory=CpuState)
+    modules: dict[str, list[LoadedProgram]] = field(default_factory=dict)
+    user_probes: dict[tuple[int, int], tuple[LoadedProgram, ProbeRecord]] = field(
+        default_factory=dict)
+    emitted: list[Emitted] = field(default_factory=list)
+    exits: list[tuple[int, int, str]] = field(default_factory=list)  # (pid, facility, module)
+    on_log: list = field(default_factory=list)  # callables(Emitted)
+
+    def __post_init__(self) -> None:
+        from dprobes.runtime.trap3 import StepTracker
+
+        self.steps = StepTracker(self)
+        self.machine.trap_handler = self.steps.handle_trap
+        self.machine.cache.on_page_in.append(self._page_in)
+        self.machine.on_process_exit.append(self.steps.forget)
+        self._maps: dict[int, CodeMap] = {}
+
+    # --- insert ----------------------------------------------------------------------
+
+    def insert(self, program: Program, *, merge: bool = False, replace_old: bool = False,
+               groups: set[int] | None = None, types: set[int] | None = None) -> LoadedProgram:
+        """Insert ``program``'s probes (those of the selected groups/types)."""
+        header = program.header
+        if header.modtype is not ModuleType.USER:
+            raise InsertError(f"{header.name}: {header.modtype.name.lower()} probes need the "
+                              "guest kernel, which this machine does not run yet")
+        if header.name in self.modules:
+            if replace_old:
+                self.remove(header.name)
+            elif not merge:
+                raise InsertError(f"{header.name}: already has a probe program "
+                                  "(use merge or replace)")
+        path = Path(header.name)
+        if not path.is_file():
+            raise InsertError(f"{header.name}: no such executable file")
+        file = self.machine.cache.open(path)
+        fields = self.log_fields if self.log_fields is not None else header.log_fields
+        runnable = program if fields == header.log_fields else replace(
+            program, header=replace(header, log_fields=fields))
+        vm = VM(runnable, globals=self.globals, cpu=self.cpu_state, tier=self.tier)
+        loaded = LoadedProgram(runnable, vm, [], file, fields)
+        codemap = self._codemap(file)
+        for index, point in enumerate(program.probes):
+            record = ProbeRecord(index, point)
+            loaded.records.append(record)
+            if (groups and point.group not in groups) or (types and point.type not in types):
+                record.notes.append("not selected by group/type")
+                continue
+            self._insert_user(loaded, record, codemap)
+        self.modules.setdefault(header.name, []).append(loaded)
+        file.write_denied += 1
+        return loaded
+
+    def _codemap(self, file: GuestFile) -> CodeMap:
+        if file.id not in self._maps:
+            self._maps[file.id] = CodeMap.load(file.path)
+        return self._maps[file.id]
+
+    def _insert_user(self, loaded: LoadedProgram, record: ProbeRecord, codemap: CodeMap) -> None:
+        point, file = record.point, loaded.file
+        assert file is not None
+        if point.kind is ProbeKind.WATCHPOINT:
+            record.notes.append("watchpoint probes are not supported on this machine yet")
+            return
+        offset = point.offset
+        if codemap.segment(offset) is None:
+            record.status |= RecordStatus.INVALID_OFFSET
+            record.notes.append(f"offset 0x{offset:x} is not in an executable segment")
+            return
+        if not codemap.is_boundary(offset):
+            record.status |= RecordStatus.INVALID_OFFSET
+            record.notes.append(f"offset 0x{offset:x} is not an instruction boundary")
+            return
+        key = (file.id, offset)
+        holder = self.user_probes.get(key)
+        if holder is not None and holder[0].name == loaded.name:  # merge: the new one wins
+            holder[1].status = (holder[1].status & ~RecordStatus.ACTIVE) | RecordStatus.REMOVED
+            holder[1].notes.append("replaced by merge")
+            del self.user_probes[key]
+        elif holder is not None:
+            record.status |= RecordStatus.DUPLICATE
+            record.notes.append(f"offset 0x{offset:x} is already probed by {holder[0].name}")
+            return
+        original = file.read(offset, 16)
+        actual = original[0]
+        if point.opcode is not None and actual != point.opcode and self.verify_opcodes:
+            record.status |= RecordStatus.MISMATCH
+            record.actual_opcode = actual
+            return
+        record.original, record.address = original, codemap.vaddr(offset)
+        record.status |= RecordStatus.ACTIVE
+        if holder is None:
+            self._plant(file, offset, INT3, original[0])
+        self.user_probes[key] = (loaded, record)
+
+    # --- the bytes ---------------------------------------------------------------------
+
+    def _plant(self, file: GuestFile, offset: int, byte: int, expected: int) -> None:
+        """Write ``byte`` at ``offset`` of every copy of the file page that holds
+        ``expected`` there: the page-cache frame and each private COW copy."""
+        machine, index = self.machine, offset >> PAGE_SHIFT
+        frames = set()
+        cached = machine.cache.lookup(file, index)
+        if cached is not None:
+            frames.add(cached)
+        for mapping in machine.file_pages(file, index):
+            if mapping.frame is not None:
+                frames.add(mapping.frame)
+        for frame in frames:
+            paddr = frame << PAGE_SHIFT | (offset & PAGE_MASK)
+            if machine.memory.bytes[paddr] == expected:  # a COW copy may hold anything
+                machine.memory.bytes[paddr] = byte
+                machine.invalidate_code(paddr, 1)
+
+    def _page_in(self, file: GuestFile, index: int, frame: int) -> None:
+        """The readpage hook: a page read back in from the file gets its probes again."""
+        for (file_id, offset), (_, record) in self.user_probes.items():
+            if file_id == file.id and offset >> PAGE_SHIFT == index and record.armed:
+                paddr = frame << PAGE_SHIFT | (offset & PAGE_MASK)
+                self.machine.memory.bytes[paddr] = INT3
+                self.machine.invalidate_code(paddr, 1)
+
+    def disarm(self, loaded: LoadedProgram, record: ProbeRecord, status: RecordStatus) -> None:
+        """Take one probe out of the code (after rem, max_hits, or removal)."""
+        assert loaded.file is not None
+        key = (loaded.file.id, record.point.offset)
+        if self.user_probes.get(key, (None, None))[1] is record:
+            del self.user_probes[key]
+            self._plant(loaded.file, record.point.offset, record.original[0], INT3)
+        record.status = (record.status & ~RecordStatus.ACTIVE) | status
+
+    # --- remove, query, getvars --------------------------------------------------------
+
+    def remove(self, name: str | None = None) -> int:
+        """Remove one module's programs (or all); every original byte is restored."""
+        names = list(self.modules) if name is None else [name]
+        removed = 0
+        for module in names:
+            for loaded in self.modules.pop(module, []):
+                for record in loaded.records:
+                    if record.armed or (loaded.file and self.user_probes.get(
+                            (loaded.file.id, record.point.offset), (None, None))[1] is record):
+                        self.disarm(loaded, record, RecordStatus.REMOVED)
+                if loaded.file is not None:
+                    loaded.file.write_denied -= 1
+                removed += 1
+        return removed
+
+    def query(self, name: str | None = None) -> list[QueryRow]:
+        rows = []
+        for module, programs in self.modules.items():
+            if name is not None and module != name:
+                continue
+            for loaded in programs:
+                for record in loaded.records:
+                    point = record.point
+                    where = point.location or f"0x{point.offset:x}"
+                    rows.append(QueryRow(module, record.index, where, record.status.describe(),
+                                         record.count, record.hits, point.opcode,
+                                         record.actual_opcode, tuple(record.notes)))
+        return rows
+
+    def getvars(self, name: str | None = None, first: int = 0, last: int | None = None,
+                reset: bool = False) -> dict[str, list[int]]:
+        """Local variables per module (all of a merged module's programs, in order) and
+        the global variables as ``"<global>"``; ``reset`` zeroes what it returns."""
+        out: dict[str, list[int]] = {}
+        for module, programs in self.modules.items():
+            if name is None or module == name:
+                values = [v for loaded in programs for v in loaded.vm.locals]
+                out[module] = values[first:last]
+                if reset:
+                    for loaded in programs:
+                        loaded.vm.locals[:] = [0] * len(loaded.vm.locals)
+        out["<global>"] = self.globals.values[first:last]
+        if reset:
+            self.globals.values[:] = [0] * len(self.globals.values)
+        return out
+
+    def lookup(self, file: GuestFile, offset: int) -> tuple[LoadedProgram, ProbeRecord] | None:
+        return self.user_probes.get((file.id, offset))
+
+    def emit(self, loaded: LoadedProgram, record: LogRecord, exception_log: bytes) -> None:
+        entry = Emitted(loaded.name, record, exception_log)
+        self.emitted.append(entry)
+        for hook in self.on_log:
+            hook(entry)

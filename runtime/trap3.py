@@ -1,0 +1,172 @@
+"""Firing a user-space probe: trap3, the handler, the out-of-line step, trap1.
+
+On the int3 (vector 3, EIP = probe address + 1) the record's handler runs in the VM
+against the trapping process, unless the pass count says to skip this hit. Then the
+original instruction runs once from a copy in the process's out-of-line slot page,
+single-stepped with TF; the copy is followed by an int3 as a backstop for an instruction
+that clears TF itself (popf). At the debug trap (vector 1) EIP and the stack are repaired
+(``xol.finish_step``), the hit is counted (``max_hits`` disables the probe) and only now
+is the log record written, as DProbes wrote it at trap1. If the probed instruction faults
+instead (a failing BOUND raises #BR, vector 5), the hit is counted and the log written
+only with ``logonfault = yes``; then the fault goes to the process as Linux delivers it
+(SIGSEGV for #BR), reported at the original instruction. ``abort`` writes nothing, ``rem``
+removes the probe after this hit, ``exit_to`` is recorded (the exits come later).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dprobes.runtime.addrspace import Prot
+from dprobes.runtime.logtargets import HitInfo, LogRecord
+from dprobes.runtime.physmem import PAGE_SIZE
+from dprobes.runtime.probe_context import ProbeContext
+from dprobes.runtime.records import ProbeRecord, RecordStatus
+from dprobes.runtime.traps import BREAKPOINT, DEBUG, Trap
+from dprobes.runtime.xol import TRAP_FLAG, StepKind, StepPlan, finish_step, plan_step
+from dprobes.vm.api import FireResult
+from dprobes.vm.interp import ExitKind
+
+if TYPE_CHECKING:
+    from dprobes.runtime.machine import Machine
+    from dprobes.runtime.probes import LoadedProgram, ProbeManager
+    from dprobes.runtime.process import Process
+
+SLOT_SIZE = 32
+SLOTS_PER_PAGE = PAGE_SIZE // SLOT_SIZE
+
+
+@dataclass
+class PendingStep:
+    """A process between its probe's int3 and the end of the out-of-line step."""
+
+    loaded: LoadedProgram
+    record: ProbeRecord
+    plan: StepPlan
+    slot: int
+    result: FireResult | None  # None: the pass count skipped the handler
+    trap_flag: int  # TF as the program had it
+    hit: HitInfo
+
+
+class StepTracker:
+    """The probe manager's trap handler and the per-process out-of-line slots."""
+
+    def __init__(self, manager: ProbeManager) -> None:
+        self.manager = manager
+        self.pending: dict[int, PendingStep] = {}
+        self.slot_pages: dict[int, int] = {}  # pid -> slot page address
+        self.slot_code: dict[tuple[int, int], bytes] = {}  # (pid, slot) -> bytes there
+        self.slot_numbers: dict[int, int] = {}  # id(record) -> slot, in order of first hit
+        self.plans: dict[tuple[int, int], StepPlan] = {}  # (id(record), address) -> plan
+        self._after_step = manager.machine.cpu.batch(("esp", "eflags"))
+
+    def forget(self, process: Process) -> None:
+        self.pending.pop(process.pid, None)
+        self.slot_pages.pop(process.pid, None)
+
+    def handle_trap(self, machine: Machine, process: Process, trap: Trap) -> bool:
+        step = self.pending.get(process.pid)
+        if step is not None:
+            if trap.vector == DEBUG or (trap.vector == BREAKPOINT and
+                                        trap.instruction == step.slot + step.plan.length):
+                self._finish(machine, process, step, trap.eip if trap.vector == DEBUG
+                             else trap.instruction)
+                return True
+            return self._faulted(machine, process, step, trap)
+        if trap.vector == BREAKPOINT:
+            return self._hit(machine, process, trap.instruction)
+        return False
+
+    # --- trap3 -------------------------------------------------------------------------
+
+    def _hit(self, machine: Machine, process: Process, address: int) -> bool:
+        vma = process.space.find_vma(address)
+        if vma is None or vma.file is None:
+            return False
+        found = self.manager.lookup(vma.file, vma.offset + address - vma.start)
+        if found is None:
+            return False  # somebody else's int3: SIGTRAP as usual
+        loaded, record = found
+        cpu = machine.cpu
+        registers = cpu.registers()
+        hit = HitInfo(pid=process.pid, uid=process.uid, cs=registers["cs"],
+                      eip=registers["eip"], ss=registers["ss"], esp=registers["esp"],
+                      seconds=machine.clock.realtime_ns() // 1_000_000_000,
+                      microseconds=machine.clock.realtime_ns() // 1000 % 1_000_000,
+                      procname=process.name)
+        result = None
+        if record.begin_hit():
+            context = ProbeContext(machine, process, registers)
+            result = loaded.vm.fire(record.index, context)
+            if context.changes:
+                cpu.write_registers({k: v for k, v in context.changes.items()
+                                     if k not in ("fs", "gs")})
+            if result.exit is ExitKind.EXIT_TO:
+                self.manager.exits.append((process.pid, result.exit_to or 0, loaded.name))
+        plan = self.plans.get((id(record), address))
+        if plan is None:
+            plan = self.plans[(id(record), address)] = plan_step(record.original, address)
+        slot = self._slot(process, record, plan)
+        flags = registers["eflags"]
+        self.pending[process.pid] = PendingStep(loaded, record, plan, slot, result,
+                                                flags & TRAP_FLAG, hit)
+        cpu.write_registers({"eflags": flags | TRAP_FLAG, "eip": slot})
+        return True
+
+    def _slot(self, process: Process, record: ProbeRecord, plan: StepPlan) -> int:
+        """Put the instruction (and a backstop int3) in this probe's slot of the process."""
+        space = process.space
+        page = self.slot_pages.get(process.pid)
+        if page is None:
+            page = space.find_free(PAGE_SIZE)
+            space.map(page, PAGE_SIZE, Prot.READ | Prot.EXEC, name="[dprobes-xol]")
+            self.slot_pages[process.pid] = page
+        number = self.slot_numbers.setdefault(id(record), len(self.slot_numbers))
+        slot = page + number % SLOTS_PER_PAGE * SLOT_SIZE
+        code = plan.code + b"\xcc"
+        if self.slot_code.get((process.pid, slot)) != code:
+            space.write(slot, code, force=True)
+            self.slot_code[(process.pid, slot)] = code
+        return slot
+
+    # --- trap1 -------------------------------------------------------------------------
+
+    def _finish(self, machine: Machine, process: Process, step: PendingStep, eip: int) -> None:
+        del self.pending[process.pid]
+        cpu = machine.cpu
+        esp, flags = self._after_step.read()
+        top = 0
+        if step.plan.kind in (StepKind.CALL_RELATIVE, StepKind.CALL_ABSOLUTE, StepKind.PUSHF):
+            top = struct.unpack("<I", process.space.read(esp, 4))[0]
+        repaired = finish_step(step.plan, step.slot, eip, top, bool(step.trap_flag))
+        if repaired.stack_word is not None:
+            process.space.write(esp, struct.pack("<I", repaired.stack_word))
+        flags = flags & ~TRAP_FLAG | step.trap_flag
+        cpu.write_registers({"eflags": flags, "eip": repaired.eip})
+        self._post_step(step, wrote_log=True)
+
+    def _faulted(self, machine: Machine, process: Process, step: PendingStep,
+                 trap: Trap) -> bool:
+        """The probed instruction faulted: log only with logonfault, then Linux's default."""
+        del self.pending[process.pid]
+        cpu = machine.cpu
+        original = step.plan.address + (trap.instruction - step.slot)
+        flags = cpu.reg("eflags") & ~TRAP_FLAG | step.trap_flag
+        cpu.write_registers({"eflags": flags, "eip": original & 0xFFFFFFFF})
+        self._post_step(step, wrote_log=step.record.point.logonfault)
+        return False
+
+    def _post_step(self, step: PendingStep, wrote_log: bool) -> None:
+        record, result, manager = step.record, step.result, self.manager
+        record.end_hit()
+        if result is not None and wrote_log and result.exit is not ExitKind.ABORT:
+            manager.emit(step.loaded, LogRecord(result.major, result.minor,
+                                                step.loaded.log_fields, step.hit, result.log),
+                         result.ex_log)
+        if result is not None and result.exit is ExitKind.REM:
+            manager.disarm(step.loaded, record, RecordStatus.REMOVED)
+        elif RecordStatus.DISABLED in record.status:
+            manager.disarm(step.loaded, record, RecordStatus.DISABLED)
