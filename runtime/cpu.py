@@ -265,7 +265,10 @@ class CPU:
         for name, value in values.items():
             if name not in _WRITABLE:
                 raise ValueError(f"register {name!r} cannot be written this way")
-            self.uc.reg_write(_REG_IDS[name], value & 0xFFFFFFFF)
+            status = uclib.uc_reg_write(self.uc._uch, _REG_IDS[name],
+                                        ctypes.byref(ctypes.c_uint32(value & 0xFFFFFFFF)))
+            if status:
+                raise UcError(status)
 
     def reg(self, name: str) -> int:
         return self._one[name].read()[0]
