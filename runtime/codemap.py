@@ -16,7 +16,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from dprobes.runtime.xol import instruction_starts
+from dprobes.runtime.xol import MAX_INSN_LENGTH, instruction_starts
 
 PF_X = 1
 
@@ -75,4 +75,4 @@ class CodeMap:
         at = bisect.bisect_right(self.functions, offset) - 1
         start = self.functions[at] if at >= 0 and self.functions[at] >= seg.offset \
             else seg.offset
-        return offset in instruction_starts(self.data[start:offset + 1], start)
+        return offset in instruction_starts(self.data[start:offset + MAX_INSN_LENGTH], start)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, NamedTuple, TextIO
 
 from dprobes.vm.program import LogField, LogTarget
 
@@ -32,8 +32,7 @@ class HeaderBit:
     CS, EIP, SS, ESP, TSC, PROCNAME = 0x20, 0x40, 0x80, 0x100, 0x200, 0x400
 
 
-@dataclass(frozen=True, slots=True)
-class HitInfo:
+class HitInfo(NamedTuple):
     """What the machine knew at the hit, for the optional header fields."""
 
     pid: int = 0

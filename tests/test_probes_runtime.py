@@ -1,0 +1,290 @@
+"""User-space probes in the emulated machine: DProbes' insertion and firing rules end to end."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from dprobes.compiler.pipeline import BuildOptions, compile_rpn
+from dprobes.runtime.codemap import CodeMap
+from dprobes.runtime.machine import Machine
+from dprobes.runtime.probes import InsertError, ProbeManager
+from dprobes.runtime.xol import instruction_starts
+from dprobes.tests import guest_expectations as expect
+
+BIN = expect.BIN
+
+
+def symbol(program: str, name: str) -> tuple[int, int, int]:
+    """(file offset, size, vaddr) of a symbol of a guest image."""
+    with open(BIN / program, "rb") as stream:
+        elf = ELFFile(stream)
+        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols()
+                   if s.name == name)
+        seg = next(s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and
+                   s["p_vaddr"] <= sym["st_value"] < s["p_vaddr"] + s["p_filesz"])
+        return seg["p_offset"] + sym["st_value"] - seg["p_vaddr"], sym["st_size"], \
+            sym["st_value"]
+
+
+def instruction_offsets(program: str, name: str, end_name: str | None = None) -> list[int]:
+    """Every instruction from symbol ``name`` to its end (or to ``end_name``, within the
+    code segment)."""
+    start, size, _ = symbol(program, name)
+    segment = CodeMap.load(BIN / program).segment(start)
+    assert segment is not None
+    end = min(symbol(program, end_name)[0], segment.offset + segment.size) if end_name \
+        else start + size
+    code = (BIN / program).read_bytes()[start:end]
+    return sorted(instruction_starts(code, start))
+
+
+def build(source: str, program: str = "loop", **defines: str):
+    return compile_rpn("t.rpn", BuildOptions(defines=defines, elf=str(BIN / program)),
+                       text=source).program
+
+
+def header(program: str, extra: str = "") -> str:
+    return f"name = {BIN / program}\nmodtype = user\n{extra}\n"
+
+
+def run(program: str, *sources: str, argv: list[str] | None = None, **options):
+    machine = Machine()
+    manager = ProbeManager(machine, **options)
+    loaded = [manager.insert(build(source, program)) for source in sources]
+    process = machine.spawn(BIN / program, argv)
+    machine.run(max_instructions=200_000_000)
+    return process, manager, loaded
+
+
+ADD3_ARGS = """
+offset = add3
+opcode = 0x55
+    push r, esp
+    push 12
+    add
+    push mem_u32
+    push r, esp
+    push 8
+    add
+    push mem_u32
+    push r, esp
+    push 4
+    add
+    push mem_u32
+    log 3
+    exit
+"""
+
+
+def test_probe_logs_the_arguments_the_program_passes() -> None:
+    process, manager, _ = run("loop", header("loop", "log = PID") + ADD3_ARGS)
+    assert (process.returncode, process.output()) == (7, expect.loop_expected())
+    logged = [struct.unpack("<3i", e.record.data) for e in manager.emitted]
+    printed = [(1, 2, 3), (10, 20, 30), (-5, 100, 7)]  # add3(a, b, c) lines of the output
+    assert logged == printed
+    assert all(e.record.describe()["pid"] == process.pid for e in manager.emitted)
+
+
+def test_registers_match_the_trap_frame() -> None:
+    source = header("loop") + """
+offset = add3
+    push r, eip
+    push r, cs
+    push r, ss
+    push u, eip
+    log 4
+    exit
+"""
+    _, manager, _ = run("loop", source)
+    _, _, vaddr = symbol("loop", "add3")
+    eip, cs, ss, ueip = struct.unpack("<4I", manager.emitted[0].record.data)
+    assert (ueip, eip, cs & 3, ss & 3) == (vaddr + 1, vaddr + 1, 3, 3)
+
+
+HOT = {"loop": ("work", None), "strings": ("str_find", None), "recurse": ("fib", None),
+       "fpu": ("harmonic", None), "args": ("main", None), "bound": ("_start", "limits"),
+       "hello_glibc": ("main", None)}
+
+
+@pytest.mark.parametrize("program", sorted(HOT))
+def test_transparency_with_a_probe_on_every_instruction(program: str) -> None:
+    name, end = HOT[program]
+    offsets = instruction_offsets(program, name, end)
+    probes = "".join(f"offset = 0x{off:x}\nmax_hits = 300\n    exit\n" for off in offsets)
+    plain, _, _ = run(program)
+    probed, manager, _ = run(program, header(program) + probes)
+    assert (probed.returncode, probed.output()) == (plain.returncode, plain.output())
+    rows = manager.query()
+    assert len(rows) == len(offsets) and all("active" in r.status or "disabled" in r.status
+                                             for r in rows)
+    assert sum(r.hits for r in rows) > 0
+
+
+BOUND_PROBE = """
+offset = bound_fail
+logonfault = {flag}
+    push r, eax
+    log 1
+    exit
+"""
+
+
+@pytest.mark.parametrize("flag", ["yes", "no"])
+def test_failing_bound_logs_only_with_logonfault(flag: str) -> None:
+    process, manager, _ = run("bound", header("bound") + BOUND_PROBE.format(flag=flag))
+    assert process.returncode == -11 and process.output()[0] == expect.BOUND_STDOUT
+    _, _, vaddr = symbol("bound", "bound_fail")
+    assert process.crash is not None and process.crash.eip == vaddr
+    logged = [e.record.data for e in manager.emitted]
+    assert logged == ([struct.pack("<I", 10)] if flag == "yes" else [])
+    assert manager.query()[0].count == 1
+
+
+def counting(extra: str, body: str = "    inc lv, 0\n    exit\n") -> str:
+    return header("loop", "num_lv = 1") + f"offset = work\n{extra}\n" + body
+
+
+def test_pass_count_and_max_hits() -> None:
+    _, manager, (loaded,) = run("loop", counting("pass_count = 10\nmax_hits = 25"))
+    (row,) = manager.query()
+    # the first 10 hits are passed over, the next 25 run the handler, then it is disabled
+    assert loaded.vm.locals == [25]
+    assert "disabled" in row.status and row.count == 25 and row.hits == 35
+    assert len(manager.emitted) == 25
+
+
+def test_rem_removes_the_probe_after_the_hit() -> None:
+    process, manager, (loaded,) = run("loop", counting("", "    inc lv, 0\n    rem\n"))
+    assert process.returncode == 7 and loaded.vm.locals == [1]
+    assert "removed" in manager.query()[0].status and len(manager.emitted) == 1
+
+
+def test_abort_writes_no_log_and_exit_to_is_recorded() -> None:
+    _, manager, _ = run("loop", counting("max_hits = 5", "    push 1\n    log 1\n    abort\n"))
+    assert manager.emitted == []
+    _, manager, _ = run("loop", counting("max_hits = 2", "    exit_to 3\n"))
+    assert [facility for _, facility, _ in manager.exits] == [3, 3]
+    assert len(manager.emitted) == 2
+
+
+def test_opcode_mismatch_and_bad_offsets() -> None:
+    work, _, _ = symbol("loop", "work")
+    source = header("loop") + f"""
+offset = work
+opcode = 0x90
+    exit
+offset = 0x{work + 2:x}
+    exit
+offset = 0x10
+    exit
+"""
+    machine = Machine()
+    manager = ProbeManager(machine)
+    manager.insert(build(source))
+    mismatch, inside, data = manager.query()
+    assert "mismatch" in mismatch.status and mismatch.actual_opcode == 0x55
+    assert "invalid_offset" in inside.status and "instruction boundary" in inside.notes[0]
+    assert "invalid_offset" in data.status and "executable segment" in data.notes[0]
+    relaxed = ProbeManager(Machine(), verify_opcodes=False)
+    relaxed.insert(build(source))
+    assert "active" in relaxed.query()[0].status
+
+
+def test_one_probe_per_address_and_merge_replace() -> None:
+    machine = Machine()
+    manager = ProbeManager(machine)
+    manager.insert(build(counting("")))
+    with pytest.raises(InsertError, match="already has a probe program"):
+        manager.insert(build(counting("")))
+    manager.insert(build(counting("minor = 9")), merge=True)
+    old, new = manager.query()
+    assert "removed" in old.status and "replaced by merge" in old.notes
+    assert "active" in new.status
+    manager.insert(build(counting("minor = 5")), replace_old=True)
+    assert [r.status for r in manager.query()] == ["compiled|active"]
+
+
+def test_shared_page_cache_frame_cow_and_swapped_copies() -> None:
+    machine = Machine()
+    first = machine.spawn(BIN / "loop")
+    second = machine.spawn(BIN / "loop")
+    third = machine.spawn(BIN / "loop")
+    _, _, vaddr = symbol("loop", "work")
+    page = vaddr & ~0xFFF
+    for process in (first, second, third):
+        process.space.read(page, 1)  # fault the text page in
+    second.space.write(vaddr + 100, b"\x90", force=True)  # a debugger made a private copy
+    private = second.space.page_of(page).frame
+    assert private != first.space.page_of(page).frame
+    third.space.write(vaddr + 100, b"\x90", force=True)
+    third.space.swap_out(page)
+    manager = ProbeManager(machine)
+    manager.insert(build(header("loop", "log = PID") + "offset = work\nmax_hits = 40000\n"
+                         "    exit\n"))
+    for process in (first, second, third):  # page cache, private copy, swapped copy
+        assert process.space.read(vaddr, 1) == b"\xcc"
+    machine.run(max_instructions=200_000_000)
+    assert {e.record.describe()["pid"] for e in manager.emitted} == {1, 2, 3}
+    assert all(p.returncode == 7 for p in (first, second, third))
+    assert all(p.output() == expect.loop_expected() for p in (first, second, third))
+
+
+def test_removal_restores_every_copy_and_page_in_replants() -> None:
+    machine = Machine()
+    process = machine.spawn(BIN / "loop")
+    _, _, vaddr = symbol("loop", "work")
+    manager = ProbeManager(machine)
+    manager.insert(build(counting("")))
+    file = machine.cache.open(BIN / "loop")
+    assert file.write_denied == 1
+    assert process.space.read(vaddr, 1) == b"\xcc"
+    assert machine.cache.drop(file, (symbol("loop", "work")[0]) >> 12)
+    assert process.space.read(vaddr, 1) == b"\xcc"  # read back in: the readpage hook
+    manager.remove()
+    assert process.space.read(vaddr, 1) == b"\x55" and file.write_denied == 0
+    machine.run(max_instructions=200_000_000)
+    assert process.returncode == 7 and manager.emitted == []
+
+
+def test_getvars_and_reset() -> None:
+    _, manager, _ = run("loop", counting("max_hits = 4"))
+    module = str(BIN / "loop")
+    assert manager.getvars()[module] == [4]
+    assert manager.getvars(reset=True)[module] == [4]
+    assert manager.getvars()[module] == [0]
+
+
+def test_kernel_programs_need_the_guest_kernel() -> None:
+    with pytest.raises(InsertError, match="guest kernel"):
+        ProbeManager(Machine()).insert(build("name = k\nmodtype = kernel\noffset = 0\n exit\n"))
+
+
+def test_missing_executable() -> None:
+    with pytest.raises(InsertError, match="no such executable"):
+        ProbeManager(Machine()).insert(build("name = /nope\nmodtype = user\noffset = 0\n exit\n"))
+
+
+def test_probe_state_is_deterministic() -> None:
+    first = run("loop", header("loop", "log = TSC PID") + ADD3_ARGS)[1]
+    second = run("loop", header("loop", "log = TSC PID") + ADD3_ARGS)[1]
+    assert [e.record.to_bytes() for e in first.emitted] == \
+        [e.record.to_bytes() for e in second.emitted]
+
+
+def test_dpc_run_cli(tmp_path: Path, capfdbinary) -> None:
+    from dprobes.compiler import cli
+
+    probe = tmp_path / "p.rpn"
+    probe.write_text(counting("max_hits = 3"))
+    log = tmp_path / "log.jsonl"
+    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "--query",
+                       "--getvars", "--log-target", "EVL", "--log-file", str(log), "--",
+                       str(BIN / "loop")])
+    out, err = capfdbinary.readouterr()
+    assert status == 7 and out.decode() == expect.loop_expected()[0]
+    assert b"count=3" in err and b"=0x3" in err
+    assert len(log.read_text().splitlines()) == 3
