@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,15 @@ class MachineFigure:
                 "spawn_ms": round(self.spawn_ms, 3)}
 
 
-def run(seconds: float = 0.5, program: Path = LOOP) -> MachineFigure | None:
-    """Time ``program`` for about ``seconds``; None if the guest image is not there."""
+def run(seconds: float = 0.5, program: Path = LOOP,
+        prepare: Callable[[Machine], object] | None = None) -> MachineFigure | None:
+    """Time ``program`` for about ``seconds``; None if the guest image is not there.
+    ``prepare`` may equip the machine first (e.g. attach a probe manager)."""
     if not program.is_file():
         return None
     machine = Machine()
+    if prepare is not None:
+        prepare(machine)
     spawns: list[float] = []
     runs: list[tuple[int, float]] = []
     deadline = time.perf_counter() + seconds
