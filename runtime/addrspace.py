@@ -102,7 +102,10 @@ class AddressSpace:
         end = page_up(start + length)
         for vma in self._carve(start, end):
             self.vmas.remove(vma)
-            for vpn in range(vma.start >> PAGE_SHIFT, vma.end >> PAGE_SHIFT):
+            lo, hi = vma.start >> PAGE_SHIFT, vma.end >> PAGE_SHIFT
+            vpns = range(lo, hi) if hi - lo < len(self.ptes) else [
+                vpn for vpn in self.ptes if lo <= vpn < hi]  # big, sparse: walk the PTEs
+            for vpn in vpns:
                 pte = self.ptes.pop(vpn, None)
                 if pte is not None:
                     self._release(pte)

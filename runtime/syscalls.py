@@ -25,7 +25,7 @@ from dprobes.runtime.process import HostFile, Process
 if TYPE_CHECKING:
     from dprobes.runtime.machine import Machine
 
-EPERM, ENOENT, EBADF, ENOMEM, EACCES, EFAULT, EINVAL = 1, 2, 9, 12, 13, 14, 22
+EPERM, ENOENT, EIO, EBADF, ENOMEM, EACCES, EFAULT, EINVAL = 1, 2, 5, 9, 12, 13, 14, 22
 ENOTTY, ENOSYS = 25, 38
 AT_FDCWD, AT_EMPTY_PATH = -100 & 0xFFFFFFFF, 0x1000
 MAP_SHARED, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x10, 0x20
@@ -59,6 +59,12 @@ def dispatch(machine: Machine, proc: Process, number: int, args: tuple[int, ...]
         return fn(machine, proc, *args[: fn.__code__.co_argcount - 2])
     except GuestFault:
         return -EFAULT
+    except OSError as exc:  # a host file the guest may read said no
+        return -(exc.errno or EIO)
+    except (ValueError, OverflowError):  # an argument no check above anticipated
+        return -EINVAL
+    except MemoryError:
+        return -ENOMEM
 
 
 def signed(value: int) -> int:

@@ -118,7 +118,11 @@ def _stat_target(p: Process, fd: int, path: int, flags: int) -> OpenFile | None:
     if flags & AT_EMPTY_PATH and p.space.read_cstring(path, 1) == b"":
         return _file(p, fd)
     name = Path(p.space.read_cstring(path).decode(errors="surrogateescape")).resolve()
-    return HostFile(name) if name in p.allowed_files else None
+    if name not in p.allowed_files:
+        return None
+    found = HostFile(name)  # for its mode and size only
+    found.close()
+    return found
 
 
 def _stat64(f: OpenFile) -> bytes:

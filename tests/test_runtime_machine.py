@@ -5,6 +5,7 @@ handler, runaway programs stop at the instruction limit, and runs are determinis
 
 from __future__ import annotations
 
+import random
 import struct
 from pathlib import Path
 
@@ -292,6 +293,23 @@ def test_open_read_only_allowed_files(tmp_path: Path) -> None:
     assert proc.space.read(buf, 12) == b"hello, guest"
     assert syscalls.dispatch(machine, proc, 6, (3, 0, 0, 0, 0, 0)) == 0
     assert syscalls.dispatch(machine, proc, 4, (1, 0, 4, 0, 0, 0)) == -syscalls.EFAULT
+
+
+def test_system_calls_with_hostile_arguments_never_raise() -> None:
+    """Every implemented call, fed awkward arguments: an errno or a value, never a crash."""
+    values = [0, 1, 3, 0xFFF, 0x1000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xBFFFF000,
+              0x08048000, 0x0804B000, 0xC0000000, 0xFFFF0000]
+    rng = random.Random(3)
+    for number in sorted(syscalls.TABLE):
+        if syscalls.NAMES[number] in ("exit", "exit_group", "kill", "tgkill"):
+            continue
+        machine = Machine()
+        proc = machine.spawn(BIN / "loop")
+        for _ in range(25):
+            args = tuple(rng.choice(values) for _ in range(6))
+            result = syscalls.dispatch(machine, proc, number, args)
+            assert isinstance(result, int), (syscalls.NAMES[number], args, result)
+        assert proc.alive
 
 
 # --- bad executables ---------------------------------------------------------------------
