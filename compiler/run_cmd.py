@@ -115,6 +115,14 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
             raise UsageError(str(error)) from None
         targets[loaded.name] = LogTarget[args.log_target] if args.log_target \
             else program.header.log_target
+        for record in loaded.records:
+            if not record.armed and record.notes != ["not selected by group/type"]:
+                where = record.point.location or f"0x{record.point.offset:x}"
+                detail = f" actual opcode 0x{record.actual_opcode:02x}" \
+                    if record.actual_opcode is not None else ""
+                print(f"dpc run: warning: {path}: probe {record.index} at {where} not "
+                      f"inserted: {record.status.describe()}{detail}"
+                      + "".join(f"; {note}" for note in record.notes), file=sys.stderr)
     opened: list[IO] = []
     write = _writer(args, opened)
     manager.on_log.append(lambda emitted: write(emitted, targets[emitted.module]))

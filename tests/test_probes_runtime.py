@@ -288,3 +288,43 @@ def test_dpc_run_cli(tmp_path: Path, capfdbinary) -> None:
     assert status == 7 and out.decode() == expect.loop_expected()[0]
     assert b"count=3" in err and b"=0x3" in err
     assert len(log.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp: tmp / "missing", "No such file"),
+    (lambda tmp: (tmp / "text").write_text("hello") and tmp / "text", "not an ELF"),
+    (lambda tmp: Path("/bin/true"), "64-bit"),
+    (lambda tmp: (tmp / "cut").write_bytes((BIN / "loop").read_bytes()[:300]) and tmp / "cut",
+     "truncated"),
+])
+def test_dpc_run_bad_programs(make, message: str, tmp_path: Path, capfd) -> None:
+    from dprobes.compiler import cli
+
+    status = cli.main(["run", "--", str(make(tmp_path))])
+    err = capfd.readouterr().err
+    assert status == 2 and message in err and "Traceback" not in err
+
+
+def test_dpc_run_reports_probes_it_could_not_insert(tmp_path: Path, capfd) -> None:
+    from dprobes.compiler import cli
+
+    work, _, _ = symbol("loop", "work")
+    probe = tmp_path / "p.rpn"
+    probe.write_text(header("loop") + f"offset = 0x{work + 2:x}\n    exit\n")
+    status = cli.main(["run", "--probes", str(probe), "--", str(BIN / "loop")])
+    err = capfd.readouterr().err
+    assert status == 7 and "not an instruction boundary" in err and "invalid_offset" in err
+
+
+def test_dpc_run_missing_symbol_and_instruction_limit(tmp_path: Path, capfd) -> None:
+    from dprobes.compiler import cli
+
+    probe = tmp_path / "p.rpn"
+    probe.write_text(header("loop") + "offset = no_such_function\n    exit\n")
+    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "--",
+                       str(BIN / "loop")])
+    err = capfd.readouterr().err
+    assert status == 2 and "unknown symbol 'no_such_function'" in err
+    status = cli.main(["run", "--max-instructions", "10000", "--", str(BIN / "loop")])
+    err = capfd.readouterr().err
+    assert status == 2 and "instruction limit of 10000" in err
