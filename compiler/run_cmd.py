@@ -44,6 +44,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="a second program for the same executable is merged in")
     parser.add_argument("--replace", action="store_true",
                         help="a second program for the same executable replaces the first")
+    parser.add_argument("--group", metavar="LIST",
+                        help="insert only probes of these groups (comma-separated numbers)")
+    parser.add_argument("--type", metavar="LIST",
+                        help="insert only probes of these types (comma-separated numbers)")
     parser.add_argument("--query", action="store_true", help="print the probe records at the end")
     parser.add_argument("--getvars", action="store_true", help="print the variables at the end")
     parser.add_argument("--max-instructions", default=None,
@@ -53,6 +57,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary (status, records, variables, logs)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS]...")
+
+
+def _numbers(text: str | None, option: str) -> set[int] | None:
+    if text is None:
+        return None
+    return {parse_int(word, option) for word in text.replace(",", " ").split()}
 
 
 def _fields(text: str | None) -> LogField | None:
@@ -110,7 +120,9 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     for path in args.probes:
         program = load_program(path, options).program
         try:
-            loaded = manager.insert(program, merge=args.merge, replace_old=args.replace)
+            loaded = manager.insert(program, merge=args.merge, replace_old=args.replace,
+                                    groups=_numbers(args.group, "--group"),
+                                    types=_numbers(args.type, "--type"))
         except InsertError as error:
             raise UsageError(str(error)) from None
         targets[loaded.name] = LogTarget[args.log_target] if args.log_target \

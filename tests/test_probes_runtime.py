@@ -328,3 +328,21 @@ def test_dpc_run_missing_symbol_and_instruction_limit(tmp_path: Path, capfd) -> 
     status = cli.main(["run", "--max-instructions", "10000", "--", str(BIN / "loop")])
     err = capfd.readouterr().err
     assert status == 2 and "instruction limit of 10000" in err
+
+
+def test_group_selection_and_insertion_mid_run() -> None:
+    from dprobes.runtime.machine import InstructionLimit
+
+    machine = Machine()
+    manager = ProbeManager(machine)
+    process = machine.spawn(BIN / "loop")
+    with pytest.raises(InstructionLimit):  # run part of the program first
+        machine.run(max_instructions=500_000)
+    source = header("loop") + "offset = work\ngroup = 1\n    exit\noffset = add3\ngroup = 2\n" \
+        "    exit\n"
+    manager.insert(build(source), groups={2})
+    work, add3 = manager.query()
+    assert "not selected by group/type" in work.notes and "active" in add3.status
+    machine.run(max_instructions=200_000_000)
+    assert process.returncode == 7 and manager.query()[1].hits == 3
+    assert manager.query()[0].hits == 0
