@@ -127,10 +127,13 @@ class Machine:
         """End ``proc`` with a fatal ``signal``; the crash report says where and why."""
         eip = self.saved_eip(proc)
         at = trap.instruction if trap is not None else eip
-        try:
-            insn = describe_instruction(proc.space.read(at, 16), at)
-        except Exception:
-            insn = "unreadable instruction"
+        insn = "unreadable instruction"
+        for n in (16, PAGE_SIZE - (at & (PAGE_SIZE - 1))):  # up to the page end, if need be
+            try:
+                insn = describe_instruction(proc.space.read(at, min(n, 16), user=False), at)
+                break
+            except GuestFault:
+                continue
         proc.crash = CrashReport(signal, eip, reason, trap.address if trap else None, insn)
         self._end(proc, State.KILLED, signal=signal)
 

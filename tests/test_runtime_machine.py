@@ -232,6 +232,21 @@ def test_int3_without_a_handler_is_sigtrap(tmp_path: Path) -> None:
     assert proc.crash.eip == 0x08048055 and "int3" in str(proc.crash)
 
 
+@pytest.mark.parametrize(("code", "signal", "what"), [
+    (b"\x0f\x0b", 4, "SIGILL (invalid opcode (#UD)), EIP 0x08048054: ud2"),
+    (bytes.fromhex("31c9 f7f1"), 8, "SIGFPE (divide error (#DE)), EIP 0x08048056: div ecx"),
+    (b"\xfa", 11, "SIGSEGV (general protection (#GP)), EIP 0x08048054: cli"),
+    (b"\xcd\x81", 11, "SIGSEGV (int 0x81), EIP 0x08048056: int 0x81"),
+    (bytes.fromhex("e9a7bffaf7"), 11,  # jmp 0xffff4000: the page of the stop address
+     "SIGSEGV (general protection (#GP)), EIP 0xffff4000: hlt"),
+])
+def test_cpu_exceptions_end_the_process_with_linux_signals(tmp_path: Path, code: bytes,
+                                                           signal: int, what: str) -> None:
+    _, proc = run_one(tiny(tmp_path, code + EXIT_WITH_EBX))
+    assert proc.returncode == -signal
+    assert str(proc.crash).startswith(what)
+
+
 def test_trap_handler_can_fix_a_page_fault(tmp_path: Path) -> None:
     code = bytes.fromhex("a100000010") + bytes.fromhex("89c3") + EXIT_WITH_EBX  # ebx = [0x10000000]
     path = tiny(tmp_path, code)
