@@ -12,15 +12,17 @@ is installed as the ``UC_HOOK_BLOCK`` hook through unicorn's C entry point. At t
 of every translated block it adds the block's instruction count to ``executed``, or, once
 ``executed`` has reached ``limit``, calls ``uc_emu_stop`` so the block does not run (so
 the count stays exact: a stopped block is neither run nor counted). A block's
-instruction count comes from a small per-address-space table keyed by (address, size in
-bytes); a miss calls back into Python once, which decodes the block's bytes with capstone
-(remembering the answer by content, so another process of the same program only pays
-for the call).
+instruction count comes from a small direct-mapped table keyed by (address, size in
+bytes), one table per code layout (``AddressSpace.code_key``: processes running the same
+file pages at the same addresses share one); a miss calls back into Python once, which
+decodes the block's bytes with capstone (remembering the answer by content).
 
-Limits: an instruction that faults in the middle of a block has counted the rest of its
-block (the process is then being killed or trapped anyway); guest self-modifying code that
-keeps a block's address and size is still counted with the old table entry until the
-next ``forget`` (host writes into code call it).
+Limits: the clock reads at block granularity inside a block (an ``rdtsc`` sees the count
+at the end of its block); an instruction that faults in the middle of a block has
+counted the rest of its block (the process is then being killed or trapped anyway); guest
+self-modifying code that keeps a block's address and size is still counted with the old
+table entry until the next ``forget`` (host writes into code call it). Measured on
+guest/bin/loop: ~300 guest MIPS with the counter, ~370 without any hook.
 """
 
 from __future__ import annotations

@@ -163,6 +163,10 @@ class Process:
         self.fds.update({0: self.stdin, 1: self.stdout, 2: self.stderr})
         self.brk_start = self.brk = self.image.brk
 
+    def __repr__(self) -> str:
+        ended = "" if self.alive else f", returncode={self.returncode}"
+        return f"Process(pid={self.pid}, name={self.name!r}, state={self.state.value}{ended})"
+
     @property
     def name(self) -> str:
         return self.comm.decode(errors="replace")
