@@ -52,6 +52,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--getvars", action="store_true", help="print the variables at the end")
     parser.add_argument("--max-instructions", default=None,
                         help="stop a program that runs longer than this")
+    parser.add_argument("--file", action="append", default=[], metavar="PATH",
+                        help="a host file the program may open (read-only; repeatable)")
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
     parser.add_argument("--tier", choices=["interp", "jit", "auto"], default="interp")
     parser.add_argument("--json", action="store_true",
@@ -139,8 +141,8 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     write = _writer(args, opened)
     manager.on_log.append(lambda emitted: write(emitted, targets[emitted.module]))
     try:
-        process = machine.spawn(command[0], command, stdout=sys.stdout.buffer.write,
-                                stderr=sys.stderr.buffer.write)
+        process = machine.spawn(command[0], command, files=args.file,
+                                stdout=sys.stdout.buffer.write, stderr=sys.stderr.buffer.write)
         try:
             machine.run(max_instructions=limit)
         except InstructionLimit as error:
