@@ -38,6 +38,7 @@ from dprobes.runtime.paging import (
     PageMapping,
     Prot,
     page_up,
+    read_virtual,
 )
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from dprobes.runtime.swap import SwapArea
@@ -277,17 +278,8 @@ class AddressSpace:
     def read(self, vaddr: int, n: int, user: bool = True) -> bytes:
         """``n`` bytes at ``vaddr``; GuestFault at the first bad byte. ``user``: as the
         kernel's copy_from_user, kernel addresses fault; else kernel pages are readable."""
-        out = bytearray()
-        while len(out) < n:
-            addr = (vaddr + len(out)) & 0xFFFFFFFF
-            found = None if user and addr >= KERNEL_BASE else self.translate(addr, Prot.READ,
-                                                                             user)
-            if found is None:
-                raise GuestFault(addr, Prot.READ)
-            base = (found[0] << PAGE_SHIFT) | (addr & PAGE_MASK)
-            take = min(n - len(out), PAGE_SIZE - (addr & PAGE_MASK))
-            out += self.memory.bytes[base : base + take]
-        return bytes(out)
+        return read_virtual(self.memory, lambda addr: None if user and addr >= KERNEL_BASE
+                            else self.translate(addr, Prot.READ, user), vaddr, n)
 
     def read_cstring(self, vaddr: int, limit: int = 4096) -> bytes:
         """The NUL-terminated string at ``vaddr`` (without the NUL), at most ``limit`` bytes."""

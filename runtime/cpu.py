@@ -51,8 +51,9 @@ from unicorn import x86_const as x86
 from unicorn.unicorn import UcContext
 from unicorn.unicorn_py3.unicorn import uclib
 
-from dprobes.runtime.addrspace import AddressSpace, GuestFault, KernelPages, Prot
+from dprobes.runtime.addrspace import AddressSpace, KernelPages, Prot
 from dprobes.runtime.clock import InstructionCounter
+from dprobes.runtime.paging import read_virtual
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 
 KERNEL_CS, KERNEL_DS, USER_CS, USER_DS = 0x60, 0x68, 0x73, 0x7B
@@ -150,16 +151,8 @@ class CPU:
     def kernel_read(self, vaddr: int, n: int) -> bytes:
         """``n`` bytes of kernel virtual memory (the GDT for seg2lin, ...); GuestFault at
         the first unmapped byte."""
-        out = bytearray()
-        while len(out) < n:
-            addr = (vaddr + len(out)) & 0xFFFFFFFF
-            found = self.kernel.translate(addr, Prot.READ, user=False)
-            if found is None:
-                raise GuestFault(addr, Prot.READ)
-            base = (found[0] << PAGE_SHIFT) | (addr & PAGE_MASK)
-            take = min(n - len(out), PAGE_SIZE - (addr & PAGE_MASK))
-            out += self.memory.bytes[base : base + take]
-        return bytes(out)
+        return read_virtual(self.memory, lambda addr: self.kernel.translate(addr, Prot.READ,
+                                                                            user=False), vaddr, n)
 
     def _boot(self) -> None:
         gdt = bytearray(8 * GDT_ENTRIES)
@@ -265,10 +258,13 @@ class CPU:
         for name, value in values.items():
             if name not in _WRITABLE:
                 raise ValueError(f"register {name!r} cannot be written this way")
-            status = uclib.uc_reg_write(self.uc._uch, _REG_IDS[name],
-                                        ctypes.byref(ctypes.c_uint32(value & 0xFFFFFFFF)))
-            if status:
-                raise UcError(status)
+            self._write(name, value)
+
+    def _write(self, name: str, value: int) -> None:
+        status = uclib.uc_reg_write(self.uc._uch, _REG_IDS[name],
+                                    ctypes.byref(ctypes.c_uint32(value & 0xFFFFFFFF)))
+        if status:
+            raise UcError(status)
 
     def reg(self, name: str) -> int:
         return self._one[name].read()[0]
@@ -277,10 +273,7 @@ class CPU:
         """Write one general register, eip or eflags."""
         if name not in GENERAL:
             raise ValueError(f"register {name!r} cannot be written this way")
-        status = uclib.uc_reg_write(self.uc._uch, _REG_IDS[name],
-                                    ctypes.byref(ctypes.c_uint32(value & 0xFFFFFFFF)))
-        if status:
-            raise UcError(status)
+        self._write(name, value)
 
     def save_context(self, into: UcContext | None = None) -> UcContext:
         """The whole CPU state (registers, segment caches, FPU/SSE); TLB and caches aside."""

@@ -9,11 +9,12 @@ present or swapped). ``KernelPages`` is the part of every page directory above
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntFlag
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
+from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from dprobes.vm.context import MemoryFault
 
 if TYPE_CHECKING:
@@ -104,6 +105,22 @@ class KernelPages:
         if entry is None or not entry[1] & access or (user and not entry[2]):
             return None
         return entry[0], entry[1]
+
+
+def read_virtual(memory: PhysicalMemory, translate: Callable[[int], tuple[int, Prot] | None],
+                 vaddr: int, n: int) -> bytes:
+    """``n`` bytes at ``vaddr`` through ``translate`` (address -> (frame, prot) or None),
+    page by page; GuestFault at the first byte that does not translate."""
+    out = bytearray()
+    while len(out) < n:
+        addr = (vaddr + len(out)) & 0xFFFFFFFF
+        found = translate(addr)
+        if found is None:
+            raise GuestFault(addr, Prot.READ)
+        base = (found[0] << PAGE_SHIFT) | (addr & PAGE_MASK)
+        take = min(n - len(out), PAGE_SIZE - (addr & PAGE_MASK))
+        out += memory.bytes[base : base + take]
+    return bytes(out)
 
 
 def page_up(n: int) -> int:
