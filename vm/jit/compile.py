@@ -44,7 +44,10 @@ class JitUnavailable(JitError):
 
 
 HANDLER_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-OPT_LEVEL = 2
+SPEED_LEVEL = 2
+"""LLVM's optimisation pipeline level (``-O<n>``) for handler modules."""
+CODEGEN_LEVEL = 2
+"""The code generator's optimisation level."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,12 @@ class CompiledHandler:
     instructions: int
 
 
-def handler_key(program: Program, probe: int) -> str:
+def handler_key(program: Program, probe: int, levels: tuple[int, int] = (0, 0)) -> str:
     from dprobes.vm.jit.state import ABI_VERSION
 
     record = program.probes[probe]
     digest = hashlib.sha256()
-    digest.update(f"dprobes-jit/{ABI_VERSION}/{OPT_LEVEL}/{record.code_start}/".encode())
+    digest.update(f"dprobes-jit/{ABI_VERSION}/{levels}/{record.code_start}/".encode())
     digest.update(program.handler(probe))
     return digest.hexdigest()
 
@@ -81,8 +84,9 @@ class Engine:
     _instance: Engine | None = None
     _lock = threading.Lock()
 
-    def __init__(self) -> None:
+    def __init__(self, speed_level: int = SPEED_LEVEL, codegen_level: int = CODEGEN_LEVEL) -> None:
         require_llvmlite()
+        self.levels = (speed_level, codegen_level)
         from dprobes.vm.jit.rtlib import RT_TYPES, build_rtlib, symbol
 
         try:
@@ -91,7 +95,8 @@ class Engine:
             target = llvm.Target.from_default_triple()
         except RuntimeError as error:
             raise JitUnavailable(f"no native LLVM target: {error}") from error
-        self.target_machine = target.create_target_machine(opt=OPT_LEVEL, codemodel="jitdefault")
+        self.target_machine = target.create_target_machine(opt=codegen_level,
+                                                           codemodel="jitdefault")
         self.triple = target.triple if hasattr(target, "triple") else llvm.get_default_triple()
         self.data_layout = str(self.target_machine.target_data)
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.target_machine)
@@ -112,7 +117,7 @@ class Engine:
             return cls._instance
 
     def _optimize(self, module: object) -> None:
-        tuning = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
+        tuning = llvm.create_pipeline_tuning_options(speed_level=self.levels[0])
         builder = llvm.create_pass_builder(self.target_machine, tuning)
         builder.getModulePassManager().run(module, builder)
 
@@ -126,6 +131,12 @@ class Engine:
         self.engine.finalize_object()
         self.modules.append(parsed)
 
+    def add_library(self, module: ir.Module, names: list[str]) -> dict[str, int]:
+        """Compile a module of native helpers; the addresses of the named functions."""
+        with self._lock:
+            self._add(module)
+            return {name: self.engine.get_function_address(name) for name in names}
+
     def compile_handlers(self, program: Program,
                          probes: list[int]) -> dict[int, CompiledHandler]:
         """Native code for the given probes' handlers (cached ones are not recompiled)."""
@@ -137,7 +148,7 @@ class Engine:
         wanted: dict[str, list[int]] = {}
         with self._lock:
             for probe in probes:
-                key = handler_key(program, probe)
+                key = handler_key(program, probe, self.levels)
                 if key in self.cache:
                     out[probe] = self.cache[key]
                 else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dprobes.vm.bytecode import Instruction, decode_range
+from dprobes.vm.exceptions import NON_MASKABLE
 from dprobes.vm.isa import OpFlag
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import I32, PTR, VOID, Emitter, c32
@@ -48,6 +49,7 @@ class HandlerLowering:
         self.resume_block = self.function.append_basic_block("resume")
         self.exit_block = self.function.append_basic_block("exit")
         self.bad_block = self.function.append_basic_block("bad_continuation")
+        self._raise: tuple[ir.Block, tuple] | None = None
         self._words: ir.Value | None = None
         self._fault: ir.Value | None = None
 
@@ -56,6 +58,7 @@ class HandlerLowering:
         from dprobes.vm.jit.lower import LOWERINGS
 
         e = self.e
+        e.cache_fields()
         self.rt("begin")
         e.b.branch(self.blocks[self.instructions[0].offset])
         for insn in self.instructions:
@@ -64,6 +67,7 @@ class HandlerLowering:
             assert e.b.block.is_terminated, f"{insn.op.name} left its block open"
         self._build_resume()
         e.at(self.exit_block)
+        e.spill()
         e.b.ret_void()
         e.at(self.bad_block)  # a continuation the verifier rules out; never reached
         self.rt("finish", S.EXIT_INTERNAL, 0, 0, 0, 0)
@@ -100,8 +104,12 @@ class HandlerLowering:
 
     # --- runtime calls and continuations -----------------------------------------------
     def rt(self, name: str, *args: ir.Value | int) -> ir.Value:
+        """Call the runtime library: cached fields go to the state and come back after."""
         values = [self.e.state, *(c32(a) if isinstance(a, int) else a for a in args)]
-        return self.e.b.call(self.runtime[name], values)
+        self.e.spill()
+        result = self.e.b.call(self.runtime[name], values)
+        self.e.reload()
+        return result
 
     def status_branch(self, status: ir.Value, following: ir.Block) -> None:
         """Continue (0) at ``following``, resume (1) at state.resume, otherwise stop."""
@@ -111,8 +119,30 @@ class HandlerLowering:
 
     def raise_exception(self, code: int, parm1: ir.Value | int, parm2: ir.Value | int,
                         following: ir.Block) -> None:
-        """``Machine.raise_exception``; ``following`` is where an ignored code continues."""
-        self.status_branch(self.rt("raise", int(code), parm1, parm2), following)
+        """``Machine.raise_exception``; ``following`` is where an ignored code continues.
+
+        A code in NON_MASKABLE is never ignored (it dispatches or ends the handler), so
+        every such site shares one block that calls ``rt_raise``.
+        """
+        if not code & NON_MASKABLE:
+            self.status_branch(self.rt("raise", int(code), parm1, parm2), following)
+            return
+        if self._raise is None:
+            self._build_shared_raise()
+        block, phis = self._raise
+        for phi, value in zip(phis, (code, parm1, parm2), strict=True):
+            phi.add_incoming(c32(value) if isinstance(value, int) else value, self.e.b.block)
+        self.e.b.branch(block)
+
+    def _build_shared_raise(self) -> None:
+        e = self.e
+        saved = e.b.block
+        block = self.function.append_basic_block("raise")
+        e.at(block)
+        phis = tuple(e.b.phi(I32, name) for name in ("code", "parm1", "parm2"))
+        self.status_branch(self.rt("raise", *phis), self.bad_block)
+        self._raise = (block, phis)
+        e.at(saved)
 
     def finish(self, kind: int) -> None:
         self.rt("finish", kind, 0, 0, 0, 0)

@@ -78,8 +78,18 @@ def intrinsics(module: ir.Module) -> dict[str, ir.Function]:
     }
 
 
+CACHED_FIELDS = ("tos", "sbp", "jmp_count")
+"""Fields a handler keeps in local variables (registers after SROA) between sync points."""
+
+
 class Emitter:
-    """IR emission helpers for one function whose argument 0 is the state pointer."""
+    """IR emission helpers for one function whose argument 0 is the state pointer.
+
+    Field addresses are computed once, in the entry block. With ``cache_fields()`` the
+    fields of ``CACHED_FIELDS`` live in local variables: ``spill()`` writes them to the
+    state before anything that reads the state (a runtime-library call, a helper, the
+    callk hook, returning) and ``reload()`` reads them back after it.
+    """
 
     def __init__(self, function: ir.Function, builder: ir.IRBuilder,
                  intrinsic: dict[str, ir.Function]) -> None:
@@ -87,6 +97,21 @@ class Emitter:
         self.b = builder
         self.state = function.args[0]
         self.intrinsic = intrinsic
+        self._pointers: dict[str, ir.Value] = {}
+        self._cached: dict[str, ir.Value] = {}
+        self._entry_prefix = 0  # instructions at the top of the entry block put there by us
+
+    def cache_fields(self) -> None:
+        for name in CACHED_FIELDS:
+            self._cached[name] = self.alloca_entry(_FIELD_TYPES.get(name, I32), f"{name}_var")
+
+    def spill(self) -> None:
+        for name, slot in self._cached.items():
+            self.b.store(self.b.load(slot, typ=_FIELD_TYPES.get(name, I32)), self.field(name))
+
+    def reload(self) -> None:
+        for name, slot in self._cached.items():
+            self.b.store(self.b.load(self.field(name), typ=_FIELD_TYPES.get(name, I32)), slot)
 
     # --- blocks -------------------------------------------------------------------
     def block(self, name: str) -> ir.Block:
@@ -105,17 +130,22 @@ class Emitter:
         return self.b.gep(self.state, [byte_offset], source_etype=I8)
 
     def field(self, name: str) -> ir.Value:
-        return self.addr(S.offset(name))
+        """Address of a state field, computed once in the entry block."""
+        pointer = self._pointers.get(name)
+        if pointer is None:
+            pointer = self._in_entry(lambda: self.addr(S.offset(name)))
+            self._pointers[name] = pointer
+        return pointer
 
     def load(self, name: str) -> ir.Value:
         ty = _FIELD_TYPES.get(name, I32)
-        return self.b.load(self.field(name), typ=ty)
+        return self.b.load(self._cached.get(name) or self.field(name), typ=ty)
 
     def store(self, name: str, value: ir.Value | int) -> None:
         ty = _FIELD_TYPES.get(name, I32)
         if isinstance(value, int):
             value = ir.Constant(ty, value & ((1 << ty.width) - 1))
-        self.b.store(value, self.field(name))
+        self.b.store(value, self._cached.get(name) or self.field(name))
 
     def array_ptr(self, name: str, index: ir.Value, element: ir.Type = I32) -> ir.Value:
         """Pointer to element ``index`` (an i32 or i64 value) of an inline state array."""
@@ -136,10 +166,10 @@ class Emitter:
         return self.b.load(self.slot_ptr(index), typ=I32)
 
     def write_slot(self, index: ir.Value, value: ir.Value) -> None:
-        """Store into a (masked) slot and mark its chunk dirty."""
+        """Store into a (masked) slot and mark its 32-word chunk dirty."""
         self.b.store(value, self.slot_ptr(index))
-        chunk = self.b.shl(c32(1), self.b.lshr(index, c32(5)))
-        self.store("stack_dirty", self.b.or_(self.load("stack_dirty"), chunk))
+        chunk = self.b.lshr(index, c32(5))
+        self.b.store(c8(1), self.array_ptr("stack_dirty", chunk, I8))
 
     def tos(self) -> ir.Value:
         return self.load("tos")
@@ -193,7 +223,11 @@ class Emitter:
         return self.load("num_lv" if local else "num_gv")
 
     def mark_var_dirty(self, local: bool) -> None:
-        self.store("var_dirty", self.b.or_(self.load("var_dirty"), c32(1 if local else 2)))
+        self.b.store(c8(1), self.array_ptr("var_dirty", c32(0 if local else 1), I8))
+
+    def mark_all_dirty(self) -> None:
+        self.memset(self.field("stack_dirty"), c64(S.DIRTY_CHUNKS), fill=1)
+        self.memset(self.field("var_dirty"), c64(2), fill=1)
 
     # --- buffers ----------------------------------------------------------------------
     def log_ptr(self, at: ir.Value) -> ir.Value:
@@ -203,9 +237,9 @@ class Emitter:
         """Unaligned little-endian store of ``value`` (i8/i16/i32) at buffer[at]."""
         self.b.store(value, self.array_ptr(buffer, at, I8), align=1)
 
-    def memset(self, pointer: ir.Value, length: ir.Value) -> None:
+    def memset(self, pointer: ir.Value, length: ir.Value, fill: int = 0) -> None:
         length = length if length.type == I64 else self.b.zext(length, I64)
-        self.b.call(self.intrinsic["memset"], [pointer, c8(0), length, ir.Constant(I1, 0)])
+        self.b.call(self.intrinsic["memset"], [pointer, c8(fill), length, ir.Constant(I1, 0)])
 
     def memcpy(self, dest: ir.Value, source: ir.Value, length: ir.Value) -> None:
         length = length if length.type == I64 else self.b.zext(length, I64)
@@ -236,15 +270,23 @@ class Emitter:
 
     def alloca_entry(self, ty: ir.Type, name: str = "", count: int = 1) -> ir.Value:
         """``count`` elements of ``ty`` on the stack, allocated in the entry block."""
+        def allocate() -> ir.Value:
+            slot = self.b.alloca(ty, size=count if count > 1 else None, name=name)
+            slot.type = PTR  # an opaque pointer, like every other value here
+            return slot
+        return self._in_entry(allocate)
+
+    def _in_entry(self, emit):
+        """Emit at the top of the entry block (so the value dominates every use)."""
         entry = self.function.entry_basic_block
         saved = self.b.block
         with self.b.goto_block(entry):
-            if entry.instructions:
-                self.b.position_before(entry.instructions[0])
-            slot = self.b.alloca(ty, size=count if count > 1 else None, name=name)
-            slot.type = PTR  # an opaque pointer, like every other value here
+            if self._entry_prefix < len(entry.instructions):
+                self.b.position_before(entry.instructions[self._entry_prefix])
+            value = emit()
+        self._entry_prefix = entry.instructions.index(value) + 1
         self.b.position_at_end(saved)
-        return slot
+        return value
 
 
 class Callee(ir.values.Value):

@@ -184,9 +184,10 @@ lower_resume = _reserved
 
 def lower_callk(lw: HandlerLowering, insn: Instruction) -> None:
     e = lw.e
+    e.spill()
     status = e.host_call("callk", [e.state])
-    e.store("stack_dirty", MASK32)  # the hook saw the whole state
-    e.store("var_dirty", 3)
+    e.reload()
+    e.mark_all_dirty()  # the hook saw the whole state
     lw.host_checked(status, insn, "callk")
     no_hook = lw.new_block(insn, "no_hook")
     e.b.cbranch(e.b.icmp_unsigned("!=", status, c32(0)), lw.next_block(insn), no_hook)

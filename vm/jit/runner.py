@@ -30,8 +30,7 @@ from dprobes.vm.jit.runtime_helpers import HELPERS, view_of
 from dprobes.vm.stacktrace import MIN_ST_SIZE
 
 MASK32 = 0xFFFFFFFF
-CHUNK = 32
-ALL_CHUNKS = (1 << (STACK_SIZE // CHUNK)) - 1
+CHUNK = S.DIRTY_CHUNK
 
 EXIT_KINDS = {
     S.EXIT_EXIT: ExitKind.EXIT,
@@ -157,14 +156,19 @@ class JitRunner:
         self.session: Session = new_session(vm.program, state)
         self.python_host = python_host_table(self.session)
         self.stack_view = memoryview(state.stack).cast("B").cast("I")
+        self.dirty_view = memoryview(state.stack_dirty).cast("B")
         self.stack_snapshot: list[int] | None = None
         self.lv = _Mirror()
         self.gv = _Mirror()
         self.probe = -1
         self.busy = False
         self.native_hosts: dict[type, object] = {}
+        self._table: S.HostTable | None = None
 
     def close(self) -> None:
+        for host in self.native_hosts.values():
+            host.close()
+        self.native_hosts.clear()
         drop_session(self.session)
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
@@ -188,27 +192,25 @@ class JitRunner:
 
     def _copy_out(self) -> None:
         vm, state = self.vm, self.state
-        dirty = state.stack_dirty
-        if dirty:
+        dirty = self.dirty_view
+        if any(dirty):
             stack, snapshot = vm.cpu.stack, self.stack_snapshot
             assert snapshot is not None
-            if dirty == ALL_CHUNKS:
+            if all(dirty):
                 fresh = self.stack_view.tolist()
                 stack[:] = fresh
                 snapshot[:] = fresh
             else:
-                chunk = 0
-                while dirty:
-                    if dirty & 1:
+                for chunk, written in enumerate(dirty):
+                    if written:
                         start = chunk * CHUNK
                         fresh = self.stack_view[start:start + CHUNK].tolist()
                         stack[start:start + CHUNK] = fresh
                         snapshot[start:start + CHUNK] = fresh
-                    dirty >>= 1
-                    chunk += 1
-        if state.var_dirty & 1:
+        lv_written, gv_written = state.var_dirty
+        if lv_written:
             self.lv.copy_out(vm.locals)
-        if state.var_dirty & 2:
+        if gv_written:
             self.gv.copy_out(vm.globals.values)
         vm.cpu.ex_code = state.ex_code
 
@@ -232,6 +234,11 @@ class JitRunner:
                 return host.table, host
         return self.python_host, None
 
+    def _use_table(self, table: S.HostTable) -> None:
+        if table is not self._table:
+            self.state.host = ctypes.pointer(table)
+            self._table = table
+
     def run(self, probe: int, handler: CompiledHandler, context: Context) -> NativeHit:
         if self.busy:
             raise JitError("re-entrant fire on the same VM from inside a handler")
@@ -240,7 +247,7 @@ class JitRunner:
             self._select_probe(probe)
         self._copy_in()
         table, native = self._host_for(context)
-        state.host = ctypes.pointer(table)
+        self._use_table(table)
         session.context = context
         session.heap = None
         session.error = None

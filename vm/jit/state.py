@@ -80,6 +80,9 @@ EXIT_TERMINATED = 5
 EXIT_HOST_ERROR = 6  # a host callback or helper failed (Python: its exception re-raised)
 EXIT_INTERNAL = 7  # resumed at an offset that is no handler or return point (a JIT bug)
 
+DIRTY_CHUNK = 32
+DIRTY_CHUNKS = STACK_SIZE // DIRTY_CHUNK
+
 ST_COUNT_NONE = -1
 """``st_count_at`` when this hit wrote no trace header (the interpreter's None)."""
 
@@ -156,8 +159,8 @@ class State(Structure):
         ("stack", c_uint32 * STACK_SIZE),
         ("tos", c_uint32),
         ("sbp", c_uint32),
-        ("stack_dirty", c_uint32),  # bit i: a word in slots 32i..32i+31 was written
-        ("var_dirty", c_uint32),  # bit 0: lv written, bit 1: gv written
+        ("stack_dirty", c_uint8 * DIRTY_CHUNKS),  # [i]: a word in slots 32i..32i+31 written
+        ("var_dirty", c_uint8 * 2),  # [0]: lv written, [1]: gv written
         # variables (arrays owned by the runner, mirroring the Python lists)
         ("lv", POINTER(c_uint32)),
         ("gv", POINTER(c_uint32)),
