@@ -247,13 +247,27 @@ class Emitter:
 
     # --- host and helper tables -----------------------------------------------------
     def host_call(self, name: str, args: Sequence[ir.Value]) -> ir.Value:
-        """Call host service ``name`` with the host's ctx pointer prepended."""
-        table = self.load("host")
-        fn = self.b.load(self.b.gep(table, [c64(S.host_offset(name))], source_etype=I8),
-                         typ=PTR)
-        ctx = self.b.load(self.b.gep(table, [c64(S.host_offset("ctx"))], source_etype=I8),
-                          typ=PTR)
-        return self.b.call(Callee(fn, HOST_TYPES[name]), [ctx, *args])
+        """Call host service ``name`` with the host's ctx pointer prepended.
+
+        The table does not change during a hit, so the ctx pointer and each service's
+        function pointer are loaded once, at the top of the entry block.
+        """
+        fn = self._host_value(name)
+        return self.b.call(Callee(fn, HOST_TYPES[name]), [self._host_value("ctx"), *args])
+
+    def _host_value(self, name: str) -> ir.Value:
+        key = f"host.{name}"
+        value = self._pointers.get(key)
+        if value is None:
+            table_field = self.field("host")
+
+            def emit() -> ir.Value:
+                table = self.b.load(table_field, typ=PTR)
+                return self.b.load(self.b.gep(table, [c64(S.host_offset(name))],
+                                              source_etype=I8), typ=PTR)
+            value = self._in_entry(emit)
+            self._pointers[key] = value
+        return value
 
     def helper_call(self, name: str, args: Sequence[ir.Value]) -> ir.Value:
         table = self.load("helpers")

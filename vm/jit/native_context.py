@@ -56,6 +56,7 @@ class MemoryHost(Structure):
         ("regs", RegisterValue * REGISTER_SLOTS),
         ("user_regs", RegisterValue * REGISTER_SLOTS),
         ("written", (c_uint8 * REGISTER_SLOTS) * 2),  # [0] regs, [1] user_regs
+        ("written_any", c_uint32),
         ("pid", c_uint32),
         ("task", c_uint32),
         ("processor", c_uint32),
@@ -261,6 +262,7 @@ def build_module():
                              b.add(b.mul(which, c64(REGISTER_SLOTS)), b.zext(index, I64)))],
                  source_etype=I8)
     b.store(ir.Constant(I8, 1), flag)
+    b.store(c32(1), at(b, ctx, _offset("written_any")))
     b.ret(c32(0))
 
     for name in ("pid", "task", "processor"):
@@ -334,10 +336,11 @@ class NativeMemoryHost:
     def before_hit(self) -> None:
         context, host = self.context, self.host
         assert context is not None
-        key = [(start, data) for start, data in context.regions]
-        if self._regions_key is None or len(key) != len(self._regions_key) or any(
-                a[0] != b[0] or a[1] is not b[1] or len(a[1]) != b[2]
-                for a, b in zip(key, self._regions_key, strict=True)):
+        regions, known = context.regions, self._regions_key
+        if known is None or len(regions) != len(known) or any(
+                region[0] != start or region[1] is not data or len(data) != length
+                for region, (start, data, length) in zip(regions, known, strict=True)):
+            key = [(start, data) for start, data in regions]
             self._release()
             array = (Region * max(len(key), 1))()
             exports = []
@@ -372,8 +375,9 @@ class NativeMemoryHost:
     def after_hit(self) -> None:
         host, context = self.host, self.context
         assert context is not None
-        written = host.written
-        if any(written[0]) or any(written[1]):
+        if host.written_any:
+            host.written_any = 0
+            written = host.written
             for which, (table, values) in enumerate(((host.regs, context.regs),
                                                      (host.user_regs, context.user_regs))):
                 flags = written[which]
@@ -386,13 +390,3 @@ class NativeMemoryHost:
             self._release()
 
 
-def native_host_for(runner, context) -> NativeMemoryHost | None:
-    """The runner's native host for ``context`` if it is a plain MemoryContext, else None."""
-    if type(context) is not MemoryContext:
-        return None
-    host = runner.native_hosts.get(MemoryContext)
-    if host is None:
-        host = NativeMemoryHost(runner)
-        runner.native_hosts[MemoryContext] = host
-    host.attach(context)
-    return host

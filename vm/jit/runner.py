@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import struct
 from array import array
 
-from dprobes.vm.context import Context
+from dprobes.vm.context import Context, MemoryContext
 from dprobes.vm.interp import STACK_MASK, STACK_SIZE, ExitKind, RaisedException
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.compile import CompiledHandler, JitError
@@ -89,38 +90,48 @@ class _Mirror:
         self.snapshot[start:end] = fresh
 
 
+def _field_reader(names: tuple[str, ...]) -> struct.Struct:
+    """One ``struct`` that unpacks these State fields (in offset order) in a single call."""
+    codes = {ctypes.c_uint32: "I", ctypes.c_int32: "i", ctypes.c_uint64: "Q"}
+    fields = sorted((S.offset(name), name, codes[dict(S.State._fields_)[name]])
+                    for name in names)
+    assert tuple(name for _, name, _ in fields) == names, "list the fields in offset order"
+    fmt, at = "<", 0
+    for offset, _, code in fields:
+        fmt += "x" * (offset - at) + code
+        at = offset + struct.calcsize(code)
+    return struct.Struct(fmt)
+
+
+RESULT_FIELDS = ("tos", "jmp_count", "header_length", "log_cap", "log_len", "log_overflow",
+                 "ex_logmax", "ex_len", "ex_code", "major", "minor", "exit_kind", "exit_to",
+                 "has_exception", "exc_code", "exc_parm1", "exc_parm2")
+_RESULTS = _field_reader(RESULT_FIELDS)
+_LOG = S.offset("log")
+_EX_LOG = S.offset("ex_log")
+
+
 class NativeHit:
     """The results of one native hit, with the attributes ``api.build_result`` reads."""
 
-    __slots__ = (
-        "_ex_log",
-        "_log",
-        "_stack",
-        "exception",
-        "exit_kind",
-        "exit_to",
-        "jmp_count",
-        "log_overflow",
-        "major",
-        "minor",
-    )
+    __slots__ = ("_ex_log", "_log", "_stack", "exception", "exit_kind", "exit_to",
+                 "jmp_count", "log_overflow", "major", "minor")
 
-    def __init__(self, state: S.State, stack: list[int]) -> None:
-        kind = state.exit_kind
+    def __init__(self, memory: memoryview, values: tuple, stack: list[int]) -> None:
+        (tos, self.jmp_count, header_length, log_cap, log_len, overflow, ex_logmax, ex_len,
+         _, self.major, self.minor, kind, exit_to, has_exception, code, parm1,
+         parm2) = values
         self.exit_kind = EXIT_KINDS[kind]
-        self.exit_to = state.exit_to if kind == S.EXIT_EXIT_TO else None
-        self.exception = (RaisedException(state.exc_code, state.exc_parm1, state.exc_parm2)
-                          if state.has_exception else None)
-        self.major, self.minor = state.major, state.minor
-        self.jmp_count = state.jmp_count
-        self.log_overflow = bool(state.log_overflow)
-        log_end = min(state.log_len, state.log_cap)
-        self._log = bytes(memoryview(state.log)[state.header_length:log_end]) \
-            if log_end > state.header_length else b""
-        ex_end = min(state.ex_len, state.ex_logmax)
-        self._ex_log = bytes(memoryview(state.ex_log)[MIN_ST_SIZE:ex_end]) \
+        self.exit_to = exit_to if kind == S.EXIT_EXIT_TO else None
+        self.exception = RaisedException(code, parm1, parm2) if has_exception else None
+        self.log_overflow = bool(overflow)
+        log_end = min(log_len, log_cap)
+        self._log = memory[_LOG + header_length:_LOG + log_end].tobytes() \
+            if log_end > header_length else b""
+        ex_end = min(ex_len, ex_logmax)
+        self._ex_log = memory[_EX_LOG + MIN_ST_SIZE:_EX_LOG + ex_end].tobytes() \
             if ex_end > MIN_ST_SIZE else b""
-        depth = -state.tos & STACK_MASK
+        depth = -tos & STACK_MASK
         self._stack = stack[STACK_SIZE - depth:][::-1] if depth else []
 
     def log_data(self, header_length: int) -> bytes:
@@ -155,8 +166,12 @@ class JitRunner:
         state.helpers = ctypes.pointer(HELPERS)
         self.session: Session = new_session(vm.program, state)
         self.python_host = python_host_table(self.session)
+        view_of(self.session)
+        self.memory = memoryview(state).cast("B")
         self.stack_view = memoryview(state.stack).cast("B").cast("I")
+        self.dirty_words = memoryview(state.stack_dirty).cast("B").cast("Q")
         self.dirty_view = memoryview(state.stack_dirty).cast("B")
+        self.var_dirty = memoryview(state.var_dirty).cast("B")
         self.stack_snapshot: list[int] | None = None
         self.lv = _Mirror()
         self.gv = _Mirror()
@@ -192,8 +207,8 @@ class JitRunner:
 
     def _copy_out(self) -> None:
         vm, state = self.vm, self.state
-        dirty = self.dirty_view
-        if any(dirty):
+        if any(self.dirty_words):
+            dirty = self.dirty_view
             stack, snapshot = vm.cpu.stack, self.stack_snapshot
             assert snapshot is not None
             if all(dirty):
@@ -207,7 +222,7 @@ class JitRunner:
                         fresh = self.stack_view[start:start + CHUNK].tolist()
                         stack[start:start + CHUNK] = fresh
                         snapshot[start:start + CHUNK] = fresh
-        lv_written, gv_written = state.var_dirty
+        lv_written, gv_written = self.var_dirty
         if lv_written:
             self.lv.copy_out(vm.locals)
         if gv_written:
@@ -226,12 +241,14 @@ class JitRunner:
 
     def _host_for(self, context: Context) -> tuple[S.HostTable, object]:
         """The callback table for ``context`` (native for MemoryContext when allowed)."""
-        if self.vm.native_context:
-            from dprobes.vm.jit.native_context import native_host_for
+        if self.vm.native_context and type(context) is MemoryContext:
+            host = self.native_hosts.get(MemoryContext)
+            if host is None:
+                from dprobes.vm.jit.native_context import NativeMemoryHost
 
-            host = native_host_for(self, context)
-            if host is not None:
-                return host.table, host
+                host = self.native_hosts[MemoryContext] = NativeMemoryHost(self)
+            host.attach(context)
+            return host.table, host
         return self.python_host, None
 
     def _use_table(self, table: S.HostTable) -> None:
@@ -242,7 +259,7 @@ class JitRunner:
     def run(self, probe: int, handler: CompiledHandler, context: Context) -> NativeHit:
         if self.busy:
             raise JitError("re-entrant fire on the same VM from inside a handler")
-        state, session = self.state, self.session
+        session = self.session
         if probe != self.probe:
             self._select_probe(probe)
         self._copy_in()
@@ -250,8 +267,6 @@ class JitRunner:
         self._use_table(table)
         session.context = context
         session.heap = None
-        session.error = None
-        view_of(session)
         if native is not None:
             native.before_hit()
         self.busy = True
@@ -267,9 +282,10 @@ class JitRunner:
         if session.error is not None:
             error, session.error = session.error, None
             raise error
-        kind = state.exit_kind
-        if kind == S.EXIT_HOST_ERROR:
-            raise JitHostError("a native host callback reported a failure")
+        values = _RESULTS.unpack_from(self.memory, 0)
+        kind = values[RESULT_FIELDS.index("exit_kind")]
         if kind not in EXIT_KINDS:
+            if kind == S.EXIT_HOST_ERROR:
+                raise JitHostError("a native host callback reported a failure")
             raise JitError(f"native handler ended in an impossible state ({kind})")
-        return NativeHit(state, self.vm.cpu.stack)
+        return NativeHit(self.memory, values, self.vm.cpu.stack)
