@@ -278,3 +278,17 @@ def test_null_jit_without_llvmlite() -> None:
     assert "unavailable: the JIT tier needs llvmlite" in done.stdout
     assert "auto: (1,) interp" in done.stdout
     assert issubclass(JitUnavailable, JitError)
+
+
+def test_buffers_are_fresh_at_every_hit() -> None:
+    """Bytes an earlier hit logged are zeros again when pop lp/pop stp uncover them."""
+    text = ("name = t\nmodtype = user\nautostacktrace = yes\noffset = 0\n"
+            "push 0xaaaaaaaa\npush 0xbbbbbbbb\nlog 2\npush 5\npush 0xdead0000\nlog mrf\n"
+            "push 1\npush 0x10\nrx\n"
+            "offset = 16\npush 60\npop lp\npush 90\npop stp\nexit\n")
+    prog = compile_rpn("t.rpn", text=text).program
+    for tier in ("interp", "jit"):
+        vm = VM(prog, tier=tier)
+        assert vm.fire(0, MemoryContext()).ex_log
+        result = vm.fire(1, MemoryContext())
+        assert result.log == bytes(48) and result.ex_log == bytes(78), tier

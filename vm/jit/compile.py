@@ -20,6 +20,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dprobes.vm.bytecode import decode_range
 from dprobes.vm.program import Program
@@ -83,6 +84,7 @@ class Engine:
 
     _instance: Engine | None = None
     _lock = threading.Lock()
+    _alive: ClassVar[list[Engine]] = []  # never freed: symbols may point into their code
 
     def __init__(self, speed_level: int = SPEED_LEVEL, codegen_level: int = CODEGEN_LEVEL) -> None:
         require_llvmlite()
@@ -108,6 +110,7 @@ class Engine:
             llvm.add_symbol(symbol(name), self.engine.get_function_address(symbol(name)))
         self.rtlib_seconds = time.perf_counter() - start
         self._counter = 0
+        Engine._alive.append(self)
 
     @classmethod
     def get(cls) -> Engine:
@@ -137,9 +140,10 @@ class Engine:
             self._add(module)
             return {name: self.engine.get_function_address(name) for name in names}
 
-    def compile_handlers(self, program: Program,
-                         probes: list[int]) -> dict[int, CompiledHandler]:
-        """Native code for the given probes' handlers (cached ones are not recompiled)."""
+    def compile_handlers(self, program: Program, probes: list[int],
+                         use_cache: bool = True) -> dict[int, CompiledHandler]:
+        """Native code for the given probes' handlers (cached ones are not recompiled
+        unless ``use_cache`` is False, which benchmarks use to time compilation)."""
         from dprobes.vm.jit.function import HandlerLowering
         from dprobes.vm.jit.irgen import intrinsics
         from dprobes.vm.jit.rtlib import declare
@@ -149,7 +153,7 @@ class Engine:
         with self._lock:
             for probe in probes:
                 key = handler_key(program, probe, self.levels)
-                if key in self.cache:
+                if use_cache and key in self.cache:
                     out[probe] = self.cache[key]
                 else:
                     wanted.setdefault(key, []).append(probe)
@@ -162,8 +166,8 @@ class Engine:
             intrinsic = intrinsics(module)
             names: dict[str, str] = {}
             sizes: dict[str, int] = {}
-            for key, same in wanted.items():
-                name = f"dprobes_handler_{key[:24]}"
+            for number, (key, same) in enumerate(wanted.items()):
+                name = f"dprobes_handler_{self._counter}_{number}_{key[:16]}"
                 HandlerLowering(module, runtime, intrinsic, program, same[0], name).build()
                 names[key] = name
                 record = program.probes[same[0]]

@@ -153,7 +153,22 @@ def lower_call(lw: HandlerLowering, insn: Instruction) -> None:
     e.b.branch(lw.target_block(insn))
 
 
-lower_ret = _runtime_op("ret")
+def lower_ret(lw: HandlerLowering, insn: Instruction) -> None:
+    """The common case inline (a frame to pop, no pending exception), else ``rt_ret``."""
+    e = lw.e
+    nframes = e.load("nframes")
+    fast, slow = lw.new_block(insn, "return"), lw.new_block(insn, "ret_slow")
+    simple = e.b.and_(e.b.icmp_unsigned(">", nframes, c32(1)),
+                      e.b.icmp_unsigned("==", e.load("ex_pending"), c32(0)))
+    e.b.cbranch(simple, fast, slow)
+    e.at(fast)
+    top = e.b.sub(nframes, c32(1))
+    e.store("sbp", e.b.load(e.frame_word_ptr(top, "sbp"), typ=I32))
+    e.store("resume", e.b.load(e.frame_word_ptr(top, "returns"), typ=I32))
+    e.store("nframes", top)
+    e.b.branch(lw.resume_block)
+    e.at(slow)
+    lw.status_branch(lw.rt("ret"), lw.next_block(insn))
 
 
 def lower_abort(lw: HandlerLowering, insn: Instruction) -> None:

@@ -112,6 +112,16 @@ def _status(value: int) -> ir.Constant:
     return c32(value)
 
 
+def _umin(e: Emitter, a: ir.Value, b: ir.Value) -> ir.Value:
+    return e.b.select(e.b.icmp_unsigned("<", a, b), a, b)
+
+
+def _note_log_end(e: Emitter) -> None:
+    """After writing the log: every byte written so far is below log_len (for rt_begin)."""
+    length, mark = e.load("log_len"), e.load("log_hwm")
+    e.store("log_hwm", e.b.select(e.b.icmp_unsigned(">", length, mark), length, mark))
+
+
 # --- per-hit reset and ending --------------------------------------------------------
 def _define_begin(lib: _Library) -> None:
     e = lib.define("begin")
@@ -128,10 +138,13 @@ def _define_begin(lib: _Library) -> None:
     header = e.load("header_length")
     e.store("log_len", header)
     e.store("prev_log_len", header)
-    e.memset(e.field("log"), e.load("log_cap"))
+    # a fresh log and exception buffer: zero what earlier hits may have written
+    e.memset(e.field("log"), _umin(e, e.load("log_hwm"), e.load("log_cap")))
+    e.store("log_hwm", 0)
     e.store("ex_len", MIN_ST_SIZE)
     e.store("st_count_at", S.ST_COUNT_NONE)
-    e.memset(e.field("ex_log"), e.load("ex_log_size"))
+    e.memset(e.field("ex_log"), _umin(e, e.load("ex_log_hwm"), e.load("ex_log_size")))
+    e.store("ex_log_hwm", 0)
     e.store("ex_hand", NO_HANDLER)
     e.store("major", e.load("probe_major"))
     e.store("minor", e.load("probe_minor"))
@@ -325,6 +338,7 @@ def _define_log_words(lib: _Library) -> None:
     e.b.branch(head)
     e.at(done)
     e.store("log_len", e.b.add(at, e.b.mul(count, c32(4))))
+    _note_log_end(e)
     e.b.ret_void()
 
 
@@ -370,6 +384,7 @@ def _define_log_record(lib: _Library) -> None:
     lib.call(e, "log_words", count)
     e.put("log", start, c8(TOKEN_LOG))
     e.put("log", e.b.add(start, c32(1)), e.b.trunc(count, I16))
+    _note_log_end(e)
     short, done = e.block("short"), e.block("done")
     e.b.cbranch(e.b.icmp_unsigned("<", count, wanted), short, done)
     e.at(short)
@@ -394,6 +409,7 @@ def _define_fault_record(lib: _Library) -> None:
     e.put("log", e.b.add(at, c32(1)), ir.Constant(I16, 4))
     e.put("log", e.b.add(at, c32(3)), address)
     e.store("log_len", e.b.add(at, c32(7)))
+    _note_log_end(e)
     e.b.ret(lib.call(e, "raise", int(Ex.INVALID_ADDR), address, 0))
 
 
@@ -405,6 +421,7 @@ def _copy_record(e: Emitter, start: ir.Value, token: int, length: ir.Value) -> N
     end = e.b.add(e.b.add(start, c32(PREFIX)), length)
     e.store("log_len", end)
     e.store("prev_log_len", end)
+    _note_log_end(e)
 
 
 def _memory_status(lib: _Library, e: Emitter, status: ir.Value, fault: ir.Value) -> None:
@@ -494,6 +511,7 @@ def _define_log_vars(lib: _Library) -> None:
     e.put("log", start, token)
     e.put("log", e.b.add(start, c32(1)), ir.Constant(I16, 0))
     e.store("log_len", e.b.add(start, c32(PREFIX)))
+    _note_log_end(e)
     array = e.b.select(is_local, e.load("lv"), e.load("gv"))
     limit = e.zext64(e.b.select(is_local, e.load("num_lv"), e.load("num_gv")))
     first64 = e.zext64(first)
@@ -523,6 +541,7 @@ def _define_log_vars(lib: _Library) -> None:
     value = e.b.load(e.b.gep(array, [index], source_etype=I32), typ=I32)
     e.put("log", at, value)
     e.store("log_len", e.b.add(at, c32(4)))
+    _note_log_end(e)
     bumped = e.b.add(logged, c32(1))
     e.put("log", e.b.add(start, c32(1)), e.b.trunc(bumped, I16))
     index.add_incoming(e.b.add(index, c64(1)), room_ok)

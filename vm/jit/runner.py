@@ -162,6 +162,8 @@ class JitRunner:
         state.log_cap = log_cap
         state.ex_logmax = header.ex_logmax
         state.ex_log_size = max(header.ex_logmax, MIN_ST_SIZE)
+        state.log_hwm = S.LOG_BUFFER  # the first hit clears both buffers
+        state.ex_log_hwm = S.EX_LOG_BUFFER
         state.autostacktrace = int(header.autostacktrace)
         state.helpers = ctypes.pointer(HELPERS)
         self.session: Session = new_session(vm.program, state)

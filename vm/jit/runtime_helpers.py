@@ -172,9 +172,12 @@ def view_of(session: Session) -> StateView:
 
 # --- the helpers -------------------------------------------------------------------------
 def _stack_trace(state_address: int) -> int:
-    session = SESSIONS[S.State.from_address(state_address).session]
+    state = S.State.from_address(state_address)
+    session = SESSIONS[state.session]
     try:
-        return 1 if stacktrace.log_stack_trace(view_of(session)) else 0
+        go_on = stacktrace.log_stack_trace(view_of(session))
+        state.ex_log_hwm = max(state.ex_log_hwm, state.ex_len)  # see rt_begin
+        return 1 if go_on else 0
     except BaseException as error:
         if session.error is None:
             session.error = error

@@ -178,10 +178,12 @@ class State(Structure):
         ("log_len", c_uint32),
         ("prev_log_len", c_uint32),
         ("log_overflow", c_uint32),
+        ("log_hwm", c_uint32),  # log bytes up to here may be non-zero (cleared at the next hit)
         # exception buffer
         ("ex_logmax", c_uint32),
         ("ex_log_size", c_uint32),  # max(ex_logmax, 12): bytes cleared at each hit
         ("ex_len", c_uint32),
+        ("ex_log_hwm", c_uint32),  # the same for the exception buffer
         ("st_count_at", c_int32),
         ("autostacktrace", c_uint32),
         # exceptions
