@@ -6,7 +6,7 @@ import argparse
 import json
 import platform
 
-from dprobes.bench import interp_bench, machine_bench, probe_bench
+from dprobes.bench import interp_bench, jit_bench, machine_bench, probe_bench
 
 
 def main() -> None:
@@ -17,13 +17,15 @@ def main() -> None:
     figures = interp_bench.run(args.seconds)
     machine = machine_bench.run(args.seconds)
     probes = probe_bench.run(args.seconds)
+    jit = jit_bench.run(args.seconds)
     if args.json:
         print(json.dumps({"python": platform.python_version(), "interpreter": [
             {"handler": f.handler, "instructions_per_hit": f.instructions_per_hit,
              "hits_per_second": round(f.hits_per_second, 1),
              "instructions_per_second": round(f.instructions_per_second)} for f in figures],
             "machine": machine.as_dict() if machine else None,
-            "probes": vars(probes) if probes else None}))
+            "probes": vars(probes) if probes else None,
+            "jit": jit.as_dict() if jit else None}))
         return
     print(f"interpreter (CPython {platform.python_version()})")
     print(f"{'handler':<12} {'instr/hit':>10} {'hits/s':>12} {'M instr/s':>10}")
@@ -34,6 +36,8 @@ def main() -> None:
     print(machine_bench.report(machine))
     print()
     print(probe_bench.report(probes))
+    print()
+    print(jit_bench.report(jit))
 
 
 if __name__ == "__main__":
