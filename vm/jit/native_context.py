@@ -145,7 +145,18 @@ def build_module():
             b.cbranch(inside, copy, step)
             b.position_at_end(copy)
             data = b.load(at(b, region, Region.data.offset), typ=PTR)
-            memcpy(b, buffer, b.gep(data, [off], source_etype=I8), size)
+            source = b.gep(data, [off], source_etype=I8)
+            general = fn.append_basic_block("fast_copy_any")
+            switch = b.switch(size, general)
+            for width in (1, 2, 4, 8):  # the sizes instructions use: copies LLVM inlines
+                block = fn.append_basic_block(f"fast_copy_{width}")
+                switch.add_case(c32(width), block)
+                b.position_at_end(block)
+                b.call(intrinsic["memcpy"], [buffer, source, c64(width),
+                                             ir.Constant(ir.IntType(1), 0)])
+                b.ret(c32(0))
+            b.position_at_end(general)
+            memcpy(b, buffer, source, size)
             b.ret(c32(0))
             b.position_at_end(after)
         entry = b.block
