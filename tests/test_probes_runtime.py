@@ -346,3 +346,14 @@ def test_group_selection_and_insertion_mid_run() -> None:
     machine.run(max_instructions=200_000_000)
     assert process.returncode == 7 and manager.query()[1].hits == 3
     assert manager.query()[0].hits == 0
+
+
+def test_runtime_logs_agree_across_tiers() -> None:
+    """The runtime's hits produce the same records whether the interpreter or the JIT runs
+    the handler (one semantics)."""
+    source = header("loop", "log = PID TSC") + ADD3_ARGS
+    records = []
+    for tier in ("interp", "jit"):
+        _, manager, _ = run("loop", source, tier=tier)
+        records.append([e.record.to_bytes() for e in manager.emitted])
+    assert records[0] == records[1] and len(records[0]) == 3
