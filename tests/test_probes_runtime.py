@@ -357,3 +357,32 @@ def test_runtime_logs_agree_across_tiers() -> None:
         _, manager, _ = run("loop", source, tier=tier)
         records.append([e.record.to_bytes() for e in manager.emitted])
     assert records[0] == records[1] and len(records[0]) == 3
+
+
+def test_context_reads_fpu_control_segments_and_system_variables() -> None:
+    source = header("loop") + """
+offset = add3
+max_hits = 1
+    push u, fcw
+    push u, mxcsr
+    push 0x7b
+    push 0x10
+    seg2lin
+    push task
+    push procid
+    push 0x1b
+    push r, msr
+    log 7
+    push 0x3c
+    push 0
+    seg2lin
+    log 1
+    exit
+"""
+    process, manager, _ = run("loop", source)
+    data = manager.emitted[0].record.data
+    assert len(data) == 7 * 4  # the LDT selector 0x3c raised EX_SEG_FAULT before `log 1`
+    fcw, mxcsr, linear, task, cpu, _msr_high, _msr_low = struct.unpack("<7I", data)[::-1]
+    assert (fcw, mxcsr, linear, cpu) == (0x37F, 0x1F80, 0x10, 0)
+    assert task == 0xC1000000 + process.pid * 0x400
+    assert process.returncode == 7
