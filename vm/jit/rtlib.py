@@ -275,6 +275,11 @@ def _define_dispatch(lib: _Library) -> None:
 
     e.at(unwind)
     top = e.top_frame()
+    # never pop the top-level frame (the interpreter cannot get here with one frame left:
+    # ex_hand is always that frame's handler; natively, do not index frames[-1])
+    popped = e.block("popped")
+    e.b.cbranch(e.b.icmp_unsigned("==", top, c32(0)), done, popped)
+    e.at(popped)
     e.store("sbp", e.b.load(e.frame_word_ptr(top, "sbp"), typ=I32))
     e.store("nframes", top)
     e.store("ex_hand", e.b.load(e.top_word_ptr("handler"), typ=I32))
