@@ -64,10 +64,10 @@ class JitFigure:
 class JitBench:
     figures: list[JitFigure]
     c_status: str  # "gcc -O2 ..." or why the C column is missing
-    levels: tuple[int, int]
+    optimizer: str
 
     def as_dict(self) -> dict:
-        return {"c": self.c_status, "levels": list(self.levels), "handlers": [
+        return {"c": self.c_status, "optimizer": self.optimizer, "handlers": [
             {**asdict(f), "fire_speedup": round(f.fire_speedup, 2),
              "loop_speedup": round(f.loop_speedup, 1),
              "c_over_jit": None if f.c_over_jit is None else round(f.c_over_jit, 2)}
@@ -324,13 +324,13 @@ def run(seconds: float = 0.5) -> JitBench | None:
         status = library if isinstance(library, str) else "gcc -O2 -shared -fPIC"
         figures = [measure_handler(path, seconds, library)
                    for path in sorted(HANDLERS.glob("*.rpn"))]
-    return JitBench(figures, status, engine.levels)
+    return JitBench(figures, status, engine.optimizer)
 
 
 def report(bench: JitBench | None) -> str:
     if bench is None:
         return "JIT: unavailable (llvmlite could not be imported)"
-    lines = [f"JIT (llvmlite, -O{bench.levels[0]} pipeline, codegen -O{bench.levels[1]}); "
+    lines = [f"JIT (llvmlite: {bench.optimizer})",
              f"C reference: {bench.c_status}",
              f"{'handler':<12} {'interp/s':>10} {'jit fire/s':>11} {'jit loop/s':>12} "
              f"{'C/s':>12} {'compile ms':>10} {'fire x':>7} {'loop x':>8} {'C/jit':>6}"]
