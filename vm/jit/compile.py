@@ -46,7 +46,7 @@ class JitUnavailable(JitError):
     """The JIT tier cannot run here (llvmlite missing, or no native target)."""
 
 
-HANDLER_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+HANDLER_FUNCTION = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)  # keeps the GIL: no release per hit
 SPEED_LEVEL = 2
 """LLVM's optimisation pipeline level (``-O<n>``) for handler modules."""
 CODEGEN_LEVEL = 2
