@@ -24,6 +24,17 @@ Two tables of function pointers hang off the state:
 Every callback returns an ``int32`` status; a negative status means "the host failed"
 (a Python exception in a trampoline): the handler stops at once with
 ``EXIT_HOST_ERROR`` and the runner re-raises the host's exception.
+
+Driving a handler from native code (what ``vm.jit.runner`` does, minus the Python
+lists): fill once per program ``jmpmax``, ``header_length``, ``log_cap`` (header length
++ logmax, at most ``LOG_BUFFER``), ``ex_logmax``, ``ex_log_size`` (max(ex_logmax, 12)),
+``autostacktrace``, ``log_hwm``/``ex_log_hwm`` (the buffer sizes, so the first hit clears
+them), ``lv``/``num_lv``, ``gv``/``num_gv``, ``helpers`` and ``host``; per probe
+``ex_mask``, ``probe_major``, ``probe_minor``; then each hit is one call of the
+compiled ``void handler(State *)``. The stack, ``ex_code`` and the variables persist in
+the state between calls, as on a CPU; read the results from ``exit_kind``, ``exit_to``,
+``has_exception``/``exc_*``, ``major``/``minor``, ``jmp_count``, ``log[header_length:
+min(log_len, log_cap)]``, ``ex_log[12:min(ex_len, ex_logmax)]`` and ``tos``.
 """
 
 from __future__ import annotations
