@@ -8,12 +8,14 @@ Modules, in the order data flows:
                        through the callback tables
 * ``rtlib``            the native runtime library (exception dispatch, ret, logging,
                        dup, wide registers), compiled once per process
+* ``rt_stacktrace``    stack traces (``vm.stacktrace``) in native code, part of rtlib
 * ``function``         one handler = one function: blocks, resume switch, statuses
 * ``lower``            one ``lower_<name>`` per instruction-table row (``LOWERINGS``)
 * ``compile``          the llvmlite engine, optimisation, the per-process cache
 * ``host``             trampolines that serve a Python ``Context`` to native code
 * ``native_context``   native callbacks that serve a ``MemoryContext`` without Python
-* ``runtime_helpers``  stack traces and the heap, reusing the interpreter's code
+* ``runtime_helpers``  the heap (and the Python stack-trace helper), reusing the
+                       interpreter's code
 * ``runner``           firing a compiled handler: mirrors of the persistent state
 
 Use it through ``VM(program, tier="jit" | "auto")``. Importing this package works without

@@ -40,8 +40,8 @@ def c8(value: int) -> ir.Constant:
     return ir.Constant(I8, value & 0xFF)
 
 
-_FIELD_TYPES = {"jmp_count": I64, "session": I64, "st_count_at": I32,
-                "lv": PTR, "gv": PTR, "host": PTR, "helpers": PTR}
+_FIELD_TYPES = {"jmp_count": I64, "session": I64, "st_count_at": I32, "probe_offset": I64,
+                "lv": PTR, "gv": PTR, "host": PTR, "helpers": PTR, "name": PTR}
 
 HOST_TYPES: dict[str, ir.FunctionType] = {
     "read_memory": ir.FunctionType(STATUS, [PTR, I32, I32, PTR, PTR]),

@@ -175,8 +175,17 @@ def _pending(e: Emitter) -> tuple[ir.Value, ir.Value, ir.Value]:
     return e.load("ex_code"), e.load("ex_parm1"), e.load("ex_parm2")
 
 
+NATIVE_STACK_TRACES = True
+"""Stack traces in native code (``vm.jit.rt_stacktrace``); False: the Python helper."""
+
+
 def _define_stack_trace(lib: _Library) -> None:
     """1: go on, 0: the handler must stop, < 0: the helper failed."""
+    if NATIVE_STACK_TRACES:
+        from dprobes.vm.jit import rt_stacktrace
+
+        rt_stacktrace.define(lib.module, lib.intrinsic, lib.fn["stack_trace"])
+        return
     e = lib.define("stack_trace")
     e.b.ret(e.helper_call("stack_trace", [e.state]))
 

@@ -166,6 +166,11 @@ class JitRunner:
         state.ex_log_hwm = S.EX_LOG_BUFFER
         state.autostacktrace = int(header.autostacktrace)
         state.helpers = ctypes.pointer(HELPERS)
+        self._name = header.name.encode()
+        self._name_buffer = ctypes.create_string_buffer(self._name, max(len(self._name), 1))
+        state.name = ctypes.addressof(self._name_buffer)
+        state.name_length = len(self._name)
+        state.program_id = header.id & MASK32
         self.session: Session = new_session(vm.program, state)
         self.python_host = python_host_table(self.session)
         view_of(self.session)
@@ -236,6 +241,7 @@ class JitRunner:
         record = self.vm.program.probes[probe]
         state = self.state
         state.ex_mask = record.ex_mask
+        state.probe_offset = record.offset & (2**64 - 1)
         state.probe_major = record.major & 0xFFFF
         state.probe_minor = record.minor & 0xFFFF
         self.session.probe = probe

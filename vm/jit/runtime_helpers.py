@@ -1,4 +1,5 @@
-"""Rare, complex operations served by Python: stack traces and the probe heap.
+"""Rare, complex operations served by Python: the probe heap (and stack traces, when
+``rtlib.NATIVE_STACK_TRACES`` is off; they are native by default).
 
 These reuse the interpreter's own code (``vm.stacktrace.log_stack_trace`` and the heap
 semantic functions of ``vm.ops`` over ``vm.heap.ProbeHeap``) on a ``StateView``: the

@@ -19,7 +19,8 @@ Two tables of function pointers hang off the state:
   A Python ``Context`` is served by ctypes trampolines (``vm.jit.host``); a native host
   fills the table with native function pointers and its own ``ctx`` pointer.
 * ``helpers`` (``HelperTable``): rare, complex operations served by Python
-  (``vm.jit.runtime_helpers``): stack traces and the probe heap.
+  (``vm.jit.runtime_helpers``): the probe heap (stack traces too, if the runtime
+  library was built without native ones).
 
 Every callback returns an ``int32`` status; a negative status means "the host failed"
 (a Python exception in a trampoline): the handler stops at once with
@@ -55,7 +56,7 @@ from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
 from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
 FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
@@ -222,6 +223,11 @@ class State(Structure):
         ("host", POINTER(HostTable)),
         ("helpers", POINTER(HelperTable)),
         ("session", c_uint64),  # key of the Python session (context, heap) of this hit
+        # what a stack-trace header names
+        ("name", c_void_p),  # the program name, UTF-8
+        ("name_length", c_uint32),
+        ("program_id", c_uint32),
+        ("probe_offset", c_uint64),
         # buffers
         ("log", c_uint8 * LOG_BUFFER),
         ("ex_log", c_uint8 * EX_LOG_BUFFER),
