@@ -80,6 +80,9 @@ def intrinsics(module: ir.Module) -> dict[str, ir.Function]:
 
 CACHED_FIELDS = ("tos", "sbp", "jmp_count")
 """Fields a handler keeps in local variables (registers after SROA) between sync points."""
+INVARIANT_FIELDS = frozenset({"lv", "gv", "num_lv", "num_gv", "jmpmax", "log_cap",
+                              "header_length", "ex_logmax", "ex_mask", "autostacktrace"})
+"""Fields set before a hit and never written by native code: loaded once per call."""
 
 
 class Emitter:
@@ -139,6 +142,14 @@ class Emitter:
 
     def load(self, name: str) -> ir.Value:
         ty = _FIELD_TYPES.get(name, I32)
+        if name in INVARIANT_FIELDS:
+            key = f"value.{name}"
+            value = self._pointers.get(key)
+            if value is None:
+                pointer = self.field(name)
+                value = self._in_entry(lambda: self.b.load(pointer, typ=ty))
+                self._pointers[key] = value
+            return value
         return self.b.load(self._cached.get(name) or self.field(name), typ=ty)
 
     def store(self, name: str, value: ir.Value | int) -> None:
