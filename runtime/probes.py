@@ -234,8 +234,7 @@ class ProbeManager:
         for module in names:
             for loaded in self.modules.pop(module, []):
                 for record in loaded.records:
-                    if record.armed or (loaded.file and self.user_probes.get(
-                            (loaded.file.id, record.point.offset), (None, None))[1] is record):
+                    if record.armed:
                         self.disarm(loaded, record, RecordStatus.REMOVED)
                 if loaded.file is not None:
                     loaded.file.write_denied -= 1
