@@ -10,7 +10,9 @@ Programs the interpreter does not finish within a step budget are discarded.
 The default run draws ``DEFAULT_EXAMPLES`` programs for the first test (a third and a
 sixth of that for the others) while the fuzz child runs ``DPROBES_FUZZ_CHILD_PROGRAMS``
 programs alongside: about 2,400 programs in two minutes. Set ``DPROBES_FUZZ_EXAMPLES``
-(and ``DPROBES_FUZZ_CHILD_PROGRAMS``) for longer runs.
+(and ``DPROBES_FUZZ_CHILD_PROGRAMS``) for longer runs. Examples are derandomized (the same
+programs every run, as CI wants); set ``DPROBES_FUZZ_RANDOM=1`` to explore new ones and
+``DPROBES_FUZZ_SEED`` to change the child's programs.
 
 ``test_fuzz_in_a_child_process`` runs ``jit_fuzz`` (PPDF-mutated programs, random
 contexts) in a subprocess, so that a native crash fails the test instead of the run.
