@@ -84,7 +84,7 @@ def build_result(hit, header_length: int) -> FireResult:
         ex_log=b"" if aborted else hit.exception_log(),
         major=hit.major,
         minor=hit.minor,
-        jumps=hit.jmp_count,
+        jumps=hit.jmp_count & 0xFFFF,  # 5.0's jump counter is 16 bits wide
         stack=tuple(hit.stack_words()),
         log_overflow=hit.log_overflow,
     )

@@ -19,12 +19,16 @@ from typing import Any
 from dprobes.vm import stacktrace
 from dprobes.vm.context import Context
 from dprobes.vm.exceptions import NO_HANDLER, NON_MASKABLE
+from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.heap import ProbeHeap
 from dprobes.vm.program import Program
 
 STACK_SIZE = 1024
 STACK_MASK = STACK_SIZE - 1
 MAX_CALL_DEPTH = 32
+DISPATCH_LIMIT = 1 << 18
+"""Exception dispatches to a handler per hit before the handler is ended: with the jump
+budget this bounds every handler's run (5.0 let a self-re-arming handler spin forever)."""
 MASK32 = 0xFFFFFFFF
 STOP = -1
 
@@ -84,9 +88,9 @@ class Machine:
     """One hit's interpreter state; the semantic functions in ``vm.ops`` operate on it."""
 
     __slots__ = (
-        "autostacktrace", "cpu", "ctx", "entries", "ex_hand", "ex_len", "ex_log", "ex_logmax",
-        "ex_mask", "ex_parm1", "ex_parm2", "ex_pending", "exception", "exit_kind", "exit_to",
-        "frames", "gv", "heap", "index_of", "jmp_count", "jmpmax", "log", "log_cap",
+        "autostacktrace", "cpu", "ctx", "dispatches", "entries", "ex_hand", "ex_len", "ex_log",
+        "ex_logmax", "ex_mask", "ex_parm1", "ex_parm2", "ex_pending", "exception", "exit_kind",
+        "exit_to", "frames", "gv", "heap", "index_of", "jmp_count", "jmpmax", "log", "log_cap",
         "log_len", "log_overflow", "lv", "major", "minor", "prev_log_len", "probe", "program",
         "sbp", "st_count_at", "stack", "tos",
     )
@@ -110,6 +114,7 @@ class Machine:
         self.tos = self.sbp = 0
         self.frames = [Frame(0)]
         self.jmp_count, self.jmpmax = 0, header.jmpmax
+        self.dispatches = 0
         self.log_cap = header_length + header.logmax
         self.log = bytearray(self.log_cap)
         self.log_len = self.prev_log_len = header_length
@@ -193,6 +198,10 @@ class Machine:
             if len(frames) == 1 and frames[0].handler == NO_HANDLER:
                 return self.finish(ExitKind.TERMINATED, self.pending_exception())
             if self.ex_hand != NO_HANDLER:
+                self.dispatches += 1
+                if self.dispatches > DISPATCH_LIMIT:  # a handler re-arming itself forever
+                    return self.finish(ExitKind.TERMINATED,
+                                       RaisedException(Ex.MAX_JMPS, self.jmpmax, 0))
                 self.ex_pending = False
                 frames[-1].handler = NO_HANDLER
                 return self.index_of[self.ex_hand]

@@ -78,8 +78,8 @@ def nop(m: Machine, arg: None, nxt: int) -> int:
 
 
 def take_jump(m: Machine, target: int, nxt: int) -> int:
-    """A taken jump: count it against jmpmax first."""
-    if m.jmp_count == m.jmpmax:
+    """A taken jump: count it against jmpmax first (once spent, every jump raises)."""
+    if m.jmp_count >= m.jmpmax:
         return m.raise_exception(Ex.MAX_JMPS, m.jmpmax, 0, nxt)
     m.jmp_count += 1
     return target
@@ -109,8 +109,8 @@ semantic("JNZ")(_conditional_jump(lambda v: v != 0))
 @semantic("LOOP")
 def loop(m: Machine, target: int, nxt: int) -> int:
     count = m.jmp_count
-    m.jmp_count = (count + 1) & 0xFFFF  # 5.0 counts even the loop that fails
-    if count == m.jmpmax:
+    m.jmp_count = count + 1  # 5.0 counts even the loop that fails
+    if count >= m.jmpmax:
         return m.raise_exception(Ex.MAX_JMPS, m.jmpmax, 0, nxt)
     tos = m.tos
     value = (m.stack[tos] - 1) & MASK32

@@ -35,12 +35,12 @@ MASK32 = 0xFFFFFFFF
 
 # --- shared pieces ---------------------------------------------------------------------
 def _take_jump(lw: HandlerLowering, insn: Instruction) -> None:
-    """ops.take_jump: a taken jump counts against jmpmax first."""
+    """ops.take_jump: a taken jump counts against jmpmax first (once spent, it raises)."""
     e = lw.e
     count = e.load("jmp_count")
     limit = e.zext64(e.load("jmpmax"))
     spent, ok = lw.new_block(insn, "jmpmax"), lw.new_block(insn, "taken")
-    e.b.cbranch(e.b.icmp_unsigned("==", count, limit), spent, ok)
+    e.b.cbranch(e.b.icmp_unsigned(">=", count, limit), spent, ok)
     e.at(spent)
     lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, lw.next_block(insn))
     e.at(ok)
@@ -123,9 +123,9 @@ lower_jnz = _conditional_jump(lambda b, v: b.icmp_unsigned("!=", v, c32(0)))
 def lower_loop(lw: HandlerLowering, insn: Instruction) -> None:
     e = lw.e
     count = e.load("jmp_count")
-    e.store("jmp_count", e.b.and_(e.b.add(count, c64(1)), c64(0xFFFF)))  # every loop counts
+    e.store("jmp_count", e.b.add(count, c64(1)))  # every loop counts
     spent, go = lw.new_block(insn, "jmpmax"), lw.new_block(insn, "count")
-    e.b.cbranch(e.b.icmp_unsigned("==", count, e.zext64(e.load("jmpmax"))), spent, go)
+    e.b.cbranch(e.b.icmp_unsigned(">=", count, e.zext64(e.load("jmpmax"))), spent, go)
     e.at(spent)
     lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, lw.next_block(insn))
     e.at(go)

@@ -29,6 +29,7 @@ from llvmlite import ir
 
 from dprobes.vm.exceptions import NON_MASKABLE, OperandError
 from dprobes.vm.exceptions import ExceptionCode as Ex
+from dprobes.vm.interp import DISPATCH_LIMIT
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import (
     I16,
@@ -127,7 +128,7 @@ def _define_begin(lib: _Library) -> None:
     e = lib.define("begin")
     e.memset(e.field("stack_dirty"), c64(S.DIRTY_CHUNKS))
     e.memset(e.field("var_dirty"), c64(2))
-    for name in ("tos", "sbp", "jmp_count", "log_overflow",
+    for name in ("tos", "sbp", "jmp_count", "dispatches", "log_overflow",
                  "ex_pending", "ex_parm1", "ex_parm2", "exit_kind", "exit_to", "has_exception",
                  "exc_code", "exc_parm1", "exc_parm2", "resume", "req_code", "req_parm1",
                  "req_parm2"):
@@ -277,6 +278,14 @@ def _define_dispatch(lib: _Library) -> None:
     e.b.cbranch(e.b.icmp_unsigned("!=", hand, c32(NO_HANDLER)), found, unwind)
 
     e.at(found)
+    dispatches = e.b.add(e.load("dispatches"), c32(1))
+    e.store("dispatches", dispatches)
+    endless, go = e.block("endless"), e.block("go")
+    e.b.cbranch(e.b.icmp_unsigned(">", dispatches, c32(DISPATCH_LIMIT)), endless, go)
+    e.at(endless)  # interp.Machine.dispatch: a handler re-arming itself forever
+    _finish(lib, e, S.EXIT_TERMINATED, (c32(Ex.MAX_JMPS), e.load("jmpmax"), c32(0)))
+    e.b.ret(_status(S.ST_STOP))
+    e.at(go)
     e.store("ex_pending", 0)
     e.b.store(c32(NO_HANDLER), e.top_word_ptr("handler"))
     e.store("resume", hand)

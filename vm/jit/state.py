@@ -56,7 +56,7 @@ from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
 from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
 FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
@@ -181,6 +181,7 @@ class State(Structure):
         # control
         ("jmp_count", c_uint64),
         ("jmpmax", c_uint32),
+        ("dispatches", c_uint32),  # exception dispatches to a handler in this hit
         ("nframes", c_uint32),
         ("resume", c_uint32),  # code offset to continue at after ST_RESUME
         ("frames", Frame * MAX_FRAMES),
