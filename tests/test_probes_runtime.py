@@ -386,3 +386,26 @@ max_hits = 1
     assert (fcw, mxcsr, linear, cpu) == (0x37F, 0x1F80, 0x10, 0)
     assert task == 0xC1000000 + process.pid * 0x400
     assert process.returncode == 7
+
+
+def test_dpc_run_com_and_unformatted_klog_targets(tmp_path: Path, capfdbinary) -> None:
+    from dprobes.compiler import cli
+
+    probe = tmp_path / "p.rpn"
+    probe.write_text(header("loop") + "offset = add3\n    push r, eax\n    log 1\n    exit\n")
+    serial = tmp_path / "com1.bin"
+    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"),
+                       "--log", "PID", "--log-target", "COM1", "--log-file", str(serial), "--",
+                       str(BIN / "loop")])
+    capfdbinary.readouterr()
+    raw = serial.read_bytes()
+    records = raw.split(b"\r\n")[:-1]
+    assert status == 7 and len(records) == 3
+    for record in records:
+        facility, length, _mask, _major, _minor, pid = struct.unpack_from("<HHIHHI", record)
+        assert (facility, length, pid, len(record)) == (1, 20, 1, 20)
+    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "-f", "--",
+                       str(BIN / "loop")])
+    err = capfdbinary.readouterr().err.decode()
+    lines = [line for line in err.splitlines() if line.startswith("dprobes(")]
+    assert status == 7 and len(lines) == 3 and "00000000" not in err
