@@ -38,7 +38,7 @@ SLOT_SIZE = 32
 SLOTS_PER_PAGE = PAGE_SIZE // SLOT_SIZE
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingStep:
     """A process between its probe's int3 and the end of the out-of-line step."""
 
@@ -92,10 +92,10 @@ class StepTracker:
         loaded, record = found
         cpu = machine.cpu
         registers = cpu.registers()
+        now = machine.clock.realtime_ns()
         hit = HitInfo(pid=process.pid, uid=process.uid, cs=registers["cs"],
                       eip=registers["eip"], ss=registers["ss"], esp=registers["esp"],
-                      seconds=machine.clock.realtime_ns() // 1_000_000_000,
-                      microseconds=machine.clock.realtime_ns() // 1000 % 1_000_000,
+                      seconds=now // 1_000_000_000, microseconds=now // 1000 % 1_000_000,
                       procname=process.name)
         result = None
         if record.begin_hit():
