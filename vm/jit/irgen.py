@@ -266,7 +266,19 @@ class Emitter:
         fn = self._host_value(name)
         return self.b.call(Callee(fn, HOST_TYPES[name]), [self._host_value("ctx"), *args])
 
-    def _host_value(self, name: str) -> ir.Value:
+    def memory_window(self, address: ir.Value, width: int) -> tuple[ir.Value, ir.Value]:
+        """(inside, pointer): whether guest bytes ``address .. address + width - 1`` lie
+        wholly inside the host's direct window (checked as the native MemoryContext's
+        fast path does: 64-bit offsets, no wrap-around), and their host address."""
+        b = self.b
+        offset = b.sub(b.zext(address, I64), b.zext(self._host_value("window_base", I32), I64))
+        length = b.zext(self._host_value("window_length", I32), I64)
+        inside = b.and_(b.icmp_signed(">=", offset, c64(0)),
+                        b.icmp_signed("<=", b.add(offset, c64(width)), length))
+        pointer = b.gep(self._host_value("window_data"), [offset], source_etype=I8)
+        return inside, pointer
+
+    def _host_value(self, name: str, ty: ir.Type = PTR) -> ir.Value:
         key = f"host.{name}"
         value = self._pointers.get(key)
         if value is None:
@@ -275,7 +287,7 @@ class Emitter:
             def emit() -> ir.Value:
                 table = self.b.load(table_field, typ=PTR)
                 return self.b.load(self.b.gep(table, [c64(S.host_offset(name))],
-                                              source_etype=I8), typ=PTR)
+                                              source_etype=I8), typ=ty)
             value = self._in_entry(emit)
             self._pointers[key] = value
         return value

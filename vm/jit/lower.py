@@ -595,26 +595,51 @@ def _memory_switch(lw: HandlerLowering, insn: Instruction, status: ir.Value,
     e.at(ok)
 
 
+def _push_loaded(lw: HandlerLowering, insn: Instruction, tos: ir.Value,
+                 loaded: list[ir.Value]) -> None:
+    """Replace the address at TOS with the value read (a u64: ``hi lo``, lo on top)."""
+    e = lw.e
+    if len(loaded) == 2:
+        low, high = loaded
+        e.write_slot(tos, high)
+        below = e.mask(e.b.sub(tos, c32(1)))
+        e.write_slot(below, low)
+        e.set_tos(below)
+    else:
+        e.write_slot(tos, loaded[0])
+    e.b.branch(lw.next_block(insn))
+
+
 def _push_memory(width: int) -> Lowering:
+    """Read through the host's direct window when the range lies inside it, else call
+    ``read_memory`` (which faults, reads across regions, wraps around)."""
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
         tos = e.tos()
         address = e.read_slot(tos)
+        inside, pointer = e.memory_window(address, width)
+        direct, call = lw.new_block(insn, "direct"), lw.new_block(insn, "call")
+        e.b.cbranch(inside, direct, call)
+        e.at(direct)
+        if width == 8:
+            fast = [e.b.load(pointer, typ=I32, align=1),
+                    e.b.load(e.b.gep(pointer, [c64(4)], source_etype=I8), typ=I32, align=1)]
+        else:
+            value = e.b.load(pointer, typ=_WIDTH_TYPES[width], align=1)
+            fast = [e.b.zext(value, I32) if width < 4 else value]
+        _push_loaded(lw, insn, tos, fast)
+        e.at(call)
         buffer = lw.words
         status = e.host_call("read_memory", [address, c32(width), buffer, lw.fault])
         fault = lw.new_block(insn, "fault")
         _memory_switch(lw, insn, status, fault, "read")
-        if width == 8:  # addr -> hi lo
-            low = e.b.load(buffer, typ=I32)
-            high = e.b.load(e.b.gep(buffer, [c64(1)], source_etype=I32), typ=I32)
-            e.write_slot(tos, high)
-            below = e.mask(e.b.sub(tos, c32(1)))
-            e.write_slot(below, low)
-            e.set_tos(below)
+        if width == 8:
+            slow = [e.b.load(buffer, typ=I32),
+                    e.b.load(e.b.gep(buffer, [c64(1)], source_etype=I32), typ=I32)]
         else:
             value = e.b.load(buffer, typ=_WIDTH_TYPES[width])
-            e.write_slot(tos, e.b.zext(value, I32) if width < 4 else value)
-        e.b.branch(lw.next_block(insn))
+            slow = [e.b.zext(value, I32) if width < 4 else value]
+        _push_loaded(lw, insn, tos, slow)
         e.at(fault)
         e.set_tos(e.slot(1, tos))
         lw.raise_exception(Ex.INVALID_ADDR, address, 0, lw.next_block(insn))
@@ -622,17 +647,33 @@ def _push_memory(width: int) -> Lowering:
 
 
 def _pop_memory(width: int) -> Lowering:
+    """Write through the host's direct window when the range lies inside it, else call
+    ``write_memory`` (which may fault after writing the bytes before the first bad one)."""
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
-        buffer = lw.words
-        value = e.pop()
+        values = [e.pop()]
         if width == 8:
-            e.b.store(value, buffer)
-            e.b.store(e.pop(), e.b.gep(buffer, [c64(1)], source_etype=I32))
-        else:
-            stored = value if width == 4 else e.b.trunc(value, _WIDTH_TYPES[width])
-            e.b.store(stored, buffer)
+            values.append(e.pop())
         address = e.pop()
+        inside, pointer = e.memory_window(address, width)
+        direct, call = lw.new_block(insn, "direct"), lw.new_block(insn, "call")
+        e.b.cbranch(inside, direct, call)
+        e.at(direct)
+        if width == 8:
+            e.b.store(values[0], pointer, align=1)
+            e.b.store(values[1], e.b.gep(pointer, [c64(4)], source_etype=I8), align=1)
+        else:
+            stored = values[0] if width == 4 else e.b.trunc(values[0], _WIDTH_TYPES[width])
+            e.b.store(stored, pointer, align=1)
+        e.b.branch(lw.next_block(insn))
+        e.at(call)
+        buffer = lw.words
+        if width == 8:
+            e.b.store(values[0], buffer)
+            e.b.store(values[1], e.b.gep(buffer, [c64(1)], source_etype=I32))
+        else:
+            stored = values[0] if width == 4 else e.b.trunc(values[0], _WIDTH_TYPES[width])
+            e.b.store(stored, buffer)
         status = e.host_call("write_memory", [address, c32(width), buffer, lw.fault])
         fault = lw.new_block(insn, "fault")
         _memory_switch(lw, insn, status, fault, "written")

@@ -10,7 +10,9 @@ write that faults has written the bytes before it); registers are looked up as
 ``MemoryContext._set`` does (the user set only for registers given in it, fs and gs
 always live). Register writes are copied back to the context's dicts after the hit. The
 rarely used services (CPUID, MSRs, IO ports, segment bases, callk) stay with the Python
-trampolines of ``vm.jit.host``.
+trampolines of ``vm.jit.host``. The first region is also published as the table's direct
+window (an access wholly inside it is the callbacks' fast path: the first region that
+holds the whole range), so handlers read and write it without a call.
 
 Only an instance of ``MemoryContext`` itself is served this way (a subclass may override
 any method) and only when the VM allows it (``VM(..., native_context=True)``, the
@@ -337,6 +339,8 @@ class NativeMemoryHost:
         self._exports = []
         self._region_array = None
         self._regions_key = None
+        self.table.window_length = 0
+        self.table.window_data = None
 
     def attach(self, context: MemoryContext) -> None:
         if context is not self.context:
@@ -367,6 +371,10 @@ class NativeMemoryHost:
             self._regions_key = [(start, data, len(data)) for start, data in key]
             host.nregions = len(key)
             host.regions = ctypes.cast(array, POINTER(Region))
+            if key and exports and array[0].data:  # the first region: the direct window
+                self.table.window_base = array[0].start
+                self.table.window_length = array[0].length
+                self.table.window_data = array[0].data
         if self._regs != context.regs or self._user_regs != context.user_regs:
             self._load_registers(host.regs, context.regs)
             self._load_registers(host.user_regs, context.user_regs)

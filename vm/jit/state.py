@@ -56,7 +56,7 @@ from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
 from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
 FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
@@ -144,9 +144,21 @@ HOST_CALLBACKS: tuple[tuple[str, type], ...] = (
 
 
 class HostTable(Structure):
-    """The callback table a host fills: its context pointer, then one pointer per service."""
+    """The callback table a host fills: its context pointer, one pointer per service, then
+    the direct memory window.
 
-    _fields_ = [("ctx", c_void_p), *((name, c_void_p) for name, _ in HOST_CALLBACKS)]
+    The window is an optional shortcut for ``read_memory``/``write_memory``: guest bytes
+    ``window_base .. window_base + window_length - 1`` (no 4 GiB wrap-around) are the host
+    bytes at ``window_data``. Native code reads and writes an access that lies wholly
+    inside it directly and calls the callbacks for every other access, so a host may only
+    publish a window where its callbacks would read and write exactly those bytes without
+    a fault. ``window_length`` 0 (the default) means no window. Like the callbacks, the
+    window is read once at the start of a hit.
+    """
+
+    _fields_ = [("ctx", c_void_p), *((name, c_void_p) for name, _ in HOST_CALLBACKS),
+                ("window_base", c_uint32), ("window_length", c_uint32),
+                ("window_data", c_void_p)]
 
 
 # --- Python helpers for the rare, complex operations --------------------------------
