@@ -43,6 +43,8 @@ from dprobes.runtime.paging import (
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from dprobes.runtime.swap import SwapArea
 
+_WRITE, _EXEC = int(Prot.WRITE), int(Prot.EXEC)
+
 __all__ = ["KERNEL_BASE", "MMAP_BASE", "PTE", "VMA", "AddressSpace", "GuestFault",
            "KernelPages", "MMUNotifier", "PageMapping", "Prot", "page_up"]
 
@@ -155,29 +157,29 @@ class AddressSpace:
 
     # --- paging --------------------------------------------------------------------------
 
-    def translate(self, vaddr: int, access: Prot, user: bool = True) -> tuple[int, Prot] | None:
-        """(frame, permissions to give the TLB) for an access, building the PTE on demand,
+    def translate(self, vaddr: int, access: Prot, user: bool = True) -> tuple[int, int] | None:
+        """(frame, Prot bits to give the TLB) for an access, building the PTE on demand,
         breaking COW on a write and swapping in; None means the access faults."""
         if vaddr >= KERNEL_BASE:
             return self.kernel.translate(vaddr, access, user)
         vma = self.find_vma(vaddr)
-        if vma is None or not vma.prot & access:
+        # plain ints from here: IntFlag arithmetic costs microseconds, and this is the TLB
+        # fill path
+        prot, access = int(vma.prot) if vma is not None else 0, int(access)
+        if not prot & access:
             return None
         vpn = vaddr >> PAGE_SHIFT
         pte = self.ptes.get(vpn)
         if pte is None:
-            pte = self._fault_in(vma, vpn)
+            pte = self._fault_in(vma, vpn)  # type: ignore[arg-type]
         elif pte.swap_slot is not None:
-            self._swap_in(vma, pte)
-        if access == Prot.WRITE and not pte.writable:
+            self._swap_in(vma, pte)  # type: ignore[arg-type]
+        if access == _WRITE and not pte.writable:
             self._make_writable(pte)
-            self.private_code |= bool(vma.prot & Prot.EXEC)
-        perms = vma.prot & ~Prot.WRITE
-        if pte.writable:
-            perms |= Prot.WRITE
-        if vma.prot & Prot.EXEC:
+            self.private_code |= bool(prot & _EXEC)
+        if prot & _EXEC:
             self.memory.mark_code(pte.frame)
-        return pte.frame, perms
+        return pte.frame, prot & ~_WRITE | (_WRITE if pte.writable else 0)
 
     def _fault_in(self, vma: VMA, vpn: int) -> PTE:
         self.faults += 1

@@ -4,13 +4,15 @@ On the int3 (vector 3, EIP = probe address + 1) the record's handler runs in the
 against the trapping process, unless the pass count says to skip this hit. Then the
 original instruction runs once from a copy in the process's out-of-line slot page,
 single-stepped with TF; the copy is followed by an int3 as a backstop for an instruction
-that clears TF itself (popf). At the debug trap (vector 1) EIP and the stack are repaired
-(``xol.finish_step``), the hit is counted (``max_hits`` disables the probe) and only now
-is the log record written, as DProbes wrote it at trap1. If the probed instruction faults
-instead (a failing BOUND raises #BR, vector 5), the hit is counted and the log written
-only with ``logonfault = yes``; then the fault goes to the process as Linux delivers it
-(SIGSEGV for #BR), reported at the original instruction. ``abort`` writes nothing, ``rem``
-removes the probe after this hit, ``exit_to`` is recorded (the exits come later).
+that clears TF itself (popf). ``push r32``, the usual first instruction of a function, is
+emulated instead of stepped (DProbes 1.x emulated some opcodes too). At the debug trap
+(vector 1) EIP and the stack are repaired (``xol.finish_step``), the hit is counted
+(``max_hits`` disables the probe) and only now is the log record written, as DProbes
+wrote it at trap1. If the probed instruction faults instead (a failing BOUND raises #BR,
+vector 5), the hit is counted and the log written only with ``logonfault = yes``; then
+the fault goes to the process as Linux delivers it (SIGSEGV for #BR), reported at the
+original instruction. ``abort`` writes nothing, ``rem`` removes the probe after this hit,
+``exit_to`` is recorded (the exits come later).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dprobes.runtime.addrspace import Prot
+from dprobes.runtime.addrspace import GuestFault, Prot
 from dprobes.runtime.logtargets import HitInfo, LogRecord
-from dprobes.runtime.physmem import PAGE_SIZE
+from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.probe_context import ProbeContext
 from dprobes.runtime.records import ProbeRecord, RecordStatus
 from dprobes.runtime.traps import BREAKPOINT, DEBUG, Trap
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from dprobes.runtime.process import Process
 
 SLOT_SIZE = 32
+PUSH_EAX = 0x50
+PUSH_ORDER = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 SLOTS_PER_PAGE = PAGE_SIZE // SLOT_SIZE
 
 
@@ -109,11 +113,36 @@ class StepTracker:
         plan = self.plans.get((id(record), address))
         if plan is None:
             plan = self.plans[(id(record), address)] = plan_step(record.original, address)
-        slot = self._slot(process, record, plan)
         flags = registers["eflags"]
-        self.pending[process.pid] = PendingStep(loaded, record, plan, slot, result,
-                                                flags & TRAP_FLAG, hit)
-        cpu.write_registers({"eflags": flags | TRAP_FLAG, "eip": slot})
+        step = PendingStep(loaded, record, plan, 0, result, flags & TRAP_FLAG, hit)
+        if not step.trap_flag and self._emulate_push(process, plan, registers):
+            self._post_step(step, wrote_log=True)
+            return True
+        step.slot = self._slot(process, record, plan)
+        self.pending[process.pid] = step
+        cpu.write_registers({"eflags": flags | TRAP_FLAG, "eip": step.slot})
+        return True
+
+    def _emulate_push(self, process: Process, plan: StepPlan, registers: dict[str, int]) -> bool:
+        """Run ``push r32`` (the usual first instruction of a function) without stepping it,
+        as DProbes 1.x emulated some opcodes (DP_REC_OPCODE_EMULATED). False: step it."""
+        opcode = plan.code[0]
+        if plan.length != 1 or not PUSH_EAX <= opcode <= PUSH_EAX + 7:
+            return False
+        esp = (registers["esp"] - 4) & 0xFFFFFFFF
+        value = registers[PUSH_ORDER[opcode - PUSH_EAX]]  # push esp stores the old esp
+        data = struct.pack("<I", value)
+        pte = process.space.page_of(esp)
+        if pte is not None and pte.writable and pte.swap_slot is None and esp & PAGE_MASK <= \
+                PAGE_SIZE - 4:  # the common case: a present, writable stack page
+            paddr = pte.frame << PAGE_SHIFT | esp & PAGE_MASK
+            self.manager.machine.memory.bytes[paddr:paddr + 4] = data
+        else:
+            try:
+                process.space.write(esp, data)
+            except GuestFault:
+                return False  # let the CPU raise the real fault from the slot
+        self.manager.machine.cpu.write_registers({"esp": esp, "eip": plan.address + 1})
         return True
 
     def _slot(self, process: Process, record: ProbeRecord, plan: StepPlan) -> int:
