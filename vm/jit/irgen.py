@@ -78,7 +78,7 @@ def intrinsics(module: ir.Module) -> dict[str, ir.Function]:
     }
 
 
-CACHED_FIELDS = ("tos", "sbp", "jmp_count")
+CACHED_FIELDS = ("tos", "sbp", "jmp_count", "stack_dirty")
 """Fields a handler keeps in local variables (registers after SROA) between sync points."""
 INVARIANT_FIELDS = frozenset({"lv", "gv", "num_lv", "num_gv", "jmpmax", "log_cap",
                               "header_length", "ex_logmax", "ex_mask", "autostacktrace"})
@@ -177,10 +177,11 @@ class Emitter:
         return self.b.load(self.slot_ptr(index), typ=I32)
 
     def write_slot(self, index: ir.Value, value: ir.Value) -> None:
-        """Store into a (masked) slot and mark its 32-word chunk dirty."""
+        """Store into a (masked) slot and mark its 32-word chunk dirty (a bit of the
+        ``stack_dirty`` mask, a register between sync points in a handler)."""
         self.b.store(value, self.slot_ptr(index))
-        chunk = self.b.lshr(index, c32(5))
-        self.b.store(c8(1), self.array_ptr("stack_dirty", chunk, I8))
+        bit = self.b.shl(c32(1), self.b.lshr(index, c32(5)))
+        self.store("stack_dirty", self.b.or_(self.load("stack_dirty"), bit))
 
     def tos(self) -> ir.Value:
         return self.load("tos")
@@ -237,7 +238,7 @@ class Emitter:
         self.b.store(c8(1), self.array_ptr("var_dirty", c32(0 if local else 1), I8))
 
     def mark_all_dirty(self) -> None:
-        self.memset(self.field("stack_dirty"), c64(S.DIRTY_CHUNKS), fill=1)
+        self.store("stack_dirty", S.ALL_DIRTY)
         self.memset(self.field("var_dirty"), c64(2), fill=1)
 
     # --- buffers ----------------------------------------------------------------------

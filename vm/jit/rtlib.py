@@ -126,9 +126,8 @@ def _note_log_end(e: Emitter) -> None:
 # --- per-hit reset and ending --------------------------------------------------------
 def _define_begin(lib: _Library) -> None:
     e = lib.define("begin")
-    e.memset(e.field("stack_dirty"), c64(S.DIRTY_CHUNKS))
     e.memset(e.field("var_dirty"), c64(2))
-    for name in ("tos", "sbp", "jmp_count", "dispatches", "log_overflow",
+    for name in ("stack_dirty", "tos", "sbp", "jmp_count", "dispatches", "log_overflow",
                  "ex_pending", "ex_parm1", "ex_parm2", "exit_kind", "exit_to", "has_exception",
                  "exc_code", "exc_parm1", "exc_parm2", "resume", "req_code", "req_parm1",
                  "req_parm2"):

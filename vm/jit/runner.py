@@ -176,8 +176,6 @@ class JitRunner:
         view_of(self.session)
         self.memory = memoryview(state).cast("B")
         self.stack_view = memoryview(state.stack).cast("B").cast("I")
-        self.dirty_words = memoryview(state.stack_dirty).cast("B").cast("Q")
-        self.dirty_view = memoryview(state.stack_dirty).cast("B")
         self.var_dirty = memoryview(state.var_dirty).cast("B")
         self.stack_snapshot: list[int] | None = None
         self.lv = _Mirror()
@@ -214,17 +212,17 @@ class JitRunner:
 
     def _copy_out(self) -> None:
         vm, state = self.vm, self.state
-        if any(self.dirty_words):
-            dirty = self.dirty_view
+        dirty = state.stack_dirty
+        if dirty:
             stack, snapshot = vm.cpu.stack, self.stack_snapshot
             assert snapshot is not None
-            if all(dirty):
+            if dirty == S.ALL_DIRTY:
                 fresh = self.stack_view.tolist()
                 stack[:] = fresh
                 snapshot[:] = fresh
             else:
-                for chunk, written in enumerate(dirty):
-                    if written:
+                for chunk in range(S.DIRTY_CHUNKS):
+                    if dirty >> chunk & 1:
                         start = chunk * CHUNK
                         fresh = self.stack_view[start:start + CHUNK].tolist()
                         stack[start:start + CHUNK] = fresh

@@ -97,7 +97,7 @@ class StateView:
     def push(self, value: int) -> None:
         tos = (self._state.tos - 1) & STACK_MASK
         self.stack[tos] = value & MASK32
-        self._state.stack_dirty[tos >> 5] = 1
+        self._state.stack_dirty |= 1 << (tos >> 5)
         self._state.tos = tos
 
     def pop(self) -> int:

@@ -56,7 +56,7 @@ from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
 from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
 FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
@@ -94,6 +94,8 @@ EXIT_INTERNAL = 7  # resumed at an offset that is no handler or return point (a 
 
 DIRTY_CHUNK = 32
 DIRTY_CHUNKS = STACK_SIZE // DIRTY_CHUNK
+assert DIRTY_CHUNKS == 32, "stack_dirty is a 32-bit mask"
+ALL_DIRTY = (1 << DIRTY_CHUNKS) - 1
 
 ST_COUNT_NONE = -1
 """``st_count_at`` when this hit wrote no trace header (the interpreter's None)."""
@@ -183,7 +185,7 @@ class State(Structure):
         ("stack", c_uint32 * STACK_SIZE),
         ("tos", c_uint32),
         ("sbp", c_uint32),
-        ("stack_dirty", c_uint8 * DIRTY_CHUNKS),  # [i]: a word in slots 32i..32i+31 written
+        ("stack_dirty", c_uint32),  # bit i: a word in slots 32i..32i+31 written
         ("var_dirty", c_uint8 * 2),  # [0]: lv written, [1]: gv written
         # variables (arrays owned by the runner, mirroring the Python lists)
         ("lv", POINTER(c_uint32)),
