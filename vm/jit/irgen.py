@@ -78,7 +78,7 @@ def intrinsics(module: ir.Module) -> dict[str, ir.Function]:
     }
 
 
-CACHED_FIELDS = ("tos", "sbp", "jmp_count", "stack_dirty")
+CACHED_FIELDS = ("tos", "sbp", "jmp_count", "stack_dirty", "nframes")
 """Fields a handler keeps in local variables (registers after SROA) between sync points."""
 INVARIANT_FIELDS = frozenset({"lv", "gv", "num_lv", "num_gv", "jmpmax", "log_cap",
                               "header_length", "ex_logmax", "ex_mask", "autostacktrace"})
