@@ -51,11 +51,13 @@ SPEED_LEVEL = 2
 """LLVM's optimisation pipeline level (``-O<n>``) for handler modules."""
 CODEGEN_LEVEL = 2
 """The code generator's optimisation level."""
-PIPELINE: tuple[str, ...] | None = ("sroa", "instruction_combine", "simplify_cfg", "new_gvn",
+PIPELINE: tuple[str, ...] | None = ("sroa", "instruction_combine", "simplify_cfg",
                                     "dead_store_elimination", "instruction_combine",
                                     "simplify_cfg")
 """The passes run on handler modules (None: LLVM's standard -O<SPEED_LEVEL> pipeline,
-which costs more and, in llvmlite 0.50, leaks ~0.1 MB per module)."""
+which costs more and, in llvmlite 0.50, leaks ~0.1 MB per module). No NewGVN: on one
+generated handler it aborted the process ("Seem to have processed the same Value a
+lot"), and measured without it the native loops are within noise of the same speed."""
 
 
 @dataclass(frozen=True)
