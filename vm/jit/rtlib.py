@@ -117,6 +117,15 @@ def _umin(e: Emitter, a: ir.Value, b: ir.Value) -> ir.Value:
     return e.b.select(e.b.icmp_unsigned("<", a, b), a, b)
 
 
+def _overflow_if(lib: _Library, e: Emitter, condition: ir.Value) -> None:
+    """Return the overflow status when ``condition`` holds; go on here otherwise."""
+    full, fits = e.block("overflow"), e.block("fits")
+    e.b.cbranch(condition, full, fits)
+    e.at(full)
+    e.b.ret(lib.call(e, "overflow"))
+    e.at(fits)
+
+
 def _note_log_end(e: Emitter) -> None:
     """After writing the log: every byte written so far is below log_len (for rt_begin)."""
     length, mark = e.load("log_len"), e.load("log_hwm")
@@ -372,18 +381,10 @@ def _define_log_n(lib: _Library) -> None:
     e.store("prev_log_len", length)
     room = e.smin64(e.b.mul(e.zext64(wanted), c64(4)),
                     e.b.sub(e.zext64(e.load("log_cap")), e.zext64(length)))
-    negative, fits = e.block("negative"), e.block("fits")
-    e.b.cbranch(e.b.icmp_signed("<", room, c64(0)), negative, fits)
-    e.at(negative)
-    e.b.ret(lib.call(e, "overflow"))
-    e.at(fits)
+    _overflow_if(lib, e, e.b.icmp_signed("<", room, c64(0)))
     count = e.b.trunc(e.b.lshr(room, c64(2)), I32)
     lib.call(e, "log_words", count)
-    short, done = e.block("short"), e.block("done")
-    e.b.cbranch(e.b.icmp_unsigned("<", count, wanted), short, done)
-    e.at(short)
-    e.b.ret(lib.call(e, "overflow"))
-    e.at(done)
+    _overflow_if(lib, e, e.b.icmp_unsigned("<", count, wanted))
     e.store("prev_log_len", e.load("log_len"))
     e.b.ret(_status(S.ST_CONTINUE))
 
@@ -396,22 +397,14 @@ def _define_log_record(lib: _Library) -> None:
     e.store("prev_log_len", start)
     room = e.smin64(e.b.add(e.b.mul(e.zext64(wanted), c64(4)), c64(PREFIX)),
                     e.b.sub(e.zext64(e.load("log_cap")), e.zext64(start)))
-    small, fits = e.block("small"), e.block("fits")
-    e.b.cbranch(e.b.icmp_signed("<", room, c64(PREFIX)), small, fits)
-    e.at(small)
-    e.b.ret(lib.call(e, "overflow"))
-    e.at(fits)
+    _overflow_if(lib, e, e.b.icmp_signed("<", room, c64(PREFIX)))
     e.store("log_len", e.b.add(start, c32(PREFIX)))
     count = e.b.trunc(e.b.lshr(e.b.sub(room, c64(PREFIX)), c64(2)), I32)
     lib.call(e, "log_words", count)
     e.put("log", start, c8(TOKEN_LOG))
     e.put("log", e.b.add(start, c32(1)), e.b.trunc(count, I16))
     _note_log_end(e)
-    short, done = e.block("short"), e.block("done")
-    e.b.cbranch(e.b.icmp_unsigned("<", count, wanted), short, done)
-    e.at(short)
-    e.b.ret(lib.call(e, "overflow"))
-    e.at(done)
+    _overflow_if(lib, e, e.b.icmp_unsigned("<", count, wanted))
     e.store("prev_log_len", e.load("log_len"))
     e.b.ret(_status(S.ST_CONTINUE))
 
@@ -421,12 +414,8 @@ def _define_fault_record(lib: _Library) -> None:
     e = lib.define("fault_record")
     _, address = e.function.args
     at = e.load("log_len")
-    full, fits = e.block("full"), e.block("fits")
-    e.b.cbranch(e.b.icmp_unsigned(">", e.b.add(e.zext64(at), c64(7)),
-                                  e.zext64(e.load("log_cap"))), full, fits)
-    e.at(full)
-    e.b.ret(lib.call(e, "overflow"))
-    e.at(fits)
+    _overflow_if(lib, e, e.b.icmp_unsigned(">", e.b.add(e.zext64(at), c64(7)),
+                                  e.zext64(e.load("log_cap"))))
     e.put("log", at, c8(TOKEN_MEMORY_FAULT))
     e.put("log", e.b.add(at, c32(1)), ir.Constant(I16, 4))
     e.put("log", e.b.add(at, c32(3)), address)
@@ -467,11 +456,7 @@ def _define_log_str(lib: _Library) -> None:
     e.store("prev_log_len", start)
     room = e.b.sub(e.b.sub(e.zext64(e.load("log_cap")), e.zext64(start)), c64(PREFIX))
     length = e.smin64(e.zext64(wanted), room)
-    negative, fits = e.block("negative"), e.block("fits")
-    e.b.cbranch(e.b.icmp_signed("<", length, c64(0)), negative, fits)
-    e.at(negative)
-    e.b.ret(lib.call(e, "overflow"))
-    e.at(fits)
+    _overflow_if(lib, e, e.b.icmp_signed("<", length, c64(0)))
     limit = e.b.trunc(length, I32)
     got = e.alloca_entry(I32, "got")
     fault = e.alloca_entry(I32, "fault")
@@ -523,11 +508,7 @@ def _define_log_vars(lib: _Library) -> None:
     first = e.pop()
     start = e.load("log_len")
     cap = e.zext64(e.load("log_cap"))
-    full, fits = e.block("full"), e.block("fits")
-    e.b.cbranch(e.b.icmp_unsigned(">", e.b.add(e.zext64(start), c64(PREFIX)), cap), full, fits)
-    e.at(full)
-    e.b.ret(lib.call(e, "overflow"))
-    e.at(fits)
+    _overflow_if(lib, e, e.b.icmp_unsigned(">", e.b.add(e.zext64(start), c64(PREFIX)), cap))
     is_local = e.b.icmp_unsigned("!=", local, c32(0))
     token = e.b.select(is_local, c8(TOKEN_LV_ENTRY), c8(TOKEN_GV_ENTRY))
     e.put("log", start, token)
