@@ -175,8 +175,11 @@ class AddressSpace:
         elif pte.swap_slot is not None:
             self._swap_in(vma, pte)  # type: ignore[arg-type]
         if access == _WRITE and not pte.writable:
+            moved = pte.shared
             self._make_writable(pte)
             self.private_code |= bool(prot & _EXEC)
+            if moved and self.notifier is not None:
+                self.notifier.page_moved(self, vaddr)
         if prot & _EXEC:
             self.memory.mark_code(pte.frame)
         return pte.frame, prot & ~_WRITE | (_WRITE if pte.writable else 0)
@@ -305,21 +308,29 @@ class AddressSpace:
             addr = (vaddr + done) & 0xFFFFFFFF
             vma = self.find_vma(addr)
             if force and vma is not None and vma.prot & Prot.READ:
-                found = self._force_writable(vma, addr)
+                frame = self._force_writable(vma, addr)[0]
             else:
-                pte = self.ptes.get(addr >> PAGE_SHIFT)
-                was_shared = pte is not None and pte.shared
-                found = self.translate(addr, Prot.WRITE)
-                if was_shared and found is not None:  # the CPU's TLB still has the old frame
-                    self._invalidate(addr & ~PAGE_MASK, (addr & ~PAGE_MASK) + PAGE_SIZE)
-            if found is None or addr >= KERNEL_BASE:
+                frame = self.user_write_frame(addr)
+            if frame is None:
                 raise GuestFault(addr, Prot.WRITE)
-            base = (found[0] << PAGE_SHIFT) | (addr & PAGE_MASK)
+            base = (frame << PAGE_SHIFT) | (addr & PAGE_MASK)
             take = min(len(data) - done, PAGE_SIZE - (addr & PAGE_MASK))
             self.memory.bytes[base : base + take] = data[done : done + take]
             if vma is not None and vma.prot & Prot.EXEC and self.notifier is not None:
                 self.notifier.code_written(base, take)
             done += take
+
+    def user_write_frame(self, vaddr: int) -> int | None:
+        """The frame a user-mode store to ``vaddr`` goes to (COW broken first), or None if
+        it faults. The caller tells the notifier about bytes it writes into code."""
+        pte = self.ptes.get(vaddr >> PAGE_SHIFT)
+        was_shared = pte is not None and pte.shared
+        found = self.translate(vaddr, Prot.WRITE) if vaddr < KERNEL_BASE else None
+        if found is None:
+            return None
+        if was_shared:  # the CPU's TLB still has the old frame
+            self._invalidate(vaddr & ~PAGE_MASK, (vaddr & ~PAGE_MASK) + PAGE_SIZE)
+        return found[0]
 
     def _force_writable(self, vma: VMA, addr: int) -> tuple[int, Prot]:
         found = self.translate(addr, Prot.READ)

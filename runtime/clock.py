@@ -152,6 +152,11 @@ class InstructionCounter:
         return self._state.executed
 
     @property
+    def executed_address(self) -> int:
+        """Where the count lives (a u64), for native code that reads the clock."""
+        return ctypes.addressof(self._state) + _State.executed.offset
+
+    @property
     def limit(self) -> int:
         return self._state.limit
 
@@ -221,4 +226,9 @@ class VirtualClock:
         return self.counter.executed * NS_PER_INSTRUCTION
 
     def realtime_ns(self) -> int:
-        return EPOCH * 1_000_000_000 + self.monotonic_ns()
+        return realtime_ns_at(self.counter.executed)
+
+
+def realtime_ns_at(executed: int) -> int:
+    """Guest wall-clock time when the machine had executed ``executed`` instructions."""
+    return EPOCH * 1_000_000_000 + executed * NS_PER_INSTRUCTION

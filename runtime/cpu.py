@@ -49,7 +49,7 @@ from unicorn import (
 )
 from unicorn import x86_const as x86
 from unicorn.unicorn import UcContext
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
 from dprobes.runtime.addrspace import AddressSpace, KernelPages, Prot
 from dprobes.runtime.clock import InstructionCounter
@@ -123,10 +123,13 @@ class CPU:
         self._in_fill = False
         self._deferred: list[tuple[int, int]] = []
         self.tlb_fills = 0
+        self.translation_listeners: list[Callable[[], None]] = []
+        """Host-side caches of the current space's translations, dropped with the TLB."""
         self._cs = RegisterBatch(self.uc, ["cs"])  # before any hook can run
         self.counter = InstructionCounter(self.uc, self._read_code)
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
-        self.uc.hook_add(UC_HOOK_INTR, lambda _uc, vector, _data: self.on_interrupt(vector))
+        self._interrupt_hook = self.uc.hook_add(
+            UC_HOOK_INTR, lambda _uc, vector, _data: self.on_interrupt(vector))
         self.uc.hook_add(UC_HOOK_INSN_INVALID, lambda _uc, _data: self.on_invalid_instruction())
         self._gdt_frame = self._kernel_page(FIXMAP_GDT, Prot.READ, user=True)
         self._kernel_page(FIXMAP_ENTRY, Prot.READ | Prot.EXEC)
@@ -194,6 +197,23 @@ class CPU:
     def flush_tlb(self) -> None:
         """Forget every cached translation (after a page-table change)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.drop_host_translations()
+
+    def drop_host_translations(self) -> None:
+        for listener in self.translation_listeners:
+            listener()
+
+    def use_native_interrupt_hook(self, address: int, data: int) -> None:
+        """Replace the Python ``UC_HOOK_INTR`` hook by native code at ``address`` called
+        with ``data``; that code calls ``on_interrupt`` for what it does not handle."""
+        self.uc.hook_del(self._interrupt_hook)
+        handle = uc_hook_h()
+        status = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), UC_HOOK_INTR,
+                                   ctypes.c_void_p(address), ctypes.c_void_p(data),
+                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status:
+            raise UcError(status)
+        self._interrupt_hook = handle.value
 
     def switch_address_space(self, space: AddressSpace | None) -> None:
         """Make ``space`` current (Linux's switch_mm): flush the TLB, count with its table."""

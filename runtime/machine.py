@@ -76,6 +76,12 @@ class Machine:
         self.trap_handler: TrapHandler | None = None
         """Sees every CPU exception of a user process first; see ``traps.TrapHandler``."""
         self.on_process_exit: list[Callable[[Process], None]] = []
+        self.on_invalidate: list[Callable[[AddressSpace, int, int], None]] = []
+        """Called when the PTEs of [start, end) of a space change (unmap, protect, ...)."""
+        self.on_switch: list[Callable[[Process], None]] = []
+        """Called when a process is put on the CPU (after its address space)."""
+        self.around_slice: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        """(before, after) pairs called around every stretch of emulation."""
         self.unknown_syscalls: dict[int, int] = {}
         self.syscall_trace: list[tuple[int, str, tuple[int, ...], int | None]] | None = None
         """Set to a list to record (pid, name, arguments, result) of every system call."""
@@ -204,6 +210,8 @@ class Machine:
         counter.limit = before + budget
         cpu.last_fault = None
         failure: UcError | None = None
+        for enter, _ in self.around_slice:
+            enter()
         try:
             cpu.uc.emu_start(begin, STOP_ADDRESS)
         except UcError as err:
@@ -211,6 +219,8 @@ class Machine:
         finally:
             proc.instructions += counter.executed - before
             cpu.flush_deferred()
+            for _, leave in reversed(self.around_slice):
+                leave()
         if counter.error is not None:
             error, counter.error = counter.error, None
             raise RuntimeError("instruction counting failed") from error
@@ -239,6 +249,8 @@ class Machine:
             cpu.switch_address_space(proc.space)
             cpu.set_tls(proc.tls)
             self.current = proc
+            for hook in self.on_switch:
+                hook(proc)
             return begin
         return cpu.reg("eip")
 
@@ -322,11 +334,18 @@ class Machine:
 
     def invalidate_range(self, space: AddressSpace, start: int, end: int) -> None:
         """MMU notifier: PTEs of ``space`` in [start, end) changed."""
+        for hook in self.on_invalidate:
+            hook(space, start, end)
         if space is self.cpu.space:
             self.cpu.flush_tlb()
             self.cpu.counter.use_table(space.code_key())  # the layout may have changed
         if space.private_code:  # (a file layout change is a new key anyway)
             self.cpu.counter.forget(space.code_key())
+
+    def page_moved(self, space: AddressSpace, vaddr: int) -> None:
+        """MMU notifier: a COW break gave a page of ``space`` a new frame."""
+        if space is self.cpu.space:
+            self.cpu.drop_host_translations()
 
     def code_written(self, paddr: int, length: int) -> None:
         """MMU notifier: the host wrote into an executable page."""

@@ -51,6 +51,10 @@ class MMUNotifier(Protocol):
 
     def code_written(self, paddr: int, length: int) -> None: ...
 
+    def page_moved(self, space: AddressSpace, vaddr: int) -> None:
+        """A present page got a new frame (a COW break) while the CPU's TLB is being
+        filled for it: only host-side caches of the old frame must go."""
+
 
 @dataclass(slots=True)
 class VMA:

@@ -9,7 +9,8 @@ dropped page is read back in. Before that the offset must lie in an executable s
 on an instruction boundary, no other probe may hold the address, and the byte there must
 be the probe's ``opcode`` (else MISMATCH; a mismatch in a private copy is skipped
 silently, as 5.0 did). A file with probes in it is write-denied. Firing lives in
-``runtime.trap3``.
+``runtime.trap3``; with a compiling tier (``jit``, ``auto``) and ``native_hooks``, probes
+are then served by the native hook of ``runtime.native_probes`` wherever they can be.
 
 Merge and replace (the program already has a module entry):
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dprobes.runtime.codemap import CodeMap
+from dprobes.runtime.journal import Decoder, Emitted, LogJournal
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.pagecache import GuestFile
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
@@ -77,20 +79,12 @@ class QueryRow:
 
 
 @dataclass
-class Emitted:
-    """A log record as it left the probe manager, with its exception log."""
-
-    module: str
-    record: LogRecord
-    exception_log: bytes = b""
-
-
-@dataclass
 class ProbeManager:
     """Owns the inserted programs of one machine and plants their probes."""
 
     machine: Machine
     tier: str = "interp"
+    native_hooks: bool = True  # with tier jit/auto: serve probes from native hooks
     verify_opcodes: bool = True
     log_fields: LogField | None = None  # --log: overrides every program's `log =`
     globals: GlobalVariables = field(default_factory=GlobalVariables)
@@ -98,7 +92,7 @@ class ProbeManager:
     modules: dict[str, list[LoadedProgram]] = field(default_factory=dict)
     user_probes: dict[tuple[int, int], tuple[LoadedProgram, ProbeRecord]] = field(
         default_factory=dict)
-    emitted: list[Emitted] = field(default_factory=list)
+    emitted: LogJournal = field(default_factory=LogJournal)
     exits: list[tuple[int, int, str]] = field(default_factory=list)  # (pid, facility, module)
     on_log: list = field(default_factory=list)  # callables(Emitted)
 
@@ -110,6 +104,11 @@ class ProbeManager:
         self.machine.cache.on_page_in.append(self._page_in)
         self.machine.on_process_exit.append(self.steps.forget)
         self._maps: dict[int, CodeMap] = {}
+        self.native = None
+        if self.native_hooks and self.tier != "interp":
+            from dprobes.runtime.native_probes import NativeProbes
+
+            self.native = self.steps.native = NativeProbes(self)
 
     # --- insert ----------------------------------------------------------------------
 
@@ -224,6 +223,8 @@ class ProbeManager:
             del self.user_probes[key]
             self._plant(loaded.file, record.point.offset, record.original[0], INT3)
         record.status = (record.status & ~RecordStatus.ACTIVE) | status
+        if self.native is not None:
+            self.native.forget(record)
 
     # --- remove, query, getvars --------------------------------------------------------
 
@@ -259,6 +260,7 @@ class ProbeManager:
                 reset: bool = False) -> dict[str, list[int]]:
         """Local variables per module (all of a merged module's programs, in order) and
         the global variables as ``"<global>"``; ``reset`` zeroes what it returns."""
+        self.vm_state_to_python()
         out: dict[str, list[int]] = {}
         for module, programs in self.modules.items():
             if name is None or module == name:
@@ -275,8 +277,25 @@ class ProbeManager:
     def lookup(self, file: GuestFile, offset: int) -> tuple[LoadedProgram, ProbeRecord] | None:
         return self.user_probes.get((file.id, offset))
 
+    def vm_state_to_python(self) -> None:
+        """Make the VMs' Python lists current (native hits may have moved on)."""
+        if self.native is not None:
+            self.native.to_python()
+
     def emit(self, loaded: LoadedProgram, record: LogRecord, exception_log: bytes) -> None:
-        entry = Emitted(loaded.name, record, exception_log)
+        if self.native is not None:
+            self.native.drain()  # native records that came first go first
+        self._deliver(Emitted(loaded.name, record, exception_log))
+
+    def emit_packed(self, chunk: bytes, decode: Decoder) -> None:
+        """Records of native hits, packed; decoded now only if a log hook wants them."""
+        if self.on_log:
+            for entry in decode(chunk):
+                self._deliver(entry)
+        else:
+            self.emitted.append_packed(chunk, decode)
+
+    def _deliver(self, entry: Emitted) -> None:
         self.emitted.append(entry)
         for hook in self.on_log:
             hook(entry)

@@ -3,11 +3,13 @@
 A record follows 5.0's ``dp_record_struct``: the probe point, a status bit set, a signed
 hit ``count`` that starts at ``-pass_count`` (a hit runs the handler only once the count
 is >= 0, and every hit increments it; reaching ``max_hits`` disables the probe) and, on
-an opcode mismatch, the byte actually found.
+an opcode mismatch, the byte actually found. The counters live in a native struct that
+the native probe hook updates too.
 """
 
 from __future__ import annotations
 
+from ctypes import Structure, c_int64, c_uint64
 from dataclasses import dataclass, field
 from enum import IntFlag
 
@@ -35,6 +37,12 @@ class RecordStatus(IntFlag):
         return "|".join(names) if names else "none"
 
 
+class Counters(Structure):
+    """A record's hit counters, where the native probe hook can update them too."""
+
+    _fields_ = [("count", c_int64), ("hits", c_uint64), ("max_hits", c_int64)]
+
+
 @dataclass
 class ProbeRecord:
     """The run-time state of one probe."""
@@ -42,15 +50,24 @@ class ProbeRecord:
     index: int
     point: Probe
     status: RecordStatus = RecordStatus.COMPILED
-    count: int = 0
     actual_opcode: int | None = None
     address: int | None = None  # where the int3 is (kernel/kmod: the virtual address)
     original: bytes = b""  # the probed instruction's bytes, first byte as before the probe
-    hits: int = 0  # every trap on this probe, skipped ones included
     notes: list[str] = field(default_factory=list)  # why a probe is not active, for query
+    counters: Counters = field(default_factory=Counters, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.count = -self.point.pass_count
+        self.counters.count = -self.point.pass_count
+        self.counters.max_hits = self.max_hits
+
+    @property
+    def count(self) -> int:
+        return self.counters.count
+
+    @property
+    def hits(self) -> int:
+        """Every trap on this probe, skipped ones included."""
+        return self.counters.hits
 
     @property
     def max_hits(self) -> int:
@@ -62,11 +79,11 @@ class ProbeRecord:
 
     def begin_hit(self) -> bool:
         """A trap on this probe: True if the handler runs (the pass count is used up)."""
-        self.hits += 1
-        return self.count >= 0
+        self.counters.hits += 1
+        return self.counters.count >= 0
 
     def end_hit(self) -> None:
         """After the probed instruction was stepped: count the hit, disable at max_hits."""
-        self.count += 1
-        if self.count >= self.max_hits:
+        self.counters.count += 1
+        if self.counters.count >= self.max_hits:
             self.status = (self.status & ~RecordStatus.ACTIVE) | RecordStatus.DISABLED

@@ -13,15 +13,20 @@ vector 5), the hit is counted and the log written only with ``logonfault = yes``
 the fault goes to the process as Linux delivers it (SIGSEGV for #BR), reported at the
 original instruction. ``abort`` writes nothing, ``rem`` removes the probe after this hit,
 ``exit_to`` is recorded (the exits come later).
+
+This is the reference path. With native hooks (``runtime.native_probes``) a probe that has
+been hit here once may be served natively from then on; a native hit that needs this path
+half-way through is adopted (``adopt``) and finished here, by the same methods.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from dprobes.runtime.addrspace import GuestFault, Prot
+from dprobes.runtime.clock import realtime_ns_at
 from dprobes.runtime.logtargets import HitInfo, LogRecord
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.probe_context import ProbeContext
@@ -33,6 +38,7 @@ from dprobes.vm.interp import ExitKind
 
 if TYPE_CHECKING:
     from dprobes.runtime.machine import Machine
+    from dprobes.runtime.native_probes import NativeProbes
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
     from dprobes.runtime.process import Process
 
@@ -40,6 +46,31 @@ SLOT_SIZE = 32
 PUSH_EAX = 0x50
 PUSH_ORDER = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 SLOTS_PER_PAGE = PAGE_SIZE // SLOT_SIZE
+
+
+class Outcome(NamedTuple):
+    """What a handler's run means for the hit: how it ended and what it logged."""
+
+    exit: ExitKind
+    exit_to: int | None
+    major: int
+    minor: int
+    log: bytes
+    ex_log: bytes
+
+    @classmethod
+    def of(cls, result: FireResult) -> Outcome:
+        return cls(result.exit, result.exit_to, result.major, result.minor, result.log,
+                   result.ex_log)
+
+
+def hit_info(executed: int, pid: int, uid: int, cs: int, eip: int, ss: int, esp: int,
+             procname: str) -> HitInfo:
+    """The log header's view of a hit at instruction ``executed`` of the machine."""
+    now = realtime_ns_at(executed)
+    return HitInfo(pid=pid, uid=uid, cs=cs, eip=eip, ss=ss, esp=esp,
+                   seconds=now // 1_000_000_000, microseconds=now // 1000 % 1_000_000,
+                   procname=procname)
 
 
 @dataclass(slots=True)
@@ -50,7 +81,7 @@ class PendingStep:
     record: ProbeRecord
     plan: StepPlan
     slot: int
-    result: FireResult | None  # None: the pass count skipped the handler
+    result: Outcome | None  # None: the pass count skipped the handler
     trap_flag: int  # TF as the program had it
     hit: HitInfo
 
@@ -66,6 +97,7 @@ class StepTracker:
         self.slot_numbers: dict[int, int] = {}  # id(record) -> slot, in order of first hit
         self.plans: dict[tuple[int, int], StepPlan] = {}  # (id(record), address) -> plan
         self._after_step = manager.machine.cpu.batch(("esp", "eflags"))
+        self.native: NativeProbes | None = None
 
     def forget(self, process: Process) -> None:
         self.pending.pop(process.pid, None)
@@ -73,6 +105,10 @@ class StepTracker:
 
     def handle_trap(self, machine: Machine, process: Process, trap: Trap) -> bool:
         step = self.pending.get(process.pid)
+        if step is None and self.native is not None:
+            step = self.native.adopt(process, stepping=True)
+            if step is not None:
+                self.pending[process.pid] = step
         if step is not None:
             if trap.vector == DEBUG or (trap.vector == BREAKPOINT and
                                         trap.instruction == step.slot + step.plan.length):
@@ -96,27 +132,38 @@ class StepTracker:
         loaded, record = found
         cpu = machine.cpu
         registers = cpu.registers()
-        now = machine.clock.realtime_ns()
-        hit = HitInfo(pid=process.pid, uid=process.uid, cs=registers["cs"],
-                      eip=registers["eip"], ss=registers["ss"], esp=registers["esp"],
-                      seconds=now // 1_000_000_000, microseconds=now // 1000 % 1_000_000,
-                      procname=process.name)
-        result = None
+        hit = hit_info(machine.clock.ticks, process.pid, process.uid, registers["cs"],
+                       registers["eip"], registers["ss"], registers["esp"], process.name)
+        outcome = None
         if record.begin_hit():
+            self.manager.vm_state_to_python()
             context = ProbeContext(machine, process, registers)
-            result = loaded.vm.fire(record.index, context)
+            outcome = Outcome.of(loaded.vm.fire(record.index, context))
             if context.changes:
                 cpu.write_registers({k: v for k, v in context.changes.items()
                                      if k not in ("fs", "gs")})
-            if result.exit is ExitKind.EXIT_TO:
-                self.manager.exits.append((process.pid, result.exit_to or 0, loaded.name))
+        return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
+
+    def plan(self, record: ProbeRecord, address: int) -> StepPlan:
         plan = self.plans.get((id(record), address))
         if plan is None:
             plan = self.plans[(id(record), address)] = plan_step(record.original, address)
+        return plan
+
+    def continue_hit(self, process: Process, loaded: LoadedProgram, record: ProbeRecord,
+                     address: int, registers: dict[str, int], hit: HitInfo,
+                     outcome: Outcome | None) -> bool:
+        """After the handler (or the pass count's skip): step the probed instruction."""
+        if outcome is not None and outcome.exit is ExitKind.EXIT_TO:
+            self.manager.exits.append((process.pid, outcome.exit_to or 0, loaded.name))
+        cpu = self.manager.machine.cpu
+        plan = self.plan(record, address)
         flags = registers["eflags"]
-        step = PendingStep(loaded, record, plan, 0, result, flags & TRAP_FLAG, hit)
+        step = PendingStep(loaded, record, plan, 0, outcome, flags & TRAP_FLAG, hit)
         if not step.trap_flag and self._emulate_push(process, plan, registers):
             self._post_step(step, wrote_log=True)
+            if self.native is not None:
+                self.native.offer(process, step)
             return True
         step.slot = self._slot(process, record, plan)
         self.pending[process.pid] = step
@@ -175,6 +222,17 @@ class StepTracker:
             process.space.write(esp, struct.pack("<I", repaired.stack_word))
         flags = flags & ~TRAP_FLAG | step.trap_flag
         cpu.write_registers({"eflags": flags, "eip": repaired.eip})
+        self._post_step(step, wrote_log=True)
+        if self.native is not None:
+            self.native.offer(process, step)
+
+    def finish(self, machine: Machine, process: Process, step: PendingStep, eip: int) -> None:
+        """End the out-of-line step of ``step`` (adopted from a native hit) at ``eip``."""
+        self.pending[process.pid] = step
+        self._finish(machine, process, step, eip)
+
+    def post_step(self, step: PendingStep) -> None:
+        """Count the hit of a repaired step (adopted from a native hit), log, disable."""
         self._post_step(step, wrote_log=True)
 
     def _faulted(self, machine: Machine, process: Process, step: PendingStep,

@@ -1,14 +1,21 @@
-"""User-space probes in the emulated machine: DProbes' insertion and firing rules end to end."""
+"""User-space probes in the emulated machine: DProbes' insertion and firing rules end to end.
+
+Every test runs three ways: Python hooks with the interpreter, Python hooks with the JIT,
+and native hooks (``runtime.native_probes``) with the JIT.
+"""
 
 from __future__ import annotations
 
+import functools
 import struct
+import sys
 from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
+from dprobes.runtime import probes
 from dprobes.runtime.codemap import CodeMap
 from dprobes.runtime.machine import Machine
 from dprobes.runtime.probes import InsertError, ProbeManager
@@ -16,6 +23,17 @@ from dprobes.runtime.xol import instruction_starts
 from dprobes.tests import guest_expectations as expect
 
 BIN = expect.BIN
+HOOK_MODES = {"python": {"tier": "interp"},
+              "python-jit": {"tier": "jit", "native_hooks": False},
+              "native": {"tier": "jit", "native_hooks": True}}
+
+
+@pytest.fixture(autouse=True, params=list(HOOK_MODES))
+def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make this module's ProbeManager use one of the hook modes by default."""
+    monkeypatch.setattr(sys.modules[__name__], "ProbeManager",
+                        functools.partial(probes.ProbeManager, **HOOK_MODES[request.param]))
+    return request.param
 
 
 def symbol(program: str, name: str) -> tuple[int, int, int]:

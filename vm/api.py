@@ -135,6 +135,15 @@ class VM:
             self._compiled[probe] = handler
             self.compile_seconds[probe] = handler.compile_seconds
 
+    def compiled(self, probe: int):
+        """The compiled handler of ``probe`` (a ``vm.jit`` CompiledHandler), if any yet."""
+        return self._compiled.get(probe)
+
+    @property
+    def runner(self):
+        """The ``vm.jit`` JitRunner holding the native state, once anything is compiled."""
+        return self._runner
+
     def _native(self, probe: int):
         """The compiled handler to use for this hit, or None for the interpreter."""
         handler = self._compiled.get(probe)

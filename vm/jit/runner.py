@@ -196,7 +196,8 @@ class JitRunner:
             self.close()
 
     # --- persistence ------------------------------------------------------------------
-    def _copy_in(self) -> None:
+    def copy_in(self) -> None:
+        """Bring the native state up to date with the Python lists."""
         vm, state = self.vm, self.state
         stack = vm.cpu.stack
         if self.stack_snapshot is None or stack != self.stack_snapshot:
@@ -234,6 +235,27 @@ class JitRunner:
             self.gv.copy_out(vm.globals.values)
         vm.cpu.ex_code = state.ex_code
 
+    # --- sharing the state with a native caller (the runtime's native probe hook) ------
+    def copy_out_shared(self) -> None:
+        """The per-CPU stack, last exception code and globals, back to the Python lists
+        (the native caller ran handlers on this state since the last copy in)."""
+        vm = self.vm
+        fresh = self.stack_view.tolist()
+        vm.cpu.stack[:] = fresh
+        self.stack_snapshot = fresh[:]
+        vm.cpu.ex_code = self.state.ex_code
+        if self.gv.snapshot is not None:
+            self.gv.copy_out(vm.globals.values)
+
+    def copy_out_locals(self) -> None:
+        if self.lv.snapshot is not None:
+            self.lv.copy_out(self.vm.locals)
+
+    def forget_selection(self) -> None:
+        """A native caller set the probe fields and the host table: set them again."""
+        self.probe = -1
+        self._table = None
+
     # --- firing -----------------------------------------------------------------------
     def _select_probe(self, probe: int) -> None:
         record = self.vm.program.probes[probe]
@@ -268,7 +290,7 @@ class JitRunner:
         session = self.session
         if probe != self.probe:
             self._select_probe(probe)
-        self._copy_in()
+        self.copy_in()
         table, native = self._host_for(context)
         self._use_table(table)
         session.context = context

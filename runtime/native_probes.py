@@ -1,0 +1,414 @@
+"""Native probe hits: the Python side of ``runtime.native_hook``.
+
+A probe is served natively in a process once the Python path (``runtime.trap3``) has hit
+it there: that hit planned the step and, for a stepped instruction, set up the process's
+out-of-line slot. ``offer`` then puts a ``ProbeEntry`` in the process's native table if
+the probe can be served without Python: its handler is compiled (tier ``jit``, or
+``auto`` once hot), uses only memory, registers 0..15 (not writing fs/gs, which the
+Python path does not apply either), pid/task/processor, no heap, IO, cpuid/MSR, segment
+or ``callk`` service, and its instruction is one the hook steps (not ``pushf``).
+
+Three kinds of shared state need care:
+
+* VM state: the per-CPU RPN stack, the last exception code and the globals are shared
+  by all programs, the locals belong to each. While native hits run, one JIT runner's
+  native state (``Hook.owner``) holds the shared part and each runner its locals;
+  ``to_python`` copies them back into the Python lists (before a Python-path hit, around
+  every stretch of emulation, for ``getvars``) and ``to_native`` copies the lists in.
+* Translations: the hook's software TLB holds host addresses of guest pages. It is
+  emptied whenever the CPU's TLB is flushed and when a COW break moves a page.
+* Log records: native hits append packed records to a ring; ``drain`` hands them to the
+  probe manager's journal in order, before any record the Python path emits.
+
+A Python exception in any callback stops emulation and is raised when it returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from ctypes import CFUNCTYPE, POINTER, c_int32, c_uint8, c_uint32, c_uint64
+from typing import TYPE_CHECKING
+
+from unicorn.unicorn_py3.unicorn import uclib
+
+from dprobes.runtime import native_hook as N
+from dprobes.runtime.addrspace import KERNEL_BASE, Prot
+from dprobes.runtime.logtargets import LogRecord
+from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
+from dprobes.runtime.trap3 import (
+    PUSH_EAX,
+    PUSH_ORDER,
+    SLOTS_PER_PAGE,
+    Outcome,
+    PendingStep,
+    hit_info,
+)
+from dprobes.runtime.xol import StepKind, StepPlan
+from dprobes.vm.bytecode import decode_range
+from dprobes.vm.interp import ExitKind
+from dprobes.vm.isa import Operand
+from dprobes.vm.jit import rtlib
+from dprobes.vm.jit.runner import EXIT_KINDS
+from dprobes.vm.program import Program
+from dprobes.vm.registers import REGISTERS_BY_NAME
+
+if TYPE_CHECKING:
+    from dprobes.runtime.addrspace import AddressSpace
+    from dprobes.runtime.machine import Machine
+    from dprobes.runtime.probes import Emitted, LoadedProgram, ProbeManager
+    from dprobes.runtime.process import Process
+    from dprobes.runtime.records import ProbeRecord
+    from dprobes.vm.jit.runner import JitRunner
+
+INTERRUPT = CFUNCTYPE(None, c_uint32)
+HANDOVER = CFUNCTYPE(None, c_uint32, c_uint32)
+FILL = CFUNCTYPE(c_int32, c_uint32, c_uint32, POINTER(c_uint64))
+DRAIN = CFUNCTYPE(None)
+
+PYTHON_ONLY_OPS = frozenset({"CALLK", "SEG2LIN", "MALLOC", "FREE"})
+PYTHON_ONLY_PREFIXES = ("PUSH_IO_", "POP_IO_", "PUSHH_", "POPH_")
+REGISTER_WRITES = frozenset({"POP_R", "POP_U"})
+UNAPPLIED_WRITES = frozenset(REGISTERS_BY_NAME[name].index for name in ("fs", "gs"))
+STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSOLUTE,
+              StepKind.CALL_RELATIVE: N.STEP_CALL_RELATIVE,
+              StepKind.CALL_ABSOLUTE: N.STEP_CALL_ABSOLUTE}
+RECORD = struct.Struct("<" + "".join("Q" if t is c_uint64 else "I"
+                                     for _, t in N.HitRecord._fields_))
+
+
+def python_only_reason(program: Program, probe: int) -> str | None:
+    """Why this probe's handler needs the Python path, or None if it can run natively."""
+    point = program.probes[probe]
+    if point.heap_size:
+        return "the probe has a heap (served by a Python helper)"
+    if not rtlib.NATIVE_STACK_TRACES:
+        return "stack traces are served by a Python helper in this build"
+    for insn in decode_range(program.code, point.code_start, point.code_end):
+        name = insn.op.name
+        if name in PYTHON_ONLY_OPS or name.startswith(PYTHON_ONLY_PREFIXES):
+            return f"{insn.op.mnemonic} needs a Python host service"
+        if insn.op.operand is Operand.REG:
+            if insn.operand >= N.GENERAL_REGISTERS:
+                return f"register {insn.operand:#x} is read through Python"
+            if name in REGISTER_WRITES and insn.operand in UNAPPLIED_WRITES:
+                return "fs/gs writes are not applied to the CPU"
+    return None
+
+
+def step_kind(plan: StepPlan) -> int | None:
+    """How the hook steps this instruction, or None if only the Python path can."""
+    if plan.length == 1 and PUSH_EAX <= plan.code[0] <= PUSH_EAX + 7:
+        return N.STEP_PUSH
+    return STEP_KINDS.get(plan.kind)
+
+
+class NativeProbes:
+    """The native hook of one probe manager: its tables, its ring and its callbacks."""
+
+    def __init__(self, manager: ProbeManager) -> None:
+        self.manager = manager
+        self.machine: Machine = manager.machine
+        cpu = self.machine.cpu
+        self.hook = hook = N.Hook()
+        self.address = ctypes.addressof(hook)
+        hook.uc = ctypes.cast(cpu.uc._uch, ctypes.c_void_p).value
+        for field, fn in (("reg_read", uclib.uc_reg_read), ("reg_write", uclib.uc_reg_write),
+                          ("emu_stop", uclib.uc_emu_stop)):
+            setattr(hook, field, ctypes.cast(fn, ctypes.c_void_p).value)
+        self._callbacks = (INTERRUPT(self._interrupt), HANDOVER(self._handover),
+                           FILL(self._fill), DRAIN(self.drain))  # kept alive: native calls
+        for field, callback in zip(("python_interrupt", "python_handover", "python_fill",
+                                    "python_drain"), self._callbacks, strict=True):
+            setattr(hook, field, ctypes.cast(callback, ctypes.c_void_p).value)
+        hook.executed = cpu.counter.executed_address
+        self.ring = (c_uint8 * N.RING_BYTES)()
+        self._ring_view = memoryview(self.ring).cast("B")
+        hook.ring, hook.ring_size = ctypes.addressof(self.ring), N.RING_BYTES
+        hook.reg_ids[:] = N.REGISTER_IDS
+        native = N.addresses()
+        hook.host.ctx = self.address
+        for name, _ in N.S.HOST_CALLBACKS:
+            setattr(hook.host, name, native[N.SYMBOL_PREFIX + name])
+        self.processes: dict[int, N.ProcessSlot] = {}
+        self.names: dict[int, str] = {}
+        self.tables: dict[int, dict[int, N.ProbeEntry]] = {}  # pid -> address -> entry
+        self.idents: list[tuple[LoadedProgram, ProbeRecord, StepPlan, int]] = []
+        self._entries: list[N.ProbeEntry] = []  # never freed: a pending hit may point here
+        self._ident_of: dict[tuple[int, int, int], int] = {}  # (pid, record, address)
+        self.runners: dict[int, JitRunner] = {}  # state address -> runner
+        self._reasons: dict[tuple[int, int], str | None] = {}
+        self.python_owns = True
+        self.error: BaseException | None = None
+        cpu.translation_listeners.append(self.flush_tlb)
+        self.machine.on_switch.append(self._switch)
+        self.machine.on_invalidate.append(self._invalidated)
+        self.machine.on_process_exit.append(self._exit)
+        self.machine.around_slice.append((self._enter, self._leave))
+        cpu.use_native_interrupt_hook(native["dprobes_np_interrupt"], self.address)
+        if self.machine.current is not None:
+            self._switch(self.machine.current)
+
+    @property
+    def hits(self) -> int:
+        """Probe hits the native hook began (some finished by the Python path)."""
+        return self.hook.hits
+
+    # --- offering probes ----------------------------------------------------------------
+
+    def offer(self, process: Process, step: PendingStep) -> None:
+        """After the Python path finished a hit: serve this probe natively from now on, if
+        it can be."""
+        loaded, record, plan = step.loaded, step.record, step.plan
+        table = self.tables.setdefault(process.pid, {})
+        if not record.armed or plan.address in table or len(table) >= N.TABLE_SIZE // 2:
+            return
+        kind = step_kind(plan)
+        handler = loaded.vm.compiled(record.index)
+        if kind is None or handler is None or self._reason(loaded, record.index) is not None:
+            return
+        if kind != N.STEP_PUSH:
+            numbers = self.manager.steps.slot_numbers
+            if not step.slot or numbers.get(id(record), SLOTS_PER_PAGE) >= SLOTS_PER_PAGE:
+                return  # no slot of its own (the Python path may rewrite a shared one)
+        self.to_python()  # the new runner starts from the Python lists
+        runner = loaded.vm.runner
+        self.runners[ctypes.addressof(runner.state)] = runner
+        point = loaded.program.probes[record.index]
+        entry = N.ProbeEntry(
+            address=plan.address, kind=kind, length=plan.length, slot=step.slot,
+            push_reg=N.REGISTER_IDS[REGISTERS_BY_NAME[PUSH_ORDER[plan.code[0] - PUSH_EAX]]
+                                    .index] if kind == N.STEP_PUSH else 0,
+            ident=self._ident(process, loaded, record, plan, step.slot),
+            ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
+            probe_offset=point.offset & (2**64 - 1), handler=handler.address,
+            state=ctypes.addressof(runner.state), counters=ctypes.addressof(record.counters))
+        table[plan.address] = entry
+        self._entries.append(entry)
+        self._publish(process.pid)
+
+    def _reason(self, loaded: LoadedProgram, probe: int) -> str | None:
+        key = (id(loaded), probe)
+        if key not in self._reasons:
+            self._reasons[key] = python_only_reason(loaded.program, probe)
+        return self._reasons[key]
+
+    def _ident(self, process: Process, loaded: LoadedProgram, record: ProbeRecord,
+               plan: StepPlan, slot: int) -> int:
+        key = (process.pid, id(record), plan.address)
+        if key not in self._ident_of:
+            self._ident_of[key] = len(self.idents)
+            self.idents.append((loaded, record, plan, slot))
+        return self._ident_of[key]
+
+    def forget(self, record: ProbeRecord) -> None:
+        """The record is disarmed: no process serves it natively any more."""
+        for pid, table in self.tables.items():
+            stale = [address for address, entry in table.items()
+                     if entry.counters == ctypes.addressof(record.counters)]
+            for address in stale:
+                del table[address]
+            if stale:
+                self._publish(pid)
+
+    def _invalidated(self, space: AddressSpace, start: int, end: int) -> None:
+        """The PTEs of [start, end) changed: probes there go back to the Python path."""
+        for pid, table in self.tables.items():
+            process = self.machine.processes.get(pid)
+            if process is None or process.space is not space:
+                continue
+            stale = [address for address in table if start <= address < end]
+            for address in stale:
+                del table[address]
+            if stale:
+                self._publish(pid)
+
+    def _publish(self, pid: int) -> None:
+        """Rebuild the process's open-addressing table from its entries."""
+        slot = self._slot(pid)
+        ctypes.memset(ctypes.addressof(slot.table), 0, ctypes.sizeof(slot.table))
+        for address, entry in self.tables.get(pid, {}).items():
+            index = ((address * 2654435761) & 0xFFFFFFFF) >> (32 - N.TABLE_BITS)
+            while slot.table[index].entry:
+                index = (index + 1) & (N.TABLE_SIZE - 1)
+            slot.table[index].address = address
+            slot.table[index].entry = ctypes.addressof(entry)
+
+    # --- processes ----------------------------------------------------------------------
+
+    def _slot(self, pid: int) -> N.ProcessSlot:
+        slot = self.processes.get(pid)
+        if slot is None:
+            slot = self.processes[pid] = N.ProcessSlot()
+            process = self.machine.processes[pid]
+            slot.pid, slot.uid = pid, process.uid
+            self.names[pid] = process.name
+        return slot
+
+    def _switch(self, process: Process) -> None:
+        self.hook.proc = ctypes.addressof(self._slot(process.pid))
+
+    def _exit(self, process: Process) -> None:
+        slot = self.processes.pop(process.pid, None)
+        self.tables.pop(process.pid, None)
+        if slot is not None and self.hook.proc == ctypes.addressof(slot):
+            self.hook.proc = None
+
+    def adopt(self, process: Process, stepping: bool) -> PendingStep | None:
+        """The process's native hit, for the Python path to finish (``stepping``: only a
+        hit whose step is under way), or None."""
+        slot = self.processes.get(process.pid)
+        if slot is None:
+            return None
+        pending = slot.pending
+        if not pending.entry or (stepping and not pending.active):
+            return None
+        ident = N.ProbeEntry.from_address(pending.entry).ident
+        loaded, record, plan, xol = self.idents[ident]
+        rec = pending.record
+        outcome = None
+        if pending.ran:
+            kind = EXIT_KINDS[rec.exit_kind]
+            aborted = kind is ExitKind.ABORT
+            outcome = Outcome(kind, rec.exit_to if kind is ExitKind.EXIT_TO else None,
+                              rec.major, rec.minor,
+                              b"" if aborted else bytes(pending.log[:rec.log_len]),
+                              b"" if aborted else bytes(pending.ex_log[:rec.ex_len]))
+        hit = hit_info(rec.executed, rec.pid, rec.uid, rec.cs, rec.eip, rec.ss, rec.esp,
+                       self.names.get(rec.pid, ""))
+        pending.active, pending.entry = 0, None
+        return PendingStep(loaded, record, plan, xol, outcome, pending.trap_flag, hit)
+
+    # --- VM state -------------------------------------------------------------------------
+
+    def to_python(self) -> None:
+        """Make the Python lists (stack, ex_code, globals, locals) the current VM state."""
+        if self.python_owns:
+            return
+        hook = self.hook
+        if hook.native_ran:
+            owner = self.runners.get(hook.owner or 0)
+            if owner is not None:
+                owner.copy_out_shared()
+            for runner in self.runners.values():
+                runner.copy_out_locals()
+        for runner in self.runners.values():
+            runner.forget_selection()
+        hook.owner, hook.native_ran = None, 0
+        self.python_owns = True
+
+    def to_native(self) -> None:
+        """Copy the Python lists into every runner's native state; native hits may run."""
+        if not self.python_owns:
+            return
+        for runner in self.runners.values():
+            runner.copy_in()
+        self.hook.owner = next(iter(self.runners), None)
+        self.python_owns = False
+
+    # --- callbacks from native code -------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.machine.cpu.uc.emu_stop()
+
+    def _interrupt(self, vector: int) -> None:
+        try:
+            self.machine.cpu.on_interrupt(vector)
+            self.to_native()
+        except BaseException as exc:  # never unwind through native code
+            self._fail(exc)
+
+    def _handover(self, stage: int, eip: int) -> None:
+        try:
+            machine = self.machine
+            process = machine.current
+            assert process is not None
+            step = self.adopt(process, stepping=False)
+            assert step is not None, "a handover without a native hit"
+            steps = self.manager.steps
+            if stage == N.STAGE_STEP:
+                steps.continue_hit(process, step.loaded, step.record, step.plan.address,
+                                   machine.cpu.registers(), step.hit, step.result)
+            elif stage == N.STAGE_FINISH:
+                steps.finish(machine, process, step, eip)
+            else:
+                steps.post_step(step)
+            self.to_native()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _fill(self, address: int, write: int, out: ctypes._Pointer) -> int:
+        """Translate a handler's access for the TLB: 0 (``out``: host page | perms), 1 for
+        a fault (as ``AddressSpace.read``/``write`` would raise), -1 on failure."""
+        try:
+            process = self.machine.current
+            if process is None or address >= KERNEL_BASE:
+                return 1
+            space = process.space
+            perms = N.PERM_READ
+            if write:
+                frame = space.user_write_frame(address)
+                if frame is None:
+                    return 1
+                perms |= N.PERM_WRITE
+                vma = space.find_vma(address)
+                if vma is not None and vma.prot & Prot.EXEC and space.notifier is not None:
+                    perms |= N.PERM_NO_CACHE  # every store into code goes through here
+                    space.notifier.code_written(frame << PAGE_SHIFT, PAGE_SIZE)
+            else:
+                found = space.translate(address, Prot.READ)
+                if found is None:
+                    return 1
+                frame = found[0]
+            out[0] = self.machine.memory.host_address + (frame << PAGE_SHIFT) | perms
+            return 0
+        except BaseException as exc:
+            self._fail(exc)
+            return -1
+
+    def flush_tlb(self) -> None:
+        ctypes.memset(ctypes.addressof(self.hook.tlb), 0, ctypes.sizeof(self.hook.tlb))
+
+    def drain(self) -> None:
+        """Hand the ring's records to the probe manager (in order) and empty it."""
+        try:
+            head = self.hook.ring_head
+            if head:
+                self.hook.ring_head = 0
+                self.manager.emit_packed(self._ring_view[:head].tobytes(), self.decode)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def decode(self, chunk: bytes) -> list[Emitted]:
+        """The manager's view of packed ring records."""
+        from dprobes.runtime.probes import Emitted
+
+        out, at, names, idents = [], 0, self.names, self.idents
+        while at < len(chunk):
+            (length, ident, pid, uid, cs, eip, ss, esp, executed, _, _, major, minor,
+             log_len, ex_len) = RECORD.unpack_from(chunk, at)
+            loaded = idents[ident][0]
+            log_at = at + RECORD.size
+            ex_at = log_at + log_len
+            hit = hit_info(executed, pid, uid, cs, eip, ss, esp, names.get(pid, ""))
+            record = LogRecord(major, minor, loaded.log_fields, hit, chunk[log_at:ex_at])
+            out.append(Emitted(loaded.name, record, chunk[ex_at:ex_at + ex_len]))
+            at += length
+        return out
+
+    # --- around emulation ------------------------------------------------------------------
+
+    def _enter(self) -> None:
+        self.to_native()
+
+    def _leave(self) -> None:
+        self.drain()
+        self.to_python()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if self.hook.error:
+            kind, self.hook.error = self.hook.error, 0
+            raise RuntimeError(f"a native probe handler ended in a host error ({kind})")
