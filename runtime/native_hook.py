@@ -30,6 +30,7 @@ from dprobes.runtime.records import Counters
 from dprobes.runtime.xol import TRAP_FLAG
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import HOST_TYPES
+from dprobes.vm.registers import REGISTERS_BY_INDEX, REGISTERS_BY_NAME
 from dprobes.vm.stacktrace import MIN_ST_SIZE
 
 TLB_BITS = 8
@@ -62,7 +63,8 @@ class ProbeEntry(Structure):
 
     _fields_ = [
         ("address", c_uint32), ("kind", c_uint32), ("length", c_uint32), ("slot", c_uint32),
-        ("push_reg", c_uint32), ("ident", c_uint32), ("ex_mask", c_uint32),
+        ("push_reg", c_uint32),  # the register a ``push r32`` stores (dprobes index)
+        ("ident", c_uint32), ("ex_mask", c_uint32),
         ("major", c_uint32), ("minor", c_uint32), ("probe_offset", c_uint64),
         ("handler", c_void_p), ("state", c_void_p), ("counters", c_void_p),
     ]
@@ -122,16 +124,17 @@ class Hook(Structure):
         ("error", c_uint32),  # a handler ended in a host error: emulation stopped
         ("ring_head", c_uint32), ("ring_size", c_uint32), ("ring", c_void_p),
         ("hits", c_uint64),  # probe hits that began natively
-        ("reg_ids", c_uint32 * GENERAL_REGISTERS),
+        ("reg_ids", c_uint32 * GENERAL_REGISTERS),  # unicorn's id of registers 0..15
+        ("reg_valid", c_uint32),  # bit i: reg_cache[i] holds register i (this interrupt)
+        ("reg_cache", c_uint32 * GENERAL_REGISTERS),
         ("host", S.HostTable),
         ("tlb", TlbEntry * (1 << TLB_BITS)),
     ]
 
 
-REGISTER_IDS = tuple(getattr(x86, f"UC_X86_REG_{name.upper()}") for name in (
-    "cs", "ds", "es", "fs", "gs", "ss", "eax", "ebx", "ecx", "edx", "edi", "esi", "eflags",
-    "eip", "esp", "ebp"))
-"""unicorn's id of dprobes registers 0..15 (the order of vm.registers)."""
+REGISTER_IDS = tuple(getattr(x86, f"UC_X86_REG_{REGISTERS_BY_INDEX[i].name.upper()}")
+                     for i in range(GENERAL_REGISTERS))
+"""unicorn's id of dprobes registers 0..15."""
 assert ctypes.sizeof(HitRecord) % 4 == 0
 
 
@@ -152,8 +155,8 @@ def _offsets() -> dict[str, int]:
 def _constants() -> dict[str, int]:
     return {
         **_offsets(),
-        "EIP": x86.UC_X86_REG_EIP, "EFLAGS": x86.UC_X86_REG_EFLAGS,
-        "ESP": x86.UC_X86_REG_ESP, "CS": x86.UC_X86_REG_CS, "SS": x86.UC_X86_REG_SS,
+        **{name.upper(): REGISTERS_BY_NAME[name].index
+           for name in ("eip", "eflags", "esp", "cs", "ss")},
         "TF": TRAP_FLAG, "NOT_TF": ~TRAP_FLAG & 0xFFFFFFFF, "PAGE_MASK": PAGE_SIZE - 1,
         "LAST_WORD": PAGE_SIZE - 4, "TLB_MASK": (1 << TLB_BITS) - 1,
         "TLB_ENTRY": ctypes.sizeof(TlbEntry), "TABLE_MASK": TABLE_SIZE - 1,
@@ -170,35 +173,61 @@ def _constants() -> dict[str, int]:
     }
 
 
-# Field access is by byte offset: ``getelementptr i8, ptr %p, i64 {Struct_field}``.
+# Fields are addressed by byte offset: ``getelementptr i8, ptr %p, i64 {Struct_field}``.
 _IR = r"""
 declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)
 
-define internal ptr @field(ptr %base, i64 %offset) alwaysinline {{
-  %p = getelementptr i8, ptr %base, i64 %offset
-  ret ptr %p
-}}
-
-define internal i32 @reg(ptr %hook, i32 %id) {{
+; Register %index (0..15, dprobes numbering), read from the CPU once per interrupt.
+define internal i32 @reg(ptr %hook, i32 %index) {{
+start:
   %value = alloca i32
+  %valid_p = getelementptr i8, ptr %hook, i64 {Hook_reg_valid}
+  %valid = load i32, ptr %valid_p
+  %bit = shl i32 1, %index
+  %has = and i32 %valid, %bit
+  %cache = getelementptr i8, ptr %hook, i64 {Hook_reg_cache}
+  %index64 = zext i32 %index to i64
+  %slot = getelementptr i32, ptr %cache, i64 %index64
+  %known = icmp ne i32 %has, 0
+  br i1 %known, label %cached, label %read
+cached:
+  %c = load i32, ptr %slot
+  ret i32 %c
+read:
   store i32 0, ptr %value
-  %uc_p = call ptr @field(ptr %hook, i64 {Hook_uc})
+  %ids = getelementptr i8, ptr %hook, i64 {Hook_reg_ids}
+  %id_p = getelementptr i32, ptr %ids, i64 %index64
+  %id = load i32, ptr %id_p
+  %uc_p = getelementptr i8, ptr %hook, i64 {Hook_uc}
   %uc = load ptr, ptr %uc_p
-  %fn_p = call ptr @field(ptr %hook, i64 {Hook_reg_read})
+  %fn_p = getelementptr i8, ptr %hook, i64 {Hook_reg_read}
   %fn = load ptr, ptr %fn_p
   %ignored = call i32 %fn(ptr %uc, i32 %id, ptr %value)
   %v = load i32, ptr %value
+  store i32 %v, ptr %slot
+  %now_valid = or i32 %valid, %bit
+  store i32 %now_valid, ptr %valid_p
   ret i32 %v
 }}
 
-define internal void @set_reg(ptr %hook, i32 %id, i32 %v) {{
+define internal void @set_reg(ptr %hook, i32 %index, i32 %v) {{
   %value = alloca i32
   store i32 %v, ptr %value
-  %uc_p = call ptr @field(ptr %hook, i64 {Hook_uc})
+  %ids = getelementptr i8, ptr %hook, i64 {Hook_reg_ids}
+  %index64 = zext i32 %index to i64
+  %id_p = getelementptr i32, ptr %ids, i64 %index64
+  %id = load i32, ptr %id_p
+  %uc_p = getelementptr i8, ptr %hook, i64 {Hook_uc}
   %uc = load ptr, ptr %uc_p
-  %fn_p = call ptr @field(ptr %hook, i64 {Hook_reg_write})
+  %fn_p = getelementptr i8, ptr %hook, i64 {Hook_reg_write}
   %fn = load ptr, ptr %fn_p
   %ignored = call i32 %fn(ptr %uc, i32 %id, ptr %value)
+  %valid_p = getelementptr i8, ptr %hook, i64 {Hook_reg_valid}
+  %valid = load i32, ptr %valid_p
+  %bit = shl i32 1, %index
+  %not_bit = xor i32 %bit, -1
+  %now_valid = and i32 %valid, %not_bit
+  store i32 %now_valid, ptr %valid_p
   ret void
 }}
 
@@ -212,24 +241,24 @@ start:
   %index = and i32 %vpn, {TLB_MASK}
   %index64 = zext i32 %index to i64
   %at = mul i64 %index64, {TLB_ENTRY}
-  %tlb = call ptr @field(ptr %hook, i64 {Hook_tlb})
+  %tlb = getelementptr i8, ptr %hook, i64 {Hook_tlb}
   %e = getelementptr i8, ptr %tlb, i64 %at
   %etag = load i32, ptr %e
-  %eperm_p = call ptr @field(ptr %e, i64 {TlbEntry_perms})
+  %eperm_p = getelementptr i8, ptr %e, i64 {TlbEntry_perms}
   %eperm = load i32, ptr %eperm_p
   %need = shl i32 1, %write
   %has = and i32 %eperm, %need
   %same = icmp eq i32 %etag, %tag
   %allowed = icmp ne i32 %has, 0
   %hit = and i1 %same, %allowed
-  %host_p = call ptr @field(ptr %e, i64 {TlbEntry_host})
+  %host_p = getelementptr i8, ptr %e, i64 {TlbEntry_host}
   br i1 %hit, label %cached, label %miss
 cached:
   %host = load i64, ptr %host_p
   store i32 0, ptr %status
   ret i64 %host
 miss:
-  %fill_p = call ptr @field(ptr %hook, i64 {Hook_python_fill})
+  %fill_p = getelementptr i8, ptr %hook, i64 {Hook_python_fill}
   %fill = load ptr, ptr %fill_p
   %st = call i32 %fill(i32 %addr, i32 %write, ptr %out)
   store i32 %st, ptr %status
@@ -358,11 +387,7 @@ start:
   %known = icmp ult i32 %index, {GENERAL}
   br i1 %known, label %read, label %done
 read:
-  %ids = call ptr @field(ptr %hook, i64 {Hook_reg_ids})
-  %index64 = zext i32 %index to i64
-  %id_p = getelementptr i32, ptr %ids, i64 %index64
-  %id = load i32, ptr %id_p
-  %v = call i32 @reg(ptr %hook, i32 %id)
+  %v = call i32 @reg(ptr %hook, i32 %index)
   store i32 %v, ptr %out
   br label %done
 done:
@@ -374,20 +399,16 @@ start:
   %known = icmp ult i32 %index, {GENERAL}
   br i1 %known, label %write, label %done
 write:
-  %ids = call ptr @field(ptr %hook, i64 {Hook_reg_ids})
-  %index64 = zext i32 %index to i64
-  %id_p = getelementptr i32, ptr %ids, i64 %index64
-  %id = load i32, ptr %id_p
-  call void @set_reg(ptr %hook, i32 %id, i32 %value)
+  call void @set_reg(ptr %hook, i32 %index, i32 %value)
   br label %done
 done:
   ret i32 0
 }}
 
 define internal i32 @current_pid(ptr %hook) {{
-  %proc_p = call ptr @field(ptr %hook, i64 {Hook_proc})
+  %proc_p = getelementptr i8, ptr %hook, i64 {Hook_proc}
   %proc = load ptr, ptr %proc_p
-  %pid_p = call ptr @field(ptr %proc, i64 {ProcessSlot_pid})
+  %pid_p = getelementptr i8, ptr %proc, i64 {ProcessSlot_pid}
   %pid = load i32, ptr %pid_p
   ret i32 %pid
 }}
@@ -416,7 +437,7 @@ define i32 @dprobes_np_processor(ptr %hook, ptr %out) {{
 ; The probe entry for %addr in the current process's table, or null.
 define internal ptr @lookup(ptr %proc, i32 %addr) {{
 start:
-  %table = call ptr @field(ptr %proc, i64 {ProcessSlot_table})
+  %table = getelementptr i8, ptr %proc, i64 {ProcessSlot_table}
   %h1 = mul i32 %addr, 2654435761
   %h = lshr i32 %h1, {TABLE_SHIFT}
   br label %head
@@ -430,7 +451,7 @@ probe:
   %slot64 = zext i32 %slot_index to i64
   %slot_at = mul i64 %slot64, {TABLE_SLOT}
   %slot = getelementptr i8, ptr %table, i64 %slot_at
-  %entry_p = call ptr @field(ptr %slot, i64 {TableSlot_entry})
+  %entry_p = getelementptr i8, ptr %slot, i64 {TableSlot_entry}
   %found = load ptr, ptr %entry_p
   %empty = icmp eq ptr %found, null
   br i1 %empty, label %absent, label %compare
@@ -448,7 +469,7 @@ absent:
 }}
 
 define internal void @handover(ptr %hook, i32 %stage, i32 %eip) {{
-  %fn_p = call ptr @field(ptr %hook, i64 {Hook_python_handover})
+  %fn_p = getelementptr i8, ptr %hook, i64 {Hook_python_handover}
   %fn = load ptr, ptr %fn_p
   call void %fn(i32 %stage, i32 %eip)
   ret void
@@ -474,112 +495,112 @@ define internal i32 @used(i32 %start, i32 %len, i32 %cap) {{
 ; False: the handler ended in a host error (emulation is being stopped).
 define internal i1 @fire(ptr %hook, ptr %proc, ptr %entry) {{
 start:
-  %state_p = call ptr @field(ptr %entry, i64 {ProbeEntry_state})
+  %state_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_state}
   %state = load ptr, ptr %state_p
-  %owner_p = call ptr @field(ptr %hook, i64 {Hook_owner})
+  %owner_p = getelementptr i8, ptr %hook, i64 {Hook_owner}
   %owner = load ptr, ptr %owner_p
   %mine = icmp eq ptr %owner, %state
   br i1 %mine, label %run, label %take
 take:
   ; the per-CPU stack, the last exception code and the globals move to this state
-  %stack_to = call ptr @field(ptr %state, i64 {State_stack})
-  %stack_from = call ptr @field(ptr %owner, i64 {State_stack})
+  %stack_to = getelementptr i8, ptr %state, i64 {State_stack}
+  %stack_from = getelementptr i8, ptr %owner, i64 {State_stack}
   call void @copy(ptr %stack_to, ptr %stack_from, i32 {STACK_BYTES})
-  %code_from = call ptr @field(ptr %owner, i64 {State_ex_code})
+  %code_from = getelementptr i8, ptr %owner, i64 {State_ex_code}
   %code = load i32, ptr %code_from
-  %code_to = call ptr @field(ptr %state, i64 {State_ex_code})
+  %code_to = getelementptr i8, ptr %state, i64 {State_ex_code}
   store i32 %code, ptr %code_to
-  %gv_from_p = call ptr @field(ptr %owner, i64 {State_gv})
+  %gv_from_p = getelementptr i8, ptr %owner, i64 {State_gv}
   %gv_from = load ptr, ptr %gv_from_p
-  %gv_to_p = call ptr @field(ptr %state, i64 {State_gv})
+  %gv_to_p = getelementptr i8, ptr %state, i64 {State_gv}
   %gv_to = load ptr, ptr %gv_to_p
-  %ngv_p = call ptr @field(ptr %state, i64 {State_num_gv})
+  %ngv_p = getelementptr i8, ptr %state, i64 {State_num_gv}
   %ngv = load i32, ptr %ngv_p
   %gv_bytes = shl i32 %ngv, 2
   call void @copy(ptr %gv_to, ptr %gv_from, i32 %gv_bytes)
   store ptr %state, ptr %owner_p
   br label %run
 run:
-  %mask_p = call ptr @field(ptr %entry, i64 {ProbeEntry_ex_mask})
+  %mask_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_ex_mask}
   %mask = load i32, ptr %mask_p
-  %smask = call ptr @field(ptr %state, i64 {State_ex_mask})
+  %smask = getelementptr i8, ptr %state, i64 {State_ex_mask}
   store i32 %mask, ptr %smask
-  %major_p = call ptr @field(ptr %entry, i64 {ProbeEntry_major})
+  %major_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_major}
   %major = load i32, ptr %major_p
-  %smajor = call ptr @field(ptr %state, i64 {State_probe_major})
+  %smajor = getelementptr i8, ptr %state, i64 {State_probe_major}
   store i32 %major, ptr %smajor
-  %minor_p = call ptr @field(ptr %entry, i64 {ProbeEntry_minor})
+  %minor_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_minor}
   %minor = load i32, ptr %minor_p
-  %sminor = call ptr @field(ptr %state, i64 {State_probe_minor})
+  %sminor = getelementptr i8, ptr %state, i64 {State_probe_minor}
   store i32 %minor, ptr %sminor
-  %poff_p = call ptr @field(ptr %entry, i64 {ProbeEntry_probe_offset})
+  %poff_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_probe_offset}
   %poff = load i64, ptr %poff_p
-  %spoff = call ptr @field(ptr %state, i64 {State_probe_offset})
+  %spoff = getelementptr i8, ptr %state, i64 {State_probe_offset}
   store i64 %poff, ptr %spoff
-  %host = call ptr @field(ptr %hook, i64 {Hook_host})
-  %shost = call ptr @field(ptr %state, i64 {State_host})
+  %host = getelementptr i8, ptr %hook, i64 {Hook_host}
+  %shost = getelementptr i8, ptr %state, i64 {State_host}
   store ptr %host, ptr %shost
-  %handler_p = call ptr @field(ptr %entry, i64 {ProbeEntry_handler})
+  %handler_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_handler}
   %handler = load ptr, ptr %handler_p
   call void %handler(ptr %state)
-  %ran_p = call ptr @field(ptr %hook, i64 {Hook_native_ran})
+  %ran_p = getelementptr i8, ptr %hook, i64 {Hook_native_ran}
   store i32 1, ptr %ran_p
-  %kind_p = call ptr @field(ptr %state, i64 {State_exit_kind})
+  %kind_p = getelementptr i8, ptr %state, i64 {State_exit_kind}
   %kind = load i32, ptr %kind_p
   %low = icmp uge i32 %kind, {EXIT_EXIT}
   %high = icmp ule i32 %kind, {EXIT_LAST}
   %valid = and i1 %low, %high
   br i1 %valid, label %keep, label %broken
 broken:
-  %error_p = call ptr @field(ptr %hook, i64 {Hook_error})
+  %error_p = getelementptr i8, ptr %hook, i64 {Hook_error}
   store i32 %kind, ptr %error_p
-  %uc_p = call ptr @field(ptr %hook, i64 {Hook_uc})
+  %uc_p = getelementptr i8, ptr %hook, i64 {Hook_uc}
   %uc = load ptr, ptr %uc_p
-  %stop_p = call ptr @field(ptr %hook, i64 {Hook_emu_stop})
+  %stop_p = getelementptr i8, ptr %hook, i64 {Hook_emu_stop}
   %stop = load ptr, ptr %stop_p
   %ignored = call i32 %stop(ptr %uc)
   ret i1 false
 keep:
-  %pending = call ptr @field(ptr %proc, i64 {ProcessSlot_pending})
-  %record = call ptr @field(ptr %pending, i64 {Pending_record})
-  %rkind = call ptr @field(ptr %record, i64 {HitRecord_exit_kind})
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
+  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
+  %rkind = getelementptr i8, ptr %record, i64 {HitRecord_exit_kind}
   store i32 %kind, ptr %rkind
-  %to_p = call ptr @field(ptr %state, i64 {State_exit_to})
+  %to_p = getelementptr i8, ptr %state, i64 {State_exit_to}
   %to = load i32, ptr %to_p
-  %rto = call ptr @field(ptr %record, i64 {HitRecord_exit_to})
+  %rto = getelementptr i8, ptr %record, i64 {HitRecord_exit_to}
   store i32 %to, ptr %rto
-  %maj_p = call ptr @field(ptr %state, i64 {State_major})
+  %maj_p = getelementptr i8, ptr %state, i64 {State_major}
   %maj = load i32, ptr %maj_p
-  %rmaj = call ptr @field(ptr %record, i64 {HitRecord_major})
+  %rmaj = getelementptr i8, ptr %record, i64 {HitRecord_major}
   store i32 %maj, ptr %rmaj
-  %min_p = call ptr @field(ptr %state, i64 {State_minor})
+  %min_p = getelementptr i8, ptr %state, i64 {State_minor}
   %min = load i32, ptr %min_p
-  %rmin = call ptr @field(ptr %record, i64 {HitRecord_minor})
+  %rmin = getelementptr i8, ptr %record, i64 {HitRecord_minor}
   store i32 %min, ptr %rmin
-  %hl_p = call ptr @field(ptr %state, i64 {State_header_length})
+  %hl_p = getelementptr i8, ptr %state, i64 {State_header_length}
   %hl = load i32, ptr %hl_p
-  %len_p = call ptr @field(ptr %state, i64 {State_log_len})
+  %len_p = getelementptr i8, ptr %state, i64 {State_log_len}
   %len = load i32, ptr %len_p
-  %cap_p = call ptr @field(ptr %state, i64 {State_log_cap})
+  %cap_p = getelementptr i8, ptr %state, i64 {State_log_cap}
   %cap = load i32, ptr %cap_p
   %nlog = call i32 @used(i32 %hl, i32 %len, i32 %cap)
-  %log = call ptr @field(ptr %state, i64 {State_log})
+  %log = getelementptr i8, ptr %state, i64 {State_log}
   %hl64 = zext i32 %hl to i64
   %log_from = getelementptr i8, ptr %log, i64 %hl64
-  %log_to = call ptr @field(ptr %pending, i64 {Pending_log})
+  %log_to = getelementptr i8, ptr %pending, i64 {Pending_log}
   call void @copy(ptr %log_to, ptr %log_from, i32 %nlog)
-  %rlog = call ptr @field(ptr %record, i64 {HitRecord_log_len})
+  %rlog = getelementptr i8, ptr %record, i64 {HitRecord_log_len}
   store i32 %nlog, ptr %rlog
-  %exlen_p = call ptr @field(ptr %state, i64 {State_ex_len})
+  %exlen_p = getelementptr i8, ptr %state, i64 {State_ex_len}
   %exlen = load i32, ptr %exlen_p
-  %exmax_p = call ptr @field(ptr %state, i64 {State_ex_logmax})
+  %exmax_p = getelementptr i8, ptr %state, i64 {State_ex_logmax}
   %exmax = load i32, ptr %exmax_p
   %nex = call i32 @used(i32 {MIN_ST}, i32 %exlen, i32 %exmax)
-  %exlog = call ptr @field(ptr %state, i64 {State_ex_log})
+  %exlog = getelementptr i8, ptr %state, i64 {State_ex_log}
   %ex_from = getelementptr i8, ptr %exlog, i64 {MIN_ST}
-  %ex_to = call ptr @field(ptr %pending, i64 {Pending_ex_log})
+  %ex_to = getelementptr i8, ptr %pending, i64 {Pending_ex_log}
   call void @copy(ptr %ex_to, ptr %ex_from, i32 %nex)
-  %rex = call ptr @field(ptr %record, i64 {HitRecord_ex_len})
+  %rex = getelementptr i8, ptr %record, i64 {HitRecord_ex_len}
   store i32 %nex, ptr %rex
   ret i1 true
 }}
@@ -587,42 +608,42 @@ keep:
 ; Append the pending hit's record to the ring (Python empties a full ring first).
 define internal void @commit(ptr %hook, ptr %proc) {{
 start:
-  %pending = call ptr @field(ptr %proc, i64 {ProcessSlot_pending})
-  %record = call ptr @field(ptr %pending, i64 {Pending_record})
-  %nlog_p = call ptr @field(ptr %record, i64 {HitRecord_log_len})
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
+  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
+  %nlog_p = getelementptr i8, ptr %record, i64 {HitRecord_log_len}
   %nlog = load i32, ptr %nlog_p
-  %nex_p = call ptr @field(ptr %record, i64 {HitRecord_ex_len})
+  %nex_p = getelementptr i8, ptr %record, i64 {HitRecord_ex_len}
   %nex = load i32, ptr %nex_p
   %body = add i32 %nlog, %nex
   %raw = add i32 %body, {RECORD}
   %padded = add i32 %raw, 3
   %total = and i32 %padded, -4
   store i32 %total, ptr %record
-  %head_p = call ptr @field(ptr %hook, i64 {Hook_ring_head})
+  %head_p = getelementptr i8, ptr %hook, i64 {Hook_ring_head}
   %head0 = load i32, ptr %head_p
-  %size_p = call ptr @field(ptr %hook, i64 {Hook_ring_size})
+  %size_p = getelementptr i8, ptr %hook, i64 {Hook_ring_size}
   %size = load i32, ptr %size_p
   %end = add i32 %head0, %total
   %full = icmp ugt i32 %end, %size
   br i1 %full, label %drain, label %append
 drain:
-  %drain_p = call ptr @field(ptr %hook, i64 {Hook_python_drain})
+  %drain_p = getelementptr i8, ptr %hook, i64 {Hook_python_drain}
   %drainfn = load ptr, ptr %drain_p
   call void %drainfn()
   br label %append
 append:
   %head = load i32, ptr %head_p
-  %ring_p = call ptr @field(ptr %hook, i64 {Hook_ring})
+  %ring_p = getelementptr i8, ptr %hook, i64 {Hook_ring}
   %ring = load ptr, ptr %ring_p
   %head64 = zext i32 %head to i64
   %dst = getelementptr i8, ptr %ring, i64 %head64
   call void @copy(ptr %dst, ptr %record, i32 {RECORD})
   %dst_log = getelementptr i8, ptr %dst, i64 {RECORD}
-  %log = call ptr @field(ptr %pending, i64 {Pending_log})
+  %log = getelementptr i8, ptr %pending, i64 {Pending_log}
   call void @copy(ptr %dst_log, ptr %log, i32 %nlog)
   %nlog64 = zext i32 %nlog to i64
   %dst_ex = getelementptr i8, ptr %dst_log, i64 %nlog64
-  %ex = call ptr @field(ptr %pending, i64 {Pending_ex_log})
+  %ex = getelementptr i8, ptr %pending, i64 {Pending_ex_log}
   call void @copy(ptr %dst_ex, ptr %ex, i32 %nex)
   %new_head = add i32 %head, %total
   store i32 %new_head, ptr %head_p
@@ -632,19 +653,19 @@ append:
 ; The step is done: count the hit and log, unless Python must see this one.
 define internal void @post_step(ptr %hook, ptr %proc, ptr %entry) {{
 start:
-  %pending = call ptr @field(ptr %proc, i64 {ProcessSlot_pending})
-  %record = call ptr @field(ptr %pending, i64 {Pending_record})
-  %counters_p = call ptr @field(ptr %entry, i64 {ProbeEntry_counters})
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
+  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
+  %counters_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_counters}
   %counters = load ptr, ptr %counters_p
   %count = load i64, ptr %counters
   %next = add i64 %count, 1
-  %max_p = call ptr @field(ptr %counters, i64 {Counters_max_hits})
+  %max_p = getelementptr i8, ptr %counters, i64 {Counters_max_hits}
   %max = load i64, ptr %max_p
   %last = icmp sge i64 %next, %max
-  %ran_p = call ptr @field(ptr %pending, i64 {Pending_ran})
+  %ran_p = getelementptr i8, ptr %pending, i64 {Pending_ran}
   %ran = load i32, ptr %ran_p
   %did_run = icmp ne i32 %ran, 0
-  %kind_p = call ptr @field(ptr %record, i64 {HitRecord_exit_kind})
+  %kind_p = getelementptr i8, ptr %record, i64 {HitRecord_exit_kind}
   %kind = load i32, ptr %kind_p
   %is_rem = icmp eq i32 %kind, {EXIT_REM}
   %rem = and i1 %did_run, %is_rem
@@ -655,7 +676,7 @@ to_python:
   ret void
 count_it:
   store i64 %next, ptr %counters
-  %entry_p = call ptr @field(ptr %pending, i64 {Pending_entry})
+  %entry_p = getelementptr i8, ptr %pending, i64 {Pending_entry}
   store ptr null, ptr %entry_p
   %not_aborted = icmp ne i32 %kind, {EXIT_ABORT}
   %emit = and i1 %did_run, %not_aborted
@@ -693,24 +714,24 @@ no:
 ; The step ended with EIP %eip: repair EIP (and a call's return address), restore TF.
 define internal i1 @step_done(ptr %hook, i32 %eip) {{
 start:
-  %proc_p = call ptr @field(ptr %hook, i64 {Hook_proc})
+  %proc_p = getelementptr i8, ptr %hook, i64 {Hook_proc}
   %proc = load ptr, ptr %proc_p
   %no_proc = icmp eq ptr %proc, null
   br i1 %no_proc, label %decline, label %check
 check:
-  %pending = call ptr @field(ptr %proc, i64 {ProcessSlot_pending})
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
   %active = load i32, ptr %pending
   %idle = icmp eq i32 %active, 0
   br i1 %idle, label %decline, label %repair
 repair:
-  %entry_p = call ptr @field(ptr %pending, i64 {Pending_entry})
+  %entry_p = getelementptr i8, ptr %pending, i64 {Pending_entry}
   %entry = load ptr, ptr %entry_p
-  %kind_p = call ptr @field(ptr %entry, i64 {ProbeEntry_kind})
+  %kind_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_kind}
   %kind = load i32, ptr %kind_p
   %addr = load i32, ptr %entry
-  %slot_p = call ptr @field(ptr %entry, i64 {ProbeEntry_slot})
+  %slot_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_slot}
   %slot = load i32, ptr %slot_p
-  %length_p = call ptr @field(ptr %entry, i64 {ProbeEntry_length})
+  %length_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_length}
   %length = load i32, ptr %length_p
   %moved = sub i32 %eip, %slot
   %relocated = add i32 %addr, %moved
@@ -732,7 +753,7 @@ python:
 flags:
   %eflags = call i32 @reg(ptr %hook, i32 {EFLAGS})
   %cleared = and i32 %eflags, {NOT_TF}
-  %tf_p = call ptr @field(ptr %pending, i64 {Pending_trap_flag})
+  %tf_p = getelementptr i8, ptr %pending, i64 {Pending_trap_flag}
   %tf = load i32, ptr %tf_p
   %restored = or i32 %cleared, %tf
   call void @set_reg(ptr %hook, i32 {EFLAGS}, i32 %restored)
@@ -747,23 +768,23 @@ decline:
 ; An int3: a native probe hit, the backstop int3 after a slot, or false for Python.
 define internal i1 @breakpoint(ptr %hook) {{
 start:
-  %proc_p = call ptr @field(ptr %hook, i64 {Hook_proc})
+  %proc_p = getelementptr i8, ptr %hook, i64 {Hook_proc}
   %proc = load ptr, ptr %proc_p
   %no_proc = icmp eq ptr %proc, null
   br i1 %no_proc, label %decline, label %look
 look:
   %eip = call i32 @reg(ptr %hook, i32 {EIP})
   %addr = sub i32 %eip, 1
-  %pending = call ptr @field(ptr %proc, i64 {ProcessSlot_pending})
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
   %active = load i32, ptr %pending
   %busy = icmp ne i32 %active, 0
   br i1 %busy, label %backstop, label %find
 backstop:
-  %bentry_p = call ptr @field(ptr %pending, i64 {Pending_entry})
+  %bentry_p = getelementptr i8, ptr %pending, i64 {Pending_entry}
   %bentry = load ptr, ptr %bentry_p
-  %bslot_p = call ptr @field(ptr %bentry, i64 {ProbeEntry_slot})
+  %bslot_p = getelementptr i8, ptr %bentry, i64 {ProbeEntry_slot}
   %bslot = load i32, ptr %bslot_p
-  %blength_p = call ptr @field(ptr %bentry, i64 {ProbeEntry_length})
+  %blength_p = getelementptr i8, ptr %bentry, i64 {ProbeEntry_length}
   %blength = load i32, ptr %blength_p
   %bend = add i32 %bslot, %blength
   %at_end = icmp eq i32 %addr, %bend
@@ -781,50 +802,50 @@ flags:
   %stepping = icmp ne i32 %tf, 0
   br i1 %stepping, label %decline, label %hit
 hit:
-  %stats_p = call ptr @field(ptr %hook, i64 {Hook_hits})
+  %stats_p = getelementptr i8, ptr %hook, i64 {Hook_hits}
   %stats = load i64, ptr %stats_p
   %stats1 = add i64 %stats, 1
   store i64 %stats1, ptr %stats_p
-  %counters_p = call ptr @field(ptr %entry, i64 {ProbeEntry_counters})
+  %counters_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_counters}
   %counters = load ptr, ptr %counters_p
-  %hits_p = call ptr @field(ptr %counters, i64 {Counters_hits})
+  %hits_p = getelementptr i8, ptr %counters, i64 {Counters_hits}
   %hits = load i64, ptr %hits_p
   %hits1 = add i64 %hits, 1
   store i64 %hits1, ptr %hits_p
-  %entry_slot = call ptr @field(ptr %pending, i64 {Pending_entry})
+  %entry_slot = getelementptr i8, ptr %pending, i64 {Pending_entry}
   store ptr %entry, ptr %entry_slot
-  %ran_p = call ptr @field(ptr %pending, i64 {Pending_ran})
+  %ran_p = getelementptr i8, ptr %pending, i64 {Pending_ran}
   store i32 0, ptr %ran_p
-  %tf_p = call ptr @field(ptr %pending, i64 {Pending_trap_flag})
+  %tf_p = getelementptr i8, ptr %pending, i64 {Pending_trap_flag}
   store i32 0, ptr %tf_p
-  %record = call ptr @field(ptr %pending, i64 {Pending_record})
-  %ident_p = call ptr @field(ptr %entry, i64 {ProbeEntry_ident})
+  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
+  %ident_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_ident}
   %ident = load i32, ptr %ident_p
-  %rident = call ptr @field(ptr %record, i64 {HitRecord_ident})
+  %rident = getelementptr i8, ptr %record, i64 {HitRecord_ident}
   store i32 %ident, ptr %rident
-  %pid_p = call ptr @field(ptr %proc, i64 {ProcessSlot_pid})
+  %pid_p = getelementptr i8, ptr %proc, i64 {ProcessSlot_pid}
   %pid = load i32, ptr %pid_p
-  %rpid = call ptr @field(ptr %record, i64 {HitRecord_pid})
+  %rpid = getelementptr i8, ptr %record, i64 {HitRecord_pid}
   store i32 %pid, ptr %rpid
-  %uid_p = call ptr @field(ptr %proc, i64 {ProcessSlot_uid})
+  %uid_p = getelementptr i8, ptr %proc, i64 {ProcessSlot_uid}
   %uid = load i32, ptr %uid_p
-  %ruid = call ptr @field(ptr %record, i64 {HitRecord_uid})
+  %ruid = getelementptr i8, ptr %record, i64 {HitRecord_uid}
   store i32 %uid, ptr %ruid
   %cs = call i32 @reg(ptr %hook, i32 {CS})
-  %rcs = call ptr @field(ptr %record, i64 {HitRecord_cs})
+  %rcs = getelementptr i8, ptr %record, i64 {HitRecord_cs}
   store i32 %cs, ptr %rcs
-  %reip = call ptr @field(ptr %record, i64 {HitRecord_eip})
+  %reip = getelementptr i8, ptr %record, i64 {HitRecord_eip}
   store i32 %eip, ptr %reip
   %ss = call i32 @reg(ptr %hook, i32 {SS})
-  %rss = call ptr @field(ptr %record, i64 {HitRecord_ss})
+  %rss = getelementptr i8, ptr %record, i64 {HitRecord_ss}
   store i32 %ss, ptr %rss
   %esp = call i32 @reg(ptr %hook, i32 {ESP})
-  %resp = call ptr @field(ptr %record, i64 {HitRecord_esp})
+  %resp = getelementptr i8, ptr %record, i64 {HitRecord_esp}
   store i32 %esp, ptr %resp
-  %clock_p = call ptr @field(ptr %hook, i64 {Hook_executed})
+  %clock_p = getelementptr i8, ptr %hook, i64 {Hook_executed}
   %clock = load ptr, ptr %clock_p
   %now = load i64, ptr %clock
-  %rnow = call ptr @field(ptr %record, i64 {HitRecord_executed})
+  %rnow = getelementptr i8, ptr %record, i64 {HitRecord_executed}
   store i64 %now, ptr %rnow
   %count = load i64, ptr %counters
   %runs = icmp sge i64 %count, 0
@@ -836,26 +857,25 @@ stopped:
   ret i1 true
 fired:
   store i32 1, ptr %ran_p
-  %rkind_p = call ptr @field(ptr %record, i64 {HitRecord_exit_kind})
+  %rkind_p = getelementptr i8, ptr %record, i64 {HitRecord_exit_kind}
   %rkind = load i32, ptr %rkind_p
   %exit_to = icmp eq i32 %rkind, {EXIT_TO}
   br i1 %exit_to, label %python, label %step
 step:
-  %kind_p = call ptr @field(ptr %entry, i64 {ProbeEntry_kind})
+  %kind_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_kind}
   %kind = load i32, ptr %kind_p
   %is_push = icmp eq i32 %kind, {PUSH}
   br i1 %is_push, label %push, label %to_slot
 push:
   %esp_now = call i32 @reg(ptr %hook, i32 {ESP})
   %below = sub i32 %esp_now, 4
-  %reg_p = call ptr @field(ptr %entry, i64 {ProbeEntry_push_reg})
+  %reg_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_push_reg}
   %reg_id = load i32, ptr %reg_p
   %value = call i32 @reg(ptr %hook, i32 %reg_id)
   %stored = call i1 @store_word(ptr %hook, i32 %below, i32 %value)
   br i1 %stored, label %pushed, label %python
 pushed:
   call void @set_reg(ptr %hook, i32 {ESP}, i32 %below)
-  call void @set_reg(ptr %hook, i32 {EIP}, i32 %eip)
   call void @post_step(ptr %hook, ptr %proc, ptr %entry)
   ret i1 true
 python:
@@ -866,7 +886,7 @@ to_slot:
   %eflags_now = call i32 @reg(ptr %hook, i32 {EFLAGS})
   %with_tf = or i32 %eflags_now, {TF}
   call void @set_reg(ptr %hook, i32 {EFLAGS}, i32 %with_tf)
-  %slot_p = call ptr @field(ptr %entry, i64 {ProbeEntry_slot})
+  %slot_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_slot}
   %slot = load i32, ptr %slot_p
   call void @set_reg(ptr %hook, i32 {EIP}, i32 %slot)
   ret i1 true
@@ -877,6 +897,8 @@ decline:
 ; UC_HOOK_INTR: what the native path can do it does; everything else goes to Python.
 define void @dprobes_np_interrupt(ptr %uc, i32 %vector, ptr %hook) {{
 start:
+  %valid_p = getelementptr i8, ptr %hook, i64 {Hook_reg_valid}
+  store i32 0, ptr %valid_p
   %is_bp = icmp eq i32 %vector, 3
   br i1 %is_bp, label %bp, label %other
 bp:
@@ -890,7 +912,7 @@ db:
   %handled_db = call i1 @step_done(ptr %hook, i32 %eip)
   br i1 %handled_db, label %done, label %python
 python:
-  %fn_p = call ptr @field(ptr %hook, i64 {Hook_python_interrupt})
+  %fn_p = getelementptr i8, ptr %hook, i64 {Hook_python_interrupt}
   %fn = load ptr, ptr %fn_p
   call void %fn(i32 %vector)
   br label %done
@@ -942,8 +964,18 @@ def addresses() -> dict[str, int]:
 
         from dprobes.vm.jit.compile import Engine
 
-        llvm.parse_assembly(ir_text()).verify()  # a clear error here rather than later
+        engine = Engine.get()
+        module = llvm.parse_assembly(ir_text())
+        module.verify()
+        tuning = llvm.create_pipeline_tuning_options(speed_level=2)
+        builder = llvm.create_pass_builder(engine.target_machine, tuning)
+        passes = builder.getModulePassManager()  # the O2 pipeline: inlines the helpers
+        try:
+            passes.run(module, builder)
+        finally:
+            passes.close()
+            builder.close()
         names = ["dprobes_np_interrupt", *(SYMBOL_PREFIX + name for name, _ in
                                             S.HOST_CALLBACKS)]
-        _addresses = Engine.get().add_library(_TextModule(ir_text()), names)
+        _addresses = engine.add_library(_TextModule(str(module)), names)
     return _addresses

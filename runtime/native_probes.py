@@ -177,8 +177,8 @@ class NativeProbes:
         point = loaded.program.probes[record.index]
         entry = N.ProbeEntry(
             address=plan.address, kind=kind, length=plan.length, slot=step.slot,
-            push_reg=N.REGISTER_IDS[REGISTERS_BY_NAME[PUSH_ORDER[plan.code[0] - PUSH_EAX]]
-                                    .index] if kind == N.STEP_PUSH else 0,
+            push_reg=REGISTERS_BY_NAME[PUSH_ORDER[plan.code[0] - PUSH_EAX]].index
+            if kind == N.STEP_PUSH else 0,
             ident=self._ident(process, loaded, record, plan, step.slot),
             ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
             probe_offset=point.offset & (2**64 - 1), handler=handler.address,
