@@ -96,6 +96,8 @@ class Pending(Structure):
         ("ran", c_uint32),  # the handler ran (the pass count was used up)
         ("trap_flag", c_uint32),
         ("entry", c_void_p),  # the ProbeEntry of the hit (null: none)
+        ("log_at", c_void_p),  # where the log bytes are: the handler's state, or ``log``
+        ("ex_log_at", c_void_p),
         ("record", HitRecord),
         ("log", c_uint8 * S.LOG_BUFFER),
         ("ex_log", c_uint8 * S.EX_LOG_BUFFER),
@@ -468,7 +470,40 @@ absent:
   ret ptr null
 }}
 
+; The hit's log bytes move from the handler's state (which the next hit reuses) into
+; the process's pending hit, before the hit leaves this interrupt.
+define internal void @keep_log(ptr %hook) {{
+start:
+  %proc_p = getelementptr i8, ptr %hook, i64 {Hook_proc}
+  %proc = load ptr, ptr %proc_p
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
+  %ran_p = getelementptr i8, ptr %pending, i64 {Pending_ran}
+  %ran = load i32, ptr %ran_p
+  %did_run = icmp ne i32 %ran, 0
+  br i1 %did_run, label %copy_log, label %done
+copy_log:
+  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
+  %log_at = getelementptr i8, ptr %pending, i64 {Pending_log_at}
+  %log_from = load ptr, ptr %log_at
+  %log_to = getelementptr i8, ptr %pending, i64 {Pending_log}
+  %nlog_p = getelementptr i8, ptr %record, i64 {HitRecord_log_len}
+  %nlog = load i32, ptr %nlog_p
+  call void @copy(ptr %log_to, ptr %log_from, i32 %nlog)
+  store ptr %log_to, ptr %log_at
+  %ex_at = getelementptr i8, ptr %pending, i64 {Pending_ex_log_at}
+  %ex_from = load ptr, ptr %ex_at
+  %ex_to = getelementptr i8, ptr %pending, i64 {Pending_ex_log}
+  %nex_p = getelementptr i8, ptr %record, i64 {HitRecord_ex_len}
+  %nex = load i32, ptr %nex_p
+  call void @copy(ptr %ex_to, ptr %ex_from, i32 %nex)
+  store ptr %ex_to, ptr %ex_at
+  br label %done
+done:
+  ret void
+}}
+
 define internal void @handover(ptr %hook, i32 %stage, i32 %eip) {{
+  call void @keep_log(ptr %hook)
   %fn_p = getelementptr i8, ptr %hook, i64 {Hook_python_handover}
   %fn = load ptr, ptr %fn_p
   call void %fn(i32 %stage, i32 %eip)
@@ -587,8 +622,8 @@ keep:
   %log = getelementptr i8, ptr %state, i64 {State_log}
   %hl64 = zext i32 %hl to i64
   %log_from = getelementptr i8, ptr %log, i64 %hl64
-  %log_to = getelementptr i8, ptr %pending, i64 {Pending_log}
-  call void @copy(ptr %log_to, ptr %log_from, i32 %nlog)
+  %log_at = getelementptr i8, ptr %pending, i64 {Pending_log_at}
+  store ptr %log_from, ptr %log_at
   %rlog = getelementptr i8, ptr %record, i64 {HitRecord_log_len}
   store i32 %nlog, ptr %rlog
   %exlen_p = getelementptr i8, ptr %state, i64 {State_ex_len}
@@ -598,8 +633,8 @@ keep:
   %nex = call i32 @used(i32 {MIN_ST}, i32 %exlen, i32 %exmax)
   %exlog = getelementptr i8, ptr %state, i64 {State_ex_log}
   %ex_from = getelementptr i8, ptr %exlog, i64 {MIN_ST}
-  %ex_to = getelementptr i8, ptr %pending, i64 {Pending_ex_log}
-  call void @copy(ptr %ex_to, ptr %ex_from, i32 %nex)
+  %ex_at = getelementptr i8, ptr %pending, i64 {Pending_ex_log_at}
+  store ptr %ex_from, ptr %ex_at
   %rex = getelementptr i8, ptr %record, i64 {HitRecord_ex_len}
   store i32 %nex, ptr %rex
   ret i1 true
@@ -639,11 +674,13 @@ append:
   %dst = getelementptr i8, ptr %ring, i64 %head64
   call void @copy(ptr %dst, ptr %record, i32 {RECORD})
   %dst_log = getelementptr i8, ptr %dst, i64 {RECORD}
-  %log = getelementptr i8, ptr %pending, i64 {Pending_log}
+  %log_p = getelementptr i8, ptr %pending, i64 {Pending_log_at}
+  %log = load ptr, ptr %log_p
   call void @copy(ptr %dst_log, ptr %log, i32 %nlog)
   %nlog64 = zext i32 %nlog to i64
   %dst_ex = getelementptr i8, ptr %dst_log, i64 %nlog64
-  %ex = getelementptr i8, ptr %pending, i64 {Pending_ex_log}
+  %ex_p = getelementptr i8, ptr %pending, i64 {Pending_ex_log_at}
+  %ex = load ptr, ptr %ex_p
   call void @copy(ptr %dst_ex, ptr %ex, i32 %nex)
   %new_head = add i32 %head, %total
   store i32 %new_head, ptr %head_p
@@ -882,6 +919,7 @@ python:
   call void @handover(ptr %hook, i32 {STAGE_STEP}, i32 0)
   ret i1 true
 to_slot:
+  call void @keep_log(ptr %hook)
   store i32 1, ptr %pending
   %eflags_now = call i32 @reg(ptr %hook, i32 {EFLAGS})
   %with_tf = or i32 %eflags_now, {TF}
