@@ -13,6 +13,7 @@ written, as with the kernel's ``copy_to_user``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from dprobes.vm.interp import Machine
 
 MASK32 = 0xFFFFFFFF
+UNPACK_UINT = {size: struct.Struct(fmt).unpack_from
+               for size, fmt in ((1, "<B"), (2, "<H"), (4, "<I"), (8, "<Q"))}
+"""Little-endian unsigned readers of the ``push mem`` widths, by size in bytes."""
 LIVE_SEGMENTS = frozenset({"fs", "gs"})
 """Not saved in pt_regs: 5.0 read and wrote them on the live CPU for both register sets."""
 
@@ -57,6 +61,14 @@ class Context:
         if size:
             raise MemoryFault(address)
         return b""
+
+    def read_uint(self, address: int, size: int) -> int:
+        """The little-endian unsigned value of ``read_memory(address, size)``.
+
+        ``push mem`` reads through this, so a host can answer a word without building a
+        bytes object; an override must fault exactly as ``read_memory`` does.
+        """
+        return int.from_bytes(self.read_memory(address, size), "little")
 
     def write_memory(self, address: int, data: bytes) -> None:
         """Store ``data`` at flat ``address``; raise MemoryFault at the first bad byte."""
@@ -159,6 +171,12 @@ class MemoryContext(Context):
     def read_msr(self, index: int) -> int | None:
         return self.msrs.get(index)
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A subclass that changes ``read_memory`` gets word reads derived from it again."""
+        super().__init_subclass__(**kwargs)
+        if "read_memory" in cls.__dict__ and "read_uint" not in cls.__dict__:
+            cls.read_uint = Context.read_uint  # type: ignore[method-assign]
+
     def _locate(self, address: int) -> tuple[bytearray, int] | None:
         for start, data in self.regions:
             offset = (address - start) & MASK32
@@ -180,6 +198,15 @@ class MemoryContext(Context):
             data, offset = found
             out += data[offset:offset + size - len(out)]
         return bytes(out)
+
+    def read_uint(self, address: int, size: int) -> int:
+        unpack = UNPACK_UINT.get(size)
+        if unpack is not None:
+            for start, data in self.regions:  # fast path: the range lies in one region
+                offset = address - start
+                if offset >= 0 and offset + size <= len(data):
+                    return unpack(data, offset)[0]
+        return super().read_uint(address, size)
 
     def write_memory(self, address: int, data: bytes) -> None:
         done = 0

@@ -496,16 +496,16 @@ def _push_memory(width: int) -> OpFunction:
         stack, tos = m.stack, m.tos
         address = stack[tos]
         try:
-            data = m.ctx.read_memory(address, width)
+            value = m.ctx.read_uint(address, width)
         except MemoryFault:
             m.tos = (tos + 1) & STACK_MASK
             return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
         if width == 8:  # addr -> hi lo
-            stack[tos] = int.from_bytes(data[4:], "little")
+            stack[tos] = value >> 32
             tos = (tos - 1) & STACK_MASK
             m.tos = tos
-            data = data[:4]
-        stack[tos] = int.from_bytes(data, "little")
+            value &= MASK32
+        stack[tos] = value
         return nxt
     return push_memory
 
