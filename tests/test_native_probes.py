@@ -1,0 +1,250 @@
+"""Native probe hooks against the Python path: the same runs give the same results.
+
+Each scenario runs once with Python hooks and the interpreter (the reference) and once
+with native hooks, and everything observable must be equal: every log record (header and
+data) and exception log, the exits, the records' status and counts, the variables, the
+programs' output and exit status. The scenarios reach every way a native hit can go:
+emulated ``push``, stepped relative and absolute instructions and calls, the pass count,
+``max_hits``, ``rem``, ``exit_to``, ``abort``, register writes, memory reads, two programs
+sharing the per-CPU stack and the globals, and processes preempted in the middle of a
+step. Each also checks that native hits really happened.
+"""
+
+from __future__ import annotations
+
+import capstone
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from dprobes.compiler.pipeline import BuildOptions, compile_rpn
+from dprobes.runtime import native_hook as N
+from dprobes.runtime.addrspace import Prot
+from dprobes.runtime.machine import InstructionLimit, Machine
+from dprobes.runtime.native_probes import NativeProbes, python_only_reason
+from dprobes.runtime.probes import ProbeManager
+from dprobes.tests import guest_expectations as expect
+
+BIN = expect.BIN
+MODES = {"python": {"tier": "interp"}, "native": {"tier": "jit", "native_hooks": True}}
+
+
+def code_at(program: str, symbol: str) -> list[tuple[int, str]]:
+    """(file offset, mnemonic) of each instruction of ``symbol`` in a guest image."""
+    with open(BIN / program, "rb") as stream:
+        elf = ELFFile(stream)
+        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols()
+                   if s.name == symbol)
+        seg = next(s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and
+                   s["p_vaddr"] <= sym["st_value"] < s["p_vaddr"] + s["p_filesz"])
+        start = seg["p_offset"] + sym["st_value"] - seg["p_vaddr"]
+        stream.seek(start)
+        code = stream.read(sym["st_size"])
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+    return [(start + address, mnemonic)
+            for address, _, mnemonic, _ in cs.disasm_lite(code, 0)]
+
+
+def offset_of(program: str, symbol: str, mnemonic: str, nth: int = 0) -> int:
+    return [off for off, m in code_at(program, symbol) if m == mnemonic][nth]
+
+
+def build(program: str, body: str):
+    source = f"name = {BIN / program}\nmodtype = user\nnum_lv = 4\nnum_gv = 4\n{body}"
+    return compile_rpn("t.rpn", BuildOptions(elf=str(BIN / program)), text=source).program
+
+
+def observe(mode: str, programs: dict[str, str], runs: list[str], quantum: int) -> dict:
+    machine = Machine(quantum=quantum)
+    manager = ProbeManager(machine, **MODES[mode])
+    for program, body in programs.items():
+        manager.insert(build(program, body))
+    out: dict[int, list[bytes]] = {}
+    processes = [machine.spawn(BIN / name, stdout=out.setdefault(i, []).append)
+                 for i, name in enumerate(runs)]
+    machine.run(max_instructions=100_000_000)
+    if mode == "native":
+        assert manager.native is not None and manager.native.hits > 0
+    return {
+        "records": [(e.module, e.record.to_bytes(), e.exception_log) for e in manager.emitted],
+        "exits": manager.exits,
+        "query": [(r.status, r.count, r.hits) for r in manager.query()],
+        "vars": manager.getvars(),
+        "processes": [(p.returncode, b"".join(out[i])) for i, p in enumerate(processes)],
+    }
+
+
+def same_in_both_modes(programs: dict[str, str], runs: list[str], quantum: int = 100_000):
+    python = observe("python", programs, runs, quantum)
+    native = observe("native", programs, runs, quantum)
+    for key in python:
+        assert native[key] == python[key], key
+    return python
+
+
+def test_every_kind_of_step_and_ending() -> None:
+    """Probes on a call, a push, an instruction inside a loop, a ret and a conditional
+    branch, with pass counts, max_hits, rem, exit_to, abort and register writes."""
+    call = offset_of("loop", "main", "call")
+    jne = offset_of("loop", "main", "jne")
+    inc = offset_of("loop", "work", "inc")
+    ret = offset_of("loop", "work", "ret")
+    body = f"""
+offset = {call:#x}
+pass_count = 3
+max_hits = 3000
+    push r, esp
+    push r, ebx
+    inc gv, 0
+    log 2
+    exit
+offset = work
+max_hits = 5000
+    push r, esp
+    push 4
+    add
+    push mem_u32
+    push r, ebp
+    log 2
+    exit
+offset = {inc:#x}
+    inc lv, 0
+    push lv, 0
+    push 4000
+    sub
+    jz done
+    push r, eax
+    push r, edx
+    pop r, edx
+    log 1
+    exit
+done:
+    rem
+offset = {ret:#x}
+max_hits = 6000
+    push r, eax
+    push 7
+    and
+    jnz quiet
+    push r, eax
+    log 1
+    exit
+quiet:
+    abort
+offset = {jne:#x}
+max_hits = 4
+    push r, ebx
+    log 1
+    exit_to 1
+"""
+    seen = same_in_both_modes({"loop": body}, ["loop"])
+    assert len(seen["records"]) > 10_000 and len(seen["exits"]) == 4
+    assert "removed" in seen["query"][2][0] and "disabled" in seen["query"][1][0]
+
+
+def test_two_programs_share_the_cpu_stack_and_the_globals() -> None:
+    """One program leaves words on the per-CPU stack and counts in a global; another
+    reads the stale word and the global: the native states must pass them on."""
+    writer = """
+offset = work
+max_hits = 3000
+    inc lv, 0
+    push lv, 0
+    inc gv, 1
+    exit
+"""
+    reader = """
+offset = fib
+max_hits = 3000
+    push tsp, -1
+    push gv, 1
+    log 2
+    exit
+"""
+    seen = same_in_both_modes({"loop": writer, "recurse": reader}, ["recurse", "loop"],
+                              quantum=1_000)
+    logged = {record for module, record, _ in seen["records"] if "recurse" in module}
+    assert len(logged) > 20  # the stale words and the global changed between hits
+
+
+def test_processes_preempted_in_the_middle_of_a_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny quanta: processes are switched while one is between its int3 and the end of
+    its out-of-line step, and each finishes its own hit."""
+    switched_mid_step = []
+    switch = NativeProbes._switch
+
+    def watch(self: NativeProbes, process) -> None:
+        if self.hook.proc:
+            switched_mid_step.append(N.ProcessSlot.from_address(self.hook.proc).pending.active)
+        switch(self, process)
+
+    monkeypatch.setattr(NativeProbes, "_switch", watch)
+    inc = offset_of("loop", "work", "inc")
+    body = f"""
+log = PID TSC CSEIP SSESP
+offset = {inc:#x}
+max_hits = 2000
+    push r, eax
+    log 1
+    exit
+"""
+    seen = same_in_both_modes({"loop": body}, ["loop", "loop"], quantum=211)
+    assert len(seen["records"]) == 2000
+    assert {record[12:16] for _, record, _ in seen["records"]} == {b"\x01\0\0\0",
+                                                                  b"\x02\0\0\0"}
+    assert sum(switched_mid_step) > 10
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("heap_size = 100\n    push 4\n    malloc\n    exit\n", "heap"),
+    ("    push 4\n    malloc\n    exit\n", "malloc needs a Python host service"),
+    ("    push r, cr0\n    log 1\n    exit\n", "register 0x24"),
+    ("    push 3\n    pop r, fs\n    exit\n", "fs/gs"),
+    ("    push 0x80\n    push io_u8\n    exit\n", "Python host service"),
+    ("    push r, eax\n    pop r, eax\n    log 1\n    exit\n", ""),
+])
+def test_which_handlers_run_natively(body: str, reason: str) -> None:
+    program = build("loop", "offset = work\n" + body)
+    found = python_only_reason(program, 0)
+    if reason:
+        assert found is not None and reason in found
+    else:
+        assert found is None
+
+
+def test_fault_in_the_stepped_instruction_of_a_native_hit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store a probe steps faults once the page turns read-only mid-run: the Python
+    path adopts the native hit, logs nothing (logonfault = no) and Linux kills the
+    process, exactly as when the whole hit was Python's."""
+    work = code_at("loop", "work")
+    store = next(off for (off, m), (_, before) in zip(work[1:], work[:-1], strict=True)
+                 if before == "inc" and m == "mov")
+    body = f"""
+offset = {store:#x}
+    push r, eax
+    log 1
+    exit
+"""
+    adopted = []
+    adopt = NativeProbes.adopt
+    monkeypatch.setattr(NativeProbes, "adopt", lambda self, process, stepping: adopted.append(
+        adopt(self, process, stepping)) or adopted[-1])
+
+    def run(mode: str) -> tuple:
+        machine = Machine()
+        manager = ProbeManager(machine, **MODES[mode])
+        manager.insert(build("loop", body))
+        process = machine.spawn(BIN / "loop")
+        with pytest.raises(InstructionLimit):
+            machine.run(max_instructions=500_000)
+        process.space.protect(0x804B000, 0x1000, Prot.READ)
+        machine.run(max_instructions=1_000_000)
+        if mode == "native":
+            assert manager.native is not None and manager.native.hits > 1000
+        return ([e.record.to_bytes() for e in manager.emitted], process.returncode,
+                process.crash.eip if process.crash else None,
+                [(r.status, r.count, r.hits) for r in manager.query()])
+
+    python, native = run("python"), run("native")
+    assert native == python and python[1] == -11
+    assert [step.plan.address for step in adopted if step is not None] == [0x8049088]
