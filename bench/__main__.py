@@ -24,7 +24,7 @@ def main() -> None:
              "hits_per_second": round(f.hits_per_second, 1),
              "instructions_per_second": round(f.instructions_per_second)} for f in figures],
             "machine": machine.as_dict() if machine else None,
-            "probes": vars(probes) if probes else None,
+            "probes": probes.as_dict() if probes else None,
             "jit": jit.as_dict() if jit else None}))
         return
     print(f"interpreter (CPython {platform.python_version()})")
