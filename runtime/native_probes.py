@@ -18,7 +18,9 @@ Three kinds of shared state need care:
 * Translations: the hook's software TLB holds host addresses of guest pages. It is
   emptied whenever the CPU's TLB is flushed and when a COW break moves a page.
 * Log records: native hits append packed records to a ring; ``drain`` hands them to the
-  probe manager's journal in order, before any record the Python path emits.
+  probe manager's journal in order, before any record the Python path emits and before
+  every system call (so log targets and the program's output interleave as they would
+  with Python hooks).
 
 A Python exception in any callback stops emulation and is raised when it returns.
 """
@@ -315,6 +317,7 @@ class NativeProbes:
 
     def _interrupt(self, vector: int) -> None:
         try:
+            self.drain()  # records reach log targets before the program's next output
             self.machine.cpu.on_interrupt(vector)
             self.to_native()
         except BaseException as exc:  # never unwind through native code

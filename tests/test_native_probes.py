@@ -12,6 +12,10 @@ step. Each also checks that native hits really happened.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import capstone
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -25,6 +29,7 @@ from dprobes.runtime.probes import ProbeManager
 from dprobes.tests import guest_expectations as expect
 
 BIN = expect.BIN
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MODES = {"python": {"tier": "interp"}, "native": {"tier": "jit", "native_hooks": True}}
 
 
@@ -248,3 +253,18 @@ offset = {store:#x}
     python, native = run("python"), run("native")
     assert native == python and python[1] == -11
     assert [step.plan.address for step in adopted if step is not None] == [0x8049088]
+
+
+def test_klog_lines_and_program_output_interleave_as_with_python_hooks(
+        tmp_path: Path) -> None:
+    """Native records reach the log target before the program's next system call, so
+    ``dpc run``'s combined output is the same on every tier."""
+    ppdf = tmp_path / "add3.ppdf"
+    subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "build",
+                    str(EXAMPLES / "add3.rpn"), "--elf", str(BIN / "loop"), "-o", str(ppdf)],
+                   check=True, capture_output=True)
+    outputs = [subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "run", "--tier",
+                               tier, "--probes", str(ppdf), "--", str(BIN / "loop")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
+               for tier in ("interp", "jit")]
+    assert outputs[0] == outputs[1] and outputs[0].count(b"dprobes(3,1)") == 3
