@@ -27,6 +27,7 @@ from dprobes.runtime.machine import InstructionLimit, Machine
 from dprobes.runtime.native_probes import NativeProbes, python_only_reason
 from dprobes.runtime.probes import ProbeManager
 from dprobes.tests import guest_expectations as expect
+from dprobes.vm.api import DEFAULT_HOT_THRESHOLD
 
 BIN = expect.BIN
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -268,3 +269,20 @@ def test_klog_lines_and_program_output_interleave_as_with_python_hooks(
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
                for tier in ("interp", "jit")]
     assert outputs[0] == outputs[1] and outputs[0].count(b"dprobes(3,1)") == 3
+
+
+def test_auto_tier_goes_native_once_the_handler_is_hot() -> None:
+    def run(tier: str) -> tuple[list[bytes], int]:
+        machine = Machine()
+        manager = ProbeManager(machine, tier=tier)
+        manager.insert(build("loop", "offset = work\nmax_hits = 500\n    push r, ebp\n"
+                                     "    log 1\n    exit\n"))
+        machine.spawn(BIN / "loop")
+        machine.run()
+        native = manager.native.hits if manager.native is not None else 0
+        return [e.record.to_bytes() for e in manager.emitted], native
+
+    python, _ = run("interp")
+    auto, native_hits = run("auto")
+    assert auto == python and len(python) == 500
+    assert 0 < native_hits < 500 - DEFAULT_HOT_THRESHOLD
