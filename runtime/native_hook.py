@@ -83,8 +83,9 @@ class HitRecord(Structure):
     _fields_ = [
         ("length", c_uint32), ("ident", c_uint32), ("pid", c_uint32), ("uid", c_uint32),
         ("cs", c_uint32), ("eip", c_uint32), ("ss", c_uint32), ("esp", c_uint32),
-        ("executed", c_uint64), ("exit_kind", c_uint32), ("exit_to", c_uint32),
-        ("major", c_uint32), ("minor", c_uint32), ("log_len", c_uint32), ("ex_len", c_uint32),
+        ("executed", c_uint64),
+        ("major", c_uint32), ("minor", c_uint32), ("exit_kind", c_uint32),  # State's order
+        ("exit_to", c_uint32), ("log_len", c_uint32), ("ex_len", c_uint32),
     ]
 
 
@@ -510,6 +511,14 @@ define internal void @handover(ptr %hook, i32 %stage, i32 %eip) {{
   ret void
 }}
 
+; %n bytes from field %from of %src to field %to of %dst.
+define internal void @move(ptr %dst, i64 %to, ptr %src, i64 %from, i32 %n) {{
+  %d = getelementptr i8, ptr %dst, i64 %to
+  %s = getelementptr i8, ptr %src, i64 %from
+  call void @copy(ptr %d, ptr %s, i32 %n)
+  ret void
+}}
+
 define internal void @copy(ptr %dst, ptr %src, i32 %n) {{
   %n64 = zext i32 %n to i64
   call void @llvm.memcpy.p0.p0.i64(ptr %dst, ptr %src, i64 %n64, i1 false)
@@ -556,22 +565,13 @@ take:
   store ptr %state, ptr %owner_p
   br label %run
 run:
-  %mask_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_ex_mask}
-  %mask = load i32, ptr %mask_p
-  %smask = getelementptr i8, ptr %state, i64 {State_ex_mask}
-  store i32 %mask, ptr %smask
-  %major_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_major}
-  %major = load i32, ptr %major_p
-  %smajor = getelementptr i8, ptr %state, i64 {State_probe_major}
-  store i32 %major, ptr %smajor
-  %minor_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_minor}
-  %minor = load i32, ptr %minor_p
-  %sminor = getelementptr i8, ptr %state, i64 {State_probe_minor}
-  store i32 %minor, ptr %sminor
-  %poff_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_probe_offset}
-  %poff = load i64, ptr %poff_p
-  %spoff = getelementptr i8, ptr %state, i64 {State_probe_offset}
-  store i64 %poff, ptr %spoff
+  call void @move(ptr %state, i64 {State_ex_mask}, ptr %entry, i64 {ProbeEntry_ex_mask}, i32 4)
+  call void @move(ptr %state, i64 {State_probe_major}, ptr %entry, i64 {ProbeEntry_major},
+                  i32 4)
+  call void @move(ptr %state, i64 {State_probe_minor}, ptr %entry, i64 {ProbeEntry_minor},
+                  i32 4)
+  call void @move(ptr %state, i64 {State_probe_offset}, ptr %entry,
+                  i64 {ProbeEntry_probe_offset}, i32 8)
   %host = getelementptr i8, ptr %hook, i64 {Hook_host}
   %shost = getelementptr i8, ptr %state, i64 {State_host}
   store ptr %host, ptr %shost
@@ -598,20 +598,9 @@ broken:
 keep:
   %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
   %record = getelementptr i8, ptr %pending, i64 {Pending_record}
-  %rkind = getelementptr i8, ptr %record, i64 {HitRecord_exit_kind}
-  store i32 %kind, ptr %rkind
-  %to_p = getelementptr i8, ptr %state, i64 {State_exit_to}
-  %to = load i32, ptr %to_p
-  %rto = getelementptr i8, ptr %record, i64 {HitRecord_exit_to}
-  store i32 %to, ptr %rto
-  %maj_p = getelementptr i8, ptr %state, i64 {State_major}
-  %maj = load i32, ptr %maj_p
-  %rmaj = getelementptr i8, ptr %record, i64 {HitRecord_major}
-  store i32 %maj, ptr %rmaj
-  %min_p = getelementptr i8, ptr %state, i64 {State_minor}
-  %min = load i32, ptr %min_p
-  %rmin = getelementptr i8, ptr %record, i64 {HitRecord_minor}
-  store i32 %min, ptr %rmin
+  %outcome_from = getelementptr i8, ptr %state, i64 {State_major}
+  %outcome_to = getelementptr i8, ptr %record, i64 {HitRecord_major}
+  call void @copy(ptr %outcome_to, ptr %outcome_from, i32 16)  ; major minor exit_kind exit_to
   %hl_p = getelementptr i8, ptr %state, i64 {State_header_length}
   %hl = load i32, ptr %hl_p
   %len_p = getelementptr i8, ptr %state, i64 {State_log_len}
@@ -748,21 +737,36 @@ no:
   ret i1 false
 }}
 
-; The step ended with EIP %eip: repair EIP (and a call's return address), restore TF.
-define internal i1 @step_done(ptr %hook, i32 %eip) {{
+; The current process's ProbeEntry whose out-of-line step is under way, or null.
+define internal ptr @stepping(ptr %hook) {{
 start:
   %proc_p = getelementptr i8, ptr %hook, i64 {Hook_proc}
   %proc = load ptr, ptr %proc_p
   %no_proc = icmp eq ptr %proc, null
-  br i1 %no_proc, label %decline, label %check
+  br i1 %no_proc, label %none, label %check
 check:
   %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
   %active = load i32, ptr %pending
   %idle = icmp eq i32 %active, 0
-  br i1 %idle, label %decline, label %repair
-repair:
+  br i1 %idle, label %none, label %found
+found:
   %entry_p = getelementptr i8, ptr %pending, i64 {Pending_entry}
   %entry = load ptr, ptr %entry_p
+  ret ptr %entry
+none:
+  ret ptr null
+}}
+
+; The step ended with EIP %eip: repair EIP (and a call's return address), restore TF.
+define internal i1 @step_done(ptr %hook, i32 %eip) {{
+start:
+  %entry = call ptr @stepping(ptr %hook)
+  %idle = icmp eq ptr %entry, null
+  br i1 %idle, label %decline, label %repair
+repair:
+  %proc_p = getelementptr i8, ptr %hook, i64 {Hook_proc}
+  %proc = load ptr, ptr %proc_p
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
   %kind_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_kind}
   %kind = load i32, ptr %kind_p
   %addr = load i32, ptr %entry
@@ -813,12 +817,10 @@ look:
   %eip = call i32 @reg(ptr %hook, i32 {EIP})
   %addr = sub i32 %eip, 1
   %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
-  %active = load i32, ptr %pending
-  %busy = icmp ne i32 %active, 0
+  %bentry = call ptr @stepping(ptr %hook)
+  %busy = icmp ne ptr %bentry, null
   br i1 %busy, label %backstop, label %find
 backstop:
-  %bentry_p = getelementptr i8, ptr %pending, i64 {Pending_entry}
-  %bentry = load ptr, ptr %bentry_p
   %bslot_p = getelementptr i8, ptr %bentry, i64 {ProbeEntry_slot}
   %bslot = load i32, ptr %bslot_p
   %blength_p = getelementptr i8, ptr %bentry, i64 {ProbeEntry_length}
@@ -856,18 +858,10 @@ hit:
   %tf_p = getelementptr i8, ptr %pending, i64 {Pending_trap_flag}
   store i32 0, ptr %tf_p
   %record = getelementptr i8, ptr %pending, i64 {Pending_record}
-  %ident_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_ident}
-  %ident = load i32, ptr %ident_p
-  %rident = getelementptr i8, ptr %record, i64 {HitRecord_ident}
-  store i32 %ident, ptr %rident
-  %pid_p = getelementptr i8, ptr %proc, i64 {ProcessSlot_pid}
-  %pid = load i32, ptr %pid_p
-  %rpid = getelementptr i8, ptr %record, i64 {HitRecord_pid}
-  store i32 %pid, ptr %rpid
-  %uid_p = getelementptr i8, ptr %proc, i64 {ProcessSlot_uid}
-  %uid = load i32, ptr %uid_p
-  %ruid = getelementptr i8, ptr %record, i64 {HitRecord_uid}
-  store i32 %uid, ptr %ruid
+  call void @move(ptr %record, i64 {HitRecord_ident}, ptr %entry, i64 {ProbeEntry_ident},
+                  i32 4)
+  call void @move(ptr %record, i64 {HitRecord_pid}, ptr %proc, i64 {ProcessSlot_pid},
+                  i32 8)  ; pid and uid
   %cs = call i32 @reg(ptr %hook, i32 {CS})
   %rcs = getelementptr i8, ptr %record, i64 {HitRecord_cs}
   store i32 %cs, ptr %rcs

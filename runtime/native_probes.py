@@ -390,7 +390,7 @@ class NativeProbes:
 
         out, at, names, idents = [], 0, self.names, self.idents
         while at < len(chunk):
-            (length, ident, pid, uid, cs, eip, ss, esp, executed, _, _, major, minor,
+            (length, ident, pid, uid, cs, eip, ss, esp, executed, major, minor, _, _,
              log_len, ex_len) = RECORD.unpack_from(chunk, at)
             loaded = idents[ident][0]
             log_at = at + RECORD.size

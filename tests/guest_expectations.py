@@ -17,11 +17,25 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+from elftools.elf.elffile import ELFFile
+
 GUEST = Path(__file__).resolve().parents[1] / "guest"
 BIN = GUEST / "bin"
 FREESTANDING = ["loop", "strings", "recurse", "fpu", "bound", "args"]
 PROGRAMS = [*FREESTANDING, "hello_glibc"]
 QEMU = shutil.which("qemu-i386")
+
+
+def symbol(program: str, name: str) -> tuple[int, int, int]:
+    """(file offset, size, vaddr) of a symbol of a guest image."""
+    with open(BIN / program, "rb") as stream:
+        elf = ELFFile(stream)
+        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols()
+                   if s.name == name)
+        seg = next(s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and
+                   s["p_vaddr"] <= sym["st_value"] < s["p_vaddr"] + s["p_filesz"])
+        return seg["p_offset"] + sym["st_value"] - seg["p_vaddr"], sym["st_size"], \
+            sym["st_value"]
 
 
 def loop_expected() -> tuple[str, str]:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import capstone
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
 from dprobes.runtime import native_hook as N
@@ -27,6 +26,7 @@ from dprobes.runtime.machine import InstructionLimit, Machine
 from dprobes.runtime.native_probes import NativeProbes, python_only_reason
 from dprobes.runtime.probes import ProbeManager
 from dprobes.tests import guest_expectations as expect
+from dprobes.tests.guest_expectations import symbol
 from dprobes.vm.api import DEFAULT_HOT_THRESHOLD
 
 BIN = expect.BIN
@@ -34,17 +34,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MODES = {"python": {"tier": "interp"}, "native": {"tier": "jit", "native_hooks": True}}
 
 
-def code_at(program: str, symbol: str) -> list[tuple[int, str]]:
-    """(file offset, mnemonic) of each instruction of ``symbol`` in a guest image."""
-    with open(BIN / program, "rb") as stream:
-        elf = ELFFile(stream)
-        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols()
-                   if s.name == symbol)
-        seg = next(s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and
-                   s["p_vaddr"] <= sym["st_value"] < s["p_vaddr"] + s["p_filesz"])
-        start = seg["p_offset"] + sym["st_value"] - seg["p_vaddr"]
-        stream.seek(start)
-        code = stream.read(sym["st_size"])
+def code_at(program: str, name: str) -> list[tuple[int, str]]:
+    """(file offset, mnemonic) of each instruction of symbol ``name`` in a guest image."""
+    start, size, _ = symbol(program, name)
+    code = (BIN / program).read_bytes()[start:start + size]
     cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
     return [(start + address, mnemonic)
             for address, _, mnemonic, _ in cs.disasm_lite(code, 0)]

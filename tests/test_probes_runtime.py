@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
 from dprobes.runtime import probes
@@ -21,6 +20,7 @@ from dprobes.runtime.machine import Machine
 from dprobes.runtime.probes import InsertError, ProbeManager
 from dprobes.runtime.xol import instruction_starts
 from dprobes.tests import guest_expectations as expect
+from dprobes.tests.guest_expectations import symbol
 
 BIN = expect.BIN
 HOOK_MODES = {"python": {"tier": "interp"},
@@ -34,18 +34,6 @@ def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     monkeypatch.setattr(sys.modules[__name__], "ProbeManager",
                         functools.partial(probes.ProbeManager, **HOOK_MODES[request.param]))
     return request.param
-
-
-def symbol(program: str, name: str) -> tuple[int, int, int]:
-    """(file offset, size, vaddr) of a symbol of a guest image."""
-    with open(BIN / program, "rb") as stream:
-        elf = ELFFile(stream)
-        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols()
-                   if s.name == name)
-        seg = next(s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and
-                   s["p_vaddr"] <= sym["st_value"] < s["p_vaddr"] + s["p_filesz"])
-        return seg["p_offset"] + sym["st_value"] - seg["p_vaddr"], sym["st_size"], \
-            sym["st_value"]
 
 
 def instruction_offsets(program: str, name: str, end_name: str | None = None) -> list[int]:
