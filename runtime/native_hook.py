@@ -544,7 +544,12 @@ start:
   %owner_p = getelementptr i8, ptr %hook, i64 {Hook_owner}
   %owner = load ptr, ptr %owner_p
   %mine = icmp eq ptr %owner, %state
-  br i1 %mine, label %run, label %take
+  %unowned = icmp eq ptr %owner, null
+  %keep_own = or i1 %mine, %unowned
+  br i1 %keep_own, label %own, label %take
+own:
+  store ptr %state, ptr %owner_p
+  br label %run
 take:
   ; the per-CPU stack, the last exception code and the globals move to this state
   %stack_to = getelementptr i8, ptr %state, i64 {State_stack}

@@ -4,9 +4,10 @@ A probe is served natively in a process once the Python path (``runtime.trap3``)
 it there: that hit planned the step and, for a stepped instruction, set up the process's
 out-of-line slot. ``offer`` then puts a ``ProbeEntry`` in the process's native table if
 the probe can be served without Python: its handler is compiled (tier ``jit``, or
-``auto`` once hot), uses only memory, registers 0..15 (not writing fs/gs, which the
-Python path does not apply either), pid/task/processor, no heap, IO, cpuid/MSR, segment
-or ``callk`` service, and its instruction is one the hook steps (not ``pushf``).
+``auto`` once hot), uses only memory, registers 0..15 (writing only the general ones: a
+segment register write is loaded by the CPU, which may refuse it, or, for fs/gs, not
+applied at all), pid/task/processor, no heap, IO, cpuid/MSR, segment or ``callk``
+service, and its instruction is one the hook steps (not ``pushf``).
 
 Three kinds of shared state need care:
 
@@ -71,7 +72,8 @@ DRAIN = CFUNCTYPE(None)
 PYTHON_ONLY_OPS = frozenset({"CALLK", "SEG2LIN", "MALLOC", "FREE"})
 PYTHON_ONLY_PREFIXES = ("PUSH_IO_", "POP_IO_", "PUSHH_", "POPH_")
 REGISTER_WRITES = frozenset({"POP_R", "POP_U"})
-UNAPPLIED_WRITES = frozenset(REGISTERS_BY_NAME[name].index for name in ("fs", "gs"))
+SEGMENT_REGISTERS = frozenset(REGISTERS_BY_NAME[name].index
+                              for name in ("cs", "ds", "es", "fs", "gs", "ss"))
 STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSOLUTE,
               StepKind.CALL_RELATIVE: N.STEP_CALL_RELATIVE,
               StepKind.CALL_ABSOLUTE: N.STEP_CALL_ABSOLUTE}
@@ -93,8 +95,8 @@ def python_only_reason(program: Program, probe: int) -> str | None:
         if insn.op.operand is Operand.REG:
             if insn.operand >= N.GENERAL_REGISTERS:
                 return f"register {insn.operand:#x} is read through Python"
-            if name in REGISTER_WRITES and insn.operand in UNAPPLIED_WRITES:
-                return "fs/gs writes are not applied to the CPU"
+            if name in REGISTER_WRITES and insn.operand in SEGMENT_REGISTERS:
+                return "segment register writes are checked (or, fs/gs, dropped) by Python"
     return None
 
 
@@ -119,7 +121,7 @@ class NativeProbes:
                           ("emu_stop", uclib.uc_emu_stop)):
             setattr(hook, field, ctypes.cast(fn, ctypes.c_void_p).value)
         self._callbacks = (INTERRUPT(self._interrupt), HANDOVER(self._handover),
-                           FILL(self._fill), DRAIN(self.drain))  # kept alive: native calls
+                           FILL(self._fill), DRAIN(self._ring_full))  # kept alive
         for field, callback in zip(("python_interrupt", "python_handover", "python_fill",
                                     "python_drain"), self._callbacks, strict=True):
             setattr(hook, field, ctypes.cast(callback, ctypes.c_void_p).value)
@@ -376,11 +378,15 @@ class NativeProbes:
 
     def drain(self) -> None:
         """Hand the ring's records to the probe manager (in order) and empty it."""
+        head = self.hook.ring_head
+        if head:
+            self.hook.ring_head = 0
+            self.manager.emit_packed(self._ring_view[:head].tobytes(), self.decode)
+
+    def _ring_full(self) -> None:
         try:
-            head = self.hook.ring_head
-            if head:
-                self.hook.ring_head = 0
-                self.manager.emit_packed(self._ring_view[:head].tobytes(), self.decode)
+            self.drain()  # a log hook may have read the variables: hand them back
+            self.to_native()
         except BaseException as exc:
             self._fail(exc)
 

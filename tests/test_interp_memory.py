@@ -24,7 +24,7 @@ def _outcome(value: int | MemoryFault) -> int | tuple[str, int]:
     return ("fault", value.address) if isinstance(value, MemoryFault) else value
 
 
-@pytest.mark.parametrize("size", (1, 2, 3, 4, 8))
+@pytest.mark.parametrize("size", (1, 2, 4, 8))
 def test_read_uint_is_read_memory_as_an_integer(size: int) -> None:
     context = MemoryContext(memory=LAYOUT)
     for address in ADDRESSES:

@@ -197,7 +197,8 @@ max_hits = 2000
     ("heap_size = 100\n    push 4\n    malloc\n    exit\n", "heap"),
     ("    push 4\n    malloc\n    exit\n", "malloc needs a Python host service"),
     ("    push r, cr0\n    log 1\n    exit\n", "register 0x24"),
-    ("    push 3\n    pop r, fs\n    exit\n", "fs/gs"),
+    ("    push 3\n    pop r, fs\n    exit\n", "segment register"),
+    ("    push 0x7b\n    pop r, ds\n    exit\n", "segment register"),
     ("    push 0x80\n    push io_u8\n    exit\n", "Python host service"),
     ("    push r, eax\n    pop r, eax\n    log 1\n    exit\n", ""),
 ])
