@@ -63,7 +63,7 @@ class Context:
         return b""
 
     def read_uint(self, address: int, size: int) -> int:
-        """The little-endian unsigned value of ``read_memory(address, size)``.
+        """The little-endian unsigned value of ``read_memory(address, size)``, size 1, 2, 4, 8.
 
         ``push mem`` reads through this, so a host can answer a word without building a
         bytes object; an override must fault exactly as ``read_memory`` does.
@@ -189,6 +189,18 @@ class MemoryContext(Context):
             offset = address - start
             if offset >= 0 and offset + size <= len(data):
                 return bytes(data[offset:offset + size])
+        return self._read_across(address, size)
+
+    def read_uint(self, address: int, size: int) -> int:
+        unpack = UNPACK_UINT[size]
+        for start, data in self.regions:  # the fast path of read_memory
+            offset = address - start
+            if offset >= 0 and offset + size <= len(data):
+                return unpack(data, offset)[0]
+        return int.from_bytes(self._read_across(address, size), "little")
+
+    def _read_across(self, address: int, size: int) -> bytes:
+        """The slow path of a read: byte ranges region by region, wrapping at 4 GiB."""
         out = bytearray()
         while len(out) < size:
             at = (address + len(out)) & MASK32
@@ -198,15 +210,6 @@ class MemoryContext(Context):
             data, offset = found
             out += data[offset:offset + size - len(out)]
         return bytes(out)
-
-    def read_uint(self, address: int, size: int) -> int:
-        unpack = UNPACK_UINT.get(size)
-        if unpack is not None:
-            for start, data in self.regions:  # fast path: the range lies in one region
-                offset = address - start
-                if offset >= 0 and offset + size <= len(data):
-                    return unpack(data, offset)[0]
-        return super().read_uint(address, size)
 
     def write_memory(self, address: int, data: bytes) -> None:
         done = 0

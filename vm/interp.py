@@ -25,6 +25,12 @@ from dprobes.vm.program import Program
 
 STACK_SIZE = 1024
 STACK_MASK = STACK_SIZE - 1
+ABOVE = tuple((slot - 1) & STACK_MASK for slot in range(STACK_SIZE))
+"""ABOVE[slot]: the slot a push onto ``slot`` fills (the circular stack grows down)."""
+BELOW = tuple((slot + 1) & STACK_MASK for slot in range(STACK_SIZE))
+"""BELOW[slot]: the slot under ``slot``, TOS after a pop. Both tables are the wrap-around
+``& STACK_MASK`` precomputed: in CPython a tuple lookup costs far less than the
+arithmetic (no new int objects), and every push and pop takes one."""
 MAX_CALL_DEPTH = 32
 DISPATCH_LIMIT = 1 << 18
 """Exception dispatches to a handler per hit before the handler is ended: with the jump
@@ -136,13 +142,13 @@ class Machine:
 
     # --- stack -------------------------------------------------------------------
     def push(self, value: int) -> None:
-        tos = (self.tos - 1) & STACK_MASK
+        tos = ABOVE[self.tos]
         self.stack[tos] = value & MASK32
         self.tos = tos
 
     def pop(self) -> int:
         tos = self.tos
-        self.tos = (tos + 1) & STACK_MASK
+        self.tos = BELOW[tos]
         return self.stack[tos]
 
     def peek(self, depth: int = 0) -> int:

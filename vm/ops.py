@@ -20,6 +20,8 @@ from dprobes.vm.context import MemoryFault
 from dprobes.vm.exceptions import NO_HANDLER, OperandError
 from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.interp import (
+    ABOVE,
+    BELOW,
     MASK32,
     MAX_CALL_DEPTH,
     STACK_MASK,
@@ -186,7 +188,7 @@ def _binary(compute: Callable[[int, int], int]) -> OpFunction:
     """``a b -> f(tos=b, nos=a)``: pop TOS then NOS, push the result."""
     def binary(m: Machine, arg: None, nxt: int) -> int:
         stack, tos = m.stack, m.tos
-        below = (tos + 1) & STACK_MASK
+        below = BELOW[tos]
         stack[below] = compute(stack[tos], stack[below]) & MASK32
         m.tos = below
         return nxt
@@ -296,7 +298,7 @@ semantic("PZR_I")(_bit_immediate(_zero, False))
 # --- stack ------------------------------------------------------------------------
 @semantic("PUSH")
 def push_immediate(m: Machine, value: int, nxt: int) -> int:
-    tos = (m.tos - 1) & STACK_MASK
+    tos = ABOVE[m.tos]
     m.stack[tos] = value
     m.tos = tos
     return nxt
@@ -305,7 +307,7 @@ def push_immediate(m: Machine, value: int, nxt: int) -> int:
 @semantic("XCHG")
 def xchg(m: Machine, arg: None, nxt: int) -> int:
     stack, tos = m.stack, m.tos
-    below = (tos + 1) & STACK_MASK
+    below = BELOW[tos]
     stack[tos], stack[below] = stack[below], stack[tos]
     return nxt
 
@@ -314,7 +316,7 @@ def _replicate(m: Machine, value: int, copies: int) -> None:
     """Push ``value`` ``copies`` times."""
     stack, tos = m.stack, m.tos
     for _ in range(copies):
-        tos = (tos - 1) & STACK_MASK
+        tos = ABOVE[tos]
         stack[tos] = value
     m.tos = tos
 
@@ -352,11 +354,11 @@ def _var_push(local: bool, from_stack: bool) -> OpFunction:
         tos = m.tos
         if from_stack:
             index = stack[tos] & 0xFFFF
-            tos = (tos + 1) & STACK_MASK
+            tos = BELOW[tos]
             m.tos = tos
         if index >= len(variables):
             return _bad_index(m, local, index, nxt)
-        tos = (tos - 1) & STACK_MASK
+        tos = ABOVE[tos]
         stack[tos] = variables[index]
         m.tos = tos
         return nxt
@@ -371,13 +373,13 @@ def _var_pop(local: bool, from_stack: bool) -> OpFunction:
         tos = m.tos
         value = stack[tos]
         if from_stack:
-            tos = (tos + 1) & STACK_MASK
+            tos = BELOW[tos]
             index = stack[tos] & 0xFFFF
-            m.tos = (tos + 1) & STACK_MASK
+            m.tos = BELOW[tos]
         if index >= len(variables):  # the immediate form leaves v on the stack
             return _bad_index(m, local, index, nxt)
         if not from_stack:
-            m.tos = (tos + 1) & STACK_MASK
+            m.tos = BELOW[tos]
         variables[index] = value
         return nxt
     return pop_var
@@ -445,10 +447,14 @@ def _push_wide(m: Machine, reg: Register, user: bool) -> None:
         m.push(word)
 
 
+WORD = RegisterShape.WORD
+"""A module constant: in CPython 3.11 looking a member up on its Enum class is slow."""
+
+
 def _push_register(user: bool) -> OpFunction:
     def push_register(m: Machine, reg: Register, nxt: int) -> int:
-        if reg.shape is RegisterShape.WORD:
-            tos = (m.tos - 1) & STACK_MASK
+        if reg.shape is WORD:
+            tos = ABOVE[m.tos]
             m.stack[tos] = (m.ctx.read_register(reg, user) or 0) & MASK32
             m.tos = tos
         else:
@@ -498,11 +504,11 @@ def _push_memory(width: int) -> OpFunction:
         try:
             value = m.ctx.read_uint(address, width)
         except MemoryFault:
-            m.tos = (tos + 1) & STACK_MASK
+            m.tos = BELOW[tos]
             return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
         if width == 8:  # addr -> hi lo
             stack[tos] = value >> 32
-            tos = (tos - 1) & STACK_MASK
+            tos = ABOVE[tos]
             m.tos = tos
             value &= MASK32
         stack[tos] = value
@@ -781,9 +787,9 @@ def _frame_push(sbp: bool, immediate: bool) -> OpFunction:
         tos = m.tos
         if not immediate:
             k = _signed(stack[tos])
-            tos = (tos + 1) & STACK_MASK
+            tos = BELOW[tos]
         value = stack[((m.sbp if sbp else tos) + k) & STACK_MASK]
-        tos = (tos - 1) & STACK_MASK
+        tos = ABOVE[tos]
         stack[tos] = value
         m.tos = tos
         return nxt
