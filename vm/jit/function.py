@@ -12,9 +12,20 @@ emitted), then asks ``vm.jit.lower`` for each instruction's code. The function i
 
 Operations that may raise call the runtime library, which returns a status: continue
 with the next instruction, resume, or stop (``status_branch``).
+
+Stack slots live in local variables where the stack depth is known statically
+(``irgen.Region``). Instructions are lowered in code order; each joins the region and
+depth of the first edge already seen into it (else it starts a region). An edge that
+agrees with its target's region and depth is a plain branch; any other edge writes its
+region to the state and enters the target through the target's re-entry block, which
+rebases the target's region on the state's TOS and loads its slots. Edges taken after a
+sync point (a runtime call: the stack may have changed) always re-enter.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -22,8 +33,19 @@ from dprobes.vm.bytecode import Instruction, decode_range
 from dprobes.vm.exceptions import NON_MASKABLE
 from dprobes.vm.isa import OpFlag
 from dprobes.vm.jit import state as S
-from dprobes.vm.jit.irgen import I32, PTR, VOID, Emitter, c32
+from dprobes.vm.jit.irgen import I32, PTR, REGION_DRIFT, VOID, Emitter, Region, Virtual, c32
 from dprobes.vm.program import Program
+
+
+@dataclass(frozen=True)
+class _Edge:
+    """A branch from ``region`` at TOS offset ``depth`` to the instruction at ``target``,
+    through ``block`` (filled once the target's place is known)."""
+
+    block: ir.Block
+    region: Region
+    depth: int | None
+    target: int
 
 
 class HandlerLowering:
@@ -50,6 +72,10 @@ class HandlerLowering:
         self.exit_block = self.function.append_basic_block("exit")
         self.bad_block = self.function.append_basic_block("bad_continuation")
         self._raise: tuple[ir.Block, tuple] | None = None
+        self.places: dict[int, tuple[Region, int]] = {}  # offset -> region, TOS offset
+        self._pending: dict[int, list[_Edge]] = {}  # edges to instructions not lowered yet
+        self._crossing: list[_Edge] = []  # edges that write their region and re-enter
+        self._reentries: dict[int, ir.Block] = {}
         self._words: ir.Value | None = None
         self._fault: ir.Value | None = None
 
@@ -60,11 +86,13 @@ class HandlerLowering:
         e = self.e
         e.cache_fields()
         self.rt("begin")
-        e.b.branch(self.blocks[self.instructions[0].offset])
+        e.b.branch(self.reentry(self.instructions[0].offset))
         for insn in self.instructions:
             e.at(self.blocks[insn.offset])
+            e.enter(*self._place(insn.offset))
             LOWERINGS[insn.op.name](self, insn)
             assert e.b.block.is_terminated, f"{insn.op.name} left its block open"
+        e.enter(None)
         self._build_resume()
         e.at(self.exit_block)
         e.spill()
@@ -72,7 +100,69 @@ class HandlerLowering:
         e.at(self.bad_block)  # a continuation the verifier rules out; never reached
         self.rt("finish", S.EXIT_INTERNAL, 0, 0, 0, 0)
         e.b.ret_void()
+        self._fill_region_code()
         return self.function
+
+    # --- regions and edges --------------------------------------------------------------
+    def _place(self, offset: int) -> tuple[Region, int]:
+        """The region and TOS offset of the instruction at ``offset``: those of the first
+        edge seen into it, else a new region."""
+        edges = self._pending.pop(offset, [])
+        joinable = [edge for edge in edges
+                    if edge.depth is not None and abs(edge.depth) <= REGION_DRIFT]
+        place = ((joinable[0].region, joinable[0].depth) if joinable
+                 else (self.e.new_region(), 0))
+        self.places[offset] = place
+        for edge in edges:
+            self._connect(edge)
+        return place
+
+    def _connect(self, edge: _Edge) -> None:
+        """Branch straight to the target if it agrees, else write the region and re-enter."""
+        with self.e.b.goto_block(edge.block):
+            if self.places[edge.target] == (edge.region, edge.depth):
+                self.e.b.branch(self.blocks[edge.target])
+            else:
+                self._crossing.append(edge)
+
+    def reentry(self, offset: int) -> ir.Block:
+        """The block entering the instruction at ``offset`` from the state (filled last)."""
+        block = self._reentries.get(offset)
+        if block is None:
+            block = self._reentries[offset] = self.function.append_basic_block(
+                f"pc{offset}_reentry")
+        return block
+
+    def _fill_region_code(self) -> None:
+        e = self.e
+        for edge in self._crossing:
+            e.at(edge.block)
+            e.enter(edge.region, edge.depth)
+            e.sync_stack()
+            e.b.branch(self.reentry(edge.target))
+        for offset, block in self._reentries.items():
+            e.at(block)
+            e.region_entry(*self.places[offset])
+            e.b.branch(self.blocks[offset])
+        e.enter(None)
+        e.emit_deferred()
+
+    @contextmanager
+    def _outside_regions(self):
+        """Emit shared code (reached from several regions, after they synced)."""
+        e = self.e
+        saved = e.region, e.depth, e.synced, e.b.block
+        e.enter(None)
+        try:
+            yield
+        finally:
+            e.at(saved[3])
+            e.region, e.depth, e.synced = saved[:3]
+
+    def leave_region(self) -> None:
+        """Hand the region's slots over to the state before a branch to shared code."""
+        if self.e.region is not None:
+            self.e.sync_stack()
 
     def _build_resume(self) -> None:
         targets: set[int] = set()
@@ -88,9 +178,22 @@ class HandlerLowering:
         for offset in sorted(targets):
             switch.add_case(c32(offset), self.block_at(offset))
 
-    def block_at(self, offset: int) -> ir.Block:
-        """The block of the instruction at ``offset`` (the end of the code: never reached)."""
-        return self.blocks.get(offset, self.bad_block)
+    def block_at(self, offset: int, synced: bool = False) -> ir.Block:
+        """Where a branch from here to the instruction at ``offset`` goes (the end of the
+        code: never reached). ``synced``: the state holds the stack (a sync point was
+        passed on the way here, as in the block of a runtime call)."""
+        if offset not in self.blocks:
+            return self.bad_block
+        e = self.e
+        if synced or e.region is None or e.b.block is e.synced:
+            return self.reentry(offset)
+        edge = _Edge(self.function.append_basic_block(f"pc{offset}_edge"), e.region, e.depth,
+                     offset)
+        if offset in self.places:
+            self._connect(edge)
+        else:
+            self._pending.setdefault(offset, []).append(edge)
+        return edge.block
 
     def next_block(self, insn: Instruction) -> ir.Block:
         return self.block_at(insn.end)
@@ -100,7 +203,7 @@ class HandlerLowering:
         return self.block_at(insn.target)
 
     def new_block(self, insn: Instruction, what: str) -> ir.Block:
-        return self.function.append_basic_block(f"pc{insn.offset}_{what}")
+        return self.e.block(f"pc{insn.offset}_{what}")
 
     # --- runtime calls and continuations -----------------------------------------------
     def rt(self, name: str, *args: ir.Value | int) -> ir.Value:
@@ -118,31 +221,30 @@ class HandlerLowering:
         switch.add_case(c32(S.ST_RESUME), self.resume_block)
 
     def raise_exception(self, code: int, parm1: ir.Value | int, parm2: ir.Value | int,
-                        following: ir.Block) -> None:
-        """``Machine.raise_exception``; ``following`` is where an ignored code continues.
+                        insn: Instruction) -> None:
+        """``Machine.raise_exception``; an ignored code continues after ``insn``.
 
         A code in NON_MASKABLE is never ignored (it dispatches or ends the handler), so
         every such site shares one block that calls ``rt_raise``.
         """
         if not code & NON_MASKABLE:
-            self.status_branch(self.rt("raise", int(code), parm1, parm2), following)
+            self.status_branch(self.rt("raise", int(code), parm1, parm2), self.next_block(insn))
             return
         if self._raise is None:
             self._build_shared_raise()
         block, phis = self._raise
+        self.leave_region()
         for phi, value in zip(phis, (code, parm1, parm2), strict=True):
             phi.add_incoming(c32(value) if isinstance(value, int) else value, self.e.b.block)
         self.e.b.branch(block)
 
     def _build_shared_raise(self) -> None:
-        e = self.e
-        saved = e.b.block
         block = self.function.append_basic_block("raise")
-        e.at(block)
-        phis = tuple(e.b.phi(I32, name) for name in ("code", "parm1", "parm2"))
-        self.status_branch(self.rt("raise", *phis), self.bad_block)
+        with self._outside_regions():
+            self.e.at(block)
+            phis = tuple(self.e.b.phi(I32, name) for name in ("code", "parm1", "parm2"))
+            self.status_branch(self.rt("raise", *phis), self.bad_block)
         self._raise = (block, phis)
-        e.at(saved)
 
     def finish(self, kind: int) -> None:
         self.rt("finish", kind, 0, 0, 0, 0)
@@ -151,12 +253,37 @@ class HandlerLowering:
     def host_checked(self, status: ir.Value, insn: Instruction, what: str) -> None:
         """Stop with EXIT_HOST_ERROR if a host callback failed; else go on in a new block."""
         ok = self.new_block(insn, what)
-        failed = self.new_block(insn, f"{what}_failed")
-        self.e.b.cbranch(self.e.b.icmp_signed("<", status, c32(0)), failed, ok)
-        self.e.at(failed)
-        self.rt("host_error")
-        self.e.b.branch(self.exit_block)
+        self.e.b.cbranch(self.e.b.icmp_signed("<", status, c32(0)), self.host_error(), ok)
         self.e.at(ok)
+
+    def host_error(self) -> ir.Block:
+        """Where a failed host callback goes: ``rt_host_error``, then the end. A region
+        shares one such block; each site only sets the state's TOS before it."""
+        e = self.e
+        region = e.region
+        if region is None:
+            return self._host_error_block(None)
+        if region.host_error is None:
+            region.host_error = self._host_error_block(region)
+        if e.depth is None:  # the state's TOS is already set
+            return region.host_error
+        block = e.block("host_failed")
+        with e.b.goto_block(block):
+            e.store("tos", e.index_value(Virtual(e.depth)))
+            e.b.branch(region.host_error)
+        return block
+
+    def _host_error_block(self, region: Region | None) -> ir.Block:
+        block = self.function.append_basic_block("host_error")
+        with self._outside_regions():
+            self.e.at(block)
+            if region is not None:
+                self.e.enter(region, None)
+                self.e.sync_stack()
+                self.e.enter(None)
+            self.rt("host_error")
+            self.e.b.branch(self.exit_block)
+        return block
 
     # --- per-function scratch space -------------------------------------------------
     @property

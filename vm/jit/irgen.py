@@ -9,7 +9,8 @@ variables, the log buffer, and calls through the host and helper tables.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from llvmlite import ir
 
@@ -78,11 +79,52 @@ def intrinsics(module: ir.Module) -> dict[str, ir.Function]:
     }
 
 
+VIRTUAL_REACH = 384
+"""Largest |offset| kept in a region's local variables (farther slots: the stack array).
+Regions start within REGION_DRIFT words of their base, so a region's offsets span less
+than the 1024 slots of the circular stack and two offsets never name the same slot."""
+REGION_DRIFT = 128
+
+
+@dataclass(frozen=True)
+class Virtual:
+    """The stack slot ``offset`` words from the TOS its region was entered with (pushes
+    make offsets negative): an index known statically, held in a local variable."""
+
+    offset: int
+
+
+Index = ir.Value | Virtual
+"""A stack slot: a masked runtime index into the stack array, or a ``Virtual`` slot."""
+
+
+@dataclass(eq=False)
+class Region:
+    """Code where the stack depth is known statically relative to ``base``, the masked
+    TOS on entering it. Its slots live in local variables (SSA registers after SROA)
+    and are written to the stack array only where something else reads it."""
+
+    base: ir.Value  # alloca holding the base index
+    slots: dict[int, ir.Value] = field(default_factory=dict)  # offset -> alloca
+    written: set[int] = field(default_factory=set)  # offsets stored to somewhere
+    host_error: ir.Block | None = None  # its shared exit for a failed host callback
+
+
 CACHED_FIELDS = ("tos", "sbp", "jmp_count", "stack_dirty", "nframes")
 """Fields a handler keeps in local variables (registers after SROA) between sync points."""
 INVARIANT_FIELDS = frozenset({"lv", "gv", "num_lv", "num_gv", "jmpmax", "log_cap",
                               "header_length", "ex_logmax", "ex_mask", "autostacktrace"})
 """Fields set before a hit and never written by native code: loaded once per call."""
+
+
+def _chunk_samples(offsets: list[int]) -> list[int]:
+    """Offsets, 32 apart at most, from the first to the last of the sorted ``offsets``:
+    the 32-word chunks they fall in cover every chunk the written slots fall in (some
+    between them too, which only costs the runner a copy)."""
+    return [*range(offsets[0], offsets[-1], DIRTY_CHUNK), offsets[-1]]
+
+
+DIRTY_CHUNK = 32
 
 
 class Emitter:
@@ -103,12 +145,24 @@ class Emitter:
         self._pointers: dict[str, ir.Value] = {}
         self._cached: dict[str, ir.Value] = {}
         self._entry_prefix = 0  # instructions at the top of the entry block put there by us
+        self.region: Region | None = None  # None: every slot is in the stack array
+        self.depth: int | None = 0  # TOS offset in the region (None: only known at run time)
+        self.synced: ir.Block | None = None  # the block that last handed the state over
+        self._deferred: list[tuple[ir.Block, ir.Block, Callable[[], None]]] = []
+        self._block_depth: dict[ir.Block, int | None] = {}
 
     def cache_fields(self) -> None:
         for name in CACHED_FIELDS:
             self._cached[name] = self.alloca_entry(_FIELD_TYPES.get(name, I32), f"{name}_var")
 
     def spill(self) -> None:
+        """Write the cached fields (and the region's slots) to the state: a sync point.
+
+        What runs next may change any part of the stack, so the region's local slots are
+        stale in this block from here on (``synced``)."""
+        if self.region is not None:
+            self.sync_stack()
+            self.synced = self.b.block
         for name, slot in self._cached.items():
             self.b.store(self.b.load(slot, typ=_FIELD_TYPES.get(name, I32)), self.field(name))
 
@@ -118,10 +172,17 @@ class Emitter:
 
     # --- blocks -------------------------------------------------------------------
     def block(self, name: str) -> ir.Block:
-        return self.function.append_basic_block(name)
+        """A new block; in a region, entered with the TOS offset of the code creating it
+        (lowerings create a block where they branch to it), which ``at`` restores."""
+        block = self.function.append_basic_block(name)
+        if self.region is not None:
+            self._block_depth[block] = self.depth
+        return block
 
     def at(self, block: ir.Block) -> None:
         self.b.position_at_end(block)
+        if block in self._block_depth:
+            self.depth = self._block_depth[block]
 
     # --- state fields ---------------------------------------------------------------
     def addr(self, byte_offset: int | ir.Value) -> ir.Value:
@@ -173,25 +234,55 @@ class Emitter:
         """Pointer to stack slot ``index`` (already masked to 0..1023)."""
         return self.array_ptr("stack", index)
 
-    def read_slot(self, index: ir.Value) -> ir.Value:
+    def read_slot(self, index: Index) -> ir.Value:
+        if isinstance(index, Virtual):
+            return self.b.load(self._local_slot(index.offset), typ=I32)
+        if self.region is not None:  # the array must hold the region's slots first
+            self.sync_stack()
         return self.b.load(self.slot_ptr(index), typ=I32)
 
-    def write_slot(self, index: ir.Value, value: ir.Value) -> None:
-        """Store into a (masked) slot and mark its 32-word chunk dirty (a bit of the
-        ``stack_dirty`` mask, a register between sync points in a handler)."""
+    def write_slot(self, index: Index, value: ir.Value) -> None:
+        """Store into a slot. An array store marks its 32-word chunk dirty (a bit of the
+        ``stack_dirty`` mask, a register between sync points in a handler); a region
+        marks its slots' chunks when it writes them to the array."""
+        if isinstance(index, Virtual):
+            self.b.store(value, self._local_slot(index.offset))
+            self.region.written.add(index.offset)
+            return
+        if self.region is not None:  # it may be one of the region's slots: round trip
+            self.sync_stack()
         self.b.store(value, self.slot_ptr(index))
         bit = self.b.shl(c32(1), self.b.lshr(index, c32(5)))
         self.store("stack_dirty", self.b.or_(self.load("stack_dirty"), bit))
+        if self.region is not None:
+            self._defer(self._region_loader(self.region))
 
-    def tos(self) -> ir.Value:
+    def tos(self) -> Index:
+        if self.region is not None and self.depth is not None:
+            return Virtual(self.depth)
         return self.load("tos")
 
-    def set_tos(self, value: ir.Value) -> None:
+    def set_tos(self, value: Index) -> None:
+        if isinstance(value, Virtual):
+            self.depth = value.offset
+            return
+        if self.region is not None:
+            self.depth = None
         self.store("tos", value)
 
-    def slot(self, depth: int | ir.Value, base: ir.Value | None = None) -> ir.Value:
-        """Masked index of the slot ``depth`` words below TOS (or below ``base``)."""
+    def index_value(self, index: Index) -> ir.Value:
+        """The masked runtime index of a slot."""
+        if not isinstance(index, Virtual):
+            return index
+        return self.mask(self.b.add(self.b.load(self.region.base, typ=I32), c32(index.offset)))
+
+    def slot(self, depth: int | ir.Value, base: Index | None = None) -> Index:
+        """The slot ``depth`` words below TOS (or below ``base``)."""
         base = self.tos() if base is None else base
+        if isinstance(base, Virtual):
+            if isinstance(depth, int) and abs(base.offset + depth) <= VIRTUAL_REACH:
+                return Virtual(base.offset + depth)
+            base = self.index_value(base)
         if isinstance(depth, int):
             if depth == 0:
                 return base
@@ -204,15 +295,85 @@ class Emitter:
     def push(self, value: ir.Value | int) -> None:
         if isinstance(value, int):
             value = c32(value)
-        tos = self.mask(self.b.sub(self.tos(), c32(1)))
+        tos = self.slot(-1)
         self.write_slot(tos, value)
         self.set_tos(tos)
 
     def pop(self) -> ir.Value:
         tos = self.tos()
         value = self.read_slot(tos)
-        self.set_tos(self.mask(self.b.add(tos, c32(1))))
+        self.set_tos(self.slot(1, tos))
         return value
+
+    # --- regions: stack slots in local variables -------------------------------------
+    def new_region(self) -> Region:
+        return Region(self.alloca_entry(I32, "base"))
+
+    def enter(self, region: Region | None, depth: int | None = 0) -> None:
+        """Emit the code that follows in ``region`` with TOS at offset ``depth``."""
+        self.region, self.depth, self.synced = region, depth, None
+
+    def _local_slot(self, offset: int) -> ir.Value:
+        assert self.region is not None and self.b.block is not self.synced, \
+            "a region slot used after a sync point"
+        slot = self.region.slots.get(offset)
+        if slot is None:
+            slot = self.region.slots[offset] = self.alloca_entry(I32, f"slot{offset}")
+        return slot
+
+    def sync_stack(self) -> None:
+        """Write the region's slots (and TOS) to the state: the stack array is complete."""
+        region = self.region
+        assert region is not None
+        if self.depth is not None:
+            self.store("tos", self.index_value(Virtual(self.depth)))
+        self._defer(self.region_writer(region))
+
+    def region_writer(self, region: Region) -> Callable[[], None]:
+        """Code that stores the slots ``region`` writes into the array (the others hold
+        what was loaded from it) and marks their chunks dirty."""
+        def emit() -> None:
+            if not region.written:
+                return
+            base = self.b.load(region.base, typ=I32)
+            for offset in sorted(region.written):
+                index = self.mask(self.b.add(base, c32(offset)))
+                self.b.store(self.b.load(region.slots[offset], typ=I32), self.slot_ptr(index))
+            dirty = self.load("stack_dirty")
+            for offset in _chunk_samples(sorted(region.written)):
+                index = self.mask(self.b.add(base, c32(offset)))
+                dirty = self.b.or_(dirty, self.b.shl(c32(1), self.b.lshr(index, c32(5))))
+            self.store("stack_dirty", dirty)
+        return emit
+
+    def region_entry(self, region: Region, depth: int) -> None:
+        """Enter ``region`` at TOS offset ``depth`` from the stack array and the state's TOS."""
+        base = self.mask(self.b.sub(self.load("tos"), c32(depth)))
+        self.b.store(base, region.base)
+        self._region_loader(region)()
+
+    def _region_loader(self, region: Region) -> Callable[[], None]:
+        def emit() -> None:
+            base = self.b.load(region.base, typ=I32)
+            for offset, slot in region.slots.items():
+                index = self.mask(self.b.add(base, c32(offset)))
+                self.b.store(self.b.load(self.slot_ptr(index), typ=I32), slot)
+        return emit
+
+    def _defer(self, emit: Callable[[], None]) -> None:
+        """Emit ``emit()`` here once lowering is done (a region's slots are only all known
+        then): a block for it now, filled by ``emit_deferred``."""
+        later, after = self.block("region_sync"), self.block("synced")
+        self.b.branch(later)
+        self.at(after)
+        self._deferred.append((later, after, emit))
+
+    def emit_deferred(self) -> None:
+        for later, after, emit in self._deferred:
+            self.at(later)
+            emit()
+            self.b.branch(after)
+        self._deferred.clear()
 
     # --- call frames ----------------------------------------------------------------
     def frame_word_ptr(self, frame: ir.Value, word: str) -> ir.Value:

@@ -42,7 +42,7 @@ def _take_jump(lw: HandlerLowering, insn: Instruction) -> None:
     spent, ok = lw.new_block(insn, "jmpmax"), lw.new_block(insn, "taken")
     e.b.cbranch(e.b.icmp_unsigned(">=", count, limit), spent, ok)
     e.at(spent)
-    lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, lw.next_block(insn))
+    lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, insn)
     e.at(ok)
     e.store("jmp_count", e.b.add(count, c64(1)))
     e.b.branch(lw.target_block(insn))
@@ -59,7 +59,7 @@ def _conditional_jump(test: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> Low
 
 
 def _reserved(lw: HandlerLowering, insn: Instruction) -> None:
-    lw.raise_exception(Ex.INVALID_OPCODE, insn.op.code, insn.offset, lw.next_block(insn))
+    lw.raise_exception(Ex.INVALID_OPCODE, insn.op.code, insn.offset, insn)
 
 
 def _push_value(read: Callable[[HandlerLowering], ir.Value]) -> Lowering:
@@ -127,7 +127,7 @@ def lower_loop(lw: HandlerLowering, insn: Instruction) -> None:
     spent, go = lw.new_block(insn, "jmpmax"), lw.new_block(insn, "count")
     e.b.cbranch(e.b.icmp_unsigned(">=", count, e.zext64(e.load("jmpmax"))), spent, go)
     e.at(spent)
-    lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, lw.next_block(insn))
+    lw.raise_exception(Ex.MAX_JMPS, e.load("jmpmax"), 0, insn)
     e.at(go)
     tos = e.tos()
     value = e.b.sub(e.read_slot(tos), c32(1))
@@ -142,7 +142,7 @@ def lower_call(lw: HandlerLowering, insn: Instruction) -> None:
     full, push = lw.new_block(insn, "overflow"), lw.new_block(insn, "frame")
     e.b.cbranch(e.b.icmp_unsigned(">", nframes, c32(MAX_CALL_DEPTH)), full, push)
     e.at(full)
-    lw.raise_exception(Ex.CALL_STACK_OVERFLOW, MAX_CALL_DEPTH, 0, lw.next_block(insn))
+    lw.raise_exception(Ex.CALL_STACK_OVERFLOW, MAX_CALL_DEPTH, 0, insn)
     e.at(push)
     assert insn.target is not None
     words = {"sbp": e.load("sbp"), "handler": c32(NO_HANDLER), "called": c32(insn.target),
@@ -166,6 +166,7 @@ def lower_ret(lw: HandlerLowering, insn: Instruction) -> None:
     e.store("sbp", e.b.load(e.frame_word_ptr(top, "sbp"), typ=I32))
     e.store("resume", e.b.load(e.frame_word_ptr(top, "returns"), typ=I32))
     e.store("nframes", top)
+    lw.leave_region()
     e.b.branch(lw.resume_block)
     e.at(slow)
     lw.status_branch(lw.rt("ret"), lw.next_block(insn))
@@ -186,8 +187,7 @@ def lower_exit(lw: HandlerLowering, insn: Instruction) -> None:
 def lower_exit_n(lw: HandlerLowering, insn: Instruction) -> None:
     facility = insn.operand or 0
     if not 1 <= facility <= 3:
-        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.EXIT_FACILITY, facility,
-                           lw.next_block(insn))
+        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.EXIT_FACILITY, facility, insn)
         return
     lw.e.store("exit_to", facility)
     lw.finish(S.EXIT_EXIT_TO)
@@ -205,7 +205,8 @@ def lower_callk(lw: HandlerLowering, insn: Instruction) -> None:
     e.mark_all_dirty()  # the hook saw the whole state
     lw.host_checked(status, insn, "callk")
     no_hook = lw.new_block(insn, "no_hook")
-    e.b.cbranch(e.b.icmp_unsigned("!=", status, c32(0)), lw.next_block(insn), no_hook)
+    e.b.cbranch(e.b.icmp_unsigned("!=", status, c32(0)), lw.block_at(insn.end, synced=True),
+                no_hook)
     e.at(no_hook)
     _reserved(lw, insn)
 
@@ -234,7 +235,7 @@ lower_pop_lp = _set_field("log_len")
 # --- variables -------------------------------------------------------------------------
 def _bad_index(lw: HandlerLowering, insn: Instruction, local: bool, index: ir.Value) -> None:
     kind = OperandError.LOCAL_INDEX if local else OperandError.GLOBAL_INDEX
-    lw.raise_exception(Ex.INVALID_OPERAND, kind, index, lw.next_block(insn))
+    lw.raise_exception(Ex.INVALID_OPERAND, kind, index, insn)
 
 
 def _checked_index(lw: HandlerLowering, insn: Instruction, local: bool,
@@ -380,7 +381,7 @@ def _divide(signed: bool) -> Lowering:
         zero, go = lw.new_block(insn, "by_zero"), lw.new_block(insn, "divide")
         e.b.cbranch(e.b.icmp_unsigned("==", divisor, c32(0)), zero, go)
         e.at(zero)
-        lw.raise_exception(Ex.DIV_BY_ZERO, 0, 0, lw.next_block(insn))
+        lw.raise_exception(Ex.DIV_BY_ZERO, 0, 0, insn)
         e.at(go)
         if signed:  # C truncation; INT_MIN / -1 wraps (i386 would trap)
             minus_one, general, done = (lw.new_block(insn, n) for n in
@@ -454,7 +455,7 @@ def _bit_stack(compute: Callable, left: bool, pzr: bool = False) -> Lowering:
         bad, ok = lw.new_block(insn, "bad_bit"), lw.new_block(insn, "bit_ok")
         e.b.cbranch(e.b.icmp_unsigned(">=", e.b.sub(k, c32(1)), c32(32)), bad, ok)
         e.at(bad)
-        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, lw.next_block(insn))
+        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, insn)
         e.at(ok)
         if pzr:  # 5.0 returns before popping the value when k is 1
             apply = lw.new_block(insn, "apply")
@@ -473,8 +474,7 @@ def _bit_immediate(compute: Callable, left: bool) -> Lowering:
             if compute is _propagate:
                 lw.finish(S.EXIT_TERMINATED)  # 5.0: silent end, no exception
             else:
-                lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k,
-                                   lw.next_block(insn))
+                lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, insn)
             return
         tos = e.tos()
         e.write_slot(tos, compute(lw, left, c32(k), e.read_slot(tos)))
@@ -585,13 +585,10 @@ def _memory_switch(lw: HandlerLowering, insn: Instruction, status: ir.Value,
                    fault: ir.Block, what: str) -> None:
     """0: go on in a new block; 1: ``fault``; anything else: the host failed."""
     e = lw.e
-    ok, failed = lw.new_block(insn, what), lw.new_block(insn, f"{what}_failed")
-    switch = e.b.switch(status, failed)
+    ok = lw.new_block(insn, what)
+    switch = e.b.switch(status, lw.host_error())
     switch.add_case(c32(0), ok)
     switch.add_case(c32(1), fault)
-    e.at(failed)
-    lw.rt("host_error")
-    e.b.branch(lw.exit_block)
     e.at(ok)
 
 
@@ -602,7 +599,7 @@ def _push_loaded(lw: HandlerLowering, insn: Instruction, tos: ir.Value,
     if len(loaded) == 2:
         low, high = loaded
         e.write_slot(tos, high)
-        below = e.mask(e.b.sub(tos, c32(1)))
+        below = e.slot(-1, tos)
         e.write_slot(below, low)
         e.set_tos(below)
     else:
@@ -642,7 +639,7 @@ def _push_memory(width: int) -> Lowering:
         _push_loaded(lw, insn, tos, slow)
         e.at(fault)
         e.set_tos(e.slot(1, tos))
-        lw.raise_exception(Ex.INVALID_ADDR, address, 0, lw.next_block(insn))
+        lw.raise_exception(Ex.INVALID_ADDR, address, 0, insn)
     return lower
 
 
@@ -679,7 +676,7 @@ def _pop_memory(width: int) -> Lowering:
         _memory_switch(lw, insn, status, fault, "written")
         e.b.branch(lw.next_block(insn))
         e.at(fault)
-        lw.raise_exception(Ex.INVALID_ADDR, address, 0, lw.next_block(insn))
+        lw.raise_exception(Ex.INVALID_ADDR, address, 0, insn)
     return lower
 
 
@@ -727,7 +724,7 @@ def lower_seg2lin(lw: HandlerLowering, insn: Instruction) -> None:
     e.push(e.b.add(e.b.load(words, typ=I32), offset))
     e.b.branch(lw.next_block(insn))
     e.at(bad)
-    lw.raise_exception(Ex.SEG_FAULT, selector, 0, lw.next_block(insn))
+    lw.raise_exception(Ex.SEG_FAULT, selector, 0, insn)
 
 
 def _io_in(width: int) -> Lowering:
@@ -816,13 +813,13 @@ def _frame_push(sbp: bool, immediate: bool) -> Lowering:
         e = lw.e
         tos = e.tos()
         if immediate:
-            k = c32(insn.operand or 0)
+            k: int | ir.Value = insn.operand or 0
         else:
             k = e.read_slot(tos)
             tos = e.slot(1, tos)
         base = e.load("sbp") if sbp else tos
-        value = e.read_slot(e.mask(e.b.add(base, k)))
-        new_tos = e.mask(e.b.sub(tos, c32(1)))
+        value = e.read_slot(e.slot(k, base))
+        new_tos = e.slot(-1, tos)
         e.write_slot(new_tos, value)
         e.set_tos(new_tos)
         e.b.branch(lw.next_block(insn))
@@ -835,13 +832,13 @@ def _frame_pop(sbp: bool, immediate: bool) -> Lowering:
         e = lw.e
         if immediate:
             base = e.load("sbp") if sbp else e.tos()
-            slot = e.mask(e.b.add(base, c32(insn.operand or 0)))
+            slot = e.slot(insn.operand or 0, base)
             e.write_slot(slot, e.pop())
         else:
             value = e.pop()
             k = e.pop()
             base = e.load("sbp") if sbp else e.tos()
-            e.write_slot(e.mask(e.b.add(base, k)), value)
+            e.write_slot(e.slot(k, base), value)
         e.b.branch(lw.next_block(insn))
     return lower
 
@@ -850,10 +847,10 @@ def _frame_copy(sbp: bool, immediate: bool) -> Lowering:
     """copy sbp/tsp: store TOS in a slot without popping it (stack form pops k first)."""
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
-        k = c32(insn.operand or 0) if immediate else e.pop()
+        k = (insn.operand or 0) if immediate else e.pop()
         tos = e.tos()
         base = e.load("sbp") if sbp else tos
-        e.write_slot(e.mask(e.b.add(base, k)), e.read_slot(tos))
+        e.write_slot(e.slot(k, base), e.read_slot(tos))
         e.b.branch(lw.next_block(insn))
     return lower
 
@@ -872,8 +869,13 @@ lower_copy_sbp = _frame_copy(sbp=True, immediate=False)
 lower_copy_tsp = _frame_copy(sbp=False, immediate=False)
 lower_save_sbp = _push_value(lambda lw: lw.e.load("sbp"))
 lower_restore_sbp = _set_field("sbp", 1023)
-lower_save_tsp = _push_value(lambda lw: lw.e.tos())
-lower_restore_tsp = _set_field("tos", 1023)
+lower_save_tsp = _push_value(lambda lw: lw.e.index_value(lw.e.tos()))
+
+
+def lower_restore_tsp(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    e.set_tos(e.b.and_(e.pop(), c32(1023)))
+    e.b.branch(lw.next_block(insn))
 
 
 # --- byte heap (the allocator is a Python helper) ------------------------------------------
