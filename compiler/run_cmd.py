@@ -171,6 +171,7 @@ def _report(args: argparse.Namespace, manager: ProbeManager, process) -> None:
             "vars": variables,
             "logs": len(manager.emitted),
             "exits": manager.exits,
+            "native_hits": manager.native.hits if manager.native is not None else 0,
         }), file=sys.stderr)
         return
     if args.query:

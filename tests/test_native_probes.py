@@ -12,6 +12,7 @@ step. Each also checks that native hits really happened.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -263,6 +264,10 @@ def test_klog_lines_and_program_output_interleave_as_with_python_hooks(
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
                for tier in ("interp", "jit")]
     assert outputs[0] == outputs[1] and outputs[0].count(b"dprobes(3,1)") == 3
+    summary = subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "run", "--tier",
+                              "jit", "--json", "--probes", str(ppdf), "--", str(BIN / "loop")],
+                             capture_output=True).stderr.splitlines()[-1]
+    assert json.loads(summary)["native_hits"] == 2  # the first hit goes through Python
 
 
 def test_auto_tier_goes_native_once_the_handler_is_hot() -> None:
