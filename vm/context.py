@@ -160,7 +160,8 @@ class MemoryContext(Context):
         return self.regs
 
     def read_register(self, reg: Register, user: bool) -> int | None:
-        return self._set(reg, user).get(reg.name)
+        registers = self._set(reg, user) if user else self.regs  # the current set is regs
+        return registers.get(reg.name)
 
     def write_register(self, reg: Register, user: bool, value: int) -> None:
         self._set(reg, user)[reg.name] = value

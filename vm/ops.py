@@ -590,8 +590,10 @@ def _overflow(m: Machine, nxt: int) -> int:
 
 
 def _log_words(m: Machine, count: int) -> None:
-    at = m.log_len
-    words = [m.pop() for _ in range(count)]
+    """Pop ``count`` words into the log, TOS first (read in place: one pop call each is slow)."""
+    stack, tos, at = m.stack, m.tos, m.log_len
+    words = [stack[(tos + i) & STACK_MASK] for i in range(count)]
+    m.tos = (tos + count) & STACK_MASK
     m.log[at:at + 4 * count] = struct.pack(f"<{count}I", *words)
     m.log_len = at + 4 * count
 
