@@ -14,12 +14,15 @@ Operations that may raise call the runtime library, which returns a status: cont
 with the next instruction, resume, or stop (``status_branch``).
 
 Stack slots live in local variables where the stack depth is known statically
-(``irgen.Region``). Instructions are lowered in code order; each joins the region and
-depth of the first edge already seen into it (else it starts a region). An edge that
-agrees with its target's region and depth is a plain branch; any other edge writes its
-region to the state and enters the target through the target's re-entry block, which
-rebases the target's region on the state's TOS and loads its slots. Edges taken after a
-sync point (a runtime call: the stack may have changed) always re-enter.
+(``irgen.Region``), otherwise in the stack array ("memory mode", no region). Instructions
+are lowered in code order; each joins the region (or memory mode) and depth of the first
+edge already seen into it; without one, a return point or handler (whose depth the
+callee or the raise decides at run time) runs in memory mode and any other instruction
+starts a region. An edge that agrees with its target's place is a plain branch; any
+other edge writes its region to the state and enters the target through the target's
+re-entry block, which rebases the target's region on the state's TOS and loads its
+slots. Edges taken after a sync point (a runtime call: the stack may have changed)
+always re-enter.
 """
 
 from __future__ import annotations
@@ -43,9 +46,21 @@ class _Edge:
     through ``block`` (filled once the target's place is known)."""
 
     block: ir.Block
-    region: Region
+    region: Region | None  # None: memory mode
     depth: int | None
     target: int
+
+
+def _resume_targets(instructions: list[Instruction]) -> set[int]:
+    """Where ``state.resume`` can point: return points and ``sx`` handlers."""
+    targets: set[int] = set()
+    for insn in instructions:
+        if OpFlag.HANDLER in insn.op.flags:
+            assert insn.target is not None
+            targets.add(insn.target)
+        if OpFlag.CALL in insn.op.flags:
+            targets.add(insn.end)
+    return targets
 
 
 class HandlerLowering:
@@ -72,7 +87,8 @@ class HandlerLowering:
         self.exit_block = self.function.append_basic_block("exit")
         self.bad_block = self.function.append_basic_block("bad_continuation")
         self._raise: tuple[ir.Block, tuple] | None = None
-        self.places: dict[int, tuple[Region, int]] = {}  # offset -> region, TOS offset
+        self.places: dict[int, tuple[Region | None, int | None]] = {}  # offset -> place
+        self.resume_targets = _resume_targets(self.instructions)
         self._pending: dict[int, list[_Edge]] = {}  # edges to instructions not lowered yet
         self._crossing: list[_Edge] = []  # edges that write their region and re-enter
         self._reentries: dict[int, ir.Block] = {}
@@ -104,14 +120,17 @@ class HandlerLowering:
         return self.function
 
     # --- regions and edges --------------------------------------------------------------
-    def _place(self, offset: int) -> tuple[Region, int]:
-        """The region and TOS offset of the instruction at ``offset``: those of the first
-        edge seen into it, else a new region."""
+    def _place(self, offset: int) -> tuple[Region | None, int | None]:
+        """The region and TOS offset of the instruction at ``offset`` (see the module)."""
         edges = self._pending.pop(offset, [])
-        joinable = [edge for edge in edges
-                    if edge.depth is not None and abs(edge.depth) <= REGION_DRIFT]
-        place = ((joinable[0].region, joinable[0].depth) if joinable
-                 else (self.e.new_region(), 0))
+        first = edges[0] if edges else None
+        if first is not None and (first.region is None or (
+                first.depth is not None and abs(first.depth) <= REGION_DRIFT)):
+            place = first.region, first.depth
+        elif offset in self.resume_targets:
+            place = None, None
+        else:
+            place = self.e.new_region(), 0
         self.places[offset] = place
         for edge in edges:
             self._connect(edge)
@@ -138,11 +157,14 @@ class HandlerLowering:
         for edge in self._crossing:
             e.at(edge.block)
             e.enter(edge.region, edge.depth)
-            e.sync_stack()
+            if edge.region is not None:
+                e.sync_stack()
             e.b.branch(self.reentry(edge.target))
         for offset, block in self._reentries.items():
             e.at(block)
-            e.region_entry(*self.places[offset])
+            region, depth = self.places[offset]
+            if region is not None:
+                e.region_entry(region, depth)
             e.b.branch(self.blocks[offset])
         e.enter(None)
         e.emit_deferred()
@@ -165,17 +187,10 @@ class HandlerLowering:
             self.e.sync_stack()
 
     def _build_resume(self) -> None:
-        targets: set[int] = set()
-        for insn in self.instructions:
-            if OpFlag.HANDLER in insn.op.flags:
-                assert insn.target is not None
-                targets.add(insn.target)
-            if OpFlag.CALL in insn.op.flags:
-                targets.add(insn.end)
         e = self.e
         e.at(self.resume_block)
         switch = e.b.switch(e.load("resume"), self.bad_block)
-        for offset in sorted(targets):
+        for offset in sorted(self.resume_targets):
             switch.add_case(c32(offset), self.block_at(offset))
 
     def block_at(self, offset: int, synced: bool = False) -> ir.Block:
@@ -185,10 +200,10 @@ class HandlerLowering:
         if offset not in self.blocks:
             return self.bad_block
         e = self.e
-        if synced or e.region is None or e.b.block is e.synced:
+        if synced or (e.region is not None and e.b.block is e.synced):
             return self.reentry(offset)
-        edge = _Edge(self.function.append_basic_block(f"pc{offset}_edge"), e.region, e.depth,
-                     offset)
+        edge = _Edge(self.function.append_basic_block(f"pc{offset}_edge"), e.region,
+                     None if e.region is None else e.depth, offset)
         if offset in self.places:
             self._connect(edge)
         else:
