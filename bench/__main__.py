@@ -6,7 +6,7 @@ import argparse
 import json
 import platform
 
-from dprobes.bench import interp_bench, jit_bench, machine_bench, probe_bench
+from dprobes.bench import hook_floor, interp_bench, jit_bench, machine_bench, probe_bench
 
 
 def main() -> None:
@@ -17,6 +17,7 @@ def main() -> None:
     figures = interp_bench.run(args.seconds)
     machine = machine_bench.run(args.seconds)
     probes = probe_bench.run(args.seconds)
+    floor = hook_floor.run()
     jit = jit_bench.run(args.seconds)
     if args.json:
         print(json.dumps({"python": platform.python_version(), "interpreter": [
@@ -25,6 +26,8 @@ def main() -> None:
              "instructions_per_second": round(f.instructions_per_second)} for f in figures],
             "machine": machine.as_dict() if machine else None,
             "probes": probes.as_dict() if probes else None,
+            "hook_floor": [{"hook": f.hook, "ns_per_hit": round(f.ns_per_hit, 1)}
+                           for f in floor],
             "jit": jit.as_dict() if jit else None}))
         return
     print(f"interpreter (CPython {platform.python_version()})")
@@ -36,6 +39,7 @@ def main() -> None:
     print(machine_bench.report(machine))
     print()
     print(probe_bench.report(probes))
+    print(hook_floor.report(floor))
     print()
     print(jit_bench.report(jit))
 
