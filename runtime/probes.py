@@ -172,6 +172,8 @@ class ProbeManager:
             holder[1].status = (holder[1].status & ~RecordStatus.ACTIVE) | RecordStatus.REMOVED
             holder[1].notes.append("replaced by merge")
             del self.user_probes[key]
+            if self.native is not None:
+                self.native.forget(holder[1])
         elif holder is not None:
             record.status |= RecordStatus.DUPLICATE
             record.notes.append(f"offset 0x{offset:x} is already probed by {holder[0].name}")

@@ -285,3 +285,25 @@ def test_auto_tier_goes_native_once_the_handler_is_hot() -> None:
     auto, native_hits = run("auto")
     assert auto == python and len(python) == 500
     assert 0 < native_hits < 500 - DEFAULT_HOT_THRESHOLD
+
+
+def test_a_merged_program_takes_over_a_native_probe() -> None:
+    """Merging a program that probes the same instruction mid-run: from the next hit on
+    the new record's handler runs, natively too (the old record's entry is gone)."""
+    def run(mode: str) -> tuple:
+        machine = Machine()
+        manager = ProbeManager(machine, **MODES[mode])
+        manager.insert(build("loop", "offset = work\n    push 1\n    log 1\n    exit\n"))
+        process = machine.spawn(BIN / "loop")
+        with pytest.raises(InstructionLimit):
+            machine.run(max_instructions=300_000)
+        manager.insert(build("loop", "offset = work\n    push 2\n    log 1\n    exit\n"),
+                       merge=True)
+        machine.run()
+        if mode == "native":
+            assert manager.native is not None and manager.native.hits > 1000
+        return ([e.record.data for e in manager.emitted], process.returncode,
+                [(r.status, r.count, r.hits) for r in manager.query()])
+
+    python, native = run("python"), run("native")
+    assert native == python and set(python[0]) == {b"\x01\0\0\0", b"\x02\0\0\0"}
