@@ -139,9 +139,10 @@ class NativeProbes:
         self.tables: dict[int, dict[int, N.ProbeEntry]] = {}  # pid -> address -> entry
         self.idents: list[tuple[LoadedProgram, ProbeRecord, StepPlan, int]] = []
         self._entries: list[N.ProbeEntry] = []  # never freed: a pending hit may point here
-        self._ident_of: dict[tuple[int, int, int], int] = {}  # (pid, record, address)
+        self._ident_of: dict[tuple[int, int, int], int] = {}  # (pid, id(record), address);
+        # ids stay unique: ``idents`` keeps every record it names alive
         self.runners: dict[int, JitRunner] = {}  # state address -> runner
-        self._reasons: dict[tuple[int, int], str | None] = {}
+        self._reasons: dict[tuple[int, int], tuple[LoadedProgram, str | None]] = {}
         self.python_owns = True
         self.error: BaseException | None = None
         cpu.translation_listeners.append(self.flush_tlb)
@@ -193,9 +194,10 @@ class NativeProbes:
 
     def _reason(self, loaded: LoadedProgram, probe: int) -> str | None:
         key = (id(loaded), probe)
-        if key not in self._reasons:
-            self._reasons[key] = python_only_reason(loaded.program, probe)
-        return self._reasons[key]
+        cached = self._reasons.get(key)
+        if cached is None or cached[0] is not loaded:  # (an id may be reused once freed)
+            cached = self._reasons[key] = (loaded, python_only_reason(loaded.program, probe))
+        return cached[1]
 
     def _ident(self, process: Process, loaded: LoadedProgram, record: ProbeRecord,
                plan: StepPlan, slot: int) -> int:

@@ -95,7 +95,7 @@ class StepTracker:
         self.slot_pages: dict[int, int] = {}  # pid -> slot page address
         self.slot_code: dict[tuple[int, int], bytes] = {}  # (pid, slot) -> bytes there
         self.slot_numbers: dict[int, int] = {}  # id(record) -> slot, in order of first hit
-        self.plans: dict[tuple[int, int], StepPlan] = {}  # (id(record), address) -> plan
+        self.plans: dict[tuple[bytes, int], StepPlan] = {}  # (original bytes, address)
         self._after_step = manager.machine.cpu.batch(("esp", "eflags"))
         self.native: NativeProbes | None = None
 
@@ -145,9 +145,10 @@ class StepTracker:
         return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
 
     def plan(self, record: ProbeRecord, address: int) -> StepPlan:
-        plan = self.plans.get((id(record), address))
+        key = (record.original, address)
+        plan = self.plans.get(key)
         if plan is None:
-            plan = self.plans[(id(record), address)] = plan_step(record.original, address)
+            plan = self.plans[key] = plan_step(record.original, address)
         return plan
 
     def continue_hit(self, process: Process, loaded: LoadedProgram, record: ProbeRecord,
