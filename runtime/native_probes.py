@@ -29,7 +29,9 @@ A Python exception in any callback stops emulation and is raised when it returns
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
+from collections.abc import Callable
 from ctypes import CFUNCTYPE, POINTER, c_int32, c_uint8, c_uint32, c_uint64
 from typing import TYPE_CHECKING
 
@@ -79,6 +81,21 @@ STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSO
               StepKind.CALL_ABSOLUTE: N.STEP_CALL_ABSOLUTE}
 RECORD = struct.Struct("<" + "".join("Q" if t is c_uint64 else "I"
                                      for _, t in N.HitRecord._fields_))
+
+
+def _from_native(method: Callable[..., None]) -> Callable[..., None]:
+    """A callback native code makes: Python work that may have touched the VMs' lists
+    (a Python hit, a log hook reading variables) hands the VM state back before native
+    code runs on, and an exception never unwinds through native code: it stops
+    emulation and is raised when emulation returns."""
+    @functools.wraps(method)
+    def callback(self: NativeProbes, *args: int) -> None:
+        try:
+            method(self, *args)
+            self.to_native()
+        except BaseException as exc:
+            self._fail(exc)
+    return callback
 
 
 def python_only_reason(program: Program, probe: int) -> str | None:
@@ -319,32 +336,26 @@ class NativeProbes:
             self.error = exc
         self.machine.cpu.uc.emu_stop()
 
+    @_from_native
     def _interrupt(self, vector: int) -> None:
-        try:
-            self.drain()  # records reach log targets before the program's next output
-            self.machine.cpu.on_interrupt(vector)
-            self.to_native()
-        except BaseException as exc:  # never unwind through native code
-            self._fail(exc)
+        self.drain()  # records reach log targets before the program's next output
+        self.machine.cpu.on_interrupt(vector)
 
+    @_from_native
     def _handover(self, stage: int, eip: int) -> None:
-        try:
-            machine = self.machine
-            process = machine.current
-            assert process is not None
-            step = self.adopt(process, stepping=False)
-            assert step is not None, "a handover without a native hit"
-            steps = self.manager.steps
-            if stage == N.STAGE_STEP:
-                steps.continue_hit(process, step.loaded, step.record, step.plan.address,
-                                   machine.cpu.registers(), step.hit, step.result)
-            elif stage == N.STAGE_FINISH:
-                steps.finish(machine, process, step, eip)
-            else:
-                steps.post_step(step)
-            self.to_native()
-        except BaseException as exc:
-            self._fail(exc)
+        machine = self.machine
+        process = machine.current
+        assert process is not None
+        step = self.adopt(process, stepping=False)
+        assert step is not None, "a handover without a native hit"
+        steps = self.manager.steps
+        if stage == N.STAGE_STEP:
+            steps.continue_hit(process, step.loaded, step.record, step.plan.address,
+                               machine.cpu.registers(), step.hit, step.result)
+        elif stage == N.STAGE_FINISH:
+            steps.finish(machine, process, step, eip)
+        else:
+            steps.post_step(step, wrote_log=True)
 
     def _fill(self, address: int, write: int, out: ctypes._Pointer) -> int:
         """Translate a handler's access for the TLB: 0 (``out``: host page | perms), 1 for
@@ -385,12 +396,9 @@ class NativeProbes:
             self.hook.ring_head = 0
             self.manager.emit_packed(self._ring_view[:head].tobytes(), self.decode)
 
+    @_from_native
     def _ring_full(self) -> None:
-        try:
-            self.drain()  # a log hook may have read the variables: hand them back
-            self.to_native()
-        except BaseException as exc:
-            self._fail(exc)
+        self.drain()
 
     def decode(self, chunk: bytes) -> list[Emitted]:
         """The manager's view of packed ring records."""

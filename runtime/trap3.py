@@ -112,7 +112,7 @@ class StepTracker:
         if step is not None:
             if trap.vector == DEBUG or (trap.vector == BREAKPOINT and
                                         trap.instruction == step.slot + step.plan.length):
-                self._finish(machine, process, step, trap.eip if trap.vector == DEBUG
+                self.finish(machine, process, step, trap.eip if trap.vector == DEBUG
                              else trap.instruction)
                 return True
             return self._faulted(machine, process, step, trap)
@@ -162,7 +162,7 @@ class StepTracker:
         flags = registers["eflags"]
         step = PendingStep(loaded, record, plan, 0, outcome, flags & TRAP_FLAG, hit)
         if not step.trap_flag and self._emulate_push(process, plan, registers):
-            self._post_step(step, wrote_log=True)
+            self.post_step(step, wrote_log=True)
             if self.native is not None:
                 self.native.offer(process, step)
             return True
@@ -211,8 +211,10 @@ class StepTracker:
 
     # --- trap1 -------------------------------------------------------------------------
 
-    def _finish(self, machine: Machine, process: Process, step: PendingStep, eip: int) -> None:
-        del self.pending[process.pid]
+    def finish(self, machine: Machine, process: Process, step: PendingStep, eip: int) -> None:
+        """The step ended at ``eip`` (a hit of this path, or one adopted from a native hit
+        that could not finish it): repair EIP and the stack, then count the hit."""
+        self.pending.pop(process.pid, None)
         cpu = machine.cpu
         esp, flags = self._after_step.read()
         top = 0
@@ -223,18 +225,9 @@ class StepTracker:
             process.space.write(esp, struct.pack("<I", repaired.stack_word))
         flags = flags & ~TRAP_FLAG | step.trap_flag
         cpu.write_registers({"eflags": flags, "eip": repaired.eip})
-        self._post_step(step, wrote_log=True)
+        self.post_step(step, wrote_log=True)
         if self.native is not None:
             self.native.offer(process, step)
-
-    def finish(self, machine: Machine, process: Process, step: PendingStep, eip: int) -> None:
-        """End the out-of-line step of ``step`` (adopted from a native hit) at ``eip``."""
-        self.pending[process.pid] = step
-        self._finish(machine, process, step, eip)
-
-    def post_step(self, step: PendingStep) -> None:
-        """Count the hit of a repaired step (adopted from a native hit), log, disable."""
-        self._post_step(step, wrote_log=True)
 
     def _faulted(self, machine: Machine, process: Process, step: PendingStep,
                  trap: Trap) -> bool:
@@ -244,10 +237,11 @@ class StepTracker:
         original = step.plan.address + (trap.instruction - step.slot)
         flags = cpu.reg("eflags") & ~TRAP_FLAG | step.trap_flag
         cpu.write_registers({"eflags": flags, "eip": original & 0xFFFFFFFF})
-        self._post_step(step, wrote_log=step.record.point.logonfault)
+        self.post_step(step, wrote_log=step.record.point.logonfault)
         return False
 
-    def _post_step(self, step: PendingStep, wrote_log: bool) -> None:
+    def post_step(self, step: PendingStep, wrote_log: bool) -> None:
+        """Count the hit, write its log (if ``wrote_log``), disable or remove the probe."""
         record, result, manager = step.record, step.result, self.manager
         record.end_hit()
         if result is not None and wrote_log and result.exit is not ExitKind.ABORT:
