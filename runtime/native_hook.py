@@ -342,7 +342,7 @@ define i32 @dprobes_np_write_memory(ptr %hook, i32 %addr, i32 %size, ptr %data, 
 define i32 @dprobes_np_read_cstring(ptr %hook, i32 %addr, i32 %limit, ptr %out,
                                     ptr %length, ptr %fault) {{
 start:
-  %status = alloca i32
+  %byte_p = alloca i8
   br label %head
 head:
   %count = phi i32 [ 0, %start ], [ %next, %keep ]
@@ -350,19 +350,13 @@ head:
   br i1 %more, label %read, label %finished
 read:
   %a = add i32 %addr, %count
-  %page = call i64 @page(ptr %hook, i32 %a, i32 0, ptr %status)
-  %st = load i32, ptr %status
+  %st = call i32 @access(ptr %hook, i32 %a, i32 1, ptr %byte_p, ptr %fault, i32 0)
   %good = icmp eq i32 %st, 0
   br i1 %good, label %got, label %bad
 bad:
-  store i32 %a, ptr %fault
   ret i32 %st
 got:
-  %off = and i32 %a, {PAGE_MASK}
-  %off64 = zext i32 %off to i64
-  %at = add i64 %page, %off64
-  %p = inttoptr i64 %at to ptr
-  %byte = load i8, ptr %p
+  %byte = load i8, ptr %byte_p
   %nul = icmp eq i8 %byte, 0
   br i1 %nul, label %finished, label %keep
 keep:

@@ -307,3 +307,19 @@ def test_a_merged_program_takes_over_a_native_probe() -> None:
 
     python, native = run("python"), run("native")
     assert native == python and set(python[0]) == {b"\x01\0\0\0", b"\x02\0\0\0"}
+
+
+def test_strings_read_from_the_process() -> None:
+    """``log str`` reads a C string through the native TLB, page by page, byte by byte."""
+    body = """
+offset = str_len
+    push 64
+    push r, esp
+    push 4
+    add
+    push mem_u32
+    log str
+    exit
+"""
+    seen = same_in_both_modes({"strings": body}, ["strings"])
+    assert len({record for _, record, _ in seen["records"]}) > 3
