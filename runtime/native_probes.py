@@ -39,6 +39,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from dprobes.runtime import native_hook as N
 from dprobes.runtime.addrspace import KERNEL_BASE, Prot
+from dprobes.runtime.journal import Emitted
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.trap3 import (
@@ -61,7 +62,7 @@ from dprobes.vm.registers import REGISTERS_BY_NAME
 if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
     from dprobes.runtime.machine import Machine
-    from dprobes.runtime.probes import Emitted, LoadedProgram, ProbeManager
+    from dprobes.runtime.probes import LoadedProgram, ProbeManager
     from dprobes.runtime.process import Process
     from dprobes.runtime.records import ProbeRecord
     from dprobes.vm.jit.runner import JitRunner
@@ -226,25 +227,25 @@ class NativeProbes:
 
     def forget(self, record: ProbeRecord) -> None:
         """The record is disarmed: no process serves it natively any more."""
-        for pid, table in self.tables.items():
-            stale = [address for address, entry in table.items()
-                     if entry.counters == ctypes.addressof(record.counters)]
-            for address in stale:
-                del table[address]
-            if stale:
-                self._publish(pid)
+        counters = ctypes.addressof(record.counters)
+        for pid in self.tables:
+            self._drop(pid, lambda address, entry: entry.counters == counters)
 
     def _invalidated(self, space: AddressSpace, start: int, end: int) -> None:
         """The PTEs of [start, end) changed: probes there go back to the Python path."""
-        for pid, table in self.tables.items():
+        for pid in self.tables:
             process = self.machine.processes.get(pid)
-            if process is None or process.space is not space:
-                continue
-            stale = [address for address in table if start <= address < end]
-            for address in stale:
-                del table[address]
-            if stale:
-                self._publish(pid)
+            if process is not None and process.space is space:
+                self._drop(pid, lambda address, entry: start <= address < end)
+
+    def _drop(self, pid: int, stale: Callable[[int, N.ProbeEntry], bool]) -> None:
+        """Take the process's entries that are ``stale`` out of its native table."""
+        table = self.tables[pid]
+        gone = [address for address, entry in table.items() if stale(address, entry)]
+        for address in gone:
+            del table[address]
+        if gone:
+            self._publish(pid)
 
     def _publish(self, pid: int) -> None:
         """Rebuild the process's open-addressing table from its entries."""
@@ -402,8 +403,6 @@ class NativeProbes:
 
     def decode(self, chunk: bytes) -> list[Emitted]:
         """The manager's view of packed ring records."""
-        from dprobes.runtime.probes import Emitted
-
         out, at, names, idents = [], 0, self.names, self.idents
         while at < len(chunk):
             (length, ident, pid, uid, cs, eip, ss, esp, executed, major, minor, _, _,
