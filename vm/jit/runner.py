@@ -213,21 +213,7 @@ class JitRunner:
 
     def _copy_out(self) -> None:
         vm, state = self.vm, self.state
-        dirty = state.stack_dirty
-        if dirty:
-            stack, snapshot = vm.cpu.stack, self.stack_snapshot
-            assert snapshot is not None
-            if dirty == S.ALL_DIRTY:
-                fresh = self.stack_view.tolist()
-                stack[:] = fresh
-                snapshot[:] = fresh
-            else:
-                for chunk in range(S.DIRTY_CHUNKS):
-                    if dirty >> chunk & 1:
-                        start = chunk * CHUNK
-                        fresh = self.stack_view[start:start + CHUNK].tolist()
-                        stack[start:start + CHUNK] = fresh
-                        snapshot[start:start + CHUNK] = fresh
+        self._copy_out_stack(state.stack_dirty)
         lv_written, gv_written = self.var_dirty
         if lv_written:
             self.lv.copy_out(vm.locals)
@@ -235,14 +221,30 @@ class JitRunner:
             self.gv.copy_out(vm.globals.values)
         vm.cpu.ex_code = state.ex_code
 
+    def _copy_out_stack(self, dirty: int) -> None:
+        """The stack chunks marked in ``dirty`` back to the CPU's list and the snapshot."""
+        if not dirty:
+            return
+        stack, snapshot = self.vm.cpu.stack, self.stack_snapshot
+        assert snapshot is not None
+        if dirty == S.ALL_DIRTY:
+            fresh = self.stack_view.tolist()
+            stack[:] = fresh
+            snapshot[:] = fresh
+            return
+        for chunk in range(S.DIRTY_CHUNKS):
+            if dirty >> chunk & 1:
+                start = chunk * CHUNK
+                fresh = self.stack_view[start:start + CHUNK].tolist()
+                stack[start:start + CHUNK] = fresh
+                snapshot[start:start + CHUNK] = fresh
+
     # --- sharing the state with a native caller (the runtime's native probe hook) ------
     def copy_out_shared(self) -> None:
         """The per-CPU stack, last exception code and globals, back to the Python lists
         (the native caller ran handlers on this state since the last copy in)."""
         vm = self.vm
-        fresh = self.stack_view.tolist()
-        vm.cpu.stack[:] = fresh
-        self.stack_snapshot = fresh[:]
+        self._copy_out_stack(S.ALL_DIRTY)
         vm.cpu.ex_code = self.state.ex_code
         if self.gv.snapshot is not None:
             self.gv.copy_out(vm.globals.values)
