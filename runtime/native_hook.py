@@ -11,16 +11,22 @@ through a small software TLB over the runtime's page tables, registers through
 ``uc_reg_read``/``uc_reg_write``), then either emulates ``push r32`` or points EIP at the
 probe's out-of-line slot with TF set. On the debug trap that ends the step it repairs EIP
 (and the return address of a call), counts the hit and appends the log record to a byte
-ring that Python drains. Everything else, and every rare turn of a native hit (``exit_to``,
-``rem``, the last hit before ``max_hits``, a push onto a page that is not there, a
-fault in the stepped instruction), is handed to the Python path, which takes over the
-hit where the native code left it (``python_handover``) so both paths have one outcome.
+ring that Python drains. A ring record is small, since the ring's bytes are what the
+journal keeps: a head, only the machine state the program's log header selects
+(``HEADER_FIELDS``), the log and the exception log. Everything else, and every rare turn
+of a native hit (``exit_to``, ``rem``, the last hit before ``max_hits``, a push onto a
+page that is not there, a fault in the stepped instruction), is handed to the Python
+path, which takes over the hit where the native code left it (``python_handover``) so
+both paths have one outcome.
 """
 
 from __future__ import annotations
 
 import ctypes
-from ctypes import Structure, c_uint8, c_uint32, c_uint64, c_void_p
+import functools
+import struct
+from ctypes import Structure, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p
+from typing import NamedTuple
 
 from unicorn import x86_const as x86
 
@@ -30,6 +36,7 @@ from dprobes.runtime.records import Counters
 from dprobes.runtime.xol import TRAP_FLAG
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import HOST_TYPES
+from dprobes.vm.program import LogField
 from dprobes.vm.registers import REGISTERS_BY_INDEX, REGISTERS_BY_NAME
 from dprobes.vm.stacktrace import MIN_ST_SIZE
 
@@ -66,6 +73,8 @@ class ProbeEntry(Structure):
         ("push_reg", c_uint32),  # the register a ``push r32`` stores (dprobes index)
         ("ident", c_uint32), ("ex_mask", c_uint32),
         ("major", c_uint32), ("minor", c_uint32), ("probe_offset", c_uint64),
+        ("fields", c_uint32),  # the program's log fields: which header fields to record
+        ("head_len", c_uint32),  # bytes of a record's head and header fields
         ("handler", c_void_p), ("state", c_void_p), ("counters", c_void_p),
     ]
 
@@ -74,19 +83,45 @@ class TableSlot(Structure):
     _fields_ = [("address", c_uint32), ("entry", c_void_p)]
 
 
-class HitRecord(Structure):
-    """What a hit logged: the header fields the machine knew, then the handler's outcome.
+class RecordHead(Structure):
+    """The start of a ring record: which probe, and what its handler logged.
 
-    In the ring each record is followed by ``log_len`` log bytes and ``ex_len`` exception
-    log bytes, and padded to 4 bytes; ``length`` covers all of it."""
+    In the ring the head is followed by the header fields (``header_layout``), ``log_len``
+    log bytes and ``ex_len`` exception log bytes, padded to 4 bytes. Everything else the
+    log header may show is known from the probe (``ident``)."""
 
-    _fields_ = [
-        ("length", c_uint32), ("ident", c_uint32), ("pid", c_uint32), ("uid", c_uint32),
-        ("cs", c_uint32), ("eip", c_uint32), ("ss", c_uint32), ("esp", c_uint32),
-        ("executed", c_uint64),
-        ("major", c_uint32), ("minor", c_uint32), ("exit_kind", c_uint32),  # State's order
-        ("exit_to", c_uint32), ("log_len", c_uint32), ("ex_len", c_uint32),
-    ]
+    _fields_ = [("ident", c_uint32), ("log_len", c_uint16), ("ex_len", c_uint16),
+                ("major", c_uint16), ("minor", c_uint16)]
+
+
+HEADER_FIELDS = ((LogField.UID, ("uid",), "I"), (LogField.CSEIP, ("cs",), "I"),
+                 (LogField.SSESP, ("ss", "esp"), "II"), (LogField.TSC, ("executed",), "Q"))
+"""The machine state a record carries after its head, in this order, each only if the
+program's log fields select it: uid, cs, ss and esp, the instruction clock. (pid, eip and
+the process name follow from the probe.)"""
+
+
+class HeaderLayout(NamedTuple):
+    """How a record's header fields are packed for one choice of log fields."""
+
+    packing: struct.Struct
+    names: tuple[str, ...]
+
+    def values(self, data: bytes | ctypes.Array, at: int) -> dict[str, int]:
+        """The header fields starting at ``at`` of ``data``, by name."""
+        return dict(zip(self.names, self.packing.unpack_from(data, at), strict=True))
+
+
+@functools.cache
+def header_layout(fields: LogField) -> HeaderLayout:
+    """How the header fields of a record of a program with these log fields are packed."""
+    chosen = [(names, codes) for flag, names, codes in HEADER_FIELDS if flag in fields]
+    return HeaderLayout(struct.Struct("<" + "".join(codes for _, codes in chosen)),
+                        tuple(name for names, _ in chosen for name in names))
+
+
+HEADER_BYTES = header_layout(LogField.ALL).packing.size
+"""The most bytes of header fields a record carries."""
 
 
 class Pending(Structure):
@@ -96,10 +131,11 @@ class Pending(Structure):
         ("active", c_uint32),  # the step is under way (EIP in the slot)
         ("ran", c_uint32),  # the handler ran (the pass count was used up)
         ("trap_flag", c_uint32),
+        ("exit_kind", c_uint32), ("exit_to", c_uint32),  # how the handler ended
         ("entry", c_void_p),  # the ProbeEntry of the hit (null: none)
         ("log_at", c_void_p),  # where the log bytes are: the handler's state, or ``log``
         ("ex_log_at", c_void_p),
-        ("record", HitRecord),
+        ("head", RecordHead), ("header", c_uint8 * HEADER_BYTES),  # the record's start
         ("log", c_uint8 * S.LOG_BUFFER),
         ("ex_log", c_uint8 * S.EX_LOG_BUFFER),
     ]
@@ -138,16 +174,16 @@ class Hook(Structure):
 REGISTER_IDS = tuple(getattr(x86, f"UC_X86_REG_{REGISTERS_BY_INDEX[i].name.upper()}")
                      for i in range(GENERAL_REGISTERS))
 """unicorn's id of dprobes registers 0..15."""
-assert ctypes.sizeof(HitRecord) % 4 == 0
+assert Pending.header.offset == Pending.head.offset + ctypes.sizeof(RecordHead)
 
 
 def _offsets() -> dict[str, int]:
     """Byte offsets the IR uses, as ``Struct_field``."""
     out = {}
-    for struct in (TlbEntry, Counters, ProbeEntry, TableSlot, HitRecord, Pending,
+    for layout in (TlbEntry, Counters, ProbeEntry, TableSlot, RecordHead, Pending,
                    ProcessSlot, Hook):
-        for name, *_ in struct._fields_:
-            out[f"{struct.__name__}_{name}"] = getattr(struct, name).offset
+        for name, *_ in layout._fields_:
+            out[f"{layout.__name__}_{name}"] = getattr(layout, name).offset
     for name, *_ in S.State._fields_:
         out[f"State_{name}"] = S.offset(name)
     for name, *_ in S.HostTable._fields_:
@@ -164,7 +200,7 @@ def _constants() -> dict[str, int]:
         "LAST_WORD": PAGE_SIZE - 4, "TLB_MASK": (1 << TLB_BITS) - 1,
         "TLB_ENTRY": ctypes.sizeof(TlbEntry), "TABLE_MASK": TABLE_SIZE - 1,
         "TABLE_SHIFT": 32 - TABLE_BITS, "TABLE_SLOT": ctypes.sizeof(TableSlot),
-        "RECORD": ctypes.sizeof(HitRecord), "MIN_ST": MIN_ST_SIZE,
+        "MIN_ST": MIN_ST_SIZE, **{f"LOG_{flag.name}": int(flag) for flag, *_ in HEADER_FIELDS},
         "STACK_BYTES": S.State.stack.size,
         "TASK_BASE": TASK_BASE, "TASK_SIZE": TASK_SIZE, "GENERAL": GENERAL_REGISTERS,
         "EXIT_EXIT": S.EXIT_EXIT, "EXIT_TO": S.EXIT_EXIT_TO, "EXIT_REM": S.EXIT_REM,
@@ -477,19 +513,16 @@ start:
   %did_run = icmp ne i32 %ran, 0
   br i1 %did_run, label %copy_log, label %done
 copy_log:
-  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
   %log_at = getelementptr i8, ptr %pending, i64 {Pending_log_at}
   %log_from = load ptr, ptr %log_at
   %log_to = getelementptr i8, ptr %pending, i64 {Pending_log}
-  %nlog_p = getelementptr i8, ptr %record, i64 {HitRecord_log_len}
-  %nlog = load i32, ptr %nlog_p
+  %nlog = call i32 @head_u16(ptr %pending, i64 {RecordHead_log_len})
   call void @copy(ptr %log_to, ptr %log_from, i32 %nlog)
   store ptr %log_to, ptr %log_at
   %ex_at = getelementptr i8, ptr %pending, i64 {Pending_ex_log_at}
   %ex_from = load ptr, ptr %ex_at
   %ex_to = getelementptr i8, ptr %pending, i64 {Pending_ex_log}
-  %nex_p = getelementptr i8, ptr %record, i64 {HitRecord_ex_len}
-  %nex = load i32, ptr %nex_p
+  %nex = call i32 @head_u16(ptr %pending, i64 {RecordHead_ex_len})
   call void @copy(ptr %ex_to, ptr %ex_from, i32 %nex)
   store ptr %ex_to, ptr %ex_at
   br label %done
@@ -516,6 +549,24 @@ define internal void @move(ptr %dst, i64 %to, ptr %src, i64 %from, i32 %n) {{
 define internal void @copy(ptr %dst, ptr %src, i32 %n) {{
   %n64 = zext i32 %n to i64
   call void @llvm.memcpy.p0.p0.i64(ptr %dst, ptr %src, i64 %n64, i1 false)
+  ret void
+}}
+
+; The u16 at %at of the pending record's head, widened.
+define internal i32 @head_u16(ptr %pending, i64 %at) {{
+  %head = getelementptr i8, ptr %pending, i64 {Pending_head}
+  %p = getelementptr i8, ptr %head, i64 %at
+  %v = load i16, ptr %p
+  %w = zext i16 %v to i32
+  ret i32 %w
+}}
+
+; Store the low 16 bits of %v at %at of the pending record's head.
+define internal void @set_head_u16(ptr %pending, i64 %at, i32 %v) {{
+  %head = getelementptr i8, ptr %pending, i64 {Pending_head}
+  %p = getelementptr i8, ptr %head, i64 %at
+  %low = trunc i32 %v to i16
+  store i16 %low, ptr %p
   ret void
 }}
 
@@ -596,10 +647,15 @@ broken:
   ret i1 false
 keep:
   %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
-  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
-  %outcome_from = getelementptr i8, ptr %state, i64 {State_major}
-  %outcome_to = getelementptr i8, ptr %record, i64 {HitRecord_major}
-  call void @copy(ptr %outcome_to, ptr %outcome_from, i32 16)  ; major minor exit_kind exit_to
+  %major_p = getelementptr i8, ptr %state, i64 {State_major}
+  %major = load i32, ptr %major_p
+  call void @set_head_u16(ptr %pending, i64 {RecordHead_major}, i32 %major)
+  %minor_p = getelementptr i8, ptr %state, i64 {State_minor}
+  %minor = load i32, ptr %minor_p
+  call void @set_head_u16(ptr %pending, i64 {RecordHead_minor}, i32 %minor)
+  %exit_kind_p = getelementptr i8, ptr %pending, i64 {Pending_exit_kind}
+  store i32 %kind, ptr %exit_kind_p
+  call void @move(ptr %pending, i64 {Pending_exit_to}, ptr %state, i64 {State_exit_to}, i32 4)
   %hl_p = getelementptr i8, ptr %state, i64 {State_header_length}
   %hl = load i32, ptr %hl_p
   %len_p = getelementptr i8, ptr %state, i64 {State_log_len}
@@ -612,8 +668,7 @@ keep:
   %log_from = getelementptr i8, ptr %log, i64 %hl64
   %log_at = getelementptr i8, ptr %pending, i64 {Pending_log_at}
   store ptr %log_from, ptr %log_at
-  %rlog = getelementptr i8, ptr %record, i64 {HitRecord_log_len}
-  store i32 %nlog, ptr %rlog
+  call void @set_head_u16(ptr %pending, i64 {RecordHead_log_len}, i32 %nlog)
   %exlen_p = getelementptr i8, ptr %state, i64 {State_ex_len}
   %exlen = load i32, ptr %exlen_p
   %exmax_p = getelementptr i8, ptr %state, i64 {State_ex_logmax}
@@ -623,25 +678,23 @@ keep:
   %ex_from = getelementptr i8, ptr %exlog, i64 {MIN_ST}
   %ex_at = getelementptr i8, ptr %pending, i64 {Pending_ex_log_at}
   store ptr %ex_from, ptr %ex_at
-  %rex = getelementptr i8, ptr %record, i64 {HitRecord_ex_len}
-  store i32 %nex, ptr %rex
+  call void @set_head_u16(ptr %pending, i64 {RecordHead_ex_len}, i32 %nex)
   ret i1 true
 }}
 
 ; Append the pending hit's record to the ring (Python empties a full ring first).
-define internal void @commit(ptr %hook, ptr %proc) {{
+define internal void @commit(ptr %hook, ptr %proc, ptr %entry) {{
 start:
   %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
-  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
-  %nlog_p = getelementptr i8, ptr %record, i64 {HitRecord_log_len}
-  %nlog = load i32, ptr %nlog_p
-  %nex_p = getelementptr i8, ptr %record, i64 {HitRecord_ex_len}
-  %nex = load i32, ptr %nex_p
+  %record = getelementptr i8, ptr %pending, i64 {Pending_head}
+  %nlog = call i32 @head_u16(ptr %pending, i64 {RecordHead_log_len})
+  %nex = call i32 @head_u16(ptr %pending, i64 {RecordHead_ex_len})
+  %head_len_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_head_len}
+  %head_len = load i32, ptr %head_len_p
   %body = add i32 %nlog, %nex
-  %raw = add i32 %body, {RECORD}
+  %raw = add i32 %body, %head_len
   %padded = add i32 %raw, 3
   %total = and i32 %padded, -4
-  store i32 %total, ptr %record
   %head_p = getelementptr i8, ptr %hook, i64 {Hook_ring_head}
   %head0 = load i32, ptr %head_p
   %size_p = getelementptr i8, ptr %hook, i64 {Hook_ring_size}
@@ -660,8 +713,9 @@ append:
   %ring = load ptr, ptr %ring_p
   %head64 = zext i32 %head to i64
   %dst = getelementptr i8, ptr %ring, i64 %head64
-  call void @copy(ptr %dst, ptr %record, i32 {RECORD})
-  %dst_log = getelementptr i8, ptr %dst, i64 {RECORD}
+  call void @copy(ptr %dst, ptr %record, i32 %head_len)
+  %head_len64 = zext i32 %head_len to i64
+  %dst_log = getelementptr i8, ptr %dst, i64 %head_len64
   %log_p = getelementptr i8, ptr %pending, i64 {Pending_log_at}
   %log = load ptr, ptr %log_p
   call void @copy(ptr %dst_log, ptr %log, i32 %nlog)
@@ -679,7 +733,6 @@ append:
 define internal void @post_step(ptr %hook, ptr %proc, ptr %entry) {{
 start:
   %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
-  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
   %counters_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_counters}
   %counters = load ptr, ptr %counters_p
   %count = load i64, ptr %counters
@@ -690,7 +743,7 @@ start:
   %ran_p = getelementptr i8, ptr %pending, i64 {Pending_ran}
   %ran = load i32, ptr %ran_p
   %did_run = icmp ne i32 %ran, 0
-  %kind_p = getelementptr i8, ptr %record, i64 {HitRecord_exit_kind}
+  %kind_p = getelementptr i8, ptr %pending, i64 {Pending_exit_kind}
   %kind = load i32, ptr %kind_p
   %is_rem = icmp eq i32 %kind, {EXIT_REM}
   %rem = and i1 %did_run, %is_rem
@@ -707,7 +760,7 @@ count_it:
   %emit = and i1 %did_run, %not_aborted
   br i1 %emit, label %log, label %done
 log:
-  call void @commit(ptr %hook, ptr %proc)
+  call void @commit(ptr %hook, ptr %proc, ptr %entry)
   br label %done
 done:
   ret void
@@ -805,6 +858,61 @@ decline:
   ret i1 false
 }}
 
+; The machine state the entry's log fields select, packed after the pending record's head
+; in HEADER_FIELDS order; nothing else is read (a register read costs ~10 ns).
+define internal void @note_header(ptr %hook, ptr %proc, ptr %entry) {{
+start:
+  %fields_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_fields}
+  %fields = load i32, ptr %fields_p
+  %pending = getelementptr i8, ptr %proc, i64 {ProcessSlot_pending}
+  %at_header = getelementptr i8, ptr %pending, i64 {Pending_header}
+  %uid_bit = and i32 %fields, {LOG_UID}
+  %has_uid = icmp ne i32 %uid_bit, 0
+  br i1 %has_uid, label %uid, label %cs_check
+uid:
+  %uid_p = getelementptr i8, ptr %proc, i64 {ProcessSlot_uid}
+  %uid_v = load i32, ptr %uid_p
+  store i32 %uid_v, ptr %at_header, align 1
+  %after_uid = getelementptr i8, ptr %at_header, i64 4
+  br label %cs_check
+cs_check:
+  %at1 = phi ptr [ %at_header, %start ], [ %after_uid, %uid ]
+  %cs_bit = and i32 %fields, {LOG_CSEIP}
+  %has_cs = icmp ne i32 %cs_bit, 0
+  br i1 %has_cs, label %cs, label %ss_check
+cs:
+  %cs_v = call i32 @reg(ptr %hook, i32 {CS})
+  store i32 %cs_v, ptr %at1, align 1
+  %after_cs = getelementptr i8, ptr %at1, i64 4
+  br label %ss_check
+ss_check:
+  %at2 = phi ptr [ %at1, %cs_check ], [ %after_cs, %cs ]
+  %ss_bit = and i32 %fields, {LOG_SSESP}
+  %has_ss = icmp ne i32 %ss_bit, 0
+  br i1 %has_ss, label %ss, label %tsc_check
+ss:
+  %ss_v = call i32 @reg(ptr %hook, i32 {SS})
+  store i32 %ss_v, ptr %at2, align 1
+  %esp_at = getelementptr i8, ptr %at2, i64 4
+  %esp_v = call i32 @reg(ptr %hook, i32 {ESP})
+  store i32 %esp_v, ptr %esp_at, align 1
+  %after_ss = getelementptr i8, ptr %at2, i64 8
+  br label %tsc_check
+tsc_check:
+  %at3 = phi ptr [ %at2, %ss_check ], [ %after_ss, %ss ]
+  %tsc_bit = and i32 %fields, {LOG_TSC}
+  %has_tsc = icmp ne i32 %tsc_bit, 0
+  br i1 %has_tsc, label %tsc, label %done
+tsc:
+  %clock_p = getelementptr i8, ptr %hook, i64 {Hook_executed}
+  %clock = load ptr, ptr %clock_p
+  %now = load i64, ptr %clock
+  store i64 %now, ptr %at3, align 1
+  br label %done
+done:
+  ret void
+}}
+
 ; An int3: a native probe hit, the backstop int3 after a slot, or false for Python.
 define internal i1 @breakpoint(ptr %hook) {{
 start:
@@ -856,27 +964,10 @@ hit:
   store i32 0, ptr %ran_p
   %tf_p = getelementptr i8, ptr %pending, i64 {Pending_trap_flag}
   store i32 0, ptr %tf_p
-  %record = getelementptr i8, ptr %pending, i64 {Pending_record}
-  call void @move(ptr %record, i64 {HitRecord_ident}, ptr %entry, i64 {ProbeEntry_ident},
+  %head = getelementptr i8, ptr %pending, i64 {Pending_head}
+  call void @move(ptr %head, i64 {RecordHead_ident}, ptr %entry, i64 {ProbeEntry_ident},
                   i32 4)
-  call void @move(ptr %record, i64 {HitRecord_pid}, ptr %proc, i64 {ProcessSlot_pid},
-                  i32 8)  ; pid and uid
-  %cs = call i32 @reg(ptr %hook, i32 {CS})
-  %rcs = getelementptr i8, ptr %record, i64 {HitRecord_cs}
-  store i32 %cs, ptr %rcs
-  %reip = getelementptr i8, ptr %record, i64 {HitRecord_eip}
-  store i32 %eip, ptr %reip
-  %ss = call i32 @reg(ptr %hook, i32 {SS})
-  %rss = getelementptr i8, ptr %record, i64 {HitRecord_ss}
-  store i32 %ss, ptr %rss
-  %esp = call i32 @reg(ptr %hook, i32 {ESP})
-  %resp = getelementptr i8, ptr %record, i64 {HitRecord_esp}
-  store i32 %esp, ptr %resp
-  %clock_p = getelementptr i8, ptr %hook, i64 {Hook_executed}
-  %clock = load ptr, ptr %clock_p
-  %now = load i64, ptr %clock
-  %rnow = getelementptr i8, ptr %record, i64 {HitRecord_executed}
-  store i64 %now, ptr %rnow
+  call void @note_header(ptr %hook, ptr %proc, ptr %entry)
   %count = load i64, ptr %counters
   %runs = icmp sge i64 %count, 0
   br i1 %runs, label %fire, label %step
@@ -887,7 +978,7 @@ stopped:
   ret i1 true
 fired:
   store i32 1, ptr %ran_p
-  %rkind_p = getelementptr i8, ptr %record, i64 {HitRecord_exit_kind}
+  %rkind_p = getelementptr i8, ptr %pending, i64 {Pending_exit_kind}
   %rkind = load i32, ptr %rkind_p
   %exit_to = icmp eq i32 %rkind, {EXIT_TO}
   br i1 %exit_to, label %python, label %step

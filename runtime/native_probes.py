@@ -33,14 +33,14 @@ import functools
 import struct
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, POINTER, c_int32, c_uint8, c_uint32, c_uint64
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from unicorn.unicorn_py3.unicorn import uclib
 
 from dprobes.runtime import native_hook as N
 from dprobes.runtime.addrspace import KERNEL_BASE, Prot
 from dprobes.runtime.journal import Emitted
-from dprobes.runtime.logtargets import LogRecord
+from dprobes.runtime.logtargets import HitInfo, LogRecord
 from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.trap3 import (
     PUSH_EAX,
@@ -80,8 +80,18 @@ SEGMENT_REGISTERS = frozenset(REGISTERS_BY_NAME[name].index
 STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSOLUTE,
               StepKind.CALL_RELATIVE: N.STEP_CALL_RELATIVE,
               StepKind.CALL_ABSOLUTE: N.STEP_CALL_ABSOLUTE}
-RECORD = struct.Struct("<" + "".join("Q" if t is c_uint64 else "I"
-                                     for _, t in N.HitRecord._fields_))
+HEAD = struct.Struct("<IHHHH")  # RecordHead
+assert HEAD.size == ctypes.sizeof(N.RecordHead)
+
+
+class Served(NamedTuple):
+    """A probe at one address of one process as the native hook serves it (``ident``)."""
+
+    loaded: LoadedProgram
+    record: ProbeRecord
+    plan: StepPlan
+    slot: int
+    pid: int
 
 
 def _from_native(method: Callable[..., None]) -> Callable[..., None]:
@@ -155,7 +165,7 @@ class NativeProbes:
         self.processes: dict[int, N.ProcessSlot] = {}
         self.names: dict[int, str] = {}
         self.tables: dict[int, dict[int, N.ProbeEntry]] = {}  # pid -> address -> entry
-        self.idents: list[tuple[LoadedProgram, ProbeRecord, StepPlan, int]] = []
+        self.idents: list[Served] = []
         self._entries: list[N.ProbeEntry] = []  # never freed: a pending hit may point here
         self._ident_of: dict[tuple[int, int, int], int] = {}  # (pid, id(record), address);
         # ids stay unique: ``idents`` keeps every record it names alive
@@ -204,8 +214,10 @@ class NativeProbes:
             if kind == N.STEP_PUSH else 0,
             ident=self._ident(process, loaded, record, plan, step.slot),
             ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
-            probe_offset=point.offset & (2**64 - 1), handler=handler.address,
-            state=ctypes.addressof(runner.state), counters=ctypes.addressof(record.counters))
+            probe_offset=point.offset & (2**64 - 1), fields=loaded.log_fields,
+            head_len=HEAD.size + N.header_layout(loaded.log_fields).packing.size,
+            handler=handler.address, state=ctypes.addressof(runner.state),
+            counters=ctypes.addressof(record.counters))
         table[plan.address] = entry
         self._entries.append(entry)
         self._publish(process.pid)
@@ -222,7 +234,7 @@ class NativeProbes:
         key = (process.pid, id(record), plan.address)
         if key not in self._ident_of:
             self._ident_of[key] = len(self.idents)
-            self.idents.append((loaded, record, plan, slot))
+            self.idents.append(Served(loaded, record, plan, slot, process.pid))
         return self._ident_of[key]
 
     def forget(self, record: ProbeRecord) -> None:
@@ -287,21 +299,28 @@ class NativeProbes:
         pending = slot.pending
         if not pending.entry or (stepping and not pending.active):
             return None
-        ident = N.ProbeEntry.from_address(pending.entry).ident
-        loaded, record, plan, xol = self.idents[ident]
-        rec = pending.record
+        served = self.idents[N.ProbeEntry.from_address(pending.entry).ident]
+        head = pending.head
         outcome = None
         if pending.ran:
-            kind = EXIT_KINDS[rec.exit_kind]
+            kind = EXIT_KINDS[pending.exit_kind]
             aborted = kind is ExitKind.ABORT
-            outcome = Outcome(kind, rec.exit_to if kind is ExitKind.EXIT_TO else None,
-                              rec.major, rec.minor,
-                              b"" if aborted else bytes(pending.log[:rec.log_len]),
-                              b"" if aborted else bytes(pending.ex_log[:rec.ex_len]))
-        hit = hit_info(rec.executed, rec.pid, rec.uid, rec.cs, rec.eip, rec.ss, rec.esp,
-                       self.names.get(rec.pid, ""))
+            outcome = Outcome(kind, pending.exit_to if kind is ExitKind.EXIT_TO else None,
+                              head.major, head.minor,
+                              b"" if aborted else bytes(pending.log[:head.log_len]),
+                              b"" if aborted else bytes(pending.ex_log[:head.ex_len]))
+        hit = self._hit(served, pending.header, 0)
         pending.active, pending.entry = 0, None
-        return PendingStep(loaded, record, plan, xol, outcome, pending.trap_flag, hit)
+        return PendingStep(served.loaded, served.record, served.plan, served.slot, outcome,
+                           pending.trap_flag, hit)
+
+    def _hit(self, served: Served, data: bytes | ctypes.Array, at: int) -> HitInfo:
+        """The log header's view of a native hit whose header fields start at ``at``."""
+        fields = served.loaded.log_fields
+        got = N.header_layout(fields).values(data, at)
+        return hit_info(fields, got.get("executed", 0), served.pid, got.get("uid", 0),
+                        got.get("cs", 0), (served.plan.address + 1) & 0xFFFFFFFF,
+                        got.get("ss", 0), got.get("esp", 0), self.names.get(served.pid, ""))
 
     # --- VM state -------------------------------------------------------------------------
 
@@ -403,17 +422,17 @@ class NativeProbes:
 
     def decode(self, chunk: bytes) -> list[Emitted]:
         """The manager's view of packed ring records."""
-        out, at, names, idents = [], 0, self.names, self.idents
+        out, at, idents = [], 0, self.idents
         while at < len(chunk):
-            (length, ident, pid, uid, cs, eip, ss, esp, executed, major, minor, _, _,
-             log_len, ex_len) = RECORD.unpack_from(chunk, at)
-            loaded = idents[ident][0]
-            log_at = at + RECORD.size
+            ident, log_len, ex_len, major, minor = HEAD.unpack_from(chunk, at)
+            served = idents[ident]
+            loaded = served.loaded
+            hit = self._hit(served, chunk, at + HEAD.size)
+            log_at = at + HEAD.size + N.header_layout(loaded.log_fields).packing.size
             ex_at = log_at + log_len
-            hit = hit_info(executed, pid, uid, cs, eip, ss, esp, names.get(pid, ""))
             record = LogRecord(major, minor, loaded.log_fields, hit, chunk[log_at:ex_at])
             out.append(Emitted(loaded.name, record, chunk[ex_at:ex_at + ex_len]))
-            at += length
+            at = (ex_at + ex_len + 3) & ~3
         return out
 
     # --- around emulation ------------------------------------------------------------------

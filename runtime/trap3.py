@@ -35,6 +35,7 @@ from dprobes.runtime.traps import BREAKPOINT, DEBUG, Trap
 from dprobes.runtime.xol import TRAP_FLAG, StepKind, StepPlan, finish_step, plan_step
 from dprobes.vm.api import FireResult
 from dprobes.vm.interp import ExitKind
+from dprobes.vm.program import LogField
 
 if TYPE_CHECKING:
     from dprobes.runtime.machine import Machine
@@ -64,13 +65,24 @@ class Outcome(NamedTuple):
                    result.ex_log)
 
 
-def hit_info(executed: int, pid: int, uid: int, cs: int, eip: int, ss: int, esp: int,
-             procname: str) -> HitInfo:
-    """The log header's view of a hit at instruction ``executed`` of the machine."""
-    now = realtime_ns_at(executed)
-    return HitInfo(pid=pid, uid=uid, cs=cs, eip=eip, ss=ss, esp=esp,
+_PID, _UID, _CSEIP, _SSESP, _TSC, _PROCNAME = (int(flag) for flag in (
+    LogField.PID, LogField.UID, LogField.CSEIP, LogField.SSESP, LogField.TSC,
+    LogField.PROCNAME))  # plain ints: IntFlag operations cost microseconds
+
+
+def hit_info(fields: LogField, executed: int, pid: int, uid: int, cs: int, eip: int,
+             ss: int, esp: int, procname: str) -> HitInfo:
+    """The log header's view of a hit at instruction ``executed`` of the machine: what the
+    program's log ``fields`` select, zero (or empty) elsewhere. A record holds nothing its
+    header does not show, so the native hook need not read (or keep) the rest."""
+    selected = int(fields)
+    now = realtime_ns_at(executed) if selected & _TSC else 0
+    cseip, ssesp = selected & _CSEIP, selected & _SSESP
+    return HitInfo(pid=pid if selected & _PID else 0, uid=uid if selected & _UID else 0,
+                   cs=cs if cseip else 0, eip=eip if cseip else 0,
+                   ss=ss if ssesp else 0, esp=esp if ssesp else 0,
                    seconds=now // 1_000_000_000, microseconds=now // 1000 % 1_000_000,
-                   procname=procname)
+                   procname=procname if selected & _PROCNAME else "")
 
 
 @dataclass(slots=True)
@@ -132,8 +144,9 @@ class StepTracker:
         loaded, record = found
         cpu = machine.cpu
         registers = cpu.registers()
-        hit = hit_info(machine.clock.ticks, process.pid, process.uid, registers["cs"],
-                       registers["eip"], registers["ss"], registers["esp"], process.name)
+        hit = hit_info(loaded.log_fields, machine.clock.ticks, process.pid, process.uid,
+                       registers["cs"], registers["eip"], registers["ss"], registers["esp"],
+                       process.name)
         outcome = None
         if record.begin_hit():
             self.manager.vm_state_to_python()

@@ -66,6 +66,7 @@ def observe(mode: str, programs: dict[str, str], runs: list[str], quantum: int) 
         assert manager.native is not None and manager.native.hits > 0
     return {
         "records": [(e.module, e.record.to_bytes(), e.exception_log) for e in manager.emitted],
+        "hits": [e.record.hit for e in manager.emitted],
         "exits": manager.exits,
         "query": [(r.status, r.count, r.hits) for r in manager.query()],
         "vars": manager.getvars(),
@@ -192,6 +193,22 @@ max_hits = 2000
     assert {record[12:16] for _, record, _ in seen["records"]} == {b"\x01\0\0\0",
                                                                   b"\x02\0\0\0"}
     assert sum(switched_mid_step) > 10
+
+
+@pytest.mark.parametrize("fields", ["UID", "CSEIP", "SSESP", "TSC", "PID PROCNAME",
+                                    "ALL"])
+def test_log_header_fields(fields: str) -> None:
+    """A native record keeps only the machine state the program's log header selects, on
+    an emulated push and on a stepped instruction: headers equal the Python path's."""
+    inc = offset_of("loop", "work", "inc")
+    body = f"log = {fields}\n" + "".join(f"""offset = {offset}
+max_hits = 300
+    push r, eax
+    log 1
+    exit
+""" for offset in ("work", f"{inc:#x}"))
+    seen = same_in_both_modes({"loop": body}, ["loop"])
+    assert len(seen["records"]) == 600
 
 
 @pytest.mark.parametrize(("body", "reason"), [
