@@ -74,6 +74,7 @@ class ProbeEntry(Structure):
         ("ident", c_uint32), ("ex_mask", c_uint32),
         ("major", c_uint32), ("minor", c_uint32), ("probe_offset", c_uint64),
         ("fields", c_uint32),  # the program's log fields: which header fields to record
+        ("window", c_uint32),  # the handler accesses memory: offer it the stack page
         ("head_len", c_uint32),  # bytes of a record's head and header fields
         ("handler", c_void_p), ("state", c_void_p), ("counters", c_void_p),
     ]
@@ -270,18 +271,26 @@ define internal void @set_reg(ptr %hook, i32 %index, i32 %v) {{
   ret void
 }}
 
-; The host address of the page holding %addr for a read (%write 0) or write (1), through
-; the TLB, asking Python on a miss. *%status: 0 ok, 1 fault, < 0 Python failed.
-define internal i64 @page(ptr %hook, i32 %addr, i32 %write, ptr %status) {{
-start:
-  %out = alloca i64
+; The TLB entry for the page of %addr, and its tag when it holds that page.
+define internal ptr @tlb_slot(ptr %hook, i32 %addr) {{
   %vpn = lshr i32 %addr, 12
-  %tag = add i32 %vpn, 1
   %index = and i32 %vpn, {TLB_MASK}
   %index64 = zext i32 %index to i64
   %at = mul i64 %index64, {TLB_ENTRY}
   %tlb = getelementptr i8, ptr %hook, i64 {Hook_tlb}
   %e = getelementptr i8, ptr %tlb, i64 %at
+  ret ptr %e
+}}
+
+define internal i32 @tlb_tag(i32 %addr) {{
+  %vpn = lshr i32 %addr, 12
+  %tag = add i32 %vpn, 1
+  ret i32 %tag
+}}
+
+; Whether TLB entry %e holds the page of %addr for a read (%write 0) or a write (1).
+define internal i1 @tlb_holds(ptr %e, i32 %addr, i32 %write) {{
+  %tag = call i32 @tlb_tag(i32 %addr)
   %etag = load i32, ptr %e
   %eperm_p = getelementptr i8, ptr %e, i64 {TlbEntry_perms}
   %eperm = load i32, ptr %eperm_p
@@ -290,6 +299,17 @@ start:
   %same = icmp eq i32 %etag, %tag
   %allowed = icmp ne i32 %has, 0
   %hit = and i1 %same, %allowed
+  ret i1 %hit
+}}
+
+; The host address of the page holding %addr for a read (%write 0) or write (1), through
+; the TLB, asking Python on a miss. *%status: 0 ok, 1 fault, < 0 Python failed.
+define internal i64 @page(ptr %hook, i32 %addr, i32 %write, ptr %status) {{
+start:
+  %out = alloca i64
+  %e = call ptr @tlb_slot(ptr %hook, i32 %addr)
+  %hit = call i1 @tlb_holds(ptr %e, i32 %addr, i32 %write)
+  %eperm_p = getelementptr i8, ptr %e, i64 {TlbEntry_perms}
   %host_p = getelementptr i8, ptr %e, i64 {TlbEntry_host}
   br i1 %hit, label %cached, label %miss
 cached:
@@ -314,6 +334,7 @@ filled:
   %keep = icmp eq i32 %nocache, 0
   br i1 %keep, label %remember, label %done
 remember:
+  %tag = call i32 @tlb_tag(i32 %addr)
   store i32 %tag, ptr %e
   store i32 %perms, ptr %eperm_p
   store i64 %base, ptr %host_p
@@ -580,6 +601,39 @@ define internal i32 @used(i32 %start, i32 %len, i32 %cap) {{
   ret i32 %r
 }}
 
+; The handler's direct memory window (HostTable): the page at ESP, where a probe finds its
+; arguments and locals, if the handler accesses memory at all and the TLB holds that page
+; writable (the window serves writes too); no window otherwise. Accesses inside it need no
+; host call.
+define internal void @stack_window(ptr %hook, ptr %entry) {{
+start:
+  %host = getelementptr i8, ptr %hook, i64 {Hook_host}
+  %length_p = getelementptr i8, ptr %host, i64 {Host_window_length}
+  store i32 0, ptr %length_p
+  %wants_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_window}
+  %wants = load i32, ptr %wants_p
+  %none = icmp eq i32 %wants, 0
+  br i1 %none, label %done, label %look
+look:
+  %esp = call i32 @reg(ptr %hook, i32 {ESP})
+  %e = call ptr @tlb_slot(ptr %hook, i32 %esp)
+  %writable = call i1 @tlb_holds(ptr %e, i32 %esp, i32 1)
+  br i1 %writable, label %publish, label %done
+publish:
+  %page_p = getelementptr i8, ptr %e, i64 {TlbEntry_host}
+  %page = load i64, ptr %page_p
+  %data = inttoptr i64 %page to ptr
+  %data_p = getelementptr i8, ptr %host, i64 {Host_window_data}
+  store ptr %data, ptr %data_p
+  %base = and i32 %esp, -4096
+  %base_p = getelementptr i8, ptr %host, i64 {Host_window_base}
+  store i32 %base, ptr %base_p
+  store i32 4096, ptr %length_p
+  br label %done
+done:
+  ret void
+}}
+
 ; Run the entry's compiled handler and keep its outcome in the process's pending hit.
 ; False: the handler ended in a host error (emulation is being stopped).
 define internal i1 @fire(ptr %hook, ptr %proc, ptr %entry) {{
@@ -625,6 +679,7 @@ run:
   %host = getelementptr i8, ptr %hook, i64 {Hook_host}
   %shost = getelementptr i8, ptr %state, i64 {State_host}
   store ptr %host, ptr %shost
+  call void @stack_window(ptr %hook, ptr %entry)
   %handler_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_handler}
   %handler = load ptr, ptr %handler_p
   call void %handler(ptr %state)

@@ -75,6 +75,7 @@ DRAIN = CFUNCTYPE(None)
 PYTHON_ONLY_OPS = frozenset({"CALLK", "SEG2LIN", "MALLOC", "FREE"})
 PYTHON_ONLY_PREFIXES = ("PUSH_IO_", "POP_IO_", "PUSHH_", "POPH_")
 REGISTER_WRITES = frozenset({"POP_R", "POP_U"})
+MEMORY_OPS = ("PUSH_MEM_", "POP_MEM_")  # the ones native code may serve from a window
 SEGMENT_REGISTERS = frozenset(REGISTERS_BY_NAME[name].index
                               for name in ("cs", "ds", "es", "fs", "gs", "ss"))
 STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSOLUTE,
@@ -126,6 +127,13 @@ def python_only_reason(program: Program, probe: int) -> str | None:
             if name in REGISTER_WRITES and insn.operand in SEGMENT_REGISTERS:
                 return "segment register writes are checked (or, fs/gs, dropped) by Python"
     return None
+
+
+def accesses_memory(program: Program, probe: int) -> bool:
+    """Whether this probe's handler reads or writes guest memory with push/pop mem."""
+    point = program.probes[probe]
+    return any(insn.op.name.startswith(MEMORY_OPS)
+               for insn in decode_range(program.code, point.code_start, point.code_end))
 
 
 def step_kind(plan: StepPlan) -> int | None:
@@ -215,6 +223,7 @@ class NativeProbes:
             ident=self._ident(process, loaded, record, plan, step.slot),
             ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
             probe_offset=point.offset & (2**64 - 1), fields=loaded.log_fields,
+            window=accesses_memory(loaded.program, record.index),
             head_len=HEAD.size + N.header_layout(loaded.log_fields).packing.size,
             handler=handler.address, state=ctypes.addressof(runner.state),
             counters=ctypes.addressof(record.counters))

@@ -326,6 +326,46 @@ def test_a_merged_program_takes_over_a_native_probe() -> None:
     assert native == python and set(python[0]) == {b"\x01\0\0\0", b"\x02\0\0\0"}
 
 
+def test_stack_reads_and_writes() -> None:
+    """Memory on the stack page (the handler's direct window once the TLB holds it
+    writable) in every width, a write the guest sees (its argument, so its checksum
+    changes), and a read across the top of the stack that faults."""
+    body = """
+offset = work
+max_hits = 400
+    push r, esp
+    push 4
+    add
+    push r, esp
+    push 4
+    add
+    push mem_u32
+    push 1
+    add
+    pop mem_u32
+    push r, esp
+    push mem_u64
+    push r, esp
+    push 1
+    add
+    push mem_u16
+    push r, esp
+    push 3
+    add
+    push mem_u8
+    log 4
+    push r, esp
+    push 0xffe
+    or
+    push mem_u32
+    log 1
+    exit
+"""
+    seen = same_in_both_modes({"loop": body}, ["loop"])
+    assert len(seen["records"]) == 400
+    assert b"checksum 640661632 " not in seen["processes"][0][1]  # (unprobed)
+
+
 def test_strings_read_from_the_process() -> None:
     """``log str`` reads a C string through the native TLB, page by page, byte by byte."""
     body = """
