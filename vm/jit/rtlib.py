@@ -32,6 +32,7 @@ from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.interp import DISPATCH_LIMIT
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import (
+    I8,
     I16,
     I32,
     I64,
@@ -133,6 +134,32 @@ def _note_log_end(e: Emitter) -> None:
 
 
 # --- per-hit reset and ending --------------------------------------------------------
+INLINE_CLEAR = 64
+"""Bytes of a buffer ``rt_begin`` clears with inline stores; more go to memset."""
+
+
+def _clear(e: Emitter, buffer: ir.Value, length: ir.Value) -> None:
+    """Zero ``buffer[0:length]``. A hit clears a few bytes, which a libc memset call costs
+    more than: up to ``INLINE_CLEAR`` are cleared 8 at a time, rounded up to 8 (the log
+    buffers are multiples of 8 bytes and zero past their high-water marks, so the
+    rounding clears nothing that is not zero already)."""
+    assert S.LOG_BUFFER % 8 == 0 and S.EX_LOG_BUFFER % 8 == 0
+    length = e.zext64(length)
+    bulk, inline, done = e.block("clear_bulk"), e.block("clear_inline"), e.block("cleared")
+    e.b.cbranch(e.b.icmp_unsigned(">", length, c64(INLINE_CLEAR)), bulk, inline)
+    e.at(bulk)
+    e.memset(buffer, length)
+    e.b.branch(done)
+    e.at(inline)
+    for offset in range(0, INLINE_CLEAR, 8):
+        store = e.block(f"clear_{offset}")
+        e.b.cbranch(e.b.icmp_unsigned(">", length, c64(offset)), store, done)
+        e.at(store)
+        e.b.store(c64(0), e.b.gep(buffer, [c64(offset)], source_etype=I8))
+    e.b.branch(done)
+    e.at(done)
+
+
 def _define_begin(lib: _Library) -> None:
     e = lib.define("begin")
     e.memset(e.field("var_dirty"), c64(2))
@@ -148,11 +175,11 @@ def _define_begin(lib: _Library) -> None:
     e.store("log_len", header)
     e.store("prev_log_len", header)
     # a fresh log and exception buffer: zero what earlier hits may have written
-    e.memset(e.field("log"), _umin(e, e.load("log_hwm"), e.load("log_cap")))
+    _clear(e, e.field("log"), _umin(e, e.load("log_hwm"), e.load("log_cap")))
     e.store("log_hwm", 0)
     e.store("ex_len", MIN_ST_SIZE)
     e.store("st_count_at", S.ST_COUNT_NONE)
-    e.memset(e.field("ex_log"), _umin(e, e.load("ex_log_hwm"), e.load("ex_log_size")))
+    _clear(e, e.field("ex_log"), _umin(e, e.load("ex_log_hwm"), e.load("ex_log_size")))
     e.store("ex_log_hwm", 0)
     e.store("ex_hand", NO_HANDLER)
     e.store("major", e.load("probe_major"))
