@@ -3,7 +3,8 @@
 Records from the Python path arrive one ``Emitted`` at a time. Records from native hits
 arrive as packed chunks of the native ring, many thousands per chunk; turning each into
 Python objects as it arrives would cost more than the hit itself, so a chunk is kept as
-bytes and decoded the first time somebody reads the journal.
+it came (a view of the ring: not even copied) and decoded the first time somebody reads
+the journal.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class Emitted:
     exception_log: bytes = b""
 
 
-Decoder = Callable[[bytes], list[Emitted]]
+Packed = bytes | memoryview
+Decoder = Callable[[Packed], list[Emitted]]
 
 
 class LogJournal(Sequence[Emitted]):
@@ -32,12 +34,12 @@ class LogJournal(Sequence[Emitted]):
 
     def __init__(self) -> None:
         self._decoded: list[Emitted] = []
-        self._unread: list[Emitted | tuple[bytes, Decoder]] = []  # after _decoded
+        self._unread: list[Emitted | tuple[Packed, Decoder]] = []  # after _decoded
 
     def append(self, entry: Emitted) -> None:
         (self._unread if self._unread else self._decoded).append(entry)
 
-    def append_packed(self, chunk: bytes, decode: Decoder) -> None:
+    def append_packed(self, chunk: Packed, decode: Decoder) -> None:
         self._unread.append((chunk, decode))
 
     def _settle(self) -> None:

@@ -45,7 +45,8 @@ TABLE_BITS = 6
 TABLE_SIZE = 1 << TABLE_BITS
 """Probe slots per process table (open addressing): more armed probes than this in one
 process than fit are simply served by the Python path."""
-RING_BYTES = 1 << 20
+RING_BYTES = 4 << 20
+"""Bytes of one ring: records are appended until it is full, then to a new one."""
 GENERAL_REGISTERS = 16
 """dprobes register indices 0..15 (cs ... ebp) are the ones a native hit serves."""
 

@@ -30,16 +30,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
 import struct
 from collections.abc import Callable
-from ctypes import CFUNCTYPE, POINTER, c_int32, c_uint8, c_uint32, c_uint64
+from ctypes import CFUNCTYPE, POINTER, c_int32, c_uint32, c_uint64
 from typing import TYPE_CHECKING, NamedTuple
 
 from unicorn.unicorn_py3.unicorn import uclib
 
 from dprobes.runtime import native_hook as N
 from dprobes.runtime.addrspace import KERNEL_BASE, Prot
-from dprobes.runtime.journal import Emitted
+from dprobes.runtime.journal import Emitted, Packed
 from dprobes.runtime.logtargets import HitInfo, LogRecord
 from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.trap3 import (
@@ -162,9 +163,9 @@ class NativeProbes:
                                     "python_drain"), self._callbacks, strict=True):
             setattr(hook, field, ctypes.cast(callback, ctypes.c_void_p).value)
         hook.executed = cpu.counter.executed_address
-        self.ring = (c_uint8 * N.RING_BYTES)()
-        self._ring_view = memoryview(self.ring).cast("B")
-        hook.ring, hook.ring_size = ctypes.addressof(self.ring), N.RING_BYTES
+        self._ring_view = memoryview(b"")
+        self._drained = 0  # bytes of the ring already handed to the manager
+        self._new_ring()
         hook.reg_ids[:] = N.REGISTER_IDS
         native = N.addresses()
         hook.host.ctx = self.address
@@ -418,19 +419,36 @@ class NativeProbes:
     def flush_tlb(self) -> None:
         ctypes.memset(ctypes.addressof(self.hook.tlb), 0, ctypes.sizeof(self.hook.tlb))
 
+    def _new_ring(self) -> None:
+        """Append records to a fresh ring. The manager keeps views of the old ring's
+        records (not copies), which keep it alive. Every fresh page of records costs a
+        page fault, dear on a virtual host, so the ring asks for huge pages."""
+        ring = mmap.mmap(-1, N.RING_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            ring.madvise(mmap.MADV_HUGEPAGE)
+        self._ring_view = memoryview(ring)
+        hook = self.hook
+        hook.ring = ctypes.addressof(ctypes.c_char.from_buffer(ring))
+        hook.ring_size, hook.ring_head = N.RING_BYTES, 0
+        self._drained = 0
+
     def drain(self) -> None:
-        """Hand the ring's records to the probe manager (in order) and empty it."""
+        """Hand the records appended since the last drain to the probe manager, in order:
+        a read-only view of the ring, which never overwrites them."""
         head = self.hook.ring_head
-        if head:
-            self.hook.ring_head = 0
-            self.manager.emit_packed(self._ring_view[:head].tobytes(), self.decode)
+        if head > self._drained:
+            chunk = self._ring_view[self._drained:head].toreadonly()
+            self._drained = head
+            self.manager.emit_packed(chunk, self.decode)
 
     @_from_native
     def _ring_full(self) -> None:
         self.drain()
+        self._new_ring()
 
-    def decode(self, chunk: bytes) -> list[Emitted]:
+    def decode(self, view: Packed) -> list[Emitted]:
         """The manager's view of packed ring records."""
+        chunk = bytes(view)
         out, at, idents = [], 0, self.idents
         while at < len(chunk):
             ident, log_len, ex_len, major, minor = HEAD.unpack_from(chunk, at)

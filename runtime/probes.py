@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dprobes.runtime.codemap import CodeMap
-from dprobes.runtime.journal import Decoder, Emitted, LogJournal
+from dprobes.runtime.journal import Decoder, Emitted, LogJournal, Packed
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.pagecache import GuestFile
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
@@ -289,7 +289,7 @@ class ProbeManager:
             self.native.drain()  # native records that came first go first
         self._deliver(Emitted(loaded.name, record, exception_log))
 
-    def emit_packed(self, chunk: bytes, decode: Decoder) -> None:
+    def emit_packed(self, chunk: Packed, decode: Decoder) -> None:
         """Records of native hits, packed; decoded now only if a log hook wants them."""
         if self.on_log:
             for entry in decode(chunk):

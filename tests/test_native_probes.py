@@ -326,6 +326,23 @@ def test_a_merged_program_takes_over_a_native_probe() -> None:
     assert native == python and set(python[0]) == {b"\x01\0\0\0", b"\x02\0\0\0"}
 
 
+def test_records_across_many_rings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full ring is drained and records go on in a new one; the journal keeps views of
+    the old rings' records, which must stay intact and in order."""
+    monkeypatch.setattr(N, "RING_BYTES", 256)
+    body = """
+log = PID TSC
+offset = work
+max_hits = 3000
+    push r, esp
+    push r, eax
+    log 2
+    exit
+"""
+    seen = same_in_both_modes({"loop": body}, ["loop"])
+    assert len(seen["records"]) == 3000
+
+
 def test_stack_reads_and_writes() -> None:
     """Memory on the stack page (the handler's direct window once the TLB holds it
     writable) in every width, a write the guest sees (its argument, so its checksum
