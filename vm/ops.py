@@ -12,13 +12,14 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from dprobes.vm import stacktrace
 from dprobes.vm.bytecode import Instruction
 from dprobes.vm.context import MemoryFault
 from dprobes.vm.exceptions import NO_HANDLER, OperandError
 from dprobes.vm.exceptions import ExceptionCode as Ex
+from dprobes.vm.heap import ProbeHeap
 from dprobes.vm.interp import (
     ABOVE,
     BELOW,
@@ -120,7 +121,13 @@ def loop(m: Machine, target: int, nxt: int) -> int:
     return target if value else nxt
 
 
-ARGUMENTS["CALL"] = lambda insn, index_of: (index_of[insn.target], insn.target, insn.end)
+def _call_argument(insn: Instruction, index_of: dict[int, int]) -> tuple[int, int, int]:
+    """Entry index of the callee, and the called and return offsets a frame records."""
+    assert insn.target is not None
+    return index_of[insn.target], insn.target, insn.end
+
+
+ARGUMENTS["CALL"] = _call_argument
 
 
 @semantic("CALL")
@@ -224,7 +231,12 @@ semantic("SHL_I")(_in_place(lambda value, n: value << (n & 31)))
 semantic("SHR_I")(_in_place(lambda value, n: value >> (n & 31)))
 semantic("ROL_I")(_in_place(_rotate_left))
 semantic("ROR_I")(_in_place(lambda value, n: _rotate_left(value, 32 - (n & 31))))
-semantic("NEG")(_in_place(lambda value, _: ~value))
+
+
+@semantic("NEG")
+def neg(m: Machine, arg: None, nxt: int) -> int:
+    m.stack[m.tos] ^= MASK32  # bitwise not, as 5.0's ~
+    return nxt
 
 
 @semantic("DIV", "IDIV")
@@ -346,13 +358,17 @@ def _bad_index(m: Machine, local: bool, index: int, nxt: int) -> int:
     return m.raise_exception(Ex.INVALID_OPERAND, kind, index, nxt)
 
 
-def _var_push(local: bool, from_stack: bool) -> OpFunction:
-    """push lv/gv: the index is the immediate, or (u16)TOS for the stack form."""
-    def push_var(m: Machine, index: int, nxt: int) -> int:
+def _var_push(local: bool) -> OpFunction:
+    """push lv/gv: the index is the immediate, or (u16)TOS for the stack form (no operand).
+
+    Here and below, a family's stack form is told from its immediate form by its decoded
+    operand, which is None.
+    """
+    def push_var(m: Machine, index: int | None, nxt: int) -> int:
         stack = m.stack
         variables = m.lv if local else m.gv
         tos = m.tos
-        if from_stack:
+        if index is None:
             index = stack[tos] & 0xFFFF
             tos = BELOW[tos]
             m.tos = tos
@@ -365,30 +381,30 @@ def _var_push(local: bool, from_stack: bool) -> OpFunction:
     return push_var
 
 
-def _var_pop(local: bool, from_stack: bool) -> OpFunction:
+def _var_pop(local: bool) -> OpFunction:
     """pop lv/gv: ``v ->`` with an immediate index, ``i v ->`` for the stack form."""
-    def pop_var(m: Machine, index: int, nxt: int) -> int:
+    def pop_var(m: Machine, index: int | None, nxt: int) -> int:
         stack = m.stack
         variables = m.lv if local else m.gv
         tos = m.tos
         value = stack[tos]
-        if from_stack:
-            tos = BELOW[tos]
-            index = stack[tos] & 0xFFFF
-            m.tos = BELOW[tos]
+        below = BELOW[tos]
+        if index is None:  # both words go, whatever the index
+            index = stack[below] & 0xFFFF
+            below = BELOW[below]
+            m.tos = below
         if index >= len(variables):  # the immediate form leaves v on the stack
             return _bad_index(m, local, index, nxt)
-        if not from_stack:
-            m.tos = BELOW[tos]
+        m.tos = below
         variables[index] = value
         return nxt
     return pop_var
 
 
-def _var_move(local: bool, from_stack: bool) -> OpFunction:
+def _var_move(local: bool) -> OpFunction:
     """move lv/gv: store TOS without popping it (``v i -> v`` for the stack form)."""
-    def move_var(m: Machine, index: int, nxt: int) -> int:
-        if from_stack:
+    def move_var(m: Machine, index: int | None, nxt: int) -> int:
+        if index is None:
             index = m.pop() & 0xFFFF
         variables = m.lv if local else m.gv
         if index >= len(variables):
@@ -398,10 +414,10 @@ def _var_move(local: bool, from_stack: bool) -> OpFunction:
     return move_var
 
 
-def _var_step(local: bool, from_stack: bool, step: int) -> OpFunction:
+def _var_step(local: bool, step: int) -> OpFunction:
     """inc/dec lv/gv, wrapping at 32 bits."""
-    def step_var(m: Machine, index: int, nxt: int) -> int:
-        if from_stack:
+    def step_var(m: Machine, index: int | None, nxt: int) -> int:
+        if index is None:
             index = m.pop() & 0xFFFF
         variables = m.lv if local else m.gv
         if index >= len(variables):
@@ -412,17 +428,17 @@ def _var_step(local: bool, from_stack: bool, step: int) -> OpFunction:
 
 
 for _scope, _local in (("LV", True), ("GV", False)):
-    for _suffix, _from_stack in (("I", False), ("", True)):
-        semantic(f"PUSH_{_scope}{_suffix}")(_var_push(_local, _from_stack))
-        semantic(f"POP_{_scope}{_suffix}")(_var_pop(_local, _from_stack))
-        semantic(f"MOVE_{_scope}{_suffix}")(_var_move(_local, _from_stack))
-        semantic(f"INC_{_scope}{_suffix}")(_var_step(_local, _from_stack, 1))
-        semantic(f"DEC_{_scope}{_suffix}")(_var_step(_local, _from_stack, -1))
+    semantic(f"PUSH_{_scope}I", f"PUSH_{_scope}")(_var_push(_local))
+    semantic(f"POP_{_scope}I", f"POP_{_scope}")(_var_pop(_local))
+    semantic(f"MOVE_{_scope}I", f"MOVE_{_scope}")(_var_move(_local))
+    semantic(f"INC_{_scope}I", f"INC_{_scope}")(_var_step(_local, 1))
+    semantic(f"DEC_{_scope}I", f"DEC_{_scope}")(_var_step(_local, -1))
 
 
 # --- registers and system variables ---------------------------------------------
 def _register_argument(insn: Instruction, index_of: dict[int, int]) -> Register:
     """The verifier has checked the register index, so hand the row itself over."""
+    assert insn.operand is not None
     return REGISTERS_BY_INDEX[insn.operand]
 
 
@@ -702,17 +718,15 @@ semantic("LOG_LV")(_log_variables(True))
 semantic("LOG_GV")(_log_variables(False))
 
 
-def _set_id(field: str, from_stack: bool) -> OpFunction:
+def _set_id(field: str) -> OpFunction:
     def set_id(m: Machine, value: int | None, nxt: int) -> int:
-        setattr(m, field, (m.pop() if from_stack else value) & 0xFFFF)
+        setattr(m, field, (m.pop() if value is None else value) & 0xFFFF)
         return nxt
     return set_id
 
 
-semantic("SETMIN_I")(_set_id("minor", False))
-semantic("SETMIN")(_set_id("minor", True))
-semantic("SETMAJ_I")(_set_id("major", False))
-semantic("SETMAJ")(_set_id("major", True))
+semantic("SETMIN_I", "SETMIN")(_set_id("minor"))
+semantic("SETMAJ_I", "SETMAJ")(_set_id("major"))
 
 
 def _set_from_stack(field: str, mask: int = MASK32) -> OpFunction:
@@ -782,12 +796,12 @@ semantic("TRACE_PV")(_trace("pv_range"))
 
 
 # --- frame access -----------------------------------------------------------------
-def _frame_push(sbp: bool, immediate: bool) -> OpFunction:
-    """push sbp/tsp: push the slot k away from SBP or TOS (k popped first if not immediate)."""
-    def frame_push(m: Machine, k: int, nxt: int) -> int:
+def _frame_push(sbp: bool) -> OpFunction:
+    """push sbp/tsp: push the slot k away from SBP or TOS (the stack form pops k first)."""
+    def frame_push(m: Machine, k: int | None, nxt: int) -> int:
         stack = m.stack
         tos = m.tos
-        if not immediate:
+        if k is None:
             k = _signed(stack[tos])
             tos = BELOW[tos]
         value = stack[((m.sbp if sbp else tos) + k) & STACK_MASK]
@@ -798,10 +812,10 @@ def _frame_push(sbp: bool, immediate: bool) -> OpFunction:
     return frame_push
 
 
-def _frame_pop(sbp: bool, immediate: bool) -> OpFunction:
+def _frame_pop(sbp: bool) -> OpFunction:
     """pop sbp/tsp: store TOS in a slot; the immediate form computes the slot before popping."""
-    def frame_pop(m: Machine, k: int, nxt: int) -> int:
-        if immediate:
+    def frame_pop(m: Machine, k: int | None, nxt: int) -> int:
+        if k is not None:
             slot = ((m.sbp if sbp else m.tos) + k) & STACK_MASK
             m.stack[slot] = m.pop()
             return nxt
@@ -812,10 +826,10 @@ def _frame_pop(sbp: bool, immediate: bool) -> OpFunction:
     return frame_pop
 
 
-def _frame_copy(sbp: bool, immediate: bool) -> OpFunction:
-    """copy sbp/tsp: store TOS in a slot without popping it (stack form pops k first)."""
-    def frame_copy(m: Machine, k: int, nxt: int) -> int:
-        if not immediate:
+def _frame_copy(sbp: bool) -> OpFunction:
+    """copy sbp/tsp: store TOS in a slot without popping it (the stack form pops k first)."""
+    def frame_copy(m: Machine, k: int | None, nxt: int) -> int:
+        if k is None:
             k = _signed(m.pop())
         m.stack[((m.sbp if sbp else m.tos) + k) & STACK_MASK] = m.stack[m.tos]
         return nxt
@@ -823,15 +837,24 @@ def _frame_copy(sbp: bool, immediate: bool) -> OpFunction:
 
 
 for _base, _sbp in (("SBP", True), ("TSP", False)):
-    for _suffix, _immediate in (("_I", True), ("", False)):
-        semantic(f"PUSH_{_base}{_suffix}")(_frame_push(_sbp, _immediate))
-        semantic(f"POP_{_base}{_suffix}")(_frame_pop(_sbp, _immediate))
-        semantic(f"COPY_{_base}{_suffix}")(_frame_copy(_sbp, _immediate))
+    semantic(f"PUSH_{_base}_I", f"PUSH_{_base}")(_frame_push(_sbp))
+    semantic(f"POP_{_base}_I", f"POP_{_base}")(_frame_pop(_sbp))
+    semantic(f"COPY_{_base}_I", f"COPY_{_base}")(_frame_copy(_sbp))
 
 
 # --- byte heap --------------------------------------------------------------------
+class HeapUser(Protocol):
+    """What the heap semantics use of their machine: the JIT runs them on a StateView."""
+
+    @property
+    def heap(self) -> ProbeHeap: ...
+    def push(self, value: int) -> None: ...
+    def pop(self) -> int: ...
+    def raise_exception(self, code: int, parm1: int, parm2: int, nxt: int) -> int: ...
+
+
 @semantic("MALLOC")
-def malloc(m: Machine, arg: None, nxt: int) -> int:
+def malloc(m: HeapUser, arg: None, nxt: int) -> int:
     size = m.pop()
     handle = m.heap.allocate(size)
     if handle is None:
@@ -841,7 +864,7 @@ def malloc(m: Machine, arg: None, nxt: int) -> int:
 
 
 @semantic("FREE")
-def free(m: Machine, arg: None, nxt: int) -> int:
+def free(m: HeapUser, arg: None, nxt: int) -> int:
     handle = m.pop()
     if not m.heap.release(handle):
         return m.raise_exception(Ex.HEAP_INVALID_HANDLE, handle, 0, nxt)
@@ -849,7 +872,7 @@ def free(m: Machine, arg: None, nxt: int) -> int:
 
 
 def _heap_push(width: int) -> OpFunction:
-    def heap_push(m: Machine, count: int, nxt: int) -> int:
+    def heap_push(m: HeapUser, count: int, nxt: int) -> int:
         offset, handle = m.pop(), m.pop()
         size = m.heap.block_size(handle)
         if size is None:
@@ -867,7 +890,7 @@ def _heap_push(width: int) -> OpFunction:
 
 
 def _heap_pop(width: int) -> OpFunction:
-    def heap_pop(m: Machine, count: int, nxt: int) -> int:
+    def heap_pop(m: HeapUser, count: int, nxt: int) -> int:
         offset, handle = m.pop(), m.pop()
         size = m.heap.block_size(handle)
         if size is None:

@@ -17,7 +17,7 @@ from typing import Any
 from dprobes.vm import stacktrace
 from dprobes.vm.heap import ProbeHeap
 from dprobes.vm.interp import STACK_SIZE
-from dprobes.vm.isa import OPS_BY_CODE
+from dprobes.vm.isa import OPS_BY_CODE, Operand
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.host import SESSIONS, Session
 
@@ -190,8 +190,9 @@ def _heap(state_address: int, opcode: int, operand: int) -> int:
 
     session = SESSIONS[S.State.from_address(state_address).session]
     try:
-        semantic = SEMANTICS[OPS_BY_CODE[opcode].name]
-        result = semantic(view_of(session), operand, 0)
+        op = OPS_BY_CODE[opcode]
+        argument = None if op.operand is Operand.NONE else operand  # as the decoder gives it
+        result = SEMANTICS[op.name](view_of(session), argument, 0)
     except BaseException as error:
         if session.error is None:
             session.error = error
