@@ -20,21 +20,16 @@ def main() -> None:
     floor = hook_floor.run()
     jit = jit_bench.run(args.seconds)
     if args.json:
-        print(json.dumps({"python": platform.python_version(), "interpreter": [
-            {"handler": f.handler, "instructions_per_hit": f.instructions_per_hit,
-             "hits_per_second": round(f.hits_per_second, 1),
-             "instructions_per_second": round(f.instructions_per_second)} for f in figures],
+        print(json.dumps({
+            "python": platform.python_version(),
+            "interpreter": figures.as_dict(),
             "machine": machine.as_dict() if machine else None,
             "probes": probes.as_dict() if probes else None,
             "hook_floor": [{"hook": f.hook, "ns_per_hit": round(f.ns_per_hit, 1)}
                            for f in floor],
             "jit": jit.as_dict() if jit else None}))
         return
-    print(f"interpreter (CPython {platform.python_version()})")
-    print(f"{'handler':<12} {'instr/hit':>10} {'hits/s':>12} {'M instr/s':>10}")
-    for f in figures:
-        print(f"{f.handler:<12} {f.instructions_per_hit:>10} {f.hits_per_second:>12,.0f} "
-              f"{f.instructions_per_second / 1e6:>10.2f}")
+    print(interp_bench.report(figures))
     print()
     print(machine_bench.report(machine))
     print()

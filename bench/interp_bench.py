@@ -2,17 +2,26 @@
 
 Each handler is compiled with the real pipeline, fired once with a trace hook to count
 the RPN instructions one hit executes, warmed up, then timed over several rounds; the
-median round is reported. Compare figures within one run: the machines are shared.
+median round is reported. Compare figures within one run: the machines are shared. When
+the installed interpreter is the mypyc build, the pure-Python build is measured too, in a
+child process, so the run gives their ratio.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dprobes.compiler.pipeline import compile_rpn
+from dprobes.vm import flavour
 from dprobes.vm.api import VM
 from dprobes.vm.context import MemoryContext
 
@@ -68,5 +77,58 @@ def measure(path: Path, seconds: float = 0.5, rounds: int = 5) -> Figure:
     return Figure(path.stem, per_hit, statistics.median(rates))
 
 
-def run(seconds: float = 0.5) -> list[Figure]:
+def measure_all(seconds: float = 0.5) -> list[Figure]:
     return [measure(path, seconds) for path in sorted(HANDLERS.glob("*.rpn"))]
+
+
+@dataclass(frozen=True)
+class InterpreterFigures:
+    """The installed interpreter's figures and, when that is the compiled build, the pure
+    Python build's from the same run (in a child process, where the sources are imported)."""
+
+    flavour: str
+    figures: list[Figure]
+    pure: list[Figure] | None
+
+    def as_dict(self) -> dict[str, object]:
+        def rows(figures: list[Figure]) -> list[dict[str, object]]:
+            return [{"handler": f.handler, "instructions_per_hit": f.instructions_per_hit,
+                     "hits_per_second": round(f.hits_per_second, 1),
+                     "instructions_per_second": round(f.instructions_per_second)}
+                    for f in figures]
+        return {"flavour": self.flavour, "handlers": rows(self.figures),
+                "pure_python": rows(self.pure) if self.pure is not None else None}
+
+
+def _measure_pure(seconds: float) -> list[Figure]:
+    command = [sys.executable, "-m", "dprobes.bench.interp_bench", "--seconds", str(seconds)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True,
+                            env={**os.environ, flavour.PURE_ENV: "1"}).stdout
+    return [Figure(**row) for row in json.loads(output)]
+
+
+def run(seconds: float = 0.5) -> InterpreterFigures:
+    figures = measure_all(seconds)
+    pure = _measure_pure(seconds) if flavour.is_compiled() else None
+    return InterpreterFigures(flavour.describe(), figures, pure)
+
+
+def report(result: InterpreterFigures) -> str:
+    lines = [f"interpreter (CPython {platform.python_version()}, {result.flavour})",
+             f"{'handler':<12} {'instr/hit':>10} {'hits/s':>12} {'M instr/s':>10}"
+             + (f" {'pure M/s':>9} {'x pure':>7}" if result.pure else "")]
+    pure = {f.handler: f for f in result.pure or []}
+    for f in result.figures:
+        line = (f"{f.handler:<12} {f.instructions_per_hit:>10} {f.hits_per_second:>12,.0f} "
+                f"{f.instructions_per_second / 1e6:>10.2f}")
+        if f.handler in pure:
+            slow = pure[f.handler].instructions_per_second
+            line += f" {slow / 1e6:>9.2f} {f.instructions_per_second / slow:>7.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the child of _measure_pure: figures as JSON
+    parser = argparse.ArgumentParser(prog="python -m dprobes.bench.interp_bench")
+    parser.add_argument("--seconds", type=float, default=0.5)
+    print(json.dumps([vars(f) for f in measure_all(parser.parse_args().seconds)]))

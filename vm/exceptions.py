@@ -1,6 +1,7 @@
 """RPN exception codes and the limits that go with them (DProbes 5.0 ``dprobes.h``)."""
 
 from enum import IntEnum
+from typing import Final
 
 
 class ExceptionCode(IntEnum):
@@ -30,11 +31,11 @@ class OperandError(IntEnum):
     EXIT_FACILITY = 4
 
 
-DEFAULT_EX_MASK = 0x0FFF
+DEFAULT_EX_MASK: Final = 0x0FFF
 """Exceptions a probe catches when its ``ex_mask`` is not given."""
 
-NON_MASKABLE = 0x0FFF
+NON_MASKABLE: Final = 0x0FFF
 """A code in this set that the mask leaves out ends the handler; any other is ignored."""
 
-NO_HANDLER = 0xFFFFFFFF
+NO_HANDLER: Final = 0xFFFFFFFF
 """Sentinel for "no exception handler" in a call frame and in stack-trace records."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from dprobes.vm import stacktrace
 from dprobes.vm.context import Context
@@ -23,20 +23,20 @@ from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.heap import ProbeHeap
 from dprobes.vm.program import Program
 
-STACK_SIZE = 1024
-STACK_MASK = STACK_SIZE - 1
-ABOVE = tuple((slot - 1) & STACK_MASK for slot in range(STACK_SIZE))
+STACK_SIZE: Final = 1024
+STACK_MASK: Final = STACK_SIZE - 1
+ABOVE: Final = tuple((slot - 1) & STACK_MASK for slot in range(STACK_SIZE))
 """ABOVE[slot]: the slot a push onto ``slot`` fills (the circular stack grows down)."""
-BELOW = tuple((slot + 1) & STACK_MASK for slot in range(STACK_SIZE))
+BELOW: Final = tuple((slot + 1) & STACK_MASK for slot in range(STACK_SIZE))
 """BELOW[slot]: the slot under ``slot``, TOS after a pop. Both tables are the wrap-around
 ``& STACK_MASK`` precomputed: in CPython a tuple lookup costs far less than the
 arithmetic (no new int objects), and every push and pop takes one."""
-MAX_CALL_DEPTH = 32
-DISPATCH_LIMIT = 1 << 18
+MAX_CALL_DEPTH: Final = 32
+DISPATCH_LIMIT: Final = 1 << 18
 """Exception dispatches to a handler per hit before the handler is ended: with the jump
 budget this bounds every handler's run (5.0 let a self-re-arming handler spin forever)."""
-MASK32 = 0xFFFFFFFF
-STOP = -1
+MASK32: Final = 0xFFFFFFFF
+STOP: Final = -1
 
 
 class ExitKind(Enum):
@@ -167,8 +167,11 @@ class Machine:
 
         In the probe's mask: push parm2, parm1, code and dispatch. Out of the mask but one
         of the low twelve codes: end the handler (the log is still written). Otherwise
-        (e.g. EX_LOG_OVERFLOW under the default mask): ignore it and carry on.
+        (e.g. EX_LOG_OVERFLOW under the default mask): ignore it and carry on. Codes and
+        parameters are kept as plain ints (not enum members), as the compiled build and
+        the JIT keep them.
         """
+        code, parm1, parm2 = int(code), int(parm1), int(parm2)
         if code & self.ex_mask:
             self.cpu.ex_code, self.ex_parm1, self.ex_parm2 = code, parm1, parm2
             self.push(parm2)
@@ -207,7 +210,7 @@ class Machine:
                 self.dispatches += 1
                 if self.dispatches > DISPATCH_LIMIT:  # a handler re-arming itself forever
                     return self.finish(ExitKind.TERMINATED,
-                                       RaisedException(Ex.MAX_JMPS, self.jmpmax, 0))
+                                       RaisedException(int(Ex.MAX_JMPS), self.jmpmax, 0))
                 self.ex_pending = False
                 frames[-1].handler = NO_HANDLER
                 return self.index_of[self.ex_hand]

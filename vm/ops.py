@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from dprobes.vm import stacktrace
 from dprobes.vm.bytecode import Instruction
@@ -35,9 +35,12 @@ from dprobes.vm.interp import (
 from dprobes.vm.isa import OPS_BY_NAME, Operand, OpFlag, OpInfo
 from dprobes.vm.registers import REGISTERS_BY_INDEX, Register, RegisterShape
 
-SIGN = 0x80000000
-TOKEN_MEMORY_FAULT, TOKEN_MEMORY, TOKEN_ASCII, TOKEN_LOG = 0xFF, 0, 1, 7
-PREFIX = 3
+SIGN: Final = 0x80000000
+TOKEN_MEMORY_FAULT: Final = 0xFF
+TOKEN_MEMORY: Final = 0
+TOKEN_ASCII: Final = 1
+TOKEN_LOG: Final = 7
+PREFIX: Final = 3
 
 SEMANTICS: dict[str, OpFunction] = {}
 ARGUMENTS: dict[str, Callable[[Instruction, dict[int, int]], Any]] = {}
