@@ -6,6 +6,12 @@ way a native hit does (EIP, EFLAGS, CS, SS, ESP, EBP, EAX, EBX: the log header, 
 emulated push and the benchmark's 10-instruction handler), or that also writes EIP (what
 every stepped instruction costs, twice). The difference between the rows is what each part
 costs per hit; the native hooks of ``probe_bench`` cannot be cheaper than these rows.
+
+The last row is the reference workload of the project's runtime spec (11.7 M int3+XOL
+hits/s on the machine it was measured on): the probed instruction is stepped out
+of line, with a trailing int3 in the slot to come back, so a hit is two interrupts, two
+EIP reads and two EIP writes. Run on the same machine, it is the yardstick for
+``probe_bench``'s native rates: their ratio to it is comparable across machines.
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ from unicorn import x86_const as x86
 from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
 LOOPS = 1_000_000
+ROUNDS = 3
+"""Runs per row; the fastest counts (the host's other load only ever adds time)."""
 CODE_AT = 0x1000
+PROBE = CODE_AT + 5  # after mov ecx, LOOPS
+SLOT = CODE_AT + 0x800
+LOOP_CODE = (b"\xb9" + LOOPS.to_bytes(4, "little")  # mov ecx, LOOPS
+             + b"\xcc\x49\x75\xfc\xf4")  # L: int3; dec ecx; jnz L; hlt
+XOL_CODE = (b"\xb9" + LOOPS.to_bytes(4, "little")
+            + b"\xcc\x75\xfd\xf4")  # L: int3 (was dec ecx); jnz L; hlt
+XOL_SLOT = b"\x49\xcc"  # dec ecx; int3 (back to the hook)
 HIT_REGISTERS = ("EIP", "EFLAGS", "CS", "SS", "ESP", "EBP", "EAX", "EBX")
 
 
@@ -55,6 +70,15 @@ define void @reads_and_eip(ptr %uc, i32 %vector, ptr %data) {{
   call i32 %write(ptr %uc, i32 {x86.UC_X86_REG_EIP}, ptr %eip)
   ret void
 }}
+define void @xol(ptr %uc, i32 %vector, ptr %data) {{
+{prologue}  call i32 %read(ptr %uc, i32 {x86.UC_X86_REG_EIP}, ptr %eip)
+  %at = load i32, ptr %eip
+  %probe_hit = icmp eq i32 %at, {PROBE + 1}
+  %to = select i1 %probe_hit, i32 {SLOT}, i32 {PROBE + 1}
+  store i32 %to, ptr %eip
+  call i32 %write(ptr %uc, i32 {x86.UC_X86_REG_EIP}, ptr %eip)
+  ret void
+}}
 """
 
 
@@ -67,24 +91,29 @@ def run() -> list[FloorFigure]:
     machine = llvm.Target.from_default_triple().create_target_machine(opt=2)
     engine = llvm.create_mcjit_compiler(module, machine)
     engine.finalize_object()
-    code = (b"\xb9" + LOOPS.to_bytes(4, "little")  # mov ecx, LOOPS
-            + b"\xcc\x49\x75\xfc\xf4")  # L: int3; dec ecx; jnz L; hlt
     figures = []
-    for name, label in (("nothing", "int3, empty hook"),
-                        ("reads", f"+ {len(HIT_REGISTERS)} uc_reg_read"),
-                        ("reads_and_eip", "+ one EIP write")):
+    for name, label, code in (("nothing", "int3, empty hook", LOOP_CODE),
+                              ("reads", f"+ {len(HIT_REGISTERS)} uc_reg_read", LOOP_CODE),
+                              ("reads_and_eip", "+ one EIP write", LOOP_CODE),
+                              ("xol", "int3+XOL (the spec's 11.7M)", XOL_CODE)):
         uc = Uc(UC_ARCH_X86, UC_MODE_32)
         uc.mem_map(CODE_AT, 0x1000)
         uc.mem_write(CODE_AT, code)
+        uc.mem_write(SLOT, XOL_SLOT)
         handle = uc_hook_h()
         status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INTR,
                                    ctypes.c_void_p(engine.get_function_address(name)), None,
                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
         if status:
             raise UcError(status)
-        start = time.perf_counter()
-        uc.emu_start(CODE_AT, CODE_AT + len(code) - 1)  # (an EIP write writes EIP back)
-        figures.append(FloorFigure(label, (time.perf_counter() - start) / LOOPS * 1e9))
+        best = float("inf")
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            uc.emu_start(CODE_AT, CODE_AT + len(code) - 1)  # (an EIP write writes EIP back)
+            best = min(best, time.perf_counter() - start)
+            if uc.reg_read(x86.UC_X86_REG_ECX) != 0:
+                raise RuntimeError(f"{name}: the loop did not run to the end")
+        figures.append(FloorFigure(label, best / LOOPS * 1e9))
     return figures
 
 
