@@ -35,6 +35,10 @@ def main() -> None:
     print()
     print(probe_bench.report(probes))
     print(hook_floor.report(floor))
+    if probes is not None:
+        native = probes.rate("native, JIT", "10 instructions")
+        print(f"  native hits, 10 instructions: "
+              f"{hook_floor.against_reference(floor, native)}")
     print()
     print(jit_bench.report(jit))
 

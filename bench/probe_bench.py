@@ -77,6 +77,9 @@ class ProbeFigures:
     disarmed_mips: float
     rates: list[HitRate]
 
+    def rate(self, hooks: str, handler: str) -> float:
+        return next(r.per_second for r in self.rates if (r.hooks, r.handler) == (hooks, handler))
+
     def as_dict(self) -> dict[str, object]:
         return {"plain_mips": round(self.plain_mips, 1),
                 "disarmed_mips": round(self.disarmed_mips, 1),
@@ -148,8 +151,8 @@ def report(figures: ProbeFigures | None) -> str:
     for rate in figures.rates:
         lines.append(f"  {rate.hooks:<22}{rate.handler:<17}{rate.per_second:>12,.0f}"
                      f"{rate.whole_run_per_second:>13,.0f}")
-    by = {(r.hooks, r.handler): r.per_second for r in figures.rates}
     for handler in ("empty", "10 instructions"):
-        ratio = by[("native, JIT", handler)] / by[("python, interpreter", handler)]
+        ratio = (figures.rate("native, JIT", handler)
+                 / figures.rate("python, interpreter", handler))
         lines.append(f"  native / python (interpreter), {handler}: {ratio:,.0f}x")
     return "\n".join(lines)
