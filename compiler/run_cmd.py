@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         if args.max_instructions else None
     machine = Machine(seed=parse_int(args.seed, "--seed"))
     manager = ProbeManager(machine, tier=args.tier, verify_opcodes=not args.dont_verify_opcodes,
-                           log_fields=_fields(args.log))
+                           log_fields=_fields(args.log), keep_records=False)
     targets = {}
     for path in args.probes:
         program = load_program(path, options).program
@@ -169,7 +169,7 @@ def _report(args: argparse.Namespace, manager: ProbeManager, process) -> None:
             "signal": process.signal,
             "records": [asdict(row) for row in rows],
             "vars": variables,
-            "logs": len(manager.emitted),
+            "logs": manager.log_count,
             "exits": manager.exits,
             "native_hits": manager.native.hits if manager.native is not None else 0,
         }), file=sys.stderr)

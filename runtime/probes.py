@@ -92,6 +92,10 @@ class ProbeManager:
     modules: dict[str, list[LoadedProgram]] = field(default_factory=dict)
     user_probes: dict[tuple[int, int], tuple[LoadedProgram, ProbeRecord]] = field(
         default_factory=dict)
+    keep_records: bool = True
+    """Keep every record in ``emitted``. ``dpc run``, whose log targets write each record as
+    it comes, turns this off so that a long run does not hold them all in memory; the
+    records then only reach ``on_log`` and are counted in ``log_count``."""
     emitted: LogJournal = field(default_factory=LogJournal)
     exits: list[tuple[int, int, str]] = field(default_factory=list)  # (pid, facility, module)
     on_log: list = field(default_factory=list)  # callables(Emitted)
@@ -104,6 +108,7 @@ class ProbeManager:
         self.machine.cache.on_page_in.append(self._page_in)
         self.machine.on_process_exit.append(self.steps.forget)
         self._maps: dict[int, CodeMap] = {}
+        self._not_kept = 0
         self.native = None
         if self.native_hooks and self.tier != "interp":
             from dprobes.runtime.native_probes import NativeProbes
@@ -290,14 +295,23 @@ class ProbeManager:
         self._deliver(Emitted(loaded.name, record, exception_log))
 
     def emit_packed(self, chunk: Packed, decode: Decoder) -> None:
-        """Records of native hits, packed; decoded now only if a log hook wants them."""
-        if self.on_log:
+        """Records of native hits, packed; decoded now only if a log hook wants them (or
+        they are not kept, and so must be counted now)."""
+        if self.on_log or not self.keep_records:
             for entry in decode(chunk):
                 self._deliver(entry)
         else:
             self.emitted.append_packed(chunk, decode)
 
     def _deliver(self, entry: Emitted) -> None:
-        self.emitted.append(entry)
+        if self.keep_records:
+            self.emitted.append(entry)
+        else:
+            self._not_kept += 1
         for hook in self.on_log:
             hook(entry)
+
+    @property
+    def log_count(self) -> int:
+        """Records emitted so far, kept or not."""
+        return len(self.emitted) + self._not_kept

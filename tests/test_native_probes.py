@@ -343,6 +343,25 @@ max_hits = 3000
     assert len(seen["records"]) == 3000
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_records_not_kept_still_reach_the_log_hooks(mode: str) -> None:
+    """``keep_records=False`` (dpc run): every record goes to on_log, in order, and is
+    counted, but none is held in ``emitted``."""
+    body = "offset = work\nmax_hits = 500\n    push r, esp\n    log 1\n    exit\n"
+    runs = {}
+    for keep in (True, False):
+        machine = Machine()
+        manager = ProbeManager(machine, keep_records=keep, **MODES[mode])
+        manager.insert(build("loop", body))
+        delivered: list[bytes] = []
+        manager.on_log.append(lambda entry, into=delivered: into.append(entry.record.to_bytes()))
+        machine.spawn(BIN / "loop")
+        machine.run(max_instructions=100_000_000)
+        runs[keep] = (delivered, manager.log_count, len(manager.emitted))
+    assert runs[True][1] == runs[True][2] == len(runs[True][0]) == 500
+    assert runs[False] == (runs[True][0], 500, 0)
+
+
 def test_stack_reads_and_writes() -> None:
     """Memory on the stack page (the handler's direct window once the TLB holds it
     writable) in every width, a write the guest sees (its argument, so its checksum
