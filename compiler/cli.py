@@ -29,6 +29,7 @@ from dprobes.compiler.exec_cmd import (
 from dprobes.compiler.pipeline import BuildOptions, CompileResult, default_output, load_program
 from dprobes.compiler.run_cmd import add_run_options
 from dprobes.compiler.run_cmd import cmd_run as run_machine
+from dprobes.vm import flavour
 
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 70
 
@@ -116,7 +117,8 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpc", description="Compile, inspect and run DProbes RPN probe programs.")
-    parser.add_argument("--version", action="version", version=f"dpc {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"dpc {__version__} (interpreter: {flavour.describe()})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = commands.add_parser("build", help="compile RPN source to a PPDF file")
