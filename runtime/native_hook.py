@@ -5,11 +5,13 @@ description of it) and the hook itself, LLVM IR compiled once per process into t
 engine. ``runtime.native_probes`` fills the structures and installs the hook as unicorn's
 ``UC_HOOK_INTR`` callback in place of the Python one.
 
-On an int3 at an address in the current process's probe table the hook reads the
-registers the log header needs, runs the JIT-compiled handler against the process (memory
-through a small software TLB over the runtime's page tables, registers through
-``uc_reg_read``/``uc_reg_write``), then either emulates ``push r32`` or points EIP at the
-probe's out-of-line slot with TF set. On the debug trap that ends the step it repairs EIP
+On an int3 at an address in the current process's probe table the hook reads, in one
+``uc_reg_read_batch`` call, the registers the hit will read (the handler's ``push r``, the
+log header's, those of the step) into a register window the handler reads inline, runs the
+JIT-compiled handler against the process (memory through a small software TLB over the
+runtime's page tables, other registers through ``uc_reg_read``, writes through
+``uc_reg_write``), then either emulates ``push r32`` or points EIP at the probe's
+out-of-line slot with TF set. On the debug trap that ends the step it repairs EIP
 (and the return address of a call), counts the hit and appends the log record to a byte
 ring that Python drains. A ring record is small, since the ring's bytes are what the
 journal keeps: a head, only the machine state the program's log header selects
@@ -25,7 +27,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import struct
-from ctypes import Structure, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p
+from ctypes import Structure, c_int32, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p
 from typing import NamedTuple
 
 from unicorn import x86_const as x86
@@ -47,7 +49,7 @@ TABLE_SIZE = 1 << TABLE_BITS
 process than fit are simply served by the Python path."""
 RING_BYTES = 4 << 20
 """Bytes of one ring: records are appended until it is full, then to a new one."""
-GENERAL_REGISTERS = 16
+GENERAL_REGISTERS = S.WINDOW_REGISTERS
 """dprobes register indices 0..15 (cs ... ebp) are the ones a native hit serves."""
 
 # what the TLB and the fill callback say of a page (low bits of the host address)
@@ -78,6 +80,11 @@ class ProbeEntry(Structure):
         ("window", c_uint32),  # the handler accesses memory: offer it the stack page
         ("head_len", c_uint32),  # bytes of a record's head and header fields
         ("handler", c_void_p), ("state", c_void_p), ("counters", c_void_p),
+        # the registers a hit reads after EIP, read in one uc_reg_read_batch call: a mask
+        # of dprobes indices, their number, unicorn ids and places in Hook.registers
+        ("prefetch", c_uint32), ("prefetch_count", c_uint32),
+        ("prefetch_ids", c_int32 * GENERAL_REGISTERS),
+        ("prefetch_values", c_void_p * GENERAL_REGISTERS),
     ]
 
 
@@ -153,7 +160,7 @@ class Hook(Structure):
 
     _fields_ = [
         ("uc", c_void_p), ("reg_read", c_void_p), ("reg_write", c_void_p),
-        ("emu_stop", c_void_p),
+        ("reg_read_batch", c_void_p), ("emu_stop", c_void_p),
         ("python_interrupt", c_void_p),  # void (u32 vector): the Python trap path
         ("python_handover", c_void_p),  # void (u32 stage, u32 eip)
         ("python_fill", c_void_p),  # i32 (u32 address, u32 write, u64 *page | perms)
@@ -166,8 +173,7 @@ class Hook(Structure):
         ("ring_head", c_uint32), ("ring_size", c_uint32), ("ring", c_void_p),
         ("hits", c_uint64),  # probe hits that began natively
         ("reg_ids", c_uint32 * GENERAL_REGISTERS),  # unicorn's id of registers 0..15
-        ("reg_valid", c_uint32),  # bit i: reg_cache[i] holds register i (this interrupt)
-        ("reg_cache", c_uint32 * GENERAL_REGISTERS),
+        ("registers", S.RegisterWindow),  # registers read in this interrupt (host.registers)
         ("host", S.HostTable),
         ("tlb", TlbEntry * (1 << TLB_BITS)),
     ]
@@ -183,7 +189,7 @@ def _offsets() -> dict[str, int]:
     """Byte offsets the IR uses, as ``Struct_field``."""
     out = {}
     for layout in (TlbEntry, Counters, ProbeEntry, TableSlot, RecordHead, Pending,
-                   ProcessSlot, Hook):
+                   ProcessSlot, Hook, S.RegisterWindow):
         for name, *_ in layout._fields_:
             out[f"{layout.__name__}_{name}"] = getattr(layout, name).offset
     for name, *_ in S.State._fields_:
@@ -218,15 +224,17 @@ def _constants() -> dict[str, int]:
 _IR = r"""
 declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)
 
-; Register %index (0..15, dprobes numbering), read from the CPU once per interrupt.
+; Register %index (0..15, dprobes numbering), read from the CPU once per interrupt into
+; the register window the handler reads too.
 define internal i32 @reg(ptr %hook, i32 %index) {{
 start:
   %value = alloca i32
-  %valid_p = getelementptr i8, ptr %hook, i64 {Hook_reg_valid}
+  %window = getelementptr i8, ptr %hook, i64 {Hook_registers}
+  %valid_p = getelementptr i8, ptr %window, i64 {RegisterWindow_valid}
   %valid = load i32, ptr %valid_p
   %bit = shl i32 1, %index
   %has = and i32 %valid, %bit
-  %cache = getelementptr i8, ptr %hook, i64 {Hook_reg_cache}
+  %cache = getelementptr i8, ptr %window, i64 {RegisterWindow_values}
   %index64 = zext i32 %index to i64
   %slot = getelementptr i32, ptr %cache, i64 %index64
   %known = icmp ne i32 %has, 0
@@ -251,6 +259,27 @@ read:
   ret i32 %v
 }}
 
+; The registers the entry's hit reads, from the CPU into the register window in one call.
+define internal void @prefetch(ptr %hook, ptr %entry) {{
+  %count_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_prefetch_count}
+  %count = load i32, ptr %count_p
+  %ids = getelementptr i8, ptr %entry, i64 {ProbeEntry_prefetch_ids}
+  %values = getelementptr i8, ptr %entry, i64 {ProbeEntry_prefetch_values}
+  %uc_p = getelementptr i8, ptr %hook, i64 {Hook_uc}
+  %uc = load ptr, ptr %uc_p
+  %fn_p = getelementptr i8, ptr %hook, i64 {Hook_reg_read_batch}
+  %fn = load ptr, ptr %fn_p
+  %ignored = call i32 %fn(ptr %uc, ptr %ids, ptr %values, i32 %count)
+  %mask_p = getelementptr i8, ptr %entry, i64 {ProbeEntry_prefetch}
+  %mask = load i32, ptr %mask_p
+  %window = getelementptr i8, ptr %hook, i64 {Hook_registers}
+  %valid_p = getelementptr i8, ptr %window, i64 {RegisterWindow_valid}
+  %valid = load i32, ptr %valid_p
+  %now_valid = or i32 %valid, %mask
+  store i32 %now_valid, ptr %valid_p
+  ret void
+}}
+
 define internal void @set_reg(ptr %hook, i32 %index, i32 %v) {{
   %value = alloca i32
   store i32 %v, ptr %value
@@ -263,7 +292,8 @@ define internal void @set_reg(ptr %hook, i32 %index, i32 %v) {{
   %fn_p = getelementptr i8, ptr %hook, i64 {Hook_reg_write}
   %fn = load ptr, ptr %fn_p
   %ignored = call i32 %fn(ptr %uc, i32 %id, ptr %value)
-  %valid_p = getelementptr i8, ptr %hook, i64 {Hook_reg_valid}
+  %window = getelementptr i8, ptr %hook, i64 {Hook_registers}
+  %valid_p = getelementptr i8, ptr %window, i64 {RegisterWindow_valid}
   %valid = load i32, ptr %valid_p
   %bit = shl i32 1, %index
   %not_bit = xor i32 %bit, -1
@@ -999,6 +1029,7 @@ find:
   %absent = icmp eq ptr %entry, null
   br i1 %absent, label %decline, label %flags
 flags:
+  call void @prefetch(ptr %hook, ptr %entry)
   %eflags = call i32 @reg(ptr %hook, i32 {EFLAGS})
   %tf = and i32 %eflags, {TF}
   %stepping = icmp ne i32 %tf, 0
@@ -1075,7 +1106,8 @@ decline:
 ; UC_HOOK_INTR: what the native path can do it does; everything else goes to Python.
 define void @dprobes_np_interrupt(ptr %uc, i32 %vector, ptr %hook) {{
 start:
-  %valid_p = getelementptr i8, ptr %hook, i64 {Hook_reg_valid}
+  %window = getelementptr i8, ptr %hook, i64 {Hook_registers}
+  %valid_p = getelementptr i8, ptr %window, i64 {RegisterWindow_valid}
   store i32 0, ptr %valid_p
   %is_bp = icmp eq i32 %vector, 3
   br i1 %is_bp, label %bp, label %other

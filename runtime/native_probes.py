@@ -57,7 +57,7 @@ from dprobes.vm.interp import ExitKind
 from dprobes.vm.isa import Operand
 from dprobes.vm.jit import rtlib
 from dprobes.vm.jit.runner import EXIT_KINDS
-from dprobes.vm.program import Program
+from dprobes.vm.program import LogField, Program
 from dprobes.vm.registers import REGISTERS_BY_NAME
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ REGISTER_WRITES = frozenset({"POP_R", "POP_U"})
 MEMORY_OPS = ("PUSH_MEM_", "POP_MEM_")  # the ones native code may serve from a window
 SEGMENT_REGISTERS = frozenset(REGISTERS_BY_NAME[name].index
                               for name in ("cs", "ds", "es", "fs", "gs", "ss"))
+EIP, EFLAGS, ESP = (REGISTERS_BY_NAME[name].index for name in ("eip", "eflags", "esp"))
 STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSOLUTE,
               StepKind.CALL_RELATIVE: N.STEP_CALL_RELATIVE,
               StepKind.CALL_ABSOLUTE: N.STEP_CALL_ABSOLUTE}
@@ -130,6 +131,28 @@ def python_only_reason(program: Program, probe: int) -> str | None:
     return None
 
 
+def register_reads(program: Program, probe: int) -> set[int]:
+    """The registers (dprobes indices) this probe's handler reads with ``push r``."""
+    point = program.probes[probe]
+    return {insn.operand for insn in decode_range(program.code, point.code_start,
+                                                   point.code_end)
+            if insn.op.name == "PUSH_R" and insn.operand < N.GENERAL_REGISTERS}
+
+
+def hit_reads(program: Program, probe: int, fields: LogField, push_reg: int | None,
+              window: bool) -> set[int]:
+    """The registers a native hit of this probe reads after EIP (which finds the probe),
+    for one batched read: EFLAGS, the handler's, ESP for the stack window, the emulated
+    push and the log header, the pushed register. Not the segment registers: unicorn
+    stores two bytes of them, so the hook reads them on their own into a cleared word."""
+    reads = register_reads(program, probe) | {EFLAGS}
+    if window or push_reg is not None or LogField.SSESP in fields:
+        reads.add(ESP)
+    if push_reg is not None:
+        reads.add(push_reg)
+    return reads - SEGMENT_REGISTERS - {EIP}
+
+
 def accesses_memory(program: Program, probe: int) -> bool:
     """Whether this probe's handler reads or writes guest memory with push/pop mem."""
     point = program.probes[probe]
@@ -155,6 +178,7 @@ class NativeProbes:
         self.address = ctypes.addressof(hook)
         hook.uc = ctypes.cast(cpu.uc._uch, ctypes.c_void_p).value
         for field, fn in (("reg_read", uclib.uc_reg_read), ("reg_write", uclib.uc_reg_write),
+                          ("reg_read_batch", uclib.uc_reg_read_batch),
                           ("emu_stop", uclib.uc_emu_stop)):
             setattr(hook, field, ctypes.cast(fn, ctypes.c_void_p).value)
         self._callbacks = (INTERRUPT(self._interrupt), HANDOVER(self._handover),
@@ -169,6 +193,7 @@ class NativeProbes:
         hook.reg_ids[:] = N.REGISTER_IDS
         native = N.addresses()
         hook.host.ctx = self.address
+        hook.host.registers = ctypes.addressof(hook.registers)
         for name, _ in N.S.HOST_CALLBACKS:
             setattr(hook.host, name, native[N.SYMBOL_PREFIX + name])
         self.processes: dict[int, N.ProcessSlot] = {}
@@ -217,20 +242,34 @@ class NativeProbes:
         runner = loaded.vm.runner
         self.runners[ctypes.addressof(runner.state)] = runner
         point = loaded.program.probes[record.index]
+        push_reg = (REGISTERS_BY_NAME[PUSH_ORDER[plan.code[0] - PUSH_EAX]].index
+                    if kind == N.STEP_PUSH else None)
+        window = accesses_memory(loaded.program, record.index)
         entry = N.ProbeEntry(
             address=plan.address, kind=kind, length=plan.length, slot=step.slot,
-            push_reg=REGISTERS_BY_NAME[PUSH_ORDER[plan.code[0] - PUSH_EAX]].index
-            if kind == N.STEP_PUSH else 0,
+            push_reg=push_reg or 0,
             ident=self._ident(process, loaded, record, plan, step.slot),
             ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
             probe_offset=point.offset & (2**64 - 1), fields=loaded.log_fields,
-            window=accesses_memory(loaded.program, record.index),
-            head_len=HEAD.size + N.header_layout(loaded.log_fields).packing.size,
+            window=window, head_len=HEAD.size + N.header_layout(loaded.log_fields).packing.size,
             handler=handler.address, state=ctypes.addressof(runner.state),
             counters=ctypes.addressof(record.counters))
+        self._prefetch(entry, hit_reads(loaded.program, record.index, loaded.log_fields,
+                                        push_reg, window))
         table[plan.address] = entry
         self._entries.append(entry)
         self._publish(process.pid)
+
+    def _prefetch(self, entry: N.ProbeEntry, registers: set[int]) -> None:
+        """Have the entry's hits read ``registers`` into the hook's register window in one
+        batch, right after EIP."""
+        ordered = sorted(registers)
+        values = self.hook.registers.values
+        entry.prefetch = sum(1 << index for index in ordered)
+        entry.prefetch_count = len(ordered)
+        for i, index in enumerate(ordered):
+            entry.prefetch_ids[i] = N.REGISTER_IDS[index]
+            entry.prefetch_values[i] = ctypes.addressof(values) + 4 * index
 
     def _reason(self, loaded: LoadedProgram, probe: int) -> str | None:
         key = (id(loaded), probe)

@@ -24,11 +24,13 @@ from dprobes.compiler.pipeline import BuildOptions, compile_rpn
 from dprobes.runtime import native_hook as N
 from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.machine import InstructionLimit, Machine
-from dprobes.runtime.native_probes import NativeProbes, python_only_reason
+from dprobes.runtime.native_probes import NativeProbes, hit_reads, python_only_reason
 from dprobes.runtime.probes import ProbeManager
 from dprobes.tests import guest_expectations as expect
 from dprobes.tests.guest_expectations import symbol
 from dprobes.vm.api import DEFAULT_HOT_THRESHOLD
+from dprobes.vm.program import LogField
+from dprobes.vm.registers import REGISTERS_BY_NAME
 
 BIN = expect.BIN
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -195,6 +197,29 @@ max_hits = 2000
     assert sum(switched_mid_step) > 10
 
 
+def test_a_register_read_after_a_write_sees_the_write() -> None:
+    """A handler reads a register the hook's register window holds, writes it and reads
+    it again: the second read sees the new value (then the old one is put back)."""
+    body = """
+offset = work
+max_hits = 500
+    push r, edx
+    push 1
+    add
+    pop r, edx
+    push r, edx
+    push r, edx
+    push 1
+    sub
+    pop r, edx
+    push r, ebp
+    log 2
+    exit
+"""
+    seen = same_in_both_modes({"loop": body}, ["loop"])
+    assert len(seen["records"]) == 500
+
+
 @pytest.mark.parametrize("fields", ["UID", "CSEIP", "SSESP", "TSC", "PID PROCNAME",
                                     "ALL"])
 def test_log_header_fields(fields: str) -> None:
@@ -227,6 +252,24 @@ def test_which_handlers_run_natively(body: str, reason: str) -> None:
         assert found is not None and reason in found
     else:
         assert found is None
+
+
+@pytest.mark.parametrize(("body", "fields", "push_reg", "window", "expected"), [
+    ("    push r, eax\n    push r, cs\n    push r, eip\n    exit\n", "", None, False,
+     {"eax", "eflags"}),
+    ("    push r, ebx\n    exit\n", "", "ebp", False, {"ebx", "ebp", "esp", "eflags"}),
+    ("    push r, esp\n    push mem_u32\n    exit\n", "", None, True, {"esp", "eflags"}),
+    ("    exit\n", "SSESP CSEIP", None, False, {"esp", "eflags"}),
+])
+def test_a_native_hit_reads_its_registers_in_one_batch(
+        body: str, fields: str, push_reg: str | None, window: bool, expected: set[str]) -> None:
+    """The registers read at once after EIP: the handler's, the step's and the log
+    header's, not EIP (already read) nor segment registers (unicorn writes two bytes)."""
+    program = build("loop", "offset = work\n" + body)
+    log_fields = LogField(sum(LogField[name] for name in fields.split()))
+    pushed = REGISTERS_BY_NAME[push_reg].index if push_reg else None
+    found = hit_reads(program, 0, log_fields, pushed, window)
+    assert found == {REGISTERS_BY_NAME[name].index for name in expected}
 
 
 def test_fault_in_the_stepped_instruction_of_a_native_hit(

@@ -440,6 +440,25 @@ class Emitter:
         pointer = b.gep(self._host_value("window_data"), [offset], source_etype=I8)
         return inside, pointer
 
+    def register_window(self, index: int) -> tuple[ir.Block, ir.Value]:
+        """Branch on whether the host's register window (``HostTable.registers``) holds
+        register ``index`` now: to a new block, where the value is returned, if it does,
+        else to the returned block (the builder is left in the new block). The window's
+        pointer is loaded once per hit; its ``valid`` mask at every read, since a host
+        call may have changed it."""
+        window = self._host_value("registers")
+        look, held = self.block("reg_window"), self.block("reg_held")
+        absent = self.block("reg_absent")
+        self.b.cbranch(self.b.icmp_unsigned("!=", window, ir.Constant(PTR, None)), look, absent)
+        self.at(look)
+        valid = self.b.load(window, typ=I32)
+        bit = self.b.and_(valid, c32(1 << index))
+        self.b.cbranch(self.b.icmp_unsigned("!=", bit, c32(0)), held, absent)
+        self.at(held)
+        at = S.RegisterWindow.values.offset + 4 * index
+        value = self.b.load(self.b.gep(window, [c64(at)], source_etype=I8), typ=I32)
+        return absent, value
+
     def _host_value(self, name: str, ty: ir.Type = PTR) -> ir.Value:
         key = f"host.{name}"
         value = self._pointers.get(key)

@@ -538,9 +538,17 @@ def _push_register(user: bool) -> Lowering:
                              lw.next_block(insn))
             return
         words = lw.words
+        read = lw.new_block(insn, "read")
+        if not user and reg.index < S.WINDOW_REGISTERS:
+            call, value = e.register_window(reg.index)
+            e.b.store(value, words)
+            e.b.branch(read)
+            e.at(call)
         e.b.store(c32(0), words)
         status = e.host_call("read_register", [c32(reg.index), c32(int(user)), words])
         lw.host_checked(status, insn, "register")
+        e.b.branch(read)
+        e.at(read)
         e.push(e.b.load(words, typ=I32))
         e.b.branch(lw.next_block(insn))
     return lower

@@ -15,7 +15,8 @@ Two tables of function pointers hang off the state:
 
 * ``host`` (``HostTable``): everything the handler asks of the machine it probes:
   memory (reads and writes that can fault, byte-exact partial writes), C strings,
-  registers, CPUID/MSR, IO ports, segment bases, pid/task/processor, the ``callk`` hook.
+  registers, CPUID/MSR, IO ports, segment bases, pid/task/processor, the ``callk`` hook,
+  and two optional shortcuts: a direct memory window and a register window.
   A Python ``Context`` is served by ctypes trampolines (``vm.jit.host``); a native host
   fills the table with native function pointers and its own ``ctx`` pointer.
 * ``helpers`` (``HelperTable``): rare, complex operations served by Python
@@ -56,7 +57,7 @@ from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
 from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
 FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
@@ -160,7 +161,24 @@ class HostTable(Structure):
 
     _fields_ = [("ctx", c_void_p), *((name, c_void_p) for name, _ in HOST_CALLBACKS),
                 ("window_base", c_uint32), ("window_length", c_uint32),
-                ("window_data", c_void_p)]
+                ("window_data", c_void_p),
+                ("registers", c_void_p)]  # RegisterWindow * or null
+
+
+WINDOW_REGISTERS = 16
+"""Registers 0..15 (cs ... ebp, one word each) are the ones a register window can hold."""
+
+
+class RegisterWindow(Structure):
+    """The register window a host may publish in its table (``HostTable.registers``, null
+    by default): bit i of ``valid`` set means ``values[i]`` is what ``read_register(i,
+    user=0)`` would return now (its low word; the others are zero). Native code reads
+    ``push r`` of such a register here instead of calling the host. Unlike the memory
+    window it is read at every use, not once per hit: a host fills it lazily and clears a
+    bit when the register is written, so a write is always a ``write_register`` call.
+    """
+
+    _fields_ = [("valid", c_uint32), ("values", c_uint32 * WINDOW_REGISTERS)]
 
 
 # --- Python helpers for the rare, complex operations --------------------------------
