@@ -24,7 +24,7 @@ from dprobes.vm.isa import TABLE
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.function import HandlerLowering
 from dprobes.vm.jit.irgen import I8, I16, I32, I64, c32, c64
-from dprobes.vm.jit.rtlib import SHAPE_CODES
+from dprobes.vm.jit.rtlib import SHAPE_CODES, note_log_end
 from dprobes.vm.ops import SIGN
 from dprobes.vm.registers import REGISTERS_BY_INDEX, RegisterShape
 from dprobes.vm.stacktrace import MIN_ST_SIZE
@@ -220,8 +220,31 @@ lower_log_str = _runtime_op("log_str")
 lower_log_mrf = _runtime_op("log_mrf")
 
 
+INLINE_LOG_WORDS = 8
+"""``log n`` of up to this many words stores them inline when they fit in the log."""
+
+
 def lower_log_i(lw: HandlerLowering, insn: Instruction) -> None:
-    lw.status_branch(lw.rt("log_n", insn.operand or 0), lw.next_block(insn))
+    """``log n`` (ops.log_raw): when the n words fit, pop them into the log here (no
+    runtime call, no stack sync); otherwise ``rt_log_n`` logs what fits and raises."""
+    e = lw.e
+    wanted = insn.operand or 0
+    if wanted > INLINE_LOG_WORDS:
+        lw.status_branch(lw.rt("log_n", wanted), lw.next_block(insn))
+        return
+    length = e.load("log_len")
+    end = e.b.add(e.zext64(length), c64(4 * wanted))
+    fits, full = lw.new_block(insn, "log_fits"), lw.new_block(insn, "log_full")
+    e.b.cbranch(e.b.icmp_unsigned("<=", end, e.zext64(e.load("log_cap"))), fits, full)
+    e.at(fits)
+    for i in range(wanted):
+        e.put("log", e.b.add(length, c32(4 * i)), e.pop())
+    e.store("log_len", e.b.trunc(end, I32))
+    e.store("prev_log_len", e.b.trunc(end, I32))
+    note_log_end(e)
+    e.b.branch(lw.next_block(insn))
+    e.at(full)
+    lw.status_branch(lw.rt("log_n", wanted), lw.next_block(insn))
 
 
 lower_log = _runtime_op("log_record")

@@ -127,7 +127,7 @@ def _overflow_if(lib: _Library, e: Emitter, condition: ir.Value) -> None:
     e.at(fits)
 
 
-def _note_log_end(e: Emitter) -> None:
+def note_log_end(e: Emitter) -> None:
     """After writing the log: every byte written so far is below log_len (for rt_begin)."""
     length, mark = e.load("log_len"), e.load("log_hwm")
     e.store("log_hwm", e.b.select(e.b.icmp_unsigned(">", length, mark), length, mark))
@@ -396,7 +396,7 @@ def _define_log_words(lib: _Library) -> None:
     e.b.branch(head)
     e.at(done)
     e.store("log_len", e.b.add(at, e.b.mul(count, c32(4))))
-    _note_log_end(e)
+    note_log_end(e)
     e.b.ret_void()
 
 
@@ -430,7 +430,7 @@ def _define_log_record(lib: _Library) -> None:
     lib.call(e, "log_words", count)
     e.put("log", start, c8(TOKEN_LOG))
     e.put("log", e.b.add(start, c32(1)), e.b.trunc(count, I16))
-    _note_log_end(e)
+    note_log_end(e)
     _overflow_if(lib, e, e.b.icmp_unsigned("<", count, wanted))
     e.store("prev_log_len", e.load("log_len"))
     e.b.ret(_status(S.ST_CONTINUE))
@@ -447,7 +447,7 @@ def _define_fault_record(lib: _Library) -> None:
     e.put("log", e.b.add(at, c32(1)), ir.Constant(I16, 4))
     e.put("log", e.b.add(at, c32(3)), address)
     e.store("log_len", e.b.add(at, c32(7)))
-    _note_log_end(e)
+    note_log_end(e)
     e.b.ret(lib.call(e, "raise", int(Ex.INVALID_ADDR), address, 0))
 
 
@@ -459,7 +459,7 @@ def _copy_record(e: Emitter, start: ir.Value, token: int, length: ir.Value) -> N
     end = e.b.add(e.b.add(start, c32(PREFIX)), length)
     e.store("log_len", end)
     e.store("prev_log_len", end)
-    _note_log_end(e)
+    note_log_end(e)
 
 
 def _memory_status(lib: _Library, e: Emitter, status: ir.Value, fault: ir.Value) -> None:
@@ -541,7 +541,7 @@ def _define_log_vars(lib: _Library) -> None:
     e.put("log", start, token)
     e.put("log", e.b.add(start, c32(1)), ir.Constant(I16, 0))
     e.store("log_len", e.b.add(start, c32(PREFIX)))
-    _note_log_end(e)
+    note_log_end(e)
     array = e.b.select(is_local, e.load("lv"), e.load("gv"))
     limit = e.zext64(e.b.select(is_local, e.load("num_lv"), e.load("num_gv")))
     first64 = e.zext64(first)
@@ -571,7 +571,7 @@ def _define_log_vars(lib: _Library) -> None:
     value = e.b.load(e.b.gep(array, [index], source_etype=I32), typ=I32)
     e.put("log", at, value)
     e.store("log_len", e.b.add(at, c32(4)))
-    _note_log_end(e)
+    note_log_end(e)
     bumped = e.b.add(logged, c32(1))
     e.put("log", e.b.add(start, c32(1)), e.b.trunc(bumped, I16))
     index.add_incoming(e.b.add(index, c64(1)), room_ok)
