@@ -225,25 +225,32 @@ _IR = r"""
 declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)
 
 ; Register %index (0..15, dprobes numbering), read from the CPU once per interrupt into
-; the register window the handler reads too.
-define internal i32 @reg(ptr %hook, i32 %index) {{
+; the register window the handler reads too. Inline: most reads find it there.
+define internal i32 @reg(ptr %hook, i32 %index) alwaysinline {{
 start:
-  %value = alloca i32
   %window = getelementptr i8, ptr %hook, i64 {Hook_registers}
   %valid_p = getelementptr i8, ptr %window, i64 {RegisterWindow_valid}
   %valid = load i32, ptr %valid_p
   %bit = shl i32 1, %index
   %has = and i32 %valid, %bit
-  %cache = getelementptr i8, ptr %window, i64 {RegisterWindow_values}
-  %index64 = zext i32 %index to i64
-  %slot = getelementptr i32, ptr %cache, i64 %index64
   %known = icmp ne i32 %has, 0
   br i1 %known, label %cached, label %read
 cached:
+  %cache = getelementptr i8, ptr %window, i64 {RegisterWindow_values}
+  %index64 = zext i32 %index to i64
+  %slot = getelementptr i32, ptr %cache, i64 %index64
   %c = load i32, ptr %slot
   ret i32 %c
 read:
+  %v = call i32 @read_reg(ptr %hook, i32 %index)
+  ret i32 %v
+}}
+
+; Register %index from the CPU, kept in the register window.
+define internal i32 @read_reg(ptr %hook, i32 %index) noinline {{
+  %value = alloca i32
   store i32 0, ptr %value
+  %index64 = zext i32 %index to i64
   %ids = getelementptr i8, ptr %hook, i64 {Hook_reg_ids}
   %id_p = getelementptr i32, ptr %ids, i64 %index64
   %id = load i32, ptr %id_p
@@ -253,7 +260,13 @@ read:
   %fn = load ptr, ptr %fn_p
   %ignored = call i32 %fn(ptr %uc, i32 %id, ptr %value)
   %v = load i32, ptr %value
+  %window = getelementptr i8, ptr %hook, i64 {Hook_registers}
+  %cache = getelementptr i8, ptr %window, i64 {RegisterWindow_values}
+  %slot = getelementptr i32, ptr %cache, i64 %index64
   store i32 %v, ptr %slot
+  %valid_p = getelementptr i8, ptr %window, i64 {RegisterWindow_valid}
+  %valid = load i32, ptr %valid_p
+  %bit = shl i32 1, %index
   %now_valid = or i32 %valid, %bit
   store i32 %now_valid, ptr %valid_p
   ret i32 %v

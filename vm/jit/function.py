@@ -37,6 +37,7 @@ from dprobes.vm.exceptions import NON_MASKABLE
 from dprobes.vm.isa import OpFlag
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import I32, PTR, REGION_DRIFT, VOID, Emitter, Region, Virtual, c32
+from dprobes.vm.jit.rtlib import set_ending
 from dprobes.vm.program import Program
 
 
@@ -262,7 +263,10 @@ class HandlerLowering:
         self._raise = (block, phis)
 
     def finish(self, kind: int) -> None:
-        self.rt("finish", kind, 0, 0, 0, 0)
+        """End the handler: ``rt_finish`` inline, once the stack is written back."""
+        self.e.spill()
+        zero = c32(0)
+        set_ending(self.e, c32(kind), zero, zero, zero, zero)
         self.e.b.branch(self.exit_block)
 
     def host_checked(self, status: ir.Value, insn: Instruction, what: str) -> None:

@@ -187,9 +187,9 @@ def _define_begin(lib: _Library) -> None:
     e.b.ret_void()
 
 
-def _define_finish(lib: _Library) -> None:
-    e = lib.define("finish")
-    _, kind, has, code, p1, p2 = e.function.args
+def set_ending(e: Emitter, kind: ir.Value, has: ir.Value, code: ir.Value, p1: ir.Value,
+               p2: ir.Value) -> None:
+    """How the handler ended, unless an earlier ending was recorded (the first one wins)."""
     first = e.b.icmp_unsigned("==", e.load("exit_kind"), c32(S.EXIT_NONE))
     with e.b.if_then(first):
         e.store("exit_kind", kind)
@@ -197,6 +197,11 @@ def _define_finish(lib: _Library) -> None:
         e.store("exc_code", code)
         e.store("exc_parm1", p1)
         e.store("exc_parm2", p2)
+
+
+def _define_finish(lib: _Library) -> None:
+    e = lib.define("finish")
+    set_ending(e, *e.function.args[1:])
     e.b.ret_void()
 
 
