@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dprobes.compiler import cli
+from dprobes.cli import main as cli
 
 GOOD = """name = demo
 modtype = user
@@ -152,7 +152,7 @@ def test_unwritable_output(good: Path, tmp_path: Path, capsys) -> None:
 def test_real_process_random_bytes(tmp_path: Path) -> None:
     path = tmp_path / "random.rpn"
     path.write_bytes(os.urandom(2000))
-    done = subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "build", str(path)],
+    done = subprocess.run([sys.executable, "-m", "dprobes.cli", "build", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "error" in done.stderr

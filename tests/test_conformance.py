@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dprobes.compiler import cli
+from dprobes.cli import main as cli
 from dprobes.compiler.pipeline import compile_rpn
 from dprobes.tests.corpus import Case, load_corpus
 from dprobes.vm import flavour, interp

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dprobes.compiler import cli
+from dprobes.cli import main as cli
 from dprobes.compiler.pipeline import compile_rpn
 from dprobes.vm.api import VM, GlobalVariables
 from dprobes.vm.context import Context, MemoryContext, MemoryFault
@@ -298,7 +298,7 @@ PYTHON_TRACES = """
 import contextlib, io, json, sys, tempfile, pathlib
 from dprobes.vm.jit import rtlib
 rtlib.NATIVE_STACK_TRACES = False  # before the runtime library is built
-from dprobes.compiler import cli
+from dprobes.cli import main as cli
 from dprobes.tests.corpus import load_corpus
 failed = []
 cases = [c for c in load_corpus() if c.expect and "ex_log" in c.expect]

@@ -316,15 +316,15 @@ def test_klog_lines_and_program_output_interleave_as_with_python_hooks(
     """Native records reach the log target before the program's next system call, so
     ``dpc run``'s combined output is the same on every tier."""
     ppdf = tmp_path / "add3.ppdf"
-    subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "build",
+    subprocess.run([sys.executable, "-m", "dprobes.cli", "build",
                     str(EXAMPLES / "add3.rpn"), "--elf", str(BIN / "loop"), "-o", str(ppdf)],
                    check=True, capture_output=True)
-    outputs = [subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "run", "--tier",
+    outputs = [subprocess.run([sys.executable, "-m", "dprobes.cli", "run", "--tier",
                                tier, "--probes", str(ppdf), "--", str(BIN / "loop")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
                for tier in ("interp", "jit")]
     assert outputs[0] == outputs[1] and outputs[0].count(b"dprobes(3,1)") == 3
-    summary = subprocess.run([sys.executable, "-m", "dprobes.compiler.cli", "run", "--tier",
+    summary = subprocess.run([sys.executable, "-m", "dprobes.cli", "run", "--tier",
                               "jit", "--json", "--probes", str(ppdf), "--", str(BIN / "loop")],
                              capture_output=True).stderr.splitlines()[-1]
     assert json.loads(summary)["native_hits"] == 2  # the first hit goes through Python

@@ -282,7 +282,7 @@ def test_probe_state_is_deterministic() -> None:
 
 
 def test_dpc_run_cli(tmp_path: Path, capfdbinary) -> None:
-    from dprobes.compiler import cli
+    from dprobes.cli import main as cli
 
     probe = tmp_path / "p.rpn"
     probe.write_text(counting("max_hits = 3"))
@@ -304,7 +304,7 @@ def test_dpc_run_cli(tmp_path: Path, capfdbinary) -> None:
      "truncated"),
 ])
 def test_dpc_run_bad_programs(make, message: str, tmp_path: Path, capfd) -> None:
-    from dprobes.compiler import cli
+    from dprobes.cli import main as cli
 
     status = cli.main(["run", "--", str(make(tmp_path))])
     err = capfd.readouterr().err
@@ -312,7 +312,7 @@ def test_dpc_run_bad_programs(make, message: str, tmp_path: Path, capfd) -> None
 
 
 def test_dpc_run_reports_probes_it_could_not_insert(tmp_path: Path, capfd) -> None:
-    from dprobes.compiler import cli
+    from dprobes.cli import main as cli
 
     work, _, _ = symbol("loop", "work")
     probe = tmp_path / "p.rpn"
@@ -323,7 +323,7 @@ def test_dpc_run_reports_probes_it_could_not_insert(tmp_path: Path, capfd) -> No
 
 
 def test_dpc_run_missing_symbol_and_instruction_limit(tmp_path: Path, capfd) -> None:
-    from dprobes.compiler import cli
+    from dprobes.cli import main as cli
 
     probe = tmp_path / "p.rpn"
     probe.write_text(header("loop") + "offset = no_such_function\n    exit\n")
@@ -395,7 +395,7 @@ max_hits = 1
 
 
 def test_dpc_run_com_and_unformatted_klog_targets(tmp_path: Path, capfdbinary) -> None:
-    from dprobes.compiler import cli
+    from dprobes.cli import main as cli
 
     probe = tmp_path / "p.rpn"
     probe.write_text(header("loop") + "offset = add3\n    push r, eax\n    log 1\n    exit\n")

@@ -18,7 +18,7 @@ from dprobes import __version__
 from dprobes.compiler import ppdf
 from dprobes.compiler.diagnostics import CompileError, Diagnostic, SourceCache
 from dprobes.compiler.disasm import describe_opcodes, disassemble
-from dprobes.compiler.exec_cmd import (
+from dprobes.cli.exec_cmd import (
     UsageError,
     add_exec_options,
     execute,
@@ -27,8 +27,8 @@ from dprobes.compiler.exec_cmd import (
     result_text,
 )
 from dprobes.compiler.pipeline import BuildOptions, CompileResult, default_output, load_program
-from dprobes.compiler.run_cmd import add_run_options
-from dprobes.compiler.run_cmd import cmd_run as run_machine
+from dprobes.cli.run_cmd import add_run_options
+from dprobes.cli.run_cmd import cmd_run as run_machine
 from dprobes.vm import flavour
 
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 70
@@ -173,7 +173,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dpc: internal error: {error!r} (set DPROBES_TRACEBACK=1 for details; "
               "please report it)", file=sys.stderr)
         return EXIT_INTERNAL
-
-
-if __name__ == "__main__":
-    sys.exit(main())

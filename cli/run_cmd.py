@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import IO, TYPE_CHECKING
 
-from dprobes.compiler.exec_cmd import UsageError, parse_int
+from dprobes.cli.exec_cmd import UsageError, parse_int
 from dprobes.compiler.pipeline import BuildOptions, load_program
 from dprobes.vm.program import LogField, LogTarget
 

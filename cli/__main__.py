@@ -1,0 +1,5 @@
+"""``python -m dprobes.cli`` is ``dpc``."""
+
+from dprobes.cli.main import main
+
+raise SystemExit(main())
