@@ -15,9 +15,6 @@ import traceback
 from collections.abc import Sequence
 
 from dprobes import __version__
-from dprobes.compiler import ppdf
-from dprobes.compiler.diagnostics import CompileError, Diagnostic, SourceCache
-from dprobes.compiler.disasm import describe_opcodes, disassemble
 from dprobes.cli.exec_cmd import (
     UsageError,
     add_exec_options,
@@ -26,9 +23,12 @@ from dprobes.cli.exec_cmd import (
     result_json,
     result_text,
 )
-from dprobes.compiler.pipeline import BuildOptions, CompileResult, default_output, load_program
 from dprobes.cli.run_cmd import add_run_options
 from dprobes.cli.run_cmd import cmd_run as run_machine
+from dprobes.compiler import ppdf
+from dprobes.compiler.diagnostics import CompileError, Diagnostic, SourceCache
+from dprobes.compiler.disasm import describe_opcodes, disassemble
+from dprobes.compiler.pipeline import BuildOptions, CompileResult, default_output, load_program
 from dprobes.vm import flavour
 
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 70
