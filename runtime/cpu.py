@@ -55,6 +55,7 @@ from dprobes.runtime.addrspace import AddressSpace, KernelPages, Prot
 from dprobes.runtime.clock import InstructionCounter
 from dprobes.runtime.paging import read_virtual
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from dprobes.runtime.uc_registers import UC_IDS
 
 KERNEL_CS, KERNEL_DS, USER_CS, USER_DS = 0x60, 0x68, 0x73, 0x7B
 GDT_ENTRIES = 32
@@ -76,7 +77,6 @@ USER_EFLAGS = 0x202  # IF set, as for a new Linux process
 GENERAL = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags")
 SEGMENTS = ("cs", "ss", "ds", "es", "fs", "gs")
 REGISTERS = GENERAL + SEGMENTS
-_REG_IDS = {name: getattr(x86, f"UC_X86_REG_{name.upper()}") for name in REGISTERS}
 _WRITABLE = frozenset(GENERAL) | {"ds", "es", "fs", "gs"}
 _ACCESS = {UC_MEM_WRITE: Prot.WRITE, UC_MEM_FETCH: Prot.EXEC}
 
@@ -94,7 +94,7 @@ class RegisterBatch:
     def __init__(self, uc: Uc, names: Sequence[str]) -> None:
         n = len(names)
         self._uch, self._n = uc._uch, n
-        self._ids = (ctypes.c_int32 * n)(*(_REG_IDS[name] for name in names))
+        self._ids = (ctypes.c_int32 * n)(*(UC_IDS[name] for name in names))
         self._values = (ctypes.c_uint32 * n)()
         base = ctypes.addressof(self._values)
         self._pointers = (ctypes.c_void_p * n)(*(base + 4 * i for i in range(n)))
@@ -281,7 +281,7 @@ class CPU:
             self._write(name, value)
 
     def _write(self, name: str, value: int) -> None:
-        status = uclib.uc_reg_write(self.uc._uch, _REG_IDS[name],
+        status = uclib.uc_reg_write(self.uc._uch, UC_IDS[name],
                                     ctypes.byref(ctypes.c_uint32(value & 0xFFFFFFFF)))
         if status:
             raise UcError(status)

@@ -25,21 +25,16 @@ both paths have one outcome.
 from __future__ import annotations
 
 import ctypes
-import functools
-import struct
-from ctypes import Structure, c_int32, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p
-from typing import NamedTuple
-
-from unicorn import x86_const as x86
+from ctypes import Structure, c_int32, c_uint8, c_uint32, c_uint64, c_void_p
 
 from dprobes.runtime.physmem import PAGE_SIZE
 from dprobes.runtime.probe_context import TASK_BASE, TASK_SIZE
 from dprobes.runtime.records import Counters
+from dprobes.runtime.ring import HEADER_BYTES, HEADER_FIELDS, RecordHead
 from dprobes.runtime.xol import TRAP_FLAG
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import HOST_TYPES
-from dprobes.vm.program import LogField
-from dprobes.vm.registers import REGISTERS_BY_INDEX, REGISTERS_BY_NAME
+from dprobes.vm.registers import REGISTERS_BY_NAME
 from dprobes.vm.stacktrace import MIN_ST_SIZE
 
 TLB_BITS = 8
@@ -47,8 +42,6 @@ TABLE_BITS = 6
 TABLE_SIZE = 1 << TABLE_BITS
 """Probe slots per process table (open addressing): more armed probes than this in one
 process than fit are simply served by the Python path."""
-RING_BYTES = 4 << 20
-"""Bytes of one ring: records are appended until it is full, then to a new one."""
 GENERAL_REGISTERS = S.WINDOW_REGISTERS
 """dprobes register indices 0..15 (cs ... ebp) are the ones a native hit serves."""
 
@@ -90,47 +83,6 @@ class ProbeEntry(Structure):
 
 class TableSlot(Structure):
     _fields_ = [("address", c_uint32), ("entry", c_void_p)]
-
-
-class RecordHead(Structure):
-    """The start of a ring record: which probe, and what its handler logged.
-
-    In the ring the head is followed by the header fields (``header_layout``), ``log_len``
-    log bytes and ``ex_len`` exception log bytes, padded to 4 bytes. Everything else the
-    log header may show is known from the probe (``ident``)."""
-
-    _fields_ = [("ident", c_uint32), ("log_len", c_uint16), ("ex_len", c_uint16),
-                ("major", c_uint16), ("minor", c_uint16)]
-
-
-HEADER_FIELDS = ((LogField.UID, ("uid",), "I"), (LogField.CSEIP, ("cs",), "I"),
-                 (LogField.SSESP, ("ss", "esp"), "II"), (LogField.TSC, ("executed",), "Q"))
-"""The machine state a record carries after its head, in this order, each only if the
-program's log fields select it: uid, cs, ss and esp, the instruction clock. (pid, eip and
-the process name follow from the probe.)"""
-
-
-class HeaderLayout(NamedTuple):
-    """How a record's header fields are packed for one choice of log fields."""
-
-    packing: struct.Struct
-    names: tuple[str, ...]
-
-    def values(self, data: bytes | ctypes.Array, at: int) -> dict[str, int]:
-        """The header fields starting at ``at`` of ``data``, by name."""
-        return dict(zip(self.names, self.packing.unpack_from(data, at), strict=True))
-
-
-@functools.cache
-def header_layout(fields: LogField) -> HeaderLayout:
-    """How the header fields of a record of a program with these log fields are packed."""
-    chosen = [(names, codes) for flag, names, codes in HEADER_FIELDS if flag in fields]
-    return HeaderLayout(struct.Struct("<" + "".join(codes for _, codes in chosen)),
-                        tuple(name for names, _ in chosen for name in names))
-
-
-HEADER_BYTES = header_layout(LogField.ALL).packing.size
-"""The most bytes of header fields a record carries."""
 
 
 class Pending(Structure):
@@ -179,9 +131,6 @@ class Hook(Structure):
     ]
 
 
-REGISTER_IDS = tuple(getattr(x86, f"UC_X86_REG_{REGISTERS_BY_INDEX[i].name.upper()}")
-                     for i in range(GENERAL_REGISTERS))
-"""unicorn's id of dprobes registers 0..15."""
 assert Pending.header.offset == Pending.head.offset + ctypes.sizeof(RecordHead)
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
-import struct
 from collections.abc import Callable
 from ctypes import CFUNCTYPE, POINTER, c_int32, c_uint32, c_uint64
 from typing import TYPE_CHECKING, NamedTuple
@@ -39,10 +38,12 @@ from typing import TYPE_CHECKING, NamedTuple
 from unicorn.unicorn_py3.unicorn import uclib
 
 from dprobes.runtime import native_hook as N
+from dprobes.runtime import ring
 from dprobes.runtime.addrspace import KERNEL_BASE, Prot
 from dprobes.runtime.journal import Emitted, Packed
 from dprobes.runtime.logtargets import HitInfo, LogRecord
 from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
+from dprobes.runtime.ring import HEAD, header_layout
 from dprobes.runtime.trap3 import (
     PUSH_EAX,
     PUSH_ORDER,
@@ -51,6 +52,7 @@ from dprobes.runtime.trap3 import (
     PendingStep,
     hit_info,
 )
+from dprobes.runtime.uc_registers import GENERAL_UC_IDS
 from dprobes.runtime.xol import StepKind, StepPlan
 from dprobes.vm.bytecode import decode_range
 from dprobes.vm.interp import ExitKind
@@ -83,8 +85,6 @@ EIP, EFLAGS, ESP = (REGISTERS_BY_NAME[name].index for name in ("eip", "eflags", 
 STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSOLUTE,
               StepKind.CALL_RELATIVE: N.STEP_CALL_RELATIVE,
               StepKind.CALL_ABSOLUTE: N.STEP_CALL_ABSOLUTE}
-HEAD = struct.Struct("<IHHHH")  # RecordHead
-assert HEAD.size == ctypes.sizeof(N.RecordHead)
 
 
 class Served(NamedTuple):
@@ -190,7 +190,7 @@ class NativeProbes:
         self._ring_view = memoryview(b"")
         self._drained = 0  # bytes of the ring already handed to the manager
         self._new_ring()
-        hook.reg_ids[:] = N.REGISTER_IDS
+        hook.reg_ids[:] = GENERAL_UC_IDS
         native = N.addresses()
         hook.host.ctx = self.address
         hook.host.registers = ctypes.addressof(hook.registers)
@@ -251,7 +251,7 @@ class NativeProbes:
             ident=self._ident(process, loaded, record, plan, step.slot),
             ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
             probe_offset=point.offset & (2**64 - 1), fields=loaded.log_fields,
-            window=window, head_len=HEAD.size + N.header_layout(loaded.log_fields).packing.size,
+            window=window, head_len=HEAD.size + header_layout(loaded.log_fields).packing.size,
             handler=handler.address, state=ctypes.addressof(runner.state),
             counters=ctypes.addressof(record.counters))
         self._prefetch(entry, hit_reads(loaded.program, record.index, loaded.log_fields,
@@ -268,7 +268,7 @@ class NativeProbes:
         entry.prefetch = sum(1 << index for index in ordered)
         entry.prefetch_count = len(ordered)
         for i, index in enumerate(ordered):
-            entry.prefetch_ids[i] = N.REGISTER_IDS[index]
+            entry.prefetch_ids[i] = GENERAL_UC_IDS[index]
             entry.prefetch_values[i] = ctypes.addressof(values) + 4 * index
 
     def _reason(self, loaded: LoadedProgram, probe: int) -> str | None:
@@ -366,7 +366,7 @@ class NativeProbes:
     def _hit(self, served: Served, data: bytes | ctypes.Array, at: int) -> HitInfo:
         """The log header's view of a native hit whose header fields start at ``at``."""
         fields = served.loaded.log_fields
-        got = N.header_layout(fields).values(data, at)
+        got = header_layout(fields).values(data, at)
         return hit_info(fields, got.get("executed", 0), served.pid, got.get("uid", 0),
                         got.get("cs", 0), (served.plan.address + 1) & 0xFFFFFFFF,
                         got.get("ss", 0), got.get("esp", 0), self.names.get(served.pid, ""))
@@ -462,13 +462,14 @@ class NativeProbes:
         """Append records to a fresh ring. The manager keeps views of the old ring's
         records (not copies), which keep it alive. Every fresh page of records costs a
         page fault, dear on a virtual host, so the ring asks for huge pages."""
-        ring = mmap.mmap(-1, N.RING_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        size = ring.RING_BYTES
+        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(mmap, "MADV_HUGEPAGE"):
-            ring.madvise(mmap.MADV_HUGEPAGE)
-        self._ring_view = memoryview(ring)
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+        self._ring_view = memoryview(buffer)
         hook = self.hook
-        hook.ring = ctypes.addressof(ctypes.c_char.from_buffer(ring))
-        hook.ring_size, hook.ring_head = N.RING_BYTES, 0
+        hook.ring = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+        hook.ring_size, hook.ring_head = size, 0
         self._drained = 0
 
     def drain(self) -> None:
@@ -494,7 +495,7 @@ class NativeProbes:
             served = idents[ident]
             loaded = served.loaded
             hit = self._hit(served, chunk, at + HEAD.size)
-            log_at = at + HEAD.size + N.header_layout(loaded.log_fields).packing.size
+            log_at = at + HEAD.size + header_layout(loaded.log_fields).packing.size
             ex_at = log_at + log_len
             record = LogRecord(major, minor, loaded.log_fields, hit, chunk[log_at:ex_at])
             out.append(Emitted(loaded.name, record, chunk[ex_at:ex_at + ex_len]))

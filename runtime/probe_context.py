@@ -16,6 +16,7 @@ from unicorn import UcError
 from unicorn import x86_const as x86
 
 from dprobes.runtime.cpu import FIXMAP_GDT, GDT_ENTRIES
+from dprobes.runtime.uc_registers import UC_IDS
 from dprobes.vm.context import Context
 from dprobes.vm.registers import Register
 
@@ -28,12 +29,8 @@ TASK_SIZE = 0x400
 """``push task`` gives a stable per-pid address in kernel space (the guest kernel's task
 structures come with the kernel image)."""
 
-_UC = {name: getattr(x86, f"UC_X86_REG_{name.upper()}") for name in (
-    "cr0", "cr2", "cr3", "cr4", "dr0", "dr1", "dr2", "dr3", "dr6", "dr7",
-    "fpsw", "fpcw", "fptag", "mxcsr")}
-_UC_ALIAS = {"fcw": "fpcw", "fsw": "fpsw", "ftw": "fptag"}
-_DESCRIPTOR = {"gdtr": x86.UC_X86_REG_GDTR, "idtr": x86.UC_X86_REG_IDTR}
-_SELECTOR = {"ldtr": x86.UC_X86_REG_LDTR, "tr": x86.UC_X86_REG_TR}
+_DESCRIPTORS = frozenset({"gdtr", "idtr"})
+_SELECTORS = frozenset({"ldtr", "tr"})
 
 
 class ProbeContext(Context):
@@ -51,15 +48,15 @@ class ProbeContext(Context):
         try:
             if name.startswith("fr"):
                 return self._x87(int(name[2:]))
-            if name.startswith("xmm"):
-                return uc.reg_read(getattr(x86, f"UC_X86_REG_{name.upper()}"))
-            if name in _DESCRIPTOR:
-                _, base, limit, _ = uc.reg_read(_DESCRIPTOR[name])
+            key = UC_IDS.get(name)
+            if key is None:
+                return None
+            if name in _DESCRIPTORS:
+                _, base, limit, _ = uc.reg_read(key)
                 return base << 16 | limit
-            if name in _SELECTOR:
-                return uc.reg_read(_SELECTOR[name])[0]
-            key = _UC.get(_UC_ALIAS.get(name, name))
-            return None if key is None else uc.reg_read(key)
+            if name in _SELECTORS:
+                return uc.reg_read(key)[0]
+            return uc.reg_read(key)
         except (UcError, ValueError, TypeError):
             return None
 

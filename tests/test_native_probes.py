@@ -22,6 +22,7 @@ import pytest
 
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
 from dprobes.runtime import native_hook as N
+from dprobes.runtime import ring
 from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.machine import InstructionLimit, Machine
 from dprobes.runtime.native_probes import NativeProbes, hit_reads, python_only_reason
@@ -372,7 +373,7 @@ def test_a_merged_program_takes_over_a_native_probe() -> None:
 def test_records_across_many_rings(monkeypatch: pytest.MonkeyPatch) -> None:
     """A full ring is drained and records go on in a new one; the journal keeps views of
     the old rings' records, which must stay intact and in order."""
-    monkeypatch.setattr(N, "RING_BYTES", 256)
+    monkeypatch.setattr(ring, "RING_BYTES", 256)
     body = """
 log = PID TSC
 offset = work
