@@ -27,17 +27,22 @@ from __future__ import annotations
 import ctypes
 from ctypes import POINTER, Structure, c_uint8, c_uint32, c_void_p
 
+from llvmlite import ir
+
 from dprobes.vm.context import LIVE_SEGMENTS, MemoryContext
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.host import SESSIONS, trampoline_address
+from dprobes.vm.jit.irgen import HOST_TYPES, I1, I8, I32, I64, PTR, c32, c64, intrinsics
 from dprobes.vm.registers import REGISTERS_BY_INDEX, REGISTERS_BY_NAME
 
 MASK32 = 0xFFFFFFFF
 MASK128 = (1 << 128) - 1
 REGISTER_SLOTS = max(REGISTERS_BY_INDEX) + 1
 LIVE_INDICES = tuple(sorted(REGISTERS_BY_NAME[name].index for name in LIVE_SEGMENTS))
+HOST_WORDS = ("pid", "task", "processor")
+"""Services that return one word of the MemoryHost, the field of the same name."""
 NATIVE_SERVICES = ("read_memory", "write_memory", "read_cstring", "read_register",
-                   "write_register", "pid", "task", "processor")
+                   "write_register", *HOST_WORDS)
 SYMBOL_PREFIX = "dprobes_mc_"
 
 
@@ -69,137 +74,152 @@ def _offset(name: str) -> int:
     return getattr(MemoryHost, name).offset
 
 
-# --- the native callbacks (LLVM IR) ------------------------------------------------------
-def build_module():
-    """An LLVM module with the native MemoryContext services."""
-    from llvmlite import ir
+# --- the native callbacks (LLVM IR): one builder per function -------------------------
+REGION_SIZE = ctypes.sizeof(Region)
+VALUE_SIZE = ctypes.sizeof(RegisterValue)
+FALSE = ir.Constant(I1, 0)
 
-    from dprobes.vm.jit.irgen import HOST_TYPES, I8, I32, I64, PTR, c32, c64, intrinsics
 
-    module = ir.Module(name="dprobes_memory_context")
-    intrinsic = intrinsics(module)
-    fns = {name: ir.Function(module, HOST_TYPES[name], SYMBOL_PREFIX + name)
-           for name in NATIVE_SERVICES}
-    locate_type = ir.FunctionType(PTR, [PTR, I32, PTR])
-    locate = ir.Function(module, locate_type, SYMBOL_PREFIX + "locate")
-    locate.linkage = "internal"
-    region_size = ctypes.sizeof(Region)
+def _at(b: ir.IRBuilder, base: ir.Value, offset: int) -> ir.Value:
+    return b.gep(base, [c64(offset)], source_etype=I8)
 
-    def at(b, base, offset):
-        return b.gep(base, [c64(offset)], source_etype=I8)
 
-    def load32(b, base, offset):
-        return b.load(at(b, base, offset), typ=I32)
+def _load32(b: ir.IRBuilder, base: ir.Value, offset: int) -> ir.Value:
+    return b.load(_at(b, base, offset), typ=I32)
 
-    def memcpy(b, dest, source, length):
-        b.call(intrinsic["memcpy"],
-               [dest, source, b.zext(length, I64), ir.Constant(ir.IntType(1), 0)])
 
-    def region_loop(b, fn, ctx, name):
-        """``for region in regions``: (next-iteration block, after-loop block, region);
-        the builder is left in the loop body."""
-        count = load32(b, ctx, _offset("nregions"))
-        regions = b.load(at(b, ctx, _offset("regions")), typ=PTR)
-        entry = b.block
-        head = fn.append_basic_block(f"{name}_head")
-        body = fn.append_basic_block(f"{name}_body")
-        step = fn.append_basic_block(f"{name}_next")
-        after = fn.append_basic_block(f"{name}_after")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I32)
-        i.add_incoming(c32(0), entry)
-        b.cbranch(b.icmp_unsigned("<", i, count), body, after)
-        b.position_at_end(step)
-        i.add_incoming(b.add(i, c32(1)), step)
-        b.branch(head)
-        b.position_at_end(body)
-        region = b.gep(regions, [b.mul(b.zext(i, I64), c64(region_size))], source_etype=I8)
-        return step, after, region
+def _memcpy(b: ir.IRBuilder, intrinsic: dict, dest: ir.Value, source: ir.Value,
+            length: ir.Value) -> None:
+    b.call(intrinsic["memcpy"], [dest, source, b.zext(length, I64), FALSE])
 
-    # locate(ctx, at, *offset) -> the first region with (at - start) & M < length, or null
+
+def _region_loop(b: ir.IRBuilder, fn: ir.Function, ctx: ir.Value,
+                 name: str) -> tuple[ir.Block, ir.Block, ir.Value]:
+    """``for region in regions``: (next-iteration block, after-loop block, region); the
+    builder is left in the loop body."""
+    count = _load32(b, ctx, _offset("nregions"))
+    regions = b.load(_at(b, ctx, _offset("regions")), typ=PTR)
+    entry = b.block
+    head = fn.append_basic_block(f"{name}_head")
+    body = fn.append_basic_block(f"{name}_body")
+    step = fn.append_basic_block(f"{name}_next")
+    after = fn.append_basic_block(f"{name}_after")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I32)
+    i.add_incoming(c32(0), entry)
+    b.cbranch(b.icmp_unsigned("<", i, count), body, after)
+    b.position_at_end(step)
+    i.add_incoming(b.add(i, c32(1)), step)
+    b.branch(head)
+    b.position_at_end(body)
+    region = b.gep(regions, [b.mul(b.zext(i, I64), c64(REGION_SIZE))], source_etype=I8)
+    return step, after, region
+
+
+def _build_locate(locate: ir.Function) -> None:
+    """``locate(ctx, at, *offset)``: the first region with (at - start) & M < length, or
+    null."""
     b = ir.IRBuilder(locate.append_basic_block("entry"))
     ctx, address, offset_out = locate.args
-    step, after, region = region_loop(b, locate, ctx, "find")
-    offset = b.sub(address, load32(b, region, Region.start.offset))
+    step, after, region = _region_loop(b, locate, ctx, "find")
+    offset = b.sub(address, _load32(b, region, Region.start.offset))
     found = locate.append_basic_block("found")
-    b.cbranch(b.icmp_unsigned("<", offset, load32(b, region, Region.length.offset)), found, step)
+    b.cbranch(b.icmp_unsigned("<", offset, _load32(b, region, Region.length.offset)), found,
+              step)
     b.position_at_end(found)
     b.store(offset, offset_out)
     b.ret(region)
     b.position_at_end(after)
     b.ret(ir.Constant(PTR, None))
 
-    def walk(fn, write: bool) -> None:
-        """The region-by-region copy of MemoryContext (slow read path, every write)."""
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        ctx, address, size, buffer, fault = fn.args
-        offset_slot = b.alloca(I32)
-        offset_slot.type = PTR
-        if not write:  # fast path: the whole range in one region, no wrap-around
-            step, after, region = region_loop(b, fn, ctx, "fast")
-            start = b.zext(load32(b, region, Region.start.offset), I64)
-            length = b.zext(load32(b, region, Region.length.offset), I64)
-            off = b.sub(b.zext(address, I64), start)
-            inside = b.and_(b.icmp_signed(">=", off, c64(0)),
-                            b.icmp_signed("<=", b.add(off, b.zext(size, I64)), length))
-            copy = fn.append_basic_block("fast_copy")
-            b.cbranch(inside, copy, step)
-            b.position_at_end(copy)
-            data = b.load(at(b, region, Region.data.offset), typ=PTR)
-            source = b.gep(data, [off], source_etype=I8)
-            general = fn.append_basic_block("fast_copy_any")
-            switch = b.switch(size, general)
-            for width in (1, 2, 4, 8):  # the sizes instructions use: copies LLVM inlines
-                block = fn.append_basic_block(f"fast_copy_{width}")
-                switch.add_case(c32(width), block)
-                b.position_at_end(block)
-                b.call(intrinsic["memcpy"], [buffer, source, c64(width),
-                                             ir.Constant(ir.IntType(1), 0)])
-                b.ret(c32(0))
-            b.position_at_end(general)
-            memcpy(b, buffer, source, size)
-            b.ret(c32(0))
-            b.position_at_end(after)
-        entry = b.block
-        head = fn.append_basic_block("walk_head")
-        find = fn.append_basic_block("walk_find")
-        chunk_block = fn.append_basic_block("walk_chunk")
-        missing = fn.append_basic_block("walk_fault")
-        finished = fn.append_basic_block("walk_done")
-        b.branch(head)
-        b.position_at_end(head)
-        done = b.phi(I32)
-        done.add_incoming(c32(0), entry)
-        b.cbranch(b.icmp_unsigned("<", done, size), find, finished)
-        b.position_at_end(find)
-        where = b.add(address, done)
-        region = b.call(locate, [ctx, where, offset_slot])
-        b.cbranch(b.icmp_unsigned("==", b.ptrtoint(region, I64), c64(0)), missing, chunk_block)
-        b.position_at_end(missing)
-        b.store(where, fault)
-        b.ret(c32(1))
-        b.position_at_end(chunk_block)
-        off = b.load(offset_slot, typ=I32)
-        room = b.sub(load32(b, region, Region.length.offset), off)
-        left = b.sub(size, done)
-        chunk = b.select(b.icmp_unsigned("<", room, left), room, left)
-        data = b.load(at(b, region, Region.data.offset), typ=PTR)
-        inside = b.gep(data, [b.zext(off, I64)], source_etype=I8)
-        ours = b.gep(buffer, [b.zext(done, I64)], source_etype=I8)
-        if write:
-            memcpy(b, inside, ours, chunk)
-        else:
-            memcpy(b, ours, inside, chunk)
-        done.add_incoming(b.add(done, chunk), chunk_block)
-        b.branch(head)
-        b.position_at_end(finished)
+
+def _fast_read(b: ir.IRBuilder, fn: ir.Function, intrinsic: dict) -> None:
+    """The read fast path: the whole range in one region, no wrap-around; the builder is
+    left where the region walk starts."""
+    ctx, address, size, buffer, _ = fn.args
+    step, after, region = _region_loop(b, fn, ctx, "fast")
+    start = b.zext(_load32(b, region, Region.start.offset), I64)
+    length = b.zext(_load32(b, region, Region.length.offset), I64)
+    off = b.sub(b.zext(address, I64), start)
+    inside = b.and_(b.icmp_signed(">=", off, c64(0)),
+                    b.icmp_signed("<=", b.add(off, b.zext(size, I64)), length))
+    copy = fn.append_basic_block("fast_copy")
+    b.cbranch(inside, copy, step)
+    b.position_at_end(copy)
+    data = b.load(_at(b, region, Region.data.offset), typ=PTR)
+    source = b.gep(data, [off], source_etype=I8)
+    general = fn.append_basic_block("fast_copy_any")
+    switch = b.switch(size, general)
+    for width in (1, 2, 4, 8):  # the sizes instructions use: copies LLVM inlines
+        block = fn.append_basic_block(f"fast_copy_{width}")
+        switch.add_case(c32(width), block)
+        b.position_at_end(block)
+        b.call(intrinsic["memcpy"], [buffer, source, c64(width), FALSE])
         b.ret(c32(0))
+    b.position_at_end(general)
+    _memcpy(b, intrinsic, buffer, source, size)
+    b.ret(c32(0))
+    b.position_at_end(after)
 
-    walk(fns["read_memory"], write=False)
-    walk(fns["write_memory"], write=True)
 
-    # read_cstring: Context.read_cstring over one-byte read_memory calls
+def _build_walk(fn: ir.Function, locate: ir.Function, intrinsic: dict, write: bool) -> None:
+    """The region-by-region copy of MemoryContext (after the fast path of a read; every
+    write)."""
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ctx, address, size, buffer, fault = fn.args
+    offset_slot = b.alloca(I32)
+    offset_slot.type = PTR
+    if not write:
+        _fast_read(b, fn, intrinsic)
+    entry = b.block
+    head = fn.append_basic_block("walk_head")
+    find = fn.append_basic_block("walk_find")
+    chunk_block = fn.append_basic_block("walk_chunk")
+    missing = fn.append_basic_block("walk_fault")
+    finished = fn.append_basic_block("walk_done")
+    b.branch(head)
+    b.position_at_end(head)
+    done = b.phi(I32)
+    done.add_incoming(c32(0), entry)
+    b.cbranch(b.icmp_unsigned("<", done, size), find, finished)
+    b.position_at_end(find)
+    where = b.add(address, done)
+    region = b.call(locate, [ctx, where, offset_slot])
+    b.cbranch(b.icmp_unsigned("==", b.ptrtoint(region, I64), c64(0)), missing, chunk_block)
+    b.position_at_end(missing)
+    b.store(where, fault)
+    b.ret(c32(1))
+    b.position_at_end(chunk_block)
+    off = b.load(offset_slot, typ=I32)
+    room = b.sub(_load32(b, region, Region.length.offset), off)
+    left = b.sub(size, done)
+    chunk = b.select(b.icmp_unsigned("<", room, left), room, left)
+    data = b.load(_at(b, region, Region.data.offset), typ=PTR)
+    inside = b.gep(data, [b.zext(off, I64)], source_etype=I8)
+    ours = b.gep(buffer, [b.zext(done, I64)], source_etype=I8)
+    if write:
+        _memcpy(b, intrinsic, inside, ours, chunk)
+    else:
+        _memcpy(b, intrinsic, ours, inside, chunk)
+    done.add_incoming(b.add(done, chunk), chunk_block)
+    b.branch(head)
+    b.position_at_end(finished)
+    b.ret(c32(0))
+
+
+def _build_read_memory(fns: dict[str, ir.Function], locate: ir.Function,
+                       intrinsic: dict) -> None:
+    _build_walk(fns["read_memory"], locate, intrinsic, write=False)
+
+
+def _build_write_memory(fns: dict[str, ir.Function], locate: ir.Function,
+                        intrinsic: dict) -> None:
+    _build_walk(fns["write_memory"], locate, intrinsic, write=True)
+
+
+def _build_read_cstring(fns: dict[str, ir.Function]) -> None:
+    """``Context.read_cstring`` over one-byte ``read_memory`` calls."""
     fn = fns["read_cstring"]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx, address, limit, out, length_out, fault = fn.args
@@ -236,54 +256,78 @@ def build_module():
     b.store(final, length_out)
     b.ret(c32(0))
 
-    # registers: the user set only where it has the register (fs/gs: always the live one)
-    value_size = ctypes.sizeof(RegisterValue)
 
-    def register_slot(b, ctx, index, user):
-        def entry_of(field):
-            return b.gep(ctx, [b.add(c64(_offset(field)),
-                                     b.mul(b.zext(index, I64), c64(value_size)))],
-                         source_etype=I8)
-        user_entry = entry_of("user_regs")
-        live = b.or_(*(b.icmp_unsigned("==", index, c32(i)) for i in LIVE_INDICES)) \
-            if len(LIVE_INDICES) == 2 else ir.Constant(ir.IntType(1), 0)
-        use_user = b.and_(b.and_(b.icmp_unsigned("!=", user, c32(0)),
-                                 b.icmp_unsigned("!=", load32(b, user_entry, 0), c32(0))),
-                          b.not_(live))
-        return b.select(use_user, user_entry, entry_of("regs")), use_user
+def _register_slot(b: ir.IRBuilder, ctx: ir.Value, index: ir.Value,
+                   user: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """(the register's entry, whether it is the user set's): the user set only where it
+    has the register, fs/gs always the live one."""
+    def entry_of(field: str) -> ir.Value:
+        return b.gep(ctx, [b.add(c64(_offset(field)), b.mul(b.zext(index, I64), c64(VALUE_SIZE)))],
+                     source_etype=I8)
+    user_entry = entry_of("user_regs")
+    live = b.or_(*(b.icmp_unsigned("==", index, c32(i)) for i in LIVE_INDICES)) \
+        if len(LIVE_INDICES) == 2 else FALSE
+    use_user = b.and_(b.and_(b.icmp_unsigned("!=", user, c32(0)),
+                             b.icmp_unsigned("!=", _load32(b, user_entry, 0), c32(0))),
+                      b.not_(live))
+    return b.select(use_user, user_entry, entry_of("regs")), use_user
 
+
+def _build_read_register(fns: dict[str, ir.Function]) -> None:
     fn = fns["read_register"]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx, index, user, out = fn.args
-    slot, _ = register_slot(b, ctx, index, user)
-    present = b.icmp_unsigned("!=", load32(b, slot, 0), c32(0))
+    slot, _ = _register_slot(b, ctx, index, user)
+    present = b.icmp_unsigned("!=", _load32(b, slot, 0), c32(0))
     for i in range(4):
-        word = b.select(present, load32(b, slot, RegisterValue.words.offset + 4 * i), c32(0))
+        word = b.select(present, _load32(b, slot, RegisterValue.words.offset + 4 * i), c32(0))
         b.store(word, b.gep(out, [c64(i)], source_etype=I32))
     b.ret(c32(0))
 
+
+def _build_write_register(fns: dict[str, ir.Function]) -> None:
+    """Store the value and mark the register written, so ``after_hit`` copies it back."""
     fn = fns["write_register"]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx, index, user, value = fn.args
-    slot, use_user = register_slot(b, ctx, index, user)
-    b.store(c32(1), at(b, slot, 0))
+    slot, use_user = _register_slot(b, ctx, index, user)
+    b.store(c32(1), _at(b, slot, 0))
     for i in range(4):
-        b.store(value if i == 0 else c32(0),
-                at(b, slot, RegisterValue.words.offset + 4 * i))
+        b.store(value if i == 0 else c32(0), _at(b, slot, RegisterValue.words.offset + 4 * i))
     which = b.zext(use_user, I64)
     flag = b.gep(ctx, [b.add(c64(_offset("written")),
                              b.add(b.mul(which, c64(REGISTER_SLOTS)), b.zext(index, I64)))],
                  source_etype=I8)
     b.store(ir.Constant(I8, 1), flag)
-    b.store(c32(1), at(b, ctx, _offset("written_any")))
+    b.store(c32(1), _at(b, ctx, _offset("written_any")))
     b.ret(c32(0))
 
-    for name in ("pid", "task", "processor"):
-        fn = fns[name]
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        ctx, out = fn.args
-        b.store(load32(b, ctx, _offset(name)), out)
-        b.ret(c32(0))
+
+def _build_host_word(fns: dict[str, ir.Function], name: str) -> None:
+    """``pid``, ``task``, ``processor``: the MemoryHost field of that name."""
+    fn = fns[name]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ctx, out = fn.args
+    b.store(_load32(b, ctx, _offset(name)), out)
+    b.ret(c32(0))
+
+
+def build_module() -> ir.Module:
+    """An LLVM module with the native MemoryContext services."""
+    module = ir.Module(name="dprobes_memory_context")
+    intrinsic = intrinsics(module)
+    fns = {name: ir.Function(module, HOST_TYPES[name], SYMBOL_PREFIX + name)
+           for name in NATIVE_SERVICES}
+    locate = ir.Function(module, ir.FunctionType(PTR, [PTR, I32, PTR]), SYMBOL_PREFIX + "locate")
+    locate.linkage = "internal"
+    _build_locate(locate)
+    _build_read_memory(fns, locate, intrinsic)
+    _build_write_memory(fns, locate, intrinsic)
+    _build_read_cstring(fns)
+    _build_read_register(fns)
+    _build_write_register(fns)
+    for name in HOST_WORDS:
+        _build_host_word(fns, name)
     return module
 
 

@@ -37,17 +37,16 @@ TYPES: dict[str, ir.FunctionType] = {
 }
 
 
-def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> None:
-    """Define the helpers (internal) and ``log_stack_trace`` (1: go on, 0: stop)."""
-    fn = {name: ir.Function(module, fty, f"dprobes_st_{name}") for name, fty in TYPES.items()}
-    for f in fn.values():
-        f.linkage = "internal"
+Functions = dict[str, ir.Function]
 
-    def begin(function: ir.Function) -> Emitter:
-        return Emitter(function, ir.IRBuilder(function.append_basic_block("entry")), intrinsic)
 
-    # _write(data, n): if ex_len + n >= ex_logmax: False; else copy and advance
-    e = begin(fn["st_write"])
+def _begin(function: ir.Function, intrinsic: dict) -> Emitter:
+    return Emitter(function, ir.IRBuilder(function.append_basic_block("entry")), intrinsic)
+
+
+def _build_st_write(fn: Functions, intrinsic: dict) -> None:
+    """``_write(data, n)``: False if ex_len + n >= ex_logmax, else copy and advance."""
+    e = _begin(fn["st_write"], intrinsic)
     _, data, length = e.function.args
     at = e.load("ex_len")
     full, fits = e.block("full"), e.block("fits")
@@ -63,14 +62,19 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
     e.store("ex_log_hwm", e.b.select(e.b.icmp_unsigned(">", end, mark), end, mark))
     e.b.ret(ir.Constant(I1, 1))
 
-    e = begin(fn["st_write_word"])
+
+def _build_st_write_word(fn: Functions, intrinsic: dict) -> None:
+    """``_write`` of one word."""
+    e = _begin(fn["st_write_word"], intrinsic)
     _, word = e.function.args
     slot = e.alloca_entry(I32, "word")
     e.b.store(word, slot)
     e.b.ret(e.b.call(fn["st_write"], [e.state, slot, c32(4)]))
 
-    # _open_record(token): the position of its count, or NONE
-    e = begin(fn["st_open"])
+
+def _build_st_open(fn: Functions, intrinsic: dict) -> None:
+    """``_open_record(token)``: the position of its count, or NONE."""
+    e = _begin(fn["st_open"], intrinsic)
     _, token = e.function.args
     record = e.alloca_entry(I8, "record", 3)
     e.b.store(e.b.trunc(token, I8), record)
@@ -79,8 +83,10 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
     written = e.b.call(fn["st_write"], [e.state, record, c32(3)])
     e.b.ret(e.b.select(written, at, c32(NONE)))
 
-    # _bump(at): count += 1 (16 bits) unless at is NONE
-    e = begin(fn["st_bump"])
+
+def _build_st_bump(fn: Functions, intrinsic: dict) -> None:
+    """``_bump(at)``: count += 1 (16 bits) unless at is NONE."""
+    e = _begin(fn["st_bump"], intrinsic)
     _, at = e.function.args
     bump, done = e.block("bump"), e.block("done")
     e.b.cbranch(e.b.icmp_unsigned("!=", at, c32(NONE)), bump, done)
@@ -92,8 +98,11 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
     e.at(done)
     e.b.ret_void()
 
-    # _header(): program name record, probe offset, id, major, minor, then the count record
-    e = begin(fn["st_header"])
+
+def _build_st_header(fn: Functions, intrinsic: dict) -> None:
+    """``_header()``: program name record, probe offset, id, major, minor, then the count
+    record."""
+    e = _begin(fn["st_header"], intrinsic)
     name_length = e.load("name_length")
     size = e.b.add(name_length, c32(3 + 8 + 2 + 2 + 2))
     full, fits = e.block("full"), e.block("fits")
@@ -118,8 +127,11 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
     e.store("st_count_at", e.b.call(fn["st_open"], [e.state, c32(TOKEN_STACK_TRACE)]))
     e.b.ret(ir.Constant(I1, 1))
 
-    # _words(token, first, count): 1 written, 0 full, -1 stop (a variable index too big)
-    e = begin(fn["st_words"])
+
+def _build_st_words(fn: Functions, intrinsic: dict) -> None:
+    """``_words(token, first, count)``: 1 written, 0 full, -1 stop (a variable index too
+    big)."""
+    e = _begin(fn["st_words"], intrinsic)
     _, token, first, count = e.function.args
     at = e.b.call(fn["st_open"], [e.state, token])
     full, opened = e.block("full"), e.block("opened")
@@ -171,8 +183,10 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
     e.at(done)
     e.b.ret(c32(1))
 
-    # _frame(frame): called and return offsets, then the pv, lv, gv records
-    e = begin(fn["st_frame"])
+
+def _build_st_frame(fn: Functions, intrinsic: dict) -> None:
+    """``_frame(frame)``: called and return offsets, then the pv, lv, gv records."""
+    e = _begin(fn["st_frame"], intrinsic)
     _, frame = e.function.args
     word = lambda name: e.b.load(e.frame_word_ptr(frame, name), typ=I32)  # noqa: E731
     full = e.block("full")
@@ -193,9 +207,11 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
         e.at(go)
     e.b.ret(c32(1))
 
-    # log_stack_trace: True (1) unless a traced variable index stops the handler (0)
-    e = Emitter(log_stack_trace, ir.IRBuilder(log_stack_trace.append_basic_block("entry")),
-                intrinsic)
+
+def _build_log_stack_trace(log_stack_trace: ir.Function, fn: Functions,
+                           intrinsic: dict) -> None:
+    """``log_stack_trace``: True (1) unless a traced variable index stops the handler (0)."""
+    e = _begin(log_stack_trace, intrinsic)
     go_on = e.block("go_on")
     e.at(go_on)
     e.b.ret(c32(1))
@@ -236,3 +252,12 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
     e.b.ret(c32(1))
 
 
+def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> None:
+    """Define the helpers (internal) and ``log_stack_trace`` (1: go on, 0: stop)."""
+    fn = {name: ir.Function(module, fty, f"dprobes_st_{name}") for name, fty in TYPES.items()}
+    for f in fn.values():
+        f.linkage = "internal"
+    for build in (_build_st_write, _build_st_write_word, _build_st_open, _build_st_bump,
+                  _build_st_header, _build_st_words, _build_st_frame):
+        build(fn, intrinsic)
+    _build_log_stack_trace(log_stack_trace, fn, intrinsic)
