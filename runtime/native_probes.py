@@ -57,7 +57,6 @@ from dprobes.runtime.xol import StepKind, StepPlan
 from dprobes.vm.bytecode import decode_range
 from dprobes.vm.interp import ExitKind
 from dprobes.vm.isa import Operand
-from dprobes.vm.jit import rtlib
 from dprobes.vm.jit.runner import EXIT_KINDS
 from dprobes.vm.program import LogField, Program
 from dprobes.vm.registers import REGISTERS_BY_NAME
@@ -117,8 +116,6 @@ def python_only_reason(program: Program, probe: int) -> str | None:
     point = program.probes[probe]
     if point.heap_size:
         return "the probe has a heap (served by a Python helper)"
-    if not rtlib.NATIVE_STACK_TRACES:
-        return "stack traces are served by a Python helper in this build"
     for insn in decode_range(program.code, point.code_start, point.code_end):
         name = insn.op.name
         if name in PYTHON_ONLY_OPS or name.startswith(PYTHON_ONLY_PREFIXES):

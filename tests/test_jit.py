@@ -292,34 +292,3 @@ def test_buffers_are_fresh_at_every_hit() -> None:
         assert vm.fire(0, MemoryContext()).ex_log
         result = vm.fire(1, MemoryContext())
         assert result.log == bytes(48) and result.ex_log == bytes(78), tier
-
-
-PYTHON_TRACES = """
-import contextlib, io, json, sys, tempfile, pathlib
-from dprobes.vm.jit import rtlib
-rtlib.NATIVE_STACK_TRACES = False  # before the runtime library is built
-from dprobes.cli import main as cli
-from dprobes.tests.corpus import load_corpus
-failed = []
-cases = [c for c in load_corpus() if c.expect and "ex_log" in c.expect]
-with tempfile.TemporaryDirectory() as directory:
-    for case in cases:
-        path = pathlib.Path(directory) / f"{case.name}.rpn"
-        path.write_text(case.source)
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            cli.main(["exec", str(path), "--json", "--tier", "jit", *case.args])
-        result = json.loads(out.getvalue())
-        if any(result.get(k) != v for k, v in case.expect.items()):
-            failed.append(case.name)
-print(json.dumps({"cases": len(cases), "failed": failed}))
-"""
-
-
-def test_python_stack_trace_helper_matches_the_corpus() -> None:
-    """The stack-trace helper (the build option without native traces) still agrees."""
-    done = subprocess.run([sys.executable, "-c", PYTHON_TRACES], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["cases"] >= 20 and summary["failed"] == [], summary

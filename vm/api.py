@@ -65,23 +65,23 @@ class FireResult(NamedTuple):
     stack: tuple[int, ...]  # words between the entry TOS and the final TOS, bottom first
     log_overflow: bool  # a log mrf was truncated to fit
 
-    @property
-    def emits_log(self) -> bool:
-        """Every end but ``abort`` writes the log record."""
-        return self.exit is not ExitKind.ABORT
+
+def writes_log(kind: ExitKind) -> bool:
+    """Every end but ``abort`` writes the log record and the exception buffer."""
+    return kind is not ExitKind.ABORT
 
 
 def build_result(hit, header_length: int) -> FireResult:
     """The FireResult of a finished hit; ``hit`` is the interpreter's Machine or the JIT's
     NativeHit (same attributes: exit_kind, exit_to, exception, major, minor, jmp_count,
     log_overflow, log_data(), exception_log(), stack_words())."""
-    aborted = hit.exit_kind is ExitKind.ABORT
+    written = writes_log(hit.exit_kind)
     return FireResult(
         exit=hit.exit_kind,
         exit_to=hit.exit_to,
         exception=hit.exception,
-        log=b"" if aborted else hit.log_data(header_length),
-        ex_log=b"" if aborted else hit.exception_log(),
+        log=hit.log_data(header_length) if written else b"",
+        ex_log=hit.exception_log() if written else b"",
         major=hit.major,
         minor=hit.minor,
         jumps=hit.jmp_count & 0xFFFF,  # 5.0's jump counter is 16 bits wide

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
+from dprobes.vm.exceptions import DEFAULT_EX_MASK
+
 JMPMAX_LIMIT = 65535
 LOGMAX_LIMIT = 1024
 EX_LOGMAX_LIMIT = 1024
@@ -106,7 +108,7 @@ class Probe:
     pass_count: int = 0
     max_hits: int = 0  # 0 means MAX_HITS_DEFAULT
     logonfault: bool = False
-    ex_mask: int = 0x0FFF
+    ex_mask: int = DEFAULT_EX_MASK
     heap_size: int = 0
     watch_type: WatchType = WatchType.EXECUTE
     watch_length: int = 1  # bytes, 1/2/4; PPDF keeps length - 1 as DProbes did

@@ -14,8 +14,7 @@ Modules, in the order data flows:
 * ``compile``          the llvmlite engine, optimisation, the per-process cache
 * ``host``             trampolines that serve a Python ``Context`` to native code
 * ``native_context``   native callbacks that serve a ``MemoryContext`` without Python
-* ``runtime_helpers``  the heap (and the Python stack-trace helper), reusing the
-                       interpreter's code
+* ``runtime_helpers``  the heap, reusing the interpreter's code
 * ``runner``           firing a compiled handler: mirrors of the persistent state
 
 Use it through ``VM(program, tier="jit" | "auto")``. Importing this package works without

@@ -63,7 +63,6 @@ HOST_TYPES: dict[str, ir.FunctionType] = {
 assert set(HOST_TYPES) == {name for name, _ in S.HOST_CALLBACKS}
 
 HELPER_TYPES: dict[str, ir.FunctionType] = {
-    "stack_trace": ir.FunctionType(STATUS, [PTR]),
     "heap": ir.FunctionType(STATUS, [PTR, I32, I32]),
 }
 assert set(HELPER_TYPES) == {name for name, _ in S.HELPER_CALLBACKS}

@@ -30,6 +30,7 @@ from llvmlite import ir
 from dprobes.vm.exceptions import NON_MASKABLE, OperandError
 from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.interp import DISPATCH_LIMIT
+from dprobes.vm.jit import rt_stacktrace
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import (
     I8,
@@ -216,19 +217,9 @@ def _pending(e: Emitter) -> tuple[ir.Value, ir.Value, ir.Value]:
     return e.load("ex_code"), e.load("ex_parm1"), e.load("ex_parm2")
 
 
-NATIVE_STACK_TRACES = True
-"""Stack traces in native code (``vm.jit.rt_stacktrace``); False: the Python helper."""
-
-
 def _define_stack_trace(lib: _Library) -> None:
-    """1: go on, 0: the handler must stop, < 0: the helper failed."""
-    if NATIVE_STACK_TRACES:
-        from dprobes.vm.jit import rt_stacktrace
-
-        rt_stacktrace.define(lib.module, lib.intrinsic, lib.fn["stack_trace"])
-        return
-    e = lib.define("stack_trace")
-    e.b.ret(e.helper_call("stack_trace", [e.state]))
+    """1: go on, 0: the handler must stop (``vm.jit.rt_stacktrace``)."""
+    rt_stacktrace.define(lib.module, lib.intrinsic, lib.fn["stack_trace"])
 
 
 def _define_raise(lib: _Library) -> None:

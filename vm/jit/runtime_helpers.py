@@ -1,12 +1,10 @@
-"""Rare, complex operations served by Python: the probe heap (and stack traces, when
-``rtlib.NATIVE_STACK_TRACES`` is off; they are native by default).
+"""Rare, complex operations served by Python: the probe heap.
 
-These reuse the interpreter's own code (``vm.stacktrace.log_stack_trace`` and the heap
-semantic functions of ``vm.ops`` over ``vm.heap.ProbeHeap``) on a ``StateView``: the
-attribute surface of ``interp.Machine`` over a native ``State``. Using the same code is
-what makes the results identical. A helper never raises: an exception is kept in the
-session and reported as a negative status, so the handler stops and the runner
-re-raises it.
+The helper reuses the interpreter's own code (the heap semantic functions of ``vm.ops``
+over ``vm.heap.ProbeHeap``) on a ``StateView``: the attribute surface of
+``interp.Machine`` over a native ``State``. Using the same code is what makes the results
+identical. A helper never raises: an exception is kept in the session and reported as a
+negative status, so the handler stops and the runner re-raises it.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from dprobes.vm import stacktrace
 from dprobes.vm.heap import ProbeHeap
 from dprobes.vm.interp import STACK_SIZE
 from dprobes.vm.isa import OPS_BY_CODE, Operand
@@ -24,21 +21,6 @@ from dprobes.vm.jit.host import SESSIONS, Session
 STACK_MASK = 1023
 MASK32 = 0xFFFFFFFF
 _REQUEST = -2  # what StateView.raise_exception returns to the reused semantic function
-
-
-class FrameView:
-    """A call frame as ``vm.stacktrace`` reads it."""
-
-    __slots__ = ("called", "gv_range", "handler", "lv_range", "pv_range", "returns", "sbp")
-
-    def __init__(self, frame: S.Frame) -> None:
-        self.sbp = frame.sbp
-        self.gv_range = (frame.gv_count, frame.gv_first)
-        self.lv_range = (frame.lv_count, frame.lv_first)
-        self.pv_range = (frame.pv_count, frame.pv_first)
-        self.handler = frame.handler
-        self.called = frame.called
-        self.returns = frame.returns
 
 
 def words(array: Any, count: int) -> memoryview:
@@ -62,7 +44,6 @@ class StateView:
         self._session = session
         self._state = session.state
         self.stack = words(session.state.stack, STACK_SIZE)
-        self.cpu = self  # stacktrace reads m.cpu.ex_code
 
     # --- identity -----------------------------------------------------------------
     @property
@@ -117,24 +98,7 @@ class StateView:
     def gv(self) -> memoryview:
         return words(self._state.gv, self._state.num_gv)
 
-    # --- exception state and the exception buffer -------------------------------------
-    @property
-    def frames(self) -> list[FrameView]:
-        return [FrameView(self._state.frames[i]) for i in range(self._state.nframes)]
-
-    @property
-    def ex_log(self) -> memoryview:
-        return memoryview(self._state.ex_log).cast("B")[:self._state.ex_log_size]
-
-    @property
-    def st_count_at(self) -> int | None:
-        at = self._state.st_count_at
-        return None if at == S.ST_COUNT_NONE else at
-
-    @st_count_at.setter
-    def st_count_at(self, value: int | None) -> None:
-        self._state.st_count_at = S.ST_COUNT_NONE if value is None else value
-
+    # --- the heap ---------------------------------------------------------------------
     @property
     def heap(self) -> ProbeHeap:
         if self._session.heap is None:
@@ -159,9 +123,7 @@ def _plain_field(name: str) -> property:
     return property(get, put)
 
 
-for _name in ("ex_len", "ex_logmax", "ex_hand", "ex_parm1", "ex_parm2", "ex_code", "major",
-              "minor", "log_len", "prev_log_len", "jmp_count", "jmpmax", "ex_mask",
-              "ex_pending", "autostacktrace"):
+for _name in ("major", "minor"):
     setattr(StateView, _name, _plain_field(_name))
 
 
@@ -172,19 +134,6 @@ def view_of(session: Session) -> StateView:
 
 
 # --- the helpers -------------------------------------------------------------------------
-def _stack_trace(state_address: int) -> int:
-    state = S.State.from_address(state_address)
-    session = SESSIONS[state.session]
-    try:
-        go_on = stacktrace.log_stack_trace(view_of(session))
-        state.ex_log_hwm = max(state.ex_log_hwm, state.ex_len)  # see rt_begin
-        return 1 if go_on else 0
-    except BaseException as error:
-        if session.error is None:
-            session.error = error
-        return -1
-
-
 def _heap(state_address: int, opcode: int, operand: int) -> int:
     from dprobes.vm.ops import SEMANTICS
 
@@ -200,7 +149,7 @@ def _heap(state_address: int, opcode: int, operand: int) -> int:
     return S.HELPER_RAISE if result == _REQUEST else S.HELPER_OK
 
 
-_PYTHON_HELPERS = {"stack_trace": _stack_trace, "heap": _heap}
+_PYTHON_HELPERS = {"heap": _heap}
 HELPER_FUNCTIONS = {name: prototype(_PYTHON_HELPERS[name])
                     for name, prototype in S.HELPER_CALLBACKS}
 HELPERS = S.HelperTable(**{name: ctypes.cast(fn, ctypes.c_void_p).value

@@ -20,8 +20,7 @@ Two tables of function pointers hang off the state:
   A Python ``Context`` is served by ctypes trampolines (``vm.jit.host``); a native host
   fills the table with native function pointers and its own ``ctx`` pointer.
 * ``helpers`` (``HelperTable``): rare, complex operations served by Python
-  (``vm.jit.runtime_helpers``): the probe heap (stack traces too, if the runtime
-  library was built without native ones).
+  (``vm.jit.runtime_helpers``): the probe heap.
 
 Every callback returns an ``int32`` status; a negative status means "the host failed"
 (a Python exception in a trampoline): the handler stops at once with
@@ -57,7 +56,7 @@ from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
 from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
 FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
@@ -182,11 +181,9 @@ class RegisterWindow(Structure):
 
 
 # --- Python helpers for the rare, complex operations --------------------------------
-STACK_TRACE = CFUNCTYPE(c_int32, c_void_p)  # 1 go on, 0 stop the handler, < 0 error
 HEAP = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32)  # (state, opcode, operand)
 
 HELPER_CALLBACKS: tuple[tuple[str, type], ...] = (
-    ("stack_trace", STACK_TRACE),
     ("heap", HEAP),
 )
 
