@@ -1,9 +1,10 @@
 """Symbol tables: the names a probe program may use for locations and ``push`` operands.
 
-A table comes from the target module's i386 ELF file (``.symtab``, then ``.dynsym``, via
-pyelftools) or from a System.map-style file (``address type name``, the ``--sym``
-option); ``merged`` combines them, the first table winning on a name both define. A
-global symbol beats a local one of the same name; otherwise the first one read wins.
+A table comes from the target module's i386 ELF file (``.symtab``, then ``.dynsym``, read
+by ``dprobes.elf``, which the runtime shares) or from a System.map-style file (``address
+type name``, the ``--sym`` option); ``merged`` combines them, the first table winning on
+a name both define. A global symbol beats a local one of the same name; otherwise the
+first one read wins.
 
 The lowering pass asks two questions, and each problem goes to the DiagnosticSink:
 
@@ -29,17 +30,13 @@ relative kmod probe may use one.
 from __future__ import annotations
 
 import difflib
-import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
 from dprobes.compiler.diagnostics import ByteLoc, DiagnosticSink, SourceLoc
+from dprobes.elf import ElfError, ElfFile, Segment, read_elf
 from dprobes.vm.program import ModuleType
 
 PAGE_OFFSET = 0xC000_0000
@@ -47,9 +44,6 @@ PAGE_OFFSET = 0xC000_0000
 
 WORD_MASK = 0xFFFF_FFFF
 
-_ELF32_HEADER_SIZE = 52
-_ELF32_SYMBOL_SIZE = 16
-_SKIPPED_SECTIONS = ("SHN_UNDEF", "SHN_COMMON")  # no address: undefined or not yet allocated
 _SKIPPED_TYPES = ("STT_SECTION", "STT_FILE")
 _MAP_LINE = re.compile(r"([0-9A-Fa-f]+)\s+([A-Za-z?])\s+(\S+)(?:\s+\[\S+\])?")
 
@@ -62,15 +56,6 @@ class Symbol:
     value: int
     section: str = ""
     relocatable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A PT_LOAD segment: its first ``filesz`` bytes at ``vaddr`` come from ``offset``."""
-
-    vaddr: int
-    offset: int
-    filesz: int
 
 
 @dataclass(frozen=True)
@@ -86,31 +71,24 @@ class SymbolTable:
     @classmethod
     def from_elf(cls, path: str, sink: DiagnosticSink) -> SymbolTable | None:
         """Read an i386 ELF32 file's symbols and segments; report a bad file and return None."""
-        data = _read(path, sink)
-        if data is None or not _check_ident(path, data, sink):
-            return None
         try:
-            elf = ELFFile(io.BytesIO(data))
-            if elf["e_machine"] != "EM_386":
-                sink.error(ByteLoc(path, 18), f"not an i386 ELF file (machine {elf['e_machine']})")
-                return None
-            if not _check_sections(path, elf, len(data), sink):
-                return None
+            elf = read_elf(path)
             symbols = _elf_symbols(elf)
-            segments = tuple(
-                Segment(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"])
-                for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"
-            )
-        except ELFError as error:
-            sink.error(ByteLoc(path, 0), f"truncated or malformed ELF file: {error}")
+        except OSError as error:
+            _unreadable(path, error, sink)
             return None
-        return cls(symbols, segments, (path,))
+        except ElfError as error:
+            sink.error(ByteLoc(path, error.offset), error.problem)
+            return None
+        return cls(symbols, elf.loads, (path,))
 
     @classmethod
     def from_system_map(cls, path: str, sink: DiagnosticSink) -> SymbolTable | None:
         """Read ``address type name [module]`` lines (System.map, /proc/ksyms style)."""
-        data = _read(path, sink)
-        if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            _unreadable(path, error, sink)
             return None
         symbols: dict[str, Symbol] = {}
         local: set[str] = set()
@@ -224,72 +202,28 @@ class SymbolTable:
                        "a user probe offset is a file offset: give the module's ELF file")
             return None
         for segment in self.segments:
-            if segment.vaddr <= address < segment.vaddr + segment.filesz:
-                return segment.offset + address - segment.vaddr
+            offset = segment.file_offset(address)
+            if offset is not None:
+                return offset
         sink.error(loc, f"'{name}' ({address:#010x}) is not in the file bytes of a loaded "
                         "segment (PT_LOAD) of the module")
         return None
 
 
-def _read(path: str, sink: DiagnosticSink) -> bytes | None:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        sink.error(None, f"cannot read symbol file {path}: {error.strerror}")
-        return None
+def _unreadable(path: str, error: OSError, sink: DiagnosticSink) -> None:
+    sink.error(None, f"cannot read symbol file {path}: {error.strerror}")
 
 
-def _check_ident(path: str, data: bytes, sink: DiagnosticSink) -> bool:
-    """Magic, class, byte order and header length, before pyelftools sees the file."""
-    if data[:4] != b"\x7fELF":
-        sink.error(ByteLoc(path, 0), "not an ELF file")
-    elif len(data) > 4 and data[4] == 2:
-        sink.error(ByteLoc(path, 4), "64-bit ELF file: DProbes probes i386 (ELF32) modules")
-    elif len(data) > 5 and (data[4], data[5]) != (1, 1):
-        sink.error(ByteLoc(path, 4), "not a little-endian ELF32 file")
-    elif len(data) < _ELF32_HEADER_SIZE:
-        sink.error(ByteLoc(path, len(data)),
-                   f"truncated ELF file: {len(data)} bytes, the header alone needs "
-                   f"{_ELF32_HEADER_SIZE}")
-    else:
-        return True
-    return False
-
-
-def _check_sections(path: str, elf: ELFFile, size: int, sink: DiagnosticSink) -> bool:
-    """Every section's bytes lie inside the file and symbol tables have 16-byte entries."""
-    for section in elf.iter_sections():
-        end = section["sh_offset"] + section["sh_size"]
-        if section["sh_type"] != "SHT_NOBITS" and end > size:
-            sink.error(ByteLoc(path, size), f"truncated ELF file: section {section.name} "
-                                            f"ends at byte {end}, the file has {size}")
-            return False
-        if isinstance(section, SymbolTableSection) and \
-                section["sh_entsize"] != _ELF32_SYMBOL_SIZE:
-            sink.error(ByteLoc(path, section["sh_offset"]),
-                       f"malformed symbol table {section.name}: entry size "
-                       f"{section['sh_entsize']}, expected {_ELF32_SYMBOL_SIZE}")
-            return False
-    return True
-
-
-def _elf_symbols(elf: ELFFile) -> dict[str, Symbol]:
-    relocatable_file = elf["e_type"] == "ET_REL"
-    tables = sorted((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)),
-                    key=lambda s: s["sh_type"] != "SHT_SYMTAB")
+def _elf_symbols(elf: ElfFile) -> dict[str, Symbol]:
+    relocatable_file = elf.type == "ET_REL"
     symbols: dict[str, Symbol] = {}
     local: set[str] = set()
-    for table in tables:
-        for entry in table.iter_symbols():
-            shndx = entry["st_shndx"]
-            if not entry.name or shndx in _SKIPPED_SECTIONS \
-                    or entry["st_info"]["type"] in _SKIPPED_TYPES:
-                continue
-            in_section = isinstance(shndx, int) and shndx < elf.num_sections()
-            section = elf.get_section(shndx).name if in_section else ""
-            symbol = Symbol(entry.name, entry["st_value"], section,
-                            relocatable_file and in_section)
-            _add(symbols, local, symbol, is_local=entry["st_info"]["bind"] == "STB_LOCAL")
+    for entry in elf.symbols:
+        if entry.type in _SKIPPED_TYPES:
+            continue
+        symbol = Symbol(entry.name, entry.value, entry.section,
+                        relocatable_file and entry.in_section)
+        _add(symbols, local, symbol, is_local=entry.bind == "STB_LOCAL")
     return symbols
 
 

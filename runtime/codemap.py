@@ -10,62 +10,45 @@ symbol covers it), so data embedded between functions cannot desynchronise it.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
+from dprobes.elf import PF_X, ElfError, Segment, read_elf
 from dprobes.runtime.xol import MAX_INSN_LENGTH, instruction_starts
-
-PF_X = 1
-
-
-@dataclass(frozen=True, slots=True)
-class CodeSegment:
-    offset: int  # file offset of the segment's first byte
-    size: int  # bytes backed by the file
-    vaddr: int
 
 
 class CodeMap:
     """The executable segments and function starts of one ELF file, by file offset."""
 
-    def __init__(self, data: bytes, segments: list[CodeSegment], functions: list[int]) -> None:
+    def __init__(self, data: bytes, segments: list[Segment], functions: list[int]) -> None:
         self.data = data
         self.segments = segments
         self.functions = sorted(functions)
 
     @classmethod
     def load(cls, path: str | Path) -> CodeMap:
-        """Read ``path``; a file that is not a readable ELF gives an empty map."""
-        data = Path(path).read_bytes()
+        """Read ``path``; a file that is not an i386 ELF gives an empty map, one whose
+        symbols cannot be read a map without function starts."""
         try:
-            elf = ELFFile.load_from_path(str(path))
-            segments = [CodeSegment(s["p_offset"], s["p_filesz"], s["p_vaddr"])
-                        for s in elf.iter_segments()
-                        if s["p_type"] == "PT_LOAD" and s["p_flags"] & PF_X]
-            functions = []
-            table = elf.get_section_by_name(".symtab")
-            for symbol in table.iter_symbols() if table is not None else ():
-                if symbol["st_info"]["type"] == "STT_FUNC" and symbol["st_value"]:
-                    for seg in segments:
-                        if seg.vaddr <= symbol["st_value"] < seg.vaddr + seg.size:
-                            functions.append(seg.offset + symbol["st_value"] - seg.vaddr)
-        except (ELFError, OSError, ValueError):
-            return cls(data, [], [])
-        return cls(data, segments, functions)
+            elf = read_elf(path)
+        except ElfError:
+            return cls(b"", [], [])
+        segments = [s for s in elf.loads if s.flags & PF_X]
+        try:
+            symbols = elf.symbols
+        except ElfError:
+            symbols = ()
+        functions = [offset for symbol in symbols if symbol.type == "STT_FUNC" and symbol.value
+                     for offset in (seg.file_offset(symbol.value) for seg in segments)
+                     if offset is not None]
+        return cls(elf.data, segments, functions)
 
-    def segment(self, offset: int) -> CodeSegment | None:
-        for seg in self.segments:
-            if seg.offset <= offset < seg.offset + seg.size:
-                return seg
-        return None
+    def segment(self, offset: int) -> Segment | None:
+        return next((seg for seg in self.segments if seg.address(offset) is not None), None)
 
     def vaddr(self, offset: int) -> int | None:
         """The virtual address the file offset is loaded at (static executables)."""
         seg = self.segment(offset)
-        return None if seg is None else seg.vaddr + offset - seg.offset
+        return None if seg is None else seg.address(offset)
 
     def is_boundary(self, offset: int) -> bool:
         """Whether an instruction starts at ``offset`` (which must be in a code segment)."""

@@ -14,8 +14,9 @@ bytes from the machine's seeded PRNG, AT_SECURE 0, AT_EXECFN, AT_PLATFORM "i686"
 AT_SYSINFO: there is no vDSO, so glibc uses ``int $0x80``), with the strings above them.
 
 What is not a static i386 executable is refused with a ``LoadError`` naming the file and
-the problem: not ELF, 64-bit, big-endian, another machine, not an executable, dynamically
-linked (PT_INTERP), truncated.
+the problem: what ``dprobes.elf`` refuses in any file (not ELF, 64-bit, big-endian,
+another machine, truncated), and here not an executable, dynamically linked (PT_INTERP),
+a segment that cannot be mapped.
 """
 
 from __future__ import annotations
@@ -24,18 +25,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
+from dprobes.elf import PF_R, PF_W, PF_X, ElfError, Segment, read_elf
 from dprobes.runtime.addrspace import KERNEL_BASE, AddressSpace, Prot, page_up
 from dprobes.runtime.pagecache import GuestFile, PageCache
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
 
 STACK_TOP = KERNEL_BASE
 STACK_SIZE = 8 << 20
-PF_X, PF_W, PF_R = 1, 2, 4
-EM_NAMES = {0: "none", 3: "i386", 8: "MIPS", 20: "PowerPC", 40: "ARM", 62: "x86-64",
-            183: "AArch64", 243: "RISC-V"}
 HWCAP = 0x0781_8111
 """CPUID.1:EDX bits glibc may look at: FPU, TSC, CX8, CMOV, MMX, FXSR, SSE, SSE2."""
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_BASE, AT_FLAGS = 0, 3, 4, 5, 6, 7, 8
@@ -65,85 +61,49 @@ class Image:
     """First address after the highest segment, page-aligned: where the heap starts."""
 
 
-def check_header(path: str | Path, data: bytes, size: int) -> None:
-    """Refuse anything but a complete little-endian ELF32 i386 executable header."""
-    if size < 4 or data[:4] != b"\x7fELF":
-        raise LoadError(path, "not an ELF file (no \\x7fELF magic at offset 0)")
-    if size < 52:
-        raise LoadError(path, f"truncated ELF file: {size} bytes, the ELF32 header alone is 52")
-    if data[4] == 2:
-        raise LoadError(path, "64-bit ELF (ELFCLASS64): only 32-bit i386 executables run here")
-    if data[4] != 1:
-        raise LoadError(path, f"unknown ELF class {data[4]}")
-    if data[5] != 1:
-        raise LoadError(path, "big-endian ELF: i386 executables are little-endian")
-    e_type, e_machine = struct.unpack_from("<HH", data, 16)
-    if e_machine != 3:
-        name = EM_NAMES.get(e_machine, "unknown")
-        raise LoadError(path, f"ELF for machine {e_machine} ({name}), not i386 (EM_386)")
-    if e_type == 3:
-        raise LoadError(path, "ET_DYN (a shared object or position-independent executable) "
-                              "is not supported: link with -static -no-pie")
-    if e_type != 2:
-        raise LoadError(path, f"ELF type {e_type} is not an executable (ET_EXEC)")
-
-
 def load(space: AddressSpace, cache: PageCache, path: str | Path) -> Image:
     """Map the executable at ``path`` into ``space``; returns where things are."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            size = f.seek(0, 2)
-            check_header(path, head, size)
-            f.seek(0)
-            elf = ELFFile(f)
-            phoff, phnum, phent = elf["e_phoff"], elf["e_phnum"], elf["e_phentsize"]
-            if phoff + phnum * phent > size:
-                raise LoadError(path, f"truncated ELF file: program headers end at byte "
-                                      f"{phoff + phnum * phent}, the file has {size}")
-            segments = [seg.header for seg in elf.iter_segments()]
-            entry = elf["e_entry"]
-    except LoadError:
-        raise
+        elf = read_elf(path)
     except OSError as exc:
         raise LoadError(path, exc.strerror or str(exc)) from exc
-    except (ELFError, struct.error, ValueError, KeyError) as exc:  # pyelftools' many ways
-        raise LoadError(path, f"malformed ELF file: {exc}") from exc
-    for seg in segments:
-        if seg.p_type == "PT_INTERP":
-            raise LoadError(path, "dynamically linked executable (it has PT_INTERP): not "
-                                  "supported, only static executables run here")
-    loads = [seg for seg in segments if seg.p_type == "PT_LOAD"]
+    except ElfError as exc:
+        raise LoadError(path, exc.problem) from exc
+    if elf.type == "ET_DYN":
+        raise LoadError(path, "ET_DYN (a shared object or position-independent executable) "
+                              "is not supported: link with -static -no-pie")
+    if elf.type != "ET_EXEC":
+        raise LoadError(path, f"ELF type {elf.type} is not an executable (ET_EXEC)")
+    if any(seg.type == "PT_INTERP" for seg in elf.segments):
+        raise LoadError(path, "dynamically linked executable (it has PT_INTERP): not "
+                              "supported, only static executables run here")
+    loads = elf.loads
     if not loads:
         raise LoadError(path, "no PT_LOAD segment: nothing to run")
     for i, seg in enumerate(loads):
-        if seg.p_offset + seg.p_filesz > size:
-            raise LoadError(path, f"truncated ELF file: segment {i} needs bytes up to "
-                                  f"{seg.p_offset + seg.p_filesz}, the file has {size}")
-        if (seg.p_vaddr - seg.p_offset) & PAGE_MASK:
+        if (seg.vaddr - seg.offset) & PAGE_MASK:
             raise LoadError(path, f"segment {i}: address and file offset differ mod 4096")
-        if seg.p_vaddr + seg.p_memsz > KERNEL_BASE or seg.p_memsz < seg.p_filesz:
-            raise LoadError(path, f"segment {i} at 0x{seg.p_vaddr:x} does not fit user space")
+        if seg.vaddr + seg.memsz > KERNEL_BASE or seg.memsz < seg.filesz:
+            raise LoadError(path, f"segment {i} at 0x{seg.vaddr:x} does not fit user space")
     file = cache.open(path)
     for seg in loads:
         _map_segment(space, file, seg)
-    brk = max(page_up(seg.p_vaddr + seg.p_memsz) for seg in loads)
-    phdr = next((seg.p_vaddr for seg in segments if seg.p_type == "PT_PHDR"), None)
+    brk = max(page_up(seg.vaddr + seg.memsz) for seg in loads)
+    phdr = next((seg.vaddr for seg in elf.segments if seg.type == "PT_PHDR"), None)
     if phdr is None:
-        phdr = next((s.p_vaddr + phoff - s.p_offset for s in loads
-                     if s.p_offset <= phoff < s.p_offset + s.p_filesz), 0)
-    return Image(str(path), file, entry, phdr, phnum, phent, brk)
+        phdr = next((address for address in (s.address(elf.phoff) for s in loads)
+                     if address is not None), 0)
+    return Image(str(path), file, elf.entry, phdr, elf.phnum, elf.phentsize, brk)
 
 
-def _map_segment(space: AddressSpace, file: GuestFile, seg: object) -> None:
-    vaddr, offset = seg.p_vaddr, seg.p_offset  # type: ignore[attr-defined]
-    filesz, memsz, flags = seg.p_filesz, seg.p_memsz, seg.p_flags  # type: ignore[attr-defined]
-    prot = Prot((PF_R & flags and Prot.READ) | (PF_W & flags and Prot.WRITE)
-                | (PF_X & flags and Prot.EXEC))
-    start, file_end, mem_end = vaddr & ~PAGE_MASK, vaddr + filesz, vaddr + memsz
+def _map_segment(space: AddressSpace, file: GuestFile, seg: Segment) -> None:
+    prot = Prot((PF_R & seg.flags and Prot.READ) | (PF_W & seg.flags and Prot.WRITE)
+                | (PF_X & seg.flags and Prot.EXEC))
+    start = seg.vaddr & ~PAGE_MASK
+    file_end, mem_end = seg.vaddr + seg.filesz, seg.vaddr + seg.memsz
     if page_up(file_end) > start:
-        space.map(start, page_up(file_end) - start, prot, file, offset & ~PAGE_MASK)
-    if memsz > filesz:
+        space.map(start, page_up(file_end) - start, prot, file, seg.offset & ~PAGE_MASK)
+    if seg.memsz > seg.filesz:
         if file_end & PAGE_MASK:  # binfmt_elf's padzero: the file's tail is not bss
             space.write(file_end, bytes(PAGE_SIZE - (file_end & PAGE_MASK)), force=True)
         if page_up(mem_end) > page_up(file_end):

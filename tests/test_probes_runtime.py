@@ -42,7 +42,7 @@ def instruction_offsets(program: str, name: str, end_name: str | None = None) ->
     start, size, _ = symbol(program, name)
     segment = CodeMap.load(BIN / program).segment(start)
     assert segment is not None
-    end = min(symbol(program, end_name)[0], segment.offset + segment.size) if end_name \
+    end = min(symbol(program, end_name)[0], segment.offset + segment.filesz) if end_name \
         else start + size
     code = (BIN / program).read_bytes()[start:end]
     return sorted(instruction_starts(code, start))

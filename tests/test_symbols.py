@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from dprobes.compiler.diagnostics import ByteLoc, DiagnosticSink, Severity, SourceLoc
-from dprobes.compiler.symbols import PAGE_OFFSET, Segment, Symbol, SymbolTable
+from dprobes.compiler.symbols import PAGE_OFFSET, Symbol, SymbolTable
+from dprobes.elf import PF_R, PF_X, Segment
 from dprobes.vm.program import ModuleType
 
 ET_REL, ET_EXEC = 1, 2
@@ -114,7 +115,8 @@ def test_elf_symbols_and_segments(program: SymbolTable) -> None:
     assert program.lookup("dup") == Symbol("dup", 2, ".text")  # a global beats locals
     for skipped in ("prog.c", "text_section", "printf", ""):
         assert program.lookup(skipped) is None
-    assert program.segments == (Segment(BASE, 0, SYMTAB_OFFSET),)
+    assert program.segments == (Segment("PT_LOAD", PF_R | PF_X, 0, BASE, SYMTAB_OFFSET,
+                                        SYMTAB_OFFSET + BSS_SIZE),)
     assert len(program.sources) == 1
 
 
@@ -230,19 +232,21 @@ def test_unknown_symbol_without_a_table() -> None:
 
 
 @pytest.mark.parametrize(("data", "offset", "message"), [
-    (b"#!/bin/sh\n", 0, "not an ELF file"),
-    (b"", 0, "not an ELF file"),
+    (b"#!/bin/sh\n", 0, "not an ELF file (no \\x7fELF magic at offset 0)"),
+    (b"", 0, "not an ELF file (no \\x7fELF magic at offset 0)"),
     (b"\x7fELF\x02\x01\x01" + bytes(57), 4,
-     "64-bit ELF file: DProbes probes i386 (ELF32) modules"),
-    (b"\x7fELF\x01\x02\x01" + bytes(45), 4, "not a little-endian ELF32 file"),
+     "64-bit ELF (ELFCLASS64): only 32-bit i386 (ELF32) files are supported"),
+    (b"\x7fELF\x03\x01\x01" + bytes(45), 4, "unknown ELF class 3"),
+    (b"\x7fELF\x01\x02\x01" + bytes(45), 5, "big-endian ELF: i386 files are little-endian"),
     (b"\x7fELF\x01\x01\x01" + bytes(20), 27,
-     "truncated ELF file: 27 bytes, the header alone needs 52"),
-    (elf32([], machine=EM_X86_64), 18, "not an i386 ELF file (machine EM_X86_64)"),
+     "truncated ELF file: 27 bytes, the ELF32 header alone needs 52"),
+    (elf32([], machine=EM_X86_64), 18, "ELF for machine 62 (x86-64), not i386 (EM_386)"),
     (elf32(EXEC_SYMBOLS, symbol_entry_size=8), SYMTAB_OFFSET,
      "malformed symbol table .symtab: entry size 8, expected 16"),
     (elf32(EXEC_SYMBOLS, symbol_entry_size=0), 0, "truncated or malformed ELF file: Expected "
      "entry size of section '.symtab' to be > 0"),
-], ids=["script", "empty", "elf64", "big-endian", "short", "x86-64", "entsize", "entsize-0"])
+], ids=["script", "empty", "elf64", "class-3", "big-endian", "short", "x86-64", "entsize",
+        "entsize-0"])
 def test_bad_elf_files(tmp_path: Path, data: bytes, offset: int, message: str) -> None:
     table, sink = load_elf(tmp_path, data)
     assert table is None
