@@ -60,18 +60,28 @@ class _Row:
 
 def _sweep(code: bytes, start: int, end: int) -> list[_Row]:
     """Decode ``code[start:end]`` front to back; operands may not run past ``end``."""
-    view = code[:end]
     rows: list[_Row] = []
     offset = start
     while offset < end:
         try:
-            insn = decode_one(view, offset)
+            insn = decode_one(code, offset, end)
         except DecodeError:
-            rows.append(_Row(offset, view[offset:offset + 1], None))
+            rows.append(_Row(offset, code[offset:offset + 1], None))
         else:
-            rows.append(_Row(offset, view[offset:insn.end], insn))
+            rows.append(_Row(offset, code[offset:insn.end], insn))
         offset = rows[-1].end
     return rows
+
+
+def _handler_rows(program: Program, index: int, start: int, end: int) -> list[_Row]:
+    """A handler's rows: the program's decoded handler, or a byte-by-byte sweep of code
+    that does not decode (a listing shows bad programs too)."""
+    try:
+        instructions = program.instructions(index)
+    except DecodeError:
+        return _sweep(program.code, start, end)
+    return [_Row(insn.offset, program.code[insn.offset:insn.end], insn)
+            for insn in instructions]
 
 
 def _regions(program: Program) -> list[tuple[str, list[_Row]]]:
@@ -82,7 +92,7 @@ def _regions(program: Program) -> list[tuple[str, list[_Row]]]:
     for index, probe in enumerate(program.probes):
         start, end = min(max(probe.code_start, 0), size), min(max(probe.code_end, 0), size)
         spans.append((start, end))
-        regions.append((_probe_line(index, probe), _sweep(program.code, start, end)))
+        regions.append((_probe_line(index, probe), _handler_rows(program, index, start, end)))
     position = 0
     for start, end in [*sorted(spans), (size, size)]:
         if start > position:

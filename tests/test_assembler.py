@@ -6,7 +6,6 @@ import pytest
 
 from dprobes.compiler.diagnostics import CompileError
 from dprobes.compiler.pipeline import compile_rpn
-from dprobes.vm.bytecode import decode_range
 
 HEADER = "name = m\nmodtype = user\n"
 
@@ -20,7 +19,7 @@ def errors(source: str) -> list[tuple[str, int, int]]:
 
 def test_labels_resolve_to_relative_targets() -> None:
     program = compile_rpn("t.rpn", text=HEADER + "offset = 0\n jmp end\n nop\nend: exit\n").program
-    jump, nop, exit_ = decode_range(program.code, 0, len(program.code))
+    jump, nop, exit_ = program.instructions(0)
     assert jump.target == exit_.offset and nop.op.name == "NOP"
     assert (exit_.offset, "end") in program.labels
 

@@ -11,7 +11,6 @@ from dprobes.cli import main as cli
 from dprobes.compiler.pipeline import compile_rpn
 from dprobes.tests.corpus import Case, load_corpus
 from dprobes.vm import flavour, interp
-from dprobes.vm.bytecode import decode_range
 from dprobes.vm.exceptions import ExceptionCode
 from dprobes.vm.isa import TABLE
 
@@ -63,9 +62,8 @@ def test_every_opcode_has_a_case(tmp_path: Path) -> None:
         if case.errors:
             continue
         program = compile_rpn(str(_write(case, tmp_path)), text=case.source).program
-        for probe in program.probes:
-            covered.update(i.op.code for i in decode_range(program.code, probe.code_start,
-                                                           probe.code_end))
+        for index in range(len(program.probes)):
+            covered.update(i.op.code for i in program.instructions(index))
     missing = sorted(op.syntax for op in TABLE if op.code not in covered)
     assert not missing, f"opcodes without a conformance case: {missing}"
 

@@ -47,8 +47,9 @@ class Instruction:
         return OpFlag.NO_FALLTHROUGH not in self.op.flags
 
 
-def decode_one(code: bytes, offset: int) -> Instruction:
-    """Decode the instruction at ``offset``; raise DecodeError if it is not one."""
+def decode_one(code: bytes, offset: int, limit: int | None = None) -> Instruction:
+    """Decode the instruction at ``offset``, which may not run past ``limit`` (the end of
+    ``code`` by default); raise DecodeError if it is not one."""
     op = OPS_BY_CODE.get(code[offset])
     if op is None:
         raise DecodeError(offset, f"unknown opcode 0x{code[offset]:02x}")
@@ -56,7 +57,7 @@ def decode_one(code: bytes, offset: int) -> Instruction:
     if kind is Operand.NONE:
         return Instruction(offset, op, None)
     end = offset + 1 + kind.size
-    if end > len(code):
+    if end > (len(code) if limit is None else min(limit, len(code))):
         raise DecodeError(offset, f"{op.mnemonic}: operand truncated by the end of the code")
     assert kind.codec is not None
     (value,) = kind.codec.unpack_from(code, offset + 1)
@@ -68,7 +69,7 @@ def decode_range(code: bytes, start: int, end: int) -> list[Instruction]:
     out: list[Instruction] = []
     offset = start
     while offset < end:
-        insn = decode_one(code[:end], offset)
+        insn = decode_one(code, offset, end)
         out.append(insn)
         offset = insn.end
     return out
