@@ -9,6 +9,10 @@ machine: time from the instruction clock, random bytes from the seeded PRNG, a f
 ``uname``. An unknown number returns -ENOSYS and is counted in
 ``machine.unknown_syscalls``; a bad guest pointer returns -EFAULT. Nothing a guest passes
 can raise into the host.
+
+The calls live in one module per kind (``process``, ``memory``, ``clock``, ``files``), each
+registering its functions with ``table.syscall``; ``abi`` holds the Linux numbers they
+share. This package imports the call modules, so ``TABLE`` is full once it is imported.
 """
 
 from __future__ import annotations
