@@ -16,10 +16,12 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import dprobes
 from dprobes.compiler.pipeline import compile_rpn
 from dprobes.vm import flavour
 from dprobes.vm.api import VM
@@ -101,9 +103,13 @@ class InterpreterFigures:
 
 
 def _measure_pure(seconds: float) -> list[Figure]:
+    """The same figures in a child that runs a copy of this install without its extensions."""
     command = [sys.executable, "-m", "dprobes.bench.interp_bench", "--seconds", str(seconds)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True,
-                            env={**os.environ, flavour.PURE_ENV: "1"}).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        pure = flavour.without_extensions(Path(dprobes.__file__).parent, Path(tmp))
+        path = os.pathsep.join(filter(None, [str(pure), os.environ.get("PYTHONPATH")]))
+        output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tmp,
+                                env={**os.environ, "PYTHONPATH": path}).stdout
     return [Figure(**row) for row in json.loads(output)]
 
 

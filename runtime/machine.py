@@ -87,7 +87,6 @@ class Machine:
         """Set to a list to record (pid, name, arguments, result) of every system call."""
         self._next_pid = 1
         self._last_pid = 0
-        self._stop_requested = False
         self._syscall_args = self.cpu.batch(SYSCALL_REGISTERS)
         self.cpu.on_interrupt = self._interrupt
         self.cpu.on_invalid_instruction = lambda: False  # stop; handled after emu_start
@@ -181,8 +180,7 @@ class Machine:
         """
         counter = self.cpu.counter
         start = counter.executed
-        self._stop_requested = False
-        while not self._stop_requested:
+        while True:
             runnable = [p for p in self.processes.values() if p.alive]
             if not runnable:
                 break
@@ -197,11 +195,6 @@ class Machine:
             self._last_pid = proc.pid
             self._slice(proc, budget)
         return counter.executed - start
-
-    def request_stop(self) -> None:
-        """Make ``run`` return after the current instruction (e.g. to stop into a debugger)."""
-        self._stop_requested = True
-        self.cpu.uc.emu_stop()
 
     def _slice(self, proc: Process, budget: int) -> None:
         cpu, counter = self.cpu, self.cpu.counter

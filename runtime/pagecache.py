@@ -49,10 +49,6 @@ class GuestFile:
         self.mappers: dict[int, AddressSpace] = {}
         """Address spaces with a VMA of this file, by ``id()`` (the inode's i_mmap list)."""
 
-    @property
-    def npages(self) -> int:
-        return (self.size + PAGE_SIZE - 1) >> PAGE_SHIFT
-
     def read(self, offset: int, n: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` (fewer at end of file)."""
         return os.pread(self._fd, n, offset) if n > 0 and offset < self.size else b""

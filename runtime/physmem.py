@@ -105,9 +105,6 @@ class PhysicalMemory:
         """Note that ``frame`` is mapped executable (so code may be translated from it)."""
         self._code.add(frame)
 
-    def refcount(self, frame: int) -> int:
-        return self._refs[frame]
-
     def _check(self, frame: int) -> None:
         if not 0 < frame < self.nframes or self._refs[frame] == 0:
             raise ValueError(f"frame {frame} is not allocated")

@@ -2,10 +2,11 @@
 
 ``python -m dprobes.tests.flavour_run --seed S --programs N`` draws programs, contexts
 and start states with ``rpn_gen`` from a seeded RNG, fires them on the interpreter, and
-prints one JSON list: per program, a SHA-256 of everything observable (the results and
+prints one JSON object: the build that ran (``vm.flavour.describe``) and, per program
+(``digests``), a SHA-256 of everything observable (the results and
 the whole VM and context state after each fire), or "runaway" when the interpreter did
 not finish within the step budget. ``test_flavour`` runs it under the compiled and the
-pure-Python build and requires identical lists.
+pure-Python build and requires identical digests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 from typing import Any
 
 from dprobes.tests import rpn_gen
+from dprobes.vm import flavour
 
 
 def _plain(value: Any) -> Any:
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--programs", type=int, default=500)
     args = parser.parse_args(argv)
-    print(json.dumps([digest(args.seed * 1_000_003 + i) for i in range(args.programs)]))
+    print(json.dumps({"build": flavour.describe(),
+                      "digests": [digest(args.seed * 1_000_003 + i)
+                                  for i in range(args.programs)]}))
 
 
 if __name__ == "__main__":

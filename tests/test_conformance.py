@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from dprobes.cli import main as cli
 from dprobes.compiler.pipeline import compile_rpn
 from dprobes.tests.corpus import Case, load_corpus
-from dprobes.vm import flavour, interp
+from dprobes.vm import flavour, interp, ops, stacktrace
 from dprobes.vm.exceptions import ExceptionCode
 from dprobes.vm.isa import TABLE
 
@@ -56,15 +57,19 @@ def test_case(case: Case, tier: str, tmp_path: Path,
     run_case(case, tmp_path, capsys, tier)
 
 
+def _opcodes(case: Case, tmp_path: Path) -> set[str]:
+    """The names of the instructions in ``case``'s handlers."""
+    program = compile_rpn(str(_write(case, tmp_path)), text=case.source).program
+    return {i.op.name
+            for index in range(len(program.probes)) for i in program.instructions(index)}
+
+
 def test_every_opcode_has_a_case(tmp_path: Path) -> None:
-    covered: set[int] = set()
+    covered: set[str] = set()
     for case in CASES:
-        if case.errors:
-            continue
-        program = compile_rpn(str(_write(case, tmp_path)), text=case.source).program
-        for index in range(len(program.probes)):
-            covered.update(i.op.code for i in program.instructions(index))
-    missing = sorted(op.syntax for op in TABLE if op.code not in covered)
+        if not case.errors:
+            covered |= _opcodes(case, tmp_path)
+    missing = sorted(op.syntax for op in TABLE if op.name not in covered)
     assert not missing, f"opcodes without a conformance case: {missing}"
 
 
@@ -88,10 +93,46 @@ def test_every_exception_code_is_raised(tmp_path: Path, capsys, monkeypatch) -> 
     assert not missing, f"exception codes no case raises: {missing}"
 
 
-def test_every_log_token_appears() -> None:
-    logs = [bytes.fromhex(c.expect.get("log", "") + c.expect.get("ex_log", ""))
-            for c in CASES if c.expect]
-    for token, what in ((0x00, "log mrf"), (0x01, "log str"), (0x07, "log"), (0x05, "log lv"),
-                        (0x06, "log gv"), (0xFF, "fault record")):
-        assert any(bytes((token,)) in log for log in logs), f"no case logs token {what}"
+WORD_RECORDS = {ops.TOKEN_LOG, stacktrace.TOKEN_LV_ENTRY, stacktrace.TOKEN_GV_ENTRY}
+"""Log records whose 16-bit count is of words; the others count bytes."""
+BYTE_RECORDS = {ops.TOKEN_MEMORY, ops.TOKEN_ASCII, ops.TOKEN_MEMORY_FAULT}
+UNRECORDED = {"LOG_I", "POP_LP"}
+"""Instructions after which the log is no stream of records (raw words, or rewound)."""
+
+
+def record_tokens(log: bytes) -> list[int] | None:
+    """The token of each record ``log`` is made of, or None if it is not a record stream."""
+    tokens, at = [], 0
+    while at < len(log):
+        if at + ops.PREFIX > len(log):
+            return None
+        token, count = struct.unpack_from("<BH", log, at)
+        if token not in WORD_RECORDS | BYTE_RECORDS:
+            return None
+        at += ops.PREFIX + (4 * count if token in WORD_RECORDS else count)
+        tokens.append(token)
+    return tokens if at == len(log) else None
+
+
+def test_record_tokens_parses_only_record_streams() -> None:
+    log = bytes((ops.TOKEN_LOG, 1, 0, 1, 0, 0, 0x07, ops.TOKEN_ASCII, 2, 0, ord("h"), ord("i")))
+    assert record_tokens(log) == [ops.TOKEN_LOG, ops.TOKEN_ASCII]
+    assert record_tokens(log[:-1]) is None
+    assert record_tokens(bytes((ops.TOKEN_LOG, 0, 0, 0x07))) is None
+    assert record_tokens(bytes((0x42, 0, 0))) is None
+
+
+def test_every_log_token_appears(tmp_path: Path) -> None:
+    seen: set[int] = set()
+    for case in CASES:
+        if not case.expect or not case.expect.get("log") or _opcodes(case, tmp_path) & UNRECORDED:
+            continue
+        tokens = record_tokens(bytes.fromhex(case.expect["log"]))
+        assert tokens is not None, f"{case.name}: the log is not a stream of records"
+        seen.update(tokens)
+    for token, what in ((ops.TOKEN_MEMORY, "log mrf"), (ops.TOKEN_ASCII, "log str"),
+                        (ops.TOKEN_LOG, "log"), (stacktrace.TOKEN_LV_ENTRY, "log lv"),
+                        (stacktrace.TOKEN_GV_ENTRY, "log gv"),
+                        (ops.TOKEN_MEMORY_FAULT, "fault record")):
+        assert token in seen, f"no case logs a record of token {token} ({what})"
     assert any(c.expect and c.expect.get("ex_log") for c in CASES), "no stack-trace case"

@@ -47,6 +47,7 @@ settings.register_profile(
 PROFILE = settings.get_profile("dprobes-differential")
 
 pytest.importorskip("llvmlite")
+pytestmark = pytest.mark.slow  # minutes: `pytest -m "not slow"` leaves the module out
 
 
 def _check(data, native_context: bool, subclass: bool = False, max_length: int = 24) -> None:

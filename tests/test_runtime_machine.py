@@ -23,6 +23,7 @@ from dprobes.runtime import (
     Trap,
     syscalls,
 )
+from dprobes.runtime.syscalls import abi
 from dprobes.tests.guest_expectations import (
     ARGS_STATUS,
     BIN,
@@ -272,7 +273,7 @@ def test_trap_handler_can_fix_a_page_fault(tmp_path: Path) -> None:
 def test_unknown_system_call_is_enosys_and_counted(tmp_path: Path) -> None:
     code = bytes.fromhex("b8e7030000 cd80 89c3") + EXIT_WITH_EBX  # syscall 999, exit(result)
     machine, proc = run_one(tiny(tmp_path, code))
-    assert proc.returncode == (-syscalls.ENOSYS) & 0xFF
+    assert proc.returncode == (-abi.ENOSYS) & 0xFF
     assert machine.unknown_syscalls == {999: 1}
 
 
@@ -300,14 +301,14 @@ def test_open_read_only_allowed_files(tmp_path: Path) -> None:
     machine = Machine()
     proc = machine.spawn(BIN / "loop", files=[allowed])
     buf = 0xBFFF0000
-    for path, expected in [(secret, -syscalls.ENOENT), (allowed, 3)]:
+    for path, expected in [(secret, -abi.ENOENT), (allowed, 3)]:
         proc.space.write(buf, str(path).encode() + b"\0")
         assert syscalls.dispatch(machine, proc, 5, (buf, 0, 0, 0, 0, 0)) == expected
-    assert syscalls.dispatch(machine, proc, 5, (buf, 1, 0, 0, 0, 0)) == -syscalls.EACCES
+    assert syscalls.dispatch(machine, proc, 5, (buf, 1, 0, 0, 0, 0)) == -abi.EACCES
     assert syscalls.dispatch(machine, proc, 3, (3, buf, 100, 0, 0, 0)) == 12
     assert proc.space.read(buf, 12) == b"hello, guest"
     assert syscalls.dispatch(machine, proc, 6, (3, 0, 0, 0, 0, 0)) == 0
-    assert syscalls.dispatch(machine, proc, 4, (1, 0, 4, 0, 0, 0)) == -syscalls.EFAULT
+    assert syscalls.dispatch(machine, proc, 4, (1, 0, 4, 0, 0, 0)) == -abi.EFAULT
 
 
 def test_system_calls_with_hostile_arguments_never_raise() -> None:

@@ -10,16 +10,10 @@ Public names::
 The interpreter runs compiled by mypyc where the install could build it (vm.flavour).
 """
 
-from pathlib import Path
-
-from dprobes.vm import flavour
-
-flavour.choose(Path(__file__).parent)  # before anything imports the interpreter
-
-from dprobes.vm.api import VM, FireResult, GlobalVariables  # noqa: E402
-from dprobes.vm.context import Context, MemoryContext, MemoryFault  # noqa: E402
-from dprobes.vm.interp import CpuState, ExitKind, RaisedException  # noqa: E402
-from dprobes.vm.program import Probe, Program, ProgramHeader  # noqa: E402
+from dprobes.vm.api import VM, FireResult, GlobalVariables
+from dprobes.vm.context import Context, MemoryContext, MemoryFault
+from dprobes.vm.interp import CpuState, ExitKind, RaisedException
+from dprobes.vm.program import Probe, Program, ProgramHeader
 
 __all__ = [
     "VM",

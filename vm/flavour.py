@@ -1,83 +1,63 @@
 """Which build of the interpreter runs: the mypyc-compiled modules or their Python sources.
 
-``setup.py`` compiles ``vm/interp.py`` and ``vm/ops.py`` with mypyc where it can; both
-builds run the same source, so they agree to the bit (the test suite runs the conformance
-corpus on each). The sources are imported instead of the extensions when
-``DPROBES_PURE_PYTHON`` is set (to debug or trace the reference semantics in Python), or
-when a source is newer than its extension, as after editing or pulling an editable
-checkout (an edit is never shadowed by a stale build), or when only part of the build is
-there.
+A regular install or a wheel build compiles ``vm/interp.py`` and ``vm/ops.py`` with mypyc
+where the machine can (``setup.py``); an editable install, and one where compiling was not
+possible, runs the sources. Python imports an extension in preference to the ``.py`` beside
+it, so whichever build the install holds is the one that runs. Both builds run the same
+source and agree to the bit: ``tests/test_flavour.py`` builds a wheel and checks them
+against each other. This module imports only the standard library, so that ``setup.py``
+can read these facts before the package is installed.
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
-import importlib.util
 import os
-import sys
-import warnings
+import shutil
+import sysconfig
 from pathlib import Path
 
 MODULES = ("interp", "ops")
-"""The compiled modules of ``dprobes.vm``, as setup.py lists them."""
+"""The modules of ``dprobes.vm`` that are compiled."""
+GROUP = "dprobes.vm.rpn"
+"""mypyc's name for the compiled modules together."""
+LIBRARY = f"{GROUP}__mypyc"
+"""Their shared library, named as mypyc names it; each module is a shim that loads it."""
 PURE_ENV = "DPROBES_PURE_PYTHON"
-INSTALL_SKEW = 2.0
-"""Seconds a source may be newer than its extension without being stale (an install
-writes the two moments apart)."""
+"""Set at install time, the build installs the sources even where it could compile them."""
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Imports the named modules from their ``.py`` files, past any extension beside them."""
-
-    def __init__(self, sources: dict[str, Path]) -> None:
-        self.sources = sources
-
-    def find_spec(self, fullname: str, path: object = None,
-                  target: object = None) -> importlib.machinery.ModuleSpec | None:
-        source = self.sources.get(fullname)
-        return None if source is None else importlib.util.spec_from_file_location(
-            fullname, source)
-
-
-def _extension(source: Path) -> Path | None:
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = source.with_name(source.stem + suffix)
-        if candidate.exists():
-            return candidate
+def cannot_compile() -> str | None:
+    """Why this machine cannot compile the interpreter (no C compiler, no Python headers),
+    or None when it can."""
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler}; Debian: apt install gcc)"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        return "no Python headers (Debian: apt install python3-dev)"
     return None
 
 
-def choose(package_dir: Path) -> None:
-    """Before the interpreter is imported: use the sources if asked to, or if the build is
-    stale or incomplete.
-
-    The modules go together (compiled ``ops`` needs compiled ``interp``), so one stale or
-    missing extension sends both to their sources.
-    """
-    built = {name: _extension(package_dir / f"{name}.py") for name in MODULES}
-    if not any(built.values()):
-        return  # a pure-Python install
-    problem = None
-    if not all(built.values()):
-        problem = "the compiled interpreter is incomplete"
-    for name, extension in built.items():
-        if extension is not None and ((package_dir / f"{name}.py").stat().st_mtime
-                                      > extension.stat().st_mtime + INSTALL_SKEW):
-            problem = f"vm/{name}.py is newer than its compiled module"
-    if problem:
-        warnings.warn(f"dprobes: {problem}; running the Python sources (reinstall to "
-                      "recompile)", stacklevel=2)
-    if problem or os.environ.get(PURE_ENV):
-        sys.meta_path.insert(0, _SourceFinder(
-            {f"{__package__}.{name}": package_dir / f"{name}.py" for name in MODULES}))
+def is_extension(path: Path) -> bool:
+    """Whether ``path`` is a compiled extension module for this Python."""
+    return path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def is_compiled() -> bool:
     """Whether the running interpreter is the mypyc build."""
     from dprobes.vm import interp, ops
-    return not any(str(module.__file__).endswith(".py") for module in (interp, ops))
+    return all(is_extension(Path(str(module.__file__))) for module in (interp, ops))
 
 
 def describe() -> str:
+    """The running build, as ``dpc --version`` reports it."""
     return "compiled (mypyc)" if is_compiled() else "pure Python"
+
+
+def without_extensions(package: Path, dest: Path) -> Path:
+    """Copy the installed ``dprobes`` package directory ``package`` into ``dest`` without
+    its compiled modules, and return ``dest``: first on ``PYTHONPATH``, it runs the sources
+    of the same install."""
+    shutil.copytree(package, dest / "dprobes", ignore=lambda folder, names: [
+        name for name in names if name == "__pycache__" or is_extension(Path(folder, name))])
+    return dest

@@ -1,6 +1,6 @@
 """System calls on files: what the guest's stdio and a read-only open need.
 
-Registered into ``syscalls.TABLE`` (see that module for the conventions). Descriptors 0,
+Registered in ``syscalls.table`` (the package says the conventions). Descriptors 0,
 1 and 2 are the host's stdin bytes and collected stdout/stderr; a path opens only if the
 caller allowed it at spawn (read-only), every other path does not exist (-ENOENT). There
 are no terminals (TCGETS is -ENOTTY), so glibc's stdout is fully buffered, as under a pipe.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from dprobes.runtime.physmem import PAGE_SIZE
 from dprobes.runtime.process import HostFile, OpenFile, Process
-from dprobes.runtime.syscalls import (
+from dprobes.runtime.syscalls.abi import (
     AT_EMPTY_PATH,
     EACCES,
     EBADF,
@@ -27,8 +27,8 @@ from dprobes.runtime.syscalls import (
     O_CREAT,
     O_TRUNC,
     signed,
-    syscall,
 )
+from dprobes.runtime.syscalls.table import syscall
 
 if TYPE_CHECKING:
     from dprobes.runtime.machine import Machine

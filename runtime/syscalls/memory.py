@@ -1,0 +1,98 @@
+"""System calls on the address space: brk, mmap, munmap, mprotect."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from dprobes.runtime.addrspace import GuestFault, Prot, page_up
+from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
+from dprobes.runtime.process import HostFile, Process
+from dprobes.runtime.syscalls.abi import (
+    EACCES,
+    EBADF,
+    EINVAL,
+    ENOMEM,
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_SHARED,
+    signed,
+)
+from dprobes.runtime.syscalls.table import syscall
+
+if TYPE_CHECKING:
+    from dprobes.runtime.machine import Machine
+
+
+@syscall(45, "brk")
+def sys_brk(m: Machine, p: Process, addr: int) -> int:
+    if addr < p.brk_start:
+        return p.brk
+    old_end, new_end = page_up(p.brk), page_up(addr)
+    if new_end > old_end:
+        if any(v.start < new_end and v.end > old_end for v in p.space.vmas):
+            return p.brk  # would run into another mapping
+        p.space.map(old_end, new_end - old_end, Prot.READ | Prot.WRITE, name="[heap]")
+    elif new_end < old_end:
+        p.space.unmap(new_end, old_end - new_end)
+    p.brk = addr
+    return addr
+
+
+def _mmap(m: Machine, p: Process, addr: int, length: int, prot: int, flags: int, fd: int,
+          offset: int) -> int:
+    if length == 0 or addr & PAGE_MASK or offset & PAGE_MASK or prot & ~7:
+        return -EINVAL
+    length = page_up(length)
+    file = None
+    if not flags & MAP_ANONYMOUS:
+        opened = p.fds.get(signed(fd))
+        if not isinstance(opened, HostFile):
+            return -EBADF if opened is None else -EACCES
+        if flags & MAP_SHARED and prot & Prot.WRITE:
+            return -EACCES  # opened read-only
+        file = m.cache.open(opened.path)
+    if flags & MAP_FIXED:
+        start = addr
+    else:
+        try:
+            start = p.space.find_free(length, addr or m.mmap_base)
+        except MemoryError:
+            return -ENOMEM
+    try:
+        p.space.map(start, length, Prot(prot), file, offset)
+    except ValueError:
+        return -EINVAL
+    return start
+
+
+@syscall(192, "mmap2")
+def sys_mmap2(m: Machine, p: Process, addr: int, length: int, prot: int, flags: int, fd: int,
+              pgoff: int) -> int:
+    return _mmap(m, p, addr, length, prot, flags, fd, pgoff * PAGE_SIZE)
+
+
+@syscall(90, "mmap")
+def sys_old_mmap(m: Machine, p: Process, args: int) -> int:
+    return _mmap(m, p, *struct.unpack("<6I", p.space.read(args, 24)))
+
+
+@syscall(91, "munmap")
+def sys_munmap(m: Machine, p: Process, addr: int, length: int) -> int:
+    if addr & PAGE_MASK or length == 0 or addr + length > 0xC0000000:
+        return -EINVAL
+    p.space.unmap(addr, length)
+    return 0
+
+
+@syscall(125, "mprotect")
+def sys_mprotect(m: Machine, p: Process, addr: int, length: int, prot: int) -> int:
+    if addr & PAGE_MASK or prot & ~7:
+        return -EINVAL
+    if length == 0:
+        return 0
+    try:
+        p.space.protect(addr, length, Prot(prot))
+    except GuestFault:
+        return -ENOMEM
+    return 0
