@@ -17,7 +17,7 @@ ORIG, SLOT = 0x08049000, 0xFFFFE000
 
 
 @pytest.mark.parametrize(("code", "kind", "text"), [
-    (b"\x55", StepKind.RELOCATE, "push ebp"),
+    (b"\x55", StepKind.PUSH_R32, "push ebp"),
     (b"\x89\xe5", StepKind.RELOCATE, "mov ebp, esp"),
     (b"\x74\x05", StepKind.RELOCATE, "je 0x8049007"),
     (b"\xe2\xfe", StepKind.RELOCATE, "loop 0x8049000"),
