@@ -73,6 +73,21 @@ def test_pushf_hides_the_single_step_flag() -> None:
     assert finish_step(plan, SLOT, SLOT + 1, 0x346, True) == StepResult(ORIG + 1, 0x346)
 
 
+@pytest.mark.parametrize(("code", "register"), [(b"\x50", "eax"), (b"\x54", "esp"),
+                                                (b"\x57", "edi")])
+def test_push_r32_is_emulated(code: bytes, register: str) -> None:
+    """A one-byte push r32 is planned for emulation, naming the register it stores; if it
+    must be stepped after all, EIP is relocated like any ordinary instruction."""
+    plan = plan_step(code, ORIG)
+    assert (plan.kind, plan.pushed) == (StepKind.PUSH_R32, register)
+    assert finish_step(plan, SLOT, SLOT + 1, 0, False) == StepResult(ORIG + 1)
+
+
+def test_only_one_byte_pushes_are_emulated() -> None:
+    assert plan_step(b"\x66\x50", ORIG).kind is StepKind.RELOCATE  # push ax
+    assert plan_step(b"\xff\x30", ORIG).kind is StepKind.RELOCATE  # push [eax]
+
+
 def test_undecodable_bytes() -> None:
     with pytest.raises(NotAnInstruction):
         plan_step(b"\x0f\x04", ORIG)
