@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from llvmlite import ir
+
 from dprobes.runtime.native.layout import Hook, ProcessSlot
 from dprobes.runtime.probe_context import TASK_BASE, TASK_SIZE
 from dprobes.vm.jit.embed import HOST_CALLBACKS, HOST_TYPES
@@ -34,7 +36,7 @@ def service(m: ModuleBuilder, name: str, arg_names: Sequence[str]) -> FunctionBu
                                                               strict=True)), exported=True)
 
 
-def _current_pid(f: FunctionBuilder) -> object:
+def _current_pid(f: FunctionBuilder) -> ir.Value:
     hook = f.function.args[0]
     return f.get(f.get(hook, Hook, "proc"), ProcessSlot, "pid")
 
