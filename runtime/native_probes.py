@@ -7,7 +7,8 @@ the probe can be served without Python: its handler is compiled (tier ``jit``, o
 ``auto`` once hot), uses only memory, registers 0..15 (writing only the general ones: a
 segment register write is loaded by the CPU, which may refuse it, or, for fs/gs, not
 applied at all), pid/task/processor, no heap, IO, cpuid/MSR, segment or ``callk``
-service, and its instruction is one the hook steps (not ``pushf``).
+service (read from the instruction table's host column, ``vm.isa.host_needs``), and its
+instruction is one the hook steps (not ``pushf``).
 
 Three kinds of shared state need care:
 
@@ -65,12 +66,12 @@ from dprobes.runtime.ring import HEAD, header_layout
 from dprobes.runtime.trap3 import SLOTS_PER_PAGE, Outcome, PendingStep, hit_info
 from dprobes.runtime.uc_registers import GENERAL_UC_IDS
 from dprobes.runtime.xol import StepKind, StepPlan
-from dprobes.vm.bytecode import decode_range
+from dprobes.vm.bytecode import Instruction, decode_range
 from dprobes.vm.interp import ExitKind
-from dprobes.vm.isa import Operand
+from dprobes.vm.isa import HostNeed, Operand, host_needs
 from dprobes.vm.jit.embed import EXIT_KINDS, HOST_CALLBACKS, NATIVE_STACK_TRACES
 from dprobes.vm.program import LogField, Program
-from dprobes.vm.registers import REGISTERS_BY_NAME
+from dprobes.vm.registers import REGISTERS_BY_NAME, SEGMENT_REGISTERS
 
 if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
@@ -80,12 +81,11 @@ if TYPE_CHECKING:
     from dprobes.runtime.records import ProbeRecord
     from dprobes.vm.jit.embed import JitRunner
 
-PYTHON_ONLY_OPS = frozenset({"CALLK", "SEG2LIN", "MALLOC", "FREE"})
-PYTHON_ONLY_PREFIXES = ("PUSH_IO_", "POP_IO_", "PUSHH_", "POPH_")
-REGISTER_WRITES = frozenset({"POP_R", "POP_U"})
-MEMORY_OPS = ("PUSH_MEM_", "POP_MEM_")  # the ones native code may serve from a window
-SEGMENT_REGISTERS = frozenset(REGISTERS_BY_NAME[name].index
-                              for name in ("cs", "ds", "es", "fs", "gs", "ss"))
+MEMORY = HostNeed.MEMORY_READ | HostNeed.MEMORY_WRITE
+SERVED = MEMORY | HostNeed.REGISTER_READ | HostNeed.REGISTER_WRITE | HostNeed.PROCESS
+"""What the native hook serves a handler (``runtime.native.services``): guest memory, the
+general registers (``host_needs`` makes every other register, and a segment register
+write, a host call), pid/task/processor. Not the heap, I/O ports or host calls."""
 
 
 class Served(NamedTuple):
@@ -113,6 +113,12 @@ def _from_native(method: Callable[..., None]) -> Callable[..., None]:
     return callback
 
 
+def _handler(program: Program, probe: int) -> list[Instruction]:
+    """The probe's handler, decoded."""
+    point = program.probes[probe]
+    return decode_range(program.code, point.code_start, point.code_end)
+
+
 def python_only_reason(program: Program, probe: int) -> str | None:
     """Why this probe's handler needs the Python path, or None if it can run natively."""
     point = program.probes[probe]
@@ -120,24 +126,22 @@ def python_only_reason(program: Program, probe: int) -> str | None:
         return "the probe has a heap (served by a Python helper)"
     if not NATIVE_STACK_TRACES:
         return "stack traces are served by a Python helper in this build"
-    for insn in decode_range(program.code, point.code_start, point.code_end):
-        name = insn.op.name
-        if name in PYTHON_ONLY_OPS or name.startswith(PYTHON_ONLY_PREFIXES):
+    for insn in _handler(program, probe):
+        if not host_needs(insn.op, insn.operand) & ~SERVED:
+            continue
+        if insn.op.operand is not Operand.REG:
             return f"{insn.op.mnemonic} needs a Python host service"
-        if insn.op.operand is Operand.REG:
-            if insn.operand >= GENERAL_REGISTERS:
-                return f"register {insn.operand:#x} is read through Python"
-            if name in REGISTER_WRITES and insn.operand in SEGMENT_REGISTERS:
-                return "segment register writes are checked (or, fs/gs, dropped) by Python"
+        if insn.operand < GENERAL_REGISTERS:
+            return "segment register writes are checked (or, fs/gs, dropped) by Python"
+        return f"register {insn.operand:#x} is served through Python"
     return None
 
 
 def register_reads(program: Program, probe: int) -> set[int]:
-    """The registers (dprobes indices) this probe's handler reads with ``push r``."""
-    point = program.probes[probe]
-    return {insn.operand for insn in decode_range(program.code, point.code_start,
-                                                   point.code_end)
-            if insn.op.name == "PUSH_R" and insn.operand < GENERAL_REGISTERS}
+    """The general registers (dprobes indices) this probe's handler reads (``push r``,
+    ``push u``)."""
+    return {insn.operand for insn in _handler(program, probe)
+            if insn.op.host & HostNeed.REGISTER_READ and insn.operand < GENERAL_REGISTERS}
 
 
 def hit_reads(program: Program, probe: int, fields: LogField, push_reg: int | None,
@@ -155,10 +159,9 @@ def hit_reads(program: Program, probe: int, fields: LogField, push_reg: int | No
 
 
 def accesses_memory(program: Program, probe: int) -> bool:
-    """Whether this probe's handler reads or writes guest memory with push/pop mem."""
-    point = program.probes[probe]
-    return any(insn.op.name.startswith(MEMORY_OPS)
-               for insn in decode_range(program.code, point.code_start, point.code_end))
+    """Whether this probe's handler reads or writes guest memory (then the hook offers it
+    the stack page as its direct window)."""
+    return any(insn.op.host & MEMORY for insn in _handler(program, probe))
 
 
 class NativeProbes:
