@@ -32,7 +32,18 @@ from dprobes.runtime.ring import RecordHead
 from dprobes.runtime.traps import BREAKPOINT, DEBUG
 from dprobes.runtime.xol import TRAP_FLAG
 from dprobes.vm.jit.embed import EXIT_EXIT_TO, HOST_CALLBACKS, add_library
-from dprobes.vm.jit.irgen import I1, I32, PTR, VOID, FunctionBuilder, ModuleBuilder, c32, c64
+from dprobes.vm.jit.irgen import (
+    FALSE,
+    I1,
+    I32,
+    PTR,
+    TRUE,
+    VOID,
+    FunctionBuilder,
+    ModuleBuilder,
+    c32,
+    c64,
+)
 
 ENTRY = "dprobes_np_interrupt"
 SPEED_LEVEL = 2
@@ -58,13 +69,12 @@ def _define_breakpoint(m: ModuleBuilder) -> None:
     """An int3: a native probe hit, the backstop int3 after a slot, or false for Python."""
     f = m.define("breakpoint", I1, [("hook", PTR)])
     (hook,) = f.function.args
-    false, true = ir.Constant(I1, 0), ir.Constant(I1, 1)
     decline = f.block("decline")
     look = f.block("look")
     proc = f.get(hook, Hook, "proc")
     f.b.cbranch(f.b.icmp_unsigned("==", proc, ir.Constant(PTR, None)), decline, look)
     f.at(decline)
-    f.b.ret(false)
+    f.b.ret(FALSE)
     f.at(look)
     address = f.b.sub(f.call("reg", hook, EIP), c32(1))
     stepping = f.call("stepping", hook)
@@ -93,7 +103,7 @@ def _define_breakpoint(m: ModuleBuilder) -> None:
     fired, stopped = f.block("fired"), f.block("stopped")
     f.b.cbranch(f.call("fire", hook, proc, entry), fired, stopped)
     f.at(stopped)
-    f.b.ret(true)
+    f.b.ret(TRUE)
     f.at(fired)
     pending = f.member(proc, ProcessSlot, "pending")
     f.set(pending, Pending, "ran", 1)
@@ -101,7 +111,7 @@ def _define_breakpoint(m: ModuleBuilder) -> None:
     f.b.cbranch(f.b.icmp_unsigned("==", exit_to, c32(EXIT_EXIT_TO)), python, stepped)
     f.at(python)
     f.call("handover", hook, STAGE_STEP, 0)
-    f.b.ret(true)
+    f.b.ret(TRUE)
     f.at(stepped)
     f.b.ret(f.call("step", hook, proc, entry))
 

@@ -30,11 +30,13 @@ from dprobes.runtime.native.services import service
 from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
 from dprobes.vm.jit.embed import HostTable
 from dprobes.vm.jit.irgen import (
+    FALSE,
     I1,
     I8,
     I32,
     I64,
     PTR,
+    TRUE,
     VOID,
     FunctionBuilder,
     ModuleBuilder,
@@ -44,6 +46,7 @@ from dprobes.vm.jit.irgen import (
 
 PAGE_OFFSET = PAGE_SIZE - 1
 WORD = 4
+"""Bytes of the word ``store_word`` stores (a guest stack word)."""
 
 
 def _tlb_entry(f: FunctionBuilder, hook: ir.Value, address: ir.Value) -> ir.Value:
@@ -195,9 +198,9 @@ def _define_store_word(m: ModuleBuilder) -> None:
     f.b.cbranch(f.b.icmp_unsigned("==", f.b.load(status, typ=I32), c32(0)), store, no)
     f.at(store)
     f.b.store(value, f.b.inttoptr(f.b.add(page, f.zext64(offset)), PTR))
-    f.b.ret(ir.Constant(I1, 1))
+    f.b.ret(TRUE)
     f.at(no)
-    f.b.ret(ir.Constant(I1, 0))
+    f.b.ret(FALSE)
 
 
 def _define_stack_window(m: ModuleBuilder) -> None:

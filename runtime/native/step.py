@@ -26,16 +26,26 @@ from dprobes.runtime.native.layout import (
     ProcessSlot,
     call_out,
 )
+from dprobes.runtime.native.memory import WORD
 from dprobes.runtime.native.registers import EFLAGS, EIP, ESP
 from dprobes.runtime.records import Counters
 from dprobes.runtime.xol import RELOCATED, RETURN_ADDRESS, TRAP_FLAG, StepKind
 from dprobes.vm.jit.embed import EXIT_ABORT, EXIT_REM
-from dprobes.vm.jit.irgen import I1, I32, PTR, VOID, FunctionBuilder, ModuleBuilder, c32, c64
+from dprobes.vm.jit.irgen import (
+    FALSE,
+    I1,
+    I32,
+    PTR,
+    TRUE,
+    VOID,
+    FunctionBuilder,
+    ModuleBuilder,
+    c32,
+    c64,
+)
 
 STEPPED = frozenset(StepKind) - {StepKind.PUSHF}
 """The step kinds the hook serves: all but pushf, whose pushed flags it does not repair."""
-WORD = 4
-TRUE, FALSE = ir.Constant(I1, 1), ir.Constant(I1, 0)
 
 
 def _kind_in(f: FunctionBuilder, kind: ir.Value, kinds: Iterable[StepKind]) -> ir.Value:

@@ -47,6 +47,9 @@ def c8(value: int) -> ir.Constant:
     return ir.Constant(I8, value & 0xFF)
 
 
+TRUE, FALSE = ir.Constant(I1, 1), ir.Constant(I1, 0)
+
+
 def ir_type(ctype: type) -> ir.Type:
     """The IR type of a scalar ctypes type: an opaque pointer, or an integer as wide."""
     if issubclass(ctype, (ctypes.c_void_p, ctypes._Pointer)):
