@@ -50,8 +50,8 @@ RELOCATED = frozenset({StepKind.RELOCATE, StepKind.CALL_RELATIVE, StepKind.PUSHF
 RETURN_ADDRESS = frozenset({StepKind.CALL_RELATIVE, StepKind.CALL_ABSOLUTE})
 """Kinds that pushed a return address inside the slot: it becomes ``orig + length``."""
 
-PUSH_R32 = 0x50
-"""``push eax``; ``0x50 + n`` pushes register n of ``PUSH_ORDER``."""
+PUSH_EAX = 0x50
+"""The opcode of ``push eax``; ``PUSH_EAX + n`` pushes register n of ``PUSH_ORDER``."""
 PUSH_ORDER = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
 
@@ -72,7 +72,7 @@ class StepPlan:
     def pushed(self) -> str:
         """The register an emulated ``push r32`` stores (``push esp``: the old esp)."""
         assert self.kind is StepKind.PUSH_R32
-        return PUSH_ORDER[self.code[0] - PUSH_R32]
+        return PUSH_ORDER[self.code[0] - PUSH_EAX]
 
 
 class NotAnInstruction(ValueError):
@@ -88,7 +88,7 @@ def decoder() -> capstone.Cs:
 
 
 def _kind(insn: capstone.CsInsn) -> StepKind:
-    if len(insn.bytes) == 1 and PUSH_R32 <= insn.bytes[0] < PUSH_R32 + len(PUSH_ORDER):
+    if len(insn.bytes) == 1 and PUSH_EAX <= insn.bytes[0] < PUSH_EAX + len(PUSH_ORDER):
         return StepKind.PUSH_R32
     groups = set(insn.groups)
     relative = capstone.CS_GRP_BRANCH_RELATIVE in groups
