@@ -1,4 +1,4 @@
-"""Native probe hits: the Python side of ``runtime.native_hook``.
+"""Native probe hits: the Python side of the native hook (``runtime.native``).
 
 A probe is served natively in a process once the Python path (``runtime.trap3``) has hit
 it there: that hit planned the step and, for a stepped instruction, set up the process's
@@ -7,7 +7,8 @@ the probe can be served without Python: its handler is compiled (tier ``jit``, o
 ``auto`` once hot), uses only memory, registers 0..15 (writing only the general ones: a
 segment register write is loaded by the CPU, which may refuse it, or, for fs/gs, not
 applied at all), pid/task/processor, no heap, IO, cpuid/MSR, segment or ``callk``
-service, and its instruction is one the hook steps (not ``pushf``).
+service (read from the instruction table's host column, ``vm.isa.host_needs``), and its
+instruction is one the hook steps (not ``pushf``).
 
 Three kinds of shared state need care:
 
@@ -32,34 +33,45 @@ import ctypes
 import functools
 import mmap
 from collections.abc import Callable
-from ctypes import CFUNCTYPE, POINTER, c_int32, c_uint32, c_uint64
 from typing import TYPE_CHECKING, NamedTuple
 
 from unicorn.unicorn_py3.unicorn import uclib
 
-from dprobes.runtime import native_hook as N
 from dprobes.runtime import ring
 from dprobes.runtime.addrspace import KERNEL_BASE, Prot
 from dprobes.runtime.journal import Emitted, Packed
 from dprobes.runtime.logtargets import HitInfo, LogRecord
+from dprobes.runtime.native import hook as native_hook
+from dprobes.runtime.native import lookup, services
+from dprobes.runtime.native.layout import (
+    DRAIN,
+    FILL,
+    GENERAL_REGISTERS,
+    HANDOVER,
+    INTERRUPT,
+    PERM_NO_CACHE,
+    PERM_READ,
+    PERM_WRITE,
+    STAGE_FINISH,
+    STAGE_STEP,
+    TABLE_SIZE,
+    Hook,
+    ProbeEntry,
+    ProcessSlot,
+)
+from dprobes.runtime.native.registers import EFLAGS, EIP, ESP
+from dprobes.runtime.native.step import STEPPED
 from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.ring import HEAD, header_layout
-from dprobes.runtime.trap3 import (
-    PUSH_EAX,
-    PUSH_ORDER,
-    SLOTS_PER_PAGE,
-    Outcome,
-    PendingStep,
-    hit_info,
-)
+from dprobes.runtime.trap3 import SLOTS_PER_PAGE, Outcome, PendingStep, hit_info
 from dprobes.runtime.uc_registers import GENERAL_UC_IDS
 from dprobes.runtime.xol import StepKind, StepPlan
-from dprobes.vm.bytecode import decode_range
+from dprobes.vm.api import writes_log
 from dprobes.vm.interp import ExitKind
-from dprobes.vm.isa import Operand
-from dprobes.vm.jit.runner import EXIT_KINDS
+from dprobes.vm.isa import HostNeed, Operand, host_needs
+from dprobes.vm.jit.embed import EXIT_KINDS, HOST_CALLBACKS
 from dprobes.vm.program import LogField, Program
-from dprobes.vm.registers import REGISTERS_BY_NAME
+from dprobes.vm.registers import REGISTERS_BY_NAME, SEGMENT_REGISTERS
 
 if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
@@ -67,23 +79,13 @@ if TYPE_CHECKING:
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
     from dprobes.runtime.process import Process
     from dprobes.runtime.records import ProbeRecord
-    from dprobes.vm.jit.runner import JitRunner
+    from dprobes.vm.jit.embed import JitRunner
 
-INTERRUPT = CFUNCTYPE(None, c_uint32)
-HANDOVER = CFUNCTYPE(None, c_uint32, c_uint32)
-FILL = CFUNCTYPE(c_int32, c_uint32, c_uint32, POINTER(c_uint64))
-DRAIN = CFUNCTYPE(None)
-
-PYTHON_ONLY_OPS = frozenset({"CALLK", "SEG2LIN", "MALLOC", "FREE"})
-PYTHON_ONLY_PREFIXES = ("PUSH_IO_", "POP_IO_", "PUSHH_", "POPH_")
-REGISTER_WRITES = frozenset({"POP_R", "POP_U"})
-MEMORY_OPS = ("PUSH_MEM_", "POP_MEM_")  # the ones native code may serve from a window
-SEGMENT_REGISTERS = frozenset(REGISTERS_BY_NAME[name].index
-                              for name in ("cs", "ds", "es", "fs", "gs", "ss"))
-EIP, EFLAGS, ESP = (REGISTERS_BY_NAME[name].index for name in ("eip", "eflags", "esp"))
-STEP_KINDS = {StepKind.RELOCATE: N.STEP_RELOCATE, StepKind.ABSOLUTE: N.STEP_ABSOLUTE,
-              StepKind.CALL_RELATIVE: N.STEP_CALL_RELATIVE,
-              StepKind.CALL_ABSOLUTE: N.STEP_CALL_ABSOLUTE}
+MEMORY = HostNeed.MEMORY_READ | HostNeed.MEMORY_WRITE
+SERVED = MEMORY | HostNeed.REGISTER_READ | HostNeed.REGISTER_WRITE | HostNeed.PROCESS
+"""What the native hook serves a handler (``runtime.native.services``): guest memory, the
+general registers (``host_needs`` makes every other register, and a segment register
+write, a host call), pid/task/processor. Not the heap, I/O ports or host calls."""
 
 
 class Served(NamedTuple):
@@ -116,24 +118,22 @@ def python_only_reason(program: Program, probe: int) -> str | None:
     point = program.probes[probe]
     if point.heap_size:
         return "the probe has a heap (served by a Python helper)"
-    for insn in decode_range(program.code, point.code_start, point.code_end):
-        name = insn.op.name
-        if name in PYTHON_ONLY_OPS or name.startswith(PYTHON_ONLY_PREFIXES):
+    for insn in program.instructions(probe):
+        if not host_needs(insn.op, insn.operand) & ~SERVED:
+            continue
+        if insn.op.operand is not Operand.REG:
             return f"{insn.op.mnemonic} needs a Python host service"
-        if insn.op.operand is Operand.REG:
-            if insn.operand >= N.GENERAL_REGISTERS:
-                return f"register {insn.operand:#x} is read through Python"
-            if name in REGISTER_WRITES and insn.operand in SEGMENT_REGISTERS:
-                return "segment register writes are checked (or, fs/gs, dropped) by Python"
+        if insn.operand < GENERAL_REGISTERS:
+            return "segment register writes are checked (or, fs/gs, dropped) by Python"
+        return f"register {insn.operand:#x} is served through Python"
     return None
 
 
 def register_reads(program: Program, probe: int) -> set[int]:
-    """The registers (dprobes indices) this probe's handler reads with ``push r``."""
-    point = program.probes[probe]
-    return {insn.operand for insn in decode_range(program.code, point.code_start,
-                                                   point.code_end)
-            if insn.op.name == "PUSH_R" and insn.operand < N.GENERAL_REGISTERS}
+    """The general registers (dprobes indices) this probe's handler reads (``push r``,
+    ``push u``)."""
+    return {insn.operand for insn in program.instructions(probe)
+            if insn.op.host & HostNeed.REGISTER_READ and insn.operand < GENERAL_REGISTERS}
 
 
 def hit_reads(program: Program, probe: int, fields: LogField, push_reg: int | None,
@@ -151,17 +151,9 @@ def hit_reads(program: Program, probe: int, fields: LogField, push_reg: int | No
 
 
 def accesses_memory(program: Program, probe: int) -> bool:
-    """Whether this probe's handler reads or writes guest memory with push/pop mem."""
-    point = program.probes[probe]
-    return any(insn.op.name.startswith(MEMORY_OPS)
-               for insn in decode_range(program.code, point.code_start, point.code_end))
-
-
-def step_kind(plan: StepPlan) -> int | None:
-    """How the hook steps this instruction, or None if only the Python path can."""
-    if plan.length == 1 and PUSH_EAX <= plan.code[0] <= PUSH_EAX + 7:
-        return N.STEP_PUSH
-    return STEP_KINDS.get(plan.kind)
+    """Whether this probe's handler reads or writes guest memory (then the hook offers it
+    the stack page as its direct window)."""
+    return any(insn.op.host & MEMORY for insn in program.instructions(probe))
 
 
 class NativeProbes:
@@ -171,7 +163,7 @@ class NativeProbes:
         self.manager = manager
         self.machine: Machine = manager.machine
         cpu = self.machine.cpu
-        self.hook = hook = N.Hook()
+        self.hook = hook = Hook()
         self.address = ctypes.addressof(hook)
         hook.uc = ctypes.cast(cpu.uc._uch, ctypes.c_void_p).value
         for field, fn in (("reg_read", uclib.uc_reg_read), ("reg_write", uclib.uc_reg_write),
@@ -188,16 +180,16 @@ class NativeProbes:
         self._drained = 0  # bytes of the ring already handed to the manager
         self._new_ring()
         hook.reg_ids[:] = GENERAL_UC_IDS
-        native = N.addresses()
+        native = native_hook.addresses()
         hook.host.ctx = self.address
         hook.host.registers = ctypes.addressof(hook.registers)
-        for name, _ in N.S.HOST_CALLBACKS:
-            setattr(hook.host, name, native[N.SYMBOL_PREFIX + name])
-        self.processes: dict[int, N.ProcessSlot] = {}
+        for name, _ in HOST_CALLBACKS:
+            setattr(hook.host, name, native[services.symbol(name)])
+        self.processes: dict[int, ProcessSlot] = {}
         self.names: dict[int, str] = {}
-        self.tables: dict[int, dict[int, N.ProbeEntry]] = {}  # pid -> address -> entry
+        self.tables: dict[int, dict[int, ProbeEntry]] = {}  # pid -> address -> entry
         self.idents: list[Served] = []
-        self._entries: list[N.ProbeEntry] = []  # never freed: a pending hit may point here
+        self._entries: list[ProbeEntry] = []  # never freed: a pending hit may point here
         self._ident_of: dict[tuple[int, int, int], int] = {}  # (pid, id(record), address);
         # ids stay unique: ``idents`` keeps every record it names alive
         self.runners: dict[int, JitRunner] = {}  # state address -> runner
@@ -209,7 +201,7 @@ class NativeProbes:
         self.machine.on_invalidate.append(self._invalidated)
         self.machine.on_process_exit.append(self._exit)
         self.machine.around_slice.append((self._enter, self._leave))
-        cpu.use_native_interrupt_hook(native["dprobes_np_interrupt"], self.address)
+        cpu.use_native_interrupt_hook(native[native_hook.ENTRY], self.address)
         if self.machine.current is not None:
             self._switch(self.machine.current)
 
@@ -225,13 +217,14 @@ class NativeProbes:
         it can be."""
         loaded, record, plan = step.loaded, step.record, step.plan
         table = self.tables.setdefault(process.pid, {})
-        if not record.armed or plan.address in table or len(table) >= N.TABLE_SIZE // 2:
+        if not record.armed or plan.address in table or len(table) >= TABLE_SIZE // 2:
             return
-        kind = step_kind(plan)
         handler = loaded.vm.compiled(record.index)
-        if kind is None or handler is None or self._reason(loaded, record.index) is not None:
+        if plan.kind not in STEPPED or handler is None or \
+                self._reason(loaded, record.index) is not None:
             return
-        if kind != N.STEP_PUSH:
+        push = plan.kind is StepKind.PUSH_R32
+        if not push:
             numbers = self.manager.steps.slot_numbers
             if not step.slot or numbers.get(id(record), SLOTS_PER_PAGE) >= SLOTS_PER_PAGE:
                 return  # no slot of its own (the Python path may rewrite a shared one)
@@ -239,11 +232,10 @@ class NativeProbes:
         runner = loaded.vm.runner
         self.runners[ctypes.addressof(runner.state)] = runner
         point = loaded.program.probes[record.index]
-        push_reg = (REGISTERS_BY_NAME[PUSH_ORDER[plan.code[0] - PUSH_EAX]].index
-                    if kind == N.STEP_PUSH else None)
+        push_reg = REGISTERS_BY_NAME[plan.pushed].index if push else None
         window = accesses_memory(loaded.program, record.index)
-        entry = N.ProbeEntry(
-            address=plan.address, kind=kind, length=plan.length, slot=step.slot,
+        entry = ProbeEntry(
+            address=plan.address, kind=plan.kind.value, length=plan.length, slot=step.slot,
             push_reg=push_reg or 0,
             ident=self._ident(process, loaded, record, plan, step.slot),
             ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
@@ -257,7 +249,7 @@ class NativeProbes:
         self._entries.append(entry)
         self._publish(process.pid)
 
-    def _prefetch(self, entry: N.ProbeEntry, registers: set[int]) -> None:
+    def _prefetch(self, entry: ProbeEntry, registers: set[int]) -> None:
         """Have the entry's hits read ``registers`` into the hook's register window in one
         batch, right after EIP."""
         ordered = sorted(registers)
@@ -296,7 +288,7 @@ class NativeProbes:
             if process is not None and process.space is space:
                 self._drop(pid, lambda address, entry: start <= address < end)
 
-    def _drop(self, pid: int, stale: Callable[[int, N.ProbeEntry], bool]) -> None:
+    def _drop(self, pid: int, stale: Callable[[int, ProbeEntry], bool]) -> None:
         """Take the process's entries that are ``stale`` out of its native table."""
         table = self.tables[pid]
         gone = [address for address, entry in table.items() if stale(address, entry)]
@@ -306,22 +298,15 @@ class NativeProbes:
             self._publish(pid)
 
     def _publish(self, pid: int) -> None:
-        """Rebuild the process's open-addressing table from its entries."""
-        slot = self._slot(pid)
-        ctypes.memset(ctypes.addressof(slot.table), 0, ctypes.sizeof(slot.table))
-        for address, entry in self.tables.get(pid, {}).items():
-            index = ((address * 2654435761) & 0xFFFFFFFF) >> (32 - N.TABLE_BITS)
-            while slot.table[index].entry:
-                index = (index + 1) & (N.TABLE_SIZE - 1)
-            slot.table[index].address = address
-            slot.table[index].entry = ctypes.addressof(entry)
+        """Rebuild the process's probe table from its entries."""
+        lookup.place(self._slot(pid), self.tables.get(pid, {}))
 
     # --- processes ----------------------------------------------------------------------
 
-    def _slot(self, pid: int) -> N.ProcessSlot:
+    def _slot(self, pid: int) -> ProcessSlot:
         slot = self.processes.get(pid)
         if slot is None:
-            slot = self.processes[pid] = N.ProcessSlot()
+            slot = self.processes[pid] = ProcessSlot()
             process = self.machine.processes[pid]
             slot.pid, slot.uid = pid, process.uid
             self.names[pid] = process.name
@@ -345,12 +330,12 @@ class NativeProbes:
         pending = slot.pending
         if not pending.entry or (stepping and not pending.active):
             return None
-        served = self.idents[N.ProbeEntry.from_address(pending.entry).ident]
+        served = self.idents[ProbeEntry.from_address(pending.entry).ident]
         head = pending.head
         outcome = None
         if pending.ran:
             kind = EXIT_KINDS[pending.exit_kind]
-            aborted = kind is ExitKind.ABORT
+            aborted = not writes_log(kind)
             outcome = Outcome(kind, pending.exit_to if kind is ExitKind.EXIT_TO else None,
                               head.major, head.minor,
                               b"" if aborted else bytes(pending.log[:head.log_len]),
@@ -415,10 +400,10 @@ class NativeProbes:
         step = self.adopt(process, stepping=False)
         assert step is not None, "a handover without a native hit"
         steps = self.manager.steps
-        if stage == N.STAGE_STEP:
+        if stage == STAGE_STEP:
             steps.continue_hit(process, step.loaded, step.record, step.plan.address,
                                machine.cpu.registers(), step.hit, step.result)
-        elif stage == N.STAGE_FINISH:
+        elif stage == STAGE_FINISH:
             steps.finish(machine, process, step, eip)
         else:
             steps.post_step(step, wrote_log=True)
@@ -431,15 +416,15 @@ class NativeProbes:
             if process is None or address >= KERNEL_BASE:
                 return 1
             space = process.space
-            perms = N.PERM_READ
+            perms = PERM_READ
             if write:
                 frame = space.user_write_frame(address)
                 if frame is None:
                     return 1
-                perms |= N.PERM_WRITE
+                perms |= PERM_WRITE
                 vma = space.find_vma(address)
                 if vma is not None and vma.prot & Prot.EXEC and space.notifier is not None:
-                    perms |= N.PERM_NO_CACHE  # every store into code goes through here
+                    perms |= PERM_NO_CACHE  # every store into code goes through here
                     space.notifier.code_written(frame << PAGE_SHIFT, PAGE_SIZE)
             else:
                 found = space.translate(address, Prot.READ)

@@ -32,8 +32,15 @@ from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.probe_context import ProbeContext
 from dprobes.runtime.records import ProbeRecord, RecordStatus
 from dprobes.runtime.traps import BREAKPOINT, DEBUG, Trap
-from dprobes.runtime.xol import TRAP_FLAG, StepKind, StepPlan, finish_step, plan_step
-from dprobes.vm.api import FireResult
+from dprobes.runtime.xol import (
+    RETURN_ADDRESS,
+    TRAP_FLAG,
+    StepKind,
+    StepPlan,
+    finish_step,
+    plan_step,
+)
+from dprobes.vm.api import FireResult, writes_log
 from dprobes.vm.interp import ExitKind
 from dprobes.vm.program import LogField
 
@@ -44,8 +51,6 @@ if TYPE_CHECKING:
     from dprobes.runtime.process import Process
 
 SLOT_SIZE = 32
-PUSH_EAX = 0x50
-PUSH_ORDER = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 SLOTS_PER_PAGE = PAGE_SIZE // SLOT_SIZE
 
 
@@ -187,11 +192,10 @@ class StepTracker:
     def _emulate_push(self, process: Process, plan: StepPlan, registers: dict[str, int]) -> bool:
         """Run ``push r32`` (the usual first instruction of a function) without stepping it,
         as DProbes 1.x emulated some opcodes (DP_REC_OPCODE_EMULATED). False: step it."""
-        opcode = plan.code[0]
-        if plan.length != 1 or not PUSH_EAX <= opcode <= PUSH_EAX + 7:
+        if plan.kind is not StepKind.PUSH_R32:
             return False
         esp = (registers["esp"] - 4) & 0xFFFFFFFF
-        value = registers[PUSH_ORDER[opcode - PUSH_EAX]]  # push esp stores the old esp
+        value = registers[plan.pushed]
         data = struct.pack("<I", value)
         pte = process.space.page_of(esp)
         if pte is not None and pte.writable and pte.swap_slot is None and esp & PAGE_MASK <= \
@@ -231,7 +235,7 @@ class StepTracker:
         cpu = machine.cpu
         esp, flags = self._after_step.read()
         top = 0
-        if step.plan.kind in (StepKind.CALL_RELATIVE, StepKind.CALL_ABSOLUTE, StepKind.PUSHF):
+        if step.plan.kind in RETURN_ADDRESS or step.plan.kind is StepKind.PUSHF:
             top = struct.unpack("<I", process.space.read(esp, 4))[0]
         repaired = finish_step(step.plan, step.slot, eip, top, bool(step.trap_flag))
         if repaired.stack_word is not None:
@@ -257,7 +261,7 @@ class StepTracker:
         """Count the hit, write its log (if ``wrote_log``), disable or remove the probe."""
         record, result, manager = step.record, step.result, self.manager
         record.end_hit()
-        if result is not None and wrote_log and result.exit is not ExitKind.ABORT:
+        if result is not None and wrote_log and writes_log(result.exit):
             manager.emit(step.loaded, LogRecord(result.major, result.minor,
                                                 step.loaded.log_fields, step.hit, result.log),
                          result.ex_log)

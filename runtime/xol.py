@@ -10,7 +10,14 @@ instruction had run in place:
   next EIP relative to the copy, so the real one is ``orig + (eip - slot)``;
 * a call also pushed a return address inside the slot: it becomes ``orig + length``;
 * absolute transfers (ret, iret, indirect and far jmp/call) left the right EIP already;
-* pushf pushed EFLAGS with the single-step TF bit set, which the program must not see.
+* pushf pushed EFLAGS with the single-step TF bit set, which the program must not see;
+* ``push r32`` (one byte, the usual first instruction of a function) is not stepped at
+  all but emulated, as DProbes 1.x emulated some opcodes; only when its store cannot be
+  done in place is it stepped like any other instruction.
+
+The plan (``plan_step``) is the one decision both the Python path (``runtime.trap3``)
+and the native hook (``runtime.native``) act on; the repair sets below are what both
+apply after the step.
 
 Capstone decodes the instruction; its ``branch_relative`` group covers loop and jecxz,
 which the jump group misses.
@@ -34,6 +41,18 @@ class StepKind(Enum):
     CALL_ABSOLUTE = auto()  # keep eip, fix the pushed return address
     ABSOLUTE = auto()  # keep eip
     PUSHF = auto()  # relocate eip, clear TF in the pushed flags
+    PUSH_R32 = auto()  # emulated (esp -= 4, [esp] = register); stepped: relocate eip
+
+
+RELOCATED = frozenset({StepKind.RELOCATE, StepKind.CALL_RELATIVE, StepKind.PUSHF,
+                       StepKind.PUSH_R32})
+"""Kinds whose EIP after the step is relative to the copy: ``orig + (eip - slot)``."""
+RETURN_ADDRESS = frozenset({StepKind.CALL_RELATIVE, StepKind.CALL_ABSOLUTE})
+"""Kinds that pushed a return address inside the slot: it becomes ``orig + length``."""
+
+PUSH_EAX = 0x50
+"""The opcode of ``push eax``; ``PUSH_EAX + n`` pushes register n of ``PUSH_ORDER``."""
+PUSH_ORDER = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,12 @@ class StepPlan:
     def length(self) -> int:
         return len(self.code)
 
+    @property
+    def pushed(self) -> str:
+        """The register an emulated ``push r32`` stores (``push esp``: the old esp)."""
+        assert self.kind is StepKind.PUSH_R32
+        return PUSH_ORDER[self.code[0] - PUSH_EAX]
+
 
 class NotAnInstruction(ValueError):
     """The bytes at an address do not decode as an i386 instruction."""
@@ -63,6 +88,8 @@ def decoder() -> capstone.Cs:
 
 
 def _kind(insn: capstone.CsInsn) -> StepKind:
+    if len(insn.bytes) == 1 and PUSH_EAX <= insn.bytes[0] < PUSH_EAX + len(PUSH_ORDER):
+        return StepKind.PUSH_R32
     groups = set(insn.groups)
     relative = capstone.CS_GRP_BRANCH_RELATIVE in groups
     if capstone.CS_GRP_CALL in groups:
@@ -111,14 +138,11 @@ class StepResult:
 def finish_step(plan: StepPlan, slot: int, eip: int, top_of_stack: int,
                 trap_flag_was_set: bool) -> StepResult:
     """Repair EIP (and the word at ESP) after the copy at ``slot`` was single-stepped."""
-    relocated = (plan.address + (eip - slot)) & 0xFFFFFFFF
-    if plan.kind is StepKind.RELOCATE:
-        return StepResult(relocated)
-    if plan.kind is StepKind.CALL_RELATIVE:
-        return StepResult(relocated, (plan.address + plan.length) & 0xFFFFFFFF)
-    if plan.kind is StepKind.CALL_ABSOLUTE:
+    if plan.kind in RELOCATED:
+        eip = (plan.address + (eip - slot)) & 0xFFFFFFFF
+    if plan.kind in RETURN_ADDRESS:
         return StepResult(eip, (plan.address + plan.length) & 0xFFFFFFFF)
     if plan.kind is StepKind.PUSHF:
         flags = top_of_stack if trap_flag_was_set else top_of_stack & ~TRAP_FLAG
-        return StepResult(relocated, flags)
+        return StepResult(eip, flags)
     return StepResult(eip)

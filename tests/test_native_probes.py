@@ -21,10 +21,10 @@ import capstone
 import pytest
 
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
-from dprobes.runtime import native_hook as N
 from dprobes.runtime import ring
 from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.machine import InstructionLimit, Machine
+from dprobes.runtime.native import layout as N
 from dprobes.runtime.native_probes import NativeProbes, hit_reads, python_only_reason
 from dprobes.runtime.probes import ProbeManager
 from dprobes.tests import guest_expectations as expect

@@ -17,7 +17,7 @@ ORIG, SLOT = 0x08049000, 0xFFFFE000
 
 
 @pytest.mark.parametrize(("code", "kind", "text"), [
-    (b"\x55", StepKind.RELOCATE, "push ebp"),
+    (b"\x55", StepKind.PUSH_R32, "push ebp"),
     (b"\x89\xe5", StepKind.RELOCATE, "mov ebp, esp"),
     (b"\x74\x05", StepKind.RELOCATE, "je 0x8049007"),
     (b"\xe2\xfe", StepKind.RELOCATE, "loop 0x8049000"),
@@ -71,6 +71,21 @@ def test_pushf_hides_the_single_step_flag() -> None:
     plan = plan_step(b"\x9c", ORIG)
     assert finish_step(plan, SLOT, SLOT + 1, 0x346, False) == StepResult(ORIG + 1, 0x246)
     assert finish_step(plan, SLOT, SLOT + 1, 0x346, True) == StepResult(ORIG + 1, 0x346)
+
+
+@pytest.mark.parametrize(("code", "register"), [(b"\x50", "eax"), (b"\x54", "esp"),
+                                                (b"\x57", "edi")])
+def test_push_r32_is_emulated(code: bytes, register: str) -> None:
+    """A one-byte push r32 is planned for emulation, naming the register it stores; if it
+    must be stepped after all, EIP is relocated like any ordinary instruction."""
+    plan = plan_step(code, ORIG)
+    assert (plan.kind, plan.pushed) == (StepKind.PUSH_R32, register)
+    assert finish_step(plan, SLOT, SLOT + 1, 0, False) == StepResult(ORIG + 1)
+
+
+def test_only_one_byte_pushes_are_emulated() -> None:
+    assert plan_step(b"\x66\x50", ORIG).kind is StepKind.RELOCATE  # push ax
+    assert plan_step(b"\xff\x30", ORIG).kind is StepKind.RELOCATE  # push [eax]
 
 
 def test_undecodable_bytes() -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum, Flag, auto
 
 from dprobes.vm.exceptions import ExceptionCode as Ex
+from dprobes.vm.registers import GENERAL_REGISTERS, REGISTERS_BY_INDEX, SEGMENT_REGISTERS
 
 
 class Operand(Enum):
@@ -66,6 +67,22 @@ class OpFlag(Flag):
     RESERVED = auto()  # named by 5.0 but not implemented: raises EX_INVALID_OPCODE
 
 
+class HostNeed(Flag):
+    """What an instruction needs from its host beyond the VM's own state (stack, variables,
+    log, heap-free bookkeeping). A host that lacks a service must not run the instruction;
+    the native probe path reads this to decide which handlers it can serve."""
+
+    NONE = 0
+    MEMORY_READ = auto()  # reads guest memory
+    MEMORY_WRITE = auto()  # writes guest memory
+    IO = auto()  # reads or writes an I/O port
+    HEAP = auto()  # uses the probe's byte heap
+    HOST_CALL = auto()  # a machine service: callk, seg2lin (see host_needs for registers)
+    REGISTER_READ = auto()  # reads a register of the probe hit
+    REGISTER_WRITE = auto()  # writes a register of the probe hit
+    PROCESS = auto()  # reads the current task, process id or processor
+
+
 VARIABLE = -1
 """Stack effect that depends on the operand or on the stack (ros n, dup, log, push r)."""
 
@@ -86,6 +103,7 @@ class OpInfo:
     effect: str  # stack effect, TOS rightmost
     summary: str
     aliases: tuple[str, ...] = field(default=())  # other qualifier spellings
+    host: HostNeed = HostNeed.NONE
 
     @property
     def size(self) -> int:
@@ -114,6 +132,7 @@ _LV = frozenset({Ex.INVALID_OPERAND})
 _HEAP = frozenset({Ex.HEAP_INVALID_HANDLE, Ex.HEAP_INVALID_OFFSET})
 _LOG = frozenset({Ex.LOG_OVERFLOW})
 _NONE: frozenset[Ex] = frozenset()
+_H = HostNeed
 
 
 def _op(
@@ -128,10 +147,11 @@ def _op(
     flags: OpFlag = OpFlag.NONE,
     raises: frozenset[Ex] = _NONE,
     aliases: tuple[str, ...] = (),
+    host: HostNeed = HostNeed.NONE,
 ) -> OpInfo:
     mnemonic, _, qualifier = syntax.partition(" ")
     return OpInfo(code, name, mnemonic, qualifier or None, operand, pops, pushes, flags,
-                  raises, effect, summary, aliases)
+                  raises, effect, summary, aliases, host)
 
 
 _RESERVED = frozenset({Ex.INVALID_OPCODE})
@@ -171,7 +191,7 @@ TABLE: tuple[OpInfo, ...] = (
         _F.RESERVED, _RESERVED),
     _op(0x8D, "CALLK", "callk", _O.NONE, 0, 0, "->",
         "call the registered kernel hook with the interpreter state, then continue",
-        raises=_RESERVED),
+        raises=_RESERVED, host=_H.HOST_CALL),
     # --- logging --------------------------------------------------------------------
     _op(0x11, "SETMIN_I", "setmin", _O.U16, 0, 0, "->", "set this hit's minor id"),
     _op(0x12, "SETMIN", "setmin", _O.NONE, 1, 0, "v ->", "set this hit's minor id to (u16)v"),
@@ -179,10 +199,10 @@ TABLE: tuple[OpInfo, ...] = (
     _op(0x14, "SETMAJ", "setmaj", _O.NONE, 1, 0, "v ->", "set this hit's major id to (u16)v"),
     _op(0x15, "LOG_STR", "log str", _O.NONE, 2, 0, "len addr ->",
         "log bytes at addr up to a NUL or len bytes: record token 1",
-        raises=_MEM | _LOG),
+        raises=_MEM | _LOG, host=_H.MEMORY_READ),
     _op(0x17, "LOG_MRF", "log mrf", _O.NONE, 2, 0, "len addr ->",
         "log len bytes of memory at flat addr (truncated to fit): record token 0",
-        raises=_MEM | _LOG),
+        raises=_MEM | _LOG, host=_H.MEMORY_READ),
     _op(0x1B, "LOG_I", "log", _O.U16, VARIABLE, 0, "w1 .. wn ->",
         "log n stack words raw, TOS first, no record prefix", raises=_LOG),
     _op(0x8A, "LOG", "log", _O.NONE, VARIABLE, 0, "w1 .. wn n ->",
@@ -270,50 +290,58 @@ TABLE: tuple[OpInfo, ...] = (
     _op(0x45, "ROS", "ros", _O.U8, VARIABLE, 0, "w1 .. wn ->", "discard n words"),
     # --- registers and system variables ---------------------------------------------
     _op(0x46, "PUSH_R", "push r", _O.REG, VARIABLE, VARIABLE, "-> reg",
-        "push a register as of the probe hit"),
-    _op(0x47, "POP_R", "pop r", _O.REG, 1, 0, "v ->", "write a register of the probe hit"),
+        "push a register as of the probe hit", host=_H.REGISTER_READ),
+    _op(0x47, "POP_R", "pop r", _O.REG, 1, 0, "v ->", "write a register of the probe hit",
+        host=_H.REGISTER_WRITE),
     _op(0x48, "PUSH_U", "push u", _O.REG, VARIABLE, VARIABLE, "-> reg",
-        "push a user-mode register (FPU/SSE here too)"),
-    _op(0x49, "POP_U", "pop u", _O.REG, 1, 0, "v ->", "write a user-mode register"),
-    _op(0x5D, "PUSH_TASK", "push task", _O.NONE, 0, 1, "-> task", "push the current task address"),
-    _op(0x5E, "PUSH_PID", "push pid", _O.NONE, 0, 1, "-> pid", "push the current process id"),
-    _op(0x5F, "PUSH_PROCID", "push procid", _O.NONE, 0, 1, "-> cpu", "push the processor number"),
+        "push a user-mode register (FPU/SSE here too)", host=_H.REGISTER_READ),
+    _op(0x49, "POP_U", "pop u", _O.REG, 1, 0, "v ->", "write a user-mode register",
+        host=_H.REGISTER_WRITE),
+    _op(0x5D, "PUSH_TASK", "push task", _O.NONE, 0, 1, "-> task", "push the current task address",
+        host=_H.PROCESS),
+    _op(0x5E, "PUSH_PID", "push pid", _O.NONE, 0, 1, "-> pid", "push the current process id",
+        host=_H.PROCESS),
+    _op(0x5F, "PUSH_PROCID", "push procid", _O.NONE, 0, 1, "-> cpu", "push the processor number",
+        host=_H.PROCESS),
     _op(0x90, "PUSH_WID", "push wid", _O.NONE, 0, 1, "-> -32",
         "push the word width, negative for little-endian (i386: -32)"),
     # --- memory and IO ----------------------------------------------------------------
     _op(0x4D, "PUSH_MEM_U8", "push mem_u8", _O.NONE, 1, 1, "addr -> v", "read a byte",
-        raises=_MEM, aliases=("m8",)),
+        raises=_MEM, aliases=("m8",), host=_H.MEMORY_READ),
     _op(0x4E, "PUSH_MEM_U16", "push mem_u16", _O.NONE, 1, 1, "addr -> v", "read 2 bytes",
-        raises=_MEM, aliases=("m16",)),
+        raises=_MEM, aliases=("m16",), host=_H.MEMORY_READ),
     _op(0x4F, "PUSH_MEM_U32", "push mem_u32", _O.NONE, 1, 1, "addr -> v", "read 4 bytes",
-        raises=_MEM, aliases=("m32",)),
+        raises=_MEM, aliases=("m32",), host=_H.MEMORY_READ),
     _op(0x50, "PUSH_MEM_U64", "push mem_u64", _O.NONE, 1, 2, "addr -> hi lo",
-        "read 8 bytes, low word on top", raises=_MEM, aliases=("m64",)),
+        "read 8 bytes, low word on top", raises=_MEM, aliases=("m64",), host=_H.MEMORY_READ),
     _op(0x51, "POP_MEM_U8", "pop mem_u8", _O.NONE, 2, 0, "addr v ->", "write the low byte of v",
-        raises=_MEM, aliases=("m8",)),
+        raises=_MEM, aliases=("m8",), host=_H.MEMORY_WRITE),
     _op(0x52, "POP_MEM_U16", "pop mem_u16", _O.NONE, 2, 0, "addr v ->", "write 2 bytes",
-        raises=_MEM, aliases=("m16",)),
+        raises=_MEM, aliases=("m16",), host=_H.MEMORY_WRITE),
     _op(0x53, "POP_MEM_U32", "pop mem_u32", _O.NONE, 2, 0, "addr v ->", "write 4 bytes",
-        raises=_MEM, aliases=("m32",)),
+        raises=_MEM, aliases=("m32",), host=_H.MEMORY_WRITE),
     _op(0x54, "POP_MEM_U64", "pop mem_u64", _O.NONE, 3, 0, "addr hi lo ->",
-        "write lo at addr and hi at addr+4", raises=_MEM, aliases=("m64",)),
-    _op(0x60, "VFY_R", "vfy r", _O.NONE, 1, 1, "addr -> 0|1", "0 if the byte at addr is readable"),
+        "write lo at addr and hi at addr+4", raises=_MEM, aliases=("m64",), host=_H.MEMORY_WRITE),
+    _op(0x60, "VFY_R", "vfy r", _O.NONE, 1, 1, "addr -> 0|1", "0 if the byte at addr is readable",
+        host=_H.MEMORY_READ),
     _op(0x61, "VFY_RW", "vfy rw", _O.NONE, 1, 1, "addr -> 0|1",
-        "0 if the byte at addr is readable and writable (reads and writes it back)"),
+        "0 if the byte at addr is readable and writable (reads and writes it back)",
+        host=_H.MEMORY_READ | _H.MEMORY_WRITE),
     _op(0xB0, "SEG2LIN", "seg2lin", _O.NONE, 2, 1, "sel off -> lin",
-        "selector:offset to a linear address", raises=frozenset({Ex.SEG_FAULT})),
+        "selector:offset to a linear address", raises=frozenset({Ex.SEG_FAULT}),
+        host=_H.HOST_CALL),
     _op(0xB1, "PUSH_IO_U8", "push io_u8", _O.NONE, 1, 1, "port -> v", "in byte",
-        aliases=("io8",)),
+        aliases=("io8",), host=_H.IO),
     _op(0xB2, "PUSH_IO_U16", "push io_u16", _O.NONE, 1, 1, "port -> v", "in word",
-        aliases=("io16",)),
+        aliases=("io16",), host=_H.IO),
     _op(0xB3, "PUSH_IO_U32", "push io_u32", _O.NONE, 1, 1, "port -> v", "in dword",
-        aliases=("io32",)),
+        aliases=("io32",), host=_H.IO),
     _op(0xB4, "POP_IO_U8", "pop io_u8", _O.NONE, 2, 0, "port v ->", "out byte",
-        aliases=("io8",)),
+        aliases=("io8",), host=_H.IO),
     _op(0xB5, "POP_IO_U16", "pop io_u16", _O.NONE, 2, 0, "port v ->", "out word",
-        aliases=("io16",)),
+        aliases=("io16",), host=_H.IO),
     _op(0xB6, "POP_IO_U32", "pop io_u32", _O.NONE, 2, 0, "port v ->", "out dword",
-        aliases=("io32",)),
+        aliases=("io32",), host=_H.IO),
     # --- exceptions and stack traces ------------------------------------------------
     _op(0x6C, "SX", "sx", _O.REL32, 0, 0, "->", "set the current frame's exception handler",
         _F.BRANCH | _F.HANDLER),
@@ -355,25 +383,26 @@ TABLE: tuple[OpInfo, ...] = (
     _op(0x87, "RESTORE_TSP", "restore tsp", _O.NONE, VARIABLE, VARIABLE, "v ->", "tos = v & 1023"),
     # --- byte heap --------------------------------------------------------------------
     _op(0x8E, "MALLOC", "malloc", _O.NONE, 1, 1, "size -> handle", "allocate from the probe heap",
-        raises=frozenset({Ex.HEAP_NOMEM})),
+        raises=frozenset({Ex.HEAP_NOMEM}), host=_H.HEAP),
     _op(0x8F, "FREE", "free", _O.NONE, 1, 0, "handle ->", "free a heap block",
-        raises=frozenset({Ex.HEAP_INVALID_HANDLE})),
+        raises=frozenset({Ex.HEAP_INVALID_HANDLE}), host=_H.HEAP),
     _op(0x91, "PUSHH_U8_I", "pushh u8", _O.U16, 2, VARIABLE, "h off -> v1 .. vn",
-        "push n bytes from a heap block", raises=_HEAP),
+        "push n bytes from a heap block", raises=_HEAP, host=_H.HEAP),
     _op(0x92, "PUSHH_U16_I", "pushh u16", _O.U16, 2, VARIABLE, "h off -> v1 .. vn",
-        "push n u16 values from a heap block", raises=_HEAP),
+        "push n u16 values from a heap block", raises=_HEAP, host=_H.HEAP),
     _op(0x93, "PUSHH_U32_I", "pushh u32", _O.U16, 2, VARIABLE, "h off -> v1 .. vn",
-        "push n u32 values from a heap block", raises=_HEAP),
+        "push n u32 values from a heap block", raises=_HEAP, host=_H.HEAP),
     _op(0x94, "PUSHH_U64_I", "pushh u64", _O.U16, 2, VARIABLE, "h off -> v1 v1 .. vn vn",
-        "push n u64 values, each as its low word twice (5.0 quirk)", raises=_HEAP),
+        "push n u64 values, each as its low word twice (5.0 quirk)", raises=_HEAP, host=_H.HEAP),
     _op(0x95, "POPH_U8_I", "poph u8", _O.U16, VARIABLE, 0, "v1 .. vn h off ->",
-        "pop n bytes into a heap block, first popped at the lowest offset", raises=_HEAP),
+        "pop n bytes into a heap block, first popped at the lowest offset", raises=_HEAP,
+        host=_H.HEAP),
     _op(0x96, "POPH_U16_I", "poph u16", _O.U16, VARIABLE, 0, "v1 .. vn h off ->",
-        "pop n u16 values into a heap block", raises=_HEAP),
+        "pop n u16 values into a heap block", raises=_HEAP, host=_H.HEAP),
     _op(0x97, "POPH_U32_I", "poph u32", _O.U16, VARIABLE, 0, "v1 .. vn h off ->",
-        "pop n u32 values into a heap block", raises=_HEAP),
+        "pop n u32 values into a heap block", raises=_HEAP, host=_H.HEAP),
     _op(0x98, "POPH_U64_I", "poph u64", _O.U16, VARIABLE, 0, "v1 .. vn h off ->",
-        "pop n u64 values (low word first) into a heap block", raises=_HEAP),
+        "pop n u64 values (low word first) into a heap block", raises=_HEAP, host=_H.HEAP),
 )
 # fmt: on
 
@@ -397,6 +426,22 @@ MNEMONICS = frozenset(m for m, _ in OPS_BY_SYNTAX)
 QUALIFIERS: dict[str, frozenset[str]] = {
     m: frozenset(q for mm, q in OPS_BY_SYNTAX if mm == m and q is not None) for m in MNEMONICS
 }
+
+_PLAIN_REGISTERS = frozenset(r.index for r in GENERAL_REGISTERS)
+
+
+def host_needs(op: OpInfo, operand: int | None) -> HostNeed:
+    """What one decoded instruction needs from its host: its row's needs, and for a
+    register operand a host call where the register is not a plain one of the general set
+    (system, FPU/SSE, cpuid and MSR registers) or the write loads a segment register."""
+    needs = op.host
+    if needs & (HostNeed.REGISTER_READ | HostNeed.REGISTER_WRITE) and operand is not None:
+        register = REGISTERS_BY_INDEX.get(operand)
+        if register is None or register.index not in _PLAIN_REGISTERS or (
+                needs & HostNeed.REGISTER_WRITE and register.index in SEGMENT_REGISTERS):
+            needs |= HostNeed.HOST_CALL
+    return needs
+
 
 assert len(OPS_BY_CODE) == len(TABLE), "duplicate opcode number in TABLE"
 assert len(OPS_BY_NAME) == len(TABLE), "duplicate opcode name in TABLE"

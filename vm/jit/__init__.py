@@ -16,6 +16,8 @@ Modules, in the order data flows:
 * ``native_context``   native callbacks that serve a ``MemoryContext`` without Python
 * ``runtime_helpers``  the heap, reusing the interpreter's code
 * ``runner``           firing a compiled handler: mirrors of the persistent state
+* ``embed``            the public surface for native code embedding the JIT (the
+                       runtime's native hook): engine, state ABI, host table
 
 Use it through ``VM(program, tier="jit" | "auto")``. Importing this package works without
 llvmlite; compiling raises ``JitUnavailable``.

@@ -153,9 +153,10 @@ class Engine:
                 cls._instance = Engine()
             return cls._instance
 
-    def _optimize(self, module: object) -> None:
-        if PIPELINE is None:
-            tuning = llvm.create_pipeline_tuning_options(speed_level=self.levels[0])
+    def _optimize(self, module: object, speed_level: int | None = None) -> None:
+        if PIPELINE is None or speed_level is not None:
+            level = self.levels[0] if speed_level is None else speed_level
+            tuning = llvm.create_pipeline_tuning_options(speed_level=level)
             builder = llvm.create_pass_builder(self.target_machine, tuning)
             passes = builder.getModulePassManager()
         else:
@@ -170,17 +171,17 @@ class Engine:
             passes.close()
             builder.close()
 
-    def _prepare(self, module: ir.Module) -> object:
+    def _prepare(self, module: ir.Module, speed_level: int | None = None) -> object:
         module.triple = llvm.get_process_triple()
         module.data_layout = self.data_layout
         parsed = llvm.parse_assembly(str(module))
         parsed.verify()
-        self._optimize(parsed)
+        self._optimize(parsed, speed_level)
         return parsed
 
-    def _add(self, module: ir.Module) -> None:
+    def _add(self, module: ir.Module, speed_level: int | None = None) -> None:
         """Add a library module to the permanent engine."""
-        parsed = self._prepare(module)
+        parsed = self._prepare(module, speed_level)
         self.engine.add_module(parsed)
         self.engine.finalize_object()
         self.modules.append(parsed)
@@ -202,10 +203,12 @@ class Engine:
         while len(self.recent) > RECENT_HANDLERS:
             self.recent.popitem(last=False)
 
-    def add_library(self, module: ir.Module, names: list[str]) -> dict[str, int]:
-        """Compile a module of native helpers; the addresses of the named functions."""
+    def add_library(self, module: ir.Module, names: list[str], *,
+                    speed_level: int | None = None) -> dict[str, int]:
+        """Compile a module of native helpers; the addresses of the named functions.
+        ``speed_level``: LLVM's standard -O<n> pipeline (None: the engine's passes)."""
         with self._lock:
-            self._add(module)
+            self._add(module, speed_level)
             return {name: self.engine.get_function_address(name) for name in names}
 
     def compile_handlers(self, program: Program, probes: list[int],

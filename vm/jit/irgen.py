@@ -1,14 +1,20 @@
-"""Small IR-building vocabulary shared by the native runtime library and the lowering.
+"""Small IR-building vocabulary shared by the native runtime library, the lowering and
+native code embedding the JIT (the runtime's native hook).
 
-``Emitter`` wraps an llvmlite ``IRBuilder`` positioned in a function whose first
-argument is the state pointer, and speaks in the VM's terms: state fields (addressed by
-their ctypes byte offsets, see ``vm.jit.state``), the circular stack (every store marks
-its 32-word chunk dirty, so the runner copies back only what changed), call frames,
-variables, the log buffer, and calls through the host and helper tables.
+``FunctionBuilder`` wraps an llvmlite ``IRBuilder`` positioned in one function: blocks,
+fields of ctypes structures addressed by their byte offsets and typed from their ctypes
+types (the ctypes layout stays the only description of the data), memory intrinsics and
+entry-block allocas. ``Emitter`` extends it for a handler or runtime-library function
+whose first argument is the state pointer, and speaks in the VM's terms: state fields
+(see ``vm.jit.state``), the circular stack (every store marks its 32-word chunk dirty,
+so the runner copies back only what changed), call frames, variables, the log buffer,
+and calls through the host and helper tables.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,8 +47,31 @@ def c8(value: int) -> ir.Constant:
     return ir.Constant(I8, value & 0xFF)
 
 
-_FIELD_TYPES = {"jmp_count": I64, "session": I64, "st_count_at": I32, "probe_offset": I64,
-                "lv": PTR, "gv": PTR, "host": PTR, "helpers": PTR, "name": PTR}
+TRUE, FALSE = ir.Constant(I1, 1), ir.Constant(I1, 0)
+
+
+def ir_type(ctype: type) -> ir.Type:
+    """The IR type of a scalar ctypes type: an opaque pointer, or an integer as wide."""
+    if issubclass(ctype, (ctypes.c_void_p, ctypes._Pointer)):
+        return PTR
+    return ir.IntType(8 * ctypes.sizeof(ctype))
+
+
+@functools.cache
+def field_type(layout: type[ctypes.Structure], name: str) -> ir.Type:
+    """The IR type of scalar field ``name`` of a ctypes structure."""
+    return ir_type(next(spec[1] for spec in layout._fields_ if spec[0] == name))
+
+
+def function_type(prototype: type) -> ir.FunctionType:
+    """The IR type of a function with a ctypes prototype (``CFUNCTYPE(...)``)."""
+    result = VOID if prototype._restype_ is None else ir_type(prototype._restype_)
+    return ir.FunctionType(result, [ir_type(arg) for arg in prototype._argtypes_])
+
+
+def _state_type(name: str) -> ir.Type:
+    return field_type(S.State, name)
+
 
 HOST_TYPES: dict[str, ir.FunctionType] = {
     "read_memory": ir.FunctionType(STATUS, [PTR, I32, I32, PTR, PTR]),
@@ -126,7 +155,123 @@ def _chunk_samples(offsets: list[int]) -> list[int]:
 DIRTY_CHUNK = 32
 
 
-class Emitter:
+class FunctionBuilder:
+    """IR emission in one function: blocks, ctypes structure fields, memory intrinsics."""
+
+    def __init__(self, function: ir.Function, builder: ir.IRBuilder,
+                 intrinsic: dict[str, ir.Function]) -> None:
+        self.function = function
+        self.b = builder
+        self.intrinsic = intrinsic
+        self._entry_prefix = 0  # instructions at the top of the entry block put there by us
+
+    def block(self, name: str) -> ir.Block:
+        return self.function.append_basic_block(name)
+
+    def at(self, block: ir.Block) -> None:
+        self.b.position_at_end(block)
+
+    # --- fields of ctypes structures --------------------------------------------------
+    def offset(self, pointer: ir.Value, byte_offset: int | ir.Value) -> ir.Value:
+        """Pointer to ``pointer + byte_offset``."""
+        if isinstance(byte_offset, int):
+            byte_offset = c64(byte_offset)
+        elif byte_offset.type != I64:
+            byte_offset = self.b.zext(byte_offset, I64)
+        return self.b.gep(pointer, [byte_offset], source_etype=I8)
+
+    def member(self, pointer: ir.Value, layout: type[ctypes.Structure], name: str) -> ir.Value:
+        """Pointer to field ``name`` of the ``layout`` structure at ``pointer``."""
+        return self.offset(pointer, getattr(layout, name).offset)
+
+    def get(self, pointer: ir.Value, layout: type[ctypes.Structure], name: str) -> ir.Value:
+        """The value of scalar field ``name`` of the structure at ``pointer``."""
+        return self.b.load(self.member(pointer, layout, name), typ=field_type(layout, name))
+
+    def set(self, pointer: ir.Value, layout: type[ctypes.Structure], name: str,
+            value: ir.Value | int | None) -> None:
+        """Store ``value`` (an int, or None for a null pointer: a constant of the field's
+        type) into field ``name`` of the structure at ``pointer``."""
+        if not isinstance(value, ir.Value):
+            ty = field_type(layout, name)
+            value = ir.Constant(ty, value if ty == PTR else value & ((1 << ty.width) - 1))
+        self.b.store(value, self.member(pointer, layout, name))
+
+    def element(self, pointer: ir.Value, index: ir.Value, element: ir.Type = I32) -> ir.Value:
+        """Pointer to element ``index`` (an i32 or i64 value) of an array at ``pointer``."""
+        return self.b.gep(pointer, [self.zext64(index)], source_etype=element)
+
+    def zext64(self, value: ir.Value) -> ir.Value:
+        return self.b.zext(value, I64) if value.type != I64 else value
+
+    # --- calls --------------------------------------------------------------------------
+    def call(self, name: str, *args: ir.Value | int) -> ir.Value:
+        """Call function ``name`` of this function's module (int arguments: i32)."""
+        callee = self.function.module.get_global(name)
+        return self.b.call(callee, [c32(a) if isinstance(a, int) else a for a in args])
+
+    def call_pointer(self, pointer: ir.Value, prototype: type,
+                     *args: ir.Value | int) -> ir.Value:
+        """Call the function at ``pointer``, whose ctypes prototype is ``prototype``."""
+        return self.b.call(Callee(pointer, function_type(prototype)),
+                           [c32(a) if isinstance(a, int) else a for a in args])
+
+    # --- memory -----------------------------------------------------------------------
+    def memset(self, pointer: ir.Value, length: ir.Value, fill: int = 0) -> None:
+        length = length if length.type == I64 else self.b.zext(length, I64)
+        self.b.call(self.intrinsic["memset"], [pointer, c8(fill), length, ir.Constant(I1, 0)])
+
+    def memcpy(self, dest: ir.Value, source: ir.Value, length: ir.Value | int) -> None:
+        if isinstance(length, int):
+            length = c64(length)
+        length = length if length.type == I64 else self.b.zext(length, I64)
+        self.b.call(self.intrinsic["memcpy"], [dest, source, length, ir.Constant(I1, 0)])
+
+    def alloca_entry(self, ty: ir.Type, name: str = "", count: int = 1) -> ir.Value:
+        """``count`` elements of ``ty`` on the stack, allocated in the entry block."""
+        def allocate() -> ir.Value:
+            slot = self.b.alloca(ty, size=count if count > 1 else None, name=name)
+            slot.type = PTR  # an opaque pointer, like every other value here
+            return slot
+        return self._in_entry(allocate)
+
+    def _in_entry(self, emit):
+        """Emit at the top of the entry block (so the value dominates every use)."""
+        entry = self.function.entry_basic_block
+        saved = self.b.block
+        with self.b.goto_block(entry):
+            if self._entry_prefix < len(entry.instructions):
+                self.b.position_before(entry.instructions[self._entry_prefix])
+            value = emit()
+        self._entry_prefix = entry.instructions.index(value) + 1
+        self.b.position_at_end(saved)
+        return value
+
+
+class ModuleBuilder:
+    """A module under construction whose functions call each other by name."""
+
+    def __init__(self, name: str) -> None:
+        self.module = ir.Module(name=name)
+        self.intrinsic = intrinsics(self.module)
+
+    def define(self, name: str, result: ir.Type, params: Sequence[tuple[str, ir.Type]], *,
+               exported: bool = False, inline: str | None = None) -> FunctionBuilder:
+        """Function ``name`` with named parameters, positioned in its entry block; internal
+        unless ``exported``; ``inline``: an inlining attribute (``alwaysinline``...)."""
+        function = ir.Function(self.module, ir.FunctionType(result, [ty for _, ty in params]),
+                               name)
+        for arg, (arg_name, _) in zip(function.args, params, strict=True):
+            arg.name = arg_name
+        if not exported:
+            function.linkage = "internal"
+        if inline is not None:
+            function.attributes.add(inline)
+        builder = ir.IRBuilder(function.append_basic_block("entry"))
+        return FunctionBuilder(function, builder, self.intrinsic)
+
+
+class Emitter(FunctionBuilder):
     """IR emission helpers for one function whose argument 0 is the state pointer.
 
     Field addresses are computed once, in the entry block. With ``cache_fields()`` the
@@ -137,13 +282,10 @@ class Emitter:
 
     def __init__(self, function: ir.Function, builder: ir.IRBuilder,
                  intrinsic: dict[str, ir.Function]) -> None:
-        self.function = function
-        self.b = builder
+        super().__init__(function, builder, intrinsic)
         self.state = function.args[0]
-        self.intrinsic = intrinsic
         self._pointers: dict[str, ir.Value] = {}
         self._cached: dict[str, ir.Value] = {}
-        self._entry_prefix = 0  # instructions at the top of the entry block put there by us
         self.region: Region | None = None  # None: every slot is in the stack array
         self.depth: int | None = 0  # TOS offset in the region (None: only known at run time)
         self.synced: ir.Block | None = None  # the block that last handed the state over
@@ -152,7 +294,7 @@ class Emitter:
 
     def cache_fields(self) -> None:
         for name in CACHED_FIELDS:
-            self._cached[name] = self.alloca_entry(_FIELD_TYPES.get(name, I32), f"{name}_var")
+            self._cached[name] = self.alloca_entry(_state_type(name), f"{name}_var")
 
     def spill(self) -> None:
         """Write the cached fields (and the region's slots) to the state: a sync point.
@@ -163,34 +305,30 @@ class Emitter:
             self.sync_stack()
             self.synced = self.b.block
         for name, slot in self._cached.items():
-            self.b.store(self.b.load(slot, typ=_FIELD_TYPES.get(name, I32)), self.field(name))
+            self.b.store(self.b.load(slot, typ=_state_type(name)), self.field(name))
 
     def reload(self) -> None:
         for name, slot in self._cached.items():
-            self.b.store(self.b.load(self.field(name), typ=_FIELD_TYPES.get(name, I32)), slot)
+            self.b.store(self.b.load(self.field(name), typ=_state_type(name)), slot)
 
     # --- blocks -------------------------------------------------------------------
     def block(self, name: str) -> ir.Block:
         """A new block; in a region, entered with the TOS offset of the code creating it
         (lowerings create a block where they branch to it), which ``at`` restores."""
-        block = self.function.append_basic_block(name)
+        block = super().block(name)
         if self.region is not None:
             self._block_depth[block] = self.depth
         return block
 
     def at(self, block: ir.Block) -> None:
-        self.b.position_at_end(block)
+        super().at(block)
         if block in self._block_depth:
             self.depth = self._block_depth[block]
 
     # --- state fields ---------------------------------------------------------------
     def addr(self, byte_offset: int | ir.Value) -> ir.Value:
         """Pointer to ``state + byte_offset``."""
-        if isinstance(byte_offset, int):
-            byte_offset = c64(byte_offset)
-        elif byte_offset.type != I64:
-            byte_offset = self.b.zext(byte_offset, I64)
-        return self.b.gep(self.state, [byte_offset], source_etype=I8)
+        return self.offset(self.state, byte_offset)
 
     def field(self, name: str) -> ir.Value:
         """Address of a state field, computed once in the entry block."""
@@ -201,7 +339,7 @@ class Emitter:
         return pointer
 
     def load(self, name: str) -> ir.Value:
-        ty = _FIELD_TYPES.get(name, I32)
+        ty = _state_type(name)
         if name in INVARIANT_FIELDS:
             key = f"value.{name}"
             value = self._pointers.get(key)
@@ -213,17 +351,14 @@ class Emitter:
         return self.b.load(self._cached.get(name) or self.field(name), typ=ty)
 
     def store(self, name: str, value: ir.Value | int) -> None:
-        ty = _FIELD_TYPES.get(name, I32)
+        ty = _state_type(name)
         if isinstance(value, int):
             value = ir.Constant(ty, value & ((1 << ty.width) - 1))
         self.b.store(value, self._cached.get(name) or self.field(name))
 
     def array_ptr(self, name: str, index: ir.Value, element: ir.Type = I32) -> ir.Value:
         """Pointer to element ``index`` (an i32 or i64 value) of an inline state array."""
-        base = self.field(name)
-        if index.type != I64:
-            index = self.b.zext(index, I64)
-        return self.b.gep(base, [index], source_etype=element)
+        return self.element(self.field(name), index, element)
 
     # --- the circular stack -------------------------------------------------------
     def mask(self, value: ir.Value) -> ir.Value:
@@ -409,14 +544,6 @@ class Emitter:
         """Unaligned little-endian store of ``value`` (i8/i16/i32) at buffer[at]."""
         self.b.store(value, self.array_ptr(buffer, at, I8), align=1)
 
-    def memset(self, pointer: ir.Value, length: ir.Value, fill: int = 0) -> None:
-        length = length if length.type == I64 else self.b.zext(length, I64)
-        self.b.call(self.intrinsic["memset"], [pointer, c8(fill), length, ir.Constant(I1, 0)])
-
-    def memcpy(self, dest: ir.Value, source: ir.Value, length: ir.Value) -> None:
-        length = length if length.type == I64 else self.b.zext(length, I64)
-        self.b.call(self.intrinsic["memcpy"], [dest, source, length, ir.Constant(I1, 0)])
-
     # --- host and helper tables -----------------------------------------------------
     def host_call(self, name: str, args: Sequence[ir.Value]) -> ir.Value:
         """Call host service ``name`` with the host's ctx pointer prepended.
@@ -479,31 +606,9 @@ class Emitter:
         return self.b.call(Callee(fn, HELPER_TYPES[name]), list(args))
 
     # --- small arithmetic helpers -----------------------------------------------------
-    def zext64(self, value: ir.Value) -> ir.Value:
-        return self.b.zext(value, I64) if value.type != I64 else value
-
     def smin64(self, a: ir.Value, b: ir.Value) -> ir.Value:
         return self.b.select(self.b.icmp_signed("<", a, b), a, b)
 
-    def alloca_entry(self, ty: ir.Type, name: str = "", count: int = 1) -> ir.Value:
-        """``count`` elements of ``ty`` on the stack, allocated in the entry block."""
-        def allocate() -> ir.Value:
-            slot = self.b.alloca(ty, size=count if count > 1 else None, name=name)
-            slot.type = PTR  # an opaque pointer, like every other value here
-            return slot
-        return self._in_entry(allocate)
-
-    def _in_entry(self, emit):
-        """Emit at the top of the entry block (so the value dominates every use)."""
-        entry = self.function.entry_basic_block
-        saved = self.b.block
-        with self.b.goto_block(entry):
-            if self._entry_prefix < len(entry.instructions):
-                self.b.position_before(entry.instructions[self._entry_prefix])
-            value = emit()
-        self._entry_prefix = entry.instructions.index(value) + 1
-        self.b.position_at_end(saved)
-        return value
 
 
 class Callee(ir.values.Value):
