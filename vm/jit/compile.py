@@ -173,12 +173,15 @@ class Engine:
         except RuntimeError as error:
             raise JitUnavailable(f"no native LLVM target: {error}") from error
         cpu = llvm.get_host_cpu_name()
-        features = llvm.get_host_cpu_features().flatten()
+        try:
+            features = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:  # LLVM cannot list them here: the CPU name's defaults
+            features = ""
         self._target = target, cpu, features
         self.target_machine = self._new_target_machine()  # optimises and emits objects
         self.triple = llvm.get_process_triple()
         self.data_layout = str(self.target_machine.target_data)
-        self.fingerprint = Fingerprint(ABI_VERSION, llvm_version(), ".".join(
+        self.fingerprint = Fingerprint(ABI_VERSION, llvmlite_version(), ".".join(
             map(str, llvm.llvm_version_info)), self.triple, cpu, features)
         self.objects = ObjectCache(Engine.object_cache)
         self.engine = self._new_engine()
@@ -342,7 +345,7 @@ class Engine:
             return address
 
 
-def llvm_version() -> str:
+def llvmlite_version() -> str:
     import llvmlite
 
     return llvmlite.__version__
