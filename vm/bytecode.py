@@ -67,8 +67,9 @@ def decode_range(code: bytes, start: int, end: int) -> list[Instruction]:
     """Decode every instruction in ``code[start:end]``; the last one must end exactly at end."""
     out: list[Instruction] = []
     offset = start
+    limited = code[:end]  # (sliced once: per instruction it made decoding quadratic)
     while offset < end:
-        insn = decode_one(code[:end], offset)
+        insn = decode_one(limited, offset)
         out.append(insn)
         offset = insn.end
     return out
