@@ -251,3 +251,26 @@ def test_identical_handlers_share_a_body_and_show_their_own_offsets() -> None:
         results[probe] = expected
     assert results[1].exception.parm2 != results[3].exception.parm2
     assert results[1].ex_log != results[3].ex_log
+
+
+def test_many_identical_handlers_compile_one_body() -> None:
+    program = compile_rpn("many.rpn", text=_program(["push r, eax\nlog 1\nexit"] * 50)).program
+    vm = VM(program, tier="jit")
+    assert len({vm.compiled(probe).code_base for probe in range(50)}) == 50
+    assert len({id(vm.compiled(probe).body) for probe in range(50)}) == 1
+
+
+def test_dpc_run_no_cache_leaves_the_directory_alone(cache_dir: Path, tmp_path: Path) -> None:
+    from dprobes.tests import guest_expectations as expect
+
+    loop = expect.BIN / "loop"
+    source = tmp_path / "p.rpn"
+    source.write_text(f"name = {loop}\nmodtype = user\noffset = add3\npush r, eax\nlog 1\nexit\n")
+    command = ["run", "--probes", str(source), "--elf", str(loop), "--tier", "jit"]
+    done = _dpc([*command, "--no-cache", "--", str(loop)], cache_dir)
+    assert done.returncode == 7, done.stderr
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())
+    cached = _dpc([*command, "--", str(loop)], cache_dir)
+    assert cached.returncode == 7, cached.stderr
+    assert any(cache_dir.iterdir())
+    assert cached.stderr == done.stderr
