@@ -91,17 +91,16 @@ class CompiledBody:
     code lives as long as this object (or another body of its generation)."""
 
     __slots__ = ("__weakref__", "address", "cached", "compile_seconds", "entries",
-                 "function", "generation", "instructions", "key")
+                 "function", "generation", "key")
 
-    def __init__(self, key: str, address: int, generation: _Generation, instructions: int,
+    def __init__(self, key: str, address: int, generation: _Generation,
                  compile_seconds: float, cached: bool) -> None:
         self.key = key
         self.address = address
         self.function = BODY_FUNCTION(address)
         self.generation = generation
-        self.instructions = instructions
         self.compile_seconds = compile_seconds  # compiling it, or loading it from the cache
-        self.cached = cached  # loaded from the persistent cache
+        self.cached = cached  # not compiled for it: from the object cache (or still loaded)
         self.entries: dict[int, int] = {}  # code_base -> address of its one-argument entry
 
 
@@ -121,10 +120,6 @@ class CompiledHandler:
     @property
     def compile_seconds(self) -> float:
         return self.body.compile_seconds
-
-    @property
-    def instructions(self) -> int:
-        return self.body.instructions
 
     @property
     def address(self) -> int:
@@ -312,7 +307,7 @@ class Engine:
             generation.load(obj)
             generation.symbols.add(name)
         return CompiledBody(key.hex(), generation.address(name), generation,
-                            handler_instructions(code), time.perf_counter() - start, cached)
+                            time.perf_counter() - start, cached)
 
     def compile_handlers(self, program: Program, probes: list[int],
                          use_cache: bool = True) -> dict[int, CompiledHandler]:
@@ -361,12 +356,6 @@ def handler_module(code: bytes, name: str) -> ir.Module:
     module = ir.Module(name=name)
     HandlerLowering(module, declare(module), intrinsics(module), code, name).build()
     return module
-
-
-def handler_instructions(code: bytes) -> int:
-    from dprobes.vm.bytecode import decode_range
-
-    return len(decode_range(code, 0, len(code)))
 
 
 def entry_module(name: str, body_address: int, code_base: int) -> ir.Module:
