@@ -122,11 +122,10 @@ def _dpc_run_seconds(cache_dir: str, directory: Path) -> dict[str, float]:
 
 def run() -> CacheBench | None:
     """The figures, or None where the JIT is unavailable."""
-    from dprobes.vm.jit import JitUnavailable
-    from dprobes.vm.jit.compile import Engine
+    from dprobes.vm.jit import JitUnavailable, require_llvmlite
 
     try:
-        Engine.get()
+        require_llvmlite()  # (not Engine.get(): this process leaves the user's cache alone)
     except JitUnavailable:
         return None
     with tempfile.TemporaryDirectory(prefix="dprobes-cache-bench-") as directory:
