@@ -6,7 +6,14 @@ import argparse
 import json
 import platform
 
-from dprobes.bench import hook_floor, interp_bench, jit_bench, machine_bench, probe_bench
+from dprobes.bench import (
+    cache_bench,
+    hook_floor,
+    interp_bench,
+    jit_bench,
+    machine_bench,
+    probe_bench,
+)
 
 
 def main() -> None:
@@ -19,6 +26,7 @@ def main() -> None:
     probes = probe_bench.run(args.seconds)
     floor = hook_floor.run()
     jit = jit_bench.run(args.seconds)
+    cache = cache_bench.run()
     if args.json:
         print(json.dumps({
             "python": platform.python_version(),
@@ -27,7 +35,8 @@ def main() -> None:
             "probes": probes.as_dict() if probes else None,
             "hook_floor": [{"hook": f.hook, "ns_per_hit": round(f.ns_per_hit, 1)}
                            for f in floor],
-            "jit": jit.as_dict() if jit else None}))
+            "jit": jit.as_dict() if jit else None,
+            "jit_cache": cache.as_dict() if cache else None}))
         return
     print(interp_bench.report(figures))
     print()
@@ -41,6 +50,8 @@ def main() -> None:
               f"{hook_floor.against_reference(floor, native)}")
     print()
     print(jit_bench.report(jit))
+    print()
+    print(cache_bench.report(cache))
 
 
 if __name__ == "__main__":

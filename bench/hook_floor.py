@@ -1,11 +1,12 @@
 """What unicorn itself charges a native probe hit: the floor under the native hooks.
 
 A bare unicorn CPU runs ``L: int3; dec ecx; jnz L`` with a native ``UC_HOOK_INTR`` hook
-(LLVM IR compiled here) that does nothing, that reads registers with ``uc_reg_read`` the
-way a native hit does (EIP, EFLAGS, CS, SS, ESP, EBP, EAX, EBX: the log header, the
-emulated push and the benchmark's 10-instruction handler), or that also writes EIP (what
-every stepped instruction costs, twice). The difference between the rows is what each part
-costs per hit; the native hooks of ``probe_bench`` cannot be cheaper than these rows.
+(built with llvmlite's IR builder, compiled by the JIT's engine) that does nothing, that
+reads registers with ``uc_reg_read`` the way a native hit does (EIP, EFLAGS, CS, SS, ESP,
+EBP, EAX, EBX: the log header, the emulated push and the benchmark's 10-instruction
+handler), or that also writes EIP (what every stepped instruction costs, twice). The
+difference between the rows is what each part costs per hit; the native hooks of
+``probe_bench`` cannot be cheaper than these rows.
 
 The last row is the reference workload of the project's runtime spec (11.7 M int3+XOL
 hits/s on the machine it was measured on): the probed instruction is stepped out
@@ -51,49 +52,60 @@ class FloorFigure:
         return 1e9 / self.ns_per_hit
 
 
-def _hooks_ir() -> str:
-    read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
-    write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
-    reads = "\n".join(f"  call i32 %read(ptr %uc, i32 {getattr(x86, f'UC_X86_REG_{name}')}, "
-                      f"ptr {'%eip' if name == 'EIP' else '%value'})"
-                      for name in HIT_REGISTERS)
-    prologue = (f"  %value = alloca i32\n  %eip = alloca i32\n"
-                f"  %read = inttoptr i64 {read} to ptr\n"
-                f"  %write = inttoptr i64 {write} to ptr\n")
-    return f"""
-define void @nothing(ptr %uc, i32 %vector, ptr %data) {{
-  ret void
-}}
-define void @reads(ptr %uc, i32 %vector, ptr %data) {{
-{prologue}{reads}
-  ret void
-}}
-define void @reads_and_eip(ptr %uc, i32 %vector, ptr %data) {{
-{prologue}{reads}
-  call i32 %write(ptr %uc, i32 {x86.UC_X86_REG_EIP}, ptr %eip)
-  ret void
-}}
-define void @xol(ptr %uc, i32 %vector, ptr %data) {{
-{prologue}  call i32 %read(ptr %uc, i32 {x86.UC_X86_REG_EIP}, ptr %eip)
-  %at = load i32, ptr %eip
-  %probe_hit = icmp eq i32 %at, {PROBE + 1}
-  %to = select i1 %probe_hit, i32 {SLOT}, i32 {PROBE + 1}
-  store i32 %to, ptr %eip
-  call i32 %write(ptr %uc, i32 {x86.UC_X86_REG_EIP}, ptr %eip)
-  ret void
-}}
-"""
+class _Services(ctypes.Structure):
+    """The hooks' user data: unicorn's register accessors (passed at run time, so the
+    compiled hooks hold no address and the JIT's object cache can keep them)."""
+
+    _fields_ = [("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p)]
+
+
+HOOKS = ("nothing", "reads", "reads_and_eip", "xol")
+
+
+def _hooks_module():
+    """The four ``void hook(uc *, u32 vector, _Services *)`` interrupt hooks, built with
+    llvmlite's IR builder."""
+    from llvmlite import ir
+
+    from dprobes.vm.jit.irgen import I8, I32, I64, PTR, VOID, Callee
+
+    access = ir.FunctionType(I32, [PTR, I32, PTR])  # uc_reg_read / uc_reg_write
+    module = ir.Module(name="dprobes_hook_floor")
+
+    def const(value: int) -> ir.Constant:
+        return ir.Constant(I32, value)
+
+    def register(name: str) -> ir.Constant:
+        return const(getattr(x86, f"UC_X86_REG_{name}"))
+
+    for name in HOOKS:
+        function = ir.Function(module, ir.FunctionType(VOID, [PTR, I32, PTR]), name)
+        uc, _, services = function.args
+        b = ir.IRBuilder(function.append_basic_block("entry"))
+        if name != "nothing":
+            value, eip = b.alloca(I32, name="value"), b.alloca(I32, name="eip")
+            pointers = (b.gep(services, [ir.Constant(I64, getattr(_Services, field).offset)],
+                              source_etype=I8) for field in ("reg_read", "reg_write"))
+            read, write = (Callee(b.load(at, typ=PTR), access) for at in pointers)
+            if name == "xol":
+                b.call(read, [uc, register("EIP"), eip])
+                hit = b.icmp_unsigned("==", b.load(eip, typ=I32), const(PROBE + 1))
+                b.store(b.select(hit, const(SLOT), const(PROBE + 1)), eip)
+            else:
+                for reg in HIT_REGISTERS:
+                    b.call(read, [uc, register(reg), eip if reg == "EIP" else value])
+            if name in ("reads_and_eip", "xol"):
+                b.call(write, [uc, register("EIP"), eip])
+        b.ret_void()
+    return module
 
 
 def run() -> list[FloorFigure]:
-    import llvmlite.binding as llvm
+    from dprobes.vm.jit.compile import Engine
 
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    module = llvm.parse_assembly(_hooks_ir())
-    machine = llvm.Target.from_default_triple().create_target_machine(opt=2)
-    engine = llvm.create_mcjit_compiler(module, machine)
-    engine.finalize_object()
+    hooks = Engine.get().add_library(_hooks_module(), list(HOOKS))
+    services = _Services(ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value,
+                         ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value)
     figures = []
     for name, label, code in (("nothing", "int3, empty hook", LOOP_CODE),
                               ("reads", f"+ {len(HIT_REGISTERS)} uc_reg_read", LOOP_CODE),
@@ -105,7 +117,8 @@ def run() -> list[FloorFigure]:
         uc.mem_write(SLOT, XOL_SLOT)
         handle = uc_hook_h()
         status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INTR,
-                                   ctypes.c_void_p(engine.get_function_address(name)), None,
+                                   ctypes.c_void_p(hooks[name]),
+                                   ctypes.c_void_p(ctypes.addressof(services)),
                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
         if status:
             raise UcError(status)
@@ -134,3 +147,25 @@ def against_reference(floor: list[FloorFigure], hits_per_second: float) -> str:
     return (f"{hits_per_second / reference:.2f}x the reference loop on this machine "
             f"({reference / 1e6:.2f} M/s here; 5 M/s is {5e6 / REFERENCE_ELSEWHERE:.2f}x "
             f"its {REFERENCE_ELSEWHERE / 1e6:.1f} M/s where the spec measured it)")
+
+
+def _import_checkout() -> None:
+    """Run as ``python bench/hook_floor.py``: make ``dprobes`` this checkout (whose root
+    folder is the package, whatever the clone is called)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "dprobes", root / "__init__.py", submodule_search_locations=[str(root)])
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["dprobes"] = package
+    spec.loader.exec_module(package)
+
+
+if __name__ == "__main__":
+    if not __package__:
+        _import_checkout()
+    print(report(run()))

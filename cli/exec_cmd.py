@@ -54,11 +54,27 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="fire the handler N times on the same VM, report the last")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--tier", choices=TIERS, default="interp",
-                        help="execution tier: the interpreter (default), the LLVM JIT, or "
-                        "auto (interpret until the handler is hot, then compile)")
+    add_tier_options(parser)
     parser.add_argument("--hot-threshold", type=int, default=DEFAULT_HOT_THRESHOLD,
                         metavar="N", help="with --tier auto: hits interpreted before compiling")
+
+
+def add_tier_options(parser: argparse.ArgumentParser) -> None:
+    """``--tier`` and ``--no-cache``, the same for ``dpc exec`` and ``dpc run``."""
+    parser.add_argument("--tier", choices=TIERS, default="auto",
+                        help="execution tier: auto (the default: interpret a handler until "
+                        "it is hot, then compile it), jit (compile every handler first) or "
+                        "interp (the reference interpreter only)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="compile handlers afresh: neither read nor write the JIT's "
+                        "object-code cache")
+
+
+def apply_tier_options(args: argparse.Namespace) -> None:
+    """Pass ``--no-cache`` down to the JIT (before anything is compiled)."""
+    from dprobes.vm.jit import set_object_cache
+
+    set_object_cache(not args.no_cache)
 
 
 @dataclass
@@ -109,6 +125,7 @@ def make_vm(program: Program, args: argparse.Namespace) -> VM:
     """The VM for ``dpc exec``, on the tier the command line asked for."""
     from dprobes.vm.jit import JitUnavailable
 
+    apply_tier_options(args)
     try:
         return VM(program, tier=args.tier, hot_threshold=args.hot_threshold)
     except JitUnavailable as error:

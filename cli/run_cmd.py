@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import IO, TYPE_CHECKING
 
-from dprobes.cli.exec_cmd import UsageError, parse_int
+from dprobes.cli.exec_cmd import UsageError, add_tier_options, apply_tier_options, parse_int
 from dprobes.compiler.pipeline import BuildOptions, load_program
 from dprobes.vm.program import LogField, LogTarget
 
@@ -55,7 +55,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", action="append", default=[], metavar="PATH",
                         help="a host file the program may open (read-only; repeatable)")
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
-    parser.add_argument("--tier", choices=["interp", "jit", "auto"], default="interp")
+    add_tier_options(parser)
     parser.add_argument("--json", action="store_true",
                         help="print a JSON summary (status, records, variables, logs)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS]...")
@@ -115,6 +115,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
     limit = parse_int(args.max_instructions, "--max-instructions") \
         if args.max_instructions else None
+    apply_tier_options(args)
     machine = Machine(seed=parse_int(args.seed, "--seed"))
     manager = ProbeManager(machine, tier=args.tier, verify_opcodes=not args.dont_verify_opcodes,
                            log_fields=_fields(args.log), keep_records=False)

@@ -7,15 +7,16 @@ instruction limit, ``clock_gettime`` and the log header's TSC all read it.
 
 Counting has to be exact and cheap. unicorn's own ``count`` argument puts a hook on every
 instruction (measured: ~4.5x slower on guest/bin/loop) and cannot say how many ran when
-emulation stopped early. Instead a tiny native function, JIT-compiled once with llvmlite,
-is installed as the ``UC_HOOK_BLOCK`` hook through unicorn's C entry point. At the start
-of every translated block it adds the block's instruction count to ``executed``, or, once
-``executed`` has reached ``limit``, calls ``uc_emu_stop`` so the block does not run (so
-the count stays exact: a stopped block is neither run nor counted). A block's
-instruction count comes from a small direct-mapped table keyed by (address, size in
-bytes), one table per code layout (``AddressSpace.code_key``: processes running the same
-file pages at the same addresses share one); a miss calls back into Python once, which
-decodes the block's bytes with capstone (remembering the answer by content).
+emulation stopped early. Instead a tiny native function, built with llvmlite's IR builder
+and compiled by the JIT's engine (so kept in its object cache), is installed as the
+``UC_HOOK_BLOCK`` hook through unicorn's C entry point. At the start of every translated
+block it adds the block's instruction count to ``executed``, or, once ``executed`` has
+reached ``limit``, calls ``uc_emu_stop`` so the block does not run (so the count stays
+exact: a stopped block is neither run nor counted). A block's instruction count comes
+from a small direct-mapped table keyed by (address, size in bytes), one table per code
+layout (``AddressSpace.code_key``: processes running the same file pages at the same
+addresses share one); a miss calls back into Python once, which decodes the block's
+bytes with capstone (remembering the answer by content).
 
 Limits: the clock reads at block granularity inside a block (an ``rdtsc`` sees the count
 at the end of its block); an instruction that faults in the middle of a block has
@@ -31,8 +32,8 @@ import ctypes
 from collections.abc import Callable
 
 import capstone
-import llvmlite.binding as llvm
 import unicorn.unicorn_py3.unicorn as _uc
+from llvmlite import ir
 from unicorn import UC_HOOK_BLOCK, Uc, UcError
 
 TABLE_BITS = 12
@@ -41,86 +42,101 @@ NS_PER_INSTRUCTION = 10
 """The virtual CPU runs at 100 MIPS: one instruction is 10 ns of guest time."""
 EPOCH = 946684800
 """Guest wall-clock time at instruction 0: 2000-01-01 00:00:00 UTC (the images' build date)."""
+HASH_MULTIPLIER = 2654435761
+SIZE_SHIFT = 20
+"""A block's table slot: ((address ^ size << SIZE_SHIFT) * HASH_MULTIPLIER) mod 2**32, top
+TABLE_BITS bits (Fibonacci hashing; ``slot`` and the native hook compute it alike)."""
+COUNT_BLOCK = "dprobes_count_block"
 
 _MISS = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32)
 
 
 class _State(ctypes.Structure):
+    """What the block hook reads: its user data (``stop`` is ``uc_emu_stop``, passed here
+    so that the compiled hook holds no address and can be cached)."""
+
     _fields_ = [("executed", ctypes.c_uint64), ("limit", ctypes.c_uint64),
-                ("table", ctypes.c_void_p), ("miss", ctypes.c_void_p)]
+                ("table", ctypes.c_void_p), ("miss", ctypes.c_void_p),
+                ("stop", ctypes.c_void_p)]
 
 
-_Table = ctypes.c_uint32 * (4 * TABLE_SIZE)  # entries of (address, size, icount, unused)
+ENTRY_FIELDS = ("address", "size", "icount", "unused")
+_Table = ctypes.c_uint32 * (len(ENTRY_FIELDS) * TABLE_SIZE)
 
 
 def slot(address: int, size: int) -> int:
-    """Table index of a block (Fibonacci hashing; the native hook computes the same)."""
-    return (((address ^ (size << 20)) * 2654435761) & 0xFFFFFFFF) >> (32 - TABLE_BITS)
+    """Table index of a block."""
+    return (((address ^ (size << SIZE_SHIFT)) * HASH_MULTIPLIER) & 0xFFFFFFFF) \
+        >> (32 - TABLE_BITS)
 
-_IR = """
-%State = type {{ i64, i64, ptr, ptr }}
-define void @count_block(ptr %uc, i64 %addr, i32 %size, ptr %st) {{
-entry:
-  %exec_p = getelementptr inbounds %State, ptr %st, i32 0, i32 0
-  %executed = load i64, ptr %exec_p
-  %lim_p = getelementptr inbounds %State, ptr %st, i32 0, i32 1
-  %limit = load i64, ptr %lim_p
-  %over = icmp uge i64 %executed, %limit
-  br i1 %over, label %stop, label %lookup
-stop:
-  %stopfn = inttoptr i64 {stop} to ptr
-  %ignored = call i32 %stopfn(ptr %uc)
-  ret void
-lookup:
-  %a = trunc i64 %addr to i32
-  %s = shl i32 %size, 20
-  %h1 = xor i32 %a, %s
-  %h2 = mul i32 %h1, 2654435761
-  %idx = lshr i32 %h2, {shift}
-  %tab_p = getelementptr inbounds %State, ptr %st, i32 0, i32 2
-  %tab = load ptr, ptr %tab_p
-  %e = getelementptr inbounds [4 x i32], ptr %tab, i32 %idx
-  %ea = load i32, ptr %e
-  %es_p = getelementptr inbounds [4 x i32], ptr %e, i32 0, i32 1
-  %es = load i32, ptr %es_p
-  %same_a = icmp eq i32 %ea, %a
-  %same_s = icmp eq i32 %es, %size
-  %hit = and i1 %same_a, %same_s
-  br i1 %hit, label %found, label %miss
-found:
-  %en_p = getelementptr inbounds [4 x i32], ptr %e, i32 0, i32 2
-  %en = load i32, ptr %en_p
-  br label %add
-miss:
-  %miss_p = getelementptr inbounds %State, ptr %st, i32 0, i32 3
-  %missfn = load ptr, ptr %miss_p
-  %mn = call i32 %missfn(i64 %addr, i32 %size)
-  br label %add
-add:
-  %n = phi i32 [ %en, %found ], [ %mn, %miss ]
-  %n64 = zext i32 %n to i64
-  %new = add i64 %executed, %n64
-  store i64 %new, ptr %exec_p
-  ret void
-}}
-"""
 
-_engine: llvm.ExecutionEngine | None = None
+def _count_block_module() -> ir.Module:
+    """``void count_block(uc *, u64 address, u32 size, _State *)``, the UC_HOOK_BLOCK hook:
+    stop at the limit, else add the block's instruction count (the table's, or the miss
+    callback's) to ``executed``."""
+    from dprobes.vm.jit.irgen import I8, I32, I64, PTR, VOID, Callee
+
+    entry_type = ir.ArrayType(I32, len(ENTRY_FIELDS))
+    module = ir.Module(name="dprobes_clock")
+    function = ir.Function(module, ir.FunctionType(VOID, [PTR, I64, I32, PTR]), COUNT_BLOCK)
+    uc, address, size, state = function.args
+    blocks = {name: function.append_basic_block(name)
+              for name in ("entry", "stop", "lookup", "found", "miss", "add")}
+    b = ir.IRBuilder(blocks["entry"])
+
+    def field(name: str) -> ir.Value:
+        offset = ir.Constant(I64, getattr(_State, name).offset)
+        return b.gep(state, [offset], source_etype=I8)
+
+    def entry_word(entry: ir.Value, name: str) -> ir.Value:
+        return b.gep(entry, [ir.Constant(I32, 0), ir.Constant(I32, ENTRY_FIELDS.index(name))],
+                     source_etype=entry_type)
+
+    executed = b.load(field("executed"), typ=I64)
+    b.cbranch(b.icmp_unsigned(">=", executed, b.load(field("limit"), typ=I64)),
+              blocks["stop"], blocks["lookup"])
+    b.position_at_end(blocks["stop"])
+    stop = Callee(b.load(field("stop"), typ=PTR), ir.FunctionType(I32, [PTR]))
+    b.call(stop, [uc])
+    b.ret_void()
+    b.position_at_end(blocks["lookup"])
+    low = b.trunc(address, I32)
+    hashed = b.mul(b.xor(low, b.shl(size, ir.Constant(I32, SIZE_SHIFT))),
+                   ir.Constant(I32, HASH_MULTIPLIER))
+    index = b.lshr(hashed, ir.Constant(I32, 32 - TABLE_BITS))
+    entry = b.gep(b.load(field("table"), typ=PTR), [index], source_etype=entry_type)
+    same = b.and_(b.icmp_unsigned("==", b.load(entry_word(entry, "address"), typ=I32), low),
+                  b.icmp_unsigned("==", b.load(entry_word(entry, "size"), typ=I32), size))
+    b.cbranch(same, blocks["found"], blocks["miss"])
+    b.position_at_end(blocks["found"])
+    known = b.load(entry_word(entry, "icount"), typ=I32)
+    b.branch(blocks["add"])
+    b.position_at_end(blocks["miss"])
+    miss = Callee(b.load(field("miss"), typ=PTR), ir.FunctionType(I32, [I64, I32]))
+    decoded = b.call(miss, [address, size])
+    b.branch(blocks["add"])
+    b.position_at_end(blocks["add"])
+    count = b.phi(I32)
+    count.add_incoming(known, blocks["found"])
+    count.add_incoming(decoded, blocks["miss"])
+    b.store(b.add(executed, b.zext(count, I64)), field("executed"))
+    b.ret_void()
+    return module
+
+
+_hook_address: int | None = None
 
 
 def _native_hook() -> int:
-    """Address of the compiled block hook (compiled once per host process)."""
-    global _engine
-    if _engine is None:
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        stop = ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p).value
-        module = llvm.parse_assembly(_IR.format(stop=stop, shift=32 - TABLE_BITS))
-        module.verify()
-        machine = llvm.Target.from_default_triple().create_target_machine(opt=2)
-        _engine = llvm.create_mcjit_compiler(module, machine)
-        _engine.finalize_object()
-    return _engine.get_function_address("count_block")
+    """Address of the compiled block hook (compiled, or loaded from the JIT's object
+    cache, once per host process)."""
+    global _hook_address
+    if _hook_address is None:
+        from dprobes.vm.jit.compile import Engine
+
+        _hook_address = Engine.get().add_library(_count_block_module(),
+                                                 [COUNT_BLOCK])[COUNT_BLOCK]
+    return _hook_address
 
 
 class InstructionCounter:
@@ -129,7 +145,8 @@ class InstructionCounter:
     def __init__(self, uc: Uc, code_reader: Callable[[int, int], bytes]) -> None:
         self.read_code = code_reader
         """Reads the current address space's bytes for a block being counted."""
-        self._state = _State(0, 2**64 - 1, None, None)
+        self._state = _State(0, 2**64 - 1, None, None,
+                             ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p).value)
         self._tables: dict[object, _Table] = {}
         self._miss = _MISS(self._count_miss)  # kept alive: native code calls it
         self._state.miss = ctypes.cast(self._miss, ctypes.c_void_p).value
@@ -203,9 +220,9 @@ class InstructionCounter:
             if count is None:
                 count = self._known[code] = self._decode(code, address)
             a = address & 0xFFFFFFFF
-            idx = 4 * slot(a, size)
+            idx = len(ENTRY_FIELDS) * slot(a, size)
             table = ctypes.cast(self._state.table, ctypes.POINTER(ctypes.c_uint32))
-            table[idx], table[idx + 1], table[idx + 2] = a, size, count
+            table[idx], table[idx + 1], table[idx + 2] = a, size, count  # ENTRY_FIELDS
             return count
         except BaseException as exc:  # never unwind through native code
             self.error = exc

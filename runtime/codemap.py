@@ -23,6 +23,9 @@ class CodeMap:
         self.data = data
         self.segments = segments
         self.functions = sorted(functions)
+        # sweep start -> (swept up to, the last instruction start found, the starts): a
+        # sweep goes on where the last one stopped, so no byte is decoded twice
+        self._sweeps: dict[int, tuple[int, int, set[int]]] = {}
 
     @classmethod
     def load(cls, path: str | Path) -> CodeMap:
@@ -58,4 +61,10 @@ class CodeMap:
         at = bisect.bisect_right(self.functions, offset) - 1
         start = self.functions[at] if at >= 0 and self.functions[at] >= seg.offset \
             else seg.offset
-        return offset in instruction_starts(self.data[start:offset + MAX_INSN_LENGTH], start)
+        swept, last, starts = self._sweeps.get(start, (start - 1, start, set()))
+        if offset > swept:  # (starts past the offset may be cut short: not kept)
+            found = [at for at in instruction_starts(
+                self.data[last:offset + MAX_INSN_LENGTH], last) if at <= offset]
+            starts.update(found)
+            self._sweeps[start] = (offset, max(found, default=last), starts)
+        return offset in starts

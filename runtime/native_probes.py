@@ -241,7 +241,8 @@ class NativeProbes:
             ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
             probe_offset=point.offset & (2**64 - 1), fields=loaded.log_fields,
             window=window, head_len=HEAD.size + header_layout(loaded.log_fields).packing.size,
-            handler=handler.address, state=ctypes.addressof(runner.state),
+            handler=handler.body.address, code_base=handler.code_base,
+            state=ctypes.addressof(runner.state),
             counters=ctypes.addressof(record.counters))
         self._prefetch(entry, hit_reads(loaded.program, record.index, loaded.log_fields,
                                         push_reg, window))

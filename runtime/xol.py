@@ -118,12 +118,12 @@ def instruction_starts(code: bytes, start: int) -> set[int]:
     offset = 0
     cs = decoder()
     while offset < len(code):
-        insn = next(cs.disasm_lite(code[offset:offset + MAX_INSN_LENGTH], start + offset, 1), None)
-        if insn is None:  # undecodable byte: resynchronise after it
+        resumed = offset
+        for address, size, _, _ in cs.disasm_lite(code[offset:], start + offset):
+            found.add(address)  # capstone decodes up to the first undecodable byte
+            offset = address - start + size
+        if offset == resumed:  # undecodable byte: resynchronise after it
             offset += 1
-            continue
-        found.add(insn[0])
-        offset += insn[1]
     return found
 
 

@@ -156,3 +156,12 @@ def test_real_process_random_bytes(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "error" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["exec", "f.rpn"], ["run", "--", "prog"]])
+def test_tier_auto_is_the_default(command: list[str]) -> None:
+    parse = cli.build_parser().parse_args
+    default = parse(command)
+    assert (default.tier, default.no_cache) == ("auto", False)
+    chosen = parse([command[0], "--tier", "interp", "--no-cache", *command[1:]])
+    assert (chosen.tier, chosen.no_cache) == ("interp", True)

@@ -64,6 +64,32 @@ def _opcodes(case: Case, tmp_path: Path) -> set[str]:
             for index in range(len(program.probes)) for i in program.instructions(index)}
 
 
+def _exec_json(path: Path, case: Case, capsys: pytest.CaptureFixture[str],
+               tier_args: list[str]) -> dict:
+    status = cli.main(["exec", str(path), "--json", *tier_args, *case.args])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    return json.loads(out)
+
+
+def test_exec_output_is_the_same_on_every_tier(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``dpc exec``'s whole JSON object (not only a case's expectations) is the same with
+    the default tier, the interpreter, the JIT and auto compiling at the first hit."""
+    tiers = {"default": [], "interp": ["--tier", "interp"], "jit": ["--tier", "jit"],
+             "auto": ["--tier", "auto", "--hot-threshold", "0"]}
+    for case in CASES:
+        if case.errors:
+            continue
+        path = _write(case, tmp_path)
+        reference = _exec_json(path, case, capsys, tiers["interp"])
+        for tier, tier_args in tiers.items():
+            if tier == "jit" and case.no_jit is not None:
+                continue
+            result = _exec_json(path, case, capsys, tier_args)
+            assert result == reference, f"{case.name}: {tier} differs from interp"
+
+
 def test_every_opcode_has_a_case(tmp_path: Path) -> None:
     covered: set[str] = set()
     for case in CASES:

@@ -415,3 +415,19 @@ def test_dpc_run_com_and_unformatted_klog_targets(tmp_path: Path, capfdbinary) -
     err = capfdbinary.readouterr().err.decode()
     lines = [line for line in err.splitlines() if line.startswith("dprobes(")]
     assert status == 7 and len(lines) == 3 and "00000000" not in err
+
+
+def test_boundary_sweeps_resume_where_they_stopped() -> None:
+    """One CodeMap answering offsets in any order (its sweeps go on from where the last
+    one stopped) agrees with a fresh sweep from the function start for each offset."""
+    import random
+
+    shared = CodeMap.load(BIN / "hello_glibc")
+    segment = shared.segments[0]
+    offsets = list(range(segment.offset, segment.offset + 3000))
+    random.Random(9).shuffle(offsets)
+    answers = [shared.is_boundary(offset) for offset in offsets]
+    fresh = [CodeMap(shared.data, shared.segments, shared.functions).is_boundary(offset)
+             for offset in offsets]
+    assert answers == fresh
+    assert 0 < sum(answers) < len(answers)

@@ -13,8 +13,9 @@ Two tiers run a handler with the same semantics: the interpreter (``tier="interp
 default and the reference) and native code from the LLVM JIT (``tier="jit"``: every
 handler is compiled when the VM is made; ``tier="auto"``: a handler runs in the
 interpreter until it has fired ``hot_threshold`` times, then it is compiled). Compiled
-code is cached per process by a hash of the handler's bytes; ``vm.compile_seconds`` maps
-each compiled probe to the time its compilation took. Without llvmlite, ``tier="jit"``
+code is shared by every handler with the same bytes, in the process and, through the
+JIT's object cache, between processes; ``vm.compile_seconds`` maps each compiled probe to
+the time its code took to compile or to load from the cache. Without llvmlite, ``tier="jit"``
 raises ``JitUnavailable`` and ``auto`` stays in the interpreter.
 """
 

@@ -14,7 +14,7 @@ from llvmlite import ir
 
 from dprobes.runtime.native.layout import Hook, Pending, ProbeEntry, ProcessSlot, call_out
 from dprobes.runtime.native.record import set_head_field
-from dprobes.vm.jit.embed import EXIT_EXIT, EXIT_TERMINATED, HANDLER_FUNCTION, State
+from dprobes.vm.jit.embed import BODY_FUNCTION, EXIT_EXIT, EXIT_TERMINATED, State
 from dprobes.vm.jit.irgen import I1, PTR, FunctionBuilder, ModuleBuilder, c32
 from dprobes.vm.stacktrace import MIN_ST_SIZE
 
@@ -85,7 +85,8 @@ def define(m: ModuleBuilder) -> None:
         f.set(state, State, state_field, f.get(entry, ProbeEntry, entry_field))
     f.set(state, State, "host", f.member(hook, Hook, "host"))
     f.call("stack_window", hook, entry)
-    f.call_pointer(f.get(entry, ProbeEntry, "handler"), HANDLER_FUNCTION, state)
+    f.call_pointer(f.get(entry, ProbeEntry, "handler"), BODY_FUNCTION, state,
+                   f.get(entry, ProbeEntry, "code_base"))
     f.set(hook, Hook, "native_ran", 1)
     kind = f.get(state, State, "exit_kind")
     valid = f.b.and_(f.b.icmp_unsigned(">=", kind, c32(EXIT_EXIT)),

@@ -72,7 +72,8 @@ class ProbeEntry(Structure):
         ("fields", c_uint32),  # the program's log fields: which header fields to record
         ("window", c_uint32),  # the handler accesses memory: offer it the stack page
         ("head_len", c_uint32),  # bytes of a record's head and header fields
-        ("handler", c_void_p), ("state", c_void_p), ("counters", c_void_p),
+        ("handler", c_void_p), ("code_base", c_uint32),  # the handler's shared body, its base
+        ("state", c_void_p), ("counters", c_void_p),
         # the registers a hit reads after EIP, read in one uc_reg_read_batch call: a mask
         # of dprobes indices, their number, unicorn ids and places in Hook.registers
         ("prefetch", c_uint32), ("prefetch_count", c_uint32),

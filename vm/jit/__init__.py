@@ -11,7 +11,8 @@ Modules, in the order data flows:
 * ``rt_stacktrace``    stack traces (``vm.stacktrace``) in native code, part of rtlib
 * ``function``         one handler = one function: blocks, resume switch, statuses
 * ``lower``            one ``lower_<name>`` per instruction-table row (``LOWERINGS``)
-* ``compile``          the llvmlite engine, optimisation, the per-process cache
+* ``compile``          the llvmlite engine, optimisation, position-independent bodies
+* ``cache``            the persistent object-code cache (``DPROBES_CACHE_DIR``)
 * ``host``             trampolines that serve a Python ``Context`` to native code
 * ``native_context``   native callbacks that serve a ``MemoryContext`` without Python
 * ``runtime_helpers``  the heap, reusing the interpreter's code
@@ -30,6 +31,7 @@ from dprobes.vm.jit.compile import (
     compile_handlers,
     handler_ir,
     require_llvmlite,
+    set_object_cache,
 )
 from dprobes.vm.jit.runner import JitHostError, JitRunner, NativeHit, ProgramTooLarge
 
@@ -44,4 +46,5 @@ __all__ = [
     "compile_handlers",
     "handler_ir",
     "require_llvmlite",
+    "set_object_cache",
 ]

@@ -1,30 +1,34 @@
-"""The llvmlite engine: compile handlers to native functions, once per process.
+"""The llvmlite engine: handlers and libraries compiled to native code, cached on disk.
 
-One MCJIT engine per process holds the runtime library (built on first use, its symbols
-registered with ``llvm.add_symbol`` so handler modules link against them) and every
-compiled handler. Handlers are cached by a hash of what their code depends on: the
-handler's bytes, its start offset in the program's code (code offsets are constants in
-the native code: return points, handler addresses, EX_INVALID_OPCODE's parm2) and the
-ABI version. Nothing else of the program header is compiled in: jmpmax, logmax, the
+One MCJIT engine per process holds the libraries (the runtime library first: its
+symbols are registered with ``llvm.add_symbol`` so handler code links against them).
+Handler code goes into small "generation" engines that LLVM frees once no handler
+compiled into them is referenced.
+
+Handler code is position independent: a handler's native body is compiled from its bytes
+alone (branch targets are relative in RPN code) as ``void body(State *, i32 code_base)``,
+``code_base`` being where the handler starts in its program's code (code offsets a
+handler shows, in call frames, stack traces and EX_INVALID_OPCODE's parm2, are
+``code_base`` + a constant). So identical handlers, at any place of any program, share
+one body in memory (``CompiledBody``) and one entry of the persistent object cache
+(``vm.jit.cache``). Nothing else of the program is compiled in: jmpmax, logmax, the
 exception mask, the log header length and the probe's major/minor are state fields.
 
-Several handlers can be compiled in one module (``compile_handlers``), which is what the
-VM does for a program's probes; the per-handler compile time is the module's time split
-by instruction count.
+Every compiled module (a handler body or a library) goes through the object cache,
+keyed by its input, the optimisation levels and the engine's ``Fingerprint``; a hit
+loads the stored object file and skips LLVM's optimiser and code generator.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import ClassVar
 
-from dprobes.vm.bytecode import decode_range
+from dprobes.vm.jit.cache import Fingerprint, ObjectCache, entry_key
 from dprobes.vm.program import Program
 
 try:  # the null JIT: without llvmlite, asking for the JIT raises JitUnavailable
@@ -46,7 +50,8 @@ class JitUnavailable(JitError):
     """The JIT tier cannot run here (llvmlite missing, or no native target)."""
 
 
-HANDLER_FUNCTION = ctypes.PYFUNCTYPE(None, ctypes.c_void_p)  # keeps the GIL: no release per hit
+BODY_FUNCTION = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32)
+"""``body(state, code_base)`` from Python; keeps the GIL: no release per hit."""
 SPEED_LEVEL = 2
 """LLVM's optimisation pipeline level (``-O<n>``) for handler modules."""
 CODEGEN_LEVEL = 2
@@ -59,43 +64,69 @@ which costs more and, in llvmlite 0.50, leaks ~0.1 MB per module). No NewGVN: on
 generated handler it aborted the process ("Seem to have processed the same Value a
 lot"), and measured without it the native loops are within noise of the same speed."""
 
-
-@dataclass(frozen=True)
-class CompiledHandler:
-    """A native handler: call ``function(state_address)``. Its code lives as long as it."""
-
-    key: str
-    address: int
-    function: object  # ctypes function
-    compile_seconds: float  # this handler's share of its module's compile time
-    instructions: int
-    generation: object = None  # the _Generation holding the code (kept alive by this)
+GENERATION_MODULES = 8
+"""Handler bodies per generation engine."""
+RECENT_HANDLERS = 64
+"""Bodies the engine keeps alive after their last VM is gone (the rest are weak)."""
 
 
 class _Generation:
-    """An MCJIT engine for a few handler modules; LLVM frees it (IR and machine code)
-    when the last handler compiled into it is no longer referenced."""
+    """An MCJIT engine for a few handler bodies; LLVM frees it (and their machine code)
+    when the last body loaded into it is no longer referenced."""
 
-    def __init__(self, target: object, codegen_level: int) -> None:
-        machine = target.create_target_machine(opt=codegen_level, codemodel="jitdefault")
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
-        self.modules = 0
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+        self.symbols: set[str] = set()  # functions defined in it
+
+    def load(self, obj: bytes) -> None:
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self.engine.finalize_object()
+
+    def address(self, name: str) -> int:
+        return self.engine.get_function_address(name)
 
 
-GENERATION_MODULES = 8
-"""Handler modules per generation engine."""
-RECENT_HANDLERS = 64
-"""Handlers the cache keeps alive after their last VM is gone (the rest are weak)."""
+class CompiledBody:
+    """One handler's native code: ``function(state_address, code_base)``. Its machine
+    code lives as long as this object (or another body of its generation)."""
+
+    __slots__ = ("__weakref__", "address", "cached", "compile_seconds", "entries",
+                 "function", "generation", "key")
+
+    def __init__(self, key: str, address: int, generation: _Generation,
+                 compile_seconds: float, cached: bool) -> None:
+        self.key = key
+        self.address = address
+        self.function = BODY_FUNCTION(address)
+        self.generation = generation
+        self.compile_seconds = compile_seconds  # compiling it, or loading it from the cache
+        self.cached = cached  # not compiled for it: from the object cache (or still loaded)
+        self.entries: dict[int, int] = {}  # code_base -> address of its one-argument entry
 
 
-def handler_key(program: Program, probe: int, levels: tuple[int, int] = (0, 0)) -> str:
-    from dprobes.vm.jit.state import ABI_VERSION
+class CompiledHandler:
+    """A probe's handler: a shared body and where the handler starts in its program."""
 
-    record = program.probes[probe]
-    digest = hashlib.sha256()
-    digest.update(f"dprobes-jit/{ABI_VERSION}/{levels}/{record.code_start}/".encode())
-    digest.update(program.handler(probe))
-    return digest.hexdigest()
+    __slots__ = ("body", "code_base")
+
+    def __init__(self, body: CompiledBody, code_base: int) -> None:
+        self.body = body
+        self.code_base = code_base
+
+    @property
+    def key(self) -> str:
+        return self.body.key
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.body.compile_seconds
+
+    @property
+    def address(self) -> int:
+        """A native ``void handler(State *)`` for callers that cannot pass ``code_base``
+        (compiled on first use, about a millisecond; shared by handlers with the same body
+        and base)."""
+        return Engine.get().entry(self.body, self.code_base)
 
 
 def require_llvmlite() -> None:
@@ -105,46 +136,73 @@ def require_llvmlite() -> None:
             f"({_IMPORT_ERROR}); use tier='interp' or install llvmlite") from _IMPORT_ERROR
 
 
+def set_object_cache(enabled: bool) -> None:
+    """Use the persistent object cache (the default) or not (``--no-cache``), from now on
+    in this process."""
+    Engine.object_cache = enabled
+    if Engine._instance is not None:
+        Engine._instance.objects.enabled = enabled
+
+
 class Engine:
     """The process-wide MCJIT engine with the runtime library loaded."""
 
     _instance: Engine | None = None
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _alive: ClassVar[list[Engine]] = []  # never freed: symbols may point into their code
+    object_cache: ClassVar[bool] = True  # whether engines made from now on use it
 
     def __init__(self, speed_level: int = SPEED_LEVEL,
                  codegen_level: int = CODEGEN_LEVEL) -> None:
         require_llvmlite()
+        from dprobes.vm.jit.rtlib import RT_TYPES, build_rtlib, symbol
+        from dprobes.vm.jit.state import ABI_VERSION
+
         self.levels = (speed_level, codegen_level)
         self.optimizer = (f"LLVM -O{speed_level}" if PIPELINE is None
                           else "passes " + ", ".join(PIPELINE)) + f"; codegen -O{codegen_level}"
-        from dprobes.vm.jit.rtlib import RT_TYPES, build_rtlib, symbol
-
         try:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
             target = llvm.Target.from_default_triple()
         except RuntimeError as error:
             raise JitUnavailable(f"no native LLVM target: {error}") from error
-        self.target_machine = target.create_target_machine(opt=codegen_level,
-                                                           codemodel="jitdefault")
-        self.triple = target.triple if hasattr(target, "triple") else llvm.get_default_triple()
+        cpu = llvm.get_host_cpu_name()
+        try:
+            features = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:  # LLVM cannot list them here: the CPU name's defaults
+            features = ""
+        self._target = target, cpu, features
+        self.target_machine = self._new_target_machine()  # optimises and emits objects
+        self.triple = llvm.get_process_triple()
         self.data_layout = str(self.target_machine.target_data)
-        self.target = target
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.target_machine)
-        self.modules: list[object] = []
-        # key -> handler while any VM uses it, plus the most recent ones regardless
-        self.cache: weakref.WeakValueDictionary[str, CompiledHandler] = \
+        self.fingerprint = Fingerprint(ABI_VERSION, llvmlite_version(), ".".join(
+            map(str, llvm.llvm_version_info)), self.triple, cpu, features)
+        self.objects = ObjectCache(Engine.object_cache)
+        self.engine = self._new_engine()
+        # key -> body while any VM uses it, plus the most recent ones regardless
+        self.cache: weakref.WeakValueDictionary[str, CompiledBody] = \
             weakref.WeakValueDictionary()
-        self.recent: OrderedDict[str, CompiledHandler] = OrderedDict()
+        self.recent: OrderedDict[str, CompiledBody] = OrderedDict()
         self._generation: _Generation | None = None
-        start = time.perf_counter()
-        self._add(build_rtlib())
-        for name in RT_TYPES:
-            llvm.add_symbol(symbol(name), self.engine.get_function_address(symbol(name)))
-        self.rtlib_seconds = time.perf_counter() - start
+        self._generation_bodies = 0
         self._counter = 0
+        start = time.perf_counter()
+        names = [symbol(name) for name in RT_TYPES]
+        for name, address in self.add_library(build_rtlib(), names).items():
+            llvm.add_symbol(name, address)
+        self.rtlib_seconds = time.perf_counter() - start
         Engine._alive.append(self)
+
+    def _new_target_machine(self) -> object:
+        target, cpu, features = self._target
+        return target.create_target_machine(cpu=cpu, features=features, opt=self.levels[1],
+                                            codemodel="jitdefault")
+
+    def _new_engine(self) -> object:
+        """An MCJIT engine that loads object files (it owns, and frees, its own target
+        machine)."""
+        return llvm.create_mcjit_compiler(llvm.parse_assembly(""), self._new_target_machine())
 
     @classmethod
     def get(cls) -> Engine:
@@ -153,17 +211,19 @@ class Engine:
                 cls._instance = Engine()
             return cls._instance
 
-    def _optimize(self, module: object, speed_level: int | None = None) -> None:
-        if PIPELINE is None or speed_level is not None:
-            level = self.levels[0] if speed_level is None else speed_level
-            tuning = llvm.create_pipeline_tuning_options(speed_level=level)
-            builder = llvm.create_pass_builder(self.target_machine, tuning)
+    # --- compiling a module to an object file, through the cache ---------------------
+    def _optimize(self, module: object, speed_level: int | None) -> None:
+        """``speed_level`` None: the handler pipeline (``PIPELINE``); else LLVM's standard
+        -O<speed_level> pipeline."""
+        if speed_level is None and PIPELINE is None:
+            speed_level = self.levels[0]
+        tuning = llvm.create_pipeline_tuning_options(speed_level=speed_level or 0)
+        builder = llvm.create_pass_builder(self.target_machine, tuning)
+        if speed_level is not None:
             passes = builder.getModulePassManager()
         else:
-            tuning = llvm.create_pipeline_tuning_options(speed_level=0)
-            builder = llvm.create_pass_builder(self.target_machine, tuning)
             passes = llvm.create_new_module_pass_manager()
-            for name in PIPELINE:
+            for name in PIPELINE or ():
                 getattr(passes, f"add_{name}_pass")()
         try:
             passes.run(module, builder)
@@ -171,91 +231,145 @@ class Engine:
             passes.close()
             builder.close()
 
-    def _prepare(self, module: ir.Module, speed_level: int | None = None) -> object:
-        module.triple = llvm.get_process_triple()
+    def ir_text(self, module: ir.Module) -> str:
+        """The module's IR for this engine's target (what library keys are made of)."""
+        module.triple = self.triple
         module.data_layout = self.data_layout
-        parsed = llvm.parse_assembly(str(module))
+        return str(module)
+
+    def emit(self, text: str, speed_level: int | None) -> bytes:
+        """Parse, verify, optimise and compile IR text to an object file (no cache)."""
+        parsed = llvm.parse_assembly(text)
         parsed.verify()
         self._optimize(parsed, speed_level)
-        return parsed
+        return self.target_machine.emit_object(parsed)
 
-    def _add(self, module: ir.Module, speed_level: int | None = None) -> None:
-        """Add a library module to the permanent engine."""
-        parsed = self._prepare(module, speed_level)
-        self.engine.add_module(parsed)
-        self.engine.finalize_object()
-        self.modules.append(parsed)
+    def object_key(self, kind: str, payload: bytes, speed_level: int | None) -> bytes:
+        levels = (-1 if speed_level is None else speed_level, *self.levels)
+        return entry_key(self.fingerprint, kind, levels, payload)
 
-    def _add_handlers(self, module: ir.Module) -> _Generation:
-        parsed = self._prepare(module)
-        generation = self._generation
-        if generation is None or generation.modules >= GENERATION_MODULES:
-            generation = self._generation = _Generation(self.target, self.levels[1])
-        generation.engine.add_module(parsed)
-        generation.engine.finalize_object()
-        generation.modules += 1
-        return generation
+    # --- libraries ---------------------------------------------------------------------
+    def add_library(self, module: ir.Module, names: list[str], *,
+                    speed_level: int | None = None) -> dict[str, int]:
+        """Load a module of native helpers into the permanent engine (from the object
+        cache when it holds it); the addresses of the named functions. ``speed_level``
+        None: the engine's handler pipeline, else LLVM's -O<speed_level>."""
+        with self._lock:
+            text = self.ir_text(module)
+            key = self.object_key("library", text.encode(), speed_level)
+            obj = self.objects.load(key)
+            if obj is None:
+                obj = self.emit(text, speed_level)
+                self.objects.store(key, obj)
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self.engine.finalize_object()
+            return {name: self.engine.get_function_address(name) for name in names}
 
-    def _remember(self, handler: CompiledHandler) -> None:
-        self.cache[handler.key] = handler
-        self.recent[handler.key] = handler
-        self.recent.move_to_end(handler.key)
+    # --- handlers ----------------------------------------------------------------------
+    def handler_key(self, code: bytes) -> bytes:
+        """The cache key of a handler body: its bytes and this engine's options."""
+        return self.object_key("handler", code, None)
+
+    def _current_generation(self) -> _Generation:
+        if self._generation is None or self._generation_bodies >= GENERATION_MODULES:
+            self._generation = _Generation(self._new_engine())
+            self._generation_bodies = 0
+        self._generation_bodies += 1
+        return self._generation
+
+    def _remember(self, body: CompiledBody) -> None:
+        self.cache[body.key] = body
+        self.recent[body.key] = body
+        self.recent.move_to_end(body.key)
         while len(self.recent) > RECENT_HANDLERS:
             self.recent.popitem(last=False)
 
-    def add_library(self, module: ir.Module, names: list[str], *,
-                    speed_level: int | None = None) -> dict[str, int]:
-        """Compile a module of native helpers; the addresses of the named functions.
-        ``speed_level``: LLVM's standard -O<n> pipeline (None: the engine's passes)."""
-        with self._lock:
-            self._add(module, speed_level)
-            return {name: self.engine.get_function_address(name) for name in names}
+    def _body(self, code: bytes, use_cache: bool) -> CompiledBody:
+        """The body of the handler ``code``: loaded from the object cache, or compiled
+        (and stored). ``use_cache`` False compiles afresh and stores nothing."""
+        start = time.perf_counter()
+        key = self.handler_key(code)
+        name = f"dprobes_handler_{key.hex()[:24]}"
+        if not use_cache:
+            self._counter += 1
+            name += f"_{self._counter}"  # unique: the same handler may be in a generation
+        generation = self._generation
+        if use_cache and generation is not None and name in generation.symbols:
+            cached = True  # its last body was dropped, but its code is still loaded
+        else:
+            obj = self.objects.load(key) if use_cache else None
+            cached = obj is not None
+            if obj is None:
+                obj = self.emit(self.ir_text(handler_module(code, name)), None)
+                if use_cache:
+                    self.objects.store(key, obj)
+            generation = self._current_generation()
+            generation.load(obj)
+            generation.symbols.add(name)
+        return CompiledBody(key.hex(), generation.address(name), generation,
+                            time.perf_counter() - start, cached)
 
     def compile_handlers(self, program: Program, probes: list[int],
                          use_cache: bool = True) -> dict[int, CompiledHandler]:
-        """Native code for the given probes' handlers (cached ones are not recompiled
-        unless ``use_cache`` is False, which benchmarks use to time compilation)."""
-        from dprobes.vm.jit.function import HandlerLowering
-        from dprobes.vm.jit.irgen import intrinsics
-        from dprobes.vm.jit.rtlib import declare
-
+        """Native code for the given probes' handlers. Probes with the same handler bytes
+        share one body; bodies in memory or in the object cache are not recompiled unless
+        ``use_cache`` is False, which benchmarks use to time compilation."""
         out: dict[int, CompiledHandler] = {}
-        wanted: dict[str, list[int]] = {}
         with self._lock:
+            bodies: dict[bytes, CompiledBody] = {}
             for probe in probes:
-                key = handler_key(program, probe, self.levels)
-                known = self.cache.get(key) if use_cache else None
-                if known is not None:
-                    out[probe] = known
-                    self._remember(known)
-                else:
-                    wanted.setdefault(key, []).append(probe)
-            if not wanted:
-                return out
-            start = time.perf_counter()
-            self._counter += 1
-            module = ir.Module(name=f"dprobes_handlers_{self._counter}")
-            runtime = declare(module)
-            intrinsic = intrinsics(module)
-            names: dict[str, str] = {}
-            sizes: dict[str, int] = {}
-            for number, (key, same) in enumerate(wanted.items()):
-                name = f"dprobes_handler_{self._counter}_{number}_{key[:16]}"
-                HandlerLowering(module, runtime, intrinsic, program, same[0], name).build()
-                names[key] = name
-                record = program.probes[same[0]]
-                sizes[key] = len(decode_range(program.code, record.code_start, record.code_end))
-            generation = self._add_handlers(module)
-            elapsed = time.perf_counter() - start
-            total = sum(sizes.values())
-            for key, name in names.items():
-                address = generation.engine.get_function_address(name)
-                handler = CompiledHandler(key, address, HANDLER_FUNCTION(address),
-                                          elapsed * sizes[key] / total, sizes[key], generation)
-                self._remember(handler)
-                for probe in wanted[key]:
-                    out[probe] = handler
+                code = program.handler(probe)
+                body = bodies.get(code)
+                if body is None:
+                    known = self.cache.get(self.handler_key(code).hex()) if use_cache else None
+                    body = bodies[code] = known or self._body(code, use_cache)
+                    self._remember(body)
+                out[probe] = CompiledHandler(body, program.probes[probe].code_start)
         return out
+
+    def entry(self, body: CompiledBody, code_base: int) -> int:
+        """The address of ``void entry(State *)`` calling ``body`` with ``code_base``."""
+        with self._lock:
+            address = body.entries.get(code_base)
+            if address is None:
+                self._counter += 1
+                name = f"dprobes_entry_{self._counter}"
+                text = self.ir_text(entry_module(name, body.address, code_base))
+                body.generation.load(self.emit(text, None))
+                address = body.entries[code_base] = body.generation.address(name)
+            return address
+
+
+def llvmlite_version() -> str:
+    import llvmlite
+
+    return llvmlite.__version__
+
+
+def handler_module(code: bytes, name: str) -> ir.Module:
+    """The module of one handler body, before optimisation."""
+    require_llvmlite()
+    from dprobes.vm.jit.function import HandlerLowering
+    from dprobes.vm.jit.irgen import intrinsics
+    from dprobes.vm.jit.rtlib import declare
+
+    module = ir.Module(name=name)
+    HandlerLowering(module, declare(module), intrinsics(module), code, name).build()
+    return module
+
+
+def entry_module(name: str, body_address: int, code_base: int) -> ir.Module:
+    """``void name(State *state) { body(state, code_base) }`` (a tail call)."""
+    from dprobes.vm.jit.irgen import I32, I64, PTR, VOID, Callee
+
+    module = ir.Module(name=name)
+    function = ir.Function(module, ir.FunctionType(VOID, [PTR]), name)
+    builder = ir.IRBuilder(function.append_basic_block("entry"))
+    body = Callee(ir.Constant(I64, body_address).inttoptr(PTR),
+                  ir.FunctionType(VOID, [PTR, I32]))
+    builder.call(body, [function.args[0], ir.Constant(I32, code_base)], tail=True)
+    builder.ret_void()
+    return module
 
 
 def compile_handlers(program: Program, probes: list[int]) -> dict[int, CompiledHandler]:
@@ -263,13 +377,5 @@ def compile_handlers(program: Program, probes: list[int]) -> dict[int, CompiledH
 
 
 def handler_ir(program: Program, probe: int) -> str:
-    """The LLVM IR of one handler before optimisation (for debugging and docs)."""
-    require_llvmlite()
-    from dprobes.vm.jit.function import HandlerLowering
-    from dprobes.vm.jit.irgen import intrinsics
-    from dprobes.vm.jit.rtlib import declare
-
-    module = ir.Module(name="dprobes_handler_listing")
-    HandlerLowering(module, declare(module), intrinsics(module), program, probe,
-                    "handler").build()
-    return str(module)
+    """The LLVM IR of one handler body before optimisation (for debugging and docs)."""
+    return str(handler_module(program.handler(probe), "handler"))

@@ -3,7 +3,9 @@ native hook builds on, so that it never reaches into the JIT's internals.
 
 * the engine: ``add_library`` compiles a module of native functions into the process's
   engine and returns their addresses; ``compile_handlers`` compiles probe handlers;
-* the state ABI: a handler is ``void handler(State *)`` (``HANDLER_FUNCTION``);
+* the state ABI: a handler's body is ``void body(State *, u32 code_base)``
+  (``BODY_FUNCTION``; ``code_base`` is where the probe's handler starts in its program,
+  so identical handlers share one body);
   ``State`` (what it reads and writes), ``HostTable`` (the services a host gives it,
   ``HOST_CALLBACKS`` and their IR types ``HOST_TYPES``), ``RegisterWindow``, the
   buffer sizes and how a handler ended (``EXIT_*``, and ``EXIT_KINDS`` from those codes
@@ -16,7 +18,7 @@ them so), which stay the only description of the ABI.
 
 from __future__ import annotations
 
-from dprobes.vm.jit.compile import HANDLER_FUNCTION, Engine, compile_handlers
+from dprobes.vm.jit.compile import BODY_FUNCTION, Engine, compile_handlers
 from dprobes.vm.jit.irgen import HOST_TYPES
 from dprobes.vm.jit.runner import EXIT_KINDS, JitRunner
 from dprobes.vm.jit.state import (
@@ -37,6 +39,7 @@ from dprobes.vm.jit.state import (
 
 __all__ = [
     "ABI_VERSION",
+    "BODY_FUNCTION",
     "EXIT_ABORT",
     "EXIT_EXIT",
     "EXIT_EXIT_TO",
@@ -44,7 +47,6 @@ __all__ = [
     "EXIT_REM",
     "EXIT_TERMINATED",
     "EX_LOG_BUFFER",
-    "HANDLER_FUNCTION",
     "HOST_CALLBACKS",
     "HOST_TYPES",
     "LOG_BUFFER",

@@ -3,11 +3,16 @@
 ``HandlerLowering`` decodes the handler, creates a block for every instruction first
 (the targets of jumps, calls, ``sx`` and the return points all exist before any code is
 emitted), then asks ``vm.jit.lower`` for each instruction's code. The function is
-``void handler(State *state)``:
+``void handler(State *state, i32 code_base)``, built from the handler's bytes alone: the
+instructions are decoded at offsets relative to the handler's start, and a code offset
+the handler shows (a call frame's words, EX_INVALID_OPCODE's parm2) is ``code_offset``,
+``code_base`` plus the relative offset, so one function serves the handler wherever it
+lies in a program:
 
 * ``entry`` calls ``rt_begin`` (the per-hit reset) and falls into the first instruction;
 * ``resume`` continues at the code offset in ``state.resume`` (set by ``ret`` and by
-  exception dispatch): a switch over the handler's return points and ``sx`` targets;
+  exception dispatch): a switch over the handler's return points and ``sx`` targets,
+  relative to ``code_base``;
 * ``exit`` returns; how the handler ended is in the state.
 
 Operations that may raise call the runtime library, which returns a status: continue
@@ -38,7 +43,6 @@ from dprobes.vm.isa import OpFlag
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.irgen import I32, PTR, REGION_DRIFT, VOID, Emitter, Region, Virtual, c32
 from dprobes.vm.jit.rtlib import set_ending
-from dprobes.vm.program import Program
 
 
 @dataclass(frozen=True)
@@ -68,17 +72,13 @@ class HandlerLowering:
     """Builds the native function of one probe handler in ``module``."""
 
     def __init__(self, module: ir.Module, runtime: dict[str, ir.Function],
-                 intrinsic: dict[str, ir.Function], program: Program, probe: int,
-                 name: str) -> None:
-        record = program.probes[probe]
-        self.program = program
-        self.probe = probe
-        self.instructions: list[Instruction] = decode_range(program.code, record.code_start,
-                                                            record.code_end)
-        self.code_end = record.code_end
+                 intrinsic: dict[str, ir.Function], code: bytes, name: str) -> None:
+        self.instructions: list[Instruction] = decode_range(code, 0, len(code))
         self.runtime = runtime
-        self.function = ir.Function(module, ir.FunctionType(VOID, [PTR]), name)
+        self.function = ir.Function(module, ir.FunctionType(VOID, [PTR, I32]), name)
         self.function.args[0].name = "state"
+        self.code_base = self.function.args[1]
+        self.code_base.name = "code_base"
         entry = self.function.append_basic_block("entry")
         self.e = Emitter(self.function, ir.IRBuilder(entry), intrinsic)
         self.blocks: dict[int, ir.Block] = {
@@ -190,9 +190,13 @@ class HandlerLowering:
     def _build_resume(self) -> None:
         e = self.e
         e.at(self.resume_block)
-        switch = e.b.switch(e.load("resume"), self.bad_block)
+        switch = e.b.switch(e.b.sub(e.load("resume"), self.code_base), self.bad_block)
         for offset in sorted(self.resume_targets):
             switch.add_case(c32(offset), self.block_at(offset))
+
+    def code_offset(self, offset: int) -> ir.Value:
+        """The program's code offset of the handler's relative ``offset``."""
+        return self.e.b.add(self.code_base, c32(offset))
 
     def block_at(self, offset: int, synced: bool = False) -> ir.Block:
         """Where a branch from here to the instruction at ``offset`` goes (the end of the

@@ -59,7 +59,7 @@ def _conditional_jump(test: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> Low
 
 
 def _reserved(lw: HandlerLowering, insn: Instruction) -> None:
-    lw.raise_exception(Ex.INVALID_OPCODE, insn.op.code, insn.offset, insn)
+    lw.raise_exception(Ex.INVALID_OPCODE, insn.op.code, lw.code_offset(insn.offset), insn)
 
 
 def _push_value(read: Callable[[HandlerLowering], ir.Value]) -> Lowering:
@@ -145,8 +145,8 @@ def lower_call(lw: HandlerLowering, insn: Instruction) -> None:
     lw.raise_exception(Ex.CALL_STACK_OVERFLOW, MAX_CALL_DEPTH, 0, insn)
     e.at(push)
     assert insn.target is not None
-    words = {"sbp": e.load("sbp"), "handler": c32(NO_HANDLER), "called": c32(insn.target),
-             "returns": c32(insn.end)}
+    words = {"sbp": e.load("sbp"), "handler": c32(NO_HANDLER),
+             "called": lw.code_offset(insn.target), "returns": lw.code_offset(insn.end)}
     for word in S.FRAME_FIELDS:
         e.b.store(words.get(word, c32(0)), e.frame_word_ptr(nframes, word))
     e.store("nframes", e.b.add(nframes, c32(1)))
@@ -791,7 +791,7 @@ lower_pop_io_u32 = _io_out(4)
 # --- exceptions and stack traces ---------------------------------------------------------
 def lower_sx(lw: HandlerLowering, insn: Instruction) -> None:
     assert insn.target is not None
-    lw.e.b.store(c32(insn.target), lw.e.top_word_ptr("handler"))
+    lw.e.b.store(lw.code_offset(insn.target), lw.e.top_word_ptr("handler"))
     lw.e.b.branch(lw.next_block(insn))
 
 

@@ -301,7 +301,7 @@ class JitRunner:
             native.before_hit()
         self.busy = True
         try:
-            handler.function(self.address)
+            handler.body.function(self.address, handler.code_base)
         finally:
             self.busy = False
             self._copy_out()

@@ -32,7 +32,9 @@ lists): fill once per program ``jmpmax``, ``header_length``, ``log_cap`` (header
 ``autostacktrace``, ``log_hwm``/``ex_log_hwm`` (the buffer sizes, so the first hit clears
 them), ``lv``/``num_lv``, ``gv``/``num_gv``, ``helpers`` and ``host``; per probe
 ``ex_mask``, ``probe_major``, ``probe_minor``; then each hit is one call of the
-compiled ``void handler(State *)``. The stack, ``ex_code`` and the variables persist in
+compiled ``void body(State *, u32 code_base)``, ``code_base`` being the probe's
+``code_start`` (``CompiledHandler.body.address`` and ``.code_base``; ``.address`` is a
+``void handler(State *)`` entry that passes it). The stack, ``ex_code`` and the variables persist in
 the state between calls, as on a CPU; read the results from ``exit_kind``, ``exit_to``,
 ``has_exception``/``exc_*``, ``major``/``minor``, ``jmp_count``, ``log[header_length:
 min(log_len, log_cap)]``, ``ex_log[12:min(ex_len, ex_logmax)]`` and ``tos``.
@@ -56,7 +58,7 @@ from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
 from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
 FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
