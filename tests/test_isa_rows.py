@@ -37,6 +37,8 @@ NUM_VARS = 4
 LOGMAX = 48
 JMPMAX = 50
 HEAP_SIZE = 96
+SBP = 512
+"""The stack base pointer of every run: frame slots far from the inputs and the padding."""
 PADDING = 8
 """Words under a row's inputs, so that no row reads below the pushed words."""
 
@@ -71,7 +73,8 @@ class Recorder(MemoryContext):
                      if not r.reserved}
         super().__init__(registers, memory={MEMORY: bytes(range(1, MEMORY_SIZE + 1))},
                          segments={SELECTOR: 0x2000}, msrs={0: 0x1_0000_0002},
-                         cpuid={0: (1, 2, 3, 4)}, pid=5, task=6, processor=7)
+                         cpuid={0: (1, 2, 3, 4)}, pid=5, task=6, processor=7,
+                         ports={port: 0x01010101 * (port + 1) for port in range(8)})
         self.needs = HostNeed.NONE
         self.has_callk = callk
 
@@ -153,15 +156,29 @@ class Run:
     """What one row did with one input."""
 
     code: int | None  # the exception raised, if any
-    finished: bool
     net: int  # words pushed minus words popped
     needs: HostNeed
-    state: tuple = field(repr=False)  # everything observable, for comparing two runs
-    base: int = 0  # the slot of the deepest word pushed
+    tos: int
+    stack: tuple[int, ...] = field(repr=False)
+    state: tuple = field(repr=False)  # everything else observable, for comparing two runs
+
+    def words(self, masked: int, scratch: int) -> tuple[int, ...]:
+        """The stack as a handler could see it again: the words from TOS to the bottom and
+        every slot outside the scratch area over the inputs (``scratch`` up to the first
+        input), the one in slot ``masked`` left out."""
+        live = range(self.tos or STACK_SIZE, STACK_SIZE)
+        return tuple(self.stack[slot] for slot in range(STACK_SIZE)
+                     if slot != masked and (slot in live or slot < scratch))
+
+
+def slot_at(setup: Setup, depth: int) -> int:
+    """The stack slot of the input word ``depth`` words under TOS (padding words below)."""
+    return STACK_SIZE - PADDING - len(setup.words) + depth
 
 
 def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
-    """Run ``op`` once on ``setup``; ``change`` = (depth, value) replaces one input word."""
+    """Run ``op`` once on ``setup``; ``change`` = (depth, value) replaces the word that many
+    words under TOS (a depth past the inputs reaches the padding under them)."""
     program, decoded = program_for(op, setup.operand)
     ctx = Recorder(setup.callk)
     cpu = CpuState()
@@ -173,12 +190,13 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
     heap.used = False
     for slot in range(STACK_SIZE):
         cpu.stack[slot] = 0xA5000000 + slot
-    words = list(setup.words)
+    words = [*(0xDEAD0000 + i for i in range(PADDING)), *setup.words]
     if change is not None:
         depth, value = change
         words[-1 - depth] = value
-    for word in (*(0xDEAD0000 + i for i in range(PADDING)), *words):
+    for word in words:
         m.push(word)
+    m.sbp = m.frames[0].sbp = SBP
     m.frames += [Frame(m.sbp, 0, 0) for _ in range(setup.frames - 1)]
     m.jmp_count = setup.jumps
     m.log_len = m.prev_log_len = setup.log_len
@@ -191,8 +209,7 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
     elif m.ex_pending:
         code = cpu.ex_code
     net = ((before - m.tos + STACK_SIZE // 2) & STACK_MASK) - STACK_SIZE // 2
-    live = tuple(m.stack[slot] for slot in range(m.tos, STACK_SIZE)) if m.tos else ()
-    state = (after, m.exit_kind, m.exit_to, m.exception, m.tos, live, tuple(lv), tuple(gv),
+    state = (after, m.exit_kind, m.exit_to, m.exception, tuple(lv), tuple(gv),
              bytes(m.log[:m.log_len]), m.log_len, m.prev_log_len, m.log_overflow,
              bytes(m.ex_log[:m.ex_len]), m.major, m.minor, m.sbp, m.jmp_count, cpu.ex_code,
              m.ex_parm1, m.ex_parm2,
@@ -201,8 +218,18 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
              tuple(bytes(data) for _, data in ctx.regions), tuple(ctx.io_writes),
              tuple(sorted(ctx.regs.items())), bytes(heap.data), heap.in_use)
     needs = ctx.needs | (HostNeed.HEAP if heap.used else HostNeed.NONE)
-    return Run(code, m.exit_kind is not None, net, needs, state,
-               base=(STACK_SIZE - PADDING) & STACK_MASK)
+    return Run(code, net, needs, m.tos, tuple(m.stack), state)
+
+
+def differ(op: OpInfo, setup: Setup, depth: int, value: int) -> bool:
+    """Whether replacing the word ``depth`` under TOS by ``value`` changes what the row
+    does; that word itself, where it stays in place, is not counted as a change."""
+    first, second = run(op, setup), run(op, setup, (depth, value))
+    slot = slot_at(setup, depth)
+    masked = slot if second.stack[slot] == value and first.stack[slot] != value else -1
+    scratch = slot_at(setup, 0) - 8
+    return (first.state, first.tos, first.words(masked, scratch)) != \
+        (second.state, second.tos, second.words(masked, scratch))
 
 
 def setups(op: OpInfo) -> Iterator[Setup]:
@@ -213,8 +240,11 @@ def setups(op: OpInfo) -> Iterator[Setup]:
     pool = (*WORDS, handle, handle + 1)
     cap = header_length(LogField.NONE) + LOGMAX
     for _ in range(TRIALS):
+        words = [rng.choice(pool) for _ in range(depth)]
+        if HostNeed.HEAP in op.host and depth >= 2 and rng.random() < 0.5:
+            words[-2:] = handle, rng.choice((0, 1, 4))  # h off: a block and an offset in it
         yield Setup(operand=rng.choice(operands(op)),
-                    words=tuple(rng.choice(pool) for _ in range(depth)),
+                    words=tuple(words),
                     frames=rng.choice((1, 1, 2, 34)),
                     jumps=rng.choice((0, 0, JMPMAX)),
                     log_len=rng.choice((header_length(LogField.NONE),) * 3 + (cap - 5, cap)),
@@ -245,3 +275,51 @@ def test_host_needs_of_register_operands() -> None:
     assert HostNeed.HOST_CALL in host_needs(push, by_name["cpuid"].index)
     assert host_needs(pop, by_name["ebx"].index) == HostNeed.REGISTER_WRITE
     assert HostNeed.HOST_CALL in host_needs(pop, by_name["ds"].index)
+
+
+@pytest.mark.parametrize("op", TABLE, ids=lambda op: op.name)
+def test_raised_codes_are_what_the_row_says(op: OpInfo) -> None:
+    seen: set[Ex] = set()
+    for setup in setups(op):
+        got = run(op, setup)
+        if got.code is not None:
+            code = raised(op, got.code)
+            assert code in op.raises, (setup, code)
+            seen.add(code)
+    assert op.raises <= seen, f"never raised: {sorted(op.raises - seen)}"
+
+
+def _frame_access(op: OpInfo) -> bool:
+    """Rows that address stack slots by TOS offset: they reach below their inputs."""
+    return op.name.removesuffix("_I").endswith("_TSP")
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.pops != VARIABLE],
+                         ids=lambda op: op.name)
+def test_stack_effect_is_what_the_row_says(op: OpInfo) -> None:
+    """``pops`` words are the inputs: each matters for some input, the word under them never
+    does and no word under them changes; a run that raises nothing leaves ``pushes`` in
+    their place."""
+    matters = [False] * op.pops
+    padding = tuple(0xDEAD0000 + i for i in reversed(range(PADDING)))  # the first is deepest
+    for setup in setups(op):
+        got = run(op, setup)
+        if got.code is None and op.pushes != VARIABLE:
+            assert got.net == op.pushes - op.pops, setup
+        for depth in range(op.pops):
+            if not matters[depth]:
+                matters[depth] = differ(op, setup, depth, setup.words[-1 - depth] ^ 0x80000001)
+        if _frame_access(op):
+            continue
+        assert got.stack[STACK_SIZE - PADDING:] == padding, f"a word under it changed: {setup}"
+        assert not differ(op, setup, op.pops, 0x5A5A5A5A), f"the word under it matters: {setup}"
+    assert all(matters), f"input words that never matter (0 = TOS): " \
+                         f"{[d for d, m in enumerate(matters) if not m]}"
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if VARIABLE in (op.pops, op.pushes)],
+                         ids=lambda op: op.name)
+def test_variable_stack_effects_vary(op: OpInfo) -> None:
+    """A row that says its effect depends on the operand or the stack has more than one."""
+    nets = {got.net for got in map(functools.partial(run, op), setups(op)) if got.code is None}
+    assert len(nets) > 1, nets
