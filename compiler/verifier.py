@@ -18,8 +18,6 @@ from dprobes.vm.isa import Operand, OpFlag
 from dprobes.vm.program import Program
 from dprobes.vm.registers import REGISTERS_BY_INDEX
 
-_REGISTER_RULE = {"PUSH_R": "push_r", "PUSH_U": "push_u", "POP_R": "pop_r", "POP_U": "pop_u"}
-
 
 def _locator(program: Program, file: str) -> Callable[[int], Location]:
     by_offset = {entry.offset: entry for entry in program.source_map}
@@ -33,11 +31,11 @@ def _locator(program: Program, file: str) -> Callable[[int], Location]:
 
 
 def _check_register(insn: Instruction, locate, sink: DiagnosticSink) -> None:
-    rule = _REGISTER_RULE.get(insn.op.name)
+    rule = insn.op.register_rule
     if rule is None:
         return
     reg = REGISTERS_BY_INDEX.get(insn.operand or 0)
-    if reg is None or not getattr(reg, rule):
+    if reg is None or not rule.accepts(reg):
         shown = reg.name if reg else f"register index 0x{insn.operand:x}"
         sink.error(locate(insn.offset), f"'{insn.op.mnemonic} {insn.op.qualifier}' cannot take "
                    f"{shown}")

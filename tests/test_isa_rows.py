@@ -16,16 +16,25 @@ from dprobes.vm.context import MemoryContext
 from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.heap import HEAP_BASE, ProbeHeap
 from dprobes.vm.interp import (
-    STACK_MASK,
-    STACK_SIZE,
     CpuState,
     DecodedProgram,
+    ExitKind,
     Frame,
     Machine,
     decode_program,
 )
-from dprobes.vm.isa import OPS_BY_NAME, TABLE, VARIABLE, HostNeed, Operand, OpInfo, host_needs
+from dprobes.vm.isa import (
+    OPS_BY_NAME,
+    TABLE,
+    VARIABLE,
+    HostNeed,
+    Operand,
+    OpInfo,
+    Scope,
+    host_needs,
+)
 from dprobes.vm.logrecord import header_length
+from dprobes.vm.model import STACK_MASK, STACK_SIZE
 from dprobes.vm.program import LogField, ModuleType, Probe, ProbeKind, Program, ProgramHeader
 from dprobes.vm.registers import REGISTERS_BY_INDEX, Register
 
@@ -77,11 +86,20 @@ class Recorder(MemoryContext):
                          ports={port: 0x01010101 * (port + 1) for port in range(8)})
         self.needs = HostNeed.NONE
         self.has_callk = callk
+        self.widths: set[int] = set()  # bytes of each fixed-size memory or port access
+
+
+_SIZED = {"read_uint": 1, "read_memory": 1, "io_read": 1, "io_write": 1}
+"""Services whose argument at this position is the access size (write_memory: its data)."""
 
 
 def _recording(name: str):
     def service(self: Recorder, *args):
         self.needs |= _SERVICES[name]
+        if name in _SIZED:
+            self.widths.add(args[_SIZED[name]])
+        elif name == "write_memory":
+            self.widths.add(len(args[1]))
         if name == "callk":
             return self.has_callk
         return getattr(MemoryContext, name)(self, *args)
@@ -111,10 +129,6 @@ class RecordingHeap(ProbeHeap):
         return super().block_size(handle)
 
 
-def register_rule(op: OpInfo) -> str:
-    return f"{op.mnemonic}_{op.qualifier}"
-
-
 def operands(op: OpInfo) -> tuple[int | None, ...]:
     """The operands a row is tried with."""
     if op.operand is Operand.NONE:
@@ -122,8 +136,9 @@ def operands(op: OpInfo) -> tuple[int | None, ...]:
     if op.operand is Operand.REL32:
         return (-op.size,)  # the row itself: a taken branch goes to entry 0, else 1
     if op.operand is Operand.REG:
-        rule = register_rule(op)
-        return tuple(r.index for r in REGISTERS_BY_INDEX.values() if getattr(r, rule))
+        rule = op.register_rule
+        assert rule is not None, f"{op.name} takes a register but has no register rule"
+        return tuple(r.index for r in REGISTERS_BY_INDEX.values() if rule.accepts(r))
     return OPERANDS[op.operand]
 
 
@@ -156,6 +171,9 @@ class Run:
     """What one row did with one input."""
 
     code: int | None  # the exception raised, if any
+    parm1: int | None  # and its first parameter
+    exit: ExitKind | None
+    widths: set[int]
     net: int  # words pushed minus words popped
     needs: HostNeed
     tos: int
@@ -203,11 +221,11 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
     before = m.tos
     semantic, argument, nxt = decoded.entries[0]
     after = semantic(m, argument, nxt)
-    code = None
+    code = parm1 = None
     if m.exception is not None:
-        code = m.exception.code
+        code, parm1 = m.exception.code, m.exception.parm1
     elif m.ex_pending:
-        code = cpu.ex_code
+        code, parm1 = cpu.ex_code, m.ex_parm1
     net = ((before - m.tos + STACK_SIZE // 2) & STACK_MASK) - STACK_SIZE // 2
     state = (after, m.exit_kind, m.exit_to, m.exception, tuple(lv), tuple(gv),
              bytes(m.log[:m.log_len]), m.log_len, m.prev_log_len, m.log_overflow,
@@ -218,7 +236,7 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
              tuple(bytes(data) for _, data in ctx.regions), tuple(ctx.io_writes),
              tuple(sorted(ctx.regs.items())), bytes(heap.data), heap.in_use)
     needs = ctx.needs | (HostNeed.HEAP if heap.used else HostNeed.NONE)
-    return Run(code, net, needs, m.tos, tuple(m.stack), state)
+    return Run(code, parm1, m.exit_kind, ctx.widths, net, needs, m.tos, tuple(m.stack), state)
 
 
 def differ(op: OpInfo, setup: Setup, depth: int, value: int) -> bool:
@@ -291,7 +309,7 @@ def test_raised_codes_are_what_the_row_says(op: OpInfo) -> None:
 
 def _frame_access(op: OpInfo) -> bool:
     """Rows that address stack slots by TOS offset: they reach below their inputs."""
-    return op.name.removesuffix("_I").endswith("_TSP")
+    return op.scope is Scope.TSP
 
 
 @pytest.mark.parametrize("op", [op for op in TABLE if op.pops != VARIABLE],
@@ -323,3 +341,44 @@ def test_variable_stack_effects_vary(op: OpInfo) -> None:
     """A row that says its effect depends on the operand or the stack has more than one."""
     nets = {got.net for got in map(functools.partial(run, op), setups(op)) if got.code is None}
     assert len(nets) > 1, nets
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.width and op.host & (
+    HostNeed.MEMORY_READ | HostNeed.MEMORY_WRITE | HostNeed.IO)], ids=lambda op: op.name)
+def test_access_width_is_what_the_row_says(op: OpInfo) -> None:
+    widths: set[int] = set()
+    for setup in setups(op):
+        widths |= run(op, setup).widths
+    assert widths == {op.width}
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.domain is not None],
+                         ids=lambda op: op.name)
+def test_operand_domain_is_what_the_row_says(op: OpInfo) -> None:
+    """Inside the domain the operand is taken; outside it the row raises EX_INVALID_OPERAND
+    with the domain's error, or, if it does not list that code, ends the handler."""
+    assert op.domain is not None
+    outside = False
+    for setup in setups(op):
+        value = setup.words[-1] if op.operand is Operand.NONE else setup.operand
+        assert value is not None
+        got = run(op, setup)
+        if op.domain.admits(value):
+            assert got.code != Ex.INVALID_OPERAND, setup
+        elif Ex.INVALID_OPERAND in op.raises:
+            outside = True
+            assert (got.code, got.parm1) == (Ex.INVALID_OPERAND, op.domain.error), setup
+        else:
+            outside = True
+            assert (got.code, got.exit) == (None, ExitKind.TERMINATED), setup
+    assert outside, "no input outside the domain"
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.scope in (Scope.LV, Scope.GV)
+                                and Ex.INVALID_OPERAND in op.raises], ids=lambda op: op.name)
+def test_variable_scope_is_what_the_row_says(op: OpInfo) -> None:
+    """A bad index names the row's variables in its EX_INVALID_OPERAND."""
+    assert op.scope is not None
+    bad = [got.parm1 for got in map(functools.partial(run, op), setups(op))
+           if got.code == Ex.INVALID_OPERAND]
+    assert bad and set(bad) == {op.scope.index_error}

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
-JMPMAX_LIMIT = 65535
-LOGMAX_LIMIT = 1024
-EX_LOGMAX_LIMIT = 1024
+from dprobes.vm.model import EX_LOGMAX_LIMIT, JMPMAX_LIMIT, LOGMAX_LIMIT
+
 HEAPMAX_LIMIT = 16 * 1024
 MAX_LOCAL_VARS = 256
 MAX_GLOBAL_VARS = 256
