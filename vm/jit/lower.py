@@ -2,8 +2,9 @@
 
 Each function emits the native code of one instruction into its block and ends the block
 (a branch to the next instruction, a target, ``resume`` or ``exit``). It mirrors the
-semantic function of the same opcode in ``vm.ops``; families of rows share a small
-factory exactly where ``vm.ops`` does (binary operators, variables, frame access).
+semantic function of the same opcode in ``vm.ops``. Rows of one family (variables, memory
+and port accesses, frame access, registers) share one lowering, which reads what sets
+them apart (scope, width, register rule, operand domain) from the instruction's row.
 Hot operations are inline; the rest call the native runtime library (``vm.jit.rtlib``),
 which reports a status that ``HandlerLowering.status_branch`` turns into a branch.
 
