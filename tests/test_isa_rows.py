@@ -1,6 +1,8 @@
 """Every row of the instruction table run through the interpreter over generated inputs:
-what it asks of its host, its stack effect and the exception codes it raises must be what
-the row says (``host``, ``pops``/``pushes``, ``raises``)."""
+what it asks of its host, its stack effect, the exception codes it raises, the size of its
+accesses, its operand domain and variable scope must be what the row says (``host``,
+``pops``/``pushes``, ``raises``, ``width``, ``domain``, ``scope``). Register operands are
+drawn from those the row's ``register_rule`` accepts."""
 
 from __future__ import annotations
 

@@ -2,12 +2,16 @@
 
 Everything that knows about instructions reads this table: the assembler and the
 disassembler (mnemonic, qualifier, operand kind), the PPDF codec and the decoder
-(operand widths), the verifier (flow flags, operand bounds), the interpreter and the
-JIT (one semantic function per row, checked by a completeness test).
+(operand widths), the verifier (flow flags, register rule), the compiler's run-time
+warnings (operand domain, variable scope), the interpreter and the JIT (one semantic
+function per row, in table order; families read access width, scope, domain and register
+rule from their row) and the native probe path (what a row needs from its host).
 
 Encoding: one opcode byte, then the operand little-endian. ``rel32`` is relative to
 the end of the operand. Stack effects are written ``before -> after`` with the top of
-stack (TOS) rightmost.
+stack (TOS) rightmost; ``pops`` counts the words read from the top (consumed or left in
+place) and ``pushes`` the words left in their place. tests/test_isa_rows.py checks the
+stack effect, the raised codes and the columns by running every row.
 
 Notes on the 5.0 quirks that are kept on purpose (see docs/rpn.md):
 
