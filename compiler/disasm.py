@@ -30,7 +30,7 @@ from dprobes.vm.program import (
     ProgramHeader,
     WatchType,
 )
-from dprobes.vm.registers import REGISTERS_BY_INDEX, Register
+from dprobes.vm.registers import REGISTERS_BY_INDEX
 
 WATCH_TYPE_SPELLING = {
     WatchType.EXECUTE: "x",
@@ -215,15 +215,10 @@ OPERAND_FORMATTERS: dict[Operand, OperandFormatter] = {
 }
 """How each operand kind is written; every kind but NONE has an entry (tested)."""
 
-_REGISTER_PERMISSIONS = frozenset(f.name for f in fields(Register) if f.default is False)
-"""The register table's per-instruction flags: ``push_r``, ``push_u``, ``pop_r``, ``pop_u``."""
-
-
 def _formatter(op: OpInfo) -> OperandFormatter:
-    """How ``op``'s operand is written. An instruction whose ``mnemonic_qualifier`` names a
-    permission flag of the register table takes a register index; this holds whatever
-    Operand kind the table gives it."""
-    if f"{op.mnemonic}_{op.qualifier}" in _REGISTER_PERMISSIONS:
+    """How ``op``'s operand is written. An instruction with a register rule takes a
+    register index, whatever Operand kind the table gives it."""
+    if op.register_rule is not None:
         return _register
     return OPERAND_FORMATTERS[op.operand]
 

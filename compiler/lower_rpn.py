@@ -51,21 +51,13 @@ from dprobes.vm.isa import (
     Operand,
     OpFlag,
     OpInfo,
+    Scope,
 )
 from dprobes.vm.program import ProgramHeader
 from dprobes.vm.registers import REGISTERS_BY_INDEX, REGISTERS_BY_NAME, register_named
 
 IMM32_LOWEST = -(2**31)
 """The most negative immediate accepted; it and anything above wraps to 32 bits."""
-
-_RUN_TIME_RANGES: dict[str, range] = {
-    "EXIT_N": range(1, 4),
-    "PBL_I": range(1, 33),
-    "PBR_I": range(1, 33),
-    "PZL_I": range(1, 33),
-    "PZR_I": range(1, 33),
-}
-"""Immediates the encoding allows but the interpreter rejects at run time, by row name."""
 
 _START_HINT = "a probe starts with 'offset = <location>' or 'watchpoint = <location>'"
 
@@ -323,15 +315,16 @@ class _Lowering:
                                     _qualifier_hints(mnemonic, arg))
 
     def _register(self, op: OpInfo, arg: ast.NameArg) -> int | None:
-        usable = f"{op.mnemonic}_{op.qualifier}"  # the Register flag: push_r, pop_u, ...
-        takes = ", ".join(r.name for r in REGISTERS_BY_INDEX.values() if getattr(r, usable))
+        rule = op.register_rule
+        assert rule is not None, f"{op.name} has a register operand but no register rule"
+        takes = ", ".join(r.name for r in REGISTERS_BY_INDEX.values() if rule.accepts(r))
         register = register_named(arg.name)
         if register is None:
             self.sink.error(arg.loc, f"unknown register '{arg.name}'",
                             *did_you_mean(arg.name.lower(), REGISTERS_BY_NAME),
                             f"'{_head(op)}' takes: {takes}")
             return None
-        if not getattr(register, usable):
+        if not rule.accepts(register):
             self.sink.error(arg.loc, f"register '{register.name}' cannot be used with "
                                      f"'{_head(op)}'", f"'{_head(op)}' takes: {takes}")
             return None
@@ -341,15 +334,15 @@ class _Lowering:
         if OpFlag.RESERVED in op.flags:
             self.sink.warning(loc, f"'{_head(op)}' is reserved by DProbes 5.0 and not "
                                    "implemented: it raises EX_INVALID_OPCODE at run time")
-        valid = _RUN_TIME_RANGES.get(op.name)
-        if valid is not None and value not in valid:
+        valid = op.domain
+        if valid is not None and isinstance(value, int) and not valid.admits(value):
             outcome = ("raises EX_INVALID_OPERAND" if ExceptionCode.INVALID_OPERAND in op.raises
                        else "ends the handler without an exception")
             self.sink.warning(loc, f"'{_head(op)} {value}' {outcome} at run time: "
-                                   f"'{op.mnemonic}' takes {valid.start}..{valid.stop - 1}")
+                                   f"'{op.mnemonic}' takes {valid.lo}..{valid.hi}")
         if self.header is not None and isinstance(value, int):
-            count = {Operand.LV: ("local", "num_lv", self.header.num_lv),
-                     Operand.GV: ("global", "num_gv", self.header.num_gv)}.get(op.operand)
+            count = {Scope.LV: ("local", "num_lv", self.header.num_lv),
+                     Scope.GV: ("global", "num_gv", self.header.num_gv)}.get(op.scope)
             if count is not None and value >= count[2]:
                 what, keyword, limit = count
                 self.sink.warning(loc, f"{what} variable {value} is not below {keyword} "

@@ -37,12 +37,12 @@ from pathlib import Path
 
 from dprobes.compiler.diagnostics import ByteLoc, DiagnosticSink, SourceLoc
 from dprobes.elf import ElfError, ElfFile, Segment, read_elf
+from dprobes.vm.model import WORD_MASK
 from dprobes.vm.program import ModuleType
 
 PAGE_OFFSET = 0xC000_0000
 """Where the i386 kernel is mapped; a relative kernel offset counts from here."""
 
-WORD_MASK = 0xFFFF_FFFF
 
 _SKIPPED_TYPES = ("STT_SECTION", "STT_FILE")
 _MAP_LINE = re.compile(r"([0-9A-Fa-f]+)\s+([A-Za-z?])\s+(\S+)(?:\s+\[\S+\])?")

@@ -13,12 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dprobes.compiler.diagnostics import ByteLoc, DiagnosticSink, Location, SourceLoc
-from dprobes.vm.bytecode import DecodeError, Instruction, decode_range
+from dprobes.vm.bytecode import DecodeError, Instruction
 from dprobes.vm.isa import Operand, OpFlag
 from dprobes.vm.program import Program
 from dprobes.vm.registers import REGISTERS_BY_INDEX
-
-_REGISTER_RULE = {"PUSH_R": "push_r", "PUSH_U": "push_u", "POP_R": "pop_r", "POP_U": "pop_u"}
 
 
 def _locator(program: Program, file: str) -> Callable[[int], Location]:
@@ -33,11 +31,11 @@ def _locator(program: Program, file: str) -> Callable[[int], Location]:
 
 
 def _check_register(insn: Instruction, locate, sink: DiagnosticSink) -> None:
-    rule = _REGISTER_RULE.get(insn.op.name)
+    rule = insn.op.register_rule
     if rule is None:
         return
     reg = REGISTERS_BY_INDEX.get(insn.operand or 0)
-    if reg is None or not getattr(reg, rule):
+    if reg is None or not rule.accepts(reg):
         shown = reg.name if reg else f"register index 0x{insn.operand:x}"
         sink.error(locate(insn.offset), f"'{insn.op.mnemonic} {insn.op.qualifier}' cannot take "
                    f"{shown}")
@@ -58,7 +56,7 @@ def verify_probe(program: Program, index: int, sink: DiagnosticSink,
                  locate: Callable[[int], Location]) -> None:
     probe = program.probes[index]
     try:
-        instructions = decode_range(program.code, probe.code_start, probe.code_end)
+        instructions = program.instructions(index)
     except DecodeError as error:
         sink.error(locate(error.offset), f"probe {index}: {error.reason}")
         return

@@ -1,6 +1,8 @@
 """Every row of the instruction table run through the interpreter over generated inputs:
-what it asks of its host, its stack effect and the exception codes it raises must be what
-the row says (``host``, ``pops``/``pushes``, ``raises``)."""
+what it asks of its host, its stack effect, the exception codes it raises, the size of its
+accesses, its operand domain and variable scope must be what the row says (``host``,
+``pops``/``pushes``, ``raises``, ``width``, ``domain``, ``scope``). Register operands are
+drawn from those the row's ``register_rule`` accepts."""
 
 from __future__ import annotations
 
@@ -16,16 +18,25 @@ from dprobes.vm.context import MemoryContext
 from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.heap import HEAP_BASE, ProbeHeap
 from dprobes.vm.interp import (
-    STACK_MASK,
-    STACK_SIZE,
     CpuState,
     DecodedProgram,
+    ExitKind,
     Frame,
     Machine,
     decode_program,
 )
-from dprobes.vm.isa import OPS_BY_NAME, TABLE, VARIABLE, HostNeed, Operand, OpInfo, host_needs
+from dprobes.vm.isa import (
+    OPS_BY_NAME,
+    TABLE,
+    VARIABLE,
+    HostNeed,
+    Operand,
+    OpInfo,
+    Scope,
+    host_needs,
+)
 from dprobes.vm.logrecord import header_length
+from dprobes.vm.model import STACK_MASK, STACK_SIZE
 from dprobes.vm.program import LogField, ModuleType, Probe, ProbeKind, Program, ProgramHeader
 from dprobes.vm.registers import REGISTERS_BY_INDEX, Register
 
@@ -37,6 +48,8 @@ NUM_VARS = 4
 LOGMAX = 48
 JMPMAX = 50
 HEAP_SIZE = 96
+SBP = 512
+"""The stack base pointer of every run: frame slots far from the inputs and the padding."""
 PADDING = 8
 """Words under a row's inputs, so that no row reads below the pushed words."""
 
@@ -71,14 +84,24 @@ class Recorder(MemoryContext):
                      if not r.reserved}
         super().__init__(registers, memory={MEMORY: bytes(range(1, MEMORY_SIZE + 1))},
                          segments={SELECTOR: 0x2000}, msrs={0: 0x1_0000_0002},
-                         cpuid={0: (1, 2, 3, 4)}, pid=5, task=6, processor=7)
+                         cpuid={0: (1, 2, 3, 4)}, pid=5, task=6, processor=7,
+                         ports={port: 0x01010101 * (port + 1) for port in range(8)})
         self.needs = HostNeed.NONE
         self.has_callk = callk
+        self.widths: set[int] = set()  # bytes of each fixed-size memory or port access
+
+
+_SIZED = {"read_uint": 1, "read_memory": 1, "io_read": 1, "io_write": 1}
+"""Services whose argument at this position is the access size (write_memory: its data)."""
 
 
 def _recording(name: str):
     def service(self: Recorder, *args):
         self.needs |= _SERVICES[name]
+        if name in _SIZED:
+            self.widths.add(args[_SIZED[name]])
+        elif name == "write_memory":
+            self.widths.add(len(args[1]))
         if name == "callk":
             return self.has_callk
         return getattr(MemoryContext, name)(self, *args)
@@ -108,10 +131,6 @@ class RecordingHeap(ProbeHeap):
         return super().block_size(handle)
 
 
-def register_rule(op: OpInfo) -> str:
-    return f"{op.mnemonic}_{op.qualifier}"
-
-
 def operands(op: OpInfo) -> tuple[int | None, ...]:
     """The operands a row is tried with."""
     if op.operand is Operand.NONE:
@@ -119,8 +138,9 @@ def operands(op: OpInfo) -> tuple[int | None, ...]:
     if op.operand is Operand.REL32:
         return (-op.size,)  # the row itself: a taken branch goes to entry 0, else 1
     if op.operand is Operand.REG:
-        rule = register_rule(op)
-        return tuple(r.index for r in REGISTERS_BY_INDEX.values() if getattr(r, rule))
+        rule = op.register_rule
+        assert rule is not None, f"{op.name} takes a register but has no register rule"
+        return tuple(r.index for r in REGISTERS_BY_INDEX.values() if rule.accepts(r))
     return OPERANDS[op.operand]
 
 
@@ -153,15 +173,32 @@ class Run:
     """What one row did with one input."""
 
     code: int | None  # the exception raised, if any
-    finished: bool
+    parm1: int | None  # and its first parameter
+    exit: ExitKind | None
+    widths: set[int]
     net: int  # words pushed minus words popped
     needs: HostNeed
-    state: tuple = field(repr=False)  # everything observable, for comparing two runs
-    base: int = 0  # the slot of the deepest word pushed
+    tos: int
+    stack: tuple[int, ...] = field(repr=False)
+    state: tuple = field(repr=False)  # everything else observable, for comparing two runs
+
+    def words(self, masked: int, scratch: int) -> tuple[int, ...]:
+        """The stack as a handler could see it again: the words from TOS to the bottom and
+        every slot outside the scratch area over the inputs (``scratch`` up to the first
+        input), the one in slot ``masked`` left out."""
+        live = range(self.tos or STACK_SIZE, STACK_SIZE)
+        return tuple(self.stack[slot] for slot in range(STACK_SIZE)
+                     if slot != masked and (slot in live or slot < scratch))
+
+
+def slot_at(setup: Setup, depth: int) -> int:
+    """The stack slot of the input word ``depth`` words under TOS (padding words below)."""
+    return STACK_SIZE - PADDING - len(setup.words) + depth
 
 
 def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
-    """Run ``op`` once on ``setup``; ``change`` = (depth, value) replaces one input word."""
+    """Run ``op`` once on ``setup``; ``change`` = (depth, value) replaces the word that many
+    words under TOS (a depth past the inputs reaches the padding under them)."""
     program, decoded = program_for(op, setup.operand)
     ctx = Recorder(setup.callk)
     cpu = CpuState()
@@ -173,26 +210,26 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
     heap.used = False
     for slot in range(STACK_SIZE):
         cpu.stack[slot] = 0xA5000000 + slot
-    words = list(setup.words)
+    words = [*(0xDEAD0000 + i for i in range(PADDING)), *setup.words]
     if change is not None:
         depth, value = change
         words[-1 - depth] = value
-    for word in (*(0xDEAD0000 + i for i in range(PADDING)), *words):
+    for word in words:
         m.push(word)
+    m.sbp = m.frames[0].sbp = SBP
     m.frames += [Frame(m.sbp, 0, 0) for _ in range(setup.frames - 1)]
     m.jmp_count = setup.jumps
     m.log_len = m.prev_log_len = setup.log_len
     before = m.tos
     semantic, argument, nxt = decoded.entries[0]
     after = semantic(m, argument, nxt)
-    code = None
+    code = parm1 = None
     if m.exception is not None:
-        code = m.exception.code
+        code, parm1 = m.exception.code, m.exception.parm1
     elif m.ex_pending:
-        code = cpu.ex_code
+        code, parm1 = cpu.ex_code, m.ex_parm1
     net = ((before - m.tos + STACK_SIZE // 2) & STACK_MASK) - STACK_SIZE // 2
-    live = tuple(m.stack[slot] for slot in range(m.tos, STACK_SIZE)) if m.tos else ()
-    state = (after, m.exit_kind, m.exit_to, m.exception, m.tos, live, tuple(lv), tuple(gv),
+    state = (after, m.exit_kind, m.exit_to, m.exception, tuple(lv), tuple(gv),
              bytes(m.log[:m.log_len]), m.log_len, m.prev_log_len, m.log_overflow,
              bytes(m.ex_log[:m.ex_len]), m.major, m.minor, m.sbp, m.jmp_count, cpu.ex_code,
              m.ex_parm1, m.ex_parm2,
@@ -201,8 +238,18 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
              tuple(bytes(data) for _, data in ctx.regions), tuple(ctx.io_writes),
              tuple(sorted(ctx.regs.items())), bytes(heap.data), heap.in_use)
     needs = ctx.needs | (HostNeed.HEAP if heap.used else HostNeed.NONE)
-    return Run(code, m.exit_kind is not None, net, needs, state,
-               base=(STACK_SIZE - PADDING) & STACK_MASK)
+    return Run(code, parm1, m.exit_kind, ctx.widths, net, needs, m.tos, tuple(m.stack), state)
+
+
+def differ(op: OpInfo, setup: Setup, depth: int, value: int) -> bool:
+    """Whether replacing the word ``depth`` under TOS by ``value`` changes what the row
+    does; that word itself, where it stays in place, is not counted as a change."""
+    first, second = run(op, setup), run(op, setup, (depth, value))
+    slot = slot_at(setup, depth)
+    masked = slot if second.stack[slot] == value and first.stack[slot] != value else -1
+    scratch = slot_at(setup, 0) - 8
+    return (first.state, first.tos, first.words(masked, scratch)) != \
+        (second.state, second.tos, second.words(masked, scratch))
 
 
 def setups(op: OpInfo) -> Iterator[Setup]:
@@ -213,8 +260,11 @@ def setups(op: OpInfo) -> Iterator[Setup]:
     pool = (*WORDS, handle, handle + 1)
     cap = header_length(LogField.NONE) + LOGMAX
     for _ in range(TRIALS):
+        words = [rng.choice(pool) for _ in range(depth)]
+        if HostNeed.HEAP in op.host and depth >= 2 and rng.random() < 0.5:
+            words[-2:] = handle, rng.choice((0, 1, 4))  # h off: a block and an offset in it
         yield Setup(operand=rng.choice(operands(op)),
-                    words=tuple(rng.choice(pool) for _ in range(depth)),
+                    words=tuple(words),
                     frames=rng.choice((1, 1, 2, 34)),
                     jumps=rng.choice((0, 0, JMPMAX)),
                     log_len=rng.choice((header_length(LogField.NONE),) * 3 + (cap - 5, cap)),
@@ -245,3 +295,92 @@ def test_host_needs_of_register_operands() -> None:
     assert HostNeed.HOST_CALL in host_needs(push, by_name["cpuid"].index)
     assert host_needs(pop, by_name["ebx"].index) == HostNeed.REGISTER_WRITE
     assert HostNeed.HOST_CALL in host_needs(pop, by_name["ds"].index)
+
+
+@pytest.mark.parametrize("op", TABLE, ids=lambda op: op.name)
+def test_raised_codes_are_what_the_row_says(op: OpInfo) -> None:
+    seen: set[Ex] = set()
+    for setup in setups(op):
+        got = run(op, setup)
+        if got.code is not None:
+            code = raised(op, got.code)
+            assert code in op.raises, (setup, code)
+            seen.add(code)
+    assert op.raises <= seen, f"never raised: {sorted(op.raises - seen)}"
+
+
+def _frame_access(op: OpInfo) -> bool:
+    """Rows that address stack slots by TOS offset: they reach below their inputs."""
+    return op.scope is Scope.TSP
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.pops != VARIABLE],
+                         ids=lambda op: op.name)
+def test_stack_effect_is_what_the_row_says(op: OpInfo) -> None:
+    """``pops`` words are the inputs: each matters for some input, the word under them never
+    does and no word under them changes; a run that raises nothing leaves ``pushes`` in
+    their place."""
+    matters = [False] * op.pops
+    padding = tuple(0xDEAD0000 + i for i in reversed(range(PADDING)))  # the first is deepest
+    for setup in setups(op):
+        got = run(op, setup)
+        if got.code is None and op.pushes != VARIABLE:
+            assert got.net == op.pushes - op.pops, setup
+        for depth in range(op.pops):
+            if not matters[depth]:
+                matters[depth] = differ(op, setup, depth, setup.words[-1 - depth] ^ 0x80000001)
+        if _frame_access(op):
+            continue
+        assert got.stack[STACK_SIZE - PADDING:] == padding, f"a word under it changed: {setup}"
+        assert not differ(op, setup, op.pops, 0x5A5A5A5A), f"the word under it matters: {setup}"
+    assert all(matters), f"input words that never matter (0 = TOS): " \
+                         f"{[d for d, m in enumerate(matters) if not m]}"
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if VARIABLE in (op.pops, op.pushes)],
+                         ids=lambda op: op.name)
+def test_variable_stack_effects_vary(op: OpInfo) -> None:
+    """A row that says its effect depends on the operand or the stack has more than one."""
+    nets = {got.net for got in map(functools.partial(run, op), setups(op)) if got.code is None}
+    assert len(nets) > 1, nets
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.width and op.host & (
+    HostNeed.MEMORY_READ | HostNeed.MEMORY_WRITE | HostNeed.IO)], ids=lambda op: op.name)
+def test_access_width_is_what_the_row_says(op: OpInfo) -> None:
+    widths: set[int] = set()
+    for setup in setups(op):
+        widths |= run(op, setup).widths
+    assert widths == {op.width}
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.domain is not None],
+                         ids=lambda op: op.name)
+def test_operand_domain_is_what_the_row_says(op: OpInfo) -> None:
+    """Inside the domain the operand is taken; outside it the row raises EX_INVALID_OPERAND
+    with the domain's error, or, if it does not list that code, ends the handler."""
+    assert op.domain is not None
+    outside = False
+    for setup in setups(op):
+        value = setup.words[-1] if op.operand is Operand.NONE else setup.operand
+        assert value is not None
+        got = run(op, setup)
+        if op.domain.admits(value):
+            assert got.code != Ex.INVALID_OPERAND, setup
+        elif Ex.INVALID_OPERAND in op.raises:
+            outside = True
+            assert (got.code, got.parm1) == (Ex.INVALID_OPERAND, op.domain.error), setup
+        else:
+            outside = True
+            assert (got.code, got.exit) == (None, ExitKind.TERMINATED), setup
+    assert outside, "no input outside the domain"
+
+
+@pytest.mark.parametrize("op", [op for op in TABLE if op.scope in (Scope.LV, Scope.GV)
+                                and Ex.INVALID_OPERAND in op.raises], ids=lambda op: op.name)
+def test_variable_scope_is_what_the_row_says(op: OpInfo) -> None:
+    """A bad index names the row's variables in its EX_INVALID_OPERAND."""
+    assert op.scope is not None
+    bad = [got.parm1 for got in map(functools.partial(run, op), setups(op))
+           if got.code == Ex.INVALID_OPERAND]
+    assert bad and set(bad) == {op.scope.index_error}

@@ -4,7 +4,6 @@ persistence across tiers, host callbacks, and the null JIT without llvmlite."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,16 +34,6 @@ def test_every_opcode_has_a_lowering() -> None:
                                                                None))]
     assert not missing, f"opcodes without a lower_ function: {missing}"
     assert set(lower.LOWERINGS) == {op.name for op in TABLE}
-
-
-def test_lowerings_follow_the_table_order() -> None:
-    source = Path(lower.__file__).read_text()
-    seen: list[str] = []
-    for match in re.finditer(r"^(?:def )?lower_(\w+)\b", source, re.M):
-        name = match.group(1).upper()
-        if name in lower.LOWERINGS and name not in seen:
-            seen.append(name)
-    assert seen == [op.name for op in TABLE]
 
 
 # --- tiers ----------------------------------------------------------------------------

@@ -17,12 +17,12 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from dprobes.vm.model import WORD_MASK
 from dprobes.vm.registers import REGISTERS_BY_NAME, Register
 
 if TYPE_CHECKING:
     from dprobes.vm.interp import Machine
 
-MASK32 = 0xFFFFFFFF
 UNPACK_UINT = {size: struct.Struct(fmt).unpack_from
                for size, fmt in ((1, "<B"), (2, "<H"), (4, "<I"), (8, "<Q"))}
 """Little-endian unsigned readers of the ``push mem`` widths, by size in bytes."""
@@ -35,7 +35,7 @@ class MemoryFault(Exception):
 
     def __init__(self, address: int) -> None:
         super().__init__(f"memory fault at 0x{address:08x}")
-        self.address = address & MASK32
+        self.address = address & WORD_MASK
 
 
 class Context:
@@ -82,7 +82,7 @@ class Context:
         """
         out = bytearray()
         while len(out) < limit:
-            byte = self.read_memory((address + len(out)) & MASK32, 1)[0]
+            byte = self.read_memory((address + len(out)) & WORD_MASK, 1)[0]
             if byte == 0:
                 break
             out.append(byte)
@@ -144,7 +144,8 @@ class MemoryContext(Context):
         self.user_regs = {_reg_name(k): v for k, v in (user_regs or {}).items()}
         for name in LIVE_SEGMENTS & self.user_regs.keys() - self.regs.keys():
             self.regs[name] = self.user_regs[name]
-        self.regions = [[start & MASK32, bytearray(data)] for start, data in (memory or {}).items()]
+        self.regions = [[start & WORD_MASK, bytearray(data)]
+                        for start, data in (memory or {}).items()]
         self._pid, self._task, self._processor = pid, task, processor
         self.segments = dict(segments or {})
         self.ports = dict(ports or {})
@@ -180,7 +181,7 @@ class MemoryContext(Context):
 
     def _locate(self, address: int) -> tuple[bytearray, int] | None:
         for start, data in self.regions:
-            offset = (address - start) & MASK32
+            offset = (address - start) & WORD_MASK
             if offset < len(data):
                 return data, offset
         return None
@@ -204,7 +205,7 @@ class MemoryContext(Context):
         """The slow path of a read: byte ranges region by region, wrapping at 4 GiB."""
         out = bytearray()
         while len(out) < size:
-            at = (address + len(out)) & MASK32
+            at = (address + len(out)) & WORD_MASK
             found = self._locate(at)
             if found is None:
                 raise MemoryFault(at)
@@ -215,7 +216,7 @@ class MemoryContext(Context):
     def write_memory(self, address: int, data: bytes) -> None:
         done = 0
         while done < len(data):
-            at = (address + done) & MASK32
+            at = (address + done) & WORD_MASK
             found = self._locate(at)
             if found is None:
                 raise MemoryFault(at)
@@ -227,12 +228,12 @@ class MemoryContext(Context):
     def region_bytes(self, start: int) -> bytes:
         """Current contents of the region given at ``start``."""
         for begin, data in self.regions:
-            if begin == start & MASK32:
+            if begin == start & WORD_MASK:
                 return bytes(data)
         raise KeyError(start)
 
     def io_read(self, port: int, size: int) -> int:
-        return self.ports.get(port, MASK32) & ((1 << (8 * size)) - 1)
+        return self.ports.get(port, WORD_MASK) & ((1 << (8 * size)) - 1)
 
     def io_write(self, port: int, size: int, value: int) -> None:
         self.io_writes.append((port, size, value))

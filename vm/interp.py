@@ -21,21 +21,15 @@ from dprobes.vm.context import Context
 from dprobes.vm.exceptions import NO_HANDLER, NON_MASKABLE
 from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.heap import ProbeHeap
+from dprobes.vm.model import DISPATCH_LIMIT, MIN_ST_SIZE, STACK_MASK, STACK_SIZE, WORD_MASK
 from dprobes.vm.program import Program
 
-STACK_SIZE: Final = 1024
-STACK_MASK: Final = STACK_SIZE - 1
 ABOVE: Final = tuple((slot - 1) & STACK_MASK for slot in range(STACK_SIZE))
 """ABOVE[slot]: the slot a push onto ``slot`` fills (the circular stack grows down)."""
 BELOW: Final = tuple((slot + 1) & STACK_MASK for slot in range(STACK_SIZE))
 """BELOW[slot]: the slot under ``slot``, TOS after a pop. Both tables are the wrap-around
 ``& STACK_MASK`` precomputed: in CPython a tuple lookup costs far less than the
 arithmetic (no new int objects), and every push and pop takes one."""
-MAX_CALL_DEPTH: Final = 32
-DISPATCH_LIMIT: Final = 1 << 18
-"""Exception dispatches to a handler per hit before the handler is ended: with the jump
-budget this bounds every handler's run (5.0 let a self-re-arming handler spin forever)."""
-MASK32: Final = 0xFFFFFFFF
 STOP: Final = -1
 
 
@@ -126,8 +120,8 @@ class Machine:
         self.log_len = self.prev_log_len = header_length
         self.log_overflow = False
         self.ex_logmax = header.ex_logmax
-        self.ex_log = bytearray(max(header.ex_logmax, stacktrace.MIN_ST_SIZE))
-        self.ex_len = stacktrace.MIN_ST_SIZE
+        self.ex_log = bytearray(max(header.ex_logmax, MIN_ST_SIZE))
+        self.ex_len = MIN_ST_SIZE
         self.st_count_at: int | None = None
         self.ex_mask, self.autostacktrace = probe.ex_mask, header.autostacktrace
         self.ex_pending = False
@@ -143,7 +137,7 @@ class Machine:
     # --- stack -------------------------------------------------------------------
     def push(self, value: int) -> None:
         tos = ABOVE[self.tos]
-        self.stack[tos] = value & MASK32
+        self.stack[tos] = value & WORD_MASK
         self.tos = tos
 
     def pop(self) -> int:
@@ -228,7 +222,7 @@ class Machine:
         return bytes(self.log[header_length:min(self.log_len, self.log_cap)])
 
     def exception_log(self) -> bytes:
-        return bytes(self.ex_log[stacktrace.MIN_ST_SIZE:min(self.ex_len, self.ex_logmax)])
+        return bytes(self.ex_log[MIN_ST_SIZE:min(self.ex_len, self.ex_logmax)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,13 +237,12 @@ class DecodedProgram:
 
 def decode_program(program: Program) -> DecodedProgram:
     """Turn every probe's handler into dispatch entries (the program must be verified)."""
-    from dprobes.vm.bytecode import decode_range
     from dprobes.vm.ops import build_argument, semantic_for
 
     instructions = [
         insn
-        for probe in program.probes
-        for insn in decode_range(program.code, probe.code_start, probe.code_end)
+        for index in range(len(program.probes))
+        for insn in program.instructions(index)
     ]
     index_of = {insn.offset: i for i, insn in enumerate(instructions)}
     entries = tuple(

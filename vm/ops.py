@@ -1,10 +1,13 @@
-"""One semantic function per opcode of the instruction table (the interpreter tier).
+"""One semantic function per opcode of the instruction table (the interpreter tier), in
+the table's order, as ``vm.jit.lower`` has its lowerings.
 
 Each function takes the Machine, its pre-decoded argument and the index of the next
-entry, and returns the index to continue at (or STOP). Hot paths work on the stack list
-directly; everything that can fail goes through ``Machine.raise_exception`` so the
-exception rules live in one place. Deliberate departures from the 5.0 C code, all where
-5.0 read or wrote outside its buffers, are listed in docs/rpn.md.
+entry, and returns the index to continue at (or STOP). Families of rows share a factory
+that reads what distinguishes them from the row's columns (access width, variable scope,
+operand domain, register rule). Hot paths work on the stack list directly; everything
+that can fail goes through ``Machine.raise_exception`` so the exception rules live in one
+place. Deliberate departures from the 5.0 C code, all where 5.0 read or wrote outside its
+buffers, are listed in docs/rpn.md.
 """
 
 from __future__ import annotations
@@ -12,37 +15,39 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from dprobes.vm import stacktrace
 from dprobes.vm.bytecode import Instruction
 from dprobes.vm.context import MemoryFault
-from dprobes.vm.exceptions import NO_HANDLER, OperandError
+from dprobes.vm.exceptions import NO_HANDLER
 from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.heap import ProbeHeap
-from dprobes.vm.interp import (
-    ABOVE,
-    BELOW,
-    MASK32,
+from dprobes.vm.interp import ABOVE, BELOW, STOP, ExitKind, Frame, Machine, OpFunction
+from dprobes.vm.isa import OPS_BY_NAME, HostNeed, Operand, OpFlag, OpInfo, Scope
+from dprobes.vm.model import (
+    INDEX_MASK,
     MAX_CALL_DEPTH,
+    MEMORY_FAULT_RECORD,
+    MIN_ST_SIZE,
+    RECORD_PREFIX,
+    SHIFT_MASK,
+    SIGN_BIT,
     STACK_MASK,
-    STOP,
-    ExitKind,
-    Frame,
-    Machine,
-    OpFunction,
+    TOKEN_ASCII,
+    TOKEN_GV_ENTRY,
+    TOKEN_LOG,
+    TOKEN_LV_ENTRY,
+    TOKEN_MEMORY,
+    TOKEN_MEMORY_FAULT,
+    WORD_BITS,
+    WORD_MASK,
+    WORD_WIDTH,
 )
-from dprobes.vm.isa import OPS_BY_NAME, Operand, OpFlag, OpInfo
 from dprobes.vm.registers import REGISTERS_BY_INDEX, Register, RegisterShape
 
-SIGN: Final = 0x80000000
-TOKEN_MEMORY_FAULT: Final = 0xFF
-TOKEN_MEMORY: Final = 0
-TOKEN_ASCII: Final = 1
-TOKEN_LOG: Final = 7
-PREFIX: Final = 3
-
 SEMANTICS: dict[str, OpFunction] = {}
+"""Opcode name -> its semantic function, in table order (a test checks the order)."""
 ARGUMENTS: dict[str, Callable[[Instruction, dict[int, int]], Any]] = {}
 
 
@@ -56,12 +61,19 @@ def semantic(*names: str) -> Callable[[OpFunction], OpFunction]:
     return register
 
 
+def rows(factory: Callable[..., OpFunction], *names: str, **options: Any) -> None:
+    """Register ``factory(row, **options)`` as the meaning of each named row."""
+    for name in names:
+        SEMANTICS[name] = factory(OPS_BY_NAME[name], **options)
+
+
 def semantic_for(op: OpInfo) -> OpFunction:
     return SEMANTICS[op.name]
 
 
 def build_argument(insn: Instruction, index_of: dict[int, int]) -> Any:
-    """What the semantic function gets: an entry index for branches, else the operand."""
+    """What the semantic function gets: an entry index for branches, the register row for
+    a register operand, else the operand."""
     special = ARGUMENTS.get(insn.op.name)
     if special is not None:
         return special(insn, index_of)
@@ -70,11 +82,22 @@ def build_argument(insn: Instruction, index_of: dict[int, int]) -> Any:
     if insn.op.operand is Operand.REL32:
         assert insn.target is not None
         return index_of[insn.target]
+    if insn.op.register_rule is not None:  # the verifier has checked the register index
+        assert insn.operand is not None
+        return REGISTERS_BY_INDEX[insn.operand]
     return insn.operand
 
 
 def _signed(value: int) -> int:
-    return value - (1 << 32) if value & SIGN else value
+    return value - (1 << WORD_BITS) if value & SIGN_BIT else value
+
+
+# --- shared pieces ------------------------------------------------------------------
+def _push_value(read: Callable[[Machine], int]) -> OpFunction:
+    def push_value(m: Machine, arg: None, nxt: int) -> int:
+        m.push(read(m))
+        return nxt
+    return push_value
 
 
 # --- control flow -------------------------------------------------------------------
@@ -104,10 +127,10 @@ def _conditional_jump(taken: Callable[[int], bool]) -> OpFunction:
     return jump
 
 
-semantic("JLT")(_conditional_jump(lambda v: v >= SIGN))
-semantic("JLE")(_conditional_jump(lambda v: v == 0 or v >= SIGN))
-semantic("JGT")(_conditional_jump(lambda v: 0 < v < SIGN))
-semantic("JGE")(_conditional_jump(lambda v: v < SIGN))
+semantic("JLT")(_conditional_jump(lambda v: v >= SIGN_BIT))
+semantic("JLE")(_conditional_jump(lambda v: v == 0 or v >= SIGN_BIT))
+semantic("JGT")(_conditional_jump(lambda v: 0 < v < SIGN_BIT))
+semantic("JGE")(_conditional_jump(lambda v: v < SIGN_BIT))
 semantic("JZ")(_conditional_jump(lambda v: v == 0))
 semantic("JNZ")(_conditional_jump(lambda v: v != 0))
 
@@ -119,7 +142,7 @@ def loop(m: Machine, target: int, nxt: int) -> int:
     if count >= m.jmpmax:
         return m.raise_exception(Ex.MAX_JMPS, m.jmpmax, 0, nxt)
     tos = m.tos
-    value = (m.stack[tos] - 1) & MASK32
+    value = (m.stack[tos] - 1) & WORD_MASK
     m.stack[tos] = value
     return target if value else nxt
 
@@ -169,15 +192,24 @@ def exit_(m: Machine, arg: None, nxt: int) -> int:
     return m.finish(ExitKind.EXIT)
 
 
-@semantic("EXIT_N")
-def exit_to(m: Machine, facility: int, nxt: int) -> int:
-    if not 1 <= facility <= 3:
-        return m.raise_exception(Ex.INVALID_OPERAND, OperandError.EXIT_FACILITY, facility, nxt)
-    m.exit_to = facility
-    return m.finish(ExitKind.EXIT_TO)
+def _exit_to(op: OpInfo) -> OpFunction:
+    """exit_to n: a facility outside the row's domain raises EX_INVALID_OPERAND."""
+    domain = op.domain
+    assert domain is not None
+    lo, hi, error = domain
+
+    def exit_to(m: Machine, facility: int, nxt: int) -> int:
+        if not lo <= facility <= hi:
+            return m.raise_exception(Ex.INVALID_OPERAND, error, facility, nxt)
+        m.exit_to = facility
+        return m.finish(ExitKind.EXIT_TO)
+    return exit_to
 
 
-@semantic("SUSPEND", "RESUME", "ALLOC_GV", "FREE_GV", "FREE_GVI")
+rows(_exit_to, "EXIT_N")
+
+
+@semantic("SUSPEND", "RESUME")
 def reserved(m: Machine, arg: tuple[int, int], nxt: int) -> int:
     opcode, offset = arg
     return m.raise_exception(Ex.INVALID_OPCODE, opcode, offset, nxt)
@@ -193,53 +225,332 @@ def callk(m: Machine, arg: tuple[int, int], nxt: int) -> int:
     return reserved(m, arg, nxt)
 
 
+# --- logging ----------------------------------------------------------------------
+def _set_id(field: str) -> OpFunction:
+    def set_id(m: Machine, value: int | None, nxt: int) -> int:
+        setattr(m, field, (m.pop() if value is None else value) & INDEX_MASK)
+        return nxt
+    return set_id
+
+
+semantic("SETMIN_I", "SETMIN")(_set_id("minor"))
+semantic("SETMAJ_I", "SETMAJ")(_set_id("major"))
+
+
+def _set_from_stack(field: str, mask: int = WORD_MASK) -> OpFunction:
+    def set_value(m: Machine, arg: None, nxt: int) -> int:
+        setattr(m, field, m.pop() & mask)
+        return nxt
+    return set_value
+
+
+def _overflow(m: Machine, nxt: int) -> int:
+    return m.raise_exception(Ex.LOG_OVERFLOW, m.log_cap, 0, nxt)
+
+
+def _log_words(m: Machine, count: int) -> None:
+    """Pop ``count`` words into the log, TOS first (read in place: one pop call each is slow)."""
+    stack, tos, at = m.stack, m.tos, m.log_len
+    words = [stack[(tos + i) & STACK_MASK] for i in range(count)]
+    m.tos = (tos + count) & STACK_MASK
+    m.log[at:at + 4 * count] = struct.pack(f"<{count}I", *words)
+    m.log_len = at + 4 * count
+
+
+def _fault_record(m: Machine, address: int, nxt: int) -> int:
+    """Roll back a failed ``log str``/``log mrf``: a 7-byte fault record, then EX_INVALID_ADDR."""
+    at = m.log_len
+    if at + MEMORY_FAULT_RECORD > m.log_cap:
+        return _overflow(m, nxt)
+    m.log[at:at + MEMORY_FAULT_RECORD] = struct.pack("<BHI", TOKEN_MEMORY_FAULT, 4, address)
+    m.log_len = at + MEMORY_FAULT_RECORD
+    return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
+
+
+@semantic("LOG_STR")
+def log_str(m: Machine, arg: None, nxt: int) -> int:
+    address, length = m.pop(), m.pop()
+    start = m.prev_log_len = m.log_len
+    length = min(length, m.log_cap - start - RECORD_PREFIX)  # 5.0 let the prefix overrun logmax
+    if length < 0:
+        return _overflow(m, nxt)
+    try:
+        text = m.ctx.read_cstring(address, length)
+    except MemoryFault as fault:
+        return _fault_record(m, fault.address, nxt)
+    end = start + RECORD_PREFIX + len(text)
+    m.log[start:end] = struct.pack("<BH", TOKEN_ASCII, len(text)) + text
+    m.log_len = m.prev_log_len = end
+    return nxt
+
+
+@semantic("LOG_MRF")
+def log_mrf(m: Machine, arg: None, nxt: int) -> int:
+    address, length = m.pop(), m.pop()
+    start = m.prev_log_len = m.log_len
+    if start + length + RECORD_PREFIX > m.log_cap:
+        m.log_overflow = True
+        length = m.log_cap - start - RECORD_PREFIX
+        if length < 0:
+            return _overflow(m, nxt)
+    try:
+        data = m.ctx.read_memory(address, length)
+    except MemoryFault as fault:
+        return _fault_record(m, fault.address, nxt)
+    m.log[start:start + RECORD_PREFIX + length] = struct.pack("<BH", TOKEN_MEMORY, length) + data
+    m.log_len = m.prev_log_len = start + RECORD_PREFIX + length
+    return nxt
+
+
+@semantic("LOG_I")
+def log_raw(m: Machine, wanted: int, nxt: int) -> int:
+    m.prev_log_len = m.log_len
+    room = min(4 * wanted, m.log_cap - m.log_len)
+    if room < 0:
+        return _overflow(m, nxt)
+    _log_words(m, room // 4)
+    if room // 4 < wanted:
+        return _overflow(m, nxt)
+    m.prev_log_len = m.log_len
+    return nxt
+
+
+@semantic("LOG")
+def log_record(m: Machine, arg: None, nxt: int) -> int:
+    wanted = m.pop() & INDEX_MASK
+    start = m.prev_log_len = m.log_len
+    room = min(4 * wanted + RECORD_PREFIX, m.log_cap - start)
+    if room < RECORD_PREFIX:
+        return _overflow(m, nxt)
+    m.log_len += RECORD_PREFIX
+    count = (room - RECORD_PREFIX) // 4
+    _log_words(m, count)
+    m.log[start:start + RECORD_PREFIX] = struct.pack("<BH", TOKEN_LOG, count)
+    if count < wanted:
+        return _overflow(m, nxt)
+    m.prev_log_len = m.log_len
+    return nxt
+
+
+def _log_variables(op: OpInfo) -> OpFunction:
+    scope = op.scope
+    assert scope is not None
+    local = scope.local
+    token = TOKEN_LV_ENTRY if local else TOKEN_GV_ENTRY
+
+    def log_variables(m: Machine, arg: None, nxt: int) -> int:
+        count, first = m.pop(), m.pop()
+        start = m.log_len
+        if start + RECORD_PREFIX > m.log_cap:
+            return _overflow(m, nxt)
+        m.log[start:start + RECORD_PREFIX] = bytes((token, 0, 0))
+        m.log_len = start + RECORD_PREFIX
+        variables = m.lv if local else m.gv
+        index, end, logged = first, (first + count) & WORD_MASK, 0
+        while index < end:
+            if index >= len(variables):
+                return _bad_index(m, scope, index, nxt)
+            if m.log_len + 4 > m.log_cap:
+                return _overflow(m, nxt)
+            m.log[m.log_len:m.log_len + 4] = variables[index].to_bytes(4, "little")
+            m.log_len += 4
+            logged += 1
+            m.log[start + 1:start + RECORD_PREFIX] = (logged & 0xFFFF).to_bytes(2, "little")
+            index += 1
+        return nxt
+    return log_variables
+
+
+rows(_log_variables, "LOG_LV", "LOG_GV")
+semantic("PUSH_LP")(_push_value(lambda m: m.log_len))
+semantic("PUSH_PLP")(_push_value(lambda m: m.prev_log_len))
+semantic("POP_LP")(_set_from_stack("log_len"))
+
+
+# --- global and local variables ---------------------------------------------------
+def _variable_scope(op: OpInfo) -> Scope:
+    scope = op.scope
+    assert scope is not None and scope in (Scope.LV, Scope.GV), op.name
+    return scope
+
+
+def _bad_index(m: Machine, scope: Scope, index: int, nxt: int) -> int:
+    return m.raise_exception(Ex.INVALID_OPERAND, scope.index_error, index, nxt)
+
+
+def _var_push(op: OpInfo) -> OpFunction:
+    """push lv/gv: the index is the immediate, or (u16)TOS for the stack form (no operand).
+
+    Here and below, a family's stack form is told from its immediate form by its decoded
+    operand, which is None.
+    """
+    scope = _variable_scope(op)
+    local = scope.local
+
+    def push_var(m: Machine, index: int | None, nxt: int) -> int:
+        stack = m.stack
+        variables = m.lv if local else m.gv
+        tos = m.tos
+        if index is None:
+            index = stack[tos] & INDEX_MASK
+            tos = BELOW[tos]
+            m.tos = tos
+        if index >= len(variables):
+            return _bad_index(m, scope, index, nxt)
+        tos = ABOVE[tos]
+        stack[tos] = variables[index]
+        m.tos = tos
+        return nxt
+    return push_var
+
+
+def _var_pop(op: OpInfo) -> OpFunction:
+    """pop lv/gv: ``v ->`` with an immediate index, ``i v ->`` for the stack form."""
+    scope = _variable_scope(op)
+    local = scope.local
+
+    def pop_var(m: Machine, index: int | None, nxt: int) -> int:
+        stack = m.stack
+        variables = m.lv if local else m.gv
+        tos = m.tos
+        value = stack[tos]
+        below = BELOW[tos]
+        if index is None:  # both words go, whatever the index
+            index = stack[below] & INDEX_MASK
+            below = BELOW[below]
+            m.tos = below
+        if index >= len(variables):  # the immediate form leaves v on the stack
+            return _bad_index(m, scope, index, nxt)
+        m.tos = below
+        variables[index] = value
+        return nxt
+    return pop_var
+
+
+def _var_move(op: OpInfo) -> OpFunction:
+    """move lv/gv: store TOS without popping it (``v i -> v`` for the stack form)."""
+    scope = _variable_scope(op)
+    local = scope.local
+
+    def move_var(m: Machine, index: int | None, nxt: int) -> int:
+        if index is None:
+            index = m.pop() & INDEX_MASK
+        variables = m.lv if local else m.gv
+        if index >= len(variables):
+            return _bad_index(m, scope, index, nxt)
+        variables[index] = m.stack[m.tos]
+        return nxt
+    return move_var
+
+
+def _var_step(op: OpInfo, step: int) -> OpFunction:
+    """inc/dec lv/gv, wrapping at 32 bits."""
+    scope = _variable_scope(op)
+    local = scope.local
+
+    def step_var(m: Machine, index: int | None, nxt: int) -> int:
+        if index is None:
+            index = m.pop() & INDEX_MASK
+        variables = m.lv if local else m.gv
+        if index >= len(variables):
+            return _bad_index(m, scope, index, nxt)
+        variables[index] = (variables[index] + step) & WORD_MASK
+        return nxt
+    return step_var
+
+
+semantic("ALLOC_GV", "FREE_GV", "FREE_GVI")(reserved)
+rows(_var_push, "PUSH_GVI", "PUSH_GV")
+rows(_var_pop, "POP_GVI", "POP_GV")
+rows(_var_move, "MOVE_GVI", "MOVE_GV")
+rows(_var_step, "INC_GVI", "INC_GV", step=1)
+rows(_var_step, "DEC_GVI", "DEC_GV", step=-1)
+rows(_var_push, "PUSH_LVI", "PUSH_LV")
+rows(_var_pop, "POP_LVI", "POP_LV")
+rows(_var_move, "MOVE_LVI", "MOVE_LV")
+rows(_var_step, "INC_LVI", "INC_LV", step=1)
+rows(_var_step, "DEC_LVI", "DEC_LV", step=-1)
+
+
 # --- arithmetic and logic ---------------------------------------------------------
 def _binary(compute: Callable[[int, int], int]) -> OpFunction:
     """``a b -> f(tos=b, nos=a)``: pop TOS then NOS, push the result."""
     def binary(m: Machine, arg: None, nxt: int) -> int:
         stack, tos = m.stack, m.tos
         below = BELOW[tos]
-        stack[below] = compute(stack[tos], stack[below]) & MASK32
+        stack[below] = compute(stack[tos], stack[below]) & WORD_MASK
         m.tos = below
         return nxt
     return binary
 
 
 def _rotate_left(value: int, count: int) -> int:
-    count &= 31
-    return ((value << count) | (value >> (32 - count))) & MASK32
-
-
-semantic("ADD")(_binary(operator.add))
-semantic("SUB")(_binary(operator.sub))  # TOS - NOS: the 5.0 operand order
-semantic("MUL")(_binary(operator.mul))
-semantic("AND")(_binary(operator.and_))
-semantic("OR")(_binary(operator.or_))
-semantic("XOR")(_binary(operator.xor))
-semantic("SHL")(_binary(lambda value, count: value << (count & 31)))
-semantic("SHR")(_binary(lambda value, count: value >> (count & 31)))
-semantic("ROL")(_binary(_rotate_left))
-semantic("ROR")(_binary(lambda value, count: _rotate_left(value, 32 - (count & 31))))
+    count &= SHIFT_MASK
+    return ((value << count) | (value >> (WORD_BITS - count))) & WORD_MASK
 
 
 def _in_place(compute: Callable[[int, int], int]) -> OpFunction:
     """Rewrite TOS from itself and the u8 immediate."""
     def in_place(m: Machine, n: int, nxt: int) -> int:
-        m.stack[m.tos] = compute(m.stack[m.tos], n) & MASK32
+        m.stack[m.tos] = compute(m.stack[m.tos], n) & WORD_MASK
         return nxt
     return in_place
 
 
-semantic("SHL_I")(_in_place(lambda value, n: value << (n & 31)))
-semantic("SHR_I")(_in_place(lambda value, n: value >> (n & 31)))
-semantic("ROL_I")(_in_place(_rotate_left))
-semantic("ROR_I")(_in_place(lambda value, n: _rotate_left(value, 32 - (n & 31))))
+def _propagate(left: bool, k: int, value: int) -> int:
+    """pbl/pbr: copy bit k-1 into every bit above (left) or below it."""
+    bit = (value >> (k - 1)) & 1
+    span = (WORD_MASK << (k - 1)) & WORD_MASK if left else (1 << k) - 1
+    return (value | span) if bit else (value & ~span & WORD_MASK)
 
 
-@semantic("NEG")
-def neg(m: Machine, arg: None, nxt: int) -> int:
-    m.stack[m.tos] ^= MASK32  # bitwise not, as 5.0's ~
-    return nxt
+def _zero(left: bool, k: int, value: int) -> int:
+    """pzl keeps the low k bits (k = 32 clears all, the i386 shift-count quirk);
+    pzr clears bits 0..k-2."""
+    if left:
+        return 0 if k == WORD_BITS else value & ((1 << k) - 1)
+    return value & (WORD_MASK << (k - 1)) & WORD_MASK
+
+
+def _bit_stack(op: OpInfo, compute: Callable[[bool, int, int], int], left: bool) -> OpFunction:
+    """pbl/pbr/pzl/pzr: the bit index k from TOS, outside the row's domain raising."""
+    domain = op.domain
+    assert domain is not None
+    lo, hi, error = domain
+
+    def bit_op(m: Machine, arg: None, nxt: int) -> int:
+        k = m.pop()
+        if not lo <= k <= hi:
+            return m.raise_exception(Ex.INVALID_OPERAND, error, k, nxt)
+        if compute is _zero and not left and k == 1:
+            return nxt  # 5.0 returns before popping the value
+        m.push(compute(left, k, m.pop()))
+        return nxt
+    return bit_op
+
+
+def _bit_immediate(op: OpInfo, compute: Callable[[bool, int, int], int],
+                   left: bool) -> OpFunction:
+    """The immediate forms: outside the row's domain k raises, or, for a row that does not
+    list EX_INVALID_OPERAND (pbl n, pbr n), ends the handler without an exception."""
+    domain = op.domain
+    assert domain is not None
+    lo, hi, error = domain
+    raises = Ex.INVALID_OPERAND in op.raises
+
+    def bit_op(m: Machine, k: int, nxt: int) -> int:
+        if not lo <= k <= hi:
+            if not raises:
+                return m.finish(ExitKind.TERMINATED)  # 5.0: silent end, no exception
+            return m.raise_exception(Ex.INVALID_OPERAND, error, k, nxt)
+        m.stack[m.tos] = compute(left, k, m.stack[m.tos])
+        return nxt
+    return bit_op
+
+
+semantic("ADD")(_binary(operator.add))
+semantic("SUB")(_binary(operator.sub))  # TOS - NOS: the 5.0 operand order
+semantic("MUL")(_binary(operator.mul))
 
 
 @semantic("DIV", "IDIV")
@@ -262,52 +573,31 @@ ARGUMENTS["DIV"] = lambda insn, index_of: False
 ARGUMENTS["IDIV"] = lambda insn, index_of: True
 
 
-def _propagate(left: bool, k: int, value: int) -> int:
-    """pbl/pbr: copy bit k-1 into every bit above (left) or below it."""
-    bit = (value >> (k - 1)) & 1
-    span = (MASK32 << (k - 1)) & MASK32 if left else (1 << k) - 1
-    return (value | span) if bit else (value & ~span & MASK32)
+@semantic("NEG")
+def neg(m: Machine, arg: None, nxt: int) -> int:
+    m.stack[m.tos] ^= WORD_MASK  # bitwise not, as 5.0's ~
+    return nxt
 
 
-def _zero(left: bool, k: int, value: int) -> int:
-    """pzl keeps the low k bits (k = 32 clears all, the i386 shift-count quirk);
-    pzr clears bits 0..k-2."""
-    if left:
-        return 0 if k == 32 else value & ((1 << k) - 1)
-    return value & (MASK32 << (k - 1)) & MASK32
-
-
-def _bit_stack(compute: Callable[[bool, int, int], int], left: bool) -> OpFunction:
-    def bit_op(m: Machine, arg: None, nxt: int) -> int:
-        k = m.pop()
-        if not 1 <= k <= 32:
-            return m.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, nxt)
-        if compute is _zero and not left and k == 1:
-            return nxt  # 5.0 returns before popping the value
-        m.push(compute(left, k, m.pop()))
-        return nxt
-    return bit_op
-
-
-def _bit_immediate(compute: Callable[[bool, int, int], int], left: bool) -> OpFunction:
-    def bit_op(m: Machine, k: int, nxt: int) -> int:
-        if not 1 <= k <= 32:
-            if compute is _propagate:
-                return m.finish(ExitKind.TERMINATED)  # 5.0: silent end, no exception
-            return m.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, nxt)
-        m.stack[m.tos] = compute(left, k, m.stack[m.tos])
-        return nxt
-    return bit_op
-
-
-semantic("PBL")(_bit_stack(_propagate, True))
-semantic("PBR")(_bit_stack(_propagate, False))
-semantic("PZL")(_bit_stack(_zero, True))
-semantic("PZR")(_bit_stack(_zero, False))
-semantic("PBL_I")(_bit_immediate(_propagate, True))
-semantic("PBR_I")(_bit_immediate(_propagate, False))
-semantic("PZL_I")(_bit_immediate(_zero, True))
-semantic("PZR_I")(_bit_immediate(_zero, False))
+semantic("AND")(_binary(operator.and_))
+semantic("OR")(_binary(operator.or_))
+semantic("XOR")(_binary(operator.xor))
+semantic("ROL_I")(_in_place(_rotate_left))
+semantic("ROL")(_binary(_rotate_left))
+semantic("ROR_I")(_in_place(lambda value, n: _rotate_left(value, WORD_BITS - (n & SHIFT_MASK))))
+semantic("ROR")(_binary(lambda value, count: _rotate_left(value, WORD_BITS - (count & SHIFT_MASK))))
+semantic("SHL_I")(_in_place(lambda value, n: value << (n & SHIFT_MASK)))
+semantic("SHL")(_binary(lambda value, count: value << (count & SHIFT_MASK)))
+semantic("SHR_I")(_in_place(lambda value, n: value >> (n & SHIFT_MASK)))
+semantic("SHR")(_binary(lambda value, count: value >> (count & SHIFT_MASK)))
+rows(_bit_stack, "PBL", compute=_propagate, left=True)
+rows(_bit_stack, "PBR", compute=_propagate, left=False)
+rows(_bit_immediate, "PBL_I", compute=_propagate, left=True)
+rows(_bit_immediate, "PBR_I", compute=_propagate, left=False)
+rows(_bit_stack, "PZL", compute=_zero, left=True)
+rows(_bit_stack, "PZR", compute=_zero, left=False)
+rows(_bit_immediate, "PZL_I", compute=_zero, left=True)
+rows(_bit_immediate, "PZR_I", compute=_zero, left=False)
 
 
 # --- stack ------------------------------------------------------------------------
@@ -355,96 +645,7 @@ def ros(m: Machine, count: int, nxt: int) -> int:
     return nxt
 
 
-# --- variables --------------------------------------------------------------------
-def _bad_index(m: Machine, local: bool, index: int, nxt: int) -> int:
-    kind = OperandError.LOCAL_INDEX if local else OperandError.GLOBAL_INDEX
-    return m.raise_exception(Ex.INVALID_OPERAND, kind, index, nxt)
-
-
-def _var_push(local: bool) -> OpFunction:
-    """push lv/gv: the index is the immediate, or (u16)TOS for the stack form (no operand).
-
-    Here and below, a family's stack form is told from its immediate form by its decoded
-    operand, which is None.
-    """
-    def push_var(m: Machine, index: int | None, nxt: int) -> int:
-        stack = m.stack
-        variables = m.lv if local else m.gv
-        tos = m.tos
-        if index is None:
-            index = stack[tos] & 0xFFFF
-            tos = BELOW[tos]
-            m.tos = tos
-        if index >= len(variables):
-            return _bad_index(m, local, index, nxt)
-        tos = ABOVE[tos]
-        stack[tos] = variables[index]
-        m.tos = tos
-        return nxt
-    return push_var
-
-
-def _var_pop(local: bool) -> OpFunction:
-    """pop lv/gv: ``v ->`` with an immediate index, ``i v ->`` for the stack form."""
-    def pop_var(m: Machine, index: int | None, nxt: int) -> int:
-        stack = m.stack
-        variables = m.lv if local else m.gv
-        tos = m.tos
-        value = stack[tos]
-        below = BELOW[tos]
-        if index is None:  # both words go, whatever the index
-            index = stack[below] & 0xFFFF
-            below = BELOW[below]
-            m.tos = below
-        if index >= len(variables):  # the immediate form leaves v on the stack
-            return _bad_index(m, local, index, nxt)
-        m.tos = below
-        variables[index] = value
-        return nxt
-    return pop_var
-
-
-def _var_move(local: bool) -> OpFunction:
-    """move lv/gv: store TOS without popping it (``v i -> v`` for the stack form)."""
-    def move_var(m: Machine, index: int | None, nxt: int) -> int:
-        if index is None:
-            index = m.pop() & 0xFFFF
-        variables = m.lv if local else m.gv
-        if index >= len(variables):
-            return _bad_index(m, local, index, nxt)
-        variables[index] = m.stack[m.tos]
-        return nxt
-    return move_var
-
-
-def _var_step(local: bool, step: int) -> OpFunction:
-    """inc/dec lv/gv, wrapping at 32 bits."""
-    def step_var(m: Machine, index: int | None, nxt: int) -> int:
-        if index is None:
-            index = m.pop() & 0xFFFF
-        variables = m.lv if local else m.gv
-        if index >= len(variables):
-            return _bad_index(m, local, index, nxt)
-        variables[index] = (variables[index] + step) & MASK32
-        return nxt
-    return step_var
-
-
-for _scope, _local in (("LV", True), ("GV", False)):
-    semantic(f"PUSH_{_scope}I", f"PUSH_{_scope}")(_var_push(_local))
-    semantic(f"POP_{_scope}I", f"POP_{_scope}")(_var_pop(_local))
-    semantic(f"MOVE_{_scope}I", f"MOVE_{_scope}")(_var_move(_local))
-    semantic(f"INC_{_scope}I", f"INC_{_scope}")(_var_step(_local, 1))
-    semantic(f"DEC_{_scope}I", f"DEC_{_scope}")(_var_step(_local, -1))
-
-
 # --- registers and system variables ---------------------------------------------
-def _register_argument(insn: Instruction, index_of: dict[int, int]) -> Register:
-    """The verifier has checked the register index, so hand the row itself over."""
-    assert insn.operand is not None
-    return REGISTERS_BY_INDEX[insn.operand]
-
-
 def _push_wide(m: Machine, reg: Register, user: bool) -> None:
     """Registers that are not one word: split them, or pop their argument first."""
     shape = reg.shape
@@ -470,11 +671,14 @@ WORD = RegisterShape.WORD
 """A module constant: in CPython 3.11 looking a member up on its Enum class is slow."""
 
 
-def _push_register(user: bool) -> OpFunction:
+def _push_register(op: OpInfo) -> OpFunction:
+    assert op.register_rule is not None
+    user = op.register_rule.user
+
     def push_register(m: Machine, reg: Register, nxt: int) -> int:
         if reg.shape is WORD:
             tos = ABOVE[m.tos]
-            m.stack[tos] = (m.ctx.read_register(reg, user) or 0) & MASK32
+            m.stack[tos] = (m.ctx.read_register(reg, user) or 0) & WORD_MASK
             m.tos = tos
         else:
             _push_wide(m, reg, user)
@@ -482,41 +686,30 @@ def _push_register(user: bool) -> OpFunction:
     return push_register
 
 
-def _pop_register(user: bool) -> OpFunction:
+def _pop_register(op: OpInfo) -> OpFunction:
+    assert op.register_rule is not None
+    user = op.register_rule.user
+
     def pop_register(m: Machine, reg: Register, nxt: int) -> int:
         m.ctx.write_register(reg, user, m.pop())
         return nxt
     return pop_register
 
 
-for _name in ("PUSH_R", "PUSH_U", "POP_R", "POP_U"):
-    ARGUMENTS[_name] = _register_argument
-semantic("PUSH_R")(_push_register(False))
-semantic("PUSH_U")(_push_register(True))
-semantic("POP_R")(_pop_register(False))
-semantic("POP_U")(_pop_register(True))
-
-
-def _push_value(read: Callable[[Machine], int]) -> OpFunction:
-    def push_value(m: Machine, arg: None, nxt: int) -> int:
-        m.push(read(m))
-        return nxt
-    return push_value
-
-
+rows(_push_register, "PUSH_R")
+rows(_pop_register, "POP_R")
+rows(_push_register, "PUSH_U")
+rows(_pop_register, "POP_U")
 semantic("PUSH_TASK")(_push_value(lambda m: m.ctx.task()))
 semantic("PUSH_PID")(_push_value(lambda m: m.ctx.pid()))
 semantic("PUSH_PROCID")(_push_value(lambda m: m.ctx.processor()))
-semantic("PUSH_WID")(_push_value(lambda m: -32))
-semantic("PUSH_LP")(_push_value(lambda m: m.log_len))
-semantic("PUSH_PLP")(_push_value(lambda m: m.prev_log_len))
-semantic("PUSH_STP")(_push_value(lambda m: m.ex_len))
-semantic("SAVE_SBP")(_push_value(lambda m: m.sbp))
-semantic("SAVE_TSP")(_push_value(lambda m: m.tos))
+semantic("PUSH_WID")(_push_value(lambda m: WORD_WIDTH))
 
 
 # --- memory and IO ----------------------------------------------------------------
-def _push_memory(width: int) -> OpFunction:
+def _push_memory(op: OpInfo) -> OpFunction:
+    width = op.width
+
     def push_memory(m: Machine, arg: None, nxt: int) -> int:
         stack, tos = m.stack, m.tos
         address = stack[tos]
@@ -526,20 +719,22 @@ def _push_memory(width: int) -> OpFunction:
             m.tos = BELOW[tos]
             return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
         if width == 8:  # addr -> hi lo
-            stack[tos] = value >> 32
+            stack[tos] = value >> WORD_BITS
             tos = ABOVE[tos]
             m.tos = tos
-            value &= MASK32
+            value &= WORD_MASK
         stack[tos] = value
         return nxt
     return push_memory
 
 
-def _pop_memory(width: int) -> OpFunction:
+def _pop_memory(op: OpInfo) -> OpFunction:
+    width = op.width
+
     def pop_memory(m: Machine, arg: None, nxt: int) -> int:
         value = m.pop()
         if width == 8:
-            value |= m.pop() << 32
+            value |= m.pop() << WORD_BITS
         address = m.pop()
         try:
             m.ctx.write_memory(address, (value & ((1 << 8 * width) - 1)).to_bytes(width, "little"))
@@ -549,16 +744,19 @@ def _pop_memory(width: int) -> OpFunction:
     return pop_memory
 
 
-for _width in (1, 2, 4, 8):
-    semantic(f"PUSH_MEM_U{8 * _width}")(_push_memory(_width))
-    semantic(f"POP_MEM_U{8 * _width}")(_pop_memory(_width))
+rows(_push_memory, "PUSH_MEM_U8", "PUSH_MEM_U16", "PUSH_MEM_U32", "PUSH_MEM_U64")
+rows(_pop_memory, "POP_MEM_U8", "POP_MEM_U16", "POP_MEM_U32", "POP_MEM_U64")
 
 
-def _verify(write: bool) -> OpFunction:
+def _verify(op: OpInfo) -> OpFunction:
+    """vfy r/rw: 0 if the row's access (a read, then for vfy rw a write back) succeeds."""
+    write = HostNeed.MEMORY_WRITE in op.host
+    width = op.width
+
     def verify(m: Machine, arg: None, nxt: int) -> int:
         address = m.pop()
         try:
-            byte = m.ctx.read_memory(address, 1)
+            byte = m.ctx.read_memory(address, width)
             if write:
                 m.ctx.write_memory(address, byte)
         except MemoryFault:
@@ -569,8 +767,7 @@ def _verify(write: bool) -> OpFunction:
     return verify
 
 
-semantic("VFY_R")(_verify(False))
-semantic("VFY_RW")(_verify(True))
+rows(_verify, "VFY_R", "VFY_RW")
 
 
 @semantic("SEG2LIN")
@@ -583,166 +780,27 @@ def seg2lin(m: Machine, arg: None, nxt: int) -> int:
     return nxt
 
 
-def _io_in(width: int) -> OpFunction:
+def _io_in(op: OpInfo) -> OpFunction:
+    width = op.width
+
     def io_in(m: Machine, arg: None, nxt: int) -> int:
-        m.push(m.ctx.io_read(m.pop() & 0xFFFF, width))
+        m.push(m.ctx.io_read(m.pop() & INDEX_MASK, width))
         return nxt
     return io_in
 
 
-def _io_out(width: int) -> OpFunction:
+def _io_out(op: OpInfo) -> OpFunction:
+    width = op.width
+
     def io_out(m: Machine, arg: None, nxt: int) -> int:
         value = m.pop() & ((1 << 8 * width) - 1)
-        m.ctx.io_write(m.pop() & 0xFFFF, width, value)
+        m.ctx.io_write(m.pop() & INDEX_MASK, width, value)
         return nxt
     return io_out
 
 
-for _width in (1, 2, 4):
-    semantic(f"PUSH_IO_U{8 * _width}")(_io_in(_width))
-    semantic(f"POP_IO_U{8 * _width}")(_io_out(_width))
-
-
-# --- logging ----------------------------------------------------------------------
-def _overflow(m: Machine, nxt: int) -> int:
-    return m.raise_exception(Ex.LOG_OVERFLOW, m.log_cap, 0, nxt)
-
-
-def _log_words(m: Machine, count: int) -> None:
-    """Pop ``count`` words into the log, TOS first (read in place: one pop call each is slow)."""
-    stack, tos, at = m.stack, m.tos, m.log_len
-    words = [stack[(tos + i) & STACK_MASK] for i in range(count)]
-    m.tos = (tos + count) & STACK_MASK
-    m.log[at:at + 4 * count] = struct.pack(f"<{count}I", *words)
-    m.log_len = at + 4 * count
-
-
-@semantic("LOG_I")
-def log_raw(m: Machine, wanted: int, nxt: int) -> int:
-    m.prev_log_len = m.log_len
-    room = min(4 * wanted, m.log_cap - m.log_len)
-    if room < 0:
-        return _overflow(m, nxt)
-    _log_words(m, room // 4)
-    if room // 4 < wanted:
-        return _overflow(m, nxt)
-    m.prev_log_len = m.log_len
-    return nxt
-
-
-@semantic("LOG")
-def log_record(m: Machine, arg: None, nxt: int) -> int:
-    wanted = m.pop() & 0xFFFF
-    start = m.prev_log_len = m.log_len
-    room = min(4 * wanted + PREFIX, m.log_cap - start)
-    if room < PREFIX:
-        return _overflow(m, nxt)
-    m.log_len += PREFIX
-    count = (room - PREFIX) // 4
-    _log_words(m, count)
-    m.log[start:start + PREFIX] = struct.pack("<BH", TOKEN_LOG, count)
-    if count < wanted:
-        return _overflow(m, nxt)
-    m.prev_log_len = m.log_len
-    return nxt
-
-
-def _fault_record(m: Machine, address: int, nxt: int) -> int:
-    """Roll back a failed ``log str``/``log mrf``: a 7-byte fault record, then EX_INVALID_ADDR."""
-    at = m.log_len
-    if at + 7 > m.log_cap:
-        return _overflow(m, nxt)
-    m.log[at:at + 7] = struct.pack("<BHI", TOKEN_MEMORY_FAULT, 4, address)
-    m.log_len = at + 7
-    return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
-
-
-@semantic("LOG_STR")
-def log_str(m: Machine, arg: None, nxt: int) -> int:
-    address, length = m.pop(), m.pop()
-    start = m.prev_log_len = m.log_len
-    length = min(length, m.log_cap - start - PREFIX)  # 5.0 let the prefix overrun logmax
-    if length < 0:
-        return _overflow(m, nxt)
-    try:
-        text = m.ctx.read_cstring(address, length)
-    except MemoryFault as fault:
-        return _fault_record(m, fault.address, nxt)
-    m.log[start:start + PREFIX + len(text)] = struct.pack("<BH", TOKEN_ASCII, len(text)) + text
-    m.log_len = m.prev_log_len = start + PREFIX + len(text)
-    return nxt
-
-
-@semantic("LOG_MRF")
-def log_mrf(m: Machine, arg: None, nxt: int) -> int:
-    address, length = m.pop(), m.pop()
-    start = m.prev_log_len = m.log_len
-    if start + length + PREFIX > m.log_cap:
-        m.log_overflow = True
-        length = m.log_cap - start - PREFIX
-        if length < 0:
-            return _overflow(m, nxt)
-    try:
-        data = m.ctx.read_memory(address, length)
-    except MemoryFault as fault:
-        return _fault_record(m, fault.address, nxt)
-    m.log[start:start + PREFIX + length] = struct.pack("<BH", TOKEN_MEMORY, length) + data
-    m.log_len = m.prev_log_len = start + PREFIX + length
-    return nxt
-
-
-def _log_variables(local: bool) -> OpFunction:
-    token = stacktrace.TOKEN_LV_ENTRY if local else stacktrace.TOKEN_GV_ENTRY
-
-    def log_variables(m: Machine, arg: None, nxt: int) -> int:
-        count, first = m.pop(), m.pop()
-        start = m.log_len
-        if start + PREFIX > m.log_cap:
-            return _overflow(m, nxt)
-        m.log[start:start + PREFIX] = bytes((token, 0, 0))
-        m.log_len = start + PREFIX
-        variables = m.lv if local else m.gv
-        index, end, logged = first, (first + count) & MASK32, 0
-        while index < end:
-            if index >= len(variables):
-                return _bad_index(m, local, index, nxt)
-            if m.log_len + 4 > m.log_cap:
-                return _overflow(m, nxt)
-            m.log[m.log_len:m.log_len + 4] = variables[index].to_bytes(4, "little")
-            m.log_len += 4
-            logged += 1
-            m.log[start + 1:start + PREFIX] = (logged & 0xFFFF).to_bytes(2, "little")
-            index += 1
-        return nxt
-    return log_variables
-
-
-semantic("LOG_LV")(_log_variables(True))
-semantic("LOG_GV")(_log_variables(False))
-
-
-def _set_id(field: str) -> OpFunction:
-    def set_id(m: Machine, value: int | None, nxt: int) -> int:
-        setattr(m, field, (m.pop() if value is None else value) & 0xFFFF)
-        return nxt
-    return set_id
-
-
-semantic("SETMIN_I", "SETMIN")(_set_id("minor"))
-semantic("SETMAJ_I", "SETMAJ")(_set_id("major"))
-
-
-def _set_from_stack(field: str, mask: int = MASK32) -> OpFunction:
-    def set_value(m: Machine, arg: None, nxt: int) -> int:
-        setattr(m, field, m.pop() & mask)
-        return nxt
-    return set_value
-
-
-semantic("POP_LP")(_set_from_stack("log_len"))
-semantic("POP_STP")(_set_from_stack("ex_len"))
-semantic("RESTORE_SBP")(_set_from_stack("sbp", STACK_MASK))
-semantic("RESTORE_TSP")(_set_from_stack("tos", STACK_MASK))
+rows(_io_in, "PUSH_IO_U8", "PUSH_IO_U16", "PUSH_IO_U32")
+rows(_io_out, "POP_IO_U8", "POP_IO_U16", "POP_IO_U32")
 
 
 # --- exceptions and stack traces ------------------------------------------------
@@ -781,11 +839,15 @@ def log_st(m: Machine, arg: None, nxt: int) -> int:
 
 @semantic("PURGE_ST")
 def purge_st(m: Machine, arg: None, nxt: int) -> int:
-    m.ex_len = stacktrace.MIN_ST_SIZE
+    m.ex_len = MIN_ST_SIZE
     return nxt
 
 
-def _trace(field: str) -> OpFunction:
+def _trace(op: OpInfo) -> OpFunction:
+    """trace lv/gv/pv: the frame's range of the row's scope."""
+    assert op.scope is not None
+    field = f"{op.scope.value}_range"
+
     def trace(m: Machine, arg: None, nxt: int) -> int:
         count = m.pop()
         setattr(m.frames[-1], field, (count, m.pop()))
@@ -793,14 +855,16 @@ def _trace(field: str) -> OpFunction:
     return trace
 
 
-semantic("TRACE_LV")(_trace("lv_range"))
-semantic("TRACE_GV")(_trace("gv_range"))
-semantic("TRACE_PV")(_trace("pv_range"))
+rows(_trace, "TRACE_LV", "TRACE_GV", "TRACE_PV")
+semantic("PUSH_STP")(_push_value(lambda m: m.ex_len))
+semantic("POP_STP")(_set_from_stack("ex_len"))
 
 
 # --- frame access -----------------------------------------------------------------
-def _frame_push(sbp: bool) -> OpFunction:
+def _frame_push(op: OpInfo) -> OpFunction:
     """push sbp/tsp: push the slot k away from SBP or TOS (the stack form pops k first)."""
+    sbp = op.scope is Scope.SBP
+
     def frame_push(m: Machine, k: int | None, nxt: int) -> int:
         stack = m.stack
         tos = m.tos
@@ -815,8 +879,10 @@ def _frame_push(sbp: bool) -> OpFunction:
     return frame_push
 
 
-def _frame_pop(sbp: bool) -> OpFunction:
+def _frame_pop(op: OpInfo) -> OpFunction:
     """pop sbp/tsp: store TOS in a slot; the immediate form computes the slot before popping."""
+    sbp = op.scope is Scope.SBP
+
     def frame_pop(m: Machine, k: int | None, nxt: int) -> int:
         if k is not None:
             slot = ((m.sbp if sbp else m.tos) + k) & STACK_MASK
@@ -829,8 +895,10 @@ def _frame_pop(sbp: bool) -> OpFunction:
     return frame_pop
 
 
-def _frame_copy(sbp: bool) -> OpFunction:
+def _frame_copy(op: OpInfo) -> OpFunction:
     """copy sbp/tsp: store TOS in a slot without popping it (the stack form pops k first)."""
+    sbp = op.scope is Scope.SBP
+
     def frame_copy(m: Machine, k: int | None, nxt: int) -> int:
         if k is None:
             k = _signed(m.pop())
@@ -839,10 +907,19 @@ def _frame_copy(sbp: bool) -> OpFunction:
     return frame_copy
 
 
-for _base, _sbp in (("SBP", True), ("TSP", False)):
-    semantic(f"PUSH_{_base}_I", f"PUSH_{_base}")(_frame_push(_sbp))
-    semantic(f"POP_{_base}_I", f"POP_{_base}")(_frame_pop(_sbp))
-    semantic(f"COPY_{_base}_I", f"COPY_{_base}")(_frame_copy(_sbp))
+rows(_frame_push, "PUSH_SBP")
+rows(_frame_pop, "POP_SBP")
+rows(_frame_push, "PUSH_TSP")
+rows(_frame_pop, "POP_TSP")
+rows(_frame_push, "PUSH_SBP_I")
+rows(_frame_pop, "POP_SBP_I")
+rows(_frame_push, "PUSH_TSP_I")
+rows(_frame_pop, "POP_TSP_I")
+rows(_frame_copy, "COPY_SBP_I", "COPY_TSP_I", "COPY_SBP", "COPY_TSP")
+semantic("SAVE_SBP")(_push_value(lambda m: m.sbp))
+semantic("RESTORE_SBP")(_set_from_stack("sbp", STACK_MASK))
+semantic("SAVE_TSP")(_push_value(lambda m: m.tos))
+semantic("RESTORE_TSP")(_set_from_stack("tos", STACK_MASK))
 
 
 # --- byte heap --------------------------------------------------------------------
@@ -874,7 +951,9 @@ def free(m: HeapUser, arg: None, nxt: int) -> int:
     return nxt
 
 
-def _heap_push(width: int) -> OpFunction:
+def _heap_push(op: OpInfo) -> OpFunction:
+    width = op.width
+
     def heap_push(m: HeapUser, count: int, nxt: int) -> int:
         offset, handle = m.pop(), m.pop()
         size = m.heap.block_size(handle)
@@ -892,7 +971,9 @@ def _heap_push(width: int) -> OpFunction:
     return heap_push
 
 
-def _heap_pop(width: int) -> OpFunction:
+def _heap_pop(op: OpInfo) -> OpFunction:
+    width = op.width
+
     def heap_pop(m: HeapUser, count: int, nxt: int) -> int:
         offset, handle = m.pop(), m.pop()
         size = m.heap.block_size(handle)
@@ -911,8 +992,7 @@ def _heap_pop(width: int) -> OpFunction:
     return heap_pop
 
 
-for _width in (1, 2, 4, 8):
-    semantic(f"PUSHH_U{8 * _width}_I")(_heap_push(_width))
-    semantic(f"POPH_U{8 * _width}_I")(_heap_pop(_width))
+rows(_heap_push, "PUSHH_U8_I", "PUSHH_U16_I", "PUSHH_U32_I", "PUSHH_U64_I")
+rows(_heap_pop, "POPH_U8_I", "POPH_U16_I", "POPH_U32_I", "POPH_U64_I")
 
 assert STOP < 0

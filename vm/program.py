@@ -13,10 +13,8 @@ from enum import IntEnum, IntFlag
 
 from dprobes.vm.bytecode import DecodeError, Instruction, decode_range
 from dprobes.vm.exceptions import DEFAULT_EX_MASK
+from dprobes.vm.model import EX_LOGMAX_LIMIT, JMPMAX_LIMIT, LOGMAX_LIMIT
 
-JMPMAX_LIMIT = 65535
-LOGMAX_LIMIT = 1024
-EX_LOGMAX_LIMIT = 1024
 HEAPMAX_LIMIT = 16 * 1024
 MAX_LOCAL_VARS = 256
 MAX_GLOBAL_VARS = 256

@@ -16,14 +16,21 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from dprobes.vm.model import (
+    MIN_ST_SIZE,
+    RECORD_PREFIX,
+    STACK_MASK,
+    TOKEN_ASCII,
+    TOKEN_GV_ENTRY,
+    TOKEN_LV_ENTRY,
+    TOKEN_RPN_ENTRY,
+    TOKEN_STACK_FRAME,
+    TOKEN_STACK_TRACE,
+    WORD_MASK,
+)
+
 if TYPE_CHECKING:
     from dprobes.vm.interp import Frame, Machine
-
-MIN_ST_SIZE = 12
-"""Bytes reserved at the front of the exception buffer for the trace record header."""
-
-TOKEN_ASCII, TOKEN_STACK_TRACE, TOKEN_STACK_FRAME = 1, 2, 3
-TOKEN_RPN_ENTRY, TOKEN_LV_ENTRY, TOKEN_GV_ENTRY = 4, 5, 6
 _WORD = struct.Struct("<I")
 
 
@@ -54,7 +61,7 @@ def _header(m: Machine) -> bool:
         + struct.pack("<QHHH", m.probe.offset & (2**64 - 1), m.program.header.id & 0xFFFF,
                       m.major, m.minor)
     )
-    if m.ex_len + len(header) + 3 >= m.ex_logmax:
+    if m.ex_len + len(header) + RECORD_PREFIX >= m.ex_logmax:
         return False
     _write(m, header)
     m.st_count_at = _open_record(m, TOKEN_STACK_TRACE)
@@ -66,7 +73,7 @@ def _words(m: Machine, token: int, first: int, count: int, read, limit: int | No
     at = _open_record(m, token)
     if at is None:
         return 0
-    index, end = first, (first + count) & 0xFFFFFFFF
+    index, end = first, (first + count) & WORD_MASK
     while index < end:
         if limit is not None and index >= limit:
             return -1
@@ -85,7 +92,7 @@ def _frame(m: Machine, frame: Frame) -> int:
     lv_count, lv_first = frame.lv_range
     gv_count, gv_first = frame.gv_range
     for token, first, count, read, limit in (
-        (TOKEN_RPN_ENTRY, pv_first, pv_count, lambda i: stack[i & 1023], None),
+        (TOKEN_RPN_ENTRY, pv_first, pv_count, lambda i: stack[i & STACK_MASK], None),
         (TOKEN_LV_ENTRY, lv_first, lv_count, m.lv.__getitem__, len(m.lv)),
         (TOKEN_GV_ENTRY, gv_first, gv_count, m.gv.__getitem__, len(m.gv)),
     ):

@@ -16,7 +16,7 @@ from dprobes.runtime.native.layout import Hook, Pending, ProbeEntry, ProcessSlot
 from dprobes.runtime.native.record import set_head_field
 from dprobes.vm.jit.embed import BODY_FUNCTION, EXIT_EXIT, EXIT_TERMINATED, State
 from dprobes.vm.jit.irgen import I1, PTR, FunctionBuilder, ModuleBuilder, c32
-from dprobes.vm.stacktrace import MIN_ST_SIZE
+from dprobes.vm.model import MIN_ST_SIZE
 
 PROBE_SETTINGS = (("ex_mask", "ex_mask"), ("major", "probe_major"),
                   ("minor", "probe_minor"), ("probe_offset", "probe_offset"))

@@ -22,10 +22,10 @@ from typing import Any
 
 from dprobes.vm.context import Context, MemoryFault
 from dprobes.vm.jit import state as S
+from dprobes.vm.model import WORD_BITS, WORD_MASK
 from dprobes.vm.program import Program
 from dprobes.vm.registers import REGISTERS_BY_INDEX
 
-MASK32 = 0xFFFFFFFF
 MASK128 = (1 << 128) - 1
 HOST_FAILED = -1
 
@@ -72,7 +72,7 @@ def _read_memory(ctx: int, address: int, size: int, out: int, fault: Any) -> int
     try:
         data = session.context.read_memory(address, size)
     except MemoryFault as error:
-        fault[0] = error.address & MASK32
+        fault[0] = error.address & WORD_MASK
         return 1
     except BaseException as error:
         return _fail(session, error)
@@ -88,7 +88,7 @@ def _write_memory(ctx: int, address: int, size: int, data: int, fault: Any) -> i
     try:
         session.context.write_memory(address, ctypes.string_at(data, size))
     except MemoryFault as error:
-        fault[0] = error.address & MASK32
+        fault[0] = error.address & WORD_MASK
         return 1
     except BaseException as error:
         return _fail(session, error)
@@ -101,7 +101,7 @@ def _read_cstring(ctx: int, address: int, limit: int, out: int, length: Any,
     try:
         text = bytes(session.context.read_cstring(address, limit))
     except MemoryFault as error:
-        fault[0] = error.address & MASK32
+        fault[0] = error.address & WORD_MASK
         return 1
     except BaseException as error:
         return _fail(session, error)
@@ -114,7 +114,7 @@ def _read_cstring(ctx: int, address: int, limit: int, out: int, length: Any,
 def _store_words(out: Any, value: int, count: int) -> None:
     value &= MASK128
     for i in range(count):
-        out[i] = (value >> (32 * i)) & MASK32
+        out[i] = (value >> (WORD_BITS * i)) & WORD_MASK
 
 
 def _read_register(ctx: int, index: int, user: int, out: Any) -> int:
@@ -141,7 +141,7 @@ def _cpuid(ctx: int, leaf: int, out: Any) -> int:
     try:
         eax, ebx, ecx, edx = session.context.cpuid(leaf) or (0, 0, 0, 0)
         for i, value in enumerate((eax, ebx, ecx, edx)):
-            out[i] = value & MASK32
+            out[i] = value & WORD_MASK
     except BaseException as error:
         return _fail(session, error)
     return 0
@@ -159,7 +159,7 @@ def _read_msr(ctx: int, index: int, out: Any) -> int:
 def _io_read(ctx: int, port: int, size: int, out: Any) -> int:
     session = SESSIONS[ctx]
     try:
-        out[0] = session.context.io_read(port, size) & MASK32
+        out[0] = session.context.io_read(port, size) & WORD_MASK
     except BaseException as error:
         return _fail(session, error)
     return 0
@@ -180,7 +180,7 @@ def _segment_base(ctx: int, selector: int, out: Any) -> int:
         base = session.context.segment_base(selector)
         if base is None:
             return 1
-        out[0] = base & MASK32
+        out[0] = base & WORD_MASK
     except BaseException as error:
         return _fail(session, error)
     return 0
@@ -190,7 +190,7 @@ def _system_value(method: str):
     def read(ctx: int, out: Any) -> int:
         session = SESSIONS[ctx]
         try:
-            out[0] = getattr(session.context, method)() & MASK32
+            out[0] = getattr(session.context, method)() & WORD_MASK
         except BaseException as error:
             return _fail(session, error)
         return 0

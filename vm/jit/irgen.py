@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from dprobes.vm.jit import state as S
+from dprobes.vm.model import STACK_MASK, WORD_MASK
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -31,12 +32,10 @@ PTR = ir.PointerType()
 VOID = ir.VoidType()
 STATUS = I32
 
-STACK_MASK = 1023
-NO_HANDLER = 0xFFFFFFFF
 
 
 def c32(value: int) -> ir.Constant:
-    return ir.Constant(I32, value & 0xFFFFFFFF)
+    return ir.Constant(I32, value & WORD_MASK)
 
 
 def c64(value: int) -> ir.Constant:
@@ -149,10 +148,7 @@ def _chunk_samples(offsets: list[int]) -> list[int]:
     """Offsets, 32 apart at most, from the first to the last of the sorted ``offsets``:
     the 32-word chunks they fall in cover every chunk the written slots fall in (some
     between them too, which only costs the runner a copy)."""
-    return [*range(offsets[0], offsets[-1], DIRTY_CHUNK), offsets[-1]]
-
-
-DIRTY_CHUNK = 32
+    return [*range(offsets[0], offsets[-1], S.DIRTY_CHUNK), offsets[-1]]
 
 
 class FunctionBuilder:

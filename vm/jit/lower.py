@@ -2,8 +2,9 @@
 
 Each function emits the native code of one instruction into its block and ends the block
 (a branch to the next instruction, a target, ``resume`` or ``exit``). It mirrors the
-semantic function of the same opcode in ``vm.ops``; families of rows share a small
-factory exactly where ``vm.ops`` does (binary operators, variables, frame access).
+semantic function of the same opcode in ``vm.ops``. Rows of one family (variables, memory
+and port accesses, frame access, registers) share one lowering, which reads what sets
+them apart (scope, width, register rule, operand domain) from the instruction's row.
 Hot operations are inline; the rest call the native runtime library (``vm.jit.rtlib``),
 which reports a status that ``HandlerLowering.status_branch`` turns into a branch.
 
@@ -17,20 +18,27 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from dprobes.vm.bytecode import Instruction
-from dprobes.vm.exceptions import NO_HANDLER, OperandError
+from dprobes.vm.exceptions import NO_HANDLER
 from dprobes.vm.exceptions import ExceptionCode as Ex
-from dprobes.vm.interp import MAX_CALL_DEPTH
-from dprobes.vm.isa import TABLE
+from dprobes.vm.isa import TABLE, Domain, HostNeed, Operand, RegisterRule, Scope
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.function import HandlerLowering
 from dprobes.vm.jit.irgen import I8, I16, I32, I64, c32, c64
 from dprobes.vm.jit.rtlib import SHAPE_CODES, note_log_end
-from dprobes.vm.ops import SIGN
+from dprobes.vm.model import (
+    INDEX_MASK,
+    MAX_CALL_DEPTH,
+    MIN_ST_SIZE,
+    SHIFT_MASK,
+    SIGN_BIT,
+    STACK_MASK,
+    WORD_BITS,
+    WORD_MASK,
+    WORD_WIDTH,
+)
 from dprobes.vm.registers import REGISTERS_BY_INDEX, RegisterShape
-from dprobes.vm.stacktrace import MIN_ST_SIZE
 
 Lowering = Callable[[HandlerLowering, Instruction], None]
-MASK32 = 0xFFFFFFFF
 
 
 # --- shared pieces ---------------------------------------------------------------------
@@ -69,25 +77,48 @@ def _push_value(read: Callable[[HandlerLowering], ir.Value]) -> Lowering:
     return lower
 
 
-def _set_field(field: str, value_mask: int = MASK32) -> Lowering:
+def _set_field(field: str, value_mask: int = WORD_MASK) -> Lowering:
     """setattr(m, field, m.pop() & mask)."""
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
         value = e.pop()
-        e.store(field, e.b.and_(value, c32(value_mask)) if value_mask != MASK32 else value)
+        e.store(field, e.b.and_(value, c32(value_mask)) if value_mask != WORD_MASK else value)
         e.b.branch(lw.next_block(insn))
     return lower
 
 
-def _set_id(field: str, from_stack: bool) -> Lowering:
+def _from_stack(insn: Instruction) -> bool:
+    """A family's stack form, which takes from the stack what the immediate form encodes."""
+    return insn.op.operand is Operand.NONE
+
+
+def _set_id(field: str) -> Lowering:
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
-        if from_stack:
-            e.store(field, e.b.and_(e.pop(), c32(0xFFFF)))
+        if _from_stack(insn):
+            e.store(field, e.b.and_(e.pop(), c32(INDEX_MASK)))
         else:
-            e.store(field, (insn.operand or 0) & 0xFFFF)
+            e.store(field, (insn.operand or 0) & INDEX_MASK)
         e.b.branch(lw.next_block(insn))
     return lower
+
+
+def _domain(insn: Instruction) -> Domain:
+    domain = insn.op.domain
+    assert domain is not None, insn.op.name
+    return domain
+
+
+def _scope(insn: Instruction) -> Scope:
+    scope = insn.op.scope
+    assert scope is not None, insn.op.name
+    return scope
+
+
+def _register_rule(insn: Instruction) -> RegisterRule:
+    rule = insn.op.register_rule
+    assert rule is not None, insn.op.name
+    return rule
 
 
 def _runtime_op(name: str, *args: int) -> Lowering:
@@ -107,15 +138,15 @@ def lower_jmp(lw: HandlerLowering, insn: Instruction) -> None:
 
 
 def _signed_negative(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    return b.icmp_unsigned(">=", v, c32(SIGN))
+    return b.icmp_unsigned(">=", v, c32(SIGN_BIT))
 
 
 lower_jlt = _conditional_jump(_signed_negative)
 lower_jle = _conditional_jump(lambda b, v: b.or_(b.icmp_unsigned("==", v, c32(0)),
                                                  _signed_negative(b, v)))
 lower_jgt = _conditional_jump(lambda b, v: b.and_(b.icmp_unsigned("!=", v, c32(0)),
-                                                  b.icmp_unsigned("<", v, c32(SIGN))))
-lower_jge = _conditional_jump(lambda b, v: b.icmp_unsigned("<", v, c32(SIGN)))
+                                                  b.icmp_unsigned("<", v, c32(SIGN_BIT))))
+lower_jge = _conditional_jump(lambda b, v: b.icmp_unsigned("<", v, c32(SIGN_BIT)))
 lower_jz = _conditional_jump(lambda b, v: b.icmp_unsigned("==", v, c32(0)))
 lower_jnz = _conditional_jump(lambda b, v: b.icmp_unsigned("!=", v, c32(0)))
 
@@ -186,8 +217,9 @@ def lower_exit(lw: HandlerLowering, insn: Instruction) -> None:
 
 def lower_exit_n(lw: HandlerLowering, insn: Instruction) -> None:
     facility = insn.operand or 0
-    if not 1 <= facility <= 3:
-        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.EXIT_FACILITY, facility, insn)
+    domain = _domain(insn)
+    if not domain.admits(facility):
+        lw.raise_exception(Ex.INVALID_OPERAND, domain.error, facility, insn)
         return
     lw.e.store("exit_to", facility)
     lw.finish(S.EXIT_EXIT_TO)
@@ -212,10 +244,10 @@ def lower_callk(lw: HandlerLowering, insn: Instruction) -> None:
 
 
 # --- logging ---------------------------------------------------------------------------
-lower_setmin_i = _set_id("minor", False)
-lower_setmin = _set_id("minor", True)
-lower_setmaj_i = _set_id("major", False)
-lower_setmaj = _set_id("major", True)
+lower_setmin_i = _set_id("minor")
+lower_setmin = _set_id("minor")
+lower_setmaj_i = _set_id("major")
+lower_setmaj = _set_id("major")
 lower_log_str = _runtime_op("log_str")
 lower_log_mrf = _runtime_op("log_mrf")
 
@@ -248,80 +280,79 @@ def lower_log_i(lw: HandlerLowering, insn: Instruction) -> None:
 
 
 lower_log = _runtime_op("log_record")
-lower_log_lv = _runtime_op("log_vars", 1)
-lower_log_gv = _runtime_op("log_vars", 0)
+def _log_variables(lw: HandlerLowering, insn: Instruction) -> None:
+    lw.status_branch(lw.rt("log_vars", int(_scope(insn).local)), lw.next_block(insn))
+
+
+lower_log_lv = _log_variables
+lower_log_gv = _log_variables
 lower_push_lp = _push_value(lambda lw: lw.e.load("log_len"))
 lower_push_plp = _push_value(lambda lw: lw.e.load("prev_log_len"))
 lower_pop_lp = _set_field("log_len")
 
 
 # --- variables -------------------------------------------------------------------------
-def _bad_index(lw: HandlerLowering, insn: Instruction, local: bool, index: ir.Value) -> None:
-    kind = OperandError.LOCAL_INDEX if local else OperandError.GLOBAL_INDEX
-    lw.raise_exception(Ex.INVALID_OPERAND, kind, index, insn)
-
-
-def _checked_index(lw: HandlerLowering, insn: Instruction, local: bool,
-                   index: ir.Value) -> None:
-    """Raise EX_INVALID_OPERAND unless index < len(variables); else go on in a new block."""
+def _checked_index(lw: HandlerLowering, insn: Instruction, index: ir.Value) -> None:
+    """Raise EX_INVALID_OPERAND unless index < the count of the row's variables; else go on
+    in a new block."""
     e = lw.e
+    scope = _scope(insn)
     bad, ok = lw.new_block(insn, "bad_index"), lw.new_block(insn, "index_ok")
-    e.b.cbranch(e.b.icmp_unsigned(">=", index, e.var_count(local)), bad, ok)
+    e.b.cbranch(e.b.icmp_unsigned(">=", index, e.var_count(scope.local)), bad, ok)
     e.at(bad)
-    _bad_index(lw, insn, local, index)
+    lw.raise_exception(Ex.INVALID_OPERAND, scope.index_error, index, insn)
     e.at(ok)
 
 
-def _immediate_index(insn: Instruction) -> ir.Value:
-    return c32(insn.operand or 0)
+def _index(lw: HandlerLowering, insn: Instruction) -> ir.Value:
+    """The immediate index, or for the stack form (u16)TOS, popped."""
+    e = lw.e
+    return e.b.and_(e.pop(), c32(INDEX_MASK)) if _from_stack(insn) else c32(insn.operand or 0)
 
 
-def _var_push(local: bool, from_stack: bool) -> Lowering:
+def _var_push(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    index = _index(lw, insn)
+    _checked_index(lw, insn, index)
+    e.push(e.b.load(e.var_ptr(_scope(insn).local, index), typ=I32))
+    e.b.branch(lw.next_block(insn))
+
+
+def _var_pop(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    local = _scope(insn).local
+    tos = e.tos()
+    value = e.read_slot(tos)
+    if _from_stack(insn):
+        below = e.slot(1, tos)
+        index = e.b.and_(e.read_slot(below), c32(INDEX_MASK))
+        e.set_tos(e.slot(1, below))
+    else:
+        index = c32(insn.operand or 0)
+    _checked_index(lw, insn, index)  # the immediate form leaves v on the stack
+    if not _from_stack(insn):
+        e.set_tos(e.slot(1, tos))
+    e.b.store(value, e.var_ptr(local, index))
+    e.mark_var_dirty(local)
+    e.b.branch(lw.next_block(insn))
+
+
+def _var_move(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    local = _scope(insn).local
+    index = _index(lw, insn)
+    _checked_index(lw, insn, index)
+    e.b.store(e.peek(0), e.var_ptr(local, index))
+    e.mark_var_dirty(local)
+    e.b.branch(lw.next_block(insn))
+
+
+def _var_step(step: int) -> Lowering:
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
-        index = e.b.and_(e.pop(), c32(0xFFFF)) if from_stack else _immediate_index(insn)
-        _checked_index(lw, insn, local, index)
-        e.push(e.b.load(e.var_ptr(local, index), typ=I32))
-        e.b.branch(lw.next_block(insn))
-    return lower
-
-
-def _var_pop(local: bool, from_stack: bool) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        tos = e.tos()
-        value = e.read_slot(tos)
-        if from_stack:
-            below = e.slot(1, tos)
-            index = e.b.and_(e.read_slot(below), c32(0xFFFF))
-            e.set_tos(e.slot(1, below))
-        else:
-            index = _immediate_index(insn)
-        _checked_index(lw, insn, local, index)  # the immediate form leaves v on the stack
-        if not from_stack:
-            e.set_tos(e.slot(1, tos))
-        e.b.store(value, e.var_ptr(local, index))
-        e.mark_var_dirty(local)
-        e.b.branch(lw.next_block(insn))
-    return lower
-
-
-def _var_move(local: bool, from_stack: bool) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        index = e.b.and_(e.pop(), c32(0xFFFF)) if from_stack else _immediate_index(insn)
-        _checked_index(lw, insn, local, index)
-        e.b.store(e.peek(0), e.var_ptr(local, index))
-        e.mark_var_dirty(local)
-        e.b.branch(lw.next_block(insn))
-    return lower
-
-
-def _var_step(local: bool, from_stack: bool, step: int) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        index = e.b.and_(e.pop(), c32(0xFFFF)) if from_stack else _immediate_index(insn)
-        _checked_index(lw, insn, local, index)
+        local = _scope(insn).local
+        index = _index(lw, insn)
+        _checked_index(lw, insn, index)
         pointer = e.var_ptr(local, index)
         e.b.store(e.b.add(e.b.load(pointer, typ=I32), c32(step)), pointer)
         e.mark_var_dirty(local)
@@ -333,27 +364,27 @@ def _var_step(local: bool, from_stack: bool, step: int) -> Lowering:
 lower_alloc_gv = _reserved
 lower_free_gv = _reserved
 lower_free_gvi = _reserved
-lower_push_gvi = _var_push(local=False, from_stack=False)
-lower_push_gv = _var_push(local=False, from_stack=True)
-lower_pop_gvi = _var_pop(local=False, from_stack=False)
-lower_pop_gv = _var_pop(local=False, from_stack=True)
-lower_move_gvi = _var_move(local=False, from_stack=False)
-lower_move_gv = _var_move(local=False, from_stack=True)
-lower_inc_gvi = _var_step(local=False, from_stack=False, step=1)
-lower_inc_gv = _var_step(local=False, from_stack=True, step=1)
-lower_dec_gvi = _var_step(local=False, from_stack=False, step=-1)
-lower_dec_gv = _var_step(local=False, from_stack=True, step=-1)
+lower_push_gvi = _var_push
+lower_push_gv = _var_push
+lower_pop_gvi = _var_pop
+lower_pop_gv = _var_pop
+lower_move_gvi = _var_move
+lower_move_gv = _var_move
+lower_inc_gvi = _var_step(1)
+lower_inc_gv = _var_step(1)
+lower_dec_gvi = _var_step(-1)
+lower_dec_gv = _var_step(-1)
 # --- local variables ---
-lower_push_lvi = _var_push(local=True, from_stack=False)
-lower_push_lv = _var_push(local=True, from_stack=True)
-lower_pop_lvi = _var_pop(local=True, from_stack=False)
-lower_pop_lv = _var_pop(local=True, from_stack=True)
-lower_move_lvi = _var_move(local=True, from_stack=False)
-lower_move_lv = _var_move(local=True, from_stack=True)
-lower_inc_lvi = _var_step(local=True, from_stack=False, step=1)
-lower_inc_lv = _var_step(local=True, from_stack=True, step=1)
-lower_dec_lvi = _var_step(local=True, from_stack=False, step=-1)
-lower_dec_lv = _var_step(local=True, from_stack=True, step=-1)
+lower_push_lvi = _var_push
+lower_push_lv = _var_push
+lower_pop_lvi = _var_pop
+lower_pop_lv = _var_pop
+lower_move_lvi = _var_move
+lower_move_lv = _var_move
+lower_inc_lvi = _var_step(1)
+lower_inc_lv = _var_step(1)
+lower_dec_lvi = _var_step(-1)
+lower_dec_lv = _var_step(-1)
 
 
 # --- arithmetic and logic ----------------------------------------------------------------
@@ -388,7 +419,7 @@ def _rotate(lw: HandlerLowering, value: ir.Value, count: ir.Value, left: bool) -
 
 
 def _count(lw: HandlerLowering, count: ir.Value) -> ir.Value:
-    return lw.e.b.and_(count, c32(31))
+    return lw.e.b.and_(count, c32(SHIFT_MASK))
 
 
 lower_add = _binary(lambda lw, t, n: lw.e.b.add(t, n))
@@ -409,7 +440,7 @@ def _divide(signed: bool) -> Lowering:
         if signed:  # C truncation; INT_MIN / -1 wraps (i386 would trap)
             minus_one, general, done = (lw.new_block(insn, n) for n in
                                         ("minus_one", "general", "divided"))
-            e.b.cbranch(e.b.icmp_unsigned("==", divisor, c32(MASK32)), minus_one, general)
+            e.b.cbranch(e.b.icmp_unsigned("==", divisor, c32(WORD_MASK)), minus_one, general)
             e.at(minus_one)
             negated = e.b.sub(c32(0), dividend)
             e.b.branch(done)
@@ -434,17 +465,17 @@ def _divide(signed: bool) -> Lowering:
 
 lower_div = _divide(signed=False)
 lower_idiv = _divide(signed=True)
-lower_neg = _in_place(lambda lw, v, n: lw.e.b.xor(v, c32(MASK32)))
+lower_neg = _in_place(lambda lw, v, n: lw.e.b.xor(v, c32(WORD_MASK)))
 lower_and = _binary(lambda lw, t, n: lw.e.b.and_(t, n))
 lower_or = _binary(lambda lw, t, n: lw.e.b.or_(t, n))
 lower_xor = _binary(lambda lw, t, n: lw.e.b.xor(t, n))
-lower_rol_i = _in_place(lambda lw, v, n: _rotate(lw, v, c32(n & 31), True))
+lower_rol_i = _in_place(lambda lw, v, n: _rotate(lw, v, c32(n & SHIFT_MASK), True))
 lower_rol = _binary(lambda lw, v, n: _rotate(lw, v, n, True))
-lower_ror_i = _in_place(lambda lw, v, n: _rotate(lw, v, c32(n & 31), False))
+lower_ror_i = _in_place(lambda lw, v, n: _rotate(lw, v, c32(n & SHIFT_MASK), False))
 lower_ror = _binary(lambda lw, v, n: _rotate(lw, v, n, False))
-lower_shl_i = _in_place(lambda lw, v, n: lw.e.b.shl(v, c32(n & 31)))
+lower_shl_i = _in_place(lambda lw, v, n: lw.e.b.shl(v, c32(n & SHIFT_MASK)))
 lower_shl = _binary(lambda lw, v, n: lw.e.b.shl(v, _count(lw, n)))
-lower_shr_i = _in_place(lambda lw, v, n: lw.e.b.lshr(v, c32(n & 31)))
+lower_shr_i = _in_place(lambda lw, v, n: lw.e.b.lshr(v, c32(n & SHIFT_MASK)))
 lower_shr = _binary(lambda lw, v, n: lw.e.b.lshr(v, _count(lw, n)))
 
 
@@ -455,11 +486,11 @@ def _propagate(lw: HandlerLowering, left: bool, k: ir.Value, value: ir.Value) ->
     k1 = b.sub(k, c32(1))
     bit = b.and_(b.lshr(value, k1), c32(1))
     if left:
-        span = b.shl(c32(MASK32), k1)
+        span = b.shl(c32(WORD_MASK), k1)
     else:
         span = b.trunc(b.sub(b.shl(c64(1), b.zext(k, I64)), c64(1)), I32)
     return b.select(b.icmp_unsigned("!=", bit, c32(0)), b.or_(value, span),
-                    b.and_(value, b.xor(span, c32(MASK32))))
+                    b.and_(value, b.xor(span, c32(WORD_MASK))))
 
 
 def _zero(lw: HandlerLowering, left: bool, k: ir.Value, value: ir.Value) -> ir.Value:
@@ -467,18 +498,19 @@ def _zero(lw: HandlerLowering, left: bool, k: ir.Value, value: ir.Value) -> ir.V
     b = lw.e.b
     if left:
         low = b.trunc(b.sub(b.shl(c64(1), b.zext(k, I64)), c64(1)), I32)
-        return b.select(b.icmp_unsigned("==", k, c32(32)), c32(0), b.and_(value, low))
-    return b.and_(value, b.shl(c32(MASK32), b.sub(k, c32(1))))
+        return b.select(b.icmp_unsigned("==", k, c32(WORD_BITS)), c32(0), b.and_(value, low))
+    return b.and_(value, b.shl(c32(WORD_MASK), b.sub(k, c32(1))))
 
 
 def _bit_stack(compute: Callable, left: bool, pzr: bool = False) -> Lowering:
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
+        lo, hi, error = _domain(insn)
         k = e.pop()
         bad, ok = lw.new_block(insn, "bad_bit"), lw.new_block(insn, "bit_ok")
-        e.b.cbranch(e.b.icmp_unsigned(">=", e.b.sub(k, c32(1)), c32(32)), bad, ok)
+        e.b.cbranch(e.b.icmp_unsigned(">", e.b.sub(k, c32(lo)), c32(hi - lo)), bad, ok)
         e.at(bad)
-        lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, insn)
+        lw.raise_exception(Ex.INVALID_OPERAND, error, k, insn)
         e.at(ok)
         if pzr:  # 5.0 returns before popping the value when k is 1
             apply = lw.new_block(insn, "apply")
@@ -493,11 +525,12 @@ def _bit_immediate(compute: Callable, left: bool) -> Lowering:
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
         k = insn.operand or 0
-        if not 1 <= k <= 32:
-            if compute is _propagate:
+        domain = _domain(insn)
+        if not domain.admits(k):
+            if Ex.INVALID_OPERAND not in insn.op.raises:
                 lw.finish(S.EXIT_TERMINATED)  # 5.0: silent end, no exception
             else:
-                lw.raise_exception(Ex.INVALID_OPERAND, OperandError.BIT_INDEX, k, insn)
+                lw.raise_exception(Ex.INVALID_OPERAND, domain.error, k, insn)
             return
         tos = e.tos()
         e.write_slot(tos, compute(lw, left, c32(k), e.read_slot(tos)))
@@ -552,39 +585,39 @@ def lower_ros(lw: HandlerLowering, insn: Instruction) -> None:
 
 
 # --- registers and system variables ------------------------------------------------------
-def _push_register(user: bool) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        reg = REGISTERS_BY_INDEX[insn.operand or 0]
-        if reg.shape is not RegisterShape.WORD:
-            lw.status_branch(lw.rt("push_wide", reg.index, int(user), SHAPE_CODES[reg.shape]),
-                             lw.next_block(insn))
-            return
-        words = lw.words
-        read = lw.new_block(insn, "read")
-        if not user and reg.index < S.WINDOW_REGISTERS:
-            call, value = e.register_window(reg.index)
-            e.b.store(value, words)
-            e.b.branch(read)
-            e.at(call)
-        e.b.store(c32(0), words)
-        status = e.host_call("read_register", [c32(reg.index), c32(int(user)), words])
-        lw.host_checked(status, insn, "register")
+def _push_register(lw: HandlerLowering, insn: Instruction) -> None:
+    """Wide registers through the runtime library; a word from the host's register window
+    where it holds the register, else from the host."""
+    e = lw.e
+    user = _register_rule(insn).user
+    reg = REGISTERS_BY_INDEX[insn.operand or 0]
+    if reg.shape is not RegisterShape.WORD:
+        lw.status_branch(lw.rt("push_wide", reg.index, int(user), SHAPE_CODES[reg.shape]),
+                         lw.next_block(insn))
+        return
+    words = lw.words
+    read = lw.new_block(insn, "read")
+    if not user and reg.index < S.WINDOW_REGISTERS:
+        call, value = e.register_window(reg.index)
+        e.b.store(value, words)
         e.b.branch(read)
-        e.at(read)
-        e.push(e.b.load(words, typ=I32))
-        e.b.branch(lw.next_block(insn))
-    return lower
+        e.at(call)
+    e.b.store(c32(0), words)
+    status = e.host_call("read_register", [c32(reg.index), c32(int(user)), words])
+    lw.host_checked(status, insn, "register")
+    e.b.branch(read)
+    e.at(read)
+    e.push(e.b.load(words, typ=I32))
+    e.b.branch(lw.next_block(insn))
 
 
-def _pop_register(user: bool) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        value = e.pop()
-        status = e.host_call("write_register", [c32(insn.operand or 0), c32(int(user)), value])
-        lw.host_checked(status, insn, "written")
-        e.b.branch(lw.next_block(insn))
-    return lower
+def _pop_register(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    user = _register_rule(insn).user
+    value = e.pop()
+    status = e.host_call("write_register", [c32(insn.operand or 0), c32(int(user)), value])
+    lw.host_checked(status, insn, "written")
+    e.b.branch(lw.next_block(insn))
 
 
 def _system_value(service: str) -> Lowering:
@@ -598,14 +631,14 @@ def _system_value(service: str) -> Lowering:
     return lower
 
 
-lower_push_r = _push_register(user=False)
-lower_pop_r = _pop_register(user=False)
-lower_push_u = _push_register(user=True)
-lower_pop_u = _pop_register(user=True)
+lower_push_r = _push_register
+lower_pop_r = _pop_register
+lower_push_u = _push_register
+lower_pop_u = _pop_register
 lower_push_task = _system_value("task")
 lower_push_pid = _system_value("pid")
 lower_push_procid = _system_value("processor")
-lower_push_wid = _push_value(lambda lw: c32(-32))
+lower_push_wid = _push_value(lambda lw: c32(WORD_WIDTH))
 
 
 # --- memory and IO -----------------------------------------------------------------------
@@ -638,110 +671,108 @@ def _push_loaded(lw: HandlerLowering, insn: Instruction, tos: ir.Value,
     e.b.branch(lw.next_block(insn))
 
 
-def _push_memory(width: int) -> Lowering:
+def _push_memory(lw: HandlerLowering, insn: Instruction) -> None:
     """Read through the host's direct window when the range lies inside it, else call
     ``read_memory`` (which faults, reads across regions, wraps around)."""
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        tos = e.tos()
-        address = e.read_slot(tos)
-        inside, pointer = e.memory_window(address, width)
-        direct, call = lw.new_block(insn, "direct"), lw.new_block(insn, "call")
-        e.b.cbranch(inside, direct, call)
-        e.at(direct)
-        if width == 8:
-            fast = [e.b.load(pointer, typ=I32, align=1),
-                    e.b.load(e.b.gep(pointer, [c64(4)], source_etype=I8), typ=I32, align=1)]
-        else:
-            value = e.b.load(pointer, typ=_WIDTH_TYPES[width], align=1)
-            fast = [e.b.zext(value, I32) if width < 4 else value]
-        _push_loaded(lw, insn, tos, fast)
-        e.at(call)
-        buffer = lw.words
-        status = e.host_call("read_memory", [address, c32(width), buffer, lw.fault])
-        fault = lw.new_block(insn, "fault")
-        _memory_switch(lw, insn, status, fault, "read")
-        if width == 8:
-            slow = [e.b.load(buffer, typ=I32),
-                    e.b.load(e.b.gep(buffer, [c64(1)], source_etype=I32), typ=I32)]
-        else:
-            value = e.b.load(buffer, typ=_WIDTH_TYPES[width])
-            slow = [e.b.zext(value, I32) if width < 4 else value]
-        _push_loaded(lw, insn, tos, slow)
-        e.at(fault)
-        e.set_tos(e.slot(1, tos))
-        lw.raise_exception(Ex.INVALID_ADDR, address, 0, insn)
-    return lower
+    e = lw.e
+    width = insn.op.width
+    tos = e.tos()
+    address = e.read_slot(tos)
+    inside, pointer = e.memory_window(address, width)
+    direct, call = lw.new_block(insn, "direct"), lw.new_block(insn, "call")
+    e.b.cbranch(inside, direct, call)
+    e.at(direct)
+    if width == 8:
+        fast = [e.b.load(pointer, typ=I32, align=1),
+                e.b.load(e.b.gep(pointer, [c64(4)], source_etype=I8), typ=I32, align=1)]
+    else:
+        value = e.b.load(pointer, typ=_WIDTH_TYPES[width], align=1)
+        fast = [e.b.zext(value, I32) if width < 4 else value]
+    _push_loaded(lw, insn, tos, fast)
+    e.at(call)
+    buffer = lw.words
+    status = e.host_call("read_memory", [address, c32(width), buffer, lw.fault])
+    fault = lw.new_block(insn, "fault")
+    _memory_switch(lw, insn, status, fault, "read")
+    if width == 8:
+        slow = [e.b.load(buffer, typ=I32),
+                e.b.load(e.b.gep(buffer, [c64(1)], source_etype=I32), typ=I32)]
+    else:
+        value = e.b.load(buffer, typ=_WIDTH_TYPES[width])
+        slow = [e.b.zext(value, I32) if width < 4 else value]
+    _push_loaded(lw, insn, tos, slow)
+    e.at(fault)
+    e.set_tos(e.slot(1, tos))
+    lw.raise_exception(Ex.INVALID_ADDR, address, 0, insn)
 
 
-def _pop_memory(width: int) -> Lowering:
+def _pop_memory(lw: HandlerLowering, insn: Instruction) -> None:
     """Write through the host's direct window when the range lies inside it, else call
     ``write_memory`` (which may fault after writing the bytes before the first bad one)."""
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        values = [e.pop()]
-        if width == 8:
-            values.append(e.pop())
-        address = e.pop()
-        inside, pointer = e.memory_window(address, width)
-        direct, call = lw.new_block(insn, "direct"), lw.new_block(insn, "call")
-        e.b.cbranch(inside, direct, call)
-        e.at(direct)
-        if width == 8:
-            e.b.store(values[0], pointer, align=1)
-            e.b.store(values[1], e.b.gep(pointer, [c64(4)], source_etype=I8), align=1)
-        else:
-            stored = values[0] if width == 4 else e.b.trunc(values[0], _WIDTH_TYPES[width])
-            e.b.store(stored, pointer, align=1)
-        e.b.branch(lw.next_block(insn))
-        e.at(call)
-        buffer = lw.words
-        if width == 8:
-            e.b.store(values[0], buffer)
-            e.b.store(values[1], e.b.gep(buffer, [c64(1)], source_etype=I32))
-        else:
-            stored = values[0] if width == 4 else e.b.trunc(values[0], _WIDTH_TYPES[width])
-            e.b.store(stored, buffer)
+    e = lw.e
+    width = insn.op.width
+    values = [e.pop()]
+    if width == 8:
+        values.append(e.pop())
+    address = e.pop()
+    inside, pointer = e.memory_window(address, width)
+    direct, call = lw.new_block(insn, "direct"), lw.new_block(insn, "call")
+    e.b.cbranch(inside, direct, call)
+    e.at(direct)
+    if width == 8:
+        e.b.store(values[0], pointer, align=1)
+        e.b.store(values[1], e.b.gep(pointer, [c64(4)], source_etype=I8), align=1)
+    else:
+        stored = values[0] if width == 4 else e.b.trunc(values[0], _WIDTH_TYPES[width])
+        e.b.store(stored, pointer, align=1)
+    e.b.branch(lw.next_block(insn))
+    e.at(call)
+    buffer = lw.words
+    if width == 8:
+        e.b.store(values[0], buffer)
+        e.b.store(values[1], e.b.gep(buffer, [c64(1)], source_etype=I32))
+    else:
+        stored = values[0] if width == 4 else e.b.trunc(values[0], _WIDTH_TYPES[width])
+        e.b.store(stored, buffer)
+    status = e.host_call("write_memory", [address, c32(width), buffer, lw.fault])
+    fault = lw.new_block(insn, "fault")
+    _memory_switch(lw, insn, status, fault, "written")
+    e.b.branch(lw.next_block(insn))
+    e.at(fault)
+    lw.raise_exception(Ex.INVALID_ADDR, address, 0, insn)
+
+
+lower_push_mem_u8 = _push_memory
+lower_push_mem_u16 = _push_memory
+lower_push_mem_u32 = _push_memory
+lower_push_mem_u64 = _push_memory
+lower_pop_mem_u8 = _pop_memory
+lower_pop_mem_u16 = _pop_memory
+lower_pop_mem_u32 = _pop_memory
+lower_pop_mem_u64 = _pop_memory
+
+
+def _verify(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    write = HostNeed.MEMORY_WRITE in insn.op.host
+    width = insn.op.width
+    address = e.pop()
+    buffer = lw.words
+    bad, good = lw.new_block(insn, "unreadable"), lw.new_block(insn, "accessible")
+    status = e.host_call("read_memory", [address, c32(width), buffer, lw.fault])
+    _memory_switch(lw, insn, status, bad, "readable")
+    if write:
         status = e.host_call("write_memory", [address, c32(width), buffer, lw.fault])
-        fault = lw.new_block(insn, "fault")
-        _memory_switch(lw, insn, status, fault, "written")
+        _memory_switch(lw, insn, status, bad, "writable")
+    e.b.branch(good)
+    for block, result in ((bad, 1), (good, 0)):
+        e.at(block)
+        e.push(result)
         e.b.branch(lw.next_block(insn))
-        e.at(fault)
-        lw.raise_exception(Ex.INVALID_ADDR, address, 0, insn)
-    return lower
 
 
-lower_push_mem_u8 = _push_memory(1)
-lower_push_mem_u16 = _push_memory(2)
-lower_push_mem_u32 = _push_memory(4)
-lower_push_mem_u64 = _push_memory(8)
-lower_pop_mem_u8 = _pop_memory(1)
-lower_pop_mem_u16 = _pop_memory(2)
-lower_pop_mem_u32 = _pop_memory(4)
-lower_pop_mem_u64 = _pop_memory(8)
-
-
-def _verify(write: bool) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        address = e.pop()
-        buffer = lw.words
-        bad, good = lw.new_block(insn, "unreadable"), lw.new_block(insn, "accessible")
-        status = e.host_call("read_memory", [address, c32(1), buffer, lw.fault])
-        _memory_switch(lw, insn, status, bad, "readable")
-        if write:
-            status = e.host_call("write_memory", [address, c32(1), buffer, lw.fault])
-            _memory_switch(lw, insn, status, bad, "writable")
-        e.b.branch(good)
-        for block, result in ((bad, 1), (good, 0)):
-            e.at(block)
-            e.push(result)
-            e.b.branch(lw.next_block(insn))
-    return lower
-
-
-lower_vfy_r = _verify(write=False)
-lower_vfy_rw = _verify(write=True)
+lower_vfy_r = _verify
+lower_vfy_rw = _verify
 
 
 def lower_seg2lin(lw: HandlerLowering, insn: Instruction) -> None:
@@ -758,34 +789,32 @@ def lower_seg2lin(lw: HandlerLowering, insn: Instruction) -> None:
     lw.raise_exception(Ex.SEG_FAULT, selector, 0, insn)
 
 
-def _io_in(width: int) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        port = e.b.and_(e.pop(), c32(0xFFFF))
-        words = lw.words
-        e.b.store(c32(0), words)
-        lw.host_checked(e.host_call("io_read", [port, c32(width), words]), insn, "in")
-        e.push(e.b.load(words, typ=I32))
-        e.b.branch(lw.next_block(insn))
-    return lower
+def _io_in(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    width = insn.op.width
+    port = e.b.and_(e.pop(), c32(INDEX_MASK))
+    words = lw.words
+    e.b.store(c32(0), words)
+    lw.host_checked(e.host_call("io_read", [port, c32(width), words]), insn, "in")
+    e.push(e.b.load(words, typ=I32))
+    e.b.branch(lw.next_block(insn))
 
 
-def _io_out(width: int) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        value = e.b.and_(e.pop(), c32((1 << 8 * width) - 1))
-        port = e.b.and_(e.pop(), c32(0xFFFF))
-        lw.host_checked(e.host_call("io_write", [port, c32(width), value]), insn, "out")
-        e.b.branch(lw.next_block(insn))
-    return lower
+def _io_out(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    width = insn.op.width
+    value = e.b.and_(e.pop(), c32((1 << 8 * width) - 1))
+    port = e.b.and_(e.pop(), c32(INDEX_MASK))
+    lw.host_checked(e.host_call("io_write", [port, c32(width), value]), insn, "out")
+    e.b.branch(lw.next_block(insn))
 
 
-lower_push_io_u8 = _io_in(1)
-lower_push_io_u16 = _io_in(2)
-lower_push_io_u32 = _io_in(4)
-lower_pop_io_u8 = _io_out(1)
-lower_pop_io_u16 = _io_out(2)
-lower_pop_io_u32 = _io_out(4)
+lower_push_io_u8 = _io_in
+lower_push_io_u16 = _io_in
+lower_push_io_u32 = _io_in
+lower_pop_io_u8 = _io_out
+lower_pop_io_u16 = _io_out
+lower_pop_io_u32 = _io_out
 
 
 # --- exceptions and stack traces ---------------------------------------------------------
@@ -819,93 +848,92 @@ def lower_purge_st(lw: HandlerLowering, insn: Instruction) -> None:
     lw.e.b.branch(lw.next_block(insn))
 
 
-def _trace(kind: str) -> Lowering:
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        count = e.pop()
-        first = e.pop()
-        e.b.store(count, e.top_word_ptr(f"{kind}_count"))
-        e.b.store(first, e.top_word_ptr(f"{kind}_first"))
-        e.b.branch(lw.next_block(insn))
-    return lower
+def _trace(lw: HandlerLowering, insn: Instruction) -> None:
+    e = lw.e
+    kind = _scope(insn).value
+    count = e.pop()
+    first = e.pop()
+    e.b.store(count, e.top_word_ptr(f"{kind}_count"))
+    e.b.store(first, e.top_word_ptr(f"{kind}_first"))
+    e.b.branch(lw.next_block(insn))
 
 
-lower_trace_lv = _trace("lv")
-lower_trace_gv = _trace("gv")
-lower_trace_pv = _trace("pv")
+lower_trace_lv = _trace
+lower_trace_gv = _trace
+lower_trace_pv = _trace
 lower_push_stp = _push_value(lambda lw: lw.e.load("ex_len"))
 lower_pop_stp = _set_field("ex_len")
 
 
 # --- frame (SBP/TOS relative) access ------------------------------------------------------
-def _frame_push(sbp: bool, immediate: bool) -> Lowering:
+def _frame_push(lw: HandlerLowering, insn: Instruction) -> None:
     """push sbp/tsp: push the slot k away from SBP or TOS (k popped first if not immediate)."""
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        tos = e.tos()
-        if immediate:
-            k: int | ir.Value = insn.operand or 0
-        else:
-            k = e.read_slot(tos)
-            tos = e.slot(1, tos)
-        base = e.load("sbp") if sbp else tos
-        value = e.read_slot(e.slot(k, base))
-        new_tos = e.slot(-1, tos)
-        e.write_slot(new_tos, value)
-        e.set_tos(new_tos)
-        e.b.branch(lw.next_block(insn))
-    return lower
+    e = lw.e
+    sbp = _scope(insn) is Scope.SBP
+    immediate = not _from_stack(insn)
+    tos = e.tos()
+    if immediate:
+        k: int | ir.Value = insn.operand or 0
+    else:
+        k = e.read_slot(tos)
+        tos = e.slot(1, tos)
+    base = e.load("sbp") if sbp else tos
+    value = e.read_slot(e.slot(k, base))
+    new_tos = e.slot(-1, tos)
+    e.write_slot(new_tos, value)
+    e.set_tos(new_tos)
+    e.b.branch(lw.next_block(insn))
 
 
-def _frame_pop(sbp: bool, immediate: bool) -> Lowering:
+def _frame_pop(lw: HandlerLowering, insn: Instruction) -> None:
     """pop sbp/tsp: store TOS in a slot; the immediate form computes the slot before popping."""
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        if immediate:
-            base = e.load("sbp") if sbp else e.tos()
-            slot = e.slot(insn.operand or 0, base)
-            e.write_slot(slot, e.pop())
-        else:
-            value = e.pop()
-            k = e.pop()
-            base = e.load("sbp") if sbp else e.tos()
-            e.write_slot(e.slot(k, base), value)
-        e.b.branch(lw.next_block(insn))
-    return lower
+    e = lw.e
+    sbp = _scope(insn) is Scope.SBP
+    immediate = not _from_stack(insn)
+    if immediate:
+        base = e.load("sbp") if sbp else e.tos()
+        slot = e.slot(insn.operand or 0, base)
+        e.write_slot(slot, e.pop())
+    else:
+        value = e.pop()
+        k = e.pop()
+        base = e.load("sbp") if sbp else e.tos()
+        e.write_slot(e.slot(k, base), value)
+    e.b.branch(lw.next_block(insn))
 
 
-def _frame_copy(sbp: bool, immediate: bool) -> Lowering:
+def _frame_copy(lw: HandlerLowering, insn: Instruction) -> None:
     """copy sbp/tsp: store TOS in a slot without popping it (stack form pops k first)."""
-    def lower(lw: HandlerLowering, insn: Instruction) -> None:
-        e = lw.e
-        k = (insn.operand or 0) if immediate else e.pop()
-        tos = e.tos()
-        base = e.load("sbp") if sbp else tos
-        e.write_slot(e.slot(k, base), e.read_slot(tos))
-        e.b.branch(lw.next_block(insn))
-    return lower
+    e = lw.e
+    sbp = _scope(insn) is Scope.SBP
+    immediate = not _from_stack(insn)
+    k = (insn.operand or 0) if immediate else e.pop()
+    tos = e.tos()
+    base = e.load("sbp") if sbp else tos
+    e.write_slot(e.slot(k, base), e.read_slot(tos))
+    e.b.branch(lw.next_block(insn))
 
 
-lower_push_sbp = _frame_push(sbp=True, immediate=False)
-lower_pop_sbp = _frame_pop(sbp=True, immediate=False)
-lower_push_tsp = _frame_push(sbp=False, immediate=False)
-lower_pop_tsp = _frame_pop(sbp=False, immediate=False)
-lower_push_sbp_i = _frame_push(sbp=True, immediate=True)
-lower_pop_sbp_i = _frame_pop(sbp=True, immediate=True)
-lower_push_tsp_i = _frame_push(sbp=False, immediate=True)
-lower_pop_tsp_i = _frame_pop(sbp=False, immediate=True)
-lower_copy_sbp_i = _frame_copy(sbp=True, immediate=True)
-lower_copy_tsp_i = _frame_copy(sbp=False, immediate=True)
-lower_copy_sbp = _frame_copy(sbp=True, immediate=False)
-lower_copy_tsp = _frame_copy(sbp=False, immediate=False)
+lower_push_sbp = _frame_push
+lower_pop_sbp = _frame_pop
+lower_push_tsp = _frame_push
+lower_pop_tsp = _frame_pop
+lower_push_sbp_i = _frame_push
+lower_pop_sbp_i = _frame_pop
+lower_push_tsp_i = _frame_push
+lower_pop_tsp_i = _frame_pop
+lower_copy_sbp_i = _frame_copy
+lower_copy_tsp_i = _frame_copy
+lower_copy_sbp = _frame_copy
+lower_copy_tsp = _frame_copy
 lower_save_sbp = _push_value(lambda lw: lw.e.load("sbp"))
-lower_restore_sbp = _set_field("sbp", 1023)
+lower_restore_sbp = _set_field("sbp", STACK_MASK)
 lower_save_tsp = _push_value(lambda lw: lw.e.index_value(lw.e.tos()))
 
 
 def lower_restore_tsp(lw: HandlerLowering, insn: Instruction) -> None:
     e = lw.e
-    e.set_tos(e.b.and_(e.pop(), c32(1023)))
+    e.set_tos(e.b.and_(e.pop(), c32(STACK_MASK)))
     e.b.branch(lw.next_block(insn))
 
 

@@ -33,9 +33,9 @@ from dprobes.vm.context import LIVE_SEGMENTS, MemoryContext
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.host import SESSIONS, trampoline_address
 from dprobes.vm.jit.irgen import HOST_TYPES, I1, I8, I32, I64, PTR, c32, c64, intrinsics
+from dprobes.vm.model import WORD_MASK
 from dprobes.vm.registers import REGISTERS_BY_INDEX, REGISTERS_BY_NAME
 
-MASK32 = 0xFFFFFFFF
 MASK128 = (1 << 128) - 1
 REGISTER_SLOTS = max(REGISTERS_BY_INDEX) + 1
 LIVE_INDICES = tuple(sorted(REGISTERS_BY_NAME[name].index for name in LIVE_SEGMENTS))
@@ -349,7 +349,7 @@ def native_addresses() -> dict[str, int]:
 # --- per-runner mirror of a MemoryContext ---------------------------------------------
 def _words(value: int) -> tuple[int, int, int, int]:
     value &= MASK128
-    return tuple((value >> (32 * i)) & MASK32 for i in range(4))  # type: ignore[return-value]
+    return tuple((value >> (32 * i)) & WORD_MASK for i in range(4))  # type: ignore[return-value]
 
 
 class NativeMemoryHost:
@@ -404,7 +404,7 @@ class NativeMemoryHost:
             array = (Region * max(len(key), 1))()
             exports = []
             for i, (start, data) in enumerate(key):
-                array[i].start = start & MASK32
+                array[i].start = start & WORD_MASK
                 array[i].length = len(data)
                 if len(data):
                     buffer = (c_uint8 * len(data)).from_buffer(data)
@@ -423,9 +423,9 @@ class NativeMemoryHost:
             self._load_registers(host.regs, context.regs)
             self._load_registers(host.user_regs, context.user_regs)
             self._regs, self._user_regs = dict(context.regs), dict(context.user_regs)
-        host.pid = context._pid & MASK32
-        host.task = context._task & MASK32
-        host.processor = context._processor & MASK32
+        host.pid = context._pid & WORD_MASK
+        host.task = context._task & WORD_MASK
+        host.processor = context._processor & WORD_MASK
 
     @staticmethod
     def _load_registers(table, values: dict[str, int]) -> None:

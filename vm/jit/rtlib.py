@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dprobes.vm.exceptions import NON_MASKABLE, OperandError
+from dprobes.vm.exceptions import NO_HANDLER, NON_MASKABLE, OperandError
 from dprobes.vm.exceptions import ExceptionCode as Ex
 from dprobes.vm.interp import DISPATCH_LIMIT
 from dprobes.vm.jit import rt_stacktrace
@@ -37,7 +37,6 @@ from dprobes.vm.jit.irgen import (
     I16,
     I32,
     I64,
-    NO_HANDLER,
     PTR,
     STATUS,
     VOID,
@@ -47,7 +46,8 @@ from dprobes.vm.jit.irgen import (
     c64,
     intrinsics,
 )
-from dprobes.vm.ops import PREFIX, TOKEN_ASCII, TOKEN_LOG, TOKEN_MEMORY, TOKEN_MEMORY_FAULT
+from dprobes.vm.model import RECORD_PREFIX as PREFIX
+from dprobes.vm.model import TOKEN_ASCII, TOKEN_LOG, TOKEN_MEMORY, TOKEN_MEMORY_FAULT
 from dprobes.vm.registers import RegisterShape
 from dprobes.vm.stacktrace import MIN_ST_SIZE, TOKEN_GV_ENTRY, TOKEN_LV_ENTRY
 

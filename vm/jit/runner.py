@@ -23,14 +23,13 @@ import struct
 from array import array
 
 from dprobes.vm.context import Context, MemoryContext
-from dprobes.vm.interp import STACK_MASK, STACK_SIZE, ExitKind, RaisedException
+from dprobes.vm.interp import ExitKind, RaisedException
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.compile import CompiledHandler, JitError
 from dprobes.vm.jit.host import Session, drop_session, new_session, python_host_table
 from dprobes.vm.jit.runtime_helpers import HELPERS, view_of
-from dprobes.vm.stacktrace import MIN_ST_SIZE
+from dprobes.vm.model import MIN_ST_SIZE, STACK_MASK, STACK_SIZE, WORD_MASK
 
-MASK32 = 0xFFFFFFFF
 CHUNK = S.DIRTY_CHUNK
 
 EXIT_KINDS = {
@@ -55,7 +54,7 @@ def _to_words(values: list[int]) -> array:
     try:
         return array("I", values)
     except OverflowError:  # values outside 0..2**32-1 (the interpreter would keep them)
-        return array("I", [v & MASK32 for v in values])
+        return array("I", [v & WORD_MASK for v in values])
 
 
 class _Mirror:
@@ -170,7 +169,7 @@ class JitRunner:
         self._name_buffer = ctypes.create_string_buffer(self._name, max(len(self._name), 1))
         state.name = ctypes.addressof(self._name_buffer)
         state.name_length = len(self._name)
-        state.program_id = header.id & MASK32
+        state.program_id = header.id & WORD_MASK
         self.session: Session = new_session(vm.program, state)
         self.python_host = python_host_table(self.session)
         view_of(self.session)

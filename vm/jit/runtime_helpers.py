@@ -17,9 +17,8 @@ from dprobes.vm.interp import STACK_SIZE
 from dprobes.vm.isa import OPS_BY_CODE, Operand
 from dprobes.vm.jit import state as S
 from dprobes.vm.jit.host import SESSIONS, Session
+from dprobes.vm.model import STACK_MASK, WORD_MASK
 
-STACK_MASK = 1023
-MASK32 = 0xFFFFFFFF
 _REQUEST = -2  # what StateView.raise_exception returns to the reused semantic function
 
 
@@ -77,7 +76,7 @@ class StateView:
 
     def push(self, value: int) -> None:
         tos = (self._state.tos - 1) & STACK_MASK
-        self.stack[tos] = value & MASK32
+        self.stack[tos] = value & WORD_MASK
         self._state.stack_dirty |= 1 << (tos >> 5)
         self._state.tos = tos
 
@@ -108,8 +107,8 @@ class StateView:
     def raise_exception(self, code: int, parm1: int, parm2: int, nxt: int) -> int:
         """Reused semantic functions raise through here: native code does the raising."""
         state = self._state
-        state.req_code, state.req_parm1, state.req_parm2 = (int(code) & MASK32,
-                                                            parm1 & MASK32, parm2 & MASK32)
+        state.req_code, state.req_parm1, state.req_parm2 = (int(code) & WORD_MASK,
+                                                            parm1 & WORD_MASK, parm2 & WORD_MASK)
         return _REQUEST
 
 
@@ -118,7 +117,7 @@ def _plain_field(name: str) -> property:
         return getattr(view._state, name)
 
     def put(view: StateView, value: int) -> None:
-        setattr(view._state, name, value & MASK32)
+        setattr(view._state, name, value & WORD_MASK)
 
     return property(get, put)
 

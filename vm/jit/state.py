@@ -54,9 +54,9 @@ from ctypes import (
     c_void_p,
 )
 
-from dprobes.vm.interp import MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
-from dprobes.vm.program import EX_LOGMAX_LIMIT, LOGMAX_LIMIT
+from dprobes.vm.model import EX_LOGMAX_LIMIT, LOGMAX_LIMIT, MAX_CALL_DEPTH, STACK_SIZE
+from dprobes.vm.registers import GENERAL_REGISTERS
 
 ABI_VERSION = 8
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
@@ -166,7 +166,7 @@ class HostTable(Structure):
                 ("registers", c_void_p)]  # RegisterWindow * or null
 
 
-WINDOW_REGISTERS = 16
+WINDOW_REGISTERS = len(GENERAL_REGISTERS)
 """Registers 0..15 (cs ... ebp, one word each) are the ones a register window can hold."""
 
 
