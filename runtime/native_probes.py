@@ -40,7 +40,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 from dprobes.runtime import native_hook as N
 from dprobes.runtime import ring
 from dprobes.runtime.addrspace import KERNEL_BASE, Prot
-from dprobes.runtime.journal import Emitted, Packed
+from dprobes.runtime.journal import Emitted, Packed, PackedChunk
+from dprobes.runtime.logformat.writer import probe_log
 from dprobes.runtime.logtargets import HitInfo, LogRecord
 from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.ring import HEAD, header_layout
@@ -367,9 +368,10 @@ class NativeProbes:
         """The log header's view of a native hit whose header fields start at ``at``."""
         fields = served.loaded.log_fields
         got = header_layout(fields).values(data, at)
-        return hit_info(fields, got.get("executed", 0), served.pid, got.get("uid", 0),
-                        got.get("cs", 0), (served.plan.address + 1) & 0xFFFFFFFF,
-                        got.get("ss", 0), got.get("esp", 0), self.names.get(served.pid, ""))
+        known = probe_log(served, self.names)
+        return hit_info(fields, got.get("executed", 0), known.pid, got.get("uid", 0),
+                        got.get("cs", 0), known.eip, got.get("ss", 0), got.get("esp", 0),
+                        known.name)
 
     # --- VM state -------------------------------------------------------------------------
 
@@ -477,9 +479,10 @@ class NativeProbes:
         a read-only view of the ring, which never overwrites them."""
         head = self.hook.ring_head
         if head > self._drained:
-            chunk = self._ring_view[self._drained:head].toreadonly()
+            chunk = PackedChunk(self._ring_view[self._drained:head].toreadonly(),
+                                self.hook.ring + self._drained, self.decode)
             self._drained = head
-            self.manager.emit_packed(chunk, self.decode)
+            self.manager.emit_packed(chunk)
 
     @_from_native
     def _ring_full(self) -> None:
