@@ -6,7 +6,14 @@ import argparse
 import json
 import platform
 
-from dprobes.bench import hook_floor, interp_bench, jit_bench, machine_bench, probe_bench
+from dprobes.bench import (
+    hook_floor,
+    interp_bench,
+    jit_bench,
+    log_bench,
+    machine_bench,
+    probe_bench,
+)
 
 
 def main() -> None:
@@ -18,6 +25,7 @@ def main() -> None:
     machine = machine_bench.run(args.seconds)
     probes = probe_bench.run(args.seconds)
     floor = hook_floor.run()
+    logs = log_bench.run()
     jit = jit_bench.run(args.seconds)
     if args.json:
         print(json.dumps({
@@ -27,7 +35,9 @@ def main() -> None:
             "probes": probes.as_dict() if probes else None,
             "hook_floor": [{"hook": f.hook, "ns_per_hit": round(f.ns_per_hit, 1)}
                            for f in floor],
-            "jit": jit.as_dict() if jit else None}))
+            "jit": jit.as_dict() if jit else None,
+            "log_output": [{"target": c.target, "hits": c.hits,
+                            "ns_per_hit": round(c.ns_per_hit, 1)} for c in logs or []]}))
         return
     print(interp_bench.report(figures))
     print()
@@ -39,6 +49,8 @@ def main() -> None:
         native = probes.rate("native, JIT", "10 instructions")
         print(f"  native hits, 10 instructions: "
               f"{hook_floor.against_reference(floor, native)}")
+    print()
+    print(log_bench.report(logs))
     print()
     print(jit_bench.report(jit))
 
