@@ -105,12 +105,14 @@ def _log_fields(item: ast.Item, sink: DiagnosticSink) -> LogField | None:
 
 def _log_target(item: ast.Item, sink: DiagnosticSink) -> LogTarget | None:
     """``log_target = KLOG|COM1|COM2|EVL``; LTT is refused until it is implemented."""
-    target = _choice({t.name.lower(): t for t in LogTarget})(item, sink)
-    if target is LogTarget.LTT:
+    if item.value.lower() == LogTarget.LTT.name.lower():
         sink.error(item.value_loc, "log target LTT is not implemented yet",
                    "use KLOG, COM1, COM2 or EVL")
         return None
-    return target  # type: ignore[return-value]
+    return _LOG_TARGETS(item, sink)  # type: ignore[return-value]
+
+
+_LOG_TARGETS = _choice({t.name.lower(): t for t in LogTarget if t is not LogTarget.LTT})
 
 
 _YES_NO = _choice({"yes": True, "no": False})
