@@ -155,3 +155,21 @@ def test_dpc_run_writes_the_same_bytes_on_both_paths(program: str, tmp_path: Pat
         assert logs[0] == logs[1], (program, target)
         if program in ("loop", "recurse", "strings"):
             assert logs[0] and native_hits > 0, (program, target)
+
+
+@pytest.mark.parametrize("number", [0, 1, 9, 10, 99, 100, 999, 1000, 65535, 99999, 10**9 - 1,
+                                    10**9, 2**32 - 1])
+def test_numbers_at_every_digit_count(number: int) -> None:
+    """Decimal and hex numbers of every length, as pid/eip (probe) and esp (ring)."""
+    formatter = native.NativeFormatter()
+    fields = LogField.PID | LogField.CSEIP | LogField.SSESP
+    chunk, expected = b"", []
+    for ident, layout in enumerate(LAYOUTS):
+        probe = native.ProbeLog(pid=number, eip=number, fields=fields, layout=layout, name="")
+        formatter.set_probe(ident, probe)
+        machine = {"cs": number & 0xFFFF, "ss": 0, "esp": number}
+        major = min(number, 0xFFFF)
+        chunk += pack(ident, major, major, fields, machine, b"", b"")
+        hit = hit_info(fields, 0, number, 0, number & 0xFFFF, number, 0, number, "")
+        expected.append(format_record(layout, LogRecord(major, major, fields, hit, b"")))
+    assert run_native(formatter, chunk) == (b"".join(expected), len(LAYOUTS))

@@ -135,6 +135,7 @@ class _Gen:
         self.ctlz = ir.Function(self.module, ir.FunctionType(I32, [I32, I1]), "llvm.ctlz.i32")
         self._constants: dict[bytes, ir.GlobalVariable] = {}
         self.pairs = self.constant(b"".join(b"%02x" % n for n in range(256)))
+        self.decimal_pairs = self.constant(b"".join(b"%02d" % n for n in range(100)))
         self.digits = self.constant(b"0123456789abcdef")
         self.put_dec = self._put_dec()
         self.put_fixed = {base: self._put_fixed(base) for base in (10, 16)}
@@ -197,10 +198,13 @@ class _Gen:
         b.store(value, out, align=1)
         return self.at(b, out, size)
 
-    def pair(self, b: ir.IRBuilder, out: ir.Value, byte: ir.Value) -> None:
-        """Two lower-case hex digits of ``byte`` (an i8) at ``out``."""
-        index = b.shl(b.zext(byte, I64), ir.Constant(I64, 1))
-        b.store(b.load(self.at(b, self.pairs, index), typ=I16, align=1), out, align=1)
+    def pair(self, b: ir.IRBuilder, out: ir.Value, number: ir.Value,
+             table: ir.Value | None = None) -> None:
+        """The two characters for ``number`` in a table of pairs (by default the hex
+        digits of a byte) at ``out``."""
+        index = b.shl(b.zext(number, I64), ir.Constant(I64, 1))
+        b.store(b.load(self.at(b, table or self.pairs, index), typ=I16, align=1), out,
+                align=1)
 
     @staticmethod
     def loop(b: ir.IRBuilder, name: str, start: ir.Value, count: ir.Value,
@@ -236,40 +240,40 @@ class _Gen:
     # --- numbers ------------------------------------------------------------------------
 
     def _put_dec(self) -> ir.Function:
-        """put_dec(out, value): ``value`` in decimal; the pointer after it."""
+        """put_dec(out, value): ``value`` in decimal; the pointer after it. The digit count
+        comes from comparisons, the digits two at a time from a table."""
         fn = self.function("put_dec", PTR, [PTR, I32])
         out, value = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        count = b.append_basic_block("count")
-        more = b.append_basic_block("more")
-        write = b.append_basic_block("write")
-        digit = b.append_basic_block("digit")
-        done = b.append_basic_block("done")
-        ten = ir.Constant(I32, 10)
-        b.branch(count)
-        b.position_at_end(count)
-        n, rest = b.phi(I32), b.phi(I32)
-        n.add_incoming(ir.Constant(I32, 1), fn.entry_basic_block)
-        rest.add_incoming(value, fn.entry_basic_block)
-        b.cbranch(b.icmp_unsigned(">=", rest, ten), more, write)
-        b.position_at_end(more)
-        n.add_incoming(b.add(n, ir.Constant(I32, 1)), more)
-        rest.add_incoming(b.udiv(rest, ten), more)
-        b.branch(count)
-        b.position_at_end(write)
-        end = self.at(b, out, n)
-        b.branch(digit)
-        b.position_at_end(digit)
+        count = ir.Constant(I32, 1)
+        for power in range(1, 10):
+            count = b.add(count, b.zext(b.icmp_unsigned(">=", value, ir.Constant(
+                I32, 10 ** power)), I32))
+        end = self.at(b, out, count)
+        pairs = b.append_basic_block("pairs")
+        last = b.append_basic_block("last")
+        entry = b.block
+        b.branch(pairs)
+        b.position_at_end(pairs)
         where, left = b.phi(PTR), b.phi(I32)
-        where.add_incoming(end, write)
-        left.add_incoming(value, write)
-        here = self.at(b, where, ir.Constant(I64, -1))
-        b.store(b.trunc(b.add(b.urem(left, ten), ir.Constant(I32, 0x30)), I8), here)
-        left_next = b.udiv(left, ten)
-        where.add_incoming(here, digit)
-        left.add_incoming(left_next, digit)
-        b.cbranch(b.icmp_unsigned("!=", left_next, ir.Constant(I32, 0)), digit, done)
-        b.position_at_end(done)
+        where.add_incoming(end, entry)
+        left.add_incoming(value, entry)
+        more = b.append_basic_block("more")
+        b.cbranch(b.icmp_unsigned(">=", left, ir.Constant(I32, 100)), more, last)
+        b.position_at_end(more)
+        here = self.at(b, where, ir.Constant(I64, -2))
+        self.pair(b, here, b.urem(left, ir.Constant(I32, 100)), self.decimal_pairs)
+        where.add_incoming(here, more)
+        left.add_incoming(b.udiv(left, ir.Constant(I32, 100)), more)
+        b.branch(pairs)
+        b.position_at_end(last)
+        two = b.icmp_unsigned(">=", left, ir.Constant(I32, 10))
+        with b.if_else(two) as (then, otherwise):
+            with then:
+                self.pair(b, self.at(b, where, ir.Constant(I64, -2)), left, self.decimal_pairs)
+            with otherwise:
+                b.store(b.trunc(b.add(left, ir.Constant(I32, 0x30)), I8),
+                        self.at(b, where, ir.Constant(I64, -1)))
         b.ret(end)
         return fn
 
