@@ -65,6 +65,7 @@ from dprobes.vm.registers import REGISTERS_BY_NAME
 
 if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
+    from dprobes.runtime.logformat.writer import ProbeLog
     from dprobes.runtime.machine import Machine
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
     from dprobes.runtime.process import Process
@@ -364,11 +365,13 @@ class NativeProbes:
         return PendingStep(served.loaded, served.record, served.plan, served.slot, outcome,
                            pending.trap_flag, hit)
 
-    def _hit(self, served: Served, data: bytes | ctypes.Array, at: int) -> HitInfo:
-        """The log header's view of a native hit whose header fields start at ``at``."""
+    def _hit(self, served: Served, data: bytes | ctypes.Array, at: int,
+             known: ProbeLog | None = None) -> HitInfo:
+        """The log header's view of a native hit whose header fields start at ``at``
+        (``known``: the probe's part, if already worked out)."""
         fields = served.loaded.log_fields
         got = header_layout(fields).values(data, at)
-        known = probe_log(served, self.names)
+        known = known or probe_log(served, self.names)
         return hit_info(fields, got.get("executed", 0), known.pid, got.get("uid", 0),
                         got.get("cs", 0), known.eip, got.get("ss", 0), got.get("esp", 0),
                         known.name)
@@ -493,11 +496,14 @@ class NativeProbes:
         """The manager's view of packed ring records."""
         chunk = bytes(view)
         out, at, idents = [], 0, self.idents
+        known: dict[int, ProbeLog] = {}
         while at < len(chunk):
             ident, log_len, ex_len, major, minor = HEAD.unpack_from(chunk, at)
             served = idents[ident]
             loaded = served.loaded
-            hit = self._hit(served, chunk, at + HEAD.size)
+            if ident not in known:
+                known[ident] = probe_log(served, self.names)
+            hit = self._hit(served, chunk, at + HEAD.size, known[ident])
             log_at = at + HEAD.size + header_layout(loaded.log_fields).packing.size
             ex_at = log_at + log_len
             record = LogRecord(major, minor, loaded.log_fields, hit, chunk[log_at:ex_at])

@@ -22,6 +22,7 @@ from dprobes.runtime import ring
 from dprobes.runtime.logformat import native
 from dprobes.runtime.logformat.layouts import COM, EVL, KLOG, LAYOUTS
 from dprobes.runtime.logformat.python import format_hit, format_record
+from dprobes.runtime.logformat.writer import ProbeLog
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.trap3 import hit_info
 from dprobes.tests import guest_expectations as expect
@@ -62,7 +63,7 @@ def test_native_formatter_writes_what_the_python_one_does_for_every_selection() 
         for layout in LAYOUTS:
             ident = len(formatter)
             name = NAMES[ident % len(NAMES)]
-            probe = native.ProbeLog(pid=1000 + number, eip=0x8049000 + ident, fields=fields,
+            probe = ProbeLog(pid=1000 + number, eip=0x8049000 + ident, fields=fields,
                                     layout=layout, name=name)
             formatter.set_probe(ident, probe)
             machine = {"uid": 500 + number, "cs": 0x73, "ss": 0x7B, "esp": 0xBFFF0000 + ident,
@@ -86,7 +87,7 @@ def test_a_full_output_buffer_splits_the_chunk_between_records(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "OUT_BYTES", 4 * native.EXTRA_ROOM)
     formatter = native.NativeFormatter()
-    formatter.set_probe(0, native.ProbeLog(1, 2, LogField.ALL, KLOG, "loop"))
+    formatter.set_probe(0, ProbeLog(1, 2, LogField.ALL, KLOG, "loop"))
     machine = {"uid": 0, "cs": 0x73, "ss": 0x7B, "esp": 0xBFFFF000, "executed": 10}
     records = [pack(0, 1, n, LogField.ALL, machine, bytes([n]) * n, b"") for n in range(60)]
     written, count = run_native(formatter, b"".join(records))
@@ -165,7 +166,7 @@ def test_numbers_at_every_digit_count(number: int) -> None:
     fields = LogField.PID | LogField.CSEIP | LogField.SSESP
     chunk, expected = b"", []
     for ident, layout in enumerate(LAYOUTS):
-        probe = native.ProbeLog(pid=number, eip=number, fields=fields, layout=layout, name="")
+        probe = ProbeLog(pid=number, eip=number, fields=fields, layout=layout, name="")
         formatter.set_probe(ident, probe)
         machine = {"cs": number & 0xFFFF, "ss": 0, "esp": number}
         major = min(number, 0xFFFF)

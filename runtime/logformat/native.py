@@ -23,7 +23,6 @@ import re
 import struct
 from collections.abc import Callable
 from ctypes import Structure, c_uint32, c_uint64, c_void_p
-from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -41,6 +40,7 @@ from dprobes.runtime.logformat.layouts import (
     Text,
 )
 from dprobes.runtime.logformat.python import text_bytes
+from dprobes.runtime.logformat.writer import ProbeLog
 from dprobes.vm.logrecord import (
     BASE,
     BASE_BITS,
@@ -675,17 +675,6 @@ def functions() -> tuple[Callable, Callable]:
 
     addresses = Engine.get().add_library(build_module(), [FORMAT, COUNT])
     return JOB_FUNCTION(addresses[FORMAT]), JOB_FUNCTION(addresses[COUNT])
-
-
-@dataclass(frozen=True)
-class ProbeLog:
-    """What a probe's records show that the ring does not carry, and how to write them."""
-
-    pid: int
-    eip: int
-    fields: LogField
-    layout: Layout
-    name: str
 
 
 OUT_BYTES = 4 << 20

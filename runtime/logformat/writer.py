@@ -11,22 +11,33 @@ the hits on every tier.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from dprobes.runtime.journal import Emitted, PackedChunk
 from dprobes.runtime.logformat.layouts import Layout
 from dprobes.runtime.logformat.python import format_hit
+from dprobes.vm.program import LogField
 
 if TYPE_CHECKING:
-    from dprobes.runtime.logformat.native import NativeFormatter, ProbeLog
+    from dprobes.runtime.logformat.native import NativeFormatter
     from dprobes.runtime.native_probes import NativeProbes, Served
+
+
+@dataclass(frozen=True)
+class ProbeLog:
+    """What a probe's records show that the ring does not carry, and how to write them."""
+
+    pid: int
+    eip: int
+    fields: LogField
+    layout: Layout
+    name: str
 
 
 def probe_log(served: Served, names: dict[int, str], layout: Layout = ()) -> ProbeLog:
     """What the records of a natively served probe show that the ring does not carry:
     the pid, the EIP of the trap (the byte after the int3), the process name."""
-    from dprobes.runtime.logformat.native import ProbeLog
-
     return ProbeLog(pid=served.pid, eip=(served.plan.address + 1) & 0xFFFFFFFF,
                     fields=served.loaded.log_fields, layout=layout,
                     name=names.get(served.pid, ""))
