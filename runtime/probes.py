@@ -307,10 +307,9 @@ class ProbeManager:
             self._count += self.writer.write_packed(chunk, self.native)
         else:
             if self._probe_table is None:
-                from dprobes.runtime.logformat.layouts import KLOG
                 from dprobes.runtime.logformat.writer import ProbeTable
 
-                self._probe_table = ProbeTable(lambda name: KLOG)  # counts only
+                self._probe_table = ProbeTable(lambda name: ())  # counts only
             self._count += self._probe_table.count(chunk, self.native)
         if self.keep_records:
             self.emitted.append_packed(chunk)

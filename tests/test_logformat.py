@@ -57,7 +57,7 @@ def run_native(formatter: native.NativeFormatter, chunk: bytes) -> tuple[bytes, 
 def test_native_formatter_writes_what_the_python_one_does_for_every_selection() -> None:
     """All 64 header selections x every layout (the COM layout is the binary record: the
     generated header code against ``LogRecord.to_bytes``), exception logs included."""
-    formatter = native.NativeFormatter()
+    formatter = native.NativeFormatter(LAYOUTS)
     chunk, expected = b"", []
     for number, fields in enumerate(EVERY_SELECTION):
         for layout in LAYOUTS:
@@ -86,7 +86,7 @@ def test_native_formatter_writes_what_the_python_one_does_for_every_selection() 
 def test_a_full_output_buffer_splits_the_chunk_between_records(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "OUT_BYTES", 4 * native.EXTRA_ROOM)
-    formatter = native.NativeFormatter()
+    formatter = native.NativeFormatter(LAYOUTS)
     formatter.set_probe(0, ProbeLog(1, 2, LogField.ALL, KLOG, "loop"))
     machine = {"uid": 0, "cs": 0x73, "ss": 0x7B, "esp": 0xBFFFF000, "executed": 10}
     records = [pack(0, 1, n, LogField.ALL, machine, bytes([n]) * n, b"") for n in range(60)]
@@ -162,7 +162,7 @@ def test_dpc_run_writes_the_same_bytes_on_both_paths(program: str, tmp_path: Pat
                                     10**9, 2**32 - 1])
 def test_numbers_at_every_digit_count(number: int) -> None:
     """Decimal and hex numbers of every length, as pid/eip (probe) and esp (ring)."""
-    formatter = native.NativeFormatter()
+    formatter = native.NativeFormatter(LAYOUTS)
     fields = LogField.PID | LogField.CSEIP | LogField.SSESP
     chunk, expected = b"", []
     for ident, layout in enumerate(LAYOUTS):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import re
 import struct
 from collections.abc import Callable
@@ -28,7 +29,6 @@ from llvmlite import ir
 
 from dprobes.runtime import clock, ring
 from dprobes.runtime.logformat.layouts import (
-    LAYOUTS,
     Binary,
     Fields,
     Hex,
@@ -137,9 +137,6 @@ class _Gen:
         self.pairs = self.constant(b"".join(b"%02x" % n for n in range(256)))
         self.decimal_pairs = self.constant(b"".join(b"%02d" % n for n in range(100)))
         self.digits = self.constant(b"0123456789abcdef")
-        self.put_dec = self._put_dec()
-        self.put_fixed = {base: self._put_fixed(base) for base in (10, 16)}
-        self.put_hex = self._put_hex()
         self._hex: dict[bytes, ir.Function] = {}
         self._dumps: dict[HexDump, ir.Function] = {}
 
@@ -239,7 +236,8 @@ class _Gen:
 
     # --- numbers ------------------------------------------------------------------------
 
-    def _put_dec(self) -> ir.Function:
+    @functools.cached_property
+    def put_dec(self) -> ir.Function:
         """put_dec(out, value): ``value`` in decimal; the pointer after it. The digit count
         comes from comparisons, the digits two at a time from a table."""
         fn = self.function("put_dec", PTR, [PTR, I32])
@@ -277,8 +275,13 @@ class _Gen:
         b.ret(end)
         return fn
 
+    @functools.cached_property
+    def put_fixed(self) -> dict[int, ir.Function]:
+        """put_fixed<base>(out, value, digits): exactly ``digits`` digits, zero-padded, in
+        base 10 and 16."""
+        return {base: self._put_fixed(base) for base in (10, 16)}
+
     def _put_fixed(self, base: int) -> ir.Function:
-        """put_fixed<base>(out, value, digits): exactly ``digits`` digits, zero-padded."""
         fn = self.function(f"put_fixed{base}", PTR, [PTR, I32, I32])
         out, value, digits = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -296,7 +299,8 @@ class _Gen:
         b.ret(self.at(b, out, digits))
         return fn
 
-    def _put_hex(self) -> ir.Function:
+    @functools.cached_property
+    def put_hex(self) -> ir.Function:
         """put_hex(out, value): ``0x`` and the hex digits without padding (as ``%#x``)."""
         fn = self.function("put_hex", PTR, [PTR, I32])
         out, value = fn.args
@@ -486,9 +490,10 @@ class _Gen:
         b.ret(p)
         return fn
 
-    def dispatch(self) -> ir.Function:
-        """format_one(out, record, layout): the layout numbered ``layout``."""
-        formats = [self.layout(number, layout) for number, layout in enumerate(LAYOUTS)]
+    def dispatch(self, layouts: tuple[Layout, ...]) -> ir.Function:
+        """format_one(out, record, layout): the layout numbered ``layout`` in ``layouts``
+        (any other number writes nothing)."""
+        formats = [self.layout(number, layout) for number, layout in enumerate(layouts)]
         fn = self.function("format_one", PTR, [PTR, PTR, I32])
         out, record, which = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -656,25 +661,29 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
     return fn
 
 
-FORMAT, COUNT = "dprobes_log_format", "dprobes_log_count"
 JOB_FUNCTION = ctypes.CFUNCTYPE(None, ctypes.POINTER(FormatJob))
 
 
-def build_module() -> ir.Module:
-    """The formatter's module: ``FORMAT(job)`` and ``COUNT(job)``."""
+def build_module(symbol: str, layouts: tuple[Layout, ...] | None) -> ir.Module:
+    """A module defining ``symbol(job)``: the walk formatting ``layouts``, or (None) only
+    counting. Only the code a run needs is compiled: compiling costs more than formatting."""
     gen = _Gen()
-    _walk(gen, FORMAT, gen.dispatch())
-    _walk(gen, COUNT, None)
+    _walk(gen, symbol, None if layouts is None else gen.dispatch(layouts))
     return gen.module
 
 
+_modules = itertools.count()
+
+
 @functools.cache
-def functions() -> tuple[Callable, Callable]:
-    """The compiled ``FORMAT`` and ``COUNT`` (compiled once per process)."""
+def function(layouts: tuple[Layout, ...] | None) -> Callable:
+    """The compiled walk over ring chunks, formatting ``layouts`` or (None) counting;
+    each choice is compiled once per process."""
     from dprobes.vm.jit.compile import Engine
 
-    addresses = Engine.get().add_library(build_module(), [FORMAT, COUNT])
-    return JOB_FUNCTION(addresses[FORMAT]), JOB_FUNCTION(addresses[COUNT])
+    symbol = f"dprobes_log_{'count' if layouts is None else 'format'}_{next(_modules)}"
+    addresses = Engine.get().add_library(build_module(symbol, layouts), [symbol])
+    return JOB_FUNCTION(addresses[symbol])
 
 
 OUT_BYTES = 4 << 20
@@ -682,11 +691,13 @@ OUT_BYTES = 4 << 20
 
 
 class NativeFormatter:
-    """Formats chunks of the native ring with the generated code, for one set of probes
-    (``set_probe``; idents are dense small numbers)."""
+    """Formats (or counts) chunks of the native ring with the generated code, for one set
+    of probes (``set_probe``; idents are dense small numbers)."""
 
-    def __init__(self) -> None:
-        self._format, self._count = functions()
+    def __init__(self, layouts: tuple[Layout, ...]) -> None:
+        self.layouts = layouts
+        """The layouts it writes (a probe with another layout's records count, but
+        write nothing)."""
         self._table = (IdentInfo * 16)()
         self._keep: list[bytes] = []  # the texts the table points into
         self._out = ctypes.create_string_buffer(OUT_BYTES)
@@ -708,7 +719,9 @@ class NativeFormatter:
         info = self._table[ident]
         for attr in IDENT_VALUES:
             setattr(info, attr, getattr(probe, attr) & 0xFFFFFFFF)
-        info.fields, info.layout = int(probe.fields), LAYOUTS.index(probe.layout)
+        info.fields = int(probe.fields)
+        info.layout = (self.layouts.index(probe.layout) if probe.layout in self.layouts
+                       else len(self.layouts))
         room = EXTRA_ROOM
         for i, form in enumerate(TEXT_FORMS):
             encoded = (text_bytes(form, probe.name) if form is not None
@@ -731,13 +744,13 @@ class NativeFormatter:
         self._start(address, length)
         while job.at < length:
             job.out_at = 0
-            self._format(job)
+            function(self.layouts)(job)
             write(self._view[:job.out_at])
         return job.records
 
     def count(self, address: int, length: int) -> int:
         """The number of records in the chunk at ``address`` (``length`` bytes)."""
         self._start(address, length)
-        self._count(self._job)
+        function(None)(self._job)
         return self._job.records
 

@@ -44,13 +44,14 @@ def probe_log(served: Served, names: dict[int, str], layout: Layout = ()) -> Pro
 
 
 class ProbeTable:
-    """The native formatter, told about every probe the native hook has given an ident
-    (``layout_of``: a module's layout)."""
+    """The native formatter for ``layouts`` (none: it only counts), told about every
+    probe the native hook has given an ident (``layout_of``: a module's layout)."""
 
-    def __init__(self, layout_of: Callable[[str], Layout]) -> None:
+    def __init__(self, layout_of: Callable[[str], Layout],
+                 layouts: tuple[Layout, ...] = ()) -> None:
         from dprobes.runtime.logformat.native import NativeFormatter
 
-        self.formatter = NativeFormatter()
+        self.formatter = NativeFormatter(layouts)
         self.layout_of = layout_of
 
     def update(self, native: NativeProbes) -> NativeFormatter:
@@ -96,7 +97,8 @@ class LogWriter:
     def write_packed(self, chunk: PackedChunk, native: NativeProbes) -> int:
         """A chunk of native records, formatted natively; the number of records."""
         if self._probes is None:
-            self._probes = ProbeTable(self.layouts.__getitem__)
+            self._probes = ProbeTable(self.layouts.__getitem__,
+                                      tuple(dict.fromkeys(self.layouts.values())))
         formatter = self._probes.update(native)
         return formatter.format(chunk.address, len(chunk.view), self._write)
 
