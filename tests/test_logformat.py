@@ -110,13 +110,19 @@ def test_the_docs_show_the_header_table() -> None:
     assert markdown_table() in DOCS.read_text()
 
 
+MAX_PROBES = 40
+"""Probes per program at most (glibc's thousand functions would take minutes)."""
+
+
 def functions(program: str) -> list[str]:
-    """The function symbols of a guest image (probe targets called many times or once)."""
+    """Function symbols of a guest image (probe targets called many times or once): all
+    of them, or ``MAX_PROBES`` spread over the sorted names."""
     with open(BIN / program, "rb") as stream:
         table = ELFFile(stream).get_section_by_name(".symtab")
-        return sorted({symbol.name for symbol in table.iter_symbols()
-                       if symbol["st_info"]["type"] == "STT_FUNC" and symbol["st_size"]
-                       and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol.name)})
+        names = sorted({symbol.name for symbol in table.iter_symbols()
+                        if symbol["st_info"]["type"] == "STT_FUNC" and symbol["st_size"]
+                        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol.name)})
+    return names[::-(-len(names) // MAX_PROBES)]
 
 
 PROGRAMS = sorted(path.name for path in BIN.iterdir() if path.is_file()
@@ -154,8 +160,9 @@ def test_dpc_run_writes_the_same_bytes_on_both_paths(program: str, tmp_path: Pat
             native_hits = json.loads(summary)["native_hits"] if tier == "jit" else 0
             logs.append(log.read_bytes() if log.exists() else b"")
         assert logs[0] == logs[1], (program, target)
-        if program in ("loop", "recurse", "strings"):
-            assert logs[0] and native_hits > 0, (program, target)
+        assert logs[0], (program, target)
+        if program in ("loop", "recurse", "strings", "hello_glibc"):
+            assert native_hits > 0, (program, target)
 
 
 @pytest.mark.parametrize("number", [0, 1, 9, 10, 99, 100, 999, 1000, 65535, 99999, 10**9 - 1,
