@@ -687,7 +687,8 @@ def function(layouts: tuple[Layout, ...] | None) -> Callable:
 
 
 OUT_BYTES = 4 << 20
-"""The output buffer: formatted bytes are written when it is (nearly) full."""
+"""The output buffer: formatted bytes are written when it is (nearly) full. It holds the
+largest record (``ROOM_PER_DATA_BYTE`` x two 64 KiB logs, plus the texts)."""
 
 
 class NativeFormatter:
@@ -743,8 +744,10 @@ class NativeFormatter:
         job = self._job
         self._start(address, length)
         while job.at < length:
-            job.out_at = 0
+            job.out_at, before = 0, job.at
             function(self.layouts)(job)
+            if job.at == before:  # OUT_BYTES holds the largest record: never happens
+                raise RuntimeError("a log record larger than the output buffer")
             write(self._view[:job.out_at])
         return job.records
 
