@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from dprobes.runtime.logformat.writer import LogWriter
     from dprobes.runtime.probes import ProbeManager
 
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probes", action="append", metavar="FILE", default=[],
                         help="probe program (RPN source or PPDF) to insert (repeatable)")
