@@ -285,18 +285,25 @@ class _Gen:
         fn = self.function(f"put_fixed{base}", PTR, [PTR, I32, I32])
         out, value, digits = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        left = self.alloca(b, I32)
+        left, where = self.alloca(b, I32), self.alloca(b, PTR)
         b.store(value, left)
-        radix = ir.Constant(I32, base)
+        end = self.at(b, out, digits)
+        b.store(end, where)
+        table = self.decimal_pairs if base == 10 else self.pairs
+        square, radix = ir.Constant(I32, base * base), ir.Constant(I32, base)
 
-        def body(b: ir.IRBuilder, i: ir.Value) -> None:
+        def two(b: ir.IRBuilder, i: ir.Value) -> None:  # two digits a step, from the end
             now = b.load(left, typ=I32)
-            char = b.load(self.at(b, self.digits, b.urem(now, radix)), typ=I8)
-            b.store(char, self.at(b, out, b.sub(b.sub(digits, i), ir.Constant(I32, 1))))
-            b.store(b.udiv(now, radix), left)
+            here = self.at(b, b.load(where, typ=PTR), ir.Constant(I64, -2))
+            self.pair(b, here, b.urem(now, square), table)
+            b.store(b.udiv(now, square), left)
+            b.store(here, where)
 
-        self.loop(b, "digit", ir.Constant(I32, 0), digits, body)
-        b.ret(self.at(b, out, digits))
+        self.loop(b, "pair", ir.Constant(I32, 0), b.lshr(digits, ir.Constant(I32, 1)), two)
+        with b.if_then(b.trunc(digits, I1)):
+            char = b.load(self.at(b, self.digits, b.urem(b.load(left, typ=I32), radix)), typ=I8)
+            b.store(char, out)
+        b.ret(end)
         return fn
 
     @functools.cached_property
