@@ -11,6 +11,7 @@ from dprobes.bench import (
     hook_floor,
     interp_bench,
     jit_bench,
+    log_bench,
     machine_bench,
     probe_bench,
 )
@@ -25,6 +26,7 @@ def main() -> None:
     machine = machine_bench.run(args.seconds)
     probes = probe_bench.run(args.seconds)
     floor = hook_floor.run()
+    logs = log_bench.run()
     jit = jit_bench.run(args.seconds)
     cache = cache_bench.run()
     if args.json:
@@ -36,7 +38,9 @@ def main() -> None:
             "hook_floor": [{"hook": f.hook, "ns_per_hit": round(f.ns_per_hit, 1)}
                            for f in floor],
             "jit": jit.as_dict() if jit else None,
-            "jit_cache": cache.as_dict() if cache else None}))
+            "jit_cache": cache.as_dict() if cache else None,
+            "log_output": [{"target": c.target, "hits": c.hits,
+                            "ns_per_hit": round(c.ns_per_hit, 1)} for c in logs or []]}))
         return
     print(interp_bench.report(figures))
     print()
@@ -48,6 +52,8 @@ def main() -> None:
         native = probes.rate("native, JIT", "10 instructions")
         print(f"  native hits, 10 instructions: "
               f"{hook_floor.against_reference(floor, native)}")
+    print()
+    print(log_bench.report(logs))
     print()
     print(jit_bench.report(jit))
     print()

@@ -11,31 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import IO, TYPE_CHECKING
 
 from dprobes.cli.exec_cmd import UsageError, add_tier_options, apply_tier_options, parse_int
 from dprobes.compiler.pipeline import BuildOptions, load_program
-from dprobes.vm.program import LogField, LogTarget
+from dprobes.vm.logrecord import LOG_FIELDS_HELP, parse_log_fields
+from dprobes.vm.program import LogField, LogTarget, Program
 
 if TYPE_CHECKING:
-    from dprobes.runtime.probes import Emitted, ProbeManager
-
-LOG_FIELD_NAMES = {"PROCNAME": LogField.PROCNAME, "PID": LogField.PID, "UID": LogField.UID,
-                   "SSESP": LogField.SSESP, "PSW": LogField.SSESP, "CSEIP": LogField.CSEIP,
-                   "UPSW": LogField.CSEIP, "TSC": LogField.TSC}
-ALL_FIELDS = LogField.PROCNAME | LogField.PID | LogField.UID | LogField.SSESP \
-    | LogField.CSEIP | LogField.TSC
+    from dprobes.runtime.logformat.writer import LogWriter
+    from dprobes.runtime.probes import ProbeManager
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probes", action="append", metavar="FILE", default=[],
                         help="probe program (RPN source or PPDF) to insert (repeatable)")
-    parser.add_argument("--log", metavar="FIELDS",
-                        help="record header fields: PROCNAME PID UID SSESP CSEIP TSC or ALL "
-                             "(comma or space separated)")
-    parser.add_argument("--log-target", choices=[t.name for t in LogTarget if t.name != "LTT"])
+    parser.add_argument("--log", metavar="FIELDS", help=f"record header {LOG_FIELDS_HELP}")
+    parser.add_argument("--log-target", choices=[t.name for t in LogTarget
+                                                 if t is not LogTarget.LTT])
     parser.add_argument("--log-file", metavar="PATH", help="where log records go")
     parser.add_argument("-f", "--unformatted", action="store_true",
                         help="KLOG: plain hex bytes instead of a hex dump")
@@ -70,38 +64,45 @@ def _numbers(text: str | None, option: str) -> set[int] | None:
 def _fields(text: str | None) -> LogField | None:
     if text is None:
         return None
-    fields = LogField.NONE
-    for word in text.replace(",", " ").split():
-        if word.upper() == "ALL":
-            fields |= ALL_FIELDS
-        elif word.upper() in LOG_FIELD_NAMES:
-            fields |= LOG_FIELD_NAMES[word.upper()]
-        else:
-            raise UsageError(f"--log: unknown field '{word}' "
-                             f"(choose from {', '.join(LOG_FIELD_NAMES)}, ALL)")
-    return fields
+    try:
+        return parse_log_fields(text)
+    except ValueError as error:
+        raise UsageError(f"--log: {error} ({LOG_FIELDS_HELP})") from None
 
 
-def _writer(args: argparse.Namespace, stack: list[IO]) -> Callable[[Emitted, LogTarget], None]:
-    """A function writing one emitted record to its target."""
-    from dprobes.runtime.logtargets import LogSink
+def _target(args: argparse.Namespace, path: str, program: Program) -> LogTarget:
+    """The log target of a program's records (``--log-target`` overrides its own)."""
+    target = LogTarget[args.log_target] if args.log_target else program.header.log_target
+    if target is LogTarget.LTT:
+        raise UsageError(f"{path}: log target LTT is not implemented yet")
+    if target is not LogTarget.KLOG and not args.log_file:
+        raise UsageError(f"{path}: log target {target.name} needs --log-file")
+    return target
 
-    sinks: dict[LogTarget, LogSink] = {}
 
-    def sink(target: LogTarget) -> LogSink:
-        if target not in sinks:
-            if args.log_file:
-                stream: IO = open(args.log_file, "ab" if target in (LogTarget.COM1,  # noqa: SIM115
-                                  LogTarget.COM2) else "a")
-                stack.append(stream)
-            elif target is LogTarget.KLOG:
-                stream = sys.stderr
-            else:
-                raise UsageError(f"log target {target.name} needs --log-file")
-            sinks[target] = LogSink(target, stream, unformatted=args.unformatted)
-        return sinks[target]
+def _writer(args: argparse.Namespace, targets: dict[str, LogTarget],
+            opened: list[IO]) -> LogWriter:
+    """The writer of every record: to ``--log-file`` (opened at the first record), or
+    KLOG text to stderr, flushed after every write so it interleaves with the program's
+    own output as it happens."""
+    from dprobes.runtime.logformat.layouts import layout_for
+    from dprobes.runtime.logformat.writer import LogWriter
 
-    return lambda emitted, target: sink(target).write(emitted.record, emitted.exception_log)
+    layouts = {name: layout_for(target, args.unformatted) for name, target in targets.items()}
+    if not args.log_file:
+        def stderr() -> IO:
+            sys.stderr.flush()
+            return sys.stderr.buffer
+        return LogWriter(layouts, stderr, flush_each=True)
+
+    def log_file() -> IO:
+        try:
+            stream = open(args.log_file, "ab")  # noqa: SIM115 - closed by cmd_run
+        except OSError as error:
+            raise UsageError(f"--log-file: {error.strerror}: {args.log_file}") from None
+        opened.append(stream)
+        return stream
+    return LogWriter(layouts, log_file)
 
 
 def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
@@ -128,8 +129,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
                                     types=_numbers(args.type, "--type"))
         except InsertError as error:
             raise UsageError(str(error)) from None
-        targets[loaded.name] = LogTarget[args.log_target] if args.log_target \
-            else program.header.log_target
+        targets[loaded.name] = _target(args, path, program)
         for record in loaded.records:
             if not record.armed and record.notes != ["not selected by group/type"]:
                 where = record.point.location or f"0x{record.point.offset:x}"
@@ -139,8 +139,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
                       f"inserted: {record.status.describe()}{detail}"
                       + "".join(f"; {note}" for note in record.notes), file=sys.stderr)
     opened: list[IO] = []
-    write = _writer(args, opened)
-    manager.on_log.append(lambda emitted: write(emitted, targets[emitted.module]))
+    manager.writer = _writer(args, targets, opened)
     try:
         process = machine.spawn(command[0], command, files=args.file,
                                 stdout=sys.stdout.buffer.write, stderr=sys.stderr.buffer.write)
@@ -152,6 +151,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         raise UsageError(str(error)) from None
     finally:
         sys.stdout.flush()
+        manager.writer.flush()
         for stream in opened:
             stream.close()
     if process.crash is not None:

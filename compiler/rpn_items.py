@@ -17,6 +17,7 @@ from dprobes.compiler import rpn_ast as ast
 from dprobes.compiler.diagnostics import DiagnosticSink, SourceLoc, did_you_mean
 from dprobes.compiler.rpn_parser import parse_value
 from dprobes.compiler.symbols import WORD_MASK, SymbolTable
+from dprobes.vm.logrecord import LOG_FIELDS_HELP, parse_log_fields
 from dprobes.vm.program import (
     EX_LOGMAX_LIMIT,
     HEAPMAX_LIMIT,
@@ -93,25 +94,25 @@ def _text(item: ast.Item, sink: DiagnosticSink) -> str:
     return item.value
 
 
-_LOG_FIELDS = {
-    **{f.name.lower(): f for f in (LogField.PROCNAME, LogField.PID, LogField.UID,
-                                   LogField.SSESP, LogField.CSEIP, LogField.TSC, LogField.ALL)},
-    "psw": LogField.SSESP,  # S/390 spellings of the same bits (dprobes.h)
-    "upsw": LogField.CSEIP,
-}
-
-
 def _log_fields(item: ast.Item, sink: DiagnosticSink) -> LogField | None:
-    """``log = PID UID TSC`` or ``ALL``; words may also be separated by ',' or '|'."""
-    fields = LogField.NONE
-    for word in item.value.replace(",", " ").replace("|", " ").split():
-        bit = _LOG_FIELDS.get(word.lower())
-        if bit is None:
-            sink.error(item.value_loc, f"unknown log field '{word}'",
-                       "log fields: PROCNAME PID UID SSESP CSEIP TSC (PSW, UPSW) or ALL")
-            return None
-        fields |= bit
-    return fields
+    """``log = PID UID TSC`` or ``ALL`` (``vm.logrecord.parse_log_fields``)."""
+    try:
+        return parse_log_fields(item.value)
+    except ValueError as error:
+        sink.error(item.value_loc, str(error), LOG_FIELDS_HELP)
+        return None
+
+
+def _log_target(item: ast.Item, sink: DiagnosticSink) -> LogTarget | None:
+    """``log_target = KLOG|COM1|COM2|EVL``; LTT is refused until it is implemented."""
+    if item.value.lower() == LogTarget.LTT.name.lower():
+        sink.error(item.value_loc, "log target LTT is not implemented yet",
+                   "use KLOG, COM1, COM2 or EVL")
+        return None
+    return _LOG_TARGETS(item, sink)  # type: ignore[return-value]
+
+
+_LOG_TARGETS = _choice({t.name.lower(): t for t in LogTarget if t is not LogTarget.LTT})
 
 
 _YES_NO = _choice({"yes": True, "no": False})
@@ -131,7 +132,7 @@ HEADER_KEYWORDS: dict[str, Keyword] = {
     "heapmax": Keyword("heapmax", _clamped(HEAPMAX_LIMIT)),
     "autostacktrace": Keyword("autostacktrace", _YES_NO),
     "log": Keyword("log_fields", _log_fields),
-    "log_target": Keyword("log_target", _choice({t.name.lower(): t for t in LogTarget})),
+    "log_target": Keyword("log_target", _log_target),
 }
 
 PROBE_STARTS: dict[str, ProbeKind] = {

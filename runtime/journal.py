@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import NamedTuple, overload
 
 from dprobes.runtime.logtargets import LogRecord
 
@@ -29,6 +29,15 @@ Packed = bytes | memoryview
 Decoder = Callable[[Packed], list[Emitted]]
 
 
+class PackedChunk(NamedTuple):
+    """Records of native hits as the ring holds them: a read-only view of the ring (which
+    never overwrites them), its address for native code, and how to decode it."""
+
+    view: Packed
+    address: int
+    decode: Decoder
+
+
 class LogJournal(Sequence[Emitted]):
     """Every emitted record, oldest first; packed native chunks decode on first read."""
 
@@ -39,8 +48,8 @@ class LogJournal(Sequence[Emitted]):
     def append(self, entry: Emitted) -> None:
         (self._unread if self._unread else self._decoded).append(entry)
 
-    def append_packed(self, chunk: Packed, decode: Decoder) -> None:
-        self._unread.append((chunk, decode))
+    def append_packed(self, chunk: PackedChunk) -> None:
+        self._unread.append((chunk.view, chunk.decode))
 
     def _settle(self) -> None:
         for part in self._unread:

@@ -7,29 +7,24 @@ the handler produced. ``len`` is the whole record's length here (5.0 kept the he
 length there; a reader of a raw serial stream needs the record length). The exception
 buffer, when not empty, follows as a second record with major/minor 0/0.
 
-Targets: KLOG prints the ``dprobes(major,minor) pid=... `` line and a 16-bytes-per-row
-hex dump (``unformatted`` prints plain hex bytes instead); COM1/COM2 write the raw
-records, each followed by CR LF, to a file or pipe standing for the serial line; EVL
-writes one JSON object per record (JSON Lines).
+The header's elements, their order, formats and mask bits are ``vm.logrecord.HEADER``;
+what each target writes for a record is ``runtime.logformat``.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple, TextIO
+from typing import NamedTuple
 
-from dprobes.vm.program import LogField, LogTarget
-
-FACILITY_ID = 1
-
-
-class HeaderBit:
-    """The ``mask`` bits saying which header elements are present (``DP_HDR_*``)."""
-
-    MAJOR, MINOR, CPU, PID, UID = 0x1, 0x2, 0x4, 0x8, 0x10
-    CS, EIP, SS, ESP, TSC, PROCNAME = 0x20, 0x40, 0x80, 0x100, 0x200, 0x400
+from dprobes.vm.logrecord import (
+    FACILITY_ID,
+    HeaderValue,
+    Shown,
+    header_struct,
+    mask,
+    selected,
+)
+from dprobes.vm.program import LogField
 
 
 class HitInfo(NamedTuple):
@@ -57,92 +52,36 @@ class LogRecord:
     data: bytes
 
     def mask(self) -> int:
-        bits = HeaderBit.MAJOR | HeaderBit.MINOR
-        for flag, bit in ((LogField.PID, HeaderBit.PID), (LogField.UID, HeaderBit.UID),
-                          (LogField.CSEIP, HeaderBit.CS | HeaderBit.EIP),
-                          (LogField.SSESP, HeaderBit.SS | HeaderBit.ESP),
-                          (LogField.TSC, HeaderBit.TSC), (LogField.PROCNAME, HeaderBit.PROCNAME)):
-            if flag in self.fields:
-                bits |= bit
-        return bits
+        """The header's ``mask`` word."""
+        return mask(self.fields)
 
-    def header_fields(self) -> bytes:
-        hit, out = self.hit, b""
-        if LogField.PID in self.fields:
-            out += struct.pack("<I", hit.pid)
-        if LogField.UID in self.fields:
-            out += struct.pack("<I", hit.uid)
-        if LogField.CSEIP in self.fields:
-            out += struct.pack("<HI", hit.cs, hit.eip)
-        if LogField.SSESP in self.fields:
-            out += struct.pack("<HI", hit.ss, hit.esp)
-        if LogField.TSC in self.fields:
-            out += struct.pack("<II", hit.seconds, hit.microseconds)
-        if LogField.PROCNAME in self.fields:
-            out += hit.procname.encode()[:16].ljust(16, b"\0")
-        return out
+    def values(self) -> tuple[tuple[HeaderValue, tuple[int | str, ...]], ...]:
+        """Each header value the record shows, with what it is packed from, in order."""
+        hit = self.hit
+        return tuple((value, tuple(getattr(hit, name) for name in value.hit))
+                     for field in selected(self.fields) for value in field.values)
+
+    def header(self) -> bytes:
+        """The binary header (``vm.logrecord``)."""
+        packing = header_struct(self.fields)
+        values = [part.encode() if isinstance(part, str) else part
+                  for _, parts in self.values() for part in parts]
+        return packing.pack(FACILITY_ID, (packing.size + len(self.data)) & 0xFFFF,
+                            self.mask(), self.major, self.minor, *values)
 
     def to_bytes(self) -> bytes:
         """The raw binary record."""
-        fields = self.header_fields()
-        length = 12 + len(fields) + len(self.data)
-        return struct.pack("<HHIHH", FACILITY_ID, length & 0xFFFF, self.mask(), self.major,
-                           self.minor) + fields + self.data
+        return self.header() + self.data
 
     def describe(self) -> dict[str, int | str]:
-        """The header as name -> value, in record order."""
-        hit = self.hit
+        """The header as name -> value, in record order (the time as ``s:uuuuuu``)."""
         out: dict[str, int | str] = {"major": self.major, "minor": self.minor}
-        for flag, names in ((LogField.PID, ("pid",)), (LogField.UID, ("uid",)),
-                            (LogField.CSEIP, ("cs", "eip")), (LogField.SSESP, ("ss", "esp")),
-                            (LogField.TSC, ("tsc",)), (LogField.PROCNAME, ("name",))):
-            if flag in self.fields:
-                for name in names:
-                    out[name] = (f"{hit.seconds}:{hit.microseconds:06d}" if name == "tsc"
-                                 else getattr(hit, "procname" if name == "name" else name))
+        for value, parts in self.values():
+            out[value.name] = (f"{parts[0]}:{parts[1]:06d}" if value.shown is Shown.TIME
+                               else parts[0])
         return out
 
 
-def hex_dump(data: bytes) -> list[str]:
-    """16 bytes per row: offset, hex bytes, ASCII column."""
-    rows = []
-    for at in range(0, len(data), 16):
-        chunk = data[at:at + 16]
-        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
-        rows.append(f"{at:08x}  {chunk.hex(' '):<47}  |{text}|")
-    return rows
-
-
-def klog_lines(record: LogRecord, unformatted: bool = False) -> list[str]:
-    """The kernel-log form: the ``dprobes(major,minor) ...`` line, then the data."""
-    head = " ".join(f"{k}={v:#x}" if isinstance(v, int) and k in ("cs", "eip", "ss", "esp")
-                    else f"{k}={v}" for k, v in record.describe().items()
-                    if k not in ("major", "minor"))
-    lines = [f"dprobes({record.major},{record.minor}){' ' + head if head else ''}"]
-    if unformatted:
-        lines.append(record.data.hex(" "))
-    else:
-        lines.extend(hex_dump(record.data))
-    return lines
-
-
-class LogSink:
-    """Writes the records of every hit to one target."""
-
-    def __init__(self, target: LogTarget, stream: TextIO | BinaryIO, *,
-                 unformatted: bool = False) -> None:
-        self.target, self.stream, self.unformatted = target, stream, unformatted
-
-    def write(self, record: LogRecord, exception_log: bytes = b"") -> None:
-        records = [record]
-        if exception_log:
-            records.append(LogRecord(0, 0, LogField.NONE, HitInfo(), exception_log))
-        for one in records:
-            if self.target in (LogTarget.COM1, LogTarget.COM2):
-                self.stream.write(one.to_bytes() + b"\r\n")  # type: ignore[arg-type]
-            elif self.target is LogTarget.EVL:
-                entry = {**one.describe(), "data": one.data.hex()}
-                self.stream.write(json.dumps(entry) + "\n")  # type: ignore[arg-type]
-            else:
-                text = "\n".join(klog_lines(one, self.unformatted)) + "\n"
-                self.stream.write(text)  # type: ignore[arg-type]
+def exception_record(exception_log: bytes) -> LogRecord:
+    """The second record that carries a hit's exception log."""
+    return LogRecord(0, 0, LogField.NONE, HitInfo(), exception_log)

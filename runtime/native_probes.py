@@ -39,7 +39,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from dprobes.runtime import ring
 from dprobes.runtime.addrspace import KERNEL_BASE, Prot
-from dprobes.runtime.journal import Emitted, Packed
+from dprobes.runtime.journal import Emitted, Packed, PackedChunk
+from dprobes.runtime.logformat.writer import probe_log
 from dprobes.runtime.logtargets import HitInfo, LogRecord
 from dprobes.runtime.native import hook as native_hook
 from dprobes.runtime.native import lookup, services
@@ -75,6 +76,7 @@ from dprobes.vm.registers import REGISTERS_BY_NAME, SEGMENT_REGISTERS
 
 if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
+    from dprobes.runtime.logformat.writer import ProbeLog
     from dprobes.runtime.machine import Machine
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
     from dprobes.runtime.process import Process
@@ -346,13 +348,16 @@ class NativeProbes:
         return PendingStep(served.loaded, served.record, served.plan, served.slot, outcome,
                            pending.trap_flag, hit)
 
-    def _hit(self, served: Served, data: bytes | ctypes.Array, at: int) -> HitInfo:
-        """The log header's view of a native hit whose header fields start at ``at``."""
+    def _hit(self, served: Served, data: bytes | ctypes.Array, at: int,
+             known: ProbeLog | None = None) -> HitInfo:
+        """The log header's view of a native hit whose header fields start at ``at``
+        (``known``: the probe's part, if already worked out)."""
         fields = served.loaded.log_fields
         got = header_layout(fields).values(data, at)
-        return hit_info(fields, got.get("executed", 0), served.pid, got.get("uid", 0),
-                        got.get("cs", 0), (served.plan.address + 1) & 0xFFFFFFFF,
-                        got.get("ss", 0), got.get("esp", 0), self.names.get(served.pid, ""))
+        known = known or probe_log(served, self.names)
+        return hit_info(fields, got.get("executed", 0), known.pid, got.get("uid", 0),
+                        got.get("cs", 0), known.eip, got.get("ss", 0), got.get("esp", 0),
+                        known.name)
 
     # --- VM state -------------------------------------------------------------------------
 
@@ -460,9 +465,10 @@ class NativeProbes:
         a read-only view of the ring, which never overwrites them."""
         head = self.hook.ring_head
         if head > self._drained:
-            chunk = self._ring_view[self._drained:head].toreadonly()
+            chunk = PackedChunk(self._ring_view[self._drained:head].toreadonly(),
+                                self.hook.ring + self._drained, self.decode)
             self._drained = head
-            self.manager.emit_packed(chunk, self.decode)
+            self.manager.emit_packed(chunk)
 
     @_from_native
     def _ring_full(self) -> None:
@@ -473,11 +479,14 @@ class NativeProbes:
         """The manager's view of packed ring records."""
         chunk = bytes(view)
         out, at, idents = [], 0, self.idents
+        known: dict[int, ProbeLog] = {}
         while at < len(chunk):
             ident, log_len, ex_len, major, minor = HEAD.unpack_from(chunk, at)
             served = idents[ident]
             loaded = served.loaded
-            hit = self._hit(served, chunk, at + HEAD.size)
+            if ident not in known:
+                known[ident] = probe_log(served, self.names)
+            hit = self._hit(served, chunk, at + HEAD.size, known[ident])
             log_at = at + HEAD.size + header_layout(loaded.log_fields).packing.size
             ex_at = log_at + log_len
             record = LogRecord(major, minor, loaded.log_fields, hit, chunk[log_at:ex_at])

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dprobes.runtime.codemap import CodeMap
-from dprobes.runtime.journal import Decoder, Emitted, LogJournal, Packed
+from dprobes.runtime.journal import Emitted, LogJournal, PackedChunk
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.pagecache import GuestFile
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
@@ -39,6 +39,7 @@ from dprobes.vm.interp import CpuState
 from dprobes.vm.program import LogField, ModuleType, ProbeKind, Program
 
 if TYPE_CHECKING:
+    from dprobes.runtime.logformat.writer import LogWriter, ProbeTable
     from dprobes.runtime.machine import Machine
 
 INT3 = 0xCC
@@ -93,12 +94,14 @@ class ProbeManager:
     user_probes: dict[tuple[int, int], tuple[LoadedProgram, ProbeRecord]] = field(
         default_factory=dict)
     keep_records: bool = True
-    """Keep every record in ``emitted``. ``dpc run``, whose log targets write each record as
-    it comes, turns this off so that a long run does not hold them all in memory; the
-    records then only reach ``on_log`` and are counted in ``log_count``."""
+    """Keep every record in ``emitted``. ``dpc run``, whose ``writer`` writes each record
+    as it comes, turns this off so that a long run does not hold them all in memory; the
+    records then only reach the writer and ``on_log`` and are counted in ``log_count``."""
     emitted: LogJournal = field(default_factory=LogJournal)
     exits: list[tuple[int, int, str]] = field(default_factory=list)  # (pid, facility, module)
     on_log: list = field(default_factory=list)  # callables(Emitted)
+    writer: LogWriter | None = None
+    """Writes every record to its log target (``dpc run``); native records in chunks."""
 
     def __post_init__(self) -> None:
         from dprobes.runtime.trap3 import StepTracker
@@ -108,7 +111,8 @@ class ProbeManager:
         self.machine.cache.on_page_in.append(self._page_in)
         self.machine.on_process_exit.append(self.steps.forget)
         self._maps: dict[int, CodeMap] = {}
-        self._not_kept = 0
+        self._count = 0
+        self._probe_table: ProbeTable | None = None
         self.native = None
         if self.native_hooks and self.tier != "interp":
             from dprobes.runtime.native_probes import NativeProbes
@@ -290,28 +294,40 @@ class ProbeManager:
             self.native.to_python()
 
     def emit(self, loaded: LoadedProgram, record: LogRecord, exception_log: bytes) -> None:
+        """A record of the Python path (native records that came first go first)."""
         if self.native is not None:
-            self.native.drain()  # native records that came first go first
+            self.native.drain()
         self._deliver(Emitted(loaded.name, record, exception_log))
 
-    def emit_packed(self, chunk: Packed, decode: Decoder) -> None:
-        """Records of native hits, packed; decoded now only if a log hook wants them (or
-        they are not kept, and so must be counted now)."""
-        if self.on_log or not self.keep_records:
-            for entry in decode(chunk):
-                self._deliver(entry)
+    def emit_packed(self, chunk: PackedChunk) -> None:
+        """Records of native hits, packed: the writer formats them natively, the journal
+        keeps the chunk as it is, and they are decoded only for ``on_log`` hooks."""
+        assert self.native is not None
+        if self.writer is not None:
+            self._count += self.writer.write_packed(chunk, self.native)
         else:
-            self.emitted.append_packed(chunk, decode)
+            if self._probe_table is None:
+                from dprobes.runtime.logformat.writer import ProbeTable
+
+                self._probe_table = ProbeTable(lambda name: ())  # counts only
+            self._count += self._probe_table.count(chunk, self.native)
+        if self.keep_records:
+            self.emitted.append_packed(chunk)
+        if self.on_log:
+            for entry in chunk.decode(chunk.view):
+                for hook in self.on_log:
+                    hook(entry)
 
     def _deliver(self, entry: Emitted) -> None:
+        self._count += 1
+        if self.writer is not None:
+            self.writer.write(entry)
         if self.keep_records:
             self.emitted.append(entry)
-        else:
-            self._not_kept += 1
         for hook in self.on_log:
             hook(entry)
 
     @property
     def log_count(self) -> int:
-        """Records emitted so far, kept or not."""
-        return len(self.emitted) + self._not_kept
+        """Records emitted so far, kept or not (a counter: nothing is decoded)."""
+        return self._count

@@ -14,6 +14,7 @@ import struct
 from ctypes import Array, Structure, c_uint16, c_uint32, sizeof
 from typing import NamedTuple
 
+from dprobes.vm.logrecord import HEADER
 from dprobes.vm.program import LogField
 
 RING_BYTES = 4 << 20
@@ -36,11 +37,15 @@ HEAD = struct.Struct("<IHHHH")
 assert HEAD.size == sizeof(RecordHead)
 
 
-HEADER_FIELDS = ((LogField.UID, ("uid",), "I"), (LogField.CSEIP, ("cs",), "I"),
-                 (LogField.SSESP, ("ss", "esp"), "II"), (LogField.TSC, ("executed",), "Q"))
-"""The machine state a record carries after its head, in this order, each only if the
-program's log fields select it: uid, cs, ss and esp, the instruction clock. (pid, eip and
-the process name follow from the probe.)"""
+HEADER_FIELDS = tuple(
+    (field.flag, tuple(value.ring[0] for value in carried),
+     "".join(value.ring[1] for value in carried))
+    for field in HEADER
+    if (carried := [value for value in field.values if value.ring is not None]))
+"""The machine state a record carries after its head, as (flag, names, formats), in the
+header table's order, each only if the program's log fields select it: uid, cs, ss and
+esp, the instruction clock (``vm.logrecord.HEADER``'s ``ring`` column). pid, eip and the
+process name follow from the probe."""
 
 
 class HeaderLayout(NamedTuple):

@@ -42,6 +42,7 @@ from dprobes.runtime.xol import (
 )
 from dprobes.vm.api import FireResult, writes_log
 from dprobes.vm.interp import ExitKind
+from dprobes.vm.logrecord import timeval
 from dprobes.vm.program import LogField
 
 if TYPE_CHECKING:
@@ -81,12 +82,12 @@ def hit_info(fields: LogField, executed: int, pid: int, uid: int, cs: int, eip: 
     program's log ``fields`` select, zero (or empty) elsewhere. A record holds nothing its
     header does not show, so the native hook need not read (or keep) the rest."""
     selected = int(fields)
-    now = realtime_ns_at(executed) if selected & _TSC else 0
+    seconds, microseconds = timeval(realtime_ns_at(executed) if selected & _TSC else 0)
     cseip, ssesp = selected & _CSEIP, selected & _SSESP
     return HitInfo(pid=pid if selected & _PID else 0, uid=uid if selected & _UID else 0,
                    cs=cs if cseip else 0, eip=eip if cseip else 0,
                    ss=ss if ssesp else 0, esp=esp if ssesp else 0,
-                   seconds=now // 1_000_000_000, microseconds=now // 1000 % 1_000_000,
+                   seconds=seconds, microseconds=microseconds,
                    procname=procname if selected & _PROCNAME else "")
 
 

@@ -11,7 +11,7 @@ import pytest
 from dprobes.cli import main as cli
 from dprobes.compiler.pipeline import compile_rpn
 from dprobes.tests.corpus import Case, load_corpus
-from dprobes.vm import flavour, interp, ops, stacktrace
+from dprobes.vm import flavour, interp, model
 from dprobes.vm.exceptions import ExceptionCode
 from dprobes.vm.isa import TABLE
 
@@ -119,9 +119,9 @@ def test_every_exception_code_is_raised(tmp_path: Path, capsys, monkeypatch) -> 
     assert not missing, f"exception codes no case raises: {missing}"
 
 
-WORD_RECORDS = {ops.TOKEN_LOG, stacktrace.TOKEN_LV_ENTRY, stacktrace.TOKEN_GV_ENTRY}
+WORD_RECORDS = {model.TOKEN_LOG, model.TOKEN_LV_ENTRY, model.TOKEN_GV_ENTRY}
 """Log records whose 16-bit count is of words; the others count bytes."""
-BYTE_RECORDS = {ops.TOKEN_MEMORY, ops.TOKEN_ASCII, ops.TOKEN_MEMORY_FAULT}
+BYTE_RECORDS = {model.TOKEN_MEMORY, model.TOKEN_ASCII, model.TOKEN_MEMORY_FAULT}
 UNRECORDED = {"LOG_I", "POP_LP"}
 """Instructions after which the log is no stream of records (raw words, or rewound)."""
 
@@ -130,21 +130,21 @@ def record_tokens(log: bytes) -> list[int] | None:
     """The token of each record ``log`` is made of, or None if it is not a record stream."""
     tokens, at = [], 0
     while at < len(log):
-        if at + ops.PREFIX > len(log):
+        if at + model.RECORD_PREFIX > len(log):
             return None
         token, count = struct.unpack_from("<BH", log, at)
         if token not in WORD_RECORDS | BYTE_RECORDS:
             return None
-        at += ops.PREFIX + (4 * count if token in WORD_RECORDS else count)
+        at += model.RECORD_PREFIX + (4 * count if token in WORD_RECORDS else count)
         tokens.append(token)
     return tokens if at == len(log) else None
 
 
 def test_record_tokens_parses_only_record_streams() -> None:
-    log = bytes((ops.TOKEN_LOG, 1, 0, 1, 0, 0, 0x07, ops.TOKEN_ASCII, 2, 0, ord("h"), ord("i")))
-    assert record_tokens(log) == [ops.TOKEN_LOG, ops.TOKEN_ASCII]
+    log = bytes((model.TOKEN_LOG, 1, 0, 1, 0, 0, 0x07, model.TOKEN_ASCII, 2, 0, ord("h"), ord("i")))
+    assert record_tokens(log) == [model.TOKEN_LOG, model.TOKEN_ASCII]
     assert record_tokens(log[:-1]) is None
-    assert record_tokens(bytes((ops.TOKEN_LOG, 0, 0, 0x07))) is None
+    assert record_tokens(bytes((model.TOKEN_LOG, 0, 0, 0x07))) is None
     assert record_tokens(bytes((0x42, 0, 0))) is None
 
 
@@ -156,9 +156,9 @@ def test_every_log_token_appears(tmp_path: Path) -> None:
         tokens = record_tokens(bytes.fromhex(case.expect["log"]))
         assert tokens is not None, f"{case.name}: the log is not a stream of records"
         seen.update(tokens)
-    for token, what in ((ops.TOKEN_MEMORY, "log mrf"), (ops.TOKEN_ASCII, "log str"),
-                        (ops.TOKEN_LOG, "log"), (stacktrace.TOKEN_LV_ENTRY, "log lv"),
-                        (stacktrace.TOKEN_GV_ENTRY, "log gv"),
-                        (ops.TOKEN_MEMORY_FAULT, "fault record")):
+    for token, what in ((model.TOKEN_MEMORY, "log mrf"), (model.TOKEN_ASCII, "log str"),
+                        (model.TOKEN_LOG, "log"), (model.TOKEN_LV_ENTRY, "log lv"),
+                        (model.TOKEN_GV_ENTRY, "log gv"),
+                        (model.TOKEN_MEMORY_FAULT, "fault record")):
         assert token in seen, f"no case logs a record of token {token} ({what})"
     assert any(c.expect and c.expect.get("ex_log") for c in CASES), "no stack-trace case"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 
-from dprobes.runtime.logtargets import HeaderBit, HitInfo, LogRecord, LogSink, klog_lines
-from dprobes.vm.logrecord import header_length
-from dprobes.vm.program import LogField, LogTarget
+from dprobes.runtime.logformat.layouts import COM, EVL, KLOG, KLOG_UNFORMATTED
+from dprobes.runtime.logformat.python import format_hit, format_record
+from dprobes.runtime.logtargets import HitInfo, LogRecord, exception_record
+from dprobes.vm.logrecord import HeaderBit, header_length
+from dprobes.vm.program import LogField
 
 HIT = HitInfo(pid=42, uid=0, cs=0x73, eip=0x08049001, ss=0x7B, esp=0xBFFFF000,
               seconds=1, microseconds=5, procname="loop")
@@ -35,26 +36,26 @@ def test_every_field_in_reference_order() -> None:
 
 
 def test_klog_text_and_hex_dump() -> None:
-    lines = klog_lines(LogRecord(7, 1, FIELDS, HIT, b"hello world, dprobes"))
+    lines = format_record(KLOG, LogRecord(7, 1, FIELDS, HIT, b"hello world, dprobes")
+                          ).decode().splitlines()
     assert lines[0] == "dprobes(7,1) pid=42 cs=0x73 eip=0x8049001"
     assert lines[1].startswith("00000000  68 65 6c 6c 6f")
     assert lines[1].endswith("|hello world, dpr|")
     assert lines[2].startswith("00000010  6f 62 65 73")
-    assert klog_lines(LogRecord(7, 1, FIELDS, HIT, b"\x01\x02"), unformatted=True)[1] == "01 02"
+    unformatted = format_record(KLOG_UNFORMATTED, LogRecord(7, 1, FIELDS, HIT, b"\x01\x02"))
+    assert unformatted.decode().splitlines()[1] == "01 02"
 
 
 def test_com_target_writes_raw_records_with_crlf() -> None:
-    stream = io.BytesIO()
     record = LogRecord(7, 1, FIELDS, HIT, b"\xaa")
-    LogSink(LogTarget.COM1, stream).write(record, exception_log=b"\x01\x00\x00")
     expected = record.to_bytes() + b"\r\n" + LogRecord(0, 0, LogField.NONE, HitInfo(),
                                                        b"\x01\x00\x00").to_bytes() + b"\r\n"
-    assert stream.getvalue() == expected
+    assert format_hit(COM, record, b"\x01\x00\x00") == expected
+    assert exception_record(b"\x01").to_bytes()[8:12] == b"\0\0\0\0"
 
 
 def test_evl_target_writes_json_lines() -> None:
-    stream = io.StringIO()
-    LogSink(LogTarget.EVL, stream).write(LogRecord(7, 1, FIELDS, HIT, b"\xaa\xbb"))
-    (line,) = stream.getvalue().splitlines()
+    written = format_hit(EVL, LogRecord(7, 1, FIELDS, HIT, b"\xaa\xbb"), b"")
+    (line,) = written.decode().splitlines()
     assert json.loads(line) == {"major": 7, "minor": 1, "pid": 42, "cs": 0x73,
                                 "eip": 0x08049001, "data": "aabb"}

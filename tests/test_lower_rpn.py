@@ -177,6 +177,7 @@ def test_header_defaults() -> None:
     ("ALL", LogField.ALL),
     ("psw, upsw", LogField.SSESP | LogField.CSEIP),
     ("procname|tsc", LogField.PROCNAME | LogField.TSC),
+    ("Pid, uid |cseip", LogField.PID | LogField.UID | LogField.CSEIP),
 ])
 def test_log_fields(value: str, fields: LogField) -> None:
     assert ok(f"name = m\nmodtype = user\nlog = {value}\noffset = 0\nexit\n"
@@ -339,7 +340,9 @@ def test_register_hints_list_what_the_instruction_takes() -> None:
     ("modtype = elf\n", "'modtype' must be user|kernel|kmod, not 'elf'", 1, 11),
     ("autostacktrace = maybe\n", "'autostacktrace' must be yes|no, not 'maybe'", 1, 18),
     ("log = PID FOO\n", "unknown log field 'FOO'", 1, 7),
-    ("log_target = tty\n", "'log_target' must be klog|ltt|com1|com2|evl, not 'tty'", 1, 14),
+    ("log_target = tty\n", "'log_target' must be klog|com1|com2|evl, not 'tty'", 1, 14),
+    ("log_target = LTT\n", "log target LTT is not implemented yet", 1, 14),
+    ("log = PID|FOO,TSC\n", "unknown log field 'FOO'", 1, 7),
     ("num_lv = 257\n", "'num_lv' must be in 0..256, not 257", 1, 10),
     ("num_gv = -1\n", "'num_gv' must be in 0..256, not -1", 1, 10),
     ("major = x\n", "'major' needs a number in 0..65535, not 'x'", 1, 9),

@@ -54,7 +54,7 @@ from ctypes import (
     c_void_p,
 )
 
-from dprobes.vm.logrecord import BASE_HEADER_LENGTH, FIELD_LENGTHS
+from dprobes.vm.logrecord import MAX_HEADER_LENGTH
 from dprobes.vm.model import EX_LOGMAX_LIMIT, LOGMAX_LIMIT, MAX_CALL_DEPTH, STACK_SIZE
 from dprobes.vm.registers import GENERAL_REGISTERS
 
@@ -67,7 +67,6 @@ FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count
 FRAME_WORD = {name: i for i, name in enumerate(FRAME_FIELDS)}
 MAX_FRAMES = MAX_CALL_DEPTH + 1  # the top-level frame plus 32 nested calls
 
-MAX_HEADER_LENGTH = BASE_HEADER_LENGTH + sum(size for _, size in FIELD_LENGTHS)
 LOG_BUFFER = MAX_HEADER_LENGTH + LOGMAX_LIMIT
 """Bytes reserved for the log: the longest record header plus the largest logmax."""
 EX_LOG_BUFFER = EX_LOGMAX_LIMIT
