@@ -40,7 +40,8 @@ def main() -> None:
             "jit": jit.as_dict() if jit else None,
             "jit_cache": cache.as_dict() if cache else None,
             "log_output": [{"target": c.target, "hits": c.hits,
-                            "ns_per_hit": round(c.ns_per_hit, 1)} for c in logs or []]}))
+                            "ns_per_hit": round(c.ns_per_hit, 1),
+                            "cpu_ns_per_hit": round(c.cpu_ns_per_hit, 1)} for c in logs or []]}))
         return
     print(interp_bench.report(figures))
     print()

@@ -93,7 +93,7 @@ def _writer(args: argparse.Namespace, targets: dict[str, LogTarget],
         def stderr() -> IO:
             sys.stderr.flush()
             return sys.stderr.buffer
-        return LogWriter(layouts, stderr, flush_each=True)
+        return LogWriter(layouts, stderr, shared=True)
 
     def log_file() -> IO:
         try:

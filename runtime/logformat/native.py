@@ -707,11 +707,13 @@ class NativeFormatter:
         """The layouts it writes (a probe with another layout's records count, but
         write nothing)."""
         self._table = (IdentInfo * 16)()
+        self._outgrown: list[ctypes.Array] = []  # tables a job under way may still read
         self._keep: list[bytes] = []  # the texts the table points into
         self._out = ctypes.create_string_buffer(OUT_BYTES)
         self._view = memoryview(self._out).cast("B")
         self._job = FormatJob()
         self._job.out, self._job.out_size = ctypes.addressof(self._out), OUT_BYTES
+        self._count_job = FormatJob()  # counting may run beside a format in another thread
 
     def __len__(self) -> int:
         """Probes known."""
@@ -723,6 +725,7 @@ class NativeFormatter:
         if ident >= len(self._table):
             bigger = (IdentInfo * (2 * len(self._table)))()
             ctypes.memmove(bigger, self._table, ctypes.sizeof(self._table))
+            self._outgrown.append(self._table)
             self._table = bigger
         info = self._table[ident]
         for attr in IDENT_VALUES:
@@ -740,16 +743,19 @@ class NativeFormatter:
             room += len(encoded)
         info.room = room
 
-    def _start(self, address: int, length: int) -> None:
-        job = self._job
+    def _start(self, job: FormatJob, address: int, length: int) -> None:
         job.chunk, job.at, job.end, job.records = address, 0, length, 0
         job.idents = ctypes.addressof(self._table)
+
+    def compile(self) -> None:
+        """Compile the walk now (in this thread), not at the first ``format``."""
+        function(self.layouts)
 
     def format(self, address: int, length: int, write: Callable[[memoryview], object]) -> int:
         """Format the records of the chunk at ``address`` (``length`` bytes), handing the
         output to ``write`` in large pieces; the number of records."""
         job = self._job
-        self._start(address, length)
+        self._start(job, address, length)
         while job.at < length:
             job.out_at, before = 0, job.at
             function(self.layouts)(job)
@@ -760,7 +766,8 @@ class NativeFormatter:
 
     def count(self, address: int, length: int) -> int:
         """The number of records in the chunk at ``address`` (``length`` bytes)."""
-        self._start(address, length)
-        function(None)(self._job)
-        return self._job.records
+        job = self._count_job
+        self._start(job, address, length)
+        function(None)(job)
+        return job.records
 

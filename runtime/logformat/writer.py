@@ -6,10 +6,18 @@ native formatter, which writes a whole chunk's output into one buffer. The manag
 drains the ring before every Python-path record and before every system call, so the
 order of records (and their interleaving with the program's output) is the order of
 the hits on every tier.
+
+Writing to a log file of its own, the formatting and the writes run in a thread of
+their own, beside the emulation (the generated code and the writes leave the GIL
+free): records reach the file in the same order, a run's wall time barely sees them.
+A stream the program also writes to (stderr) is written at once, in the program's
+order.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -68,31 +76,77 @@ class ProbeTable:
         return self.update(native).count(chunk.address, len(chunk.view))
 
 
+BACKLOG = 16
+"""Jobs (ring chunks of up to 4 MiB, or Python records) the writing thread may be behind
+before the machine waits for it: the memory a slow log file may cost is bounded."""
+
+
 class LogWriter:
     """Writes every record to ``open_stream()`` (opened at the first record) in the
-    layout of its program (``layouts``: module name -> layout); ``flush_each``: flush
-    after every write (a stream shared with the program's output)."""
+    layout of its program (``layouts``: module name -> layout). ``shared``: the stream
+    is shared with the program's output, so every record is written and flushed at once;
+    otherwise a thread formats and writes while the machine runs on."""
 
     def __init__(self, layouts: dict[str, Layout], open_stream: Callable[[], BinaryIO],
-                 *, flush_each: bool = False) -> None:
+                 *, shared: bool = False) -> None:
         self.layouts = layouts
         self._open = open_stream
         self._stream: BinaryIO | None = None
-        self._flush_each = flush_each
+        self._shared = shared
         self._probes: ProbeTable | None = None
+        self._queue: queue.Queue | None = None
+        self._error: BaseException | None = None
 
-    def _write(self, data: bytes | memoryview) -> None:
-        if not data:
-            return
+    def _stream_now(self) -> BinaryIO:
         if self._stream is None:
             self._stream = self._open()
-        self._stream.write(data)
-        if self._flush_each:
-            self._stream.flush()
+        return self._stream
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if data:
+            stream = self._stream_now()
+            stream.write(data)
+            if self._shared:
+                stream.flush()
+
+    def _later(self, job: bytes | tuple[NativeFormatter, PackedChunk]) -> None:
+        """Hand a job to the writing thread (started with the first)."""
+        self._raise_error()
+        if self._queue is None:
+            self._stream_now()  # an unwritable file is reported here, in order
+            self._queue = queue.Queue(BACKLOG)
+            threading.Thread(target=self._work, name="dprobes-log", daemon=True).start()
+        self._queue.put(job)
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            job = self._queue.get()
+            try:
+                if self._error is not None:
+                    pass  # the first failure is reported; nothing after it is written
+                elif isinstance(job, bytes):
+                    self._write(job)
+                else:
+                    formatter, chunk = job
+                    formatter.format(chunk.address, len(chunk.view), self._write)
+            except BaseException as error:  # reported by the next call from the machine
+                self._error = error
+            finally:
+                self._queue.task_done()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def write(self, entry: Emitted) -> None:
         """One record of the Python path (with its exception log)."""
-        self._write(format_hit(self.layouts[entry.module], entry.record, entry.exception_log))
+        data = format_hit(self.layouts[entry.module], entry.record, entry.exception_log)
+        if self._shared:
+            self._write(data)
+        else:
+            self._later(data)
 
     def write_packed(self, chunk: PackedChunk, native: NativeProbes) -> int:
         """A chunk of native records, formatted natively; the number of records."""
@@ -100,8 +154,17 @@ class LogWriter:
             self._probes = ProbeTable(self.layouts.__getitem__,
                                       tuple(dict.fromkeys(self.layouts.values())))
         formatter = self._probes.update(native)
-        return formatter.format(chunk.address, len(chunk.view), self._write)
+        if self._shared:
+            return formatter.format(chunk.address, len(chunk.view), self._write)
+        records = formatter.count(chunk.address, len(chunk.view))
+        formatter.compile()
+        self._later((formatter, chunk))
+        return records
 
     def flush(self) -> None:
+        """Wait until every record handed over is written, and flush the stream."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_error()
         if self._stream is not None:
             self._stream.flush()
