@@ -61,12 +61,18 @@ class CompileInterpreter(build_ext):
             return
         if set(generated) != {extension.name for extension in self.extensions}:
             self.extensions = []
-            _pure(f"mypyc made other modules ({', '.join(sorted(generated))}) than setup.py "
-                  "declares")
+            _pure(
+                f"mypyc made other modules ({', '.join(sorted(generated))}) than setup.py declares"
+            )
             return
         for extension in self.extensions:  # the declared modules get mypyc's C sources
-            vars(extension).update({key: value for key, value in vars(generated[extension.name])
-                                    .items() if not key.startswith("_")})
+            vars(extension).update(
+                {
+                    key: value
+                    for key, value in vars(generated[extension.name]).items()
+                    if not key.startswith("_")
+                }
+            )
         try:
             super().run()
         except (CCompilerError, BaseError) as error:
@@ -93,12 +99,16 @@ class CompileInterpreter(build_ext):
         temp = Path(self.build_temp)
         # Only the compiled modules must type-check; what they import is read, not judged
         # (the build environment need not have the runtime dependencies).
-        options = ["--follow-imports=silent", "--ignore-missing-imports",
-                   f"--cache-dir={temp / 'mypy-cache'}"]
+        options = [
+            "--follow-imports=silent",
+            "--ignore-missing-imports",
+            f"--cache-dir={temp / 'mypy-cache'}",
+        ]
         try:
             sources = [str(package / f"{name}.py") for name in flavour.MODULES]
-            return mypycify([*options, *sources], group_name=flavour.GROUP,
-                            target_dir=str(temp / "mypyc"))
+            return mypycify(
+                [*options, *sources], group_name=flavour.GROUP, target_dir=str(temp / "mypyc")
+            )
         except SystemExit:  # mypy found type errors and printed them
             _pure("mypy rejected the interpreter's types; see the errors above")
             return []
@@ -108,7 +118,9 @@ setup(
     # The modules the mypyc build makes: the shared library and one shim per module.
     # CompileInterpreter gives them the C sources mypyc generates from vm/; declaring them
     # here marks the distribution as platform-specific.
-    ext_modules=[Extension(name, []) for name in (
-        flavour.LIBRARY, *(f"dprobes.vm.{module}" for module in flavour.MODULES))],
+    ext_modules=[
+        Extension(name, [])
+        for name in (flavour.LIBRARY, *(f"dprobes.vm.{module}" for module in flavour.MODULES))
+    ],
     cmdclass={"build_ext": CompileInterpreter},
 )

@@ -30,18 +30,30 @@ def main() -> None:
     jit = jit_bench.run(args.seconds)
     cache = cache_bench.run()
     if args.json:
-        print(json.dumps({
-            "python": platform.python_version(),
-            "interpreter": figures.as_dict(),
-            "machine": machine.as_dict() if machine else None,
-            "probes": probes.as_dict() if probes else None,
-            "hook_floor": [{"hook": f.hook, "ns_per_hit": round(f.ns_per_hit, 1)}
-                           for f in floor],
-            "jit": jit.as_dict() if jit else None,
-            "jit_cache": cache.as_dict() if cache else None,
-            "log_output": [{"target": c.target, "hits": c.hits,
+        print(
+            json.dumps(
+                {
+                    "python": platform.python_version(),
+                    "interpreter": figures.as_dict(),
+                    "machine": machine.as_dict() if machine else None,
+                    "probes": probes.as_dict() if probes else None,
+                    "hook_floor": [
+                        {"hook": f.hook, "ns_per_hit": round(f.ns_per_hit, 1)} for f in floor
+                    ],
+                    "jit": jit.as_dict() if jit else None,
+                    "jit_cache": cache.as_dict() if cache else None,
+                    "log_output": [
+                        {
+                            "target": c.target,
+                            "hits": c.hits,
                             "ns_per_hit": round(c.ns_per_hit, 1),
-                            "cpu_ns_per_hit": round(c.cpu_ns_per_hit, 1)} for c in logs or []]}))
+                            "cpu_ns_per_hit": round(c.cpu_ns_per_hit, 1),
+                        }
+                        for c in logs or []
+                    ],
+                }
+            )
+        )
         return
     print(interp_bench.report(figures))
     print()
@@ -51,8 +63,7 @@ def main() -> None:
     print(hook_floor.report(floor))
     if probes is not None:
         native = probes.rate("native, JIT", "10 instructions")
-        print(f"  native hits, 10 instructions: "
-              f"{hook_floor.against_reference(floor, native)}")
+        print(f"  native hits, 10 instructions: {hook_floor.against_reference(floor, native)}")
     print()
     print(log_bench.report(logs))
     print()

@@ -61,9 +61,9 @@ def _spread_program() -> str:
 
     path = GUEST / "hello_glibc"
     segment = CodeMap.load(path).segments[0]
-    code = path.read_bytes()[segment.offset:segment.offset + segment.size]
+    code = path.read_bytes()[segment.offset : segment.offset + segment.size]
     starts = sorted(instruction_starts(code, segment.offset))
-    offsets = starts[::len(starts) // PROBES][:PROBES]
+    offsets = starts[:: len(starts) // PROBES][:PROBES]
     probes = "".join(f"offset = {offset}\n{MANY_HANDLER}\n" for offset in offsets)
     return f"name = {path}\nmodtype = user\n{probes}"
 
@@ -94,9 +94,13 @@ def measure_process() -> ProcessFigures:
 
 
 def _in_fresh_process(cache_dir: str) -> ProcessFigures:
-    done = subprocess.run([sys.executable, "-m", "dprobes.bench.cache_bench", "--process"],
-                          env={**os.environ, "DPROBES_CACHE_DIR": cache_dir},
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dprobes.bench.cache_bench", "--process"],
+        env={**os.environ, "DPROBES_CACHE_DIR": cache_dir},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return ProcessFigures(**json.loads(done.stdout))
 
 
@@ -104,17 +108,32 @@ def _dpc_run_seconds(cache_dir: str, directory: Path) -> dict[str, float]:
     """Wall time of ``dpc run`` with one probe on guest/bin/loop, per configuration."""
     probes = directory / "add3.rpn"
     probes.write_text((ROOT / "examples" / "add3.rpn").read_text())
-    command = [sys.executable, "-m", "dprobes.cli", "run", "--probes", str(probes),
-               "--elf", str(GUEST / "loop")]
+    command = [
+        sys.executable,
+        "-m",
+        "dprobes.cli",
+        "run",
+        "--probes",
+        str(probes),
+        "--elf",
+        str(GUEST / "loop"),
+    ]
     env = {**os.environ, "DPROBES_CACHE_DIR": cache_dir}
     out = {}
-    for label, options in (("interp", ["--tier", "interp"]), ("auto, warm cache", []),
-                           ("auto, --no-cache", ["--no-cache"])):
+    for label, options in (
+        ("interp", ["--tier", "interp"]),
+        ("auto, warm cache", []),
+        ("auto, --no-cache", ["--no-cache"]),
+    ):
         best = float("inf")
         for _ in range(RUNS):
             start = time.perf_counter()
-            subprocess.run([*command, *options, "--", str(GUEST / "loop")], env=env,
-                           capture_output=True, check=False)
+            subprocess.run(
+                [*command, *options, "--", str(GUEST / "loop")],
+                env=env,
+                capture_output=True,
+                check=False,
+            )
             best = min(best, time.perf_counter() - start)
         out[label] = best
     return out
@@ -140,17 +159,22 @@ def report(bench: CacheBench | None) -> str:
     if bench is None:
         return "JIT compile and cache: unavailable (llvmlite could not be imported)"
     cold, cached = bench.cold, bench.cached
-    lines = ["JIT compile and object cache (fresh processes; cold: empty cache)",
-             f"  {'':<40}{'cold ms':>10}{'cached ms':>11}"]
+    lines = [
+        "JIT compile and object cache (fresh processes; cold: empty cache)",
+        f"  {'':<40}{'cold ms':>10}{'cached ms':>11}",
+    ]
     rows = [("runtime library", cold.rtlib, cached.rtlib)]
-    rows += [(f"handler {name}", cold.handlers[name], cached.handlers[name])
-             for name in cold.handlers]
+    rows += [
+        (f"handler {name}", cold.handlers[name], cached.handlers[name]) for name in cold.handlers
+    ]
     rows.append((f"insert {PROBES:,} identical-handler probes", cold.insert, cached.insert))
     lines += [f"  {label:<40}{a * 1e3:>10.1f}{b * 1e3:>11.1f}" for label, a, b in rows]
     if not cached.all_cached:
         lines.append("  (the second process did not load everything from the cache)")
-    lines.append("  dpc run, guest/bin/loop with one probe (whole command): " + ", ".join(
-        f"{label} {seconds:.2f} s" for label, seconds in bench.run_seconds.items()))
+    lines.append(
+        "  dpc run, guest/bin/loop with one probe (whole command): "
+        + ", ".join(f"{label} {seconds:.2f} s" for label, seconds in bench.run_seconds.items())
+    )
     return "\n".join(lines)
 
 

@@ -34,10 +34,14 @@ REFERENCE_ELSEWHERE = 11.7e6
 CODE_AT = 0x1000
 PROBE = CODE_AT + 5  # after mov ecx, LOOPS
 SLOT = CODE_AT + 0x800
-LOOP_CODE = (b"\xb9" + LOOPS.to_bytes(4, "little")  # mov ecx, LOOPS
-             + b"\xcc\x49\x75\xfc\xf4")  # L: int3; dec ecx; jnz L; hlt
-XOL_CODE = (b"\xb9" + LOOPS.to_bytes(4, "little")
-            + b"\xcc\x75\xfd\xf4")  # L: int3 (was dec ecx); jnz L; hlt
+LOOP_CODE = (
+    b"\xb9"
+    + LOOPS.to_bytes(4, "little")  # mov ecx, LOOPS
+    + b"\xcc\x49\x75\xfc\xf4"
+)  # L: int3; dec ecx; jnz L; hlt
+XOL_CODE = (
+    b"\xb9" + LOOPS.to_bytes(4, "little") + b"\xcc\x75\xfd\xf4"
+)  # L: int3 (was dec ecx); jnz L; hlt
 XOL_SLOT = b"\x49\xcc"  # dec ecx; int3 (back to the hook)
 HIT_REGISTERS = ("EIP", "EFLAGS", "CS", "SS", "ESP", "EBP", "EAX", "EBX")
 
@@ -84,8 +88,12 @@ def _hooks_module():
         b = ir.IRBuilder(function.append_basic_block("entry"))
         if name != "nothing":
             value, eip = b.alloca(I32, name="value"), b.alloca(I32, name="eip")
-            pointers = (b.gep(services, [ir.Constant(I64, getattr(_Services, field).offset)],
-                              source_etype=I8) for field in ("reg_read", "reg_write"))
+            pointers = (
+                b.gep(
+                    services, [ir.Constant(I64, getattr(_Services, field).offset)], source_etype=I8
+                )
+                for field in ("reg_read", "reg_write")
+            )
             read, write = (Callee(b.load(at, typ=PTR), access) for at in pointers)
             if name == "xol":
                 b.call(read, [uc, register("EIP"), eip])
@@ -104,22 +112,31 @@ def run() -> list[FloorFigure]:
     from dprobes.vm.jit.compile import Engine
 
     hooks = Engine.get().add_library(_hooks_module(), list(HOOKS))
-    services = _Services(ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value,
-                         ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value)
+    services = _Services(
+        ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value,
+        ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value,
+    )
     figures = []
-    for name, label, code in (("nothing", "int3, empty hook", LOOP_CODE),
-                              ("reads", f"+ {len(HIT_REGISTERS)} uc_reg_read", LOOP_CODE),
-                              ("reads_and_eip", "+ one EIP write", LOOP_CODE),
-                              ("xol", REFERENCE, XOL_CODE)):
+    for name, label, code in (
+        ("nothing", "int3, empty hook", LOOP_CODE),
+        ("reads", f"+ {len(HIT_REGISTERS)} uc_reg_read", LOOP_CODE),
+        ("reads_and_eip", "+ one EIP write", LOOP_CODE),
+        ("xol", REFERENCE, XOL_CODE),
+    ):
         uc = Uc(UC_ARCH_X86, UC_MODE_32)
         uc.mem_map(CODE_AT, 0x1000)
         uc.mem_write(CODE_AT, code)
         uc.mem_write(SLOT, XOL_SLOT)
         handle = uc_hook_h()
-        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INTR,
-                                   ctypes.c_void_p(hooks[name]),
-                                   ctypes.c_void_p(ctypes.addressof(services)),
-                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        status = uclib.uc_hook_add(
+            uc._uch,
+            ctypes.byref(handle),
+            UC_HOOK_INTR,
+            ctypes.c_void_p(hooks[name]),
+            ctypes.c_void_p(ctypes.addressof(services)),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
         if status:
             raise UcError(status)
         best = float("inf")
@@ -135,8 +152,10 @@ def run() -> list[FloorFigure]:
 
 def report(figures: list[FloorFigure]) -> str:
     lines = ["unicorn's floor under a native hit (bare CPU, native UC_HOOK_INTR hook)"]
-    lines += [f"  {f.hook:<28}{f.ns_per_hit:8.0f} ns/hit {f.hits_per_second:14,.0f} hits/s"
-              for f in figures]
+    lines += [
+        f"  {f.hook:<28}{f.ns_per_hit:8.0f} ns/hit {f.hits_per_second:14,.0f} hits/s"
+        for f in figures
+    ]
     return "\n".join(lines)
 
 
@@ -144,9 +163,11 @@ def against_reference(floor: list[FloorFigure], hits_per_second: float) -> str:
     """A native rate as a multiple of the reference loop's rate on this machine, beside
     what the same multiple of the spec's figure would be."""
     reference = next(f for f in floor if f.hook == REFERENCE).hits_per_second
-    return (f"{hits_per_second / reference:.2f}x the reference loop on this machine "
-            f"({reference / 1e6:.2f} M/s here; 5 M/s is {5e6 / REFERENCE_ELSEWHERE:.2f}x "
-            f"its {REFERENCE_ELSEWHERE / 1e6:.1f} M/s where the spec measured it)")
+    return (
+        f"{hits_per_second / reference:.2f}x the reference loop on this machine "
+        f"({reference / 1e6:.2f} M/s here; 5 M/s is {5e6 / REFERENCE_ELSEWHERE:.2f}x "
+        f"its {REFERENCE_ELSEWHERE / 1e6:.1f} M/s where the spec measured it)"
+    )
 
 
 def _import_checkout() -> None:
@@ -158,7 +179,8 @@ def _import_checkout() -> None:
 
     root = Path(__file__).resolve().parent.parent
     spec = importlib.util.spec_from_file_location(
-        "dprobes", root / "__init__.py", submodule_search_locations=[str(root)])
+        "dprobes", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
     assert spec is not None and spec.loader is not None
     package = importlib.util.module_from_spec(spec)
     sys.modules["dprobes"] = package

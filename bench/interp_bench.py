@@ -44,8 +44,18 @@ class Figure:
 
 def bench_context() -> MemoryContext:
     """Registers, a 4 KiB buffer and a stack for the handlers to read."""
-    regs = {"eax": 1, "ebx": 2, "ecx": 3, "edx": 4, "esi": 5, "edi": 6, "ebp": 0x7000,
-            "esp": 0x7000, "eip": 0x8048001, "eflags": 0x246}
+    regs = {
+        "eax": 1,
+        "ebx": 2,
+        "ecx": 3,
+        "edx": 4,
+        "esi": 5,
+        "edi": 6,
+        "ebp": 0x7000,
+        "esp": 0x7000,
+        "eip": 0x8048001,
+        "eflags": 0x246,
+    }
     memory = {BUFFER: bytes(range(256)) * 16, 0x7000: bytes(64)}
     return MemoryContext(regs, memory=memory, pid=42)
 
@@ -94,12 +104,21 @@ class InterpreterFigures:
 
     def as_dict(self) -> dict[str, object]:
         def rows(figures: list[Figure]) -> list[dict[str, object]]:
-            return [{"handler": f.handler, "instructions_per_hit": f.instructions_per_hit,
-                     "hits_per_second": round(f.hits_per_second, 1),
-                     "instructions_per_second": round(f.instructions_per_second)}
-                    for f in figures]
-        return {"flavour": self.flavour, "handlers": rows(self.figures),
-                "pure_python": rows(self.pure) if self.pure is not None else None}
+            return [
+                {
+                    "handler": f.handler,
+                    "instructions_per_hit": f.instructions_per_hit,
+                    "hits_per_second": round(f.hits_per_second, 1),
+                    "instructions_per_second": round(f.instructions_per_second),
+                }
+                for f in figures
+            ]
+
+        return {
+            "flavour": self.flavour,
+            "handlers": rows(self.figures),
+            "pure_python": rows(self.pure) if self.pure is not None else None,
+        }
 
 
 def _measure_pure(seconds: float) -> list[Figure]:
@@ -108,8 +127,14 @@ def _measure_pure(seconds: float) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         pure = flavour.without_extensions(Path(dprobes.__file__).parent, Path(tmp))
         path = os.pathsep.join(filter(None, [str(pure), os.environ.get("PYTHONPATH")]))
-        output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tmp,
-                                env={**os.environ, "PYTHONPATH": path}).stdout
+        output = subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            env={**os.environ, "PYTHONPATH": path},
+        ).stdout
     return [Figure(**row) for row in json.loads(output)]
 
 
@@ -120,13 +145,17 @@ def run(seconds: float = 0.5) -> InterpreterFigures:
 
 
 def report(result: InterpreterFigures) -> str:
-    lines = [f"interpreter (CPython {platform.python_version()}, {result.flavour})",
-             f"{'handler':<12} {'instr/hit':>10} {'hits/s':>12} {'M instr/s':>10}"
-             + (f" {'pure M/s':>9} {'x pure':>7}" if result.pure else "")]
+    lines = [
+        f"interpreter (CPython {platform.python_version()}, {result.flavour})",
+        f"{'handler':<12} {'instr/hit':>10} {'hits/s':>12} {'M instr/s':>10}"
+        + (f" {'pure M/s':>9} {'x pure':>7}" if result.pure else ""),
+    ]
     pure = {f.handler: f for f in result.pure or []}
     for f in result.figures:
-        line = (f"{f.handler:<12} {f.instructions_per_hit:>10} {f.hits_per_second:>12,.0f} "
-                f"{f.instructions_per_second / 1e6:>10.2f}")
+        line = (
+            f"{f.handler:<12} {f.instructions_per_hit:>10} {f.hits_per_second:>12,.0f} "
+            f"{f.instructions_per_second / 1e6:>10.2f}"
+        )
         if f.handler in pure:
             slow = pure[f.handler].instructions_per_second
             line += f" {slow / 1e6:>9.2f} {f.instructions_per_second / slow:>7.2f}"

@@ -67,11 +67,19 @@ class JitBench:
     optimizer: str
 
     def as_dict(self) -> dict:
-        return {"c": self.c_status, "optimizer": self.optimizer, "handlers": [
-            {**asdict(f), "fire_speedup": round(f.fire_speedup, 2),
-             "loop_speedup": round(f.loop_speedup, 1),
-             "c_over_jit": None if f.c_over_jit is None else round(f.c_over_jit, 2)}
-            for f in self.figures]}
+        return {
+            "c": self.c_status,
+            "optimizer": self.optimizer,
+            "handlers": [
+                {
+                    **asdict(f),
+                    "fire_speedup": round(f.fire_speedup, 2),
+                    "loop_speedup": round(f.loop_speedup, 1),
+                    "c_over_jit": None if f.c_over_jit is None else round(f.c_over_jit, 2),
+                }
+                for f in self.figures
+            ],
+        }
 
 
 # --- timing helpers -----------------------------------------------------------------------
@@ -104,8 +112,9 @@ def _native_loop():
         module = ir.Module(name="dprobes_bench_loop")
         fn = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64]), "dprobes_bench_loop")
         handler, state, count = fn.args
-        entry, head, body, done = (fn.append_basic_block(n)
-                                   for n in ("entry", "head", "body", "done"))
+        entry, head, body, done = (
+            fn.append_basic_block(n) for n in ("entry", "head", "body", "done")
+        )
         b = ir.IRBuilder(entry)
         b.branch(head)
         b.position_at_end(head)
@@ -119,8 +128,7 @@ def _native_loop():
         b.position_at_end(done)
         b.ret_void()
         address = Engine.get().add_library(module, ["dprobes_bench_loop"])["dprobes_bench_loop"]
-        _LOOP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
-                                 ctypes.c_int64)(address)
+        _LOOP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(address)
     return _LOOP
 
 
@@ -227,19 +235,25 @@ C_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "e
 
 
 class _Region(ctypes.Structure):
-    _fields_ = [("start", ctypes.c_uint32), ("length", ctypes.c_uint32),
-                ("data", ctypes.c_void_p)]
+    _fields_ = [("start", ctypes.c_uint32), ("length", ctypes.c_uint32), ("data", ctypes.c_void_p)]
 
 
 class _Host(ctypes.Structure):
-    _fields_ = [("nregions", ctypes.c_uint32), ("regions", _Region * 4),
-                ("regs", ctypes.c_uint32 * 16), ("pid", ctypes.c_uint32),
-                ("cpu", ctypes.c_uint32)]
+    _fields_ = [
+        ("nregions", ctypes.c_uint32),
+        ("regions", _Region * 4),
+        ("regs", ctypes.c_uint32 * 16),
+        ("pid", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+    ]
 
 
 class _Hit(ctypes.Structure):
-    _fields_ = [("log", ctypes.c_uint8 * 1100), ("len", ctypes.c_uint32),
-                ("lv", ctypes.c_uint32 * 4)]
+    _fields_ = [
+        ("log", ctypes.c_uint8 * 1100),
+        ("len", ctypes.c_uint32),
+        ("lv", ctypes.c_uint32 * 4),
+    ]
 
 
 def build_c_library(directory: Path) -> ctypes.CDLL | str:
@@ -250,8 +264,11 @@ def build_c_library(directory: Path) -> ctypes.CDLL | str:
     source = directory / "handlers.c"
     source.write_text(C_SOURCE)
     library = directory / "handlers.so"
-    done = subprocess.run([gcc, "-O2", "-shared", "-fPIC", f"-DBUFFER={BUFFER}u", "-o",
-                           str(library), str(source)], capture_output=True, text=True)
+    done = subprocess.run(
+        [gcc, "-O2", "-shared", "-fPIC", f"-DBUFFER={BUFFER}u", "-o", str(library), str(source)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         return f"gcc failed: C reference skipped ({done.stderr.strip()[:200]})"
     return ctypes.CDLL(str(library))
@@ -304,10 +321,18 @@ def measure_handler(path: Path, seconds: float, library) -> JitFigure:
     vm.fire(0, context)  # leaves the state wired to the native MemoryContext host
     loop = _native_loop()
     loop_rate = _rate(lambda n: loop(handler.address, runner.address, n), seconds)
-    c_rate = None if isinstance(library, str) else _c_rate(library, path.stem, expected.log,
-                                                            seconds)
-    return JitFigure(path.stem, interp.instructions_per_hit, interp.hits_per_second, fire_rate,
-                     loop_rate, _compile_ms(program), c_rate)
+    c_rate = (
+        None if isinstance(library, str) else _c_rate(library, path.stem, expected.log, seconds)
+    )
+    return JitFigure(
+        path.stem,
+        interp.instructions_per_hit,
+        interp.hits_per_second,
+        fire_rate,
+        loop_rate,
+        _compile_ms(program),
+        c_rate,
+    )
 
 
 def run(seconds: float = 0.5) -> JitBench | None:
@@ -322,27 +347,34 @@ def run(seconds: float = 0.5) -> JitBench | None:
     with tempfile.TemporaryDirectory(prefix="dprobes-bench-") as directory:
         library = build_c_library(Path(directory))
         status = library if isinstance(library, str) else "gcc -O2 -shared -fPIC"
-        figures = [measure_handler(path, seconds, library)
-                   for path in sorted(HANDLERS.glob("*.rpn"))]
+        figures = [
+            measure_handler(path, seconds, library) for path in sorted(HANDLERS.glob("*.rpn"))
+        ]
     return JitBench(figures, status, engine.optimizer)
 
 
 def report(bench: JitBench | None) -> str:
     if bench is None:
         return "JIT: unavailable (llvmlite could not be imported)"
-    lines = [f"JIT (llvmlite: {bench.optimizer})",
-             f"C reference: {bench.c_status}",
-             f"{'handler':<12} {'interp/s':>10} {'jit fire/s':>11} {'jit loop/s':>12} "
-             f"{'C/s':>12} {'compile ms':>10} {'fire x':>7} {'loop x':>8} {'C/jit':>6}"]
+    lines = [
+        f"JIT (llvmlite: {bench.optimizer})",
+        f"C reference: {bench.c_status}",
+        f"{'handler':<12} {'interp/s':>10} {'jit fire/s':>11} {'jit loop/s':>12} "
+        f"{'C/s':>12} {'compile ms':>10} {'fire x':>7} {'loop x':>8} {'C/jit':>6}",
+    ]
     for f in bench.figures:
         c = "-" if f.c_hits_per_second is None else f"{f.c_hits_per_second:,.0f}"
         ratio = "-" if f.c_over_jit is None else f"{f.c_over_jit:.2f}"
-        lines.append(f"{f.handler:<12} {f.interp_hits_per_second:>10,.0f} "
-                     f"{f.jit_fire_hits_per_second:>11,.0f} {f.jit_loop_hits_per_second:>12,.0f} "
-                     f"{c:>12} {f.compile_ms:>10.1f} {f.fire_speedup:>7.1f} "
-                     f"{f.loop_speedup:>8.0f} {ratio:>6}")
-    lines.append("fire x / loop x: JIT over interpreter through VM.fire / in a native loop; "
-                 "C/jit: C over the JIT's native loop")
+        lines.append(
+            f"{f.handler:<12} {f.interp_hits_per_second:>10,.0f} "
+            f"{f.jit_fire_hits_per_second:>11,.0f} {f.jit_loop_hits_per_second:>12,.0f} "
+            f"{c:>12} {f.compile_ms:>10.1f} {f.fire_speedup:>7.1f} "
+            f"{f.loop_speedup:>8.0f} {ratio:>6}"
+        )
+    lines.append(
+        "fire x / loop x: JIT over interpreter through VM.fire / in a native loop; "
+        "C/jit: C over the JIT's native loop"
+    )
     return "\n".join(lines)
 
 

@@ -33,8 +33,12 @@ from dprobes.bench.probe_bench import BIN, TEN
 PROBES = 10
 """Probes, one per instruction of ``work`` from its entry (its last two, pop and ret,
 are left alone)."""
-TARGETS = {"KLOG": ["--log-target", "KLOG"], "KLOG -f": ["--log-target", "KLOG", "-f"],
-           "COM1": ["--log-target", "COM1"], "EVL": ["--log-target", "EVL"]}
+TARGETS = {
+    "KLOG": ["--log-target", "KLOG"],
+    "KLOG -f": ["--log-target", "KLOG", "-f"],
+    "COM1": ["--log-target", "COM1"],
+    "EVL": ["--log-target", "EVL"],
+}
 GOAL = 1.5
 """Per-hit cost of every target relative to the native path alone."""
 
@@ -47,11 +51,20 @@ def probe_source() -> str:
 
     loop = BIN / "loop"
     head = f"name = {loop}\nmodtype = user\nlog = ALL\n"
-    entry = compile_rpn("bench.rpn", BuildOptions(elf=str(loop)),
-                        text=head + "offset = work\n    exit\n").program.probes[0].offset
-    code = loop.read_bytes()[entry:entry + 64]
-    starts = [at for at, _, _, _ in capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-              .disasm_lite(code, 0)][:PROBES]
+    entry = (
+        compile_rpn(
+            "bench.rpn", BuildOptions(elf=str(loop)), text=head + "offset = work\n    exit\n"
+        )
+        .program.probes[0]
+        .offset
+    )
+    code = loop.read_bytes()[entry : entry + 64]
+    starts = [
+        at
+        for at, _, _, _ in capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32).disasm_lite(
+            code, 0
+        )
+    ][:PROBES]
     body = TEN.replace("offset = work\n", "").replace("max_hits = {hits}\n", "")
     return head + "".join(f"offset = work+{at}\n{body}" for at in starts)
 
@@ -127,8 +140,11 @@ def run(runs: int = 2) -> list[TargetCost] | None:
         source = Path(tmp) / "bench.rpn"
         source.write_text(probe_source())
         dpc = [sys.executable, "-m", "dprobes.cli"]
-        subprocess.run([*dpc, "build", str(source), "--elf", str(BIN / "loop"), "-o",
-                        str(ppdf)], check=True, capture_output=True)
+        subprocess.run(
+            [*dpc, "build", str(source), "--elf", str(BIN / "loop"), "-o", str(ppdf)],
+            check=True,
+            capture_output=True,
+        )
         own = [sys.executable, "-m", "dprobes.bench.log_bench", "--native-only"]
         plain, _ = _fastest(own, runs)
         probed, count = _fastest([*own, str(ppdf)], runs, "stdout")
@@ -136,9 +152,19 @@ def run(runs: int = 2) -> list[TargetCost] | None:
         command = [*dpc, "run", "--tier", "jit", "--json"]
         plain, _ = _fastest([*command, "--", str(BIN / "loop")], runs)
         for target, options in TARGETS.items():
-            probed, summary = _fastest([*command, "--probes", str(ppdf), *options,
-                                        "--log-file", str(log), "--", str(BIN / "loop")],
-                                       runs)
+            probed, summary = _fastest(
+                [
+                    *command,
+                    "--probes",
+                    str(ppdf),
+                    *options,
+                    "--log-file",
+                    str(log),
+                    "--",
+                    str(BIN / "loop"),
+                ],
+                runs,
+            )
             log.unlink()
             out.append(TargetCost(target, json.loads(summary)["logs"], probed, plain))
     return out
@@ -148,22 +174,27 @@ def report(costs: list[TargetCost] | None) -> str:
     if costs is None:
         return "log output: skipped (guest images not found; run from a source checkout)"
     native = costs[0].ns_per_hit
-    lines = [f"log output (dpc run --tier jit end to end, guest/bin/loop, {PROBES} probes in "
-             f"work, log = ALL, --log-file; goal: within {GOAL}x of the native path)",
-             f"  {'target':<20}{'hits':>10}{'wall ns/hit':>13}{'x native':>10}"
-             f"{'CPU ns/hit':>12}{'x native':>10}"]
+    lines = [
+        f"log output (dpc run --tier jit end to end, guest/bin/loop, {PROBES} probes in "
+        f"work, log = ALL, --log-file; goal: within {GOAL}x of the native path)",
+        f"  {'target':<20}{'hits':>10}{'wall ns/hit':>13}{'x native':>10}"
+        f"{'CPU ns/hit':>12}{'x native':>10}",
+    ]
     cpu = costs[0].cpu_ns_per_hit
     for cost in costs:
-        lines.append(f"  {cost.target:<20}{cost.hits:>10,}{cost.ns_per_hit:>13,.0f}"
-                     f"{cost.ns_per_hit / native:>10.2f}{cost.cpu_ns_per_hit:>12,.0f}"
-                     f"{cost.cpu_ns_per_hit / cpu:>10.2f}")
+        lines.append(
+            f"  {cost.target:<20}{cost.hits:>10,}{cost.ns_per_hit:>13,.0f}"
+            f"{cost.ns_per_hit / native:>10.2f}{cost.cpu_ns_per_hit:>12,.0f}"
+            f"{cost.cpu_ns_per_hit / cpu:>10.2f}"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m dprobes.bench.log_bench")
-    parser.add_argument("--native-only", action="store_true",
-                        help="(internal) one run of the native path alone")
+    parser.add_argument(
+        "--native-only", action="store_true", help="(internal) one run of the native path alone"
+    )
     parser.add_argument("ppdf", nargs="?")
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()

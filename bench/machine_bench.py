@@ -32,13 +32,19 @@ class MachineFigure:
     spawn_ms: float
 
     def as_dict(self) -> dict[str, object]:
-        return {"program": self.program, "instructions": self.instructions, "runs": self.runs,
-                "cold_mips": round(self.cold_mips, 1), "warm_mips": round(self.warm_mips, 1),
-                "spawn_ms": round(self.spawn_ms, 3)}
+        return {
+            "program": self.program,
+            "instructions": self.instructions,
+            "runs": self.runs,
+            "cold_mips": round(self.cold_mips, 1),
+            "warm_mips": round(self.warm_mips, 1),
+            "spawn_ms": round(self.spawn_ms, 3),
+        }
 
 
-def run(seconds: float = 0.5, program: Path = LOOP,
-        prepare: Callable[[Machine], object] | None = None) -> MachineFigure | None:
+def run(
+    seconds: float = 0.5, program: Path = LOOP, prepare: Callable[[Machine], object] | None = None
+) -> MachineFigure | None:
     """Time ``program`` for about ``seconds``; None if the guest image is not there.
     ``prepare`` may equip the machine first (e.g. attach a probe manager)."""
     if not program.is_file():
@@ -62,14 +68,22 @@ def run(seconds: float = 0.5, program: Path = LOOP,
     if any(n != executed for n, _ in runs):
         raise RuntimeError("the instruction count differs between runs")
     warm = statistics.median(t for _, t in runs[1:])
-    return MachineFigure(program.name, executed, len(runs), executed / runs[0][1] / 1e6,
-                         executed / warm / 1e6, statistics.median(spawns) * 1e3)
+    return MachineFigure(
+        program.name,
+        executed,
+        len(runs),
+        executed / runs[0][1] / 1e6,
+        executed / warm / 1e6,
+        statistics.median(spawns) * 1e3,
+    )
 
 
 def report(figure: MachineFigure | None) -> str:
     if figure is None:
         return f"machine: skipped ({LOOP} not found; run from a source checkout)"
-    return (f"machine, no probes: guest/bin/{figure.program}, {figure.instructions:,} "
-            f"instructions per run, {figure.runs} runs\n"
-            f"{'cold MIPS':>12} {'warm MIPS':>10} {'spawn ms':>9}\n"
-            f"{figure.cold_mips:>12.1f} {figure.warm_mips:>10.1f} {figure.spawn_ms:>9.2f}")
+    return (
+        f"machine, no probes: guest/bin/{figure.program}, {figure.instructions:,} "
+        f"instructions per run, {figure.runs} runs\n"
+        f"{'cold MIPS':>12} {'warm MIPS':>10} {'spawn ms':>9}\n"
+        f"{figure.cold_mips:>12.1f} {figure.warm_mips:>10.1f} {figure.spawn_ms:>9.2f}"
+    )

@@ -81,12 +81,20 @@ class ProbeFigures:
         return next(r.per_second for r in self.rates if (r.hooks, r.handler) == (hooks, handler))
 
     def as_dict(self) -> dict[str, object]:
-        return {"plain_mips": round(self.plain_mips, 1),
-                "disarmed_mips": round(self.disarmed_mips, 1),
-                "hits_per_second": [{"hooks": r.hooks, "handler": r.handler, "hits": r.hits,
-                                     "per_second": round(r.per_second),
-                                     "whole_run_per_second": round(r.whole_run_per_second)}
-                                    for r in self.rates]}
+        return {
+            "plain_mips": round(self.plain_mips, 1),
+            "disarmed_mips": round(self.disarmed_mips, 1),
+            "hits_per_second": [
+                {
+                    "hooks": r.hooks,
+                    "handler": r.handler,
+                    "hits": r.hits,
+                    "per_second": round(r.per_second),
+                    "whole_run_per_second": round(r.whole_run_per_second),
+                }
+                for r in self.rates
+            ],
+        }
 
 
 def _program(target: str, body: str, hits: int):
@@ -143,16 +151,19 @@ def run(seconds: float = 0.5) -> ProbeFigures | None:
 def report(figures: ProbeFigures | None) -> str:
     if figures is None:
         return "probes: skipped (guest images not found; run from a source checkout)"
-    lines = [f"probes (guest/bin/loop, {CALLS:,} calls of work per run)",
-             f"  guest MIPS, no probe machinery       {figures.plain_mips:10.1f}",
-             f"  guest MIPS, machinery, none armed     {figures.disarmed_mips:10.1f}"
-             f"  ({figures.disarmed_mips / figures.plain_mips:.2f}x)",
-             f"  {'hooks':<22}{'handler':<17}{'hits/s':>12}{'whole run/s':>13}"]
+    lines = [
+        f"probes (guest/bin/loop, {CALLS:,} calls of work per run)",
+        f"  guest MIPS, no probe machinery       {figures.plain_mips:10.1f}",
+        f"  guest MIPS, machinery, none armed     {figures.disarmed_mips:10.1f}"
+        f"  ({figures.disarmed_mips / figures.plain_mips:.2f}x)",
+        f"  {'hooks':<22}{'handler':<17}{'hits/s':>12}{'whole run/s':>13}",
+    ]
     for rate in figures.rates:
-        lines.append(f"  {rate.hooks:<22}{rate.handler:<17}{rate.per_second:>12,.0f}"
-                     f"{rate.whole_run_per_second:>13,.0f}")
+        lines.append(
+            f"  {rate.hooks:<22}{rate.handler:<17}{rate.per_second:>12,.0f}"
+            f"{rate.whole_run_per_second:>13,.0f}"
+        )
     for handler in ("empty", "10 instructions"):
-        ratio = (figures.rate("native, JIT", handler)
-                 / figures.rate("python, interpreter", handler))
+        ratio = figures.rate("native, JIT", handler) / figures.rate("python, interpreter", handler)
         lines.append(f"  native / python (interpreter), {handler}: {ratio:,.0f}x")
     return "\n".join(lines)

@@ -14,7 +14,8 @@ MYPYC = "mypy>=2.4.1,<2.5"
 """mypyc ships with mypy; the build is tested with 2.4."""
 
 
-def get_requires_for_build_wheel(config_settings: dict[str, str | list[str]] | None = None,
-                                 ) -> list[str]:
+def get_requires_for_build_wheel(
+    config_settings: dict[str, str | list[str]] | None = None,
+) -> list[str]:
     """setuptools' wheel requirements and mypy."""
     return [*build_meta.get_requires_for_build_wheel(config_settings), MYPYC]

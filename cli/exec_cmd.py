@@ -39,35 +39,62 @@ def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
 
 def add_exec_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe", type=int, default=0, help="probe index in file order")
-    parser.add_argument("--reg", action="append", metavar="NAME=VALUE",
-                        help="register value; u.NAME for the user-mode set (repeatable)")
-    parser.add_argument("--mem", action="append", metavar="ADDR=HEXBYTES",
-                        help="readable/writable memory; every other address faults")
+    parser.add_argument(
+        "--reg",
+        action="append",
+        metavar="NAME=VALUE",
+        help="register value; u.NAME for the user-mode set (repeatable)",
+    )
+    parser.add_argument(
+        "--mem",
+        action="append",
+        metavar="ADDR=HEXBYTES",
+        help="readable/writable memory; every other address faults",
+    )
     parser.add_argument("--lv", action="append", metavar="I=V", help="local variable")
     parser.add_argument("--gv", action="append", metavar="I=V", help="global variable")
     parser.add_argument("--pid", default="0", help="value of push pid")
     parser.add_argument("--task", default="0", help="value of push task")
     parser.add_argument("--cpu", default="0", help="value of push procid")
     parser.add_argument("--io", action="append", metavar="PORT=VALUE", help="IO port value")
-    parser.add_argument("--seg", action="append", metavar="SEL=BASE",
-                        help="valid segment selector and its base (seg2lin)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="fire the handler N times on the same VM, report the last")
+    parser.add_argument(
+        "--seg",
+        action="append",
+        metavar="SEL=BASE",
+        help="valid segment selector and its base (seg2lin)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="fire the handler N times on the same VM, report the last",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_tier_options(parser)
-    parser.add_argument("--hot-threshold", type=int, default=DEFAULT_HOT_THRESHOLD,
-                        metavar="N", help="with --tier auto: hits interpreted before compiling")
+    parser.add_argument(
+        "--hot-threshold",
+        type=int,
+        default=DEFAULT_HOT_THRESHOLD,
+        metavar="N",
+        help="with --tier auto: hits interpreted before compiling",
+    )
 
 
 def add_tier_options(parser: argparse.ArgumentParser) -> None:
     """``--tier`` and ``--no-cache``, the same for ``dpc exec`` and ``dpc run``."""
-    parser.add_argument("--tier", choices=TIERS, default="auto",
-                        help="execution tier: auto (the default: interpret a handler until "
-                        "it is hot, then compile it), jit (compile every handler first) or "
-                        "interp (the reference interpreter only)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="compile handlers afresh: neither read nor write the JIT's "
-                        "object-code cache")
+    parser.add_argument(
+        "--tier",
+        choices=TIERS,
+        default="auto",
+        help="execution tier: auto (the default: interpret a handler until "
+        "it is hot, then compile it), jit (compile every handler first) or "
+        "interp (the reference interpreter only)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compile handlers afresh: neither read nor write the JIT's object-code cache",
+    )
 
 
 def apply_tier_options(args: argparse.Namespace) -> None:
@@ -101,14 +128,20 @@ def build_context(args: argparse.Namespace) -> ExecSetup:
             raise UsageError(f"--mem {address_text}: '{hex_bytes}' is not hex bytes") from None
         regions.append((address_text, address))
     context = MemoryContext(
-        regs, user, memory,
+        regs,
+        user,
+        memory,
         pid=parse_int(args.pid, "--pid"),
         task=parse_int(args.task, "--task"),
         processor=parse_int(args.cpu, "--cpu"),
-        ports={parse_int(p, "--io port"): parse_int(v, "--io value")
-               for p, v in _pairs(args.io, "--io")},
-        segments={parse_int(s, "--seg selector"): parse_int(b, "--seg base")
-                  for s, b in _pairs(args.seg, "--seg")},
+        ports={
+            parse_int(p, "--io port"): parse_int(v, "--io value")
+            for p, v in _pairs(args.io, "--io")
+        },
+        segments={
+            parse_int(s, "--seg selector"): parse_int(b, "--seg base")
+            for s, b in _pairs(args.seg, "--seg")
+        },
     )
     return ExecSetup(context, regions)
 
@@ -134,8 +167,7 @@ def make_vm(program: Program, args: argparse.Namespace) -> VM:
 
 def execute(vm: VM, args: argparse.Namespace) -> tuple[FireResult, ExecSetup]:
     if not 0 <= args.probe < len(vm.program.probes):
-        raise UsageError(f"--probe {args.probe}: the program has "
-                         f"{len(vm.program.probes)} probe(s)")
+        raise UsageError(f"--probe {args.probe}: the program has {len(vm.program.probes)} probe(s)")
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     setup = build_context(args)
@@ -154,8 +186,12 @@ def result_json(result: FireResult, vm: VM, setup: ExecSetup) -> dict:
     return {
         "exit": result.exit.value,
         "exit_to": result.exit_to,
-        "exception": None if exception is None else {
-            "code": int(exception.code), "parm1": exception.parm1, "parm2": exception.parm2,
+        "exception": None
+        if exception is None
+        else {
+            "code": int(exception.code),
+            "parm1": exception.parm1,
+            "parm2": exception.parm2,
         },
         "log": result.log.hex(),
         "ex_log": result.ex_log.hex(),
@@ -165,15 +201,17 @@ def result_json(result: FireResult, vm: VM, setup: ExecSetup) -> dict:
         "major": result.major,
         "minor": result.minor,
         "jumps": result.jumps,
-        "mem": {given: setup.context.region_bytes(address).hex()
-                for given, address in setup.regions},
+        "mem": {
+            given: setup.context.region_bytes(address).hex() for given, address in setup.regions
+        },
     }
 
 
 def result_text(result: FireResult, vm: VM) -> str:
     """A human-readable summary of one hit."""
-    lines = [f"exit: {result.exit.value}"
-             + (f" {result.exit_to}" if result.exit_to is not None else "")]
+    lines = [
+        f"exit: {result.exit.value}" + (f" {result.exit_to}" if result.exit_to is not None else "")
+    ]
     if result.exception is not None:
         e = result.exception
         lines.append(f"exception: code=0x{int(e.code):04x} parm1=0x{e.parm1:x} parm2=0x{e.parm2:x}")

@@ -65,19 +65,30 @@ def cmd_build(args: argparse.Namespace, sources: SourceCache) -> int:
     except OSError as error:
         raise UsageError(f"cannot write {output}: {error.strerror}") from None
     if args.json:
-        print(json.dumps({"output": output, "bytes": len(data),
-                          "probes": len(result.program.probes),
-                          "code_bytes": len(result.program.code)}))
+        print(
+            json.dumps(
+                {
+                    "output": output,
+                    "bytes": len(data),
+                    "probes": len(result.program.probes),
+                    "code_bytes": len(result.program.code),
+                }
+            )
+        )
     else:
-        print(f"{output}: {len(result.program.probes)} probe(s), "
-              f"{len(result.program.code)} bytes of RPN code, {len(data)} bytes")
+        print(
+            f"{output}: {len(result.program.probes)} probe(s), "
+            f"{len(result.program.code)} bytes of RPN code, {len(data)} bytes"
+        )
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace, sources: SourceCache) -> int:
     result = _load(args, sources)
-    print(f"{args.file}: ok: {len(result.program.probes)} probe(s), "
-          f"{len(result.program.code)} bytes of RPN code")
+    print(
+        f"{args.file}: ok: {len(result.program.probes)} probe(s), "
+        f"{len(result.program.code)} bytes of RPN code"
+    )
     return EXIT_OK
 
 
@@ -106,19 +117,33 @@ def cmd_run(args: argparse.Namespace, sources: SourceCache) -> int:
 
 
 def _source_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-D", dest="define", action="append", metavar="KEY=VALUE",
-                        help="define a preprocessor macro")
-    parser.add_argument("-I", dest="include", action="append", metavar="DIR",
-                        help="add an #include search directory")
+    parser.add_argument(
+        "-D",
+        dest="define",
+        action="append",
+        metavar="KEY=VALUE",
+        help="define a preprocessor macro",
+    )
+    parser.add_argument(
+        "-I",
+        dest="include",
+        action="append",
+        metavar="DIR",
+        help="add an #include search directory",
+    )
     parser.add_argument("--elf", help="resolve symbols from this i386 ELF file")
     parser.add_argument("--sym", help="resolve symbols from this System.map-style file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dpc", description="Compile, inspect and run DProbes RPN probe programs.")
-    parser.add_argument("--version", action="version",
-                        version=f"dpc {__version__} (interpreter: {flavour.describe()})")
+        prog="dpc", description="Compile, inspect and run DProbes RPN probe programs."
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"dpc {__version__} (interpreter: {flavour.describe()})",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = commands.add_parser("build", help="compile RPN source to a PPDF file")
@@ -135,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     disasm = commands.add_parser("disasm", help="list a PPDF or source file's code")
     disasm.add_argument("file", metavar="FILE", nargs="?")
-    disasm.add_argument("--help-opcodes", action="store_true",
-                        help="describe every opcode and the 5.0 quirks, then exit")
+    disasm.add_argument(
+        "--help-opcodes",
+        action="store_true",
+        help="describe every opcode and the 5.0 quirks, then exit",
+    )
     _source_options(disasm)
     disasm.set_defaults(run=cmd_disasm)
 
@@ -147,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(run=cmd_exec)
 
     machine = commands.add_parser(
-        "run", help="run a guest program on the emulated machine with probes inserted")
+        "run", help="run a guest program on the emulated machine with probes inserted"
+    )
     _source_options(machine)
     add_run_options(machine)
     machine.set_defaults(run=cmd_run)
@@ -170,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a bug in dpc, not in the input
         if os.environ.get("DPROBES_TRACEBACK"):
             traceback.print_exc()
-        print(f"dpc: internal error: {error!r} (set DPROBES_TRACEBACK=1 for details; "
-              "please report it)", file=sys.stderr)
+        print(
+            f"dpc: internal error: {error!r} (set DPROBES_TRACEBACK=1 for details; "
+            "please report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL

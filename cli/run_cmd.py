@@ -25,33 +25,60 @@ if TYPE_CHECKING:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--probes", action="append", metavar="FILE", default=[],
-                        help="probe program (RPN source or PPDF) to insert (repeatable)")
+    parser.add_argument(
+        "--probes",
+        action="append",
+        metavar="FILE",
+        default=[],
+        help="probe program (RPN source or PPDF) to insert (repeatable)",
+    )
     parser.add_argument("--log", metavar="FIELDS", help=f"record header {LOG_FIELDS_HELP}")
-    parser.add_argument("--log-target", choices=[t.name for t in LogTarget
-                                                 if t is not LogTarget.LTT])
+    parser.add_argument(
+        "--log-target", choices=[t.name for t in LogTarget if t is not LogTarget.LTT]
+    )
     parser.add_argument("--log-file", metavar="PATH", help="where log records go")
-    parser.add_argument("-f", "--unformatted", action="store_true",
-                        help="KLOG: plain hex bytes instead of a hex dump")
+    parser.add_argument(
+        "-f",
+        "--unformatted",
+        action="store_true",
+        help="KLOG: plain hex bytes instead of a hex dump",
+    )
     parser.add_argument("--dont-verify-opcodes", action="store_true")
-    parser.add_argument("--merge", action="store_true",
-                        help="a second program for the same executable is merged in")
-    parser.add_argument("--replace", action="store_true",
-                        help="a second program for the same executable replaces the first")
-    parser.add_argument("--group", metavar="LIST",
-                        help="insert only probes of these groups (comma-separated numbers)")
-    parser.add_argument("--type", metavar="LIST",
-                        help="insert only probes of these types (comma-separated numbers)")
+    parser.add_argument(
+        "--merge", action="store_true", help="a second program for the same executable is merged in"
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="a second program for the same executable replaces the first",
+    )
+    parser.add_argument(
+        "--group",
+        metavar="LIST",
+        help="insert only probes of these groups (comma-separated numbers)",
+    )
+    parser.add_argument(
+        "--type", metavar="LIST", help="insert only probes of these types (comma-separated numbers)"
+    )
     parser.add_argument("--query", action="store_true", help="print the probe records at the end")
     parser.add_argument("--getvars", action="store_true", help="print the variables at the end")
-    parser.add_argument("--max-instructions", default=None,
-                        help="stop a program that runs longer than this")
-    parser.add_argument("--file", action="append", default=[], metavar="PATH",
-                        help="a host file the program may open (read-only; repeatable)")
+    parser.add_argument(
+        "--max-instructions", default=None, help="stop a program that runs longer than this"
+    )
+    parser.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a host file the program may open (read-only; repeatable)",
+    )
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
     add_tier_options(parser)
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON summary (status, records, variables, logs)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary (status, records, variables, logs)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS]...")
 
 
@@ -80,8 +107,7 @@ def _target(args: argparse.Namespace, path: str, program: Program) -> LogTarget:
     return target
 
 
-def _writer(args: argparse.Namespace, targets: dict[str, LogTarget],
-            opened: list[IO]) -> LogWriter:
+def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: list[IO]) -> LogWriter:
     """The writer of every record: to ``--log-file`` (opened at the first record), or
     KLOG text to stderr, flushed after every write so it interleaves with the program's
     own output as it happens."""
@@ -90,9 +116,11 @@ def _writer(args: argparse.Namespace, targets: dict[str, LogTarget],
 
     layouts = {name: layout_for(target, args.unformatted) for name, target in targets.items()}
     if not args.log_file:
+
         def stderr() -> IO:
             sys.stderr.flush()
             return sys.stderr.buffer
+
         return LogWriter(layouts, stderr, shared=True)
 
     def log_file() -> IO:
@@ -102,6 +130,7 @@ def _writer(args: argparse.Namespace, targets: dict[str, LogTarget],
             raise UsageError(f"--log-file: {error.strerror}: {args.log_file}") from None
         opened.append(stream)
         return stream
+
     return LogWriter(layouts, log_file)
 
 
@@ -114,35 +143,56 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
-    limit = parse_int(args.max_instructions, "--max-instructions") \
-        if args.max_instructions else None
+    limit = (
+        parse_int(args.max_instructions, "--max-instructions") if args.max_instructions else None
+    )
     apply_tier_options(args)
     machine = Machine(seed=parse_int(args.seed, "--seed"))
-    manager = ProbeManager(machine, tier=args.tier, verify_opcodes=not args.dont_verify_opcodes,
-                           log_fields=_fields(args.log), keep_records=False)
+    manager = ProbeManager(
+        machine,
+        tier=args.tier,
+        verify_opcodes=not args.dont_verify_opcodes,
+        log_fields=_fields(args.log),
+        keep_records=False,
+    )
     targets = {}
     for path in args.probes:
         program = load_program(path, options).program
         try:
-            loaded = manager.insert(program, merge=args.merge, replace_old=args.replace,
-                                    groups=_numbers(args.group, "--group"),
-                                    types=_numbers(args.type, "--type"))
+            loaded = manager.insert(
+                program,
+                merge=args.merge,
+                replace_old=args.replace,
+                groups=_numbers(args.group, "--group"),
+                types=_numbers(args.type, "--type"),
+            )
         except InsertError as error:
             raise UsageError(str(error)) from None
         targets[loaded.name] = _target(args, path, program)
         for record in loaded.records:
             if not record.armed and record.notes != ["not selected by group/type"]:
                 where = record.point.location or f"0x{record.point.offset:x}"
-                detail = f" actual opcode 0x{record.actual_opcode:02x}" \
-                    if record.actual_opcode is not None else ""
-                print(f"dpc run: warning: {path}: probe {record.index} at {where} not "
-                      f"inserted: {record.status.describe()}{detail}"
-                      + "".join(f"; {note}" for note in record.notes), file=sys.stderr)
+                detail = (
+                    f" actual opcode 0x{record.actual_opcode:02x}"
+                    if record.actual_opcode is not None
+                    else ""
+                )
+                print(
+                    f"dpc run: warning: {path}: probe {record.index} at {where} not "
+                    f"inserted: {record.status.describe()}{detail}"
+                    + "".join(f"; {note}" for note in record.notes),
+                    file=sys.stderr,
+                )
     opened: list[IO] = []
     manager.writer = _writer(args, targets, opened)
     try:
-        process = machine.spawn(command[0], command, files=args.file,
-                                stdout=sys.stdout.buffer.write, stderr=sys.stderr.buffer.write)
+        process = machine.spawn(
+            command[0],
+            command,
+            files=args.file,
+            stdout=sys.stdout.buffer.write,
+            stderr=sys.stderr.buffer.write,
+        )
         try:
             machine.run(max_instructions=limit)
         except InstructionLimit as error:
@@ -165,24 +215,33 @@ def _report(args: argparse.Namespace, manager: ProbeManager, process) -> None:
     rows = manager.query()
     variables = manager.getvars()
     if args.json:
-        print(json.dumps({
-            "status": process.returncode,
-            "signal": process.signal,
-            "records": [asdict(row) for row in rows],
-            "vars": variables,
-            "logs": manager.log_count,
-            "exits": manager.exits,
-            "native_hits": manager.native.hits if manager.native is not None else 0,
-        }), file=sys.stderr)
+        print(
+            json.dumps(
+                {
+                    "status": process.returncode,
+                    "signal": process.signal,
+                    "records": [asdict(row) for row in rows],
+                    "vars": variables,
+                    "logs": manager.log_count,
+                    "exits": manager.exits,
+                    "native_hits": manager.native.hits if manager.native is not None else 0,
+                }
+            ),
+            file=sys.stderr,
+        )
         return
     if args.query:
         for row in rows:
-            line = (f"{row.module} probe {row.index} at {row.location}: {row.status} "
-                    f"count={row.count} hits={row.hits}")
+            line = (
+                f"{row.module} probe {row.index} at {row.location}: {row.status} "
+                f"count={row.count} hits={row.hits}"
+            )
             if row.actual_opcode is not None:
                 line += f" actual_opcode=0x{row.actual_opcode:02x}"
             print(line + "".join(f" ({note})" for note in row.notes), file=sys.stderr)
     if args.getvars:
         for module, values in variables.items():
-            print(f"{module}: " + " ".join(f"{i}=0x{v:x}" for i, v in enumerate(values)),
-                  file=sys.stderr)
+            print(
+                f"{module}: " + " ".join(f"{i}=0x{v:x}" for i, v in enumerate(values)),
+                file=sys.stderr,
+            )

@@ -27,8 +27,11 @@ def _layout(ir: IRProgram, sink: DiagnosticSink) -> dict[str, tuple[int, int, So
             if isinstance(item, IRLabel):
                 if item.name in labels:
                     first = labels[item.name][2]
-                    sink.error(item.loc, f"label '{item.name}' is defined twice",
-                               f"first defined at {first}")
+                    sink.error(
+                        item.loc,
+                        f"label '{item.name}' is defined twice",
+                        f"first defined at {first}",
+                    )
                 else:
                     labels[item.name] = (offset, index, item.loc)
             else:
@@ -36,8 +39,13 @@ def _layout(ir: IRProgram, sink: DiagnosticSink) -> dict[str, tuple[int, int, So
     return labels
 
 
-def _resolve(insn: IRInstruction, end: int, probe: int,
-             labels: dict[str, tuple[int, int, SourceLoc]], sink: DiagnosticSink) -> int | None:
+def _resolve(
+    insn: IRInstruction,
+    end: int,
+    probe: int,
+    labels: dict[str, tuple[int, int, SourceLoc]],
+    sink: DiagnosticSink,
+) -> int | None:
     name = insn.operand
     assert isinstance(name, str)
     if name not in labels:
@@ -45,8 +53,11 @@ def _resolve(insn: IRInstruction, end: int, probe: int,
         return None
     target, owner, where = labels[name]
     if owner != probe:
-        sink.error(insn.loc, f"'{insn.op.mnemonic} {name}' jumps into the code of probe {owner}",
-                   f"'{name}' is defined at {where}; a handler must stay in its own code")
+        sink.error(
+            insn.loc,
+            f"'{insn.op.mnemonic} {name}' jumps into the code of probe {owner}",
+            f"'{name}' is defined at {where}; a handler must stay in its own code",
+        )
         return None
     return target - end
 
@@ -69,10 +80,11 @@ def assemble(ir: IRProgram, sink: DiagnosticSink) -> Program | None:
                     operand = 0
             assert not isinstance(operand, str)
             if len(code) + item.op.size > MAX_CODE_SIZE and len(code) <= MAX_CODE_SIZE:
-                sink.error(item.loc, f"program code exceeds {MAX_CODE_SIZE} bytes "
-                           "(DProbes' rpn_length is 16 bits)")
-            source_map.append(SourceLine(len(code), item.loc.file, item.loc.line,
-                                         item.loc.column))
+                sink.error(
+                    item.loc,
+                    f"program code exceeds {MAX_CODE_SIZE} bytes (DProbes' rpn_length is 16 bits)",
+                )
+            source_map.append(SourceLine(len(code), item.loc.file, item.loc.line, item.loc.column))
             code += encode(item.op, operand)
         probes.append(replace(probe.record, code_start=start, code_end=len(code)))
     if not sink.ok:

@@ -66,9 +66,9 @@ def _sweep(code: bytes, start: int, end: int) -> list[_Row]:
         try:
             insn = decode_one(code, offset, end)
         except DecodeError:
-            rows.append(_Row(offset, code[offset:offset + 1], None))
+            rows.append(_Row(offset, code[offset : offset + 1], None))
         else:
-            rows.append(_Row(offset, code[offset:insn.end], insn))
+            rows.append(_Row(offset, code[offset : insn.end], insn))
         offset = rows[-1].end
     return rows
 
@@ -80,8 +80,7 @@ def _handler_rows(program: Program, index: int, start: int, end: int) -> list[_R
         instructions = program.instructions(index)
     except DecodeError:
         return _sweep(program.code, start, end)
-    return [_Row(insn.offset, program.code[insn.offset:insn.end], insn)
-            for insn in instructions]
+    return [_Row(insn.offset, program.code[insn.offset : insn.end], insn) for insn in instructions]
 
 
 def _regions(program: Program) -> list[tuple[str, list[_Row]]]:
@@ -96,8 +95,12 @@ def _regions(program: Program) -> list[tuple[str, list[_Row]]]:
     position = 0
     for start, end in [*sorted(spans), (size, size)]:
         if start > position:
-            regions.append((f"; code outside any probe: {position:#06x}..{start:#06x}",
-                            _sweep(program.code, position, start)))
+            regions.append(
+                (
+                    f"; code outside any probe: {position:#06x}..{start:#06x}",
+                    _sweep(program.code, position, start),
+                )
+            )
         position = max(position, end)
     return regions
 
@@ -139,21 +142,34 @@ def _settings(record: ProgramHeader | Probe, shown: frozenset[str]) -> list[str]
     return out
 
 
-_PROBE_SHOWN = frozenset({"kind", "offset", "location", "opcode", "major", "minor",
-                          "code_start", "code_end", "watch_type", "watch_length"})
+_PROBE_SHOWN = frozenset(
+    {
+        "kind",
+        "offset",
+        "location",
+        "opcode",
+        "major",
+        "minor",
+        "code_start",
+        "code_end",
+        "watch_type",
+        "watch_length",
+    }
+)
 
 
 def _probe_line(index: int, probe: Probe) -> str:
     """``probe N: kind offset=.. (location) opcode=.. major=.. minor=.. code=..`` + extras."""
-    parts = [f"probe {index}:", _value_text("kind", probe.kind),
-             f"offset={probe.offset:#x}"]
+    parts = [f"probe {index}:", _value_text("kind", probe.kind), f"offset={probe.offset:#x}"]
     if probe.location and probe.location.lower() != f"{probe.offset:#x}":
         parts.append(f"({probe.location})")  # the symbolic form, when it says more
     opcode = "none" if probe.opcode is None else f"{probe.opcode:#04x}"
     parts += [f"opcode={opcode}", f"major={probe.major}", f"minor={probe.minor}"]
     if probe.kind == ProbeKind.WATCHPOINT:
-        parts += [f"watch_type={_value_text('watch_type', probe.watch_type)}",
-                  f"length={probe.watch_length}"]
+        parts += [
+            f"watch_type={_value_text('watch_type', probe.watch_type)}",
+            f"length={probe.watch_length}",
+        ]
     parts.append(f"code={probe.code_start:#06x}..{probe.code_end:#06x}")
     parts += _settings(probe, _PROBE_SHOWN)
     return " ".join(parts)
@@ -161,8 +177,11 @@ def _probe_line(index: int, probe: Probe) -> str:
 
 def _program_line(program: Program) -> str:
     header = program.header
-    parts = [f"; program {header.name!r} modtype={_value_text('modtype', header.modtype)}",
-             f"probes={len(program.probes)}", f"code={len(program.code)} bytes"]
+    parts = [
+        f"; program {header.name!r} modtype={_value_text('modtype', header.modtype)}",
+        f"probes={len(program.probes)}",
+        f"code={len(program.code)} bytes",
+    ]
     parts += _settings(header, frozenset({"name", "modtype"}))
     return " ".join(parts)
 
@@ -214,6 +233,7 @@ OPERAND_FORMATTERS: dict[Operand, OperandFormatter] = {
     Operand.S16: _number,  # the S16 codec already unpacks it signed
 }
 """How each operand kind is written; every kind but NONE has an entry (tested)."""
+
 
 def _formatter(op: OpInfo) -> OperandFormatter:
     """How ``op``'s operand is written. An instruction with a register rule takes a
@@ -284,8 +304,11 @@ def disassemble(program: Program) -> str:
     unplaced = sorted(set(ctx.names) - placed)
     if unplaced:
         lines.append("")
-        lines += [f"; label {name} = {offset:#06x} is not at an instruction start"
-                  for offset in unplaced for name in ctx.names[offset]]
+        lines += [
+            f"; label {name} = {offset:#06x} is not at an instruction start"
+            for offset in unplaced
+            for name in ctx.names[offset]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -307,18 +330,25 @@ def describe_opcodes() -> str:
         "top of stack (TOS) rightmost. Operands follow the opcode byte, little-endian:",
         "",
     ]
-    lines += [f"  <{kind.name.lower()}>  {kind.size} bytes, {kind.lo}..{kind.hi}"
-              for kind in Operand if kind is not Operand.NONE]
+    lines += [
+        f"  <{kind.name.lower()}>  {kind.size} bytes, {kind.lo}..{kind.hi}"
+        for kind in Operand
+        if kind is not Operand.NONE
+    ]
     lines += ["", f"code  {'syntax':<{syntax_width}}  {'stack effect':<{effect_width}}  summary"]
     for op in ops:
         summary = op.summary
         if op.aliases:
-            summary += " (also written " + ", ".join(
-                f"{op.mnemonic} {alias}" for alias in op.aliases) + ")"
+            summary += (
+                " (also written "
+                + ", ".join(f"{op.mnemonic} {alias}" for alias in op.aliases)
+                + ")"
+            )
         if OpFlag.RESERVED in op.flags:
             summary += " [raises EX_INVALID_OPCODE]"
-        lines.append(f"{op.code:#04x}  {op.syntax:<{syntax_width}}  "
-                     f"{op.effect:<{effect_width}}  {summary}")
+        lines.append(
+            f"{op.code:#04x}  {op.syntax:<{syntax_width}}  {op.effect:<{effect_width}}  {summary}"
+        )
     notes = _quirk_notes()
     if notes:
         lines += ["", notes]

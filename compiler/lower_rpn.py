@@ -62,8 +62,9 @@ IMM32_LOWEST = -(2**31)
 _START_HINT = "a probe starts with 'offset = <location>' or 'watchpoint = <location>'"
 
 
-def lower_rpn(file: ast.File, sink: DiagnosticSink,
-              symbols: SymbolTable | None = None) -> IRProgram | None:
+def lower_rpn(
+    file: ast.File, sink: DiagnosticSink, symbols: SymbolTable | None = None
+) -> IRProgram | None:
     """The IR of a parsed RPN file, or None after reporting errors into ``sink``."""
     return _Lowering(sink, symbols or SymbolTable(), file.loc).run(file.body)
 
@@ -89,8 +90,10 @@ def _qualifier_hints(mnemonic: str, arg: ast.Arg) -> tuple[str, ...]:
         return ()
     name = arg.name.lower()
     if name in QUALIFIERS[mnemonic]:
-        return (f"'{arg.name}' is a qualifier of '{mnemonic}': separate the number from it "
-                "with a space or ','",)
+        return (
+            f"'{arg.name}' is a qualifier of '{mnemonic}': separate the number from it "
+            "with a space or ','",
+        )
     if register_named(name) is not None and (mnemonic, "r") in OPS_BY_SYNTAX:
         return (f"did you mean '{mnemonic} r, {arg.name}'?",)
     return did_you_mean(name, QUALIFIERS[mnemonic], f"{mnemonic} {{}}")
@@ -157,22 +160,30 @@ class _Lowering:
         if key in HEADER_KEYWORDS:
             self.header_items.add(item, HEADER_KEYWORDS[key], self.sink)
         elif key in PROBE_KEYWORDS:
-            self.sink.error(item.loc, f"'{item.keyword}' is a probe keyword, but no probe "
-                                      "has started", _START_HINT)
+            self.sink.error(
+                item.loc,
+                f"'{item.keyword}' is a probe keyword, but no probe has started",
+                _START_HINT,
+            )
         else:
             unknown_keyword(item, self.sink)
 
     def _probe_item(self, item: ast.Item, key: str) -> None:
         assert self.probe is not None
         if key in PROBE_KEYWORDS and self.code_started:
-            self.sink.error(item.loc, f"'{item.keyword}' comes after the probe's code",
-                            "a probe's items come before its first label or instruction")
+            self.sink.error(
+                item.loc,
+                f"'{item.keyword}' comes after the probe's code",
+                "a probe's items come before its first label or instruction",
+            )
         elif key in PROBE_KEYWORDS:
             self.probe.add(item, PROBE_KEYWORDS[key], self.sink)
         elif key in HEADER_KEYWORDS:
-            self.sink.error(item.loc, f"'{item.keyword}' is a header keyword, but the first "
-                                      "probe has started",
-                            "header items come before the first 'offset =' or 'watchpoint ='")
+            self.sink.error(
+                item.loc,
+                f"'{item.keyword}' is a header keyword, but the first probe has started",
+                "header items come before the first 'offset =' or 'watchpoint ='",
+            )
         else:
             unknown_keyword(item, self.sink)
 
@@ -190,8 +201,11 @@ class _Lowering:
         assert self.probe is not None
         record = self.probe.finish(self.header, self.symbols, self.sink)
         if not self.has_instructions:
-            self.sink.error(self.probe.start.loc, "this probe has no instructions",
-                            "a handler needs at least an exit instruction")
+            self.sink.error(
+                self.probe.start.loc,
+                "this probe has no instructions",
+                "a handler needs at least an exit instruction",
+            )
         if record is not None:
             self.probes.append(IRProbe(record, self.body, self.probe.start.loc))
 
@@ -237,15 +251,21 @@ class _Lowering:
             return None
         op = rows[0] if args else rows[-1]  # rows with an operand sort first
         if len(args) > 1:
-            self.sink.error(args[1].loc, f"too many operands for '{_head(op)}'",
-                            *_qualifier_hints(mnemonic, args[0]))
+            self.sink.error(
+                args[1].loc,
+                f"too many operands for '{_head(op)}'",
+                *_qualifier_hints(mnemonic, args[0]),
+            )
             return None
         if args and op.operand is Operand.NONE:
             self.sink.error(args[0].loc, f"'{_head(op)}' takes no operand")
             return None
         if not args and op.operand is not Operand.NONE:
-            self.sink.error(line.loc, f"missing operand: '{_head(op)}' needs "
-                                      f"{_wants(op.operand)}", f"write '{op.syntax}'")
+            self.sink.error(
+                line.loc,
+                f"missing operand: '{_head(op)}' needs {_wants(op.operand)}",
+                f"write '{op.syntax}'",
+            )
             return None
         value = self._operand(op, args[0], mnemonic) if args else None
         if args and value is None:
@@ -267,18 +287,24 @@ class _Lowering:
         return None
 
     def _missing_qualifier(self, mnemonic: str, line: ast.InstructionLine) -> None:
-        choices = ", ".join(sorted({op.qualifier for op in TABLE
-                                    if op.mnemonic == mnemonic and op.qualifier}))
+        choices = ", ".join(
+            sorted({op.qualifier for op in TABLE if op.mnemonic == mnemonic and op.qualifier})
+        )
         if not line.args:
             self.sink.error(line.loc, f"'{mnemonic}' needs a qualifier: {choices}")
             return
         first = line.args[0]
         if isinstance(first, ast.NameArg):
-            self.sink.error(first.loc, f"unknown qualifier '{first.name}' for '{mnemonic}'",
-                            *_qualifier_hints(mnemonic, first), f"'{mnemonic}' takes: {choices}")
+            self.sink.error(
+                first.loc,
+                f"unknown qualifier '{first.name}' for '{mnemonic}'",
+                *_qualifier_hints(mnemonic, first),
+                f"'{mnemonic}' takes: {choices}",
+            )
         else:
-            self.sink.error(first.loc, f"'{mnemonic}' needs a qualifier before its operand: "
-                                       f"{choices}")
+            self.sink.error(
+                first.loc, f"'{mnemonic}' needs a qualifier before its operand: {choices}"
+            )
 
     # --- operands --------------------------------------------------------------------
 
@@ -296,23 +322,30 @@ class _Lowering:
         elif isinstance(arg, ast.NumberArg):
             if kind.lo <= arg.value <= kind.hi:
                 return arg.value
-            self.sink.error(arg.loc, f"operand {arg.value} of '{_head(op)}' is out of range "
-                                     f"{kind.lo}..{kind.hi}")
+            self.sink.error(
+                arg.loc,
+                f"operand {arg.value} of '{_head(op)}' is out of range {kind.lo}..{kind.hi}",
+            )
             return None
-        self.sink.error(arg.loc, f"'{_head(op)}' needs {_wants(kind)}, not '{_written(arg)}'",
-                        *_qualifier_hints(mnemonic, arg))
+        self.sink.error(
+            arg.loc,
+            f"'{_head(op)}' needs {_wants(kind)}, not '{_written(arg)}'",
+            *_qualifier_hints(mnemonic, arg),
+        )
         return None
 
     def _immediate(self, arg: ast.Arg, mnemonic: str) -> int | None:
         if isinstance(arg, ast.NumberArg):
             if IMM32_LOWEST <= arg.value <= WORD_MASK:
                 return arg.value & WORD_MASK
-            self.sink.error(arg.loc, f"immediate {arg.value} is out of range "
-                                     f"{IMM32_LOWEST}..{WORD_MASK}")
+            self.sink.error(
+                arg.loc, f"immediate {arg.value} is out of range {IMM32_LOWEST}..{WORD_MASK}"
+            )
             return None
         addend = arg.addend if isinstance(arg, ast.SymbolArg) else 0
-        return self.symbols.address(arg.name, addend, arg.loc, self.sink,
-                                    _qualifier_hints(mnemonic, arg))
+        return self.symbols.address(
+            arg.name, addend, arg.loc, self.sink, _qualifier_hints(mnemonic, arg)
+        )
 
     def _register(self, op: OpInfo, arg: ast.NameArg) -> int | None:
         rule = op.register_rule
@@ -320,31 +353,51 @@ class _Lowering:
         takes = ", ".join(r.name for r in REGISTERS_BY_INDEX.values() if rule.accepts(r))
         register = register_named(arg.name)
         if register is None:
-            self.sink.error(arg.loc, f"unknown register '{arg.name}'",
-                            *did_you_mean(arg.name.lower(), REGISTERS_BY_NAME),
-                            f"'{_head(op)}' takes: {takes}")
+            self.sink.error(
+                arg.loc,
+                f"unknown register '{arg.name}'",
+                *did_you_mean(arg.name.lower(), REGISTERS_BY_NAME),
+                f"'{_head(op)}' takes: {takes}",
+            )
             return None
         if not rule.accepts(register):
-            self.sink.error(arg.loc, f"register '{register.name}' cannot be used with "
-                                     f"'{_head(op)}'", f"'{_head(op)}' takes: {takes}")
+            self.sink.error(
+                arg.loc,
+                f"register '{register.name}' cannot be used with '{_head(op)}'",
+                f"'{_head(op)}' takes: {takes}",
+            )
             return None
         return register.index
 
     def _run_time_warnings(self, op: OpInfo, value: int | str | None, loc: SourceLoc) -> None:
         if OpFlag.RESERVED in op.flags:
-            self.sink.warning(loc, f"'{_head(op)}' is reserved by DProbes 5.0 and not "
-                                   "implemented: it raises EX_INVALID_OPCODE at run time")
+            self.sink.warning(
+                loc,
+                f"'{_head(op)}' is reserved by DProbes 5.0 and not "
+                "implemented: it raises EX_INVALID_OPCODE at run time",
+            )
         valid = op.domain
         if valid is not None and isinstance(value, int) and not valid.admits(value):
-            outcome = ("raises EX_INVALID_OPERAND" if ExceptionCode.INVALID_OPERAND in op.raises
-                       else "ends the handler without an exception")
-            self.sink.warning(loc, f"'{_head(op)} {value}' {outcome} at run time: "
-                                   f"'{op.mnemonic}' takes {valid.lo}..{valid.hi}")
+            outcome = (
+                "raises EX_INVALID_OPERAND"
+                if ExceptionCode.INVALID_OPERAND in op.raises
+                else "ends the handler without an exception"
+            )
+            self.sink.warning(
+                loc,
+                f"'{_head(op)} {value}' {outcome} at run time: "
+                f"'{op.mnemonic}' takes {valid.lo}..{valid.hi}",
+            )
         if self.header is not None and isinstance(value, int):
-            count = {Scope.LV: ("local", "num_lv", self.header.num_lv),
-                     Scope.GV: ("global", "num_gv", self.header.num_gv)}.get(op.scope)
+            count = {
+                Scope.LV: ("local", "num_lv", self.header.num_lv),
+                Scope.GV: ("global", "num_gv", self.header.num_gv),
+            }.get(op.scope)
             if count is not None and value >= count[2]:
                 what, keyword, limit = count
-                self.sink.warning(loc, f"{what} variable {value} is not below {keyword} "
-                                       f"{limit}: '{_head(op)}' raises EX_INVALID_OPERAND at "
-                                       "run time")
+                self.sink.warning(
+                    loc,
+                    f"{what} variable {value} is not below {keyword} "
+                    f"{limit}: '{_head(op)}' raises EX_INVALID_OPERAND at "
+                    "run time",
+                )

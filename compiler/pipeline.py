@@ -53,13 +53,17 @@ def _symbols(options: BuildOptions, sink: DiagnosticSink) -> SymbolTable | None:
     return SymbolTable.merged(loaded)
 
 
-def compile_rpn(path: str, options: BuildOptions = BuildOptions(),
-                text: str | None = None) -> CompileResult:
+def compile_rpn(
+    path: str, options: BuildOptions = BuildOptions(), text: str | None = None
+) -> CompileResult:
     """Compile RPN source to a verified Program; raise CompileError with the diagnostics."""
     sink = DiagnosticSink()
     symbols = _symbols(options, sink)
-    pre = preprocess(path, sink, options.defines, options.include_dirs, text=text) \
-        if sink.ok else None
+    pre = (
+        preprocess(path, sink, options.defines, options.include_dirs, text=text)
+        if sink.ok
+        else None
+    )
     ast = parse_rpn(pre, sink) if pre is not None and sink.ok else None
     ir = lower_rpn(ast, sink, symbols) if ast is not None and sink.ok else None
     program = assemble(ir, sink) if ir is not None and sink.ok else None

@@ -180,8 +180,14 @@ class Layout:
             "|---:|---:|---|---|---|---|",
         ]
         for f in self.fields:
-            cells = (str(self.offsets[f.name]), str(struct.calcsize("<" + f.code)), f.type_name,
-                     f"`{f.name}`", f.meaning, f.rule())
+            cells = (
+                str(self.offsets[f.name]),
+                str(struct.calcsize("<" + f.code)),
+                f.type_name,
+                f"`{f.name}`",
+                f.meaning,
+                f.rule(),
+            )
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(rows)
 
@@ -189,64 +195,103 @@ class Layout:
 _BOOL = (0, 1)
 _STRING = "string reference"
 
-PROGRAM_HEADER = Layout("Program header", (
-    Field("name", "I", "module name: a path (user), a module name (kmod), any key (kernel)",
-          f"{_STRING}, not empty"),
-    Field("flags", "I", "`pgm.flags` = module type | log fields | log target",
-          "see the flags word table"),
-    Field("id", "I", "program id, written into stack-trace headers"),
-    Field("jmpmax", "I", "taken jumps and loops allowed per hit", hi=JMPMAX_LIMIT),
-    Field("logmax", "I", "bytes of log data per hit", hi=LOGMAX_LIMIT),
-    Field("ex_logmax", "I", "bytes of exception (stack-trace) log", hi=EX_LOGMAX_LIMIT),
-    Field("heapmax", "I", "probe heap bytes per CPU", hi=HEAPMAX_LIMIT),
-    Field("major", "H", "major id stamped on this program's log records"),
-    Field("num_lv", "H", "local variables", hi=MAX_LOCAL_VARS),
-    Field("num_gv", "H", "global variables", hi=MAX_GLOBAL_VARS),
-    Field("autostacktrace", "B", "1: log a stack trace on every exception", values=_BOOL),
-))
+PROGRAM_HEADER = Layout(
+    "Program header",
+    (
+        Field(
+            "name",
+            "I",
+            "module name: a path (user), a module name (kmod), any key (kernel)",
+            f"{_STRING}, not empty",
+        ),
+        Field(
+            "flags",
+            "I",
+            "`pgm.flags` = module type | log fields | log target",
+            "see the flags word table",
+        ),
+        Field("id", "I", "program id, written into stack-trace headers"),
+        Field("jmpmax", "I", "taken jumps and loops allowed per hit", hi=JMPMAX_LIMIT),
+        Field("logmax", "I", "bytes of log data per hit", hi=LOGMAX_LIMIT),
+        Field("ex_logmax", "I", "bytes of exception (stack-trace) log", hi=EX_LOGMAX_LIMIT),
+        Field("heapmax", "I", "probe heap bytes per CPU", hi=HEAPMAX_LIMIT),
+        Field("major", "H", "major id stamped on this program's log records"),
+        Field("num_lv", "H", "local variables", hi=MAX_LOCAL_VARS),
+        Field("num_gv", "H", "global variables", hi=MAX_GLOBAL_VARS),
+        Field("autostacktrace", "B", "1: log a stack trace on every exception", values=_BOOL),
+    ),
+)
 
-PROBE = Layout("Probe record", (
-    Field("offset", "Q", "probe location: file offset (user), offset from PAGE_OFFSET "
-          "(kernel), offset from the module base (kmod), or an absolute address"),
-    Field("probe", "H", "kind bits | watch type", "see the probe word table"),
-    Field("major", "H", "major id in this probe's log records"),
-    Field("minor", "H", "minor id in this probe's log records"),
-    Field("group", "H", "selection tag for applying a subset"),
-    Field("type", "H", "selection tag for applying a subset"),
-    Field("ex_mask", "H", "exception codes the handler catches"),
-    Field("rpn_offset", "I", "start of the handler in the code blob",
-          "below `rpn_end`"),
-    Field("rpn_end", "I", "end of the handler (exclusive)",
-          "at most the code length; handlers of different probes do not overlap"),
-    Field("passcount", "I", "hits skipped before the handler runs", hi=MAX_HITS_DEFAULT),
-    Field("maxhits", "I", f"hits before the probe is disabled; 0 means {MAX_HITS_DEFAULT:#x}",
-          hi=MAX_HITS_DEFAULT),
-    Field("heap_size", "I", "heap bytes this probe may allocate", "at most `heapmax`"),
-    Field("location", "I", "the location as written (symbol+n), for listings", _STRING),
-    Field("len", "B", "watch length - 1, as DProbes kept it",
-          "0, 1 or 3 (1, 2 or 4 bytes); 0 for a breakpoint"),
-    Field("opcode", "B", "the byte expected at the probe address", "0 when `opcode_set` is 0"),
-    Field("opcode_set", "B", "1: `opcode` is given and checked before insertion", values=_BOOL),
-    Field("address_flag", "B", "1: `offset` is an absolute address", values=_BOOL),
-    Field("logonfault", "B", "1: log even if the probed instruction faults", values=_BOOL),
-))
+PROBE = Layout(
+    "Probe record",
+    (
+        Field(
+            "offset",
+            "Q",
+            "probe location: file offset (user), offset from PAGE_OFFSET "
+            "(kernel), offset from the module base (kmod), or an absolute address",
+        ),
+        Field("probe", "H", "kind bits | watch type", "see the probe word table"),
+        Field("major", "H", "major id in this probe's log records"),
+        Field("minor", "H", "minor id in this probe's log records"),
+        Field("group", "H", "selection tag for applying a subset"),
+        Field("type", "H", "selection tag for applying a subset"),
+        Field("ex_mask", "H", "exception codes the handler catches"),
+        Field("rpn_offset", "I", "start of the handler in the code blob", "below `rpn_end`"),
+        Field(
+            "rpn_end",
+            "I",
+            "end of the handler (exclusive)",
+            "at most the code length; handlers of different probes do not overlap",
+        ),
+        Field("passcount", "I", "hits skipped before the handler runs", hi=MAX_HITS_DEFAULT),
+        Field(
+            "maxhits",
+            "I",
+            f"hits before the probe is disabled; 0 means {MAX_HITS_DEFAULT:#x}",
+            hi=MAX_HITS_DEFAULT,
+        ),
+        Field("heap_size", "I", "heap bytes this probe may allocate", "at most `heapmax`"),
+        Field("location", "I", "the location as written (symbol+n), for listings", _STRING),
+        Field(
+            "len",
+            "B",
+            "watch length - 1, as DProbes kept it",
+            "0, 1 or 3 (1, 2 or 4 bytes); 0 for a breakpoint",
+        ),
+        Field("opcode", "B", "the byte expected at the probe address", "0 when `opcode_set` is 0"),
+        Field("opcode_set", "B", "1: `opcode` is given and checked before insertion", values=_BOOL),
+        Field("address_flag", "B", "1: `offset` is an absolute address", values=_BOOL),
+        Field("logonfault", "B", "1: log even if the probed instruction faults", values=_BOOL),
+    ),
+)
 
-SOURCE_LINE = Layout("Source-map record", (
-    Field("offset", "I", "code offset of an instruction",
-          "below the code length; above the previous record's"),
-    Field("file", "I", "source file name", _STRING),
-    Field("line", "I", "1-based line", lo=1),
-    Field("column", "I", "1-based column, 0 if unknown"),
-))
+SOURCE_LINE = Layout(
+    "Source-map record",
+    (
+        Field(
+            "offset",
+            "I",
+            "code offset of an instruction",
+            "below the code length; above the previous record's",
+        ),
+        Field("file", "I", "source file name", _STRING),
+        Field("line", "I", "1-based line", lo=1),
+        Field("column", "I", "1-based column, 0 if unknown"),
+    ),
+)
 
-LABEL = Layout("Label record", (
-    Field("offset", "I", "code offset the label names", "at most the code length"),
-    Field("name", "I", "label name", f"{_STRING}, not empty, unique"),
-))
+LABEL = Layout(
+    "Label record",
+    (
+        Field("offset", "I", "code offset the label names", "at most the code length"),
+        Field("name", "I", "label name", f"{_STRING}, not empty, unique"),
+    ),
+)
 
-FORMAT = Layout("Format record", (
-    Field("format", "I", "a printf format of the high-level language", _STRING),
-))
+FORMAT = Layout(
+    "Format record", (Field("format", "I", "a printf format of the high-level language", _STRING),)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,44 +319,69 @@ class Section:
             if self.exactly_one and length != size:
                 return f"section {self.title} is {length} bytes, expected {size}"
             if length % size:
-                return (f"section {self.title} is {length} bytes, not a whole number of "
-                        f"{size}-byte records")
+                return (
+                    f"section {self.title} is {length} bytes, not a whole number of "
+                    f"{size}-byte records"
+                )
         if self.max_length is not None and length > self.max_length:
             return f"section {self.title} is {length} bytes, more than {self.max_length}"
         return None
 
 
 SECTIONS: tuple[Section, ...] = (
-    Section("program_header", "program header", "the program header", PROGRAM_HEADER,
-            exactly_one=True),
+    Section(
+        "program_header", "program header", "the program header", PROGRAM_HEADER, exactly_one=True
+    ),
     Section("probes", "probes", "one probe record per probe, at least one", PROBE),
-    Section("code", "code", "the RPN code shared by all probes (DProbes' rpn_length is a u16)",
-            max_length=MAX_CODE_LENGTH),
-    Section("strings", "string table",
-            "NUL-terminated UTF-8 strings, each stored once, in order of first reference"),
+    Section(
+        "code",
+        "code",
+        "the RPN code shared by all probes (DProbes' rpn_length is a u16)",
+        max_length=MAX_CODE_LENGTH,
+    ),
+    Section(
+        "strings",
+        "string table",
+        "NUL-terminated UTF-8 strings, each stored once, in order of first reference",
+    ),
     Section("source_map", "source map", "source-map records", SOURCE_LINE),
     Section("labels", "labels", "label records", LABEL),
     Section("formats", "formats", "format records", FORMAT),
 )
 
-FILE_HEADER = Layout("File header", (
-    Field("magic", "8s", "file signature", f"`{MAGIC!r}`"),
-    Field("version", "H", "format version", f"{VERSION}"),
-    Field("total_length", "I", "length of the whole file, trailer included",
-          "the file's length"),
-    *(field
-      for s in SECTIONS
-      for field in (
-          Field(f"{s.key}_offset", "I", f"start of the {s.title} section",
-                "the end of the previous section"),
-          Field(f"{s.key}_length", "I", f"length of the {s.title} section: {s.meaning}",
-                s.length_rule()),
-      )),
-))
+FILE_HEADER = Layout(
+    "File header",
+    (
+        Field("magic", "8s", "file signature", f"`{MAGIC!r}`"),
+        Field("version", "H", "format version", f"{VERSION}"),
+        Field(
+            "total_length", "I", "length of the whole file, trailer included", "the file's length"
+        ),
+        *(
+            field
+            for s in SECTIONS
+            for field in (
+                Field(
+                    f"{s.key}_offset",
+                    "I",
+                    f"start of the {s.title} section",
+                    "the end of the previous section",
+                ),
+                Field(
+                    f"{s.key}_length",
+                    "I",
+                    f"length of the {s.title} section: {s.meaning}",
+                    s.length_rule(),
+                ),
+            )
+        ),
+    ),
+)
 
-TRAILER = Layout("Trailer", (
-    Field("crc32", "I", "`zlib.crc32` of every byte before the trailer", "the computed CRC"),
-))
+TRAILER = Layout(
+    "Trailer",
+    (Field("crc32", "I", "`zlib.crc32` of every byte before the trailer", "the computed CRC"),),
+)
 
 MIN_FILE_SIZE = FILE_HEADER.size + TRAILER.size
 
@@ -323,8 +393,9 @@ E = TypeVar("E", bound=Enum)
 def _enum_table(title: str, enums: tuple[type[Enum], ...], digits: int, rule: str) -> str:
     """A composite word's bits as a Markdown table, generated from the model's enums."""
     rows = [f"**{title}**: {rule}.", "", "| Value | Name |", "|---:|---|"]
-    rows.extend(f"| `{m.value:#0{digits + 2}x}` | {e.__name__}.{m.name} |"
-                for e in enums for m in e)
+    rows.extend(
+        f"| `{m.value:#0{digits + 2}x}` | {e.__name__}.{m.name} |" for e in enums for m in e
+    )
     return "\n".join(rows)
 
 
@@ -341,17 +412,27 @@ def layout_doc() -> str:
         (TRAILER, "the last 4 bytes"),
     ):
         parts.append(f"### {layout.title} ({layout.size} bytes, {where})\n\n{layout.table()}\n")
-    parts.append(_enum_table(
-        "Flags word", (ModuleType, LogField, LogTarget), 8,
-        f"module type: exactly one of the ModuleType values in `flags & {MODTYPE_MASK:#x}`; "
-        f"log fields: any bits of `{LOG_FIELDS_MASK:#x}`; log target: exactly one of the "
-        f"LogTarget values in `flags & {LOG_TARGET_MASK:#x}`; all other bits 0",
-    ) + "\n")
-    parts.append(_enum_table(
-        "Probe word", (ProbeKind, WatchType), 4,
-        f"exactly one ProbeKind bit of `{KIND_MASK:#x}`, the WatchType in bits "
-        f"`{WATCH_TYPE_MASK:#x}` (0 for a breakpoint), all other bits 0",
-    ) + "\n")
+    parts.append(
+        _enum_table(
+            "Flags word",
+            (ModuleType, LogField, LogTarget),
+            8,
+            f"module type: exactly one of the ModuleType values in `flags & {MODTYPE_MASK:#x}`; "
+            f"log fields: any bits of `{LOG_FIELDS_MASK:#x}`; log target: exactly one of the "
+            f"LogTarget values in `flags & {LOG_TARGET_MASK:#x}`; all other bits 0",
+        )
+        + "\n"
+    )
+    parts.append(
+        _enum_table(
+            "Probe word",
+            (ProbeKind, WatchType),
+            4,
+            f"exactly one ProbeKind bit of `{KIND_MASK:#x}`, the WatchType in bits "
+            f"`{WATCH_TYPE_MASK:#x}` (0 for a breakpoint), all other bits 0",
+        )
+        + "\n"
+    )
     return "\n".join(parts)
 
 
@@ -379,7 +460,7 @@ class _StringReader:
     """
 
     def __init__(self, data: bytes, span: _Span) -> None:
-        self._table = data[span.start:span.end]
+        self._table = data[span.start : span.end]
         self._base = span.start
         self._next = 0
         self._by_ref: dict[int, str] = {}
@@ -392,25 +473,34 @@ class _StringReader:
             return known
         size = len(self._table)
         if ref >= size:
-            raise PPDFError(at, f"{what}: string reference {ref} is outside the string table "
-                                f"({size} bytes)")
+            raise PPDFError(
+                at, f"{what}: string reference {ref} is outside the string table ({size} bytes)"
+            )
         if ref != self._next:
-            raise PPDFError(at, f"{what}: string reference {ref} is not the start of the next "
-                                f"new string ({self._next}): strings are stored once, in order "
-                                "of first reference")
+            raise PPDFError(
+                at,
+                f"{what}: string reference {ref} is not the start of the next "
+                f"new string ({self._next}): strings are stored once, in order "
+                "of first reference",
+            )
         end = self._table.find(b"\0", ref)
         if end < 0:
-            raise PPDFError(self._base + ref, f"{what}: string at table offset {ref} is not "
-                                              "NUL-terminated")
+            raise PPDFError(
+                self._base + ref, f"{what}: string at table offset {ref} is not NUL-terminated"
+            )
         try:
             text = self._table[ref:end].decode("utf-8")
         except UnicodeDecodeError as err:
-            raise PPDFError(self._base + ref + err.start, f"{what}: string at table offset "
-                                                          f"{ref} is not valid UTF-8") from None
+            raise PPDFError(
+                self._base + ref + err.start,
+                f"{what}: string at table offset {ref} is not valid UTF-8",
+            ) from None
         first = self._by_text.get(text)
         if first is not None:
-            raise PPDFError(self._base + ref, f"{what}: string {text!r} is stored twice (table "
-                                              f"offsets {first} and {ref})")
+            raise PPDFError(
+                self._base + ref,
+                f"{what}: string {text!r} is stored twice (table offsets {first} and {ref})",
+            )
         self._by_ref[ref] = text
         self._by_text[text] = ref
         self._next = end + 1
@@ -419,9 +509,11 @@ class _StringReader:
     def finish(self) -> None:
         """Reject table bytes that no reference used."""
         if self._next != len(self._table):
-            raise PPDFError(self._base + self._next,
-                            f"string table: bytes {self._next}..{len(self._table)} of the "
-                            "table are not used by any reference")
+            raise PPDFError(
+                self._base + self._next,
+                f"string table: bytes {self._next}..{len(self._table)} of the "
+                "table are not used by any reference",
+            )
 
 
 def _records(data: bytes, span: _Span, layout: Layout) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -441,39 +533,52 @@ def _enum_value(kind: type[E], value: int, at: int, what: str) -> E:
 
 def _check_envelope(data: bytes) -> dict[str, _Span]:
     """Magic, version, total length, checksum and section table; returns the sections."""
-    head = data[:len(MAGIC)]
+    head = data[: len(MAGIC)]
     if head != MAGIC:
         if MAGIC.startswith(head):
-            raise PPDFError(len(data), f"file is truncated: {len(data)} bytes, a PPDF has at "
-                                       f"least {MIN_FILE_SIZE}")
+            raise PPDFError(
+                len(data),
+                f"file is truncated: {len(data)} bytes, a PPDF has at least {MIN_FILE_SIZE}",
+            )
         raise PPDFError(0, f"bad magic {head!r}: not a PPDF file (expected {MAGIC!r})")
     version_at = FILE_HEADER.offsets["version"]
     if len(data) >= version_at + 2:
         (version,) = struct.unpack_from("<H", data, version_at)
         if version != VERSION:
-            raise PPDFError(version_at, f"unsupported PPDF version {version} (this dprobes "
-                                        f"reads version {VERSION})")
+            raise PPDFError(
+                version_at,
+                f"unsupported PPDF version {version} (this dprobes reads version {VERSION})",
+            )
     if len(data) < MIN_FILE_SIZE:
-        raise PPDFError(len(data), f"file is truncated: {len(data)} bytes, a PPDF has at "
-                                   f"least {MIN_FILE_SIZE}")
+        raise PPDFError(
+            len(data), f"file is truncated: {len(data)} bytes, a PPDF has at least {MIN_FILE_SIZE}"
+        )
     header = FILE_HEADER.unpack(data, 0)
     total = header["total_length"]
     if total < MIN_FILE_SIZE:
-        raise PPDFError(FILE_HEADER.offsets["total_length"],
-                        f"total_length {total} is smaller than the smallest PPDF "
-                        f"({MIN_FILE_SIZE} bytes)")
+        raise PPDFError(
+            FILE_HEADER.offsets["total_length"],
+            f"total_length {total} is smaller than the smallest PPDF ({MIN_FILE_SIZE} bytes)",
+        )
     if total > len(data):
-        raise PPDFError(len(data), f"file is truncated: the header says {total} bytes, the "
-                                   f"file has {len(data)}")
+        raise PPDFError(
+            len(data), f"file is truncated: the header says {total} bytes, the file has {len(data)}"
+        )
     if total < len(data):
-        raise PPDFError(total, f"{len(data) - total} unexpected bytes after the end of the "
-                               f"file (the header says {total} bytes)")
+        raise PPDFError(
+            total,
+            f"{len(data) - total} unexpected bytes after the end of the "
+            f"file (the header says {total} bytes)",
+        )
     body_end = total - TRAILER.size
     stored = TRAILER.unpack(data, body_end)["crc32"]
     computed = zlib.crc32(memoryview(data)[:body_end])
     if stored != computed:
-        raise PPDFError(body_end, f"checksum mismatch: the trailer says {stored:#010x}, the "
-                                  f"contents give {computed:#010x} (the file is corrupted)")
+        raise PPDFError(
+            body_end,
+            f"checksum mismatch: the trailer says {stored:#010x}, the "
+            f"contents give {computed:#010x} (the file is corrupted)",
+        )
     return _section_spans(header, body_end)
 
 
@@ -486,13 +591,18 @@ def _section_spans(header: dict[str, Any], body_end: int) -> dict[str, _Span]:
         span = _Span(header[f"{s.key}_offset"], header[f"{s.key}_length"], entry)
         where = f"section {s.title} (bytes {span.start}..{span.end})"
         if span.start < FILE_HEADER.size or span.end > body_end:
-            raise PPDFError(entry, f"{where} is out of bounds: sections lie in bytes "
-                                   f"{FILE_HEADER.size}..{body_end}")
+            raise PPDFError(
+                entry,
+                f"{where} is out of bounds: sections lie in bytes {FILE_HEADER.size}..{body_end}",
+            )
         if span.start < expected:
             raise PPDFError(entry, f"{where} overlaps {owner} (bytes {owner_start}..{expected})")
         if span.start > expected:
-            raise PPDFError(entry, f"{where} does not start where the previous section ends "
-                                   f"({expected}): sections are stored in order, without gaps")
+            raise PPDFError(
+                entry,
+                f"{where} does not start where the previous section ends "
+                f"({expected}): sections are stored in order, without gaps",
+            )
         problem = s.length_problem(span.length)
         if problem is not None:
             raise PPDFError(entry + 4, problem)
@@ -516,12 +626,14 @@ def _decode_header(data: bytes, span: _Span, strings: _StringReader) -> ProgramH
     flags = v["flags"]
     known = MODTYPE_MASK | LOG_FIELDS_MASK | LOG_TARGET_MASK
     if flags & ~known:
-        raise PPDFError(flags_at, f"program header: flags {flags:#010x} has unknown bits "
-                                  f"{flags & ~known:#010x}")
+        raise PPDFError(
+            flags_at, f"program header: flags {flags:#010x} has unknown bits {flags & ~known:#010x}"
+        )
     return ProgramHeader(
         name=name,
-        modtype=_enum_value(ModuleType, flags & MODTYPE_MASK, flags_at,
-                            "program header: module type (flags & 0xff)"),
+        modtype=_enum_value(
+            ModuleType, flags & MODTYPE_MASK, flags_at, "program header: module type (flags & 0xff)"
+        ),
         major=v["major"],
         id=v["id"],
         jmpmax=v["jmpmax"],
@@ -532,45 +644,68 @@ def _decode_header(data: bytes, span: _Span, strings: _StringReader) -> ProgramH
         heapmax=v["heapmax"],
         autostacktrace=bool(v["autostacktrace"]),
         log_fields=LogField(flags & LOG_FIELDS_MASK),
-        log_target=_enum_value(LogTarget, flags & LOG_TARGET_MASK, flags_at,
-                               "program header: log target (flags & 0xff0000)"),
+        log_target=_enum_value(
+            LogTarget,
+            flags & LOG_TARGET_MASK,
+            flags_at,
+            "program header: log target (flags & 0xff0000)",
+        ),
     )
 
 
-def _decode_probe(at: int, v: dict[str, Any], what: str, header: ProgramHeader,
-                  code_length: int, strings: _StringReader) -> Probe:
+def _decode_probe(
+    at: int,
+    v: dict[str, Any],
+    what: str,
+    header: ProgramHeader,
+    code_length: int,
+    strings: _StringReader,
+) -> Probe:
     PROBE.check(v, at, what)
     word_at = at + PROBE.offsets["probe"]
     word = v["probe"]
     if word & ~(KIND_MASK | WATCH_TYPE_MASK):
-        raise PPDFError(word_at, f"{what}: probe word {word:#06x} has unknown bits "
-                                 f"{word & ~(KIND_MASK | WATCH_TYPE_MASK):#06x}")
+        raise PPDFError(
+            word_at,
+            f"{what}: probe word {word:#06x} has unknown bits "
+            f"{word & ~(KIND_MASK | WATCH_TYPE_MASK):#06x}",
+        )
     kind = _enum_value(ProbeKind, word & KIND_MASK, word_at, f"{what}: probe kind")
     watch_type = WatchType(word & WATCH_TYPE_MASK)
     len_at = at + PROBE.offsets["len"]
     if v["len"] + 1 not in WATCH_LENGTHS:
-        raise PPDFError(len_at, f"{what}: len {v['len']} means a watch length of "
-                                f"{v['len'] + 1} bytes; only 1, 2 or 4 are possible")
+        raise PPDFError(
+            len_at,
+            f"{what}: len {v['len']} means a watch length of "
+            f"{v['len'] + 1} bytes; only 1, 2 or 4 are possible",
+        )
     if kind is ProbeKind.BREAKPOINT and (watch_type or v["len"]):
-        raise PPDFError(word_at if watch_type else len_at,
-                        f"{what}: a breakpoint has watch type {watch_type.value} and len "
-                        f"{v['len']}; both must be 0")
+        raise PPDFError(
+            word_at if watch_type else len_at,
+            f"{what}: a breakpoint has watch type {watch_type.value} and len "
+            f"{v['len']}; both must be 0",
+        )
     if not v["opcode_set"] and v["opcode"]:
-        raise PPDFError(at + PROBE.offsets["opcode"],
-                        f"{what}: opcode {v['opcode']:#04x} is stored but opcode_set is 0")
+        raise PPDFError(
+            at + PROBE.offsets["opcode"],
+            f"{what}: opcode {v['opcode']:#04x} is stored but opcode_set is 0",
+        )
     if v["heap_size"] > header.heapmax:
-        raise PPDFError(at + PROBE.offsets["heap_size"],
-                        f"{what}: heap_size {v['heap_size']} exceeds the program's heapmax "
-                        f"{header.heapmax}")
+        raise PPDFError(
+            at + PROBE.offsets["heap_size"],
+            f"{what}: heap_size {v['heap_size']} exceeds the program's heapmax {header.heapmax}",
+        )
     start, end = v["rpn_offset"], v["rpn_end"]
     if end > code_length:
-        raise PPDFError(at + PROBE.offsets["rpn_end"],
-                        f"{what}: handler {start}..{end} ends past the code ({code_length} "
-                        "bytes)")
+        raise PPDFError(
+            at + PROBE.offsets["rpn_end"],
+            f"{what}: handler {start}..{end} ends past the code ({code_length} bytes)",
+        )
     if start >= end:
-        raise PPDFError(at + PROBE.offsets["rpn_offset"],
-                        f"{what}: handler {start}..{end} is empty (rpn_offset must be "
-                        "below rpn_end)")
+        raise PPDFError(
+            at + PROBE.offsets["rpn_offset"],
+            f"{what}: handler {start}..{end} is empty (rpn_offset must be below rpn_end)",
+        )
     return Probe(
         kind=kind,
         offset=v["offset"],
@@ -589,19 +724,21 @@ def _decode_probe(at: int, v: dict[str, Any], what: str, header: ProgramHeader,
         heap_size=v["heap_size"],
         watch_type=watch_type,
         watch_length=v["len"] + 1,
-        location=strings.get(v["location"], at + PROBE.offsets["location"],
-                             f"{what}: location"),
+        location=strings.get(v["location"], at + PROBE.offsets["location"], f"{what}: location"),
     )
 
 
-def _decode_probes(data: bytes, span: _Span, header: ProgramHeader, code_length: int,
-                   strings: _StringReader) -> tuple[Probe, ...]:
+def _decode_probes(
+    data: bytes, span: _Span, header: ProgramHeader, code_length: int, strings: _StringReader
+) -> tuple[Probe, ...]:
     count = span.length // PROBE.size
     if count == 0:
         raise PPDFError(span.entry + 4, "no probes: a program needs at least one probe")
     if count > code_length:
-        raise PPDFError(span.entry + 4, f"{count} probes cannot each have a non-empty handler "
-                                        f"in {code_length} code bytes")
+        raise PPDFError(
+            span.entry + 4,
+            f"{count} probes cannot each have a non-empty handler in {code_length} code bytes",
+        )
     probes = tuple(
         _decode_probe(at, v, f"probe {i}", header, code_length, strings)
         for i, (at, v) in enumerate(_records(data, span, PROBE))
@@ -610,47 +747,59 @@ def _decode_probes(data: bytes, span: _Span, header: ProgramHeader, code_length:
     for before, after in pairwise(order):
         a, b = probes[before], probes[after]
         if b.code_start < a.code_end:
-            raise PPDFError(span.start + after * PROBE.size + PROBE.offsets["rpn_offset"],
-                            f"probe {after}: handler {b.code_start}..{b.code_end} overlaps "
-                            f"probe {before}'s handler {a.code_start}..{a.code_end}")
+            raise PPDFError(
+                span.start + after * PROBE.size + PROBE.offsets["rpn_offset"],
+                f"probe {after}: handler {b.code_start}..{b.code_end} overlaps "
+                f"probe {before}'s handler {a.code_start}..{a.code_end}",
+            )
     return probes
 
 
-def _decode_source_map(data: bytes, span: _Span, code_length: int,
-                       strings: _StringReader) -> tuple[SourceLine, ...]:
+def _decode_source_map(
+    data: bytes, span: _Span, code_length: int, strings: _StringReader
+) -> tuple[SourceLine, ...]:
     entries: list[SourceLine] = []
     for i, (at, v) in enumerate(_records(data, span, SOURCE_LINE)):
         what = f"source map entry {i}"
         SOURCE_LINE.check(v, at, what)
         offset = v["offset"]
         if offset >= code_length:
-            raise PPDFError(at, f"{what}: code offset {offset} is outside the code "
-                                f"({code_length} bytes)")
+            raise PPDFError(
+                at, f"{what}: code offset {offset} is outside the code ({code_length} bytes)"
+            )
         if entries and offset <= entries[-1].offset:
-            raise PPDFError(at, f"{what}: code offset {offset} does not follow the previous "
-                                f"entry's {entries[-1].offset}: entries are sorted, one per "
-                                "offset")
+            raise PPDFError(
+                at,
+                f"{what}: code offset {offset} does not follow the previous "
+                f"entry's {entries[-1].offset}: entries are sorted, one per "
+                "offset",
+            )
         file = strings.get(v["file"], at + SOURCE_LINE.offsets["file"], f"{what}: file")
         entries.append(SourceLine(offset, file, v["line"], v["column"]))
     return tuple(entries)
 
 
-def _decode_labels(data: bytes, span: _Span, code_length: int,
-                   strings: _StringReader) -> tuple[tuple[int, str], ...]:
+def _decode_labels(
+    data: bytes, span: _Span, code_length: int, strings: _StringReader
+) -> tuple[tuple[int, str], ...]:
     labels: list[tuple[int, str]] = []
     index_by_name: dict[str, int] = {}
     for i, (at, v) in enumerate(_records(data, span, LABEL)):
         what = f"label {i}"
         if v["offset"] > code_length:
-            raise PPDFError(at, f"{what}: code offset {v['offset']} is past the end of the "
-                                f"code ({code_length} bytes)")
+            raise PPDFError(
+                at,
+                f"{what}: code offset {v['offset']} is past the end of the "
+                f"code ({code_length} bytes)",
+            )
         name_at = at + LABEL.offsets["name"]
         name = strings.get(v["name"], name_at, f"{what}: name")
         if not name:
             raise PPDFError(name_at, f"{what}: name is empty")
         if name in index_by_name:
-            raise PPDFError(name_at, f"{what}: name {name!r} is already used by label "
-                                     f"{index_by_name[name]}")
+            raise PPDFError(
+                name_at, f"{what}: name {name!r} is already used by label {index_by_name[name]}"
+            )
         index_by_name[name] = i
         labels.append((v["offset"], name))
     return tuple(labels)
@@ -666,7 +815,7 @@ def decode_ppdf(data: bytes, name: str = "<ppdf>") -> Program:
         spans = _check_envelope(data)
         strings = _StringReader(data, spans["strings"])
         header = _decode_header(data, spans["program_header"], strings)
-        code = data[spans["code"].start:spans["code"].end]
+        code = data[spans["code"].start : spans["code"].end]
         probes = _decode_probes(data, spans["probes"], header, len(code), strings)
         source_map = _decode_source_map(data, spans["source_map"], len(code), strings)
         labels = _decode_labels(data, spans["labels"], len(code), strings)
@@ -766,22 +915,30 @@ def encode_ppdf(program: Program) -> bytes:
     """
     strings = _StringTable()
     blobs = {
-        "program_header": PROGRAM_HEADER.pack(_header_record(program.header, strings),
-                                              "program header"),
+        "program_header": PROGRAM_HEADER.pack(
+            _header_record(program.header, strings), "program header"
+        ),
         "probes": b"".join(
             PROBE.pack(_probe_record(p, strings, f"probe {i}"), f"probe {i}")
             for i, p in enumerate(program.probes)
         ),
         "code": bytes(program.code),
         "source_map": b"".join(
-            SOURCE_LINE.pack({"offset": s.offset,
-                              "file": strings.add(s.file, f"source map entry {i}: file"),
-                              "line": s.line, "column": s.column}, f"source map entry {i}")
+            SOURCE_LINE.pack(
+                {
+                    "offset": s.offset,
+                    "file": strings.add(s.file, f"source map entry {i}: file"),
+                    "line": s.line,
+                    "column": s.column,
+                },
+                f"source map entry {i}",
+            )
             for i, s in enumerate(program.source_map)
         ),
         "labels": b"".join(
-            LABEL.pack({"offset": offset, "name": strings.add(name, f"label {i}: name")},
-                       f"label {i}")
+            LABEL.pack(
+                {"offset": offset, "name": strings.add(name, f"label {i}: name")}, f"label {i}"
+            )
             for i, (offset, name) in enumerate(program.labels)
         ),
         "formats": b"".join(
@@ -811,10 +968,12 @@ def encode_ppdf(program: Program) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dprobes.compiler.ppdf --doc``: print the layout tables of docs/ppdf.md."""
-    parser = argparse.ArgumentParser(prog="python -m dprobes.compiler.ppdf",
-                                     description="PPDF format tools")
-    parser.add_argument("--doc", action="store_true",
-                        help="print the generated layout tables of docs/ppdf.md")
+    parser = argparse.ArgumentParser(
+        prog="python -m dprobes.compiler.ppdf", description="PPDF format tools"
+    )
+    parser.add_argument(
+        "--doc", action="store_true", help="print the generated layout tables of docs/ppdf.md"
+    )
     args = parser.parse_args(argv)
     if not args.doc:
         parser.print_help()

@@ -99,8 +99,11 @@ def preprocess(
         cpp = _Cpp(sink, path, include_dirs)
         for key, value in defines.items():
             if not _MACRO_KEY.fullmatch(key) or "\n" in value:
-                sink.error(None, f"bad -D definition {f'{key}={value}'!r}",
-                           "expected -D NAME=VALUE or -D 'NAME(ARGS)=VALUE', on one line")
+                sink.error(
+                    None,
+                    f"bad -D definition {f'{key}={value}'!r}",
+                    "expected -D NAME=VALUE or -D 'NAME(ARGS)=VALUE', on one line",
+                )
             else:
                 cpp.define(f"{key} {value or '1'}")
         lines = cpp.run(path, text)
@@ -169,13 +172,18 @@ class _Cpp(Preprocessor):
         return tok.lexpos - self.line_starts[tok.source][tok.lineno - 1] + 1
 
     def _span(self, first: LexToken, last: LexToken) -> SourceLoc:
-        return SourceLoc(first.source, first.lineno, self._column(first),
-                         self._column(last) + len(last.value))
+        return SourceLoc(
+            first.source, first.lineno, self._column(first), self._column(last) + len(last.value)
+        )
 
     # -- pcpp internals wrapped ------------------------------------------------------
 
-    def parsegen(self, input: str, source: str | None = None, abssource: str | None = None,
-                 ) -> Iterator[LexToken]:
+    def parsegen(
+        self,
+        input: str,
+        source: str | None = None,
+        abssource: str | None = None,
+    ) -> Iterator[LexToken]:
         """Name the file, and keep the stack of #include sites for the depth limit."""
         name = self.names[abssource]
         self.rewrite_paths = [(re.escape(abssource) + r"\Z", lambda _match: name)]
@@ -196,15 +204,24 @@ class _Cpp(Preprocessor):
         self.line_starts[abssource] = list(accumulate(lengths, initial=0))
         for line in super().group_lines(input, abssource):
             for slash, star in pairwise(line):
-                if (slash.value == "/" and star.value.startswith("*")
-                        and star.lexpos == slash.lexpos + 1):
-                    self.sink.error(self._span(slash, star), "unterminated /* comment",
-                                    "the comment runs to the end of the file; close it with */")
+                if (
+                    slash.value == "/"
+                    and star.value.startswith("*")
+                    and star.lexpos == slash.lexpos + 1
+                ):
+                    self.sink.error(
+                        self._span(slash, star),
+                        "unterminated /* comment",
+                        "the comment runs to the end of the file; close it with */",
+                    )
                     return
             yield line
 
-    def include(self, tokens: list[LexToken], original_line: list[LexToken],
-                ) -> Iterator[LexToken]:
+    def include(
+        self,
+        tokens: list[LexToken],
+        original_line: list[LexToken],
+    ) -> Iterator[LexToken]:
         """Search only the including file's directory, then the include directories.
 
         pcpp would also search the directory of every file further up the include chain.
@@ -245,15 +262,25 @@ class _Cpp(Preprocessor):
             loc = SourceLoc(file, line, 1)
         self.sink.error(loc, " ".join(msg.split()))
 
-    def on_directive_handle(self, directive: LexToken, toks: list[LexToken], ifpassthru: bool,
-                            precedingtoks: list[LexToken]) -> bool:
+    def on_directive_handle(
+        self,
+        directive: LexToken,
+        toks: list[LexToken],
+        ifpassthru: bool,
+        precedingtoks: list[LexToken],
+    ) -> bool:
         """Remember the directive (from its ``#``), to locate what goes wrong in it."""
         self.directive = self._span(precedingtoks[0], directive)
         self.directive_name = directive.value
         return super().on_directive_handle(directive, toks, ifpassthru, precedingtoks)
 
-    def on_directive_unknown(self, directive: LexToken, toks: list[LexToken], ifpassthru: bool,
-                             precedingtoks: list[LexToken]) -> bool:
+    def on_directive_unknown(
+        self,
+        directive: LexToken,
+        toks: list[LexToken],
+        ifpassthru: bool,
+        precedingtoks: list[LexToken],
+    ) -> bool:
         """``#error`` and ``#warning`` report their text; anything else is an error."""
         line = f"#{directive.value} {''.join(tok.value for tok in toks)}".rstrip()
         if directive.value == "error":
@@ -261,11 +288,13 @@ class _Cpp(Preprocessor):
         elif directive.value == "warning":
             self.sink.warning(self.directive, line)
         elif directive.value == "pragma":
-            self.sink.warning(self.directive, f"ignoring {line}",
-                              "only #pragma once is supported")
+            self.sink.warning(self.directive, f"ignoring {line}", "only #pragma once is supported")
         else:
-            self.sink.error(self.directive, f"unknown preprocessor directive #{directive.value}",
-                            "in RPN source '#' starts a preprocessor directive and nothing else")
+            self.sink.error(
+                self.directive,
+                f"unknown preprocessor directive #{directive.value}",
+                "in RPN source '#' starts a preprocessor directive and nothing else",
+            )
         return True
 
     def on_unknown_macro_in_defined_expr(self, tok: LexToken) -> bool:
@@ -292,14 +321,18 @@ class _Cpp(Preprocessor):
             raise OutputDirective(Action.IgnoreAndRemove)
         return io.StringIO(text)
 
-    def on_include_not_found(self, is_malformed: bool, is_system_include: bool, curdir: str,
-                             includepath: str) -> str:
+    def on_include_not_found(
+        self, is_malformed: bool, is_system_include: bool, curdir: str, includepath: str
+    ) -> str:
         if is_malformed:
-            self.sink.error(self.directive, f"#include expects \"FILE\", not {includepath}")
+            self.sink.error(self.directive, f'#include expects "FILE", not {includepath}')
         else:
             searched = ([] if is_system_include else self.temp_path) + self.path
-            self.sink.error(self.directive, f"cannot find include file '{includepath}'",
-                            f"searched: {', '.join(repr(d) for d in searched) or 'nothing'}")
+            self.sink.error(
+                self.directive,
+                f"cannot find include file '{includepath}'",
+                f"searched: {', '.join(repr(d) for d in searched) or 'nothing'}",
+            )
         raise OutputDirective(Action.IgnoreAndRemove)
 
     def _too_deep(self, name: str) -> None:
@@ -310,8 +343,9 @@ class _Cpp(Preprocessor):
         hints = [f"include chain: {' -> '.join(chain)}"]
         if name in {site.file for site in sites}:
             hints.append(f"'{name}' includes itself; guard it with #pragma once or #ifndef")
-        self.sink.error(self.directive,
-                        f"#include nested more than {MAX_INCLUDE_DEPTH} levels deep", *hints)
+        self.sink.error(
+            self.directive, f"#include nested more than {MAX_INCLUDE_DEPTH} levels deep", *hints
+        )
 
 
 def _display_name(path: str) -> str:
@@ -320,8 +354,7 @@ def _display_name(path: str) -> str:
     return path if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
 
 
-def _read_source(path: str, name: str, sink: DiagnosticSink,
-                 where: SourceLoc | None) -> str | None:
+def _read_source(path: str, name: str, sink: DiagnosticSink, where: SourceLoc | None) -> str | None:
     """Read a source file as UTF-8 text; None after reporting why it cannot be used.
 
     Problems opening the file are reported at ``where`` (the #include, or nowhere for
@@ -342,8 +375,10 @@ def _read_source(path: str, name: str, sink: DiagnosticSink,
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line, column = _line_column(data[: exc.start].decode("utf-8"))
-        sink.error(SourceLoc(name, line, column),
-                   f"'{name}' is not UTF-8 text: byte 0x{data[exc.start]:02x} at {line}:{column}")
+        sink.error(
+            SourceLoc(name, line, column),
+            f"'{name}' is not UTF-8 text: byte 0x{data[exc.start]:02x} at {line}:{column}",
+        )
         return None
     return _check_text(text, name, sink)
 
@@ -354,8 +389,10 @@ def _check_text(text: str, name: str, sink: DiagnosticSink) -> str | None:
     nul = text.find("\0")
     if nul >= 0:
         line, column = _line_column(text[:nul])
-        sink.error(SourceLoc(name, line, column),
-                   f"'{name}' is not a text file: NUL byte at {line}:{column}")
+        sink.error(
+            SourceLoc(name, line, column),
+            f"'{name}' is not a text file: NUL byte at {line}:{column}",
+        )
         return None
     return text.translate(_ODD_LINE_BREAKS)
 

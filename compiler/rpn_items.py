@@ -55,14 +55,15 @@ def _number(lo: int, hi: int) -> ValueReader:
         if arg is None:
             return None
         if not isinstance(arg, ast.NumberArg):
-            sink.error(item.value_loc, f"'{item.keyword}' needs a number in {lo}..{hi}, "
-                                       f"not '{item.value}'")
+            sink.error(
+                item.value_loc, f"'{item.keyword}' needs a number in {lo}..{hi}, not '{item.value}'"
+            )
             return None
         if not lo <= arg.value <= hi:
-            sink.error(item.value_loc, f"'{item.keyword}' must be in {lo}..{hi}, "
-                                       f"not {arg.value}")
+            sink.error(item.value_loc, f"'{item.keyword}' must be in {lo}..{hi}, not {arg.value}")
             return None
         return arg.value
+
     return read
 
 
@@ -73,10 +74,14 @@ def _clamped(limit: int) -> ValueReader:
     def read(item: ast.Item, sink: DiagnosticSink) -> int | None:
         value = word(item, sink)
         if value is not None and value > limit:
-            sink.warning(item.value_loc, f"'{item.keyword}' {value} is over the kernel's limit; "
-                                         f"clamped to {limit} as DProbes 5.0 did")
+            sink.warning(
+                item.value_loc,
+                f"'{item.keyword}' {value} is over the kernel's limit; "
+                f"clamped to {limit} as DProbes 5.0 did",
+            )
             return limit
         return value
+
     return read
 
 
@@ -84,9 +89,11 @@ def _choice(choices: Mapping[str, object]) -> ValueReader:
     def read(item: ast.Item, sink: DiagnosticSink) -> object:
         value = choices.get(item.value.lower())
         if value is None:
-            sink.error(item.value_loc, f"'{item.keyword}' must be {'|'.join(choices)}, "
-                                       f"not '{item.value}'")
+            sink.error(
+                item.value_loc, f"'{item.keyword}' must be {'|'.join(choices)}, not '{item.value}'"
+            )
         return value
+
     return read
 
 
@@ -106,8 +113,9 @@ def _log_fields(item: ast.Item, sink: DiagnosticSink) -> LogField | None:
 def _log_target(item: ast.Item, sink: DiagnosticSink) -> LogTarget | None:
     """``log_target = KLOG|COM1|COM2|EVL``; LTT is refused until it is implemented."""
     if item.value.lower() == LogTarget.LTT.name.lower():
-        sink.error(item.value_loc, "log target LTT is not implemented yet",
-                   "use KLOG, COM1, COM2 or EVL")
+        sink.error(
+            item.value_loc, "log target LTT is not implemented yet", "use KLOG, COM1, COM2 or EVL"
+        )
         return None
     return _LOG_TARGETS(item, sink)  # type: ignore[return-value]
 
@@ -154,9 +162,18 @@ PROBE_KEYWORDS: dict[str, Keyword] = {
     "logonfault": Keyword("logonfault", _YES_NO),
     "ex_mask": Keyword("ex_mask", _U16),
     "heap_size": Keyword("heap_size", _number(0, WORD_MASK)),
-    "watch_type": Keyword("watch_type", _choice({"x": WatchType.EXECUTE, "w": WatchType.WRITE,
-                                                 "rw": WatchType.READWRITE, "io": WatchType.IO}),
-                          watchpoint_only=True),
+    "watch_type": Keyword(
+        "watch_type",
+        _choice(
+            {
+                "x": WatchType.EXECUTE,
+                "w": WatchType.WRITE,
+                "rw": WatchType.READWRITE,
+                "io": WatchType.IO,
+            }
+        ),
+        watchpoint_only=True,
+    ),
     "length": Keyword("watch_length", _choice({"1": 1, "2": 2, "4": 4}), watchpoint_only=True),
 }
 
@@ -165,8 +182,11 @@ ALL_KEYWORDS = frozenset({*HEADER_KEYWORDS, *PROBE_STARTS, *PROBE_KEYWORDS})
 
 def unknown_keyword(item: ast.Item, sink: DiagnosticSink) -> None:
     """Report a keyword no table knows, with the closest known spelling."""
-    sink.error(item.loc, f"unknown keyword '{item.keyword}'",
-               *did_you_mean(item.keyword.lower(), ALL_KEYWORDS))
+    sink.error(
+        item.loc,
+        f"unknown keyword '{item.keyword}'",
+        *did_you_mean(item.keyword.lower(), ALL_KEYWORDS),
+    )
 
 
 @dataclass
@@ -179,8 +199,7 @@ class _Items:
     def add(self, item: ast.Item, keyword: Keyword, sink: DiagnosticSink) -> None:
         first = self.items.get(keyword.field)
         if first is not None:
-            sink.error(item.loc, f"'{item.keyword}' is given twice",
-                       f"first given at {first.loc}")
+            sink.error(item.loc, f"'{item.keyword}' is given twice", f"first given at {first.loc}")
             return
         self.items[keyword.field] = item
         value = keyword.read(item, sink)
@@ -194,9 +213,10 @@ class HeaderItems(_Items):
 
     def finish(self, loc: SourceLoc, sink: DiagnosticSink) -> ProgramHeader | None:
         """The header, or None (after reporting) when ``name`` or ``modtype`` is missing."""
-        hints = {"name": "add 'name = <module>': a path (user), a module name (kmod), "
-                         "anything (kernel)",
-                 "modtype": "add 'modtype = user|kernel|kmod'"}
+        hints = {
+            "name": "add 'name = <module>': a path (user), a module name (kmod), anything (kernel)",
+            "modtype": "add 'modtype = user|kernel|kmod'",
+        }
         for key, hint in hints.items():
             if key not in self.items:
                 sink.error(loc, f"the program header has no '{key}'", hint)
@@ -221,13 +241,17 @@ class ProbeItems(_Items):
 
     def add(self, item: ast.Item, keyword: Keyword, sink: DiagnosticSink) -> None:
         if keyword.watchpoint_only and self.kind is not ProbeKind.WATCHPOINT:
-            sink.error(item.loc, f"'{item.keyword}' is only for watchpoints",
-                       "a watchpoint probe starts with 'watchpoint = <location>'")
+            sink.error(
+                item.loc,
+                f"'{item.keyword}' is only for watchpoints",
+                "a watchpoint probe starts with 'watchpoint = <location>'",
+            )
             return
         super().add(item, keyword, sink)
 
-    def finish(self, header: ProgramHeader | None, symbols: SymbolTable,
-               sink: DiagnosticSink) -> Probe | None:
+    def finish(
+        self, header: ProgramHeader | None, symbols: SymbolTable, sink: DiagnosticSink
+    ) -> Probe | None:
         """The probe record (code range still 0), or None after reporting a problem.
 
         Needs the header for the module type (symbol locations), the default major and
@@ -239,16 +263,24 @@ class ProbeItems(_Items):
         if not self._heap_ok(header, sink) or offset is None:
             return None
         values = {"major": header.major, **self.values}
-        return Probe(kind=self.kind, offset=offset, code_start=0, code_end=0,
-                     location=self.start.value, **values)
+        return Probe(
+            kind=self.kind,
+            offset=offset,
+            code_start=0,
+            code_end=0,
+            location=self.start.value,
+            **values,
+        )
 
-    def _offset(self, header: ProgramHeader, symbols: SymbolTable,
-                sink: DiagnosticSink) -> int | None:
+    def _offset(
+        self, header: ProgramHeader, symbols: SymbolTable, sink: DiagnosticSink
+    ) -> int | None:
         where = self.location
         if isinstance(where, ast.NumberArg):
             if not 0 <= where.value <= WORD_MASK:
-                sink.error(where.loc, f"a probe location must be in 0..{WORD_MASK:#x}, "
-                                      f"not {where.value}")
+                sink.error(
+                    where.loc, f"a probe location must be in 0..{WORD_MASK:#x}, not {where.value}"
+                )
                 return None
             return where.value
         if where is None:
@@ -261,11 +293,15 @@ class ProbeItems(_Items):
         size = self.values.get("heap_size", 0)
         assert isinstance(size, int)
         if size > header.heapmax:
-            sink.error(self.items["heap_size"].value_loc,
-                       f"heap_size {size} is over the program's heapmax {header.heapmax}")
+            sink.error(
+                self.items["heap_size"].value_loc,
+                f"heap_size {size} is over the program's heapmax {header.heapmax}",
+            )
             return False
         if 0 < size <= MIN_HEAP_SIZE:
-            sink.warning(self.items["heap_size"].value_loc,
-                         f"heap_size {size} is too small for a heap (it needs more than "
-                         f"{MIN_HEAP_SIZE} bytes): every malloc raises EX_HEAP_NOMEM")
+            sink.warning(
+                self.items["heap_size"].value_loc,
+                f"heap_size {size} is too small for a heap (it needs more than "
+                f"{MIN_HEAP_SIZE} bytes): every malloc raises EX_HEAP_NOMEM",
+            )
         return True

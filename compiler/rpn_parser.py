@@ -28,8 +28,13 @@ Locate = Callable[[int, int, int | None], SourceLoc]
 @cache
 def _lark() -> Lark:
     grammar = resources.files("dprobes.grammar").joinpath("rpn.lark").read_text()
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
-                start=["start", "expr"])
+    return Lark(
+        grammar,
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        start=["start", "expr"],
+    )
 
 
 def _parse_lines(text: str) -> Tree:
@@ -87,8 +92,7 @@ class _ToAst(Transformer):
     def symbol_arg(self, children: list[Token]) -> ast.SymbolArg:
         (token,) = children
         split = max(token.rfind("+"), token.rfind("-"))
-        return ast.SymbolArg(token[:split], _number(token[split:].lstrip("+")),
-                             self._loc(token))
+        return ast.SymbolArg(token[:split], _number(token[split:].lstrip("+")), self._loc(token))
 
 
 def parse_rpn(pre: Preprocessed, sink: DiagnosticSink) -> ast.File | None:
@@ -116,8 +120,9 @@ def parse_value(item: ast.Item, sink: DiagnosticSink) -> ast.Arg | None:
         tree = _lark().parse(item.value, start="expr")
     except UnexpectedInput as error:
         loc, _ = _syntax_error(error, locate)
-        sink.error(loc, f"'{item.keyword}' needs a number, a symbol or symbol+offset, "
-                        f"not '{item.value}'")
+        sink.error(
+            loc, f"'{item.keyword}' needs a number, a symbol or symbol+offset, not '{item.value}'"
+        )
         return None
     return _ToAst(locate).transform(tree)
 
@@ -137,14 +142,19 @@ _TERMINALS = {
 }
 
 _ARGS = ("r", "1", "s+1")
-_AFTER_WORDS = ["L: push",
-                *(f"push {a}{rest}" for a in _ARGS for rest in ("", " x", ", x", " 1", ", 1"))]
+_AFTER_WORDS = [
+    "L: push",
+    *(f"push {a}{rest}" for a in _ARGS for rest in ("", " x", ", x", " 1", ", 1")),
+]
 _MISTAKES: dict[str, list[str]] = {
     "missing value after '='": ["k =\n"],
     "missing operand after ','": [f"push {a},\n" for a in _ARGS],
     "too many operands: an instruction takes at most a qualifier and one operand": [
         f"push {a}{sep}{b} {extra}\n"
-        for a in _ARGS for sep in (" ", ", ") for b in _ARGS for extra in (*_ARGS, ",")
+        for a in _ARGS
+        for sep in (" ", ", ")
+        for b in _ARGS
+        for extra in (*_ARGS, ",")
     ],
     "'=' needs a keyword in front of it": ["= 1\n"],
     "a label needs a name in front of ':'": [": x\n"],
@@ -207,8 +217,11 @@ def _syntax_error(error: UnexpectedInput, locate: Locate) -> tuple[SourceLoc, st
     label = _mistake_labels().get(_state_key(error))
     if label is not None:
         return loc, label
-    found = f"'{token}'" if token.type in ("NAME", "NUMBER", "SYMEXPR") else _TERMINALS.get(
-        token.type, repr(str(token)))
+    found = (
+        f"'{token}'"
+        if token.type in ("NAME", "NUMBER", "SYMEXPR")
+        else _TERMINALS.get(token.type, repr(str(token)))
+    )
     expected = sorted(_TERMINALS.get(name, name) for name in error.accepts or error.expected)
     return loc, f"unexpected {found}; expected {' or '.join(expected)}"
 
@@ -217,10 +230,13 @@ def _stray_text(token: Token, locate: Locate) -> tuple[SourceLoc, str]:
     word = token.split()[0]
     char = word[0]
     if char.isdigit():
-        return (locate(token.line, token.column, token.column + len(word)),
-                f"malformed number '{word}'")
+        return (
+            locate(token.line, token.column, token.column + len(word)),
+            f"malformed number '{word}'",
+        )
     loc = locate(token.line, token.column, token.column + 1)
     if char in "+-":
-        return loc, (f"unexpected '{char}': write symbol{char}number and negative numbers "
-                     "without spaces")
+        return loc, (
+            f"unexpected '{char}': write symbol{char}number and negative numbers without spaces"
+        )
     return loc, f"unexpected character '{char}'"

@@ -97,13 +97,17 @@ class SymbolTable:
                 continue
             match = _MAP_LINE.fullmatch(line.strip())
             if match is None:
-                sink.error(SourceLoc(path, number, 1),
-                           "not a System.map line: expected 'address type name'")
+                sink.error(
+                    SourceLoc(path, number, 1),
+                    "not a System.map line: expected 'address type name'",
+                )
                 return None
             address, kind, name = int(match[1], 16), match[2], match[3]
             if address > WORD_MASK:
-                sink.error(SourceLoc(path, number, 1),
-                           f"address {match[1]} does not fit 32 bits (a 64-bit System.map?)")
+                sink.error(
+                    SourceLoc(path, number, 1),
+                    f"address {match[1]} does not fit 32 bits (a 64-bit System.map?)",
+                )
                 return None
             if kind in "Uu":
                 continue
@@ -124,16 +128,29 @@ class SymbolTable:
     def lookup(self, name: str) -> Symbol | None:
         return self.symbols.get(name)
 
-    def address(self, name: str, addend: int, loc: SourceLoc, sink: DiagnosticSink,
-                hints: tuple[str, ...] = ()) -> int | None:
+    def address(
+        self,
+        name: str,
+        addend: int,
+        loc: SourceLoc,
+        sink: DiagnosticSink,
+        hints: tuple[str, ...] = (),
+    ) -> int | None:
         """The word ``push name+addend`` pushes, or None after reporting why there is none."""
         symbol = self._resolve(name, loc, sink, hints)
         if symbol is None or not self._has_address(symbol, loc, sink):
             return None
         return (symbol.value + addend) & WORD_MASK
 
-    def probe_offset(self, name: str, addend: int, modtype: ModuleType, absolute: bool,
-                     loc: SourceLoc, sink: DiagnosticSink) -> int | None:
+    def probe_offset(
+        self,
+        name: str,
+        addend: int,
+        modtype: ModuleType,
+        absolute: bool,
+        loc: SourceLoc,
+        sink: DiagnosticSink,
+    ) -> int | None:
         """The probe record's ``offset`` for ``name+addend`` (rules in the module docstring)."""
         symbol = self._resolve(name, loc, sink, ())
         if symbol is None:
@@ -147,23 +164,30 @@ class SymbolTable:
             return address
         if modtype is ModuleType.KERNEL:
             if address < PAGE_OFFSET:
-                sink.error(loc, f"'{name}' ({address:#010x}) is below the kernel's "
-                                f"PAGE_OFFSET {PAGE_OFFSET:#x}",
-                           "write 'address = absolute' to probe it by address")
+                sink.error(
+                    loc,
+                    f"'{name}' ({address:#010x}) is below the kernel's "
+                    f"PAGE_OFFSET {PAGE_OFFSET:#x}",
+                    "write 'address = absolute' to probe it by address",
+                )
                 return None
             return address - PAGE_OFFSET
         return self._file_offset(name, address, loc, sink)
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _resolve(self, name: str, loc: SourceLoc, sink: DiagnosticSink,
-                 hints: tuple[str, ...]) -> Symbol | None:
+    def _resolve(
+        self, name: str, loc: SourceLoc, sink: DiagnosticSink, hints: tuple[str, ...]
+    ) -> Symbol | None:
         symbol = self.symbols.get(name)
         if symbol is not None:
             return symbol
         if not self.symbols:
-            hints = (*hints, "no symbol table is loaded: give the module's ELF file "
-                             "or a System.map file (--sym)")
+            hints = (
+                *hints,
+                "no symbol table is loaded: give the module's ELF file "
+                "or a System.map file (--sym)",
+            )
         else:
             close = difflib.get_close_matches(name, self.symbols, n=3)
             if close:
@@ -174,39 +198,55 @@ class SymbolTable:
     @staticmethod
     def _has_address(symbol: Symbol, loc: SourceLoc, sink: DiagnosticSink) -> bool:
         if symbol.relocatable:
-            sink.error(loc, f"'{symbol.name}' is in a relocatable object ({symbol.section}) "
-                            "and has no address until the module is loaded",
-                       "use it as a kmod probe offset, or give a --sym file with the "
-                       "loaded module's addresses")
+            sink.error(
+                loc,
+                f"'{symbol.name}' is in a relocatable object ({symbol.section}) "
+                "and has no address until the module is loaded",
+                "use it as a kmod probe offset, or give a --sym file with the "
+                "loaded module's addresses",
+            )
         return not symbol.relocatable
 
     @staticmethod
-    def _module_offset(symbol: Symbol, addend: int, loc: SourceLoc,
-                       sink: DiagnosticSink) -> int | None:
+    def _module_offset(
+        symbol: Symbol, addend: int, loc: SourceLoc, sink: DiagnosticSink
+    ) -> int | None:
         if not symbol.relocatable:
-            sink.error(loc, f"'{symbol.name}' is an address, not an offset in a module object",
-                       "a kmod probe offset needs the module's relocatable object file, "
-                       "or write 'address = absolute'")
+            sink.error(
+                loc,
+                f"'{symbol.name}' is an address, not an offset in a module object",
+                "a kmod probe offset needs the module's relocatable object file, "
+                "or write 'address = absolute'",
+            )
             return None
         if symbol.section != ".text":
-            sink.warning(loc, f"'{symbol.name}' is in section {symbol.section}: its offset is "
-                              "taken from the start of that section, which is the module "
-                              "base only for the first section of the module (.text)")
+            sink.warning(
+                loc,
+                f"'{symbol.name}' is in section {symbol.section}: its offset is "
+                "taken from the start of that section, which is the module "
+                "base only for the first section of the module (.text)",
+            )
         return (symbol.value + addend) & WORD_MASK
 
-    def _file_offset(self, name: str, address: int, loc: SourceLoc,
-                     sink: DiagnosticSink) -> int | None:
+    def _file_offset(
+        self, name: str, address: int, loc: SourceLoc, sink: DiagnosticSink
+    ) -> int | None:
         if not self.segments:
-            sink.error(loc, f"cannot turn '{name}' into a file offset without the module's "
-                            "ELF program headers",
-                       "a user probe offset is a file offset: give the module's ELF file")
+            sink.error(
+                loc,
+                f"cannot turn '{name}' into a file offset without the module's ELF program headers",
+                "a user probe offset is a file offset: give the module's ELF file",
+            )
             return None
         for segment in self.segments:
             offset = segment.file_offset(address)
             if offset is not None:
                 return offset
-        sink.error(loc, f"'{name}' ({address:#010x}) is not in the file bytes of a loaded "
-                        "segment (PT_LOAD) of the module")
+        sink.error(
+            loc,
+            f"'{name}' ({address:#010x}) is not in the file bytes of a loaded "
+            "segment (PT_LOAD) of the module",
+        )
         return None
 
 
@@ -221,8 +261,9 @@ def _elf_symbols(elf: ElfFile) -> dict[str, Symbol]:
     for entry in elf.symbols:
         if entry.type in _SKIPPED_TYPES:
             continue
-        symbol = Symbol(entry.name, entry.value, entry.section,
-                        relocatable_file and entry.in_section)
+        symbol = Symbol(
+            entry.name, entry.value, entry.section, relocatable_file and entry.in_section
+        )
         _add(symbols, local, symbol, is_local=entry.bind == "STB_LOCAL")
     return symbols
 

@@ -27,6 +27,7 @@ def _locator(program: Program, file: str) -> Callable[[int], Location]:
         if entry is None:
             return ByteLoc(file, offset)
         return SourceLoc(entry.file, entry.line, entry.column)
+
     return locate
 
 
@@ -37,8 +38,9 @@ def _check_register(insn: Instruction, locate, sink: DiagnosticSink) -> None:
     reg = REGISTERS_BY_INDEX.get(insn.operand or 0)
     if reg is None or not rule.accepts(reg):
         shown = reg.name if reg else f"register index 0x{insn.operand:x}"
-        sink.error(locate(insn.offset), f"'{insn.op.mnemonic} {insn.op.qualifier}' cannot take "
-                   f"{shown}")
+        sink.error(
+            locate(insn.offset), f"'{insn.op.mnemonic} {insn.op.qualifier}' cannot take {shown}"
+        )
 
 
 def _successors(insn: Instruction) -> list[int]:
@@ -52,8 +54,9 @@ def _successors(insn: Instruction) -> list[int]:
     return following
 
 
-def verify_probe(program: Program, index: int, sink: DiagnosticSink,
-                 locate: Callable[[int], Location]) -> None:
+def verify_probe(
+    program: Program, index: int, sink: DiagnosticSink, locate: Callable[[int], Location]
+) -> None:
     probe = program.probes[index]
     try:
         instructions = program.instructions(index)
@@ -65,10 +68,15 @@ def verify_probe(program: Program, index: int, sink: DiagnosticSink,
         _check_register(insn, locate, sink)
         target = insn.target
         if target is not None and target not in at:
-            where = "inside an instruction" if probe.code_start <= target < probe.code_end \
+            where = (
+                "inside an instruction"
+                if probe.code_start <= target < probe.code_end
                 else "outside the probe's code"
-            sink.error(locate(insn.offset), f"probe {index}: {insn.op.mnemonic} target offset "
-                       f"{target} is {where}")
+            )
+            sink.error(
+                locate(insn.offset),
+                f"probe {index}: {insn.op.mnemonic} target offset {target} is {where}",
+            )
     if not sink.ok:
         return
     seen: set[int] = set()
@@ -81,15 +89,20 @@ def verify_probe(program: Program, index: int, sink: DiagnosticSink,
         insn = at[offset]
         for following in _successors(insn):
             if following == probe.code_end:
-                sink.error(locate(offset), f"probe {index}: control can run off the end of the "
-                           f"handler after '{insn.op.syntax}'",
-                           "end every path with exit, exit_to, rem, abort, jmp or ret")
+                sink.error(
+                    locate(offset),
+                    f"probe {index}: control can run off the end of the "
+                    f"handler after '{insn.op.syntax}'",
+                    "end every path with exit, exit_to, rem, abort, jmp or ret",
+                )
             else:
                 pending.append(following)
     unreachable = [insn for insn in instructions if insn.offset not in seen]
     if unreachable:
-        sink.warning(locate(unreachable[0].offset),
-                     f"probe {index}: {len(unreachable)} unreachable instruction(s)")
+        sink.warning(
+            locate(unreachable[0].offset),
+            f"probe {index}: {len(unreachable)} unreachable instruction(s)",
+        )
 
 
 def verify(program: Program, sink: DiagnosticSink, file: str = "<program>") -> bool:

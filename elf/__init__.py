@@ -20,5 +20,14 @@ from dprobes.elf.reader import (
     read_elf,
 )
 
-__all__ = ["EM_NAMES", "PF_R", "PF_W", "PF_X", "ElfError", "ElfFile", "ElfSymbol", "Segment",
-           "read_elf"]
+__all__ = [
+    "EM_NAMES",
+    "PF_R",
+    "PF_W",
+    "PF_X",
+    "ElfError",
+    "ElfFile",
+    "ElfSymbol",
+    "Segment",
+    "read_elf",
+]

@@ -31,8 +31,16 @@ from elftools.elf.sections import SymbolTableSection
 PF_X, PF_W, PF_R = 1, 2, 4
 """Segment permission bits (``p_flags``)."""
 EM_386 = 3
-EM_NAMES = {0: "none", 3: "i386", 8: "MIPS", 20: "PowerPC", 40: "ARM", 62: "x86-64",
-            183: "AArch64", 243: "RISC-V"}
+EM_NAMES = {
+    0: "none",
+    3: "i386",
+    8: "MIPS",
+    20: "PowerPC",
+    40: "ARM",
+    62: "x86-64",
+    183: "AArch64",
+    243: "RISC-V",
+}
 """Names of the machines a refused file is most likely built for."""
 ELF32_HEADER_SIZE = 52
 ELF32_SYMBOL_SIZE = 16
@@ -103,18 +111,32 @@ class ElfFile:
             self.phentsize: int = header["e_phentsize"]
             table_end = self.phoff + self.phnum * self.phentsize
             if self.phnum and table_end > len(data):
-                raise ElfError(len(data), f"truncated ELF file: program headers end at byte "
-                                          f"{table_end}, the file has {len(data)}")
+                raise ElfError(
+                    len(data),
+                    f"truncated ELF file: program headers end at byte "
+                    f"{table_end}, the file has {len(data)}",
+                )
             self.segments: tuple[Segment, ...] = tuple(
-                Segment(_name(s["p_type"]), s["p_flags"], s["p_offset"], s["p_vaddr"],
-                        s["p_filesz"], s["p_memsz"]) for s in self._elf.iter_segments())
+                Segment(
+                    _name(s["p_type"]),
+                    s["p_flags"],
+                    s["p_offset"],
+                    s["p_vaddr"],
+                    s["p_filesz"],
+                    s["p_memsz"],
+                )
+                for s in self._elf.iter_segments()
+            )
         except _PYELFTOOLS_ERRORS as error:
             raise ElfError(0, f"truncated or malformed ELF file: {error}") from None
         for number, segment in enumerate(self.segments):
             end = segment.offset + segment.filesz
             if end > len(data):
-                raise ElfError(len(data), f"truncated ELF file: segment {number} needs bytes "
-                                          f"up to {end}, the file has {len(data)}")
+                raise ElfError(
+                    len(data),
+                    f"truncated ELF file: segment {number} needs bytes "
+                    f"up to {end}, the file has {len(data)}",
+                )
         self.data = data
         self._symbols: tuple[ElfSymbol, ...] | ElfError | None = None
 
@@ -143,15 +165,24 @@ class ElfFile:
         for section in elf.iter_sections():
             end = section["sh_offset"] + section["sh_size"]
             if section["sh_type"] != "SHT_NOBITS" and end > size:
-                raise ElfError(size, f"truncated ELF file: section {section.name} ends at "
-                                     f"byte {end}, the file has {size}")
-            if isinstance(section, SymbolTableSection) \
-                    and section["sh_entsize"] != ELF32_SYMBOL_SIZE:
-                raise ElfError(section["sh_offset"],
-                               f"malformed symbol table {section.name}: entry size "
-                               f"{section['sh_entsize']}, expected {ELF32_SYMBOL_SIZE}")
-        tables = sorted((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)),
-                        key=lambda s: s["sh_type"] != "SHT_SYMTAB")
+                raise ElfError(
+                    size,
+                    f"truncated ELF file: section {section.name} ends at "
+                    f"byte {end}, the file has {size}",
+                )
+            if (
+                isinstance(section, SymbolTableSection)
+                and section["sh_entsize"] != ELF32_SYMBOL_SIZE
+            ):
+                raise ElfError(
+                    section["sh_offset"],
+                    f"malformed symbol table {section.name}: entry size "
+                    f"{section['sh_entsize']}, expected {ELF32_SYMBOL_SIZE}",
+                )
+        tables = sorted(
+            (s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)),
+            key=lambda s: s["sh_type"] != "SHT_SYMTAB",
+        )
         symbols = []
         for table in tables:
             for entry in table.iter_symbols():
@@ -160,9 +191,16 @@ class ElfFile:
                     continue
                 in_section = isinstance(shndx, int) and shndx < elf.num_sections()
                 section = elf.get_section(shndx).name if in_section else ""
-                symbols.append(ElfSymbol(entry.name, entry["st_value"],
-                                         entry["st_info"]["type"], entry["st_info"]["bind"],
-                                         section, in_section))
+                symbols.append(
+                    ElfSymbol(
+                        entry.name,
+                        entry["st_value"],
+                        entry["st_info"]["type"],
+                        entry["st_info"]["bind"],
+                        section,
+                        in_section,
+                    )
+                )
         return tuple(symbols)
 
 
@@ -194,16 +232,18 @@ def _check_ident(data: bytes) -> None:
     if data[:4] != b"\x7fELF":
         raise ElfError(0, "not an ELF file (no \\x7fELF magic at offset 0)")
     if size > 4 and data[4] == 2:
-        raise ElfError(4, "64-bit ELF (ELFCLASS64): only 32-bit i386 (ELF32) files are "
-                          "supported")
+        raise ElfError(4, "64-bit ELF (ELFCLASS64): only 32-bit i386 (ELF32) files are supported")
     if size > 4 and data[4] != 1:
         raise ElfError(4, f"unknown ELF class {data[4]}")
     if size > 5 and data[5] != 1:
         raise ElfError(5, "big-endian ELF: i386 files are little-endian")
     if size < ELF32_HEADER_SIZE:
-        raise ElfError(size, f"truncated ELF file: {size} bytes, the ELF32 header alone "
-                             f"needs {ELF32_HEADER_SIZE}")
+        raise ElfError(
+            size,
+            f"truncated ELF file: {size} bytes, the ELF32 header alone needs {ELF32_HEADER_SIZE}",
+        )
     (machine,) = struct.unpack_from("<H", data, 18)
     if machine != EM_386:
-        raise ElfError(18, f"ELF for machine {machine} ({EM_NAMES.get(machine, 'unknown')}), "
-                           "not i386 (EM_386)")
+        raise ElfError(
+            18, f"ELF for machine {machine} ({EM_NAMES.get(machine, 'unknown')}), not i386 (EM_386)"
+        )

@@ -45,14 +45,32 @@ from dprobes.runtime.swap import SwapArea
 
 _WRITE, _EXEC = int(Prot.WRITE), int(Prot.EXEC)
 
-__all__ = ["KERNEL_BASE", "MMAP_BASE", "PTE", "VMA", "AddressSpace", "GuestFault",
-           "KernelPages", "MMUNotifier", "PageMapping", "Prot", "page_up"]
+__all__ = [
+    "KERNEL_BASE",
+    "MMAP_BASE",
+    "PTE",
+    "VMA",
+    "AddressSpace",
+    "GuestFault",
+    "KernelPages",
+    "MMUNotifier",
+    "PageMapping",
+    "Prot",
+    "page_up",
+]
+
 
 class AddressSpace:
     """One process's view of memory (Linux's mm_struct)."""
 
-    def __init__(self, memory: PhysicalMemory, cache: PageCache, swap: SwapArea,
-                 kernel: KernelPages, notifier: MMUNotifier | None = None) -> None:
+    def __init__(
+        self,
+        memory: PhysicalMemory,
+        cache: PageCache,
+        swap: SwapArea,
+        kernel: KernelPages,
+        notifier: MMUNotifier | None = None,
+    ) -> None:
         self.memory, self.cache, self.swap, self.kernel = memory, cache, swap, kernel
         self.notifier = notifier
         self.vmas: list[VMA] = []  # sorted by start, never overlapping
@@ -71,8 +89,15 @@ class AddressSpace:
             return self.vmas[i]
         return None
 
-    def map(self, start: int, length: int, prot: Prot, file: GuestFile | None = None,
-            offset: int = 0, name: str = "") -> VMA:
+    def map(
+        self,
+        start: int,
+        length: int,
+        prot: Prot,
+        file: GuestFile | None = None,
+        offset: int = 0,
+        name: str = "",
+    ) -> VMA:
         """Map [start, start+length) (page-aligned start), replacing what was there."""
         if start & PAGE_MASK or offset & PAGE_MASK or length <= 0:
             raise ValueError(f"unaligned mapping 0x{start:x}+0x{length:x} @0x{offset:x}")
@@ -106,8 +131,11 @@ class AddressSpace:
         for vma in self._carve(start, end):
             self.vmas.remove(vma)
             lo, hi = vma.start >> PAGE_SHIFT, vma.end >> PAGE_SHIFT
-            vpns = range(lo, hi) if hi - lo < len(self.ptes) else [
-                vpn for vpn in self.ptes if lo <= vpn < hi]  # big, sparse: walk the PTEs
+            vpns = (
+                range(lo, hi)
+                if hi - lo < len(self.ptes)
+                else [vpn for vpn in self.ptes if lo <= vpn < hi]
+            )  # big, sparse: walk the PTEs
             for vpn in vpns:
                 pte = self.ptes.pop(vpn, None)
                 if pte is not None:
@@ -139,8 +167,11 @@ class AddressSpace:
         if self.private_code:
             return id(self)
         if self._layout is None:
-            self._layout = tuple((v.start, v.end, v.file.id, v.offset) for v in self.vmas
-                                 if v.prot & Prot.EXEC and v.file is not None)
+            self._layout = tuple(
+                (v.start, v.end, v.file.id, v.offset)
+                for v in self.vmas
+                if v.prot & Prot.EXEC and v.file is not None
+            )
         return self._layout
 
     def _carve(self, start: int, end: int) -> list[VMA]:
@@ -149,8 +180,9 @@ class AddressSpace:
         for edge in (start, end):
             vma = self.find_vma(edge)
             if vma is not None and vma.start < edge:
-                tail = VMA(edge, vma.end, vma.prot, vma.file,
-                           vma.offset + edge - vma.start, vma.name)
+                tail = VMA(
+                    edge, vma.end, vma.prot, vma.file, vma.offset + edge - vma.start, vma.name
+                )
                 vma.end = edge
                 bisect.insort(self.vmas, tail, key=lambda v: v.start)
         return [v for v in self.vmas if start <= v.start and v.end <= end]
@@ -244,8 +276,9 @@ class AddressSpace:
 
     # --- finding the pages of a file page ------------------------------------------------
 
-    def file_pages(self, file: GuestFile, index: int,
-                   swap_in: bool = True) -> Iterator[PageMapping]:
+    def file_pages(
+        self, file: GuestFile, index: int, swap_in: bool = True
+    ) -> Iterator[PageMapping]:
         """Every resident page of this space mapping page ``index`` of ``file``.
 
         Pass 1 yields the present pages and notes (vaddr) locators for copies that are
@@ -275,23 +308,34 @@ class AddressSpace:
 
     def _file_page_addresses(self, file: GuestFile, index: int) -> list[int]:
         offset = index << PAGE_SHIFT
-        return [vma.start + offset - vma.offset for vma in self.vmas
-                if vma.file is file and vma.offset <= offset < vma.offset + vma.end - vma.start]
+        return [
+            vma.start + offset - vma.offset
+            for vma in self.vmas
+            if vma.file is file and vma.offset <= offset < vma.offset + vma.end - vma.start
+        ]
 
     # --- host access ---------------------------------------------------------------------
 
     def read(self, vaddr: int, n: int, user: bool = True) -> bytes:
         """``n`` bytes at ``vaddr``; GuestFault at the first bad byte. ``user``: as the
         kernel's copy_from_user, kernel addresses fault; else kernel pages are readable."""
-        return read_virtual(self.memory, lambda addr: None if user and addr >= KERNEL_BASE
-                            else self.translate(addr, Prot.READ, user), vaddr, n)
+        return read_virtual(
+            self.memory,
+            lambda addr: (
+                None if user and addr >= KERNEL_BASE else self.translate(addr, Prot.READ, user)
+            ),
+            vaddr,
+            n,
+        )
 
     def read_cstring(self, vaddr: int, limit: int = 4096) -> bytes:
         """The NUL-terminated string at ``vaddr`` (without the NUL), at most ``limit`` bytes."""
         out = bytearray()
         while len(out) < limit:
-            chunk = self.read(vaddr + len(out), min(limit - len(out),
-                                                    PAGE_SIZE - ((vaddr + len(out)) & PAGE_MASK)))
+            chunk = self.read(
+                vaddr + len(out),
+                min(limit - len(out), PAGE_SIZE - ((vaddr + len(out)) & PAGE_MASK)),
+            )
             end = chunk.find(0)
             if end >= 0:
                 return bytes(out + chunk[:end])

@@ -55,9 +55,13 @@ class _State(ctypes.Structure):
     """What the block hook reads: its user data (``stop`` is ``uc_emu_stop``, passed here
     so that the compiled hook holds no address and can be cached)."""
 
-    _fields_ = [("executed", ctypes.c_uint64), ("limit", ctypes.c_uint64),
-                ("table", ctypes.c_void_p), ("miss", ctypes.c_void_p),
-                ("stop", ctypes.c_void_p)]
+    _fields_ = [
+        ("executed", ctypes.c_uint64),
+        ("limit", ctypes.c_uint64),
+        ("table", ctypes.c_void_p),
+        ("miss", ctypes.c_void_p),
+        ("stop", ctypes.c_void_p),
+    ]
 
 
 ENTRY_FIELDS = ("address", "size", "icount", "unused")
@@ -66,8 +70,7 @@ _Table = ctypes.c_uint32 * (len(ENTRY_FIELDS) * TABLE_SIZE)
 
 def slot(address: int, size: int) -> int:
     """Table index of a block."""
-    return (((address ^ (size << SIZE_SHIFT)) * HASH_MULTIPLIER) & 0xFFFFFFFF) \
-        >> (32 - TABLE_BITS)
+    return (((address ^ (size << SIZE_SHIFT)) * HASH_MULTIPLIER) & 0xFFFFFFFF) >> (32 - TABLE_BITS)
 
 
 def _count_block_module() -> ir.Module:
@@ -80,8 +83,10 @@ def _count_block_module() -> ir.Module:
     module = ir.Module(name="dprobes_clock")
     function = ir.Function(module, ir.FunctionType(VOID, [PTR, I64, I32, PTR]), COUNT_BLOCK)
     uc, address, size, state = function.args
-    blocks = {name: function.append_basic_block(name)
-              for name in ("entry", "stop", "lookup", "found", "miss", "add")}
+    blocks = {
+        name: function.append_basic_block(name)
+        for name in ("entry", "stop", "lookup", "found", "miss", "add")
+    }
     b = ir.IRBuilder(blocks["entry"])
 
     def field(name: str) -> ir.Value:
@@ -89,24 +94,33 @@ def _count_block_module() -> ir.Module:
         return b.gep(state, [offset], source_etype=I8)
 
     def entry_word(entry: ir.Value, name: str) -> ir.Value:
-        return b.gep(entry, [ir.Constant(I32, 0), ir.Constant(I32, ENTRY_FIELDS.index(name))],
-                     source_etype=entry_type)
+        return b.gep(
+            entry,
+            [ir.Constant(I32, 0), ir.Constant(I32, ENTRY_FIELDS.index(name))],
+            source_etype=entry_type,
+        )
 
     executed = b.load(field("executed"), typ=I64)
-    b.cbranch(b.icmp_unsigned(">=", executed, b.load(field("limit"), typ=I64)),
-              blocks["stop"], blocks["lookup"])
+    b.cbranch(
+        b.icmp_unsigned(">=", executed, b.load(field("limit"), typ=I64)),
+        blocks["stop"],
+        blocks["lookup"],
+    )
     b.position_at_end(blocks["stop"])
     stop = Callee(b.load(field("stop"), typ=PTR), ir.FunctionType(I32, [PTR]))
     b.call(stop, [uc])
     b.ret_void()
     b.position_at_end(blocks["lookup"])
     low = b.trunc(address, I32)
-    hashed = b.mul(b.xor(low, b.shl(size, ir.Constant(I32, SIZE_SHIFT))),
-                   ir.Constant(I32, HASH_MULTIPLIER))
+    hashed = b.mul(
+        b.xor(low, b.shl(size, ir.Constant(I32, SIZE_SHIFT))), ir.Constant(I32, HASH_MULTIPLIER)
+    )
     index = b.lshr(hashed, ir.Constant(I32, 32 - TABLE_BITS))
     entry = b.gep(b.load(field("table"), typ=PTR), [index], source_etype=entry_type)
-    same = b.and_(b.icmp_unsigned("==", b.load(entry_word(entry, "address"), typ=I32), low),
-                  b.icmp_unsigned("==", b.load(entry_word(entry, "size"), typ=I32), size))
+    same = b.and_(
+        b.icmp_unsigned("==", b.load(entry_word(entry, "address"), typ=I32), low),
+        b.icmp_unsigned("==", b.load(entry_word(entry, "size"), typ=I32), size),
+    )
     b.cbranch(same, blocks["found"], blocks["miss"])
     b.position_at_end(blocks["found"])
     known = b.load(entry_word(entry, "icount"), typ=I32)
@@ -134,8 +148,7 @@ def _native_hook() -> int:
     if _hook_address is None:
         from dprobes.vm.jit.compile import Engine
 
-        _hook_address = Engine.get().add_library(_count_block_module(),
-                                                 [COUNT_BLOCK])[COUNT_BLOCK]
+        _hook_address = Engine.get().add_library(_count_block_module(), [COUNT_BLOCK])[COUNT_BLOCK]
     return _hook_address
 
 
@@ -145,8 +158,9 @@ class InstructionCounter:
     def __init__(self, uc: Uc, code_reader: Callable[[int, int], bytes]) -> None:
         self.read_code = code_reader
         """Reads the current address space's bytes for a block being counted."""
-        self._state = _State(0, 2**64 - 1, None, None,
-                             ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p).value)
+        self._state = _State(
+            0, 2**64 - 1, None, None, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p).value
+        )
         self._tables: dict[object, _Table] = {}
         self._miss = _MISS(self._count_miss)  # kept alive: native code calls it
         self._state.miss = ctypes.cast(self._miss, ctypes.c_void_p).value
@@ -156,9 +170,14 @@ class InstructionCounter:
         self.error: BaseException | None = None
         handle = _uc.uc_hook_h()
         status = _uc.uclib.uc_hook_add(
-            uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, ctypes.c_void_p(_native_hook()),
-            ctypes.c_void_p(ctypes.addressof(self._state)), ctypes.c_uint64(1),
-            ctypes.c_uint64(0))
+            uc._uch,
+            ctypes.byref(handle),
+            UC_HOOK_BLOCK,
+            ctypes.c_void_p(_native_hook()),
+            ctypes.c_void_p(ctypes.addressof(self._state)),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
         if status != 0:
             raise UcError(status)
         self.use_table(None)

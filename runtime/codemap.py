@@ -40,9 +40,13 @@ class CodeMap:
             symbols = elf.symbols
         except ElfError:
             symbols = ()
-        functions = [offset for symbol in symbols if symbol.type == "STT_FUNC" and symbol.value
-                     for offset in (seg.file_offset(symbol.value) for seg in segments)
-                     if offset is not None]
+        functions = [
+            offset
+            for symbol in symbols
+            if symbol.type == "STT_FUNC" and symbol.value
+            for offset in (seg.file_offset(symbol.value) for seg in segments)
+            if offset is not None
+        ]
         return cls(elf.data, segments, functions)
 
     def segment(self, offset: int) -> Segment | None:
@@ -59,12 +63,14 @@ class CodeMap:
         if seg is None:
             return False
         at = bisect.bisect_right(self.functions, offset) - 1
-        start = self.functions[at] if at >= 0 and self.functions[at] >= seg.offset \
-            else seg.offset
+        start = self.functions[at] if at >= 0 and self.functions[at] >= seg.offset else seg.offset
         swept, last, starts = self._sweeps.get(start, (start - 1, start, set()))
         if offset > swept:  # (starts past the offset may be cut short: not kept)
-            found = [at for at in instruction_starts(
-                self.data[last:offset + MAX_INSN_LENGTH], last) if at <= offset]
+            found = [
+                at
+                for at in instruction_starts(self.data[last : offset + MAX_INSN_LENGTH], last)
+                if at <= offset
+            ]
             starts.update(found)
             self._sweeps[start] = (offset, max(found, default=last), starts)
         return offset in starts

@@ -83,8 +83,15 @@ _ACCESS = {UC_MEM_WRITE: Prot.WRITE, UC_MEM_FETCH: Prot.EXEC}
 
 def segment_descriptor(base: int, limit: int, access: int, flags: int) -> bytes:
     """An 8-byte GDT descriptor: ``access`` is the P/DPL/S/type byte, ``flags`` G/D/L/AVL."""
-    return struct.pack("<HHBBBB", limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF,
-                       access, ((limit >> 16) & 0xF) | (flags << 4), (base >> 24) & 0xFF)
+    return struct.pack(
+        "<HHBBBB",
+        limit & 0xFFFF,
+        base & 0xFFFF,
+        (base >> 16) & 0xFF,
+        access,
+        ((limit >> 16) & 0xF) | (flags << 4),
+        (base >> 24) & 0xFF,
+    )
 
 
 class RegisterBatch:
@@ -129,7 +136,8 @@ class CPU:
         self.counter = InstructionCounter(self.uc, self._read_code)
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
         self._interrupt_hook = self.uc.hook_add(
-            UC_HOOK_INTR, lambda _uc, vector, _data: self.on_interrupt(vector))
+            UC_HOOK_INTR, lambda _uc, vector, _data: self.on_interrupt(vector)
+        )
         self.uc.hook_add(UC_HOOK_INSN_INVALID, lambda _uc, _data: self.on_invalid_instruction())
         self._gdt_frame = self._kernel_page(FIXMAP_GDT, Prot.READ, user=True)
         self._kernel_page(FIXMAP_ENTRY, Prot.READ | Prot.EXEC)
@@ -154,8 +162,9 @@ class CPU:
     def kernel_read(self, vaddr: int, n: int) -> bytes:
         """``n`` bytes of kernel virtual memory (the GDT for seg2lin, ...); GuestFault at
         the first unmapped byte."""
-        return read_virtual(self.memory, lambda addr: self.kernel.translate(addr, Prot.READ,
-                                                                            user=False), vaddr, n)
+        return read_virtual(
+            self.memory, lambda addr: self.kernel.translate(addr, Prot.READ, user=False), vaddr, n
+        )
 
     def _boot(self) -> None:
         gdt = bytearray(8 * GDT_ENTRIES)
@@ -170,8 +179,10 @@ class CPU:
         for reg in (x86.UC_X86_REG_DS, x86.UC_X86_REG_ES):
             uc.reg_write(reg, USER_DS)
         uc.reg_write(x86.UC_X86_REG_CR0, uc.reg_read(x86.UC_X86_REG_CR0) | CR0_MP | CR0_NE)
-        uc.reg_write(x86.UC_X86_REG_CR4, uc.reg_read(x86.UC_X86_REG_CR4) | CR4_TSD
-                     | CR4_OSFXSR | CR4_OSXMMEXCPT)
+        uc.reg_write(
+            x86.UC_X86_REG_CR4,
+            uc.reg_read(x86.UC_X86_REG_CR4) | CR4_TSD | CR4_OSFXSR | CR4_OSXMMEXCPT,
+        )
         uc.reg_write(x86.UC_X86_REG_FPCW, 0x37F)
         uc.reg_write(x86.UC_X86_REG_MXCSR, 0x1F80)
 
@@ -183,8 +194,11 @@ class CPU:
         user = self._cs.read()[0] & 3 == 3
         self._in_fill = True
         try:
-            found = (self.space.translate(vaddr, kind, user) if self.space is not None
-                     else self.kernel.translate(vaddr, kind, user))
+            found = (
+                self.space.translate(vaddr, kind, user)
+                if self.space is not None
+                else self.kernel.translate(vaddr, kind, user)
+            )
         finally:
             self._in_fill = False
         if found is None:
@@ -208,9 +222,15 @@ class CPU:
         with ``data``; that code calls ``on_interrupt`` for what it does not handle."""
         self.uc.hook_del(self._interrupt_hook)
         handle = uc_hook_h()
-        status = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), UC_HOOK_INTR,
-                                   ctypes.c_void_p(address), ctypes.c_void_p(data),
-                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        status = uclib.uc_hook_add(
+            self.uc._uch,
+            ctypes.byref(handle),
+            UC_HOOK_INTR,
+            ctypes.c_void_p(address),
+            ctypes.c_void_p(data),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
         if status:
             raise UcError(status)
         self._interrupt_hook = handle.value
@@ -226,8 +246,11 @@ class CPU:
         out = bytearray()
         while len(out) < n:
             addr = vaddr + len(out)
-            found = (self.space.translate(addr, Prot.EXEC, user=False) if self.space
-                     else self.kernel.translate(addr, Prot.EXEC, user=False))
+            found = (
+                self.space.translate(addr, Prot.EXEC, user=False)
+                if self.space
+                else self.kernel.translate(addr, Prot.EXEC, user=False)
+            )
             if found is None:
                 break
             base = (found[0] << PAGE_SHIFT) | (addr & PAGE_MASK)
@@ -281,8 +304,9 @@ class CPU:
             self._write(name, value)
 
     def _write(self, name: str, value: int) -> None:
-        status = uclib.uc_reg_write(self.uc._uch, UC_IDS[name],
-                                    ctypes.byref(ctypes.c_uint32(value & 0xFFFFFFFF)))
+        status = uclib.uc_reg_write(
+            self.uc._uch, UC_IDS[name], ctypes.byref(ctypes.c_uint32(value & 0xFFFFFFFF))
+        )
         if status:
             raise UcError(status)
 

@@ -70,13 +70,19 @@ def load(space: AddressSpace, cache: PageCache, path: str | Path) -> Image:
     except ElfError as exc:
         raise LoadError(path, exc.problem) from exc
     if elf.type == "ET_DYN":
-        raise LoadError(path, "ET_DYN (a shared object or position-independent executable) "
-                              "is not supported: link with -static -no-pie")
+        raise LoadError(
+            path,
+            "ET_DYN (a shared object or position-independent executable) "
+            "is not supported: link with -static -no-pie",
+        )
     if elf.type != "ET_EXEC":
         raise LoadError(path, f"ELF type {elf.type} is not an executable (ET_EXEC)")
     if any(seg.type == "PT_INTERP" for seg in elf.segments):
-        raise LoadError(path, "dynamically linked executable (it has PT_INTERP): not "
-                              "supported, only static executables run here")
+        raise LoadError(
+            path,
+            "dynamically linked executable (it has PT_INTERP): not "
+            "supported, only static executables run here",
+        )
     loads = elf.loads
     if not loads:
         raise LoadError(path, "no PT_LOAD segment: nothing to run")
@@ -91,14 +97,18 @@ def load(space: AddressSpace, cache: PageCache, path: str | Path) -> Image:
     brk = max(page_up(seg.vaddr + seg.memsz) for seg in loads)
     phdr = next((seg.vaddr for seg in elf.segments if seg.type == "PT_PHDR"), None)
     if phdr is None:
-        phdr = next((address for address in (s.address(elf.phoff) for s in loads)
-                     if address is not None), 0)
+        phdr = next(
+            (address for address in (s.address(elf.phoff) for s in loads) if address is not None), 0
+        )
     return Image(str(path), file, elf.entry, phdr, elf.phnum, elf.phentsize, brk)
 
 
 def _map_segment(space: AddressSpace, file: GuestFile, seg: Segment) -> None:
-    prot = Prot((PF_R & seg.flags and Prot.READ) | (PF_W & seg.flags and Prot.WRITE)
-                | (PF_X & seg.flags and Prot.EXEC))
+    prot = Prot(
+        (PF_R & seg.flags and Prot.READ)
+        | (PF_W & seg.flags and Prot.WRITE)
+        | (PF_X & seg.flags and Prot.EXEC)
+    )
     start = seg.vaddr & ~PAGE_MASK
     file_end, mem_end = seg.vaddr + seg.filesz, seg.vaddr + seg.memsz
     if page_up(file_end) > start:
@@ -107,12 +117,19 @@ def _map_segment(space: AddressSpace, file: GuestFile, seg: Segment) -> None:
         if file_end & PAGE_MASK:  # binfmt_elf's padzero: the file's tail is not bss
             space.write(file_end, bytes(PAGE_SIZE - (file_end & PAGE_MASK)), force=True)
         if page_up(mem_end) > page_up(file_end):
-            space.map(page_up(file_end), page_up(mem_end) - page_up(file_end), prot, None,
-                      name="[bss]")
+            space.map(
+                page_up(file_end), page_up(mem_end) - page_up(file_end), prot, None, name="[bss]"
+            )
 
 
-def build_stack(space: AddressSpace, image: Image, argv: list[bytes], env: list[bytes],
-                random16: bytes, execfn: bytes) -> int:
+def build_stack(
+    space: AddressSpace,
+    image: Image,
+    argv: list[bytes],
+    env: list[bytes],
+    random16: bytes,
+    execfn: bytes,
+) -> int:
     """Map the stack and write argc/argv/envp/auxv; returns the initial ESP."""
     space.map(STACK_TOP - STACK_SIZE, STACK_SIZE, Prot.READ | Prot.WRITE, name="[stack]")
     sp = STACK_TOP - 4  # a zero word ends the stack, as in Linux
@@ -128,11 +145,27 @@ def build_stack(space: AddressSpace, image: Image, argv: list[bytes], env: list[
     argv_at = [push(s + b"\0") for s in reversed(argv)][::-1]
     platform_at = push(b"i686\0")
     random_at = push(random16)
-    auxv = [(AT_HWCAP, HWCAP), (AT_PAGESZ, PAGE_SIZE), (AT_CLKTCK, 100),
-            (AT_PHDR, image.phdr), (AT_PHENT, image.phent), (AT_PHNUM, image.phnum),
-            (AT_BASE, 0), (AT_FLAGS, 0), (AT_ENTRY, image.entry), (AT_UID, 0), (AT_EUID, 0),
-            (AT_GID, 0), (AT_EGID, 0), (AT_SECURE, 0), (AT_RANDOM, random_at),
-            (AT_HWCAP2, 0), (AT_EXECFN, execfn_at), (AT_PLATFORM, platform_at), (AT_NULL, 0)]
+    auxv = [
+        (AT_HWCAP, HWCAP),
+        (AT_PAGESZ, PAGE_SIZE),
+        (AT_CLKTCK, 100),
+        (AT_PHDR, image.phdr),
+        (AT_PHENT, image.phent),
+        (AT_PHNUM, image.phnum),
+        (AT_BASE, 0),
+        (AT_FLAGS, 0),
+        (AT_ENTRY, image.entry),
+        (AT_UID, 0),
+        (AT_EUID, 0),
+        (AT_GID, 0),
+        (AT_EGID, 0),
+        (AT_SECURE, 0),
+        (AT_RANDOM, random_at),
+        (AT_HWCAP2, 0),
+        (AT_EXECFN, execfn_at),
+        (AT_PLATFORM, platform_at),
+        (AT_NULL, 0),
+    ]
     words = [len(argv), *argv_at, 0, *env_at, 0, *(w for pair in auxv for w in pair)]
     sp = (sp - 4 * len(words)) & ~15
     space.write(sp, struct.pack(f"<{len(words)}I", *words))

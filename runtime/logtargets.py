@@ -58,16 +58,28 @@ class LogRecord:
     def values(self) -> tuple[tuple[HeaderValue, tuple[int | str, ...]], ...]:
         """Each header value the record shows, with what it is packed from, in order."""
         hit = self.hit
-        return tuple((value, tuple(getattr(hit, name) for name in value.hit))
-                     for field in selected(self.fields) for value in field.values)
+        return tuple(
+            (value, tuple(getattr(hit, name) for name in value.hit))
+            for field in selected(self.fields)
+            for value in field.values
+        )
 
     def header(self) -> bytes:
         """The binary header (``vm.logrecord``)."""
         packing = header_struct(self.fields)
-        values = [part.encode() if isinstance(part, str) else part
-                  for _, parts in self.values() for part in parts]
-        return packing.pack(FACILITY_ID, (packing.size + len(self.data)) & 0xFFFF,
-                            self.mask(), self.major, self.minor, *values)
+        values = [
+            part.encode() if isinstance(part, str) else part
+            for _, parts in self.values()
+            for part in parts
+        ]
+        return packing.pack(
+            FACILITY_ID,
+            (packing.size + len(self.data)) & 0xFFFF,
+            self.mask(),
+            self.major,
+            self.minor,
+            *values,
+        )
 
     def to_bytes(self) -> bytes:
         """The raw binary record."""
@@ -77,8 +89,9 @@ class LogRecord:
         """The header as name -> value, in record order (the time as ``s:uuuuuu``)."""
         out: dict[str, int | str] = {"major": self.major, "minor": self.minor}
         for value, parts in self.values():
-            out[value.name] = (f"{parts[0]}:{parts[1]:06d}" if value.shown is Shown.TIME
-                               else parts[0])
+            out[value.name] = (
+                f"{parts[0]}:{parts[1]:06d}" if value.shown is Shown.TIME else parts[0]
+            )
         return out
 
 

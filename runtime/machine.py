@@ -50,18 +50,21 @@ class InstructionLimit(RuntimeError):
     """``run(max_instructions=...)`` used up its budget with processes still running."""
 
     def __init__(self, limit: int, running: Sequence[Process], machine: Machine) -> None:
-        where = ", ".join(f"pid {p.pid} ({p.name}) at EIP 0x{machine.saved_eip(p):08x}"
-                          for p in running)
-        super().__init__(f"instruction limit of {limit} reached with processes still "
-                         f"running: {where}")
+        where = ", ".join(
+            f"pid {p.pid} ({p.name}) at EIP 0x{machine.saved_eip(p):08x}" for p in running
+        )
+        super().__init__(
+            f"instruction limit of {limit} reached with processes still running: {where}"
+        )
         self.limit, self.running = limit, list(running)
 
 
 class Machine:
     """A deterministic single-CPU i386 Linux machine on unicorn."""
 
-    def __init__(self, seed: int = 0, memory_size: int = DEFAULT_SIZE,
-                 quantum: int = QUANTUM) -> None:
+    def __init__(
+        self, seed: int = 0, memory_size: int = DEFAULT_SIZE, quantum: int = QUANTUM
+    ) -> None:
         self.memory = PhysicalMemory(memory_size)
         self.cache = PageCache(self.memory)
         self.swap = SwapArea()
@@ -91,14 +94,21 @@ class Machine:
         self.cpu.on_interrupt = self._interrupt
         self.cpu.on_invalid_instruction = lambda: False  # stop; handled after emu_start
         self.memory.on_code_freed = lambda frame: self.cpu.invalidate_code(
-            frame * PAGE_SIZE, PAGE_SIZE)
+            frame * PAGE_SIZE, PAGE_SIZE
+        )
 
     # --- processes -----------------------------------------------------------------------
 
-    def spawn(self, path: str | Path, argv: Sequence[str] | None = None,
-              env: dict[str, str] | None = None, stdin: bytes = b"",
-              files: Sequence[str | Path] = (), stdout: Callable[[bytes], None] | None = None,
-              stderr: Callable[[bytes], None] | None = None) -> Process:
+    def spawn(
+        self,
+        path: str | Path,
+        argv: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bytes = b"",
+        files: Sequence[str | Path] = (),
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+    ) -> Process:
         """Load the static i386 executable ``path`` as a new runnable process.
 
         ``argv`` defaults to ``[path]``; ``files`` are the only host files it may open
@@ -110,15 +120,30 @@ class Machine:
             image = elfload.load(space, self.cache, path)
             argv = [str(path)] if argv is None else list(argv)
             env = dict(env or {})
-            esp = elfload.build_stack(space, image, [a.encode() for a in argv],
-                                      [f"{k}={v}".encode() for k, v in env.items()],
-                                      self.random_bytes(16), str(path).encode())
+            esp = elfload.build_stack(
+                space,
+                image,
+                [a.encode() for a in argv],
+                [f"{k}={v}".encode() for k, v in env.items()],
+                self.random_bytes(16),
+                str(path).encode(),
+            )
         except BaseException:
             space.destroy()
             raise
-        proc = Process(self._next_pid, str(path), argv, env, space, image, esp, Input(stdin),
-                       Sink(stdout), Sink(stderr),
-                       allowed_files=frozenset(Path(f).resolve() for f in files))
+        proc = Process(
+            self._next_pid,
+            str(path),
+            argv,
+            env,
+            space,
+            image,
+            esp,
+            Input(stdin),
+            Sink(stdout),
+            Sink(stderr),
+            allowed_files=frozenset(Path(f).resolve() for f in files),
+        )
         self._next_pid += 1
         self.processes[proc.pid] = proc
         return proc
@@ -127,8 +152,9 @@ class Machine:
         """End ``proc`` with exit ``status`` (from exit/exit_group)."""
         self._end(proc, State.EXITED, status=status)
 
-    def kill_process(self, proc: Process, signal: int, reason: str,
-                     trap: Trap | None = None) -> None:
+    def kill_process(
+        self, proc: Process, signal: int, reason: str, trap: Trap | None = None
+    ) -> None:
         """End ``proc`` with a fatal ``signal``; the crash report says where and why."""
         eip = self.saved_eip(proc)
         at = trap.instruction if trap is not None else eip
@@ -142,8 +168,9 @@ class Machine:
         proc.crash = CrashReport(signal, eip, reason, trap.address if trap else None, insn)
         self._end(proc, State.KILLED, signal=signal)
 
-    def _end(self, proc: Process, state: State, status: int | None = None,
-             signal: int | None = None) -> None:
+    def _end(
+        self, proc: Process, state: State, status: int | None = None, signal: int | None = None
+    ) -> None:
         if not proc.alive:
             return
         proc.state, proc.exit_status, proc.signal = state, status, signal
@@ -233,8 +260,9 @@ class Machine:
         if proc is not self.current or proc.context is None:
             if proc.context is None:
                 cpu.restore_context(cpu.boot_context)
-                cpu.write_registers({r: 0 for r in ("eax", "ebx", "ecx", "edx", "esi",
-                                                    "edi", "ebp")})
+                cpu.write_registers(
+                    {r: 0 for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")}
+                )
                 begin = cpu.enter_user(proc.image.entry, proc.entry_esp)
             else:
                 cpu.restore_context(proc.context)
@@ -287,8 +315,14 @@ class Machine:
         length = 2 if code[:2] == b"\x0f\x31" else 3 if code == b"\x0f\x01\xf9" else 0
         if length:
             tsc = self.clock.ticks
-            self.cpu.write_registers({"eax": tsc & 0xFFFFFFFF, "edx": tsc >> 32 & 0xFFFFFFFF,
-                                      "eip": eip + length, **({"ecx": 0} if length == 3 else {})})
+            self.cpu.write_registers(
+                {
+                    "eax": tsc & 0xFFFFFFFF,
+                    "edx": tsc >> 32 & 0xFFFFFFFF,
+                    "eip": eip + length,
+                    **({"ecx": 0} if length == 3 else {}),
+                }
+            )
         return bool(length)
 
     def _cpu_stopped(self, proc: Process, err: UcError) -> None:
@@ -313,8 +347,9 @@ class Machine:
 
     # --- memory services for the probe manager and the address spaces --------------------
 
-    def file_pages(self, file: GuestFile, index: int,
-                   swap_in: bool = True) -> Iterator[PageMapping]:
+    def file_pages(
+        self, file: GuestFile, index: int, swap_in: bool = True
+    ) -> Iterator[PageMapping]:
         """Every resident mapping of page ``index`` of ``file`` in every process (the
         page-cache frame where shared, each private COW copy, swapped copies faulted in:
         see ``AddressSpace.file_pages``)."""

@@ -105,6 +105,7 @@ def _from_native(method: Callable[..., None]) -> Callable[..., None]:
     (a Python hit, a log hook reading variables) hands the VM state back before native
     code runs on, and an exception never unwinds through native code: it stops
     emulation and is raised when emulation returns."""
+
     @functools.wraps(method)
     def callback(self: NativeProbes, *args: int) -> None:
         try:
@@ -112,6 +113,7 @@ def _from_native(method: Callable[..., None]) -> Callable[..., None]:
             self.to_native()
         except BaseException as exc:
             self._fail(exc)
+
     return callback
 
 
@@ -134,12 +136,16 @@ def python_only_reason(program: Program, probe: int) -> str | None:
 def register_reads(program: Program, probe: int) -> set[int]:
     """The general registers (dprobes indices) this probe's handler reads (``push r``,
     ``push u``)."""
-    return {insn.operand for insn in program.instructions(probe)
-            if insn.op.host & HostNeed.REGISTER_READ and insn.operand < GENERAL_REGISTERS}
+    return {
+        insn.operand
+        for insn in program.instructions(probe)
+        if insn.op.host & HostNeed.REGISTER_READ and insn.operand < GENERAL_REGISTERS
+    }
 
 
-def hit_reads(program: Program, probe: int, fields: LogField, push_reg: int | None,
-              window: bool) -> set[int]:
+def hit_reads(
+    program: Program, probe: int, fields: LogField, push_reg: int | None, window: bool
+) -> set[int]:
     """The registers a native hit of this probe reads after EIP (which finds the probe),
     for one batched read: EFLAGS, the handler's, ESP for the stack window, the emulated
     push and the log header, the pushed register. Not the segment registers: unicorn
@@ -168,14 +174,24 @@ class NativeProbes:
         self.hook = hook = Hook()
         self.address = ctypes.addressof(hook)
         hook.uc = ctypes.cast(cpu.uc._uch, ctypes.c_void_p).value
-        for field, fn in (("reg_read", uclib.uc_reg_read), ("reg_write", uclib.uc_reg_write),
-                          ("reg_read_batch", uclib.uc_reg_read_batch),
-                          ("emu_stop", uclib.uc_emu_stop)):
+        for field, fn in (
+            ("reg_read", uclib.uc_reg_read),
+            ("reg_write", uclib.uc_reg_write),
+            ("reg_read_batch", uclib.uc_reg_read_batch),
+            ("emu_stop", uclib.uc_emu_stop),
+        ):
             setattr(hook, field, ctypes.cast(fn, ctypes.c_void_p).value)
-        self._callbacks = (INTERRUPT(self._interrupt), HANDOVER(self._handover),
-                           FILL(self._fill), DRAIN(self._ring_full))  # kept alive
-        for field, callback in zip(("python_interrupt", "python_handover", "python_fill",
-                                    "python_drain"), self._callbacks, strict=True):
+        self._callbacks = (
+            INTERRUPT(self._interrupt),
+            HANDOVER(self._handover),
+            FILL(self._fill),
+            DRAIN(self._ring_full),
+        )  # kept alive
+        for field, callback in zip(
+            ("python_interrupt", "python_handover", "python_fill", "python_drain"),
+            self._callbacks,
+            strict=True,
+        ):
             setattr(hook, field, ctypes.cast(callback, ctypes.c_void_p).value)
         hook.executed = cpu.counter.executed_address
         self._ring_view = memoryview(b"")
@@ -222,8 +238,11 @@ class NativeProbes:
         if not record.armed or plan.address in table or len(table) >= TABLE_SIZE // 2:
             return
         handler = loaded.vm.compiled(record.index)
-        if plan.kind not in STEPPED or handler is None or \
-                self._reason(loaded, record.index) is not None:
+        if (
+            plan.kind not in STEPPED
+            or handler is None
+            or self._reason(loaded, record.index) is not None
+        ):
             return
         push = plan.kind is StepKind.PUSH_R32
         if not push:
@@ -237,17 +256,27 @@ class NativeProbes:
         push_reg = REGISTERS_BY_NAME[plan.pushed].index if push else None
         window = accesses_memory(loaded.program, record.index)
         entry = ProbeEntry(
-            address=plan.address, kind=plan.kind.value, length=plan.length, slot=step.slot,
+            address=plan.address,
+            kind=plan.kind.value,
+            length=plan.length,
+            slot=step.slot,
             push_reg=push_reg or 0,
             ident=self._ident(process, loaded, record, plan, step.slot),
-            ex_mask=point.ex_mask, major=point.major & 0xFFFF, minor=point.minor & 0xFFFF,
-            probe_offset=point.offset & (2**64 - 1), fields=loaded.log_fields,
-            window=window, head_len=HEAD.size + header_layout(loaded.log_fields).packing.size,
-            handler=handler.body.address, code_base=handler.code_base,
+            ex_mask=point.ex_mask,
+            major=point.major & 0xFFFF,
+            minor=point.minor & 0xFFFF,
+            probe_offset=point.offset & (2**64 - 1),
+            fields=loaded.log_fields,
+            window=window,
+            head_len=HEAD.size + header_layout(loaded.log_fields).packing.size,
+            handler=handler.body.address,
+            code_base=handler.code_base,
             state=ctypes.addressof(runner.state),
-            counters=ctypes.addressof(record.counters))
-        self._prefetch(entry, hit_reads(loaded.program, record.index, loaded.log_fields,
-                                        push_reg, window))
+            counters=ctypes.addressof(record.counters),
+        )
+        self._prefetch(
+            entry, hit_reads(loaded.program, record.index, loaded.log_fields, push_reg, window)
+        )
         table[plan.address] = entry
         self._entries.append(entry)
         self._publish(process.pid)
@@ -270,8 +299,14 @@ class NativeProbes:
             cached = self._reasons[key] = (loaded, python_only_reason(loaded.program, probe))
         return cached[1]
 
-    def _ident(self, process: Process, loaded: LoadedProgram, record: ProbeRecord,
-               plan: StepPlan, slot: int) -> int:
+    def _ident(
+        self,
+        process: Process,
+        loaded: LoadedProgram,
+        record: ProbeRecord,
+        plan: StepPlan,
+        slot: int,
+    ) -> int:
         key = (process.pid, id(record), plan.address)
         if key not in self._ident_of:
             self._ident_of[key] = len(self.idents)
@@ -339,25 +374,39 @@ class NativeProbes:
         if pending.ran:
             kind = EXIT_KINDS[pending.exit_kind]
             aborted = not writes_log(kind)
-            outcome = Outcome(kind, pending.exit_to if kind is ExitKind.EXIT_TO else None,
-                              head.major, head.minor,
-                              b"" if aborted else bytes(pending.log[:head.log_len]),
-                              b"" if aborted else bytes(pending.ex_log[:head.ex_len]))
+            outcome = Outcome(
+                kind,
+                pending.exit_to if kind is ExitKind.EXIT_TO else None,
+                head.major,
+                head.minor,
+                b"" if aborted else bytes(pending.log[: head.log_len]),
+                b"" if aborted else bytes(pending.ex_log[: head.ex_len]),
+            )
         hit = self._hit(served, pending.header, 0)
         pending.active, pending.entry = 0, None
-        return PendingStep(served.loaded, served.record, served.plan, served.slot, outcome,
-                           pending.trap_flag, hit)
+        return PendingStep(
+            served.loaded, served.record, served.plan, served.slot, outcome, pending.trap_flag, hit
+        )
 
-    def _hit(self, served: Served, data: bytes | ctypes.Array, at: int,
-             known: ProbeLog | None = None) -> HitInfo:
+    def _hit(
+        self, served: Served, data: bytes | ctypes.Array, at: int, known: ProbeLog | None = None
+    ) -> HitInfo:
         """The log header's view of a native hit whose header fields start at ``at``
         (``known``: the probe's part, if already worked out)."""
         fields = served.loaded.log_fields
         got = header_layout(fields).values(data, at)
         known = known or probe_log(served, self.names)
-        return hit_info(fields, got.get("executed", 0), known.pid, got.get("uid", 0),
-                        got.get("cs", 0), known.eip, got.get("ss", 0), got.get("esp", 0),
-                        known.name)
+        return hit_info(
+            fields,
+            got.get("executed", 0),
+            known.pid,
+            got.get("uid", 0),
+            got.get("cs", 0),
+            known.eip,
+            got.get("ss", 0),
+            got.get("esp", 0),
+            known.name,
+        )
 
     # --- VM state -------------------------------------------------------------------------
 
@@ -407,8 +456,15 @@ class NativeProbes:
         assert step is not None, "a handover without a native hit"
         steps = self.manager.steps
         if stage == STAGE_STEP:
-            steps.continue_hit(process, step.loaded, step.record, step.plan.address,
-                               machine.cpu.registers(), step.hit, step.result)
+            steps.continue_hit(
+                process,
+                step.loaded,
+                step.record,
+                step.plan.address,
+                machine.cpu.registers(),
+                step.hit,
+                step.result,
+            )
         elif stage == STAGE_FINISH:
             steps.finish(machine, process, step, eip)
         else:
@@ -465,8 +521,11 @@ class NativeProbes:
         a read-only view of the ring, which never overwrites them."""
         head = self.hook.ring_head
         if head > self._drained:
-            chunk = PackedChunk(self._ring_view[self._drained:head].toreadonly(),
-                                self.hook.ring + self._drained, self.decode)
+            chunk = PackedChunk(
+                self._ring_view[self._drained : head].toreadonly(),
+                self.hook.ring + self._drained,
+                self.decode,
+            )
             self._drained = head
             self.manager.emit_packed(chunk)
 
@@ -490,7 +549,7 @@ class NativeProbes:
             log_at = at + HEAD.size + header_layout(loaded.log_fields).packing.size
             ex_at = log_at + log_len
             record = LogRecord(major, minor, loaded.log_fields, hit, chunk[log_at:ex_at])
-            out.append(Emitted(loaded.name, record, chunk[ex_at:ex_at + ex_len]))
+            out.append(Emitted(loaded.name, record, chunk[ex_at : ex_at + ex_len]))
             at = (ex_at + ex_len + 3) & ~3
         return out
 

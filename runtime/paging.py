@@ -111,8 +111,9 @@ class KernelPages:
         return entry[0], entry[1]
 
 
-def read_virtual(memory: PhysicalMemory, translate: Callable[[int], tuple[int, Prot] | None],
-                 vaddr: int, n: int) -> bytes:
+def read_virtual(
+    memory: PhysicalMemory, translate: Callable[[int], tuple[int, Prot] | None], vaddr: int, n: int
+) -> bytes:
     """``n`` bytes at ``vaddr`` through ``translate`` (address -> (frame, prot) or None),
     page by page; GuestFault at the first byte that does not translate."""
     out = bytearray()

@@ -92,7 +92,8 @@ class ProbeManager:
     cpu_state: CpuState = field(default_factory=CpuState)
     modules: dict[str, list[LoadedProgram]] = field(default_factory=dict)
     user_probes: dict[tuple[int, int], tuple[LoadedProgram, ProbeRecord]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     keep_records: bool = True
     """Keep every record in ``emitted``. ``dpc run``, whose ``writer`` writes each record
     as it comes, turns this off so that a long run does not hold them all in memory; the
@@ -121,26 +122,39 @@ class ProbeManager:
 
     # --- insert ----------------------------------------------------------------------
 
-    def insert(self, program: Program, *, merge: bool = False, replace_old: bool = False,
-               groups: set[int] | None = None, types: set[int] | None = None) -> LoadedProgram:
+    def insert(
+        self,
+        program: Program,
+        *,
+        merge: bool = False,
+        replace_old: bool = False,
+        groups: set[int] | None = None,
+        types: set[int] | None = None,
+    ) -> LoadedProgram:
         """Insert ``program``'s probes (those of the selected groups/types)."""
         header = program.header
         if header.modtype is not ModuleType.USER:
-            raise InsertError(f"{header.name}: {header.modtype.name.lower()} probes need the "
-                              "guest kernel, which this machine does not run yet")
+            raise InsertError(
+                f"{header.name}: {header.modtype.name.lower()} probes need the "
+                "guest kernel, which this machine does not run yet"
+            )
         if header.name in self.modules:
             if replace_old:
                 self.remove(header.name)
             elif not merge:
-                raise InsertError(f"{header.name}: already has a probe program "
-                                  "(use merge or replace)")
+                raise InsertError(
+                    f"{header.name}: already has a probe program (use merge or replace)"
+                )
         path = Path(header.name)
         if not path.is_file():
             raise InsertError(f"{header.name}: no such executable file")
         file = self.machine.cache.open(path)
         fields = self.log_fields if self.log_fields is not None else header.log_fields
-        runnable = program if fields == header.log_fields else replace(
-            program, header=replace(header, log_fields=fields))
+        runnable = (
+            program
+            if fields == header.log_fields
+            else replace(program, header=replace(header, log_fields=fields))
+        )
         vm = VM(runnable, globals=self.globals, cpu=self.cpu_state, tier=self.tier)
         loaded = LoadedProgram(runnable, vm, [], file, fields)
         codemap = self._codemap(file)
@@ -262,13 +276,24 @@ class ProbeManager:
                 for record in loaded.records:
                     point = record.point
                     where = point.location or f"0x{point.offset:x}"
-                    rows.append(QueryRow(module, record.index, where, record.status.describe(),
-                                         record.count, record.hits, point.opcode,
-                                         record.actual_opcode, tuple(record.notes)))
+                    rows.append(
+                        QueryRow(
+                            module,
+                            record.index,
+                            where,
+                            record.status.describe(),
+                            record.count,
+                            record.hits,
+                            point.opcode,
+                            record.actual_opcode,
+                            tuple(record.notes),
+                        )
+                    )
         return rows
 
-    def getvars(self, name: str | None = None, first: int = 0, last: int | None = None,
-                reset: bool = False) -> dict[str, list[int]]:
+    def getvars(
+        self, name: str | None = None, first: int = 0, last: int | None = None, reset: bool = False
+    ) -> dict[str, list[int]]:
         """Local variables per module (all of a merged module's programs, in order) and
         the global variables as ``"<global>"``; ``reset`` zeroes what it returns."""
         self.vm_state_to_python()

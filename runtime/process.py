@@ -28,8 +28,16 @@ if TYPE_CHECKING:
     from dprobes.runtime.elfload import Image
 
 S_IFIFO, S_IFREG = 0o010000, 0o100000
-SIGNAL_NAMES = {4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL",
-                11: "SIGSEGV", 13: "SIGPIPE"}
+SIGNAL_NAMES = {
+    4: "SIGILL",
+    5: "SIGTRAP",
+    6: "SIGABRT",
+    7: "SIGBUS",
+    8: "SIGFPE",
+    9: "SIGKILL",
+    11: "SIGSEGV",
+    13: "SIGPIPE",
+}
 
 
 class State(enum.Enum):

@@ -28,8 +28,13 @@ class RecordHead(Structure):
     log bytes and ``ex_len`` exception log bytes, padded to 4 bytes. Everything else the
     log header may show is known from the probe (``ident``)."""
 
-    _fields_ = [("ident", c_uint32), ("log_len", c_uint16), ("ex_len", c_uint16),
-                ("major", c_uint16), ("minor", c_uint16)]
+    _fields_ = [
+        ("ident", c_uint32),
+        ("log_len", c_uint16),
+        ("ex_len", c_uint16),
+        ("major", c_uint16),
+        ("minor", c_uint16),
+    ]
 
 
 HEAD = struct.Struct("<IHHHH")
@@ -38,10 +43,14 @@ assert HEAD.size == sizeof(RecordHead)
 
 
 HEADER_FIELDS = tuple(
-    (field.flag, tuple(value.ring[0] for value in carried),
-     "".join(value.ring[1] for value in carried))
+    (
+        field.flag,
+        tuple(value.ring[0] for value in carried),
+        "".join(value.ring[1] for value in carried),
+    )
     for field in HEADER
-    if (carried := [value for value in field.values if value.ring is not None]))
+    if (carried := [value for value in field.values if value.ring is not None])
+)
 """The machine state a record carries after its head, as (flag, names, formats), in the
 header table's order, each only if the program's log fields select it: uid, cs, ss and
 esp, the instruction clock (``vm.logrecord.HEADER``'s ``ring`` column). pid, eip and the
@@ -63,8 +72,10 @@ class HeaderLayout(NamedTuple):
 def header_layout(fields: LogField) -> HeaderLayout:
     """How the header fields of a record of a program with these log fields are packed."""
     chosen = [(names, codes) for flag, names, codes in HEADER_FIELDS if flag in fields]
-    return HeaderLayout(struct.Struct("<" + "".join(codes for _, codes in chosen)),
-                        tuple(name for names, _ in chosen for name in names))
+    return HeaderLayout(
+        struct.Struct("<" + "".join(codes for _, codes in chosen)),
+        tuple(name for names, _ in chosen for name in names),
+    )
 
 
 HEADER_BYTES = header_layout(LogField.ALL).packing.size

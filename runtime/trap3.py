@@ -67,28 +67,52 @@ class Outcome(NamedTuple):
 
     @classmethod
     def of(cls, result: FireResult) -> Outcome:
-        return cls(result.exit, result.exit_to, result.major, result.minor, result.log,
-                   result.ex_log)
+        return cls(
+            result.exit, result.exit_to, result.major, result.minor, result.log, result.ex_log
+        )
 
 
-_PID, _UID, _CSEIP, _SSESP, _TSC, _PROCNAME = (int(flag) for flag in (
-    LogField.PID, LogField.UID, LogField.CSEIP, LogField.SSESP, LogField.TSC,
-    LogField.PROCNAME))  # plain ints: IntFlag operations cost microseconds
+_PID, _UID, _CSEIP, _SSESP, _TSC, _PROCNAME = (
+    int(flag)
+    for flag in (
+        LogField.PID,
+        LogField.UID,
+        LogField.CSEIP,
+        LogField.SSESP,
+        LogField.TSC,
+        LogField.PROCNAME,
+    )
+)  # plain ints: IntFlag operations cost microseconds
 
 
-def hit_info(fields: LogField, executed: int, pid: int, uid: int, cs: int, eip: int,
-             ss: int, esp: int, procname: str) -> HitInfo:
+def hit_info(
+    fields: LogField,
+    executed: int,
+    pid: int,
+    uid: int,
+    cs: int,
+    eip: int,
+    ss: int,
+    esp: int,
+    procname: str,
+) -> HitInfo:
     """The log header's view of a hit at instruction ``executed`` of the machine: what the
     program's log ``fields`` select, zero (or empty) elsewhere. A record holds nothing its
     header does not show, so the native hook need not read (or keep) the rest."""
     selected = int(fields)
     seconds, microseconds = timeval(realtime_ns_at(executed) if selected & _TSC else 0)
     cseip, ssesp = selected & _CSEIP, selected & _SSESP
-    return HitInfo(pid=pid if selected & _PID else 0, uid=uid if selected & _UID else 0,
-                   cs=cs if cseip else 0, eip=eip if cseip else 0,
-                   ss=ss if ssesp else 0, esp=esp if ssesp else 0,
-                   seconds=seconds, microseconds=microseconds,
-                   procname=procname if selected & _PROCNAME else "")
+    return HitInfo(
+        pid=pid if selected & _PID else 0,
+        uid=uid if selected & _UID else 0,
+        cs=cs if cseip else 0,
+        eip=eip if cseip else 0,
+        ss=ss if ssesp else 0,
+        esp=esp if ssesp else 0,
+        seconds=seconds,
+        microseconds=microseconds,
+        procname=procname if selected & _PROCNAME else "",
+    )
 
 
 @dataclass(slots=True)
@@ -128,10 +152,12 @@ class StepTracker:
             if step is not None:
                 self.pending[process.pid] = step
         if step is not None:
-            if trap.vector == DEBUG or (trap.vector == BREAKPOINT and
-                                        trap.instruction == step.slot + step.plan.length):
-                self.finish(machine, process, step, trap.eip if trap.vector == DEBUG
-                             else trap.instruction)
+            if trap.vector == DEBUG or (
+                trap.vector == BREAKPOINT and trap.instruction == step.slot + step.plan.length
+            ):
+                self.finish(
+                    machine, process, step, trap.eip if trap.vector == DEBUG else trap.instruction
+                )
                 return True
             return self._faulted(machine, process, step, trap)
         if trap.vector == BREAKPOINT:
@@ -150,17 +176,26 @@ class StepTracker:
         loaded, record = found
         cpu = machine.cpu
         registers = cpu.registers()
-        hit = hit_info(loaded.log_fields, machine.clock.ticks, process.pid, process.uid,
-                       registers["cs"], registers["eip"], registers["ss"], registers["esp"],
-                       process.name)
+        hit = hit_info(
+            loaded.log_fields,
+            machine.clock.ticks,
+            process.pid,
+            process.uid,
+            registers["cs"],
+            registers["eip"],
+            registers["ss"],
+            registers["esp"],
+            process.name,
+        )
         outcome = None
         if record.begin_hit():
             self.manager.vm_state_to_python()
             context = ProbeContext(machine, process, registers)
             outcome = Outcome.of(loaded.vm.fire(record.index, context))
             if context.changes:
-                cpu.write_registers({k: v for k, v in context.changes.items()
-                                     if k not in ("fs", "gs")})
+                cpu.write_registers(
+                    {k: v for k, v in context.changes.items() if k not in ("fs", "gs")}
+                )
         return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
 
     def plan(self, record: ProbeRecord, address: int) -> StepPlan:
@@ -170,9 +205,16 @@ class StepTracker:
             plan = self.plans[key] = plan_step(record.original, address)
         return plan
 
-    def continue_hit(self, process: Process, loaded: LoadedProgram, record: ProbeRecord,
-                     address: int, registers: dict[str, int], hit: HitInfo,
-                     outcome: Outcome | None) -> bool:
+    def continue_hit(
+        self,
+        process: Process,
+        loaded: LoadedProgram,
+        record: ProbeRecord,
+        address: int,
+        registers: dict[str, int],
+        hit: HitInfo,
+        outcome: Outcome | None,
+    ) -> bool:
         """After the handler (or the pass count's skip): step the probed instruction."""
         if outcome is not None and outcome.exit is ExitKind.EXIT_TO:
             self.manager.exits.append((process.pid, outcome.exit_to or 0, loaded.name))
@@ -199,10 +241,14 @@ class StepTracker:
         value = registers[plan.pushed]
         data = struct.pack("<I", value)
         pte = process.space.page_of(esp)
-        if pte is not None and pte.writable and pte.swap_slot is None and esp & PAGE_MASK <= \
-                PAGE_SIZE - 4:  # the common case: a present, writable stack page
+        if (
+            pte is not None
+            and pte.writable
+            and pte.swap_slot is None
+            and esp & PAGE_MASK <= PAGE_SIZE - 4
+        ):  # the common case: a present, writable stack page
             paddr = pte.frame << PAGE_SHIFT | esp & PAGE_MASK
-            self.manager.machine.memory.bytes[paddr:paddr + 4] = data
+            self.manager.machine.memory.bytes[paddr : paddr + 4] = data
         else:
             try:
                 process.space.write(esp, data)
@@ -247,8 +293,7 @@ class StepTracker:
         if self.native is not None:
             self.native.offer(process, step)
 
-    def _faulted(self, machine: Machine, process: Process, step: PendingStep,
-                 trap: Trap) -> bool:
+    def _faulted(self, machine: Machine, process: Process, step: PendingStep, trap: Trap) -> bool:
         """The probed instruction faulted: log only with logonfault, then Linux's default."""
         del self.pending[process.pid]
         cpu = machine.cpu
@@ -263,9 +308,11 @@ class StepTracker:
         record, result, manager = step.record, step.result, self.manager
         record.end_hit()
         if result is not None and wrote_log and writes_log(result.exit):
-            manager.emit(step.loaded, LogRecord(result.major, result.minor,
-                                                step.loaded.log_fields, step.hit, result.log),
-                         result.ex_log)
+            manager.emit(
+                step.loaded,
+                LogRecord(result.major, result.minor, step.loaded.log_fields, step.hit, result.log),
+                result.ex_log,
+            )
         if result is not None and result.exit is ExitKind.REM:
             manager.disarm(step.loaded, record, RecordStatus.REMOVED)
         elif RecordStatus.DISABLED in record.status:

@@ -28,14 +28,29 @@ SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV = 4, 5, 7, 8, 11
 DIVIDE, DEBUG, BREAKPOINT, OVERFLOW, BOUND, INVALID_OPCODE = 0, 1, 3, 4, 5, 6
 GENERAL_PROTECTION, PAGE_FAULT, X87_ERROR, ALIGNMENT, SIMD_ERROR = 13, 14, 16, 17, 19
 
-NAMES = {DIVIDE: "divide error (#DE)", DEBUG: "debug trap (#DB)", BREAKPOINT: "int3 (#BP)",
-         OVERFLOW: "overflow (#OF)", BOUND: "BOUND range exceeded (#BR)",
-         INVALID_OPCODE: "invalid opcode (#UD)", 7: "device not available (#NM)",
-         GENERAL_PROTECTION: "general protection (#GP)", PAGE_FAULT: "page fault (#PF)",
-         X87_ERROR: "x87 FPU error (#MF)", ALIGNMENT: "alignment check (#AC)",
-         SIMD_ERROR: "SIMD floating-point exception (#XM)"}
-SIGNALS = {DIVIDE: SIGFPE, DEBUG: SIGTRAP, BREAKPOINT: SIGTRAP, INVALID_OPCODE: SIGILL,
-           X87_ERROR: SIGFPE, ALIGNMENT: SIGBUS, SIMD_ERROR: SIGFPE}
+NAMES = {
+    DIVIDE: "divide error (#DE)",
+    DEBUG: "debug trap (#DB)",
+    BREAKPOINT: "int3 (#BP)",
+    OVERFLOW: "overflow (#OF)",
+    BOUND: "BOUND range exceeded (#BR)",
+    INVALID_OPCODE: "invalid opcode (#UD)",
+    7: "device not available (#NM)",
+    GENERAL_PROTECTION: "general protection (#GP)",
+    PAGE_FAULT: "page fault (#PF)",
+    X87_ERROR: "x87 FPU error (#MF)",
+    ALIGNMENT: "alignment check (#AC)",
+    SIMD_ERROR: "SIMD floating-point exception (#XM)",
+}
+SIGNALS = {
+    DIVIDE: SIGFPE,
+    DEBUG: SIGTRAP,
+    BREAKPOINT: SIGTRAP,
+    INVALID_OPCODE: SIGILL,
+    X87_ERROR: SIGFPE,
+    ALIGNMENT: SIGBUS,
+    SIMD_ERROR: SIGFPE,
+}
 ONE_BYTE_TRAPS = frozenset({BREAKPOINT, OVERFLOW})
 """int3 (cc) and into (ce): EIP is after them. ``int n`` (cd nn) leaves EIP 2 bytes on;
 a debug trap leaves it at the next instruction; faults leave it at the instruction."""
@@ -70,8 +85,9 @@ class Trap:
         return SIGNALS.get(self.vector, SIGSEGV)
 
     @classmethod
-    def from_cpu(cls, vector: int, eip: int, address: int | None = None,
-                 access: Prot | None = None) -> Trap:
+    def from_cpu(
+        cls, vector: int, eip: int, address: int | None = None, access: Prot | None = None
+    ) -> Trap:
         at = eip - 1 if vector in ONE_BYTE_TRAPS else eip - 2 if vector >= 32 else eip
         return cls(vector, eip, at & 0xFFFFFFFF, address, access)
 

@@ -22,7 +22,8 @@ def _unicorn_id(name: str) -> int | None:
 
 
 UC_IDS: Final[dict[str, int]] = {
-    name: uc_id for name in REGISTERS_BY_NAME if (uc_id := _unicorn_id(name)) is not None}
+    name: uc_id for name in REGISTERS_BY_NAME if (uc_id := _unicorn_id(name)) is not None
+}
 """unicorn's id of every dprobes register unicorn has, by dprobes name (cs ... mxcsr)."""
 
 GENERAL_UC_IDS: Final[tuple[int, ...]] = tuple(UC_IDS[r.name] for r in GENERAL_REGISTERS)

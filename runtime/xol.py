@@ -44,8 +44,9 @@ class StepKind(Enum):
     PUSH_R32 = auto()  # emulated (esp -= 4, [esp] = register); stepped: relocate eip
 
 
-RELOCATED = frozenset({StepKind.RELOCATE, StepKind.CALL_RELATIVE, StepKind.PUSHF,
-                       StepKind.PUSH_R32})
+RELOCATED = frozenset(
+    {StepKind.RELOCATE, StepKind.CALL_RELATIVE, StepKind.PUSHF, StepKind.PUSH_R32}
+)
 """Kinds whose EIP after the step is relative to the copy: ``orig + (eip - slot)``."""
 RETURN_ADDRESS = frozenset({StepKind.CALL_RELATIVE, StepKind.CALL_ABSOLUTE})
 """Kinds that pushed a return address inside the slot: it becomes ``orig + length``."""
@@ -135,8 +136,9 @@ class StepResult:
     stack_word: int | None = None  # new value for the word at ESP, if any
 
 
-def finish_step(plan: StepPlan, slot: int, eip: int, top_of_stack: int,
-                trap_flag_was_set: bool) -> StepResult:
+def finish_step(
+    plan: StepPlan, slot: int, eip: int, top_of_stack: int, trap_flag_was_set: bool
+) -> StepResult:
     """Repair EIP (and the word at ESP) after the copy at ``slot`` was single-stepped."""
     if plan.kind in RELOCATED:
         eip = (plan.address + (eip - slot)) & 0xFFFFFFFF

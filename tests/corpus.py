@@ -71,8 +71,7 @@ def parse_case(path: Path) -> Case:
     if "rpn" in sections:
         source = "\n".join(sections["rpn"]) + "\n"
     else:
-        header = "\n".join(sections["header"]) + "\n" if "header" in sections \
-            else STANDARD_HEADER
+        header = "\n".join(sections["header"]) + "\n" if "header" in sections else STANDARD_HEADER
         source = header + "\n".join(sections["handler"]) + "\n"
     return Case(
         path=path,

@@ -59,9 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--programs", type=int, default=500)
     args = parser.parse_args(argv)
-    print(json.dumps({"build": flavour.describe(),
-                      "digests": [digest(args.seed * 1_000_003 + i)
-                                  for i in range(args.programs)]}))
+    print(
+        json.dumps(
+            {
+                "build": flavour.describe(),
+                "digests": [digest(args.seed * 1_000_003 + i) for i in range(args.programs)],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,12 +30,14 @@ def symbol(program: str, name: str) -> tuple[int, int, int]:
     """(file offset, size, vaddr) of a symbol of a guest image."""
     with open(BIN / program, "rb") as stream:
         elf = ELFFile(stream)
-        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols()
-                   if s.name == name)
-        seg = next(s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and
-                   s["p_vaddr"] <= sym["st_value"] < s["p_vaddr"] + s["p_filesz"])
-        return seg["p_offset"] + sym["st_value"] - seg["p_vaddr"], sym["st_size"], \
-            sym["st_value"]
+        sym = next(s for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name == name)
+        seg = next(
+            s
+            for s in elf.iter_segments()
+            if s["p_type"] == "PT_LOAD"
+            and s["p_vaddr"] <= sym["st_value"] < s["p_vaddr"] + s["p_filesz"]
+        )
+        return seg["p_offset"] + sym["st_value"] - seg["p_vaddr"], sym["st_size"], sym["st_value"]
 
 
 def loop_expected() -> tuple[str, str]:
@@ -52,8 +54,10 @@ def strings_expected(words: list[str]) -> tuple[str, str]:
     out = err = ""
     for w in words:
         at = w.find("robe")
-        out += (f'input   "{w}"\nlength  {len(w)}\nreverse "{w[::-1]}"\n'
-                f'upper   "{w.upper()}"\nfind    {at}\n')
+        out += (
+            f'input   "{w}"\nlength  {len(w)}\nreverse "{w[::-1]}"\n'
+            f'upper   "{w.upper()}"\nfind    {at}\n'
+        )
         if at < 0:
             err += f'strings: "robe" not in "{w}"\n'
     return out, err
@@ -164,9 +168,11 @@ def args_expected(argv: list[str], env: dict[str, str]) -> tuple[str, str]:
 
 def hello_expected() -> tuple[str, str]:
     greeting = "hello from glibc"
-    out = (f"{greeting}\nstrlen {len(greeting)}\n"
-           f"sum of squares below 10: {sum(i * i for i in range(10))}\n"
-           f"sqrt(2) {math.sqrt(2.0):.6f}\nhypot(3, 4) {math.hypot(3.0, 4.0):.1f}\n")
+    out = (
+        f"{greeting}\nstrlen {len(greeting)}\n"
+        f"sum of squares below 10: {sum(i * i for i in range(10))}\n"
+        f"sqrt(2) {math.sqrt(2.0):.6f}\nhypot(3, 4) {math.hypot(3.0, 4.0):.1f}\n"
+    )
     return out, "hello_glibc: exiting with 3\n"
 
 
@@ -188,8 +194,9 @@ ARGS_STATUS = 19
 """args exits with this status."""
 
 
-def run_under_qemu(name: str, args: list[str] | None = None,
-                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_under_qemu(
+    name: str, args: list[str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run bin/<name> under qemu-i386 (which must be on PATH) in an empty directory, with
     the environment ``env`` (empty by default) and no core dump."""
     assert QEMU is not None, "qemu-i386 is not on PATH"
@@ -198,6 +205,13 @@ def run_under_qemu(name: str, args: list[str] | None = None,
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     with tempfile.TemporaryDirectory() as cwd:
-        return subprocess.run([QEMU, str(BIN / name), *(args or [])], capture_output=True,
-                              text=True, timeout=20, env=env if env is not None else {},
-                              cwd=cwd, preexec_fn=no_core, check=False)
+        return subprocess.run(
+            [QEMU, str(BIN / name), *(args or [])],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=env if env is not None else {},
+            cwd=cwd,
+            preexec_fn=no_core,
+            check=False,
+        )

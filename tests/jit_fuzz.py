@@ -28,16 +28,23 @@ def mutate(rng: random.Random, prog: Program) -> Program:
     code = bytearray(prog.code)
     for _ in range(rng.randint(0, 3)):
         if code:
-            code[rng.randrange(len(code))] = rng.choice((rng.randrange(256), 0x00, 0x0D, 0x4C,
-                                                         0x6E, 0x8A, 0x15, 0x17, 0x8E))
+            code[rng.randrange(len(code))] = rng.choice(
+                (rng.randrange(256), 0x00, 0x0D, 0x4C, 0x6E, 0x8A, 0x15, 0x17, 0x8E)
+            )
     header = prog.header
     if rng.random() < 0.3:
-        header = replace(header, jmpmax=rng.choice((0, 1, 65535)),
-                         logmax=rng.choice((0, 2, 1024)), ex_logmax=rng.choice((0, 11, 1024)),
-                         num_lv=rng.choice((0, 1, 255)), num_gv=rng.choice((0, 2, 256)),
-                         autostacktrace=rng.random() < 0.5)
-    probes = tuple(replace(p, ex_mask=rng.randrange(0x10000)) if rng.random() < 0.3 else p
-                   for p in prog.probes)
+        header = replace(
+            header,
+            jmpmax=rng.choice((0, 1, 65535)),
+            logmax=rng.choice((0, 2, 1024)),
+            ex_logmax=rng.choice((0, 11, 1024)),
+            num_lv=rng.choice((0, 1, 255)),
+            num_gv=rng.choice((0, 2, 256)),
+            autostacktrace=rng.random() < 0.5,
+        )
+    probes = tuple(
+        replace(p, ex_mask=rng.randrange(0x10000)) if rng.random() < 0.3 else p for p in prog.probes
+    )
     return replace(prog, header=header, probes=probes, code=bytes(code))
 
 
@@ -69,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         fires = [rng.randrange(len(prog.probes)) for _ in range(rng.randint(1, 3))]
         print(f"program {i} (seed {args.seed}, mutated {mutated is not None})", flush=True)
         try:
-            problems = rpn_gen.compare_tiers(prog, spec, start, fires,
-                                             native_context=rng.random() < 0.7)
+            problems = rpn_gen.compare_tiers(
+                prog, spec, start, fires, native_context=rng.random() < 0.7
+            )
         except rpn_gen.Runaway:
             summary["runaway"] += 1
             continue

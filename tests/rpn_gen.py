@@ -94,9 +94,18 @@ class ContextSpec:
 
     def build(self, subclass: bool = False) -> MemoryContext:
         cls = _PlainSubclass if subclass else MemoryContext
-        return cls(dict(self.regs), dict(self.user_regs), dict(self.memory), pid=self.pid,
-                   task=self.task, processor=self.processor, segments=dict(self.segments),
-                   ports=dict(self.ports), msrs=dict(self.msrs), cpuid=dict(self.cpuid))
+        return cls(
+            dict(self.regs),
+            dict(self.user_regs),
+            dict(self.memory),
+            pid=self.pid,
+            task=self.task,
+            processor=self.processor,
+            segments=dict(self.segments),
+            ports=dict(self.ports),
+            msrs=dict(self.msrs),
+            cpuid=dict(self.cpuid),
+        )
 
 
 class _PlainSubclass(MemoryContext):
@@ -104,8 +113,12 @@ class _PlainSubclass(MemoryContext):
 
 
 def _wide_value(c: Chooser, reg) -> int:
-    bits = {RegisterShape.WORD: 32, RegisterShape.DESCRIPTOR: 48, RegisterShape.X87: 80,
-            RegisterShape.XMM: 128}.get(reg.shape, 32)
+    bits = {
+        RegisterShape.WORD: 32,
+        RegisterShape.DESCRIPTOR: 48,
+        RegisterShape.X87: 80,
+        RegisterShape.XMM: 128,
+    }.get(reg.shape, 32)
     value = c.choice((0, 1, MASK32, c.integer(0, (1 << bits) - 1), c.integer(0, 255)))
     if c.boolean(5):
         value = -value - 1  # hosts may hand out negative or oversized ints
@@ -115,9 +128,11 @@ def _wide_value(c: Chooser, reg) -> int:
 
 
 def context_spec(c: Chooser) -> ContextSpec:
-    readable = [r for r in REGISTERS_BY_INDEX.values()
-                if (r.push_r or r.push_u) and r.shape not in (RegisterShape.CPUID,
-                                                              RegisterShape.MSR)]
+    readable = [
+        r
+        for r in REGISTERS_BY_INDEX.values()
+        if (r.push_r or r.push_u) and r.shape not in (RegisterShape.CPUID, RegisterShape.MSR)
+    ]
     regs = {r.name: _wide_value(c, r) for r in readable if c.boolean(40)}
     user_regs = {r.name: _wide_value(c, r) for r in readable if c.boolean(15)}
     memory: dict[int, bytes] = {}
@@ -129,18 +144,27 @@ def context_spec(c: Chooser) -> ContextSpec:
         data = bytes(c.choice((0, 0x41, 0xFF, c.integer(0, 255))) for _ in range(size))
         memory[base] = data
     return ContextSpec(
-        regs=regs, user_regs=user_regs, memory=memory,
+        regs=regs,
+        user_regs=user_regs,
+        memory=memory,
         pid=c.choice((0, 42, MASK32, c.integer(0, MASK32))),
         task=c.choice((0, 0xC0100000, c.integer(0, MASK32))),
         processor=c.choice((0, 1, 3)),
-        segments={c.choice((0x10, 0x18, 0x23, 0x2B)): c.choice((0, 0x1000, 0xFFFFF000))
-                  for _ in range(c.integer(0, 2))},
-        ports={c.choice((0x60, 0x3F8, 0xFFFF)): c.integer(0, MASK32)
-               for _ in range(c.integer(0, 2))},
-        msrs={c.choice((0x10, 0x1B, 0xC0000080)): c.integer(0, 2**64 - 1)
-              for _ in range(c.integer(0, 2))},
-        cpuid={c.choice((0, 1, 0x80000000)): tuple(c.integer(0, MASK32) for _ in range(4))
-               for _ in range(c.integer(0, 2))},
+        segments={
+            c.choice((0x10, 0x18, 0x23, 0x2B)): c.choice((0, 0x1000, 0xFFFFF000))
+            for _ in range(c.integer(0, 2))
+        },
+        ports={
+            c.choice((0x60, 0x3F8, 0xFFFF)): c.integer(0, MASK32) for _ in range(c.integer(0, 2))
+        },
+        msrs={
+            c.choice((0x10, 0x1B, 0xC0000080)): c.integer(0, 2**64 - 1)
+            for _ in range(c.integer(0, 2))
+        },
+        cpuid={
+            c.choice((0, 1, 0x80000000)): tuple(c.integer(0, MASK32) for _ in range(4))
+            for _ in range(c.integer(0, 2))
+        },
     )
 
 
@@ -171,15 +195,29 @@ class ProgramGenerator:
         if kind <= 2:
             return c.integer(0, 6)
         if kind <= 4 and self.addresses:
-            return (c.choice(self.addresses) + c.choice((0, 1, 2, 3, 4, 8, 15, 16, 40, 47, 48,
-                                                         -1, -4))) & MASK32
+            return (
+                c.choice(self.addresses) + c.choice((0, 1, 2, 3, 4, 8, 15, 16, 40, 47, 48, -1, -4))
+            ) & MASK32
         if kind == 5:
             return c.choice(UNMAPPED)
         if kind == 6:
             return c.choice((0xE0000014, 0xE0000000, 0xE0000028, 0xE000003C, 0xE0000050))
         if kind == 7:
-            return c.choice((0x7FFFFFFF, 0x80000000, MASK32, 0xFFFFFFFE, 1023, 1024, 0xFFFF,
-                             0x10000, 32, 33, 31))
+            return c.choice(
+                (
+                    0x7FFFFFFF,
+                    0x80000000,
+                    MASK32,
+                    0xFFFFFFFE,
+                    1023,
+                    1024,
+                    0xFFFF,
+                    0x10000,
+                    32,
+                    33,
+                    31,
+                )
+            )
         if kind == 8:
             return c.choice((0x0001, 0x0004, 0x0010, 0x0020, 0x0040, 0x0080, 0x1000, 0x8001))
         return c.integer(0, MASK32)
@@ -194,8 +232,9 @@ class ProgramGenerator:
         if kind is Operand.IMM32:
             return self.word()
         if kind is Operand.REG:
-            rule = {"PUSH_R": "push_r", "PUSH_U": "push_u", "POP_R": "pop_r",
-                    "POP_U": "pop_u"}[op.name]
+            rule = {"PUSH_R": "push_r", "PUSH_U": "push_u", "POP_R": "pop_r", "POP_U": "pop_u"}[
+                op.name
+            ]
             return c.choice([r.index for r in REGISTERS_BY_INDEX.values() if getattr(r, rule)])
         if kind in (Operand.LV, Operand.GV):
             return c.choice((0, 1, 2, 3, 5, 8, c.integer(0, 0xFFFF)))
@@ -224,8 +263,11 @@ class ProgramGenerator:
         """Any opcode of the table; the ones that end or derail the handler less often."""
         c = self.c
         pool = _CALM if c.boolean(80) else _ALL_OPS
-        ops = [op for op in pool if allow_flow or not (
-            op.operand is Operand.REL32 or OpFlag.NO_FALLTHROUGH in op.flags)]
+        ops = [
+            op
+            for op in pool
+            if allow_flow or not (op.operand is Operand.REL32 or OpFlag.NO_FALLTHROUGH in op.flags)
+        ]
         op = c.choice(ops)
         if op.operand is Operand.REL32 and not labels:
             return self.insn("NOP")
@@ -250,8 +292,11 @@ class ProgramGenerator:
                 out.append(push(self.word()))
             return [*out, self.insn(f"POP_MEM_{width}")]
         if kind == 6:  # log str / log mrf
-            return [push(c.choice((0, 1, 4, 16, 100, 2000, MASK32))), push(self.word()),
-                    self.insn(c.choice(("LOG_STR", "LOG_MRF")))]
+            return [
+                push(c.choice((0, 1, 4, 16, 100, 2000, MASK32))),
+                push(self.word()),
+                self.insn(c.choice(("LOG_STR", "LOG_MRF"))),
+            ]
         if kind == 7:  # bounded loop
             head = self.label()
             inner = [self.random_insn([], allow_flow=False) for _ in range(c.integer(0, 3))]
@@ -261,19 +306,28 @@ class ProgramGenerator:
         if kind == 9 and handlers:
             return [self.insn("SX", c.choice(handlers))]
         if kind == 10:  # user exception
-            return [push(self.word()), push(self.word()),
-                    push(c.choice((0x8001, 0x0001, 0x0040, 0x1000, 0, self.word()))),
-                    self.insn("RX")]
+            return [
+                push(self.word()),
+                push(self.word()),
+                push(c.choice((0x8001, 0x0001, 0x0040, 0x1000, 0, self.word()))),
+                self.insn("RX"),
+            ]
         if kind == 11:  # heap
             width = c.choice(("U8", "U16", "U32", "U64"))
             op = c.choice(("PUSHH", "POPH"))
-            return [push(c.choice((0, 1, 4, 8, 16, 30))), self.insn("MALLOC"),
-                    self.insn("PUSH_TSP_I", 0), push(c.choice((0, 1, 2, 4, 8, 12, 29))),
-                    self.insn(f"{op}_{width}_I", c.choice((0, 1, 2, 3)))]
+            return [
+                push(c.choice((0, 1, 4, 8, 16, 30))),
+                self.insn("MALLOC"),
+                self.insn("PUSH_TSP_I", 0),
+                push(c.choice((0, 1, 2, 4, 8, 12, 29))),
+                self.insn(f"{op}_{width}_I", c.choice((0, 1, 2, 3))),
+            ]
         if kind == 12:  # log lv/gv, trace ranges
-            return [push(c.integer(0, 9)), push(c.integer(0, 4)),
-                    self.insn(c.choice(("LOG_LV", "LOG_GV", "TRACE_LV", "TRACE_GV",
-                                        "TRACE_PV")))]
+            return [
+                push(c.integer(0, 9)),
+                push(c.integer(0, 4)),
+                self.insn(c.choice(("LOG_LV", "LOG_GV", "TRACE_LV", "TRACE_GV", "TRACE_PV"))),
+            ]
         if kind == 13:  # log n / log
             if c.boolean():
                 return [self.insn("LOG_I", c.choice((0, 1, 2, 3, 5, 40, 300)))]
@@ -284,9 +338,14 @@ class ProgramGenerator:
                 return [self.insn(name, c.choice(body.labels))]
             return []
         if kind == 15:  # frame ops around sbp
-            return [self.insn(c.choice(("SAVE_SBP", "SAVE_TSP"))),
-                    self.insn(c.choice(("RESTORE_SBP", "RESTORE_TSP", "PUSH_SBP", "PUSH_TSP",
-                                        "POP_LP", "POP_STP")))]
+            return [
+                self.insn(c.choice(("SAVE_SBP", "SAVE_TSP"))),
+                self.insn(
+                    c.choice(
+                        ("RESTORE_SBP", "RESTORE_TSP", "PUSH_SBP", "PUSH_TSP", "POP_LP", "POP_STP")
+                    )
+                ),
+            ]
         if kind == 16:
             return self.operands_snippet()
         return [self.random_insn(body.labels + subs + handlers)]
@@ -298,27 +357,49 @@ class ProgramGenerator:
         small = (0, 1, 2, 3, 31, 32, 33, 255, 256, 0x10001, MASK32, 0x80000000)
         kind = c.integer(0, 9)
         if kind == 0:  # propagate/zero bits
-            return [push(self.word()), push(c.choice(small)),
-                    self.insn(c.choice(("PBL", "PBR", "PZL", "PZR")))]
+            return [
+                push(self.word()),
+                push(c.choice(small)),
+                self.insn(c.choice(("PBL", "PBR", "PZL", "PZR"))),
+            ]
         if kind == 1:  # division edge cases
-            return [push(c.choice((0x80000000, 7, (-7) & MASK32, 0, MASK32, self.word()))),
-                    push(c.choice((0, 1, MASK32, 7, (-3) & MASK32, self.word()))),
-                    self.insn(c.choice(("DIV", "IDIV")))]
+            return [
+                push(c.choice((0x80000000, 7, (-7) & MASK32, 0, MASK32, self.word()))),
+                push(c.choice((0, 1, MASK32, 7, (-3) & MASK32, self.word()))),
+                self.insn(c.choice(("DIV", "IDIV"))),
+            ]
         if kind == 2:  # shifts and rotates: count NOS, value TOS
-            return [push(c.choice(small)), push(self.word()),
-                    self.insn(c.choice(("SHL", "SHR", "ROL", "ROR", "SUB", "MUL")))]
+            return [
+                push(c.choice(small)),
+                push(self.word()),
+                self.insn(c.choice(("SHL", "SHR", "ROL", "ROR", "SUB", "MUL"))),
+            ]
         if kind == 3:  # stack-form dup
-            return [push(c.choice((0, 1, 2, 255, 256, 0x101))), push(self.word()),
-                    self.insn("DUP")]
+            return [push(c.choice((0, 1, 2, 255, 256, 0x101))), push(self.word()), self.insn("DUP")]
         if kind == 4:  # stack-form frame access
             name = c.choice(("PUSH_SBP", "PUSH_TSP", "COPY_SBP", "COPY_TSP"))
             out = [push(c.choice((0, 1, 2, MASK32, 0xFFFFFFFE, 1023, 1024, 5)))]
-            return [push(self.word()), *out, self.insn(name)] if name.startswith("COPY") \
+            return (
+                [push(self.word()), *out, self.insn(name)]
+                if name.startswith("COPY")
                 else [*out, self.insn(name)]
+            )
         if kind == 5:  # stack-form variables, with 16-bit truncation of the index
             index = c.choice((0, 1, 2, 5, 6, 7, 0x10000, 0x10001, MASK32))
-            name = c.choice(("PUSH_LV", "PUSH_GV", "POP_LV", "POP_GV", "MOVE_LV", "MOVE_GV",
-                             "INC_LV", "INC_GV", "DEC_LV", "DEC_GV"))
+            name = c.choice(
+                (
+                    "PUSH_LV",
+                    "PUSH_GV",
+                    "POP_LV",
+                    "POP_GV",
+                    "MOVE_LV",
+                    "MOVE_GV",
+                    "INC_LV",
+                    "INC_GV",
+                    "DEC_LV",
+                    "DEC_GV",
+                )
+            )
             if name.startswith("POP"):
                 return [push(index), push(self.word()), self.insn(name)]
             if name.startswith("MOVE"):
@@ -326,27 +407,51 @@ class ProgramGenerator:
             return [push(index), self.insn(name)]
         if kind == 6:  # wide registers
             name = c.choice(("PUSH_R", "PUSH_U"))
-            return [push(c.choice((0, 1, 0x10, 0x1B, 0x80000000))),
-                    IRInstruction(OPS_BY_NAME[name], self.operand(OPS_BY_NAME[name], []), LOC)]
+            return [
+                push(c.choice((0, 1, 0x10, 0x1B, 0x80000000))),
+                IRInstruction(OPS_BY_NAME[name], self.operand(OPS_BY_NAME[name], []), LOC),
+            ]
         if kind == 7:  # verify, segments, IO
-            name = c.choice(("VFY_R", "VFY_RW", "SEG2LIN", "PUSH_IO_U8", "PUSH_IO_U16",
-                             "PUSH_IO_U32", "POP_IO_U16"))
+            name = c.choice(
+                (
+                    "VFY_R",
+                    "VFY_RW",
+                    "SEG2LIN",
+                    "PUSH_IO_U8",
+                    "PUSH_IO_U16",
+                    "PUSH_IO_U32",
+                    "POP_IO_U16",
+                )
+            )
             if name == "SEG2LIN":
-                return [push(c.choice((0x10, 0x18, 0x23, 0x2B, 0))), push(self.word()),
-                        self.insn(name)]
+                return [
+                    push(c.choice((0x10, 0x18, 0x23, 0x2B, 0))),
+                    push(self.word()),
+                    self.insn(name),
+                ]
             if name.startswith("POP_IO"):
-                return [push(c.choice((0x60, 0x3F8, 0x1FFFF))), push(self.word()),
-                        self.insn(name)]
-            return [push(self.word() if name.startswith("VFY") else
-                         c.choice((0x60, 0x3F8, 0xFFFF, 0x10060))), self.insn(name)]
+                return [push(c.choice((0x60, 0x3F8, 0x1FFFF))), push(self.word()), self.insn(name)]
+            return [
+                push(
+                    self.word()
+                    if name.startswith("VFY")
+                    else c.choice((0x60, 0x3F8, 0xFFFF, 0x10060))
+                ),
+                self.insn(name),
+            ]
         if kind == 8:  # ids and lengths
-            return [push(self.word()), self.insn(c.choice(("SETMIN", "SETMAJ", "POP_LP",
-                                                           "POP_STP"))),
-                    self.insn(c.choice(("PUSH_LP", "PUSH_PLP", "PUSH_STP", "LOG_ST",
-                                        "PURGE_ST", "PUSH_X")))]
-        return [push(c.choice((0, 1, 2, 3, 4, 5, 8))), self.insn(c.choice(("ROS", "DUP_I")),
-                                                                 c.integer(0, 4)),
-                self.insn(c.choice(("XCHG", "NEG", "ADD", "AND", "OR", "XOR", "CALLK")))]
+            return [
+                push(self.word()),
+                self.insn(c.choice(("SETMIN", "SETMAJ", "POP_LP", "POP_STP"))),
+                self.insn(
+                    c.choice(("PUSH_LP", "PUSH_PLP", "PUSH_STP", "LOG_ST", "PURGE_ST", "PUSH_X"))
+                ),
+            ]
+        return [
+            push(c.choice((0, 1, 2, 3, 4, 5, 8))),
+            self.insn(c.choice(("ROS", "DUP_I")), c.integer(0, 4)),
+            self.insn(c.choice(("XCHG", "NEG", "ADD", "AND", "OR", "XOR", "CALLK"))),
+        ]
 
     def block(self, length: int, subs: list[str], handlers: list[str]) -> _Body:
         body = _Body()
@@ -381,34 +486,56 @@ class ProgramGenerator:
         main.labels.append(tail)
         for name in subs:  # subroutines: body, then ret (or something that leaves)
             inner = self.block(c.integer(0, 5), subs, handlers)
-            items += [IRLabel(name, LOC), *inner.items,
-                      self.insn("RET") if c.boolean(85) else self.terminator()]
+            items += [
+                IRLabel(name, LOC),
+                *inner.items,
+                self.insn("RET") if c.boolean(85) else self.terminator(),
+            ]
         for name in handlers:  # handlers: drop or keep the exception words, then leave
             inner = self.block(c.integer(0, 4), subs, handlers)
             if c.boolean(60):  # carry on after the faulting part (re-armed or not) in the tail
                 rearm = [self.insn("SX", name)] if c.boolean(25) else []
-                items += [IRLabel(name, LOC), self.insn("ROS", c.choice((0, 3))),
-                          *inner.items, *rearm, self.insn("JMP", tail)]
+                items += [
+                    IRLabel(name, LOC),
+                    self.insn("ROS", c.choice((0, 3))),
+                    *inner.items,
+                    *rearm,
+                    self.insn("JMP", tail),
+                ]
                 continue
-            end = c.choice((self.terminator(), self.insn("RET"),
-                            self.insn("JMP", c.choice(main.labels)) if main.labels
-                            else self.insn("EXIT")))
+            end = c.choice(
+                (
+                    self.terminator(),
+                    self.insn("RET"),
+                    self.insn("JMP", c.choice(main.labels)) if main.labels else self.insn("EXIT"),
+                )
+            )
             items += [IRLabel(name, LOC), *inner.items, end]
         # dangling labels (a label right before the terminator is fine: it labels it)
         return items
 
 
 _ALL_OPS = TABLE
-_CALM = tuple(op for op in TABLE
-              if OpFlag.RESERVED not in op.flags and not op.is_exit
-              and op.name not in ("RET", "RX", "CALL", "CALLK", "LOG_ST"))
+_CALM = tuple(
+    op
+    for op in TABLE
+    if OpFlag.RESERVED not in op.flags
+    and not op.is_exit
+    and op.name not in ("RET", "RX", "CALL", "CALLK", "LOG_ST")
+)
 
 
 def program(c: Chooser, addresses: list[int], max_length: int = 24) -> Program:
     gen = ProgramGenerator(c, addresses, max_length)
     fields = LogField.NONE
-    for flag in (LogField.PID, LogField.UID, LogField.CSEIP, LogField.SSESP, LogField.TSC,
-                 LogField.PROCNAME):
+    for flag in (
+        LogField.PID,
+        LogField.UID,
+        LogField.CSEIP,
+        LogField.SSESP,
+        LogField.TSC,
+        LogField.PROCNAME,
+    ):
         if c.boolean(15):
             fields |= flag
     header = ProgramHeader(
@@ -427,10 +554,15 @@ def program(c: Chooser, addresses: list[int], max_length: int = 24) -> Program:
     probes = []
     for index in range(c.integer(1, 3)):
         record = Probe(
-            kind=ProbeKind.BREAKPOINT, offset=index * 16, code_start=0, code_end=0,
-            major=c.integer(0, 0xFFFF), minor=c.integer(0, 0xFFFF),
+            kind=ProbeKind.BREAKPOINT,
+            offset=index * 16,
+            code_start=0,
+            code_end=0,
+            major=c.integer(0, 0xFFFF),
+            minor=c.integer(0, 0xFFFF),
             ex_mask=c.choice((0x0FFF, 0x0FFF, 0, 0x1FFF, 0xFFFF, 0x0041, c.integer(0, 0xFFFF))),
-            heap_size=c.choice((0, 0, 40, 41, 60, 100, 200)))
+            heap_size=c.choice((0, 0, 40, 41, 60, 100, 200)),
+        )
         probes.append(IRProbe(record, gen.probe_body()))
     ir = IRProgram(header, probes)
     sink = DiagnosticSink()
@@ -454,12 +586,17 @@ def start_state(c: Chooser, prog: Program) -> StartState:
         fill = c.choice((0, 1, 0xFFFFFFFF, 0x80000000, 5))
         seed = c.integer(0, 2**31)
         rng = random.Random(seed)
-        stack = [rng.choice((fill, rng.getrandbits(32), rng.randint(0, 40)))
-                 for _ in range(1024)]
-    words = lambda n: [c.choice((0, 1, 2, MASK32, c.integer(0, MASK32)))  # noqa: E731
-                       for _ in range(n)]
-    return StartState(stack, c.choice((0, 0x40, 0x8001, 0x1000)), words(prog.header.num_lv),
-                      words(prog.header.num_gv))
+        stack = [rng.choice((fill, rng.getrandbits(32), rng.randint(0, 40))) for _ in range(1024)]
+
+    def words(n: int) -> list[int]:
+        return [c.choice((0, 1, 2, MASK32, c.integer(0, MASK32))) for _ in range(n)]
+
+    return StartState(
+        stack,
+        c.choice((0, 0x40, 0x8001, 0x1000)),
+        words(prog.header.num_lv),
+        words(prog.header.num_gv),
+    )
 
 
 # --- running both tiers -------------------------------------------------------------------
@@ -473,8 +610,14 @@ class Tier:
     context: MemoryContext
 
 
-def make_tier(prog: Program, tier: str, spec: ContextSpec, start: StartState,
-              native_context: bool = True, subclass: bool = False) -> Tier:
+def make_tier(
+    prog: Program,
+    tier: str,
+    spec: ContextSpec,
+    start: StartState,
+    native_context: bool = True,
+    subclass: bool = False,
+) -> Tier:
     cpu = CpuState()
     if start.stack is not None:
         cpu.stack[:] = start.stack
@@ -521,23 +664,39 @@ def differences(a, b, prefix: str = "") -> list[str]:
     elif a != b:
         if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             bad = [i for i in range(len(a)) if a[i] != b[i]]
-            out.append(f"{prefix[:-1]}: {len(bad)} differ, first at {bad[0]}: "
-                       f"{a[bad[0]]!r} != {b[bad[0]]!r}")
+            out.append(
+                f"{prefix[:-1]}: {len(bad)} differ, first at {bad[0]}: "
+                f"{a[bad[0]]!r} != {b[bad[0]]!r}"
+            )
         else:
             out.append(f"{prefix[:-1]}: {a!r} != {b!r}")
     return out
 
 
 def result_dict(result) -> dict:
-    return {"exit": result.exit, "exit_to": result.exit_to, "exception": result.exception,
-            "log": result.log.hex(), "ex_log": result.ex_log.hex(), "major": result.major,
-            "minor": result.minor, "jumps": result.jumps, "stack": list(result.stack),
-            "log_overflow": result.log_overflow}
+    return {
+        "exit": result.exit,
+        "exit_to": result.exit_to,
+        "exception": result.exception,
+        "log": result.log.hex(),
+        "ex_log": result.ex_log.hex(),
+        "major": result.major,
+        "minor": result.minor,
+        "jumps": result.jumps,
+        "stack": list(result.stack),
+        "log_overflow": result.log_overflow,
+    }
 
 
-def compare_tiers(prog: Program, spec: ContextSpec, start: StartState, fires: list[int],
-                  native_context: bool = True, subclass: bool = False,
-                  budget: int = 3000) -> list[str]:
+def compare_tiers(
+    prog: Program,
+    spec: ContextSpec,
+    start: StartState,
+    fires: list[int],
+    native_context: bool = True,
+    subclass: bool = False,
+    budget: int = 3000,
+) -> list[str]:
     """Fire ``fires`` on both tiers; raise Runaway if the interpreter does not finish."""
     interp = make_tier(prog, "interp", spec, start)
     jit = make_tier(prog, "jit", spec, start, native_context, subclass)
@@ -545,10 +704,14 @@ def compare_tiers(prog: Program, spec: ContextSpec, start: StartState, fires: li
     for n, probe in enumerate(fires):
         expected = fire_interp(interp, probe, budget)
         got = jit.vm.fire(probe, jit.context)
-        problems += [f"fire {n} (probe {probe}) result.{d}"
-                     for d in differences(result_dict(expected), result_dict(got))]
-        problems += [f"fire {n} (probe {probe}) state.{d}"
-                     for d in differences(observable(interp), observable(jit))]
+        problems += [
+            f"fire {n} (probe {probe}) result.{d}"
+            for d in differences(result_dict(expected), result_dict(got))
+        ]
+        problems += [
+            f"fire {n} (probe {probe}) state.{d}"
+            for d in differences(observable(interp), observable(jit))
+        ]
         if problems:
             break
     return problems

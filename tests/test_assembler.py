@@ -13,8 +13,11 @@ HEADER = "name = m\nmodtype = user\n"
 def errors(source: str) -> list[tuple[str, int, int]]:
     with pytest.raises(CompileError) as caught:
         compile_rpn("t.rpn", text=HEADER + source)
-    return [(d.message, d.loc.line, d.loc.column) for d in caught.value.diagnostics
-            if d.severity.value == "error"]
+    return [
+        (d.message, d.loc.line, d.loc.column)
+        for d in caught.value.diagnostics
+        if d.severity.value == "error"
+    ]
 
 
 def test_labels_resolve_to_relative_targets() -> None:
@@ -25,8 +28,9 @@ def test_labels_resolve_to_relative_targets() -> None:
 
 
 def test_probes_share_one_code_blob_and_source_map() -> None:
-    program = compile_rpn("t.rpn", text=HEADER + "offset = 0\n exit\noffset = 9\n push 1\n "
-                          "exit\n").program
+    program = compile_rpn(
+        "t.rpn", text=HEADER + "offset = 0\n exit\noffset = 9\n push 1\n exit\n"
+    ).program
     first, second = program.probes
     assert (first.code_start, first.code_end) == (0, 1)
     assert (second.code_start, second.code_end) == (1, 7)
@@ -35,7 +39,8 @@ def test_probes_share_one_code_blob_and_source_map() -> None:
 
 def test_duplicate_label() -> None:
     assert errors("offset = 0\nL: exit\noffset = 1\n L: exit\n") == [
-        ("label 'L' is defined twice", 6, 2)]
+        ("label 'L' is defined twice", 6, 2)
+    ]
 
 
 def test_duplicate_label_points_at_the_first() -> None:
@@ -54,10 +59,11 @@ def test_undefined_label_with_hint() -> None:
 
 def test_jump_into_another_probe() -> None:
     assert errors("offset = 0\nA: exit\noffset = 4\n jmp A\n") == [
-        ("'jmp A' jumps into the code of probe 0", 6, 2)]
+        ("'jmp A' jumps into the code of probe 0", 6, 2)
+    ]
 
 
 def test_code_size_limit() -> None:
     body = " push 1\n" * 13108 + " exit\n"  # 5 * 13108 = 65540 bytes
-    (message, line, _), = errors("offset = 0\n" + body)
+    ((message, line, _),) = errors("offset = 0\n" + body)
     assert "exceeds 65535 bytes" in message and line == 4 + 13107  # first that does not fit

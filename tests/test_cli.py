@@ -70,8 +70,20 @@ def test_check_reports_ok(good: Path, capsys) -> None:
 def test_exec_contract_keys(good: Path, capsys) -> None:
     status, out, _ = dpc(capsys, "exec", str(good), "--json", "--mem", "0x1000=aabb")
     assert status == 0
-    assert set(json.loads(out)) == {"exit", "exit_to", "exception", "log", "ex_log", "stack",
-                                    "lv", "gv", "major", "minor", "jumps", "mem"}
+    assert set(json.loads(out)) == {
+        "exit",
+        "exit_to",
+        "exception",
+        "log",
+        "ex_log",
+        "stack",
+        "lv",
+        "gv",
+        "major",
+        "minor",
+        "jumps",
+        "mem",
+    }
     assert json.loads(out)["mem"] == {"0x1000": "aabb"}
 
 
@@ -98,8 +110,7 @@ BAD_INPUTS = {
     "unknown_mnemonic": b"name = x\nmodtype = user\noffset = 0\n frobnicate\n exit\n",
     "bad_register": b"name = x\nmodtype = user\noffset = 0\n pop r, eip\n exit\n",
     "no_probes": b"name = x\nmodtype = user\n",
-    "cross_probe_jump": (b"name = x\nmodtype = user\noffset = 0\nA:\n exit\n"
-                         b"offset = 4\n jmp A\n"),
+    "cross_probe_jump": (b"name = x\nmodtype = user\noffset = 0\nA:\n exit\noffset = 4\n jmp A\n"),
     "bad_ppdf": b"DPPDF\r\n\x1a" + bytes(100),
 }
 
@@ -140,10 +151,18 @@ def test_missing_file(tmp_path: Path, capsys) -> None:
     assert status == 2 and "absent.rpn" in err
 
 
-@pytest.mark.parametrize("args", [
-    ["--probe", "3"], ["--reg", "bogus=1"], ["--reg", "eax"], ["--mem", "0x10=zz"],
-    ["--lv", "5=1"], ["--pid", "twelve"], ["--repeat", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--probe", "3"],
+        ["--reg", "bogus=1"],
+        ["--reg", "eax"],
+        ["--mem", "0x10=zz"],
+        ["--lv", "5=1"],
+        ["--pid", "twelve"],
+        ["--repeat", "0"],
+    ],
+)
 def test_exec_usage_errors(args: list[str], good: Path, capsys) -> None:
     status, _, err = dpc(capsys, "exec", str(good), *args)
     assert status == 2 and "error" in err
@@ -157,8 +176,12 @@ def test_unwritable_output(good: Path, tmp_path: Path, capsys) -> None:
 def test_real_process_random_bytes(tmp_path: Path) -> None:
     path = tmp_path / "random.rpn"
     path.write_bytes(os.urandom(2000))
-    done = subprocess.run([sys.executable, "-m", "dprobes.cli", "build", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "dprobes.cli", "build", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "error" in done.stderr
 
@@ -172,18 +195,22 @@ def test_tier_auto_is_the_default(command: list[str]) -> None:
     assert (chosen.tier, chosen.no_cache) == ("interp", True)
 
 
-@pytest.mark.parametrize(("value", "fields"), [
-    ("ALL", LogField.ALL),
-    ("psw, upsw", LogField.SSESP | LogField.CSEIP),
-    ("procname|tsc", LogField.PROCNAME | LogField.TSC),
-    ("Pid, uid |cseip", LogField.PID | LogField.UID | LogField.CSEIP),
-])
+@pytest.mark.parametrize(
+    ("value", "fields"),
+    [
+        ("ALL", LogField.ALL),
+        ("psw, upsw", LogField.SSESP | LogField.CSEIP),
+        ("procname|tsc", LogField.PROCNAME | LogField.TSC),
+        ("Pid, uid |cseip", LogField.PID | LogField.UID | LogField.CSEIP),
+    ],
+)
 def test_log_option_takes_what_log_takes_in_a_program(value: str, fields: LogField) -> None:
     """``--log`` and ``log =`` are one parser: the same words give the same fields."""
     from dprobes.cli.run_cmd import _fields
 
-    program = compile_rpn("t.rpn", BuildOptions(),
-                          text=f"name = m\nmodtype = user\nlog = {value}\noffset = 0\nexit\n")
+    program = compile_rpn(
+        "t.rpn", BuildOptions(), text=f"name = m\nmodtype = user\nlog = {value}\noffset = 0\nexit\n"
+    )
     assert _fields(value) == program.program.header.log_fields == fields
 
 
@@ -203,10 +230,14 @@ def test_ltt_is_refused(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["run", "--log-target", "LTT", "--", str(BIN / "loop")])
     assert "invalid choice: 'LTT'" in capsys.readouterr().err
-    program = compile_rpn("t.rpn", BuildOptions(elf=str(BIN / "loop")), text=(
-        f"name = {BIN / 'loop'}\nmodtype = user\noffset = work\nexit\n")).program
+    program = compile_rpn(
+        "t.rpn",
+        BuildOptions(elf=str(BIN / "loop")),
+        text=(f"name = {BIN / 'loop'}\nmodtype = user\noffset = work\nexit\n"),
+    ).program
     ppdf = tmp_path / "ltt.ppdf"
-    ppdf.write_bytes(encode_ppdf(replace(program, header=replace(
-        program.header, log_target=LogTarget.LTT))))
+    ppdf.write_bytes(
+        encode_ppdf(replace(program, header=replace(program.header, log_target=LogTarget.LTT)))
+    )
     status, _, err = dpc(capsys, "run", "--probes", str(ppdf), "--", str(BIN / "loop"))
     assert status == 2 and "log target LTT is not implemented yet" in err

@@ -27,8 +27,9 @@ def _write(case: Case, tmp_path: Path) -> Path:
 TIERS = ("interp", "jit")
 
 
-def run_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-             tier: str = "interp") -> None:
+def run_case(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str], tier: str = "interp"
+) -> None:
     path = _write(case, tmp_path)
     if case.errors:
         status = cli.main(["check", str(path)])
@@ -43,15 +44,17 @@ def run_case(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert status == 0, err
     result = json.loads(out)
     assert case.expect is not None
-    mismatched = {key: (want, result.get(key)) for key, want in case.expect.items()
-                  if result.get(key, object()) != want}
+    mismatched = {
+        key: (want, result.get(key))
+        for key, want in case.expect.items()
+        if result.get(key, object()) != want
+    }
     assert not mismatched, f"{case.path.name}: (expected, got) {mismatched}\nfull: {result}"
 
 
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_case(case: Case, tier: str, tmp_path: Path,
-              capsys: pytest.CaptureFixture[str]) -> None:
+def test_case(case: Case, tier: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if tier == "jit" and case.no_jit is not None:
         pytest.skip(f"no jit: {case.no_jit}")
     run_case(case, tmp_path, capsys, tier)
@@ -60,24 +63,29 @@ def test_case(case: Case, tier: str, tmp_path: Path,
 def _opcodes(case: Case, tmp_path: Path) -> set[str]:
     """The names of the instructions in ``case``'s handlers."""
     program = compile_rpn(str(_write(case, tmp_path)), text=case.source).program
-    return {i.op.name
-            for index in range(len(program.probes)) for i in program.instructions(index)}
+    return {i.op.name for index in range(len(program.probes)) for i in program.instructions(index)}
 
 
-def _exec_json(path: Path, case: Case, capsys: pytest.CaptureFixture[str],
-               tier_args: list[str]) -> dict:
+def _exec_json(
+    path: Path, case: Case, capsys: pytest.CaptureFixture[str], tier_args: list[str]
+) -> dict:
     status = cli.main(["exec", str(path), "--json", *tier_args, *case.args])
     out, err = capsys.readouterr()
     assert status == 0, err
     return json.loads(out)
 
 
-def test_exec_output_is_the_same_on_every_tier(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_exec_output_is_the_same_on_every_tier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``dpc exec``'s whole JSON object (not only a case's expectations) is the same with
     the default tier, the interpreter, the JIT and auto compiling at the first hit."""
-    tiers = {"default": [], "interp": ["--tier", "interp"], "jit": ["--tier", "jit"],
-             "auto": ["--tier", "auto", "--hot-threshold", "0"]}
+    tiers = {
+        "default": [],
+        "interp": ["--tier", "interp"],
+        "jit": ["--tier", "jit"],
+        "auto": ["--tier", "auto", "--hot-threshold", "0"],
+    }
     for case in CASES:
         if case.errors:
             continue
@@ -99,9 +107,11 @@ def test_every_opcode_has_a_case(tmp_path: Path) -> None:
     assert not missing, f"opcodes without a conformance case: {missing}"
 
 
-@pytest.mark.skipif(flavour.is_compiled(),
-                    reason="patches Machine, which the compiled build does not look up; "
-                           "test_flavour runs this on the pure-Python build")
+@pytest.mark.skipif(
+    flavour.is_compiled(),
+    reason="patches Machine, which the compiled build does not look up; "
+    "test_flavour runs this on the pure-Python build",
+)
 def test_every_exception_code_is_raised(tmp_path: Path, capsys, monkeypatch) -> None:
     raised: set[int] = set()
     original = interp.Machine.raise_exception
@@ -156,9 +166,13 @@ def test_every_log_token_appears(tmp_path: Path) -> None:
         tokens = record_tokens(bytes.fromhex(case.expect["log"]))
         assert tokens is not None, f"{case.name}: the log is not a stream of records"
         seen.update(tokens)
-    for token, what in ((model.TOKEN_MEMORY, "log mrf"), (model.TOKEN_ASCII, "log str"),
-                        (model.TOKEN_LOG, "log"), (model.TOKEN_LV_ENTRY, "log lv"),
-                        (model.TOKEN_GV_ENTRY, "log gv"),
-                        (model.TOKEN_MEMORY_FAULT, "fault record")):
+    for token, what in (
+        (model.TOKEN_MEMORY, "log mrf"),
+        (model.TOKEN_ASCII, "log str"),
+        (model.TOKEN_LOG, "log"),
+        (model.TOKEN_LV_ENTRY, "log lv"),
+        (model.TOKEN_GV_ENTRY, "log gv"),
+        (model.TOKEN_MEMORY_FAULT, "fault record"),
+    ):
         assert token in seen, f"no case logs a record of token {token} ({what})"
     assert any(c.expect and c.expect.get("ex_log") for c in CASES), "no stack-trace case"

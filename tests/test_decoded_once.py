@@ -60,14 +60,22 @@ def test_the_cache_is_not_part_of_equality() -> None:
     assert program == other and hash(program) == hash(other)
 
 
-@pytest.mark.parametrize(("code", "probe", "offset", "listed"), [
-    (b"\xff", Probe(ProbeKind.BREAKPOINT, 0, 0, 1), 0, ".byte 0xff"),  # unknown opcode
-    (encode(OPS_BY_NAME["PUSH"], 7)[:3], Probe(ProbeKind.BREAKPOINT, 0, 0, 3), 0,
-     ".byte 0x4c"),  # an operand cut short
-    (b"\x00", Probe(ProbeKind.BREAKPOINT, 0, 0, 9), 0, "nop"),  # a range past the code
-])
-def test_bytes_that_do_not_decode_are_refused_every_time(code: bytes, probe: Probe,
-                                                         offset: int, listed: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "probe", "offset", "listed"),
+    [
+        (b"\xff", Probe(ProbeKind.BREAKPOINT, 0, 0, 1), 0, ".byte 0xff"),  # unknown opcode
+        (
+            encode(OPS_BY_NAME["PUSH"], 7)[:3],
+            Probe(ProbeKind.BREAKPOINT, 0, 0, 3),
+            0,
+            ".byte 0x4c",
+        ),  # an operand cut short
+        (b"\x00", Probe(ProbeKind.BREAKPOINT, 0, 0, 9), 0, "nop"),  # a range past the code
+    ],
+)
+def test_bytes_that_do_not_decode_are_refused_every_time(
+    code: bytes, probe: Probe, offset: int, listed: str
+) -> None:
     program = Program(ProgramHeader("/bin/true", ModuleType.USER), (probe,), code)
     for _ in range(2):
         with pytest.raises(DecodeError) as refused:

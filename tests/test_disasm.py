@@ -49,24 +49,48 @@ def instruction_lines(listing: str) -> dict[int, tuple[str, str, str | None]]:
 
 
 def sample() -> Program:
-    body = (op("PUSH_R", REGISTERS_BY_NAME["eax"].index)  # 0x00
-            + op("PUSH_LVI", 3)  # 0x03
-            + op("JZ", 3)  # 0x06 -> 0x0e
-            + op("PUSH_SBP_I", -2)  # 0x0b
-            + op("EXIT")  # 0x0e
-            + op("LOOP", -6))  # 0x0f -> 0x0e
+    body = (
+        op("PUSH_R", REGISTERS_BY_NAME["eax"].index)  # 0x00
+        + op("PUSH_LVI", 3)  # 0x03
+        + op("JZ", 3)  # 0x06 -> 0x0e
+        + op("PUSH_SBP_I", -2)  # 0x0b
+        + op("EXIT")  # 0x0e
+        + op("LOOP", -6)
+    )  # 0x0f -> 0x0e
     second = op("CALL", 1) + op("ABORT") + op("RET")  # 0x14, 0x19, 0x1a
     code = body + second
     return Program(
-        ProgramHeader("/bin/ls", ModuleType.USER, jmpmax=100,
-                      log_fields=LogField.PID | LogField.TSC),
-        (Probe(ProbeKind.BREAKPOINT, 0x1234, 0, len(body), opcode=0x55, major=1, minor=2,
-               pass_count=3, location="main+4"),
-         Probe(ProbeKind.WATCHPOINT, 0xC0100000, len(body), len(code), absolute=True,
-               watch_type=WatchType.WRITE, watch_length=4)),
+        ProgramHeader(
+            "/bin/ls", ModuleType.USER, jmpmax=100, log_fields=LogField.PID | LogField.TSC
+        ),
+        (
+            Probe(
+                ProbeKind.BREAKPOINT,
+                0x1234,
+                0,
+                len(body),
+                opcode=0x55,
+                major=1,
+                minor=2,
+                pass_count=3,
+                location="main+4",
+            ),
+            Probe(
+                ProbeKind.WATCHPOINT,
+                0xC0100000,
+                len(body),
+                len(code),
+                absolute=True,
+                watch_type=WatchType.WRITE,
+                watch_length=4,
+            ),
+        ),
         code,
-        source_map=(SourceLine(0, "t.rpn", 7, 1), SourceLine(3, "t.rpn", 8, 1),
-                    SourceLine(0x14, "inc.h", 2, 5)),
+        source_map=(
+            SourceLine(0, "t.rpn", 7, 1),
+            SourceLine(3, "t.rpn", 8, 1),
+            SourceLine(0x14, "inc.h", 2, 5),
+        ),
         labels=((0x0E, "done"), (len(code), "the_end")),
     )
 
@@ -74,12 +98,17 @@ def sample() -> Program:
 def test_listing_of_a_sample_program() -> None:
     listing = disassemble(sample())
     lines = listing.splitlines()
-    assert lines[0] == ("; program '/bin/ls' modtype=user probes=2 code=27 bytes jmpmax=100 "
-                        "log=PID|TSC")
-    assert ("probe 0: breakpoint offset=0x1234 (main+4) opcode=0x55 major=1 minor=2 "
-            "code=0x0000..0x0014 pass_count=3") in lines
-    assert ("probe 1: watchpoint offset=0xc0100000 opcode=none major=0 minor=0 watch_type=w "
-            "length=4 code=0x0014..0x001b address=absolute") in lines
+    assert lines[0] == (
+        "; program '/bin/ls' modtype=user probes=2 code=27 bytes jmpmax=100 log=PID|TSC"
+    )
+    assert (
+        "probe 0: breakpoint offset=0x1234 (main+4) opcode=0x55 major=1 minor=2 "
+        "code=0x0000..0x0014 pass_count=3"
+    ) in lines
+    assert (
+        "probe 1: watchpoint offset=0xc0100000 opcode=none major=0 minor=0 watch_type=w "
+        "length=4 code=0x0014..0x001b address=absolute"
+    ) in lines
     insns = instruction_lines(listing)
     assert insns[0x00] == ("46 06 00", "push r, eax", "t.rpn:7")
     assert insns[0x03] == ("29 03 00", "push lv, 3", "t.rpn:8")
@@ -161,10 +190,9 @@ def test_an_operand_does_not_run_into_the_next_probe() -> None:
     first = op("PUSH", 7)[:3]  # a push cut short by the end of its probe
     second = op("EXIT")
     code = first + second
-    listing = disassemble(program(
-        code,
-        Probe(ProbeKind.BREAKPOINT, 0, 0, 3),
-        Probe(ProbeKind.BREAKPOINT, 8, 3, 4)))
+    listing = disassemble(
+        program(code, Probe(ProbeKind.BREAKPOINT, 0, 0, 3), Probe(ProbeKind.BREAKPOINT, 8, 3, 4))
+    )
     insns = instruction_lines(listing)
     assert [insns[i][1] for i in range(4)] == [".byte 0x4c", ".byte 0x07", "nop", "exit"]
 
@@ -189,19 +217,24 @@ def test_unknown_register_and_code_outside_probes() -> None:
 
 def test_broken_probe_ranges_do_not_crash() -> None:
     code = op("EXIT")
-    listing = disassemble(program(code, Probe(ProbeKind.BREAKPOINT, 0, 0, 50),
-                                  Probe(ProbeKind.BREAKPOINT, 1, -4, 1)))
+    listing = disassemble(
+        program(code, Probe(ProbeKind.BREAKPOINT, 0, 0, 50), Probe(ProbeKind.BREAKPOINT, 1, -4, 1))
+    )
     assert listing.count("  0000  0d") == 2
 
 
 def test_describe_opcodes() -> None:
     text = describe_opcodes()
     for info in TABLE:
-        assert re.search(rf"^{info.code:#04x}  {re.escape(info.syntax)} +"
-                         rf"{re.escape(info.effect)} +{re.escape(info.summary)}", text, re.M)
+        assert re.search(
+            rf"^{info.code:#04x}  {re.escape(info.syntax)} +"
+            rf"{re.escape(info.effect)} +{re.escape(info.summary)}",
+            text,
+            re.M,
+        )
     assert "push mem_u32" in text and "also written push m32" in text
     assert "[raises EX_INVALID_OPCODE]" in text
     assert isa.__doc__ is not None
-    notes = isa.__doc__[isa.__doc__.index("Notes"):].strip()
+    notes = isa.__doc__[isa.__doc__.index("Notes") :].strip()
     assert text.endswith(notes)
     assert "``sub`` computes TOS - NOS" in text

@@ -40,8 +40,9 @@ def test_a_file_is_parsed_once_per_content(tmp_path: Path) -> None:
     assert again is not first and again.data == bytes(data)
 
 
-def test_symbols_code_map_and_loader_share_one_parse(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_symbols_code_map_and_loader_share_one_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "loop"
     shutil.copy(BIN / "loop", path)
     path.write_bytes(path.read_bytes() + b"\0")  # content no other test has parsed
@@ -53,8 +54,9 @@ def test_symbols_code_map_and_loader_share_one_parse(tmp_path: Path,
             super().__init__(data)
 
     monkeypatch.setattr(elf_reader, "ElfFile", Counted)
-    program = compile_rpn("t.rpn", BuildOptions(elf=str(path)),
-                          text=PROBE.format(path=path)).program
+    program = compile_rpn(
+        "t.rpn", BuildOptions(elf=str(path)), text=PROBE.format(path=path)
+    ).program
     machine = Machine()
     loaded = ProbeManager(machine).insert(program)
     assert loaded.records[0].armed

@@ -31,19 +31,51 @@ from dprobes.tests.guest_expectations import (
 
 # Symbols other tests may probe, with their symbol type.
 SYMBOLS = {
-    "loop": {"_start": "STT_FUNC", "main": "STT_FUNC", "work": "STT_FUNC", "add3": "STT_FUNC",
-             "calls": "STT_OBJECT", "marker": "STT_OBJECT"},
-    "strings": {"main": "STT_FUNC", "str_len": "STT_FUNC", "mem_copy": "STT_FUNC",
-                "str_reverse": "STT_FUNC", "str_upper": "STT_FUNC", "str_find": "STT_FUNC"},
-    "recurse": {"main": "STT_FUNC", "fib": "STT_FUNC", "ackermann": "STT_FUNC",
-                "depth": "STT_OBJECT", "max_depth": "STT_OBJECT", "ncalls": "STT_OBJECT"},
-    "fpu": {"main": "STT_FUNC", "harmonic": "STT_FUNC", "x87_sqrt": "STT_FUNC",
-            "sse_basel": "STT_FUNC", "sse_sqrt": "STT_FUNC", "sse_mxcsr": "STT_FUNC"},
-    "bound": {"_start": "STT_FUNC", "bound_ok": "STT_NOTYPE", "bound_fail": "STT_NOTYPE",
-              "limits": "STT_NOTYPE"},
+    "loop": {
+        "_start": "STT_FUNC",
+        "main": "STT_FUNC",
+        "work": "STT_FUNC",
+        "add3": "STT_FUNC",
+        "calls": "STT_OBJECT",
+        "marker": "STT_OBJECT",
+    },
+    "strings": {
+        "main": "STT_FUNC",
+        "str_len": "STT_FUNC",
+        "mem_copy": "STT_FUNC",
+        "str_reverse": "STT_FUNC",
+        "str_upper": "STT_FUNC",
+        "str_find": "STT_FUNC",
+    },
+    "recurse": {
+        "main": "STT_FUNC",
+        "fib": "STT_FUNC",
+        "ackermann": "STT_FUNC",
+        "depth": "STT_OBJECT",
+        "max_depth": "STT_OBJECT",
+        "ncalls": "STT_OBJECT",
+    },
+    "fpu": {
+        "main": "STT_FUNC",
+        "harmonic": "STT_FUNC",
+        "x87_sqrt": "STT_FUNC",
+        "sse_basel": "STT_FUNC",
+        "sse_sqrt": "STT_FUNC",
+        "sse_mxcsr": "STT_FUNC",
+    },
+    "bound": {
+        "_start": "STT_FUNC",
+        "bound_ok": "STT_NOTYPE",
+        "bound_fail": "STT_NOTYPE",
+        "limits": "STT_NOTYPE",
+    },
     "args": {"_start": "STT_FUNC", "main": "STT_FUNC"},
-    "hello_glibc": {"_start": "STT_FUNC", "main": "STT_FUNC", "printf": "STT_FUNC",
-                    "malloc": "STT_FUNC"},
+    "hello_glibc": {
+        "_start": "STT_FUNC",
+        "main": "STT_FUNC",
+        "printf": "STT_FUNC",
+        "malloc": "STT_FUNC",
+    },
 }
 PUSH_EBP_MOV_ESP_EBP = bytes([0x55, 0x89, 0xE5])
 
@@ -57,6 +89,7 @@ def test_python_models_match_known_values() -> None:
 
 
 # --- (a) the images -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_image_is_static_i386_executable(name: str) -> None:
@@ -83,11 +116,14 @@ def test_image_is_static_i386_executable(name: str) -> None:
     assert path.stat().st_size < limit
 
 
-@pytest.mark.parametrize(("name", "functions"), [
-    ("loop", ["work", "add3", "main"]),
-    ("recurse", ["fib", "ackermann"]),
-    ("strings", ["str_len", "mem_copy", "str_find"]),
-])
+@pytest.mark.parametrize(
+    ("name", "functions"),
+    [
+        ("loop", ["work", "add3", "main"]),
+        ("recurse", ["fib", "ackermann"]),
+        ("strings", ["str_len", "mem_copy", "str_find"]),
+    ],
+)
 def test_functions_start_with_frame_pointer_prologue(name: str, functions: list[str]) -> None:
     with (BIN / name).open("rb") as f:
         elf = ELFFile(f)
@@ -102,8 +138,6 @@ def test_functions_start_with_frame_pointer_prologue(name: str, functions: list[
 # --- (b) run under qemu-i386 --------------------------------------------------------------
 
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-i386 not on PATH (Debian: qemu-user)")
-
-
 
 
 @needs_qemu
@@ -135,21 +169,30 @@ def test_bound_dies_with_sigsegv() -> None:
 
 # --- (c) reproducible build ---------------------------------------------------------------
 
+
 def gcc_m32_works() -> bool:
     if shutil.which("gcc") is None or shutil.which("make") is None:
         return False
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "probe.c"
         src.write_text("int main(void) { return 0; }\n")
-        probe = subprocess.run(["gcc", "-m32", "-static", "-o", str(Path(tmp) / "probe"),
-                                str(src)], capture_output=True, check=False)
+        probe = subprocess.run(
+            ["gcc", "-m32", "-static", "-o", str(Path(tmp) / "probe"), str(src)],
+            capture_output=True,
+            check=False,
+        )
         return probe.returncode == 0
 
 
 def test_build_is_reproducible() -> None:
     if not gcc_m32_works():
         pytest.skip("gcc -m32 cannot build (Debian: gcc-multilib)")
-    result = subprocess.run(["sh", str(GUEST / "check-reproducible.sh")], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "MAKEFLAGS": ""},
-                            check=False)
+    result = subprocess.run(
+        ["sh", str(GUEST / "check-reproducible.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MAKEFLAGS": ""},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr

@@ -6,11 +6,28 @@ import pytest
 
 from dprobes.vm.context import MemoryContext, MemoryFault
 
-LAYOUT = {0x1000: bytes(range(16)), 0x1010: bytes(range(100, 116)),
-          0xFFFFFFF8: bytes(range(200, 208)), 0: bytes(range(50, 54)),
-          0x2002: bytes(range(8)), 0x2000: bytes(range(30, 46))}  # 0x2002: overlapping
-ADDRESSES = (0x1000, 0x100C, 0x100E, 0x101E, 0x1020, 0xFFFFFFF8, 0xFFFFFFFC, 0xFFFFFFFE,
-             0x2000, 0x2003, 0x2008, 0x3000)
+LAYOUT = {
+    0x1000: bytes(range(16)),
+    0x1010: bytes(range(100, 116)),
+    0xFFFFFFF8: bytes(range(200, 208)),
+    0: bytes(range(50, 54)),
+    0x2002: bytes(range(8)),
+    0x2000: bytes(range(30, 46)),
+}  # 0x2002: overlapping
+ADDRESSES = (
+    0x1000,
+    0x100C,
+    0x100E,
+    0x101E,
+    0x1020,
+    0xFFFFFFF8,
+    0xFFFFFFFC,
+    0xFFFFFFFE,
+    0x2000,
+    0x2003,
+    0x2008,
+    0x3000,
+)
 
 
 def _read(read, address: int, size: int) -> int | MemoryFault:
@@ -28,8 +45,9 @@ def _outcome(value: int | MemoryFault) -> int | tuple[str, int]:
 def test_read_uint_is_read_memory_as_an_integer(size: int) -> None:
     context = MemoryContext(memory=LAYOUT)
     for address in ADDRESSES:
-        expected = _read(lambda a, s: int.from_bytes(context.read_memory(a, s), "little"),
-                         address, size)
+        expected = _read(
+            lambda a, s: int.from_bytes(context.read_memory(a, s), "little"), address, size
+        )
         assert _outcome(_read(context.read_uint, address, size)) == _outcome(expected)
 
 

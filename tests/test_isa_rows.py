@@ -53,8 +53,32 @@ SBP = 512
 PADDING = 8
 """Words under a row's inputs, so that no row reads below the pushed words."""
 
-WORDS = (0, 1, 2, 3, 4, 5, 7, 8, 16, 31, 32, 33, 0xFF, 0x100, 0xFFFF, 0x10000, 0x7FFFFFFF,
-         0x80000000, 0xFFFFFFFE, 0xFFFFFFFF, MEMORY, MEMORY + 1, MEMORY + 60, MEMORY - 1)
+WORDS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    7,
+    8,
+    16,
+    31,
+    32,
+    33,
+    0xFF,
+    0x100,
+    0xFFFF,
+    0x10000,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFE,
+    0xFFFFFFFF,
+    MEMORY,
+    MEMORY + 1,
+    MEMORY + 60,
+    MEMORY - 1,
+)
 OPERANDS: dict[Operand, tuple[int, ...]] = {
     Operand.IMM32: (0, 1, 0xFFFFFFFF, MEMORY),
     Operand.U8: (0, 1, 2, 3, 4, 5, 31, 32, 33, 0xFF),
@@ -65,13 +89,21 @@ OPERANDS: dict[Operand, tuple[int, ...]] = {
 }
 
 _SERVICES = {
-    "read_memory": HostNeed.MEMORY_READ, "read_uint": HostNeed.MEMORY_READ,
-    "read_cstring": HostNeed.MEMORY_READ, "write_memory": HostNeed.MEMORY_WRITE,
-    "io_read": HostNeed.IO, "io_write": HostNeed.IO,
-    "read_register": HostNeed.REGISTER_READ, "write_register": HostNeed.REGISTER_WRITE,
-    "cpuid": HostNeed.HOST_CALL, "read_msr": HostNeed.HOST_CALL,
-    "segment_base": HostNeed.HOST_CALL, "callk": HostNeed.HOST_CALL,
-    "pid": HostNeed.PROCESS, "task": HostNeed.PROCESS, "processor": HostNeed.PROCESS,
+    "read_memory": HostNeed.MEMORY_READ,
+    "read_uint": HostNeed.MEMORY_READ,
+    "read_cstring": HostNeed.MEMORY_READ,
+    "write_memory": HostNeed.MEMORY_WRITE,
+    "io_read": HostNeed.IO,
+    "io_write": HostNeed.IO,
+    "read_register": HostNeed.REGISTER_READ,
+    "write_register": HostNeed.REGISTER_WRITE,
+    "cpuid": HostNeed.HOST_CALL,
+    "read_msr": HostNeed.HOST_CALL,
+    "segment_base": HostNeed.HOST_CALL,
+    "callk": HostNeed.HOST_CALL,
+    "pid": HostNeed.PROCESS,
+    "task": HostNeed.PROCESS,
+    "processor": HostNeed.PROCESS,
 }
 """The host need each Context service stands for."""
 
@@ -80,12 +112,20 @@ class Recorder(MemoryContext):
     """A MemoryContext that notes which of its services the handler used."""
 
     def __init__(self, callk: bool) -> None:
-        registers = {r.name: 0x1234_0000 + r.index for r in REGISTERS_BY_INDEX.values()
-                     if not r.reserved}
-        super().__init__(registers, memory={MEMORY: bytes(range(1, MEMORY_SIZE + 1))},
-                         segments={SELECTOR: 0x2000}, msrs={0: 0x1_0000_0002},
-                         cpuid={0: (1, 2, 3, 4)}, pid=5, task=6, processor=7,
-                         ports={port: 0x01010101 * (port + 1) for port in range(8)})
+        registers = {
+            r.name: 0x1234_0000 + r.index for r in REGISTERS_BY_INDEX.values() if not r.reserved
+        }
+        super().__init__(
+            registers,
+            memory={MEMORY: bytes(range(1, MEMORY_SIZE + 1))},
+            segments={SELECTOR: 0x2000},
+            msrs={0: 0x1_0000_0002},
+            cpuid={0: (1, 2, 3, 4)},
+            pid=5,
+            task=6,
+            processor=7,
+            ports={port: 0x01010101 * (port + 1) for port in range(8)},
+        )
         self.needs = HostNeed.NONE
         self.has_callk = callk
         self.widths: set[int] = set()  # bytes of each fixed-size memory or port access
@@ -105,6 +145,7 @@ def _recording(name: str):
         if name == "callk":
             return self.has_callk
         return getattr(MemoryContext, name)(self, *args)
+
     service.__name__ = name
     return service
 
@@ -148,8 +189,9 @@ def operands(op: OpInfo) -> tuple[int | None, ...]:
 def program_for(op: OpInfo, operand: int | None) -> tuple[Program, DecodedProgram]:
     """The row then ``exit``, as one probe."""
     code = encode(op, operand) + encode(OPS_BY_NAME["EXIT"])
-    header = ProgramHeader("rows", ModuleType.USER, jmpmax=JMPMAX, logmax=LOGMAX,
-                           num_lv=NUM_VARS, num_gv=NUM_VARS)
+    header = ProgramHeader(
+        "rows", ModuleType.USER, jmpmax=JMPMAX, logmax=LOGMAX, num_lv=NUM_VARS, num_gv=NUM_VARS
+    )
     probe = Probe(ProbeKind.BREAKPOINT, 0, 0, len(code), ex_mask=0xFFFF, heap_size=HEAP_SIZE)
     program = Program(header, (probe,), code)
     return program, decode_program(program)
@@ -187,8 +229,11 @@ class Run:
         every slot outside the scratch area over the inputs (``scratch`` up to the first
         input), the one in slot ``masked`` left out."""
         live = range(self.tos or STACK_SIZE, STACK_SIZE)
-        return tuple(self.stack[slot] for slot in range(STACK_SIZE)
-                     if slot != masked and (slot in live or slot < scratch))
+        return tuple(
+            self.stack[slot]
+            for slot in range(STACK_SIZE)
+            if slot != masked and (slot in live or slot < scratch)
+        )
 
 
 def slot_at(setup: Setup, depth: int) -> int:
@@ -229,14 +274,35 @@ def run(op: OpInfo, setup: Setup, change: tuple[int, int] | None = None) -> Run:
     elif m.ex_pending:
         code, parm1 = cpu.ex_code, m.ex_parm1
     net = ((before - m.tos + STACK_SIZE // 2) & STACK_MASK) - STACK_SIZE // 2
-    state = (after, m.exit_kind, m.exit_to, m.exception, tuple(lv), tuple(gv),
-             bytes(m.log[:m.log_len]), m.log_len, m.prev_log_len, m.log_overflow,
-             bytes(m.ex_log[:m.ex_len]), m.major, m.minor, m.sbp, m.jmp_count, cpu.ex_code,
-             m.ex_parm1, m.ex_parm2,
-             tuple((f.sbp, f.gv_range, f.lv_range, f.pv_range, f.handler, f.called, f.returns)
-                   for f in m.frames),
-             tuple(bytes(data) for _, data in ctx.regions), tuple(ctx.io_writes),
-             tuple(sorted(ctx.regs.items())), bytes(heap.data), heap.in_use)
+    state = (
+        after,
+        m.exit_kind,
+        m.exit_to,
+        m.exception,
+        tuple(lv),
+        tuple(gv),
+        bytes(m.log[: m.log_len]),
+        m.log_len,
+        m.prev_log_len,
+        m.log_overflow,
+        bytes(m.ex_log[: m.ex_len]),
+        m.major,
+        m.minor,
+        m.sbp,
+        m.jmp_count,
+        cpu.ex_code,
+        m.ex_parm1,
+        m.ex_parm2,
+        tuple(
+            (f.sbp, f.gv_range, f.lv_range, f.pv_range, f.handler, f.called, f.returns)
+            for f in m.frames
+        ),
+        tuple(bytes(data) for _, data in ctx.regions),
+        tuple(ctx.io_writes),
+        tuple(sorted(ctx.regs.items())),
+        bytes(heap.data),
+        heap.in_use,
+    )
     needs = ctx.needs | (HostNeed.HEAP if heap.used else HostNeed.NONE)
     return Run(code, parm1, m.exit_kind, ctx.widths, net, needs, m.tos, tuple(m.stack), state)
 
@@ -248,8 +314,11 @@ def differ(op: OpInfo, setup: Setup, depth: int, value: int) -> bool:
     slot = slot_at(setup, depth)
     masked = slot if second.stack[slot] == value and first.stack[slot] != value else -1
     scratch = slot_at(setup, 0) - 8
-    return (first.state, first.tos, first.words(masked, scratch)) != \
-        (second.state, second.tos, second.words(masked, scratch))
+    return (first.state, first.tos, first.words(masked, scratch)) != (
+        second.state,
+        second.tos,
+        second.words(masked, scratch),
+    )
 
 
 def setups(op: OpInfo) -> Iterator[Setup]:
@@ -263,12 +332,14 @@ def setups(op: OpInfo) -> Iterator[Setup]:
         words = [rng.choice(pool) for _ in range(depth)]
         if HostNeed.HEAP in op.host and depth >= 2 and rng.random() < 0.5:
             words[-2:] = handle, rng.choice((0, 1, 4))  # h off: a block and an offset in it
-        yield Setup(operand=rng.choice(operands(op)),
-                    words=tuple(words),
-                    frames=rng.choice((1, 1, 2, 34)),
-                    jumps=rng.choice((0, 0, JMPMAX)),
-                    log_len=rng.choice((header_length(LogField.NONE),) * 3 + (cap - 5, cap)),
-                    callk=rng.choice((True, False)))
+        yield Setup(
+            operand=rng.choice(operands(op)),
+            words=tuple(words),
+            frames=rng.choice((1, 1, 2, 34)),
+            jumps=rng.choice((0, 0, JMPMAX)),
+            log_len=rng.choice((header_length(LogField.NONE),) * 3 + (cap - 5, cap)),
+            callk=rng.choice((True, False)),
+        )
 
 
 def raised(op: OpInfo, code: int) -> Ex:
@@ -314,8 +385,7 @@ def _frame_access(op: OpInfo) -> bool:
     return op.scope is Scope.TSP
 
 
-@pytest.mark.parametrize("op", [op for op in TABLE if op.pops != VARIABLE],
-                         ids=lambda op: op.name)
+@pytest.mark.parametrize("op", [op for op in TABLE if op.pops != VARIABLE], ids=lambda op: op.name)
 def test_stack_effect_is_what_the_row_says(op: OpInfo) -> None:
     """``pops`` words are the inputs: each matters for some input, the word under them never
     does and no word under them changes; a run that raises nothing leaves ``pushes`` in
@@ -331,22 +401,31 @@ def test_stack_effect_is_what_the_row_says(op: OpInfo) -> None:
                 matters[depth] = differ(op, setup, depth, setup.words[-1 - depth] ^ 0x80000001)
         if _frame_access(op):
             continue
-        assert got.stack[STACK_SIZE - PADDING:] == padding, f"a word under it changed: {setup}"
+        assert got.stack[STACK_SIZE - PADDING :] == padding, f"a word under it changed: {setup}"
         assert not differ(op, setup, op.pops, 0x5A5A5A5A), f"the word under it matters: {setup}"
-    assert all(matters), f"input words that never matter (0 = TOS): " \
-                         f"{[d for d, m in enumerate(matters) if not m]}"
+    assert all(matters), (
+        f"input words that never matter (0 = TOS): {[d for d, m in enumerate(matters) if not m]}"
+    )
 
 
-@pytest.mark.parametrize("op", [op for op in TABLE if VARIABLE in (op.pops, op.pushes)],
-                         ids=lambda op: op.name)
+@pytest.mark.parametrize(
+    "op", [op for op in TABLE if VARIABLE in (op.pops, op.pushes)], ids=lambda op: op.name
+)
 def test_variable_stack_effects_vary(op: OpInfo) -> None:
     """A row that says its effect depends on the operand or the stack has more than one."""
     nets = {got.net for got in map(functools.partial(run, op), setups(op)) if got.code is None}
     assert len(nets) > 1, nets
 
 
-@pytest.mark.parametrize("op", [op for op in TABLE if op.width and op.host & (
-    HostNeed.MEMORY_READ | HostNeed.MEMORY_WRITE | HostNeed.IO)], ids=lambda op: op.name)
+@pytest.mark.parametrize(
+    "op",
+    [
+        op
+        for op in TABLE
+        if op.width and op.host & (HostNeed.MEMORY_READ | HostNeed.MEMORY_WRITE | HostNeed.IO)
+    ],
+    ids=lambda op: op.name,
+)
 def test_access_width_is_what_the_row_says(op: OpInfo) -> None:
     widths: set[int] = set()
     for setup in setups(op):
@@ -354,8 +433,9 @@ def test_access_width_is_what_the_row_says(op: OpInfo) -> None:
     assert widths == {op.width}
 
 
-@pytest.mark.parametrize("op", [op for op in TABLE if op.domain is not None],
-                         ids=lambda op: op.name)
+@pytest.mark.parametrize(
+    "op", [op for op in TABLE if op.domain is not None], ids=lambda op: op.name
+)
 def test_operand_domain_is_what_the_row_says(op: OpInfo) -> None:
     """Inside the domain the operand is taken; outside it the row raises EX_INVALID_OPERAND
     with the domain's error, or, if it does not list that code, ends the handler."""
@@ -376,11 +456,17 @@ def test_operand_domain_is_what_the_row_says(op: OpInfo) -> None:
     assert outside, "no input outside the domain"
 
 
-@pytest.mark.parametrize("op", [op for op in TABLE if op.scope in (Scope.LV, Scope.GV)
-                                and Ex.INVALID_OPERAND in op.raises], ids=lambda op: op.name)
+@pytest.mark.parametrize(
+    "op",
+    [op for op in TABLE if op.scope in (Scope.LV, Scope.GV) and Ex.INVALID_OPERAND in op.raises],
+    ids=lambda op: op.name,
+)
 def test_variable_scope_is_what_the_row_says(op: OpInfo) -> None:
     """A bad index names the row's variables in its EX_INVALID_OPERAND."""
     assert op.scope is not None
-    bad = [got.parm1 for got in map(functools.partial(run, op), setups(op))
-           if got.code == Ex.INVALID_OPERAND]
+    bad = [
+        got.parm1
+        for got in map(functools.partial(run, op), setups(op))
+        if got.code == Ex.INVALID_OPERAND
+    ]
     assert bad and set(bad) == {op.scope.index_error}

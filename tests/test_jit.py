@@ -30,8 +30,9 @@ def program(body: str, header: str = "num_lv = 4\nnum_gv = 2\n"):
 
 # --- completeness -------------------------------------------------------------------
 def test_every_opcode_has_a_lowering() -> None:
-    missing = [op.name for op in TABLE if not callable(getattr(lower, f"lower_{op.name.lower()}",
-                                                               None))]
+    missing = [
+        op.name for op in TABLE if not callable(getattr(lower, f"lower_{op.name.lower()}", None))
+    ]
     assert not missing, f"opcodes without a lower_ function: {missing}"
     assert set(lower.LOWERINGS) == {op.name for op in TABLE}
 
@@ -173,7 +174,7 @@ class Custom(Context):
     def read_memory(self, address: int, size: int) -> bytes:
         if not (address >= 0x100 and address + size <= 0x110):
             raise MemoryFault(max(address, 0x110))
-        return bytes(self.memory[address - 0x100:address - 0x100 + size])
+        return bytes(self.memory[address - 0x100 : address - 0x100 + size])
 
     def write_memory(self, address: int, data: bytes) -> None:
         self.writes.append((address, bytes(data)))
@@ -194,9 +195,11 @@ def test_plain_context_through_trampolines() -> None:
 
 
 def test_native_memory_context_partial_write_and_wraparound() -> None:
-    prog = program("push 0xfffffffe\npush 0x44332211\npop mem_u32\n"
-                   "push 0x1ffe\npush 0xaabbccdd\npop mem_u32\n"
-                   "push 0xfffffffe\npush mem_u32\nexit")
+    prog = program(
+        "push 0xfffffffe\npush 0x44332211\npop mem_u32\n"
+        "push 0x1ffe\npush 0xaabbccdd\npop mem_u32\n"
+        "push 0xfffffffe\npush mem_u32\nexit"
+    )
     outcomes = []
     for tier in ("interp", "jit"):
         context = MemoryContext(memory={0xFFFFFFF0: bytes(16), 0: bytes(4), 0x1FF0: bytes(16)})
@@ -236,8 +239,24 @@ def test_dpc_exec_tiers_print_the_same(tmp_path: Path, capsys) -> None:
     path.write_text(f"name = t\nmodtype = user\nnum_lv = 4\noffset = 0\n{LOOP}\n")
     outputs = []
     for tier in ("interp", "jit", "auto"):
-        assert cli.main(["exec", str(path), "--json", "--tier", tier, "--reg", "eax=3",
-                         "--repeat", "3", "--hot-threshold", "1"]) == 0
+        assert (
+            cli.main(
+                [
+                    "exec",
+                    str(path),
+                    "--json",
+                    "--tier",
+                    tier,
+                    "--reg",
+                    "eax=3",
+                    "--repeat",
+                    "3",
+                    "--hot-threshold",
+                    "1",
+                ]
+            )
+            == 0
+        )
         outputs.append(json.loads(capsys.readouterr().out))
     assert outputs[0] == outputs[1] == outputs[2]
 
@@ -261,8 +280,9 @@ print("auto:", vm.fire(0, MemoryContext()).stack, vm.tier)
 
 
 def test_null_jit_without_llvmlite() -> None:
-    done = subprocess.run([sys.executable, "-c", NULL_JIT], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", NULL_JIT], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "unavailable: the JIT tier needs llvmlite" in done.stdout
     assert "auto: (1,) interp" in done.stdout
@@ -271,10 +291,12 @@ def test_null_jit_without_llvmlite() -> None:
 
 def test_buffers_are_fresh_at_every_hit() -> None:
     """Bytes an earlier hit logged are zeros again when pop lp/pop stp uncover them."""
-    text = ("name = t\nmodtype = user\nautostacktrace = yes\noffset = 0\n"
-            "push 0xaaaaaaaa\npush 0xbbbbbbbb\nlog 2\npush 5\npush 0xdead0000\nlog mrf\n"
-            "push 1\npush 0x10\nrx\n"
-            "offset = 16\npush 60\npop lp\npush 90\npop stp\nexit\n")
+    text = (
+        "name = t\nmodtype = user\nautostacktrace = yes\noffset = 0\n"
+        "push 0xaaaaaaaa\npush 0xbbbbbbbb\nlog 2\npush 5\npush 0xdead0000\nlog mrf\n"
+        "push 1\npush 0x10\nrx\n"
+        "offset = 16\npush 60\npop lp\npush 90\npop stp\nexit\n"
+    )
     prog = compile_rpn("t.rpn", text=text).program
     for tier in ("interp", "jit"):
         vm = VM(prog, tier=tier)

@@ -21,8 +21,9 @@ from dprobes.vm import VM, MemoryContext
 from dprobes.vm.jit import cache
 from dprobes.vm.jit.compile import Engine
 
-FINGERPRINT = cache.Fingerprint(6, "0.50.0", "22.1.0", "x86_64-unknown-linux-gnu", "znver3",
-                                "+avx2,+sse4.2")
+FINGERPRINT = cache.Fingerprint(
+    6, "0.50.0", "22.1.0", "x86_64-unknown-linux-gnu", "znver3", "+avx2,+sse4.2"
+)
 
 
 @pytest.fixture
@@ -33,8 +34,7 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # --- the directory ------------------------------------------------------------------
-def test_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("DPROBES_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.cache_directory() == tmp_path / "xdg" / "dprobes"
@@ -114,8 +114,9 @@ def test_bad_entries_are_rejected_and_removed(cache_dir: Path, damage: str) -> N
         path.write_bytes(other_path.read_bytes())
     else:
         header = cache.HEADER.unpack_from(data)
-        path.write_bytes(cache.HEADER.pack(header[0], cache.FORMAT + 1, *header[2:])
-                         + data[cache.HEADER.size:])
+        path.write_bytes(
+            cache.HEADER.pack(header[0], cache.FORMAT + 1, *header[2:]) + data[cache.HEADER.size :]
+        )
     objects = cache.ObjectCache()
     assert objects.load(key) is None
     assert objects.stats.rejected == 1
@@ -131,8 +132,9 @@ def test_disabled_cache_neither_reads_nor_writes(cache_dir: Path) -> None:
     assert not (cache_dir / (fresh.hex() + cache.SUFFIX)).exists()
 
 
-def test_unwritable_directory_only_costs_time(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_directory_only_costs_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("DPROBES_CACHE_DIR", str(blocker / "cache"))
@@ -169,8 +171,14 @@ def _program(handlers: list[str]) -> str:
 
 def _fresh_process(cache_dir: Path, handler: str = HANDLER) -> dict:
     env = {**os.environ, "DPROBES_CACHE_DIR": str(cache_dir)}
-    done = subprocess.run([sys.executable, "-c", FIRE, _program([handler])], env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", FIRE, _program([handler])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
@@ -199,8 +207,13 @@ def test_garbage_entries_are_rebuilt_not_loaded(cache_dir: Path) -> None:
 
 def _dpc(args: list[str], cache_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DPROBES_CACHE_DIR": str(cache_dir)}
-    return subprocess.run([sys.executable, "-m", "dprobes.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dprobes.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_no_cache_leaves_the_directory_alone(cache_dir: Path, tmp_path: Path) -> None:
@@ -234,8 +247,7 @@ EX_INVALID_OPCODE's parm2 (labels differ per copy; the bytes do not)."""
 
 
 def test_identical_handlers_share_a_body_and_show_their_own_offsets() -> None:
-    source = _program(["push 0xEE\nexit", OFFSETS.format(n=1), "push 9\nexit",
-                       OFFSETS.format(n=3)])
+    source = _program(["push 0xEE\nexit", OFFSETS.format(n=1), "push 9\nexit", OFFSETS.format(n=3)])
     program = compile_rpn("offsets.rpn", text=source).program
     assert program.handler(1) == program.handler(3)
     assert program.probes[1].code_start != program.probes[3].code_start

@@ -40,8 +40,11 @@ settings.register_profile(
     max_examples=EXAMPLES,
     deadline=None,
     derandomize=os.environ.get("DPROBES_FUZZ_RANDOM") is None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
     print_blob=True,
 )
 PROFILE = settings.get_profile("dprobes-differential")
@@ -68,9 +71,12 @@ def _check(data, native_context: bool, subclass: bool = False, max_length: int =
         from dprobes.compiler.disasm import disassemble
 
         listing = disassemble(prog)
-        raise AssertionError("tiers disagree:\n  " + "\n  ".join(problems[:12])
-                             + f"\nprogram:\n{listing}\ncontext: {spec}\nstart: {start}"
-                             + f"\nfires: {fires}")
+        raise AssertionError(
+            "tiers disagree:\n  "
+            + "\n  ".join(problems[:12])
+            + f"\nprogram:\n{listing}\ncontext: {spec}\nstart: {start}"
+            + f"\nfires: {fires}"
+        )
 
 
 @PROFILE
@@ -100,8 +106,15 @@ FUZZ_SEED = int(os.environ.get("DPROBES_FUZZ_SEED", 20240601))
 @pytest.fixture(scope="module", autouse=True)
 def fuzz_child():
     """The fuzz child starts with this module, so it runs alongside the hypothesis tests."""
-    command = [sys.executable, "-m", "dprobes.tests.jit_fuzz", "--seed", str(FUZZ_SEED),
-               "--programs", str(FUZZ_PROGRAMS)]
+    command = [
+        sys.executable,
+        "-m",
+        "dprobes.tests.jit_fuzz",
+        "--seed",
+        str(FUZZ_SEED),
+        "--programs",
+        str(FUZZ_PROGRAMS),
+    ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield child
     if child.poll() is None:
@@ -118,8 +131,10 @@ def test_fuzz_in_a_child_process(fuzz_child) -> None:
         out, err = fuzz_child.communicate()
         pytest.fail(f"the fuzz child hung (seed {FUZZ_SEED}): {out[-2000:]} {err[-2000:]}")
     if fuzz_child.returncode < 0:
-        pytest.fail(f"the fuzz child died with signal {-fuzz_child.returncode} "
-                    f"(seed {FUZZ_SEED}); last output:\n{out[-3000:]}\n{err[-3000:]}")
+        pytest.fail(
+            f"the fuzz child died with signal {-fuzz_child.returncode} "
+            f"(seed {FUZZ_SEED}); last output:\n{out[-3000:]}\n{err[-3000:]}"
+        )
     assert fuzz_child.returncode == 0, f"seed {FUZZ_SEED}:\n{out[-5000:]}\n{err[-5000:]}"
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["ran"] > FUZZ_PROGRAMS // 2, summary

@@ -32,24 +32,38 @@ from dprobes.vm.program import LogField
 BIN = expect.BIN
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "probes.md"
 NAMES = ("loop", 'a"b\\c\u00e9\x01\t', "a-process-name-longer-than-sixteen-bytes")
-EVERY_SELECTION = [LogField(sum(int(field.flag) for bit, field in enumerate(HEADER)
-                                if choice >> bit & 1)) for choice in range(1 << len(HEADER))]
+EVERY_SELECTION = [
+    LogField(sum(int(field.flag) for bit, field in enumerate(HEADER) if choice >> bit & 1))
+    for choice in range(1 << len(HEADER))
+]
 
 
-def pack(ident: int, major: int, minor: int, fields: LogField, machine: dict[str, int],
-         data: bytes, ex_log: bytes) -> bytes:
+def pack(
+    ident: int,
+    major: int,
+    minor: int,
+    fields: LogField,
+    machine: dict[str, int],
+    data: bytes,
+    ex_log: bytes,
+) -> bytes:
     """One ring record as the native hook appends it."""
     layout = ring.header_layout(fields)
-    record = (ring.HEAD.pack(ident, len(data), len(ex_log), major, minor)
-              + layout.packing.pack(*(machine[name] for name in layout.names)) + data + ex_log)
+    record = (
+        ring.HEAD.pack(ident, len(data), len(ex_log), major, minor)
+        + layout.packing.pack(*(machine[name] for name in layout.names))
+        + data
+        + ex_log
+    )
     return record + bytes(-len(record) % 4)
 
 
 def run_native(formatter: native.NativeFormatter, chunk: bytes) -> tuple[bytes, int]:
     buffer = ctypes.create_string_buffer(chunk, len(chunk))
     out: list[bytes] = []
-    count = formatter.format(ctypes.addressof(buffer), len(chunk),
-                             lambda view: out.append(bytes(view)))
+    count = formatter.format(
+        ctypes.addressof(buffer), len(chunk), lambda view: out.append(bytes(view))
+    )
     assert formatter.count(ctypes.addressof(buffer), len(chunk)) == count
     return b"".join(out), count
 
@@ -63,15 +77,30 @@ def test_native_formatter_writes_what_the_python_one_does_for_every_selection() 
         for layout in LAYOUTS:
             ident = len(formatter)
             name = NAMES[ident % len(NAMES)]
-            probe = ProbeLog(pid=1000 + number, eip=0x8049000 + ident, fields=fields,
-                                    layout=layout, name=name)
+            probe = ProbeLog(
+                pid=1000 + number, eip=0x8049000 + ident, fields=fields, layout=layout, name=name
+            )
             formatter.set_probe(ident, probe)
-            machine = {"uid": 500 + number, "cs": 0x73, "ss": 0x7B, "esp": 0xBFFF0000 + ident,
-                       "executed": 123_456_789_012 + 977 * ident}
-            data, ex_log = bytes(range(ident % 41)), b"\x05\x06\x07"[:number % 4]
+            machine = {
+                "uid": 500 + number,
+                "cs": 0x73,
+                "ss": 0x7B,
+                "esp": 0xBFFF0000 + ident,
+                "executed": 123_456_789_012 + 977 * ident,
+            }
+            data, ex_log = bytes(range(ident % 41)), b"\x05\x06\x07"[: number % 4]
             chunk += pack(ident, number, ident & 0xFFFF, fields, machine, data, ex_log)
-            hit = hit_info(fields, machine["executed"], probe.pid, machine["uid"],
-                           machine["cs"], probe.eip, machine["ss"], machine["esp"], name)
+            hit = hit_info(
+                fields,
+                machine["executed"],
+                probe.pid,
+                machine["uid"],
+                machine["cs"],
+                probe.eip,
+                machine["ss"],
+                machine["esp"],
+                name,
+            )
             record = LogRecord(number, ident & 0xFFFF, fields, hit, data)
             expected.append(format_hit(layout, record, ex_log))
             if layout is COM:
@@ -84,7 +113,8 @@ def test_native_formatter_writes_what_the_python_one_does_for_every_selection() 
 
 
 def test_a_full_output_buffer_splits_the_chunk_between_records(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(native, "OUT_BYTES", 4 * native.EXTRA_ROOM)
     formatter = native.NativeFormatter(LAYOUTS)
     formatter.set_probe(0, ProbeLog(1, 2, LogField.ALL, KLOG, "loop"))
@@ -93,17 +123,18 @@ def test_a_full_output_buffer_splits_the_chunk_between_records(
     written, count = run_native(formatter, b"".join(records))
     hit = hit_info(LogField.ALL, 10, 1, 0, 0x73, 2, 0x7B, 0xBFFFF000, "loop")
     assert count == 60
-    assert written == b"".join(format_record(KLOG, LogRecord(1, n, LogField.ALL, hit,
-                                                             bytes([n]) * n))
-                               for n in range(60))
+    assert written == b"".join(
+        format_record(KLOG, LogRecord(1, n, LogField.ALL, hit, bytes([n]) * n)) for n in range(60)
+    )
 
 
 def test_exception_log_is_a_second_record() -> None:
-    record = LogRecord(3, 4, LogField.PID, hit_info(LogField.PID, 0, 7, 0, 0, 0, 0, 0, ""),
-                       b"\x01")
+    record = LogRecord(3, 4, LogField.PID, hit_info(LogField.PID, 0, 7, 0, 0, 0, 0, 0, ""), b"\x01")
     lines = format_hit(EVL, record, b"\xee\xff").decode().splitlines()
-    assert lines == ['{"major": 3, "minor": 4, "pid": 7, "data": "01"}',
-                     '{"major": 0, "minor": 0, "data": "eeff"}']
+    assert lines == [
+        '{"major": 3, "minor": 4, "pid": 7, "data": "01"}',
+        '{"major": 0, "minor": 0, "data": "eeff"}',
+    ]
 
 
 def test_the_docs_show_the_header_table() -> None:
@@ -119,16 +150,27 @@ def functions(program: str) -> list[str]:
     of them, or ``MAX_PROBES`` spread over the sorted names."""
     with open(BIN / program, "rb") as stream:
         table = ELFFile(stream).get_section_by_name(".symtab")
-        names = sorted({symbol.name for symbol in table.iter_symbols()
-                        if symbol["st_info"]["type"] == "STT_FUNC" and symbol["st_size"]
-                        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol.name)})
-    return names[::-(-len(names) // MAX_PROBES)]
+        names = sorted(
+            {
+                symbol.name
+                for symbol in table.iter_symbols()
+                if symbol["st_info"]["type"] == "STT_FUNC"
+                and symbol["st_size"]
+                and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", symbol.name)
+            }
+        )
+    return names[:: -(-len(names) // MAX_PROBES)]
 
 
-PROGRAMS = sorted(path.name for path in BIN.iterdir() if path.is_file()
-                  and path.read_bytes()[:4] == b"\x7fELF")
-TARGETS = {"KLOG": ["--log-target", "KLOG"], "KLOG -f": ["--log-target", "KLOG", "-f"],
-           "COM1": ["--log-target", "COM1"], "EVL": ["--log-target", "EVL"]}
+PROGRAMS = sorted(
+    path.name for path in BIN.iterdir() if path.is_file() and path.read_bytes()[:4] == b"\x7fELF"
+)
+TARGETS = {
+    "KLOG": ["--log-target", "KLOG"],
+    "KLOG -f": ["--log-target", "KLOG", "-f"],
+    "COM1": ["--log-target", "COM1"],
+    "EVL": ["--log-target", "EVL"],
+}
 HANDLER = """max_hits = 40
     push r, esp
     push 4
@@ -141,21 +183,38 @@ HANDLER = """max_hits = 40
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
-def test_dpc_run_writes_the_same_bytes_on_both_paths(program: str, tmp_path: Path,
-                                                     capfdbinary) -> None:
+def test_dpc_run_writes_the_same_bytes_on_both_paths(
+    program: str, tmp_path: Path, capfdbinary
+) -> None:
     """A probe on every function of the program, every log target: the log file of the
     native path (tier jit) is byte for byte the Python path's (tier interp)."""
     source = tmp_path / "p.rpn"
-    source.write_text(f"name = {BIN / program}\nmodtype = user\nlog = ALL\n" + "".join(
-        f"offset = {name}\n{HANDLER}" for name in functions(program)))
-    args = (["--probes", str(source), "--elf", str(BIN / program), "--json"]
-            + (["--file", str(BIN / "loop")] if program == "args" else []))
+    source.write_text(
+        f"name = {BIN / program}\nmodtype = user\nlog = ALL\n"
+        + "".join(f"offset = {name}\n{HANDLER}" for name in functions(program))
+    )
+    args = ["--probes", str(source), "--elf", str(BIN / program), "--json"] + (
+        ["--file", str(BIN / "loop")] if program == "args" else []
+    )
     for target, options in TARGETS.items():
         logs, native_hits = [], 0
         for tier in ("interp", "jit"):
             log = tmp_path / f"{tier}.log"
-            cli.main(["run", "--tier", tier, *args, *options, "--log-file", str(log), "--",
-                      str(BIN / program), "one", "two"])
+            cli.main(
+                [
+                    "run",
+                    "--tier",
+                    tier,
+                    *args,
+                    *options,
+                    "--log-file",
+                    str(log),
+                    "--",
+                    str(BIN / program),
+                    "one",
+                    "two",
+                ]
+            )
             summary = capfdbinary.readouterr().err.splitlines()[-1]
             native_hits = json.loads(summary)["native_hits"] if tier == "jit" else 0
             logs.append(log.read_bytes() if log.exists() else b"")
@@ -165,8 +224,9 @@ def test_dpc_run_writes_the_same_bytes_on_both_paths(program: str, tmp_path: Pat
             assert native_hits > 0, (program, target)
 
 
-@pytest.mark.parametrize("number", [0, 1, 9, 10, 99, 100, 999, 1000, 65535, 99999, 10**9 - 1,
-                                    10**9, 2**32 - 1])
+@pytest.mark.parametrize(
+    "number", [0, 1, 9, 10, 99, 100, 999, 1000, 65535, 99999, 10**9 - 1, 10**9, 2**32 - 1]
+)
 def test_numbers_at_every_digit_count(number: int) -> None:
     """Decimal and hex numbers of every length, as pid/eip (probe) and esp (ring)."""
     formatter = native.NativeFormatter(LAYOUTS)

@@ -11,8 +11,17 @@ from dprobes.runtime.logtargets import HitInfo, LogRecord, exception_record
 from dprobes.vm.logrecord import HeaderBit, header_length
 from dprobes.vm.program import LogField
 
-HIT = HitInfo(pid=42, uid=0, cs=0x73, eip=0x08049001, ss=0x7B, esp=0xBFFFF000,
-              seconds=1, microseconds=5, procname="loop")
+HIT = HitInfo(
+    pid=42,
+    uid=0,
+    cs=0x73,
+    eip=0x08049001,
+    ss=0x7B,
+    esp=0xBFFFF000,
+    seconds=1,
+    microseconds=5,
+    procname="loop",
+)
 FIELDS = LogField.PID | LogField.CSEIP
 
 
@@ -27,17 +36,36 @@ def test_binary_layout_matches_the_reserved_header_length() -> None:
 
 
 def test_every_field_in_reference_order() -> None:
-    everything = LogField.PID | LogField.UID | LogField.CSEIP | LogField.SSESP | LogField.TSC \
+    everything = (
+        LogField.PID
+        | LogField.UID
+        | LogField.CSEIP
+        | LogField.SSESP
+        | LogField.TSC
         | LogField.PROCNAME
+    )
     record = LogRecord(1, 2, everything, HIT, b"")
-    assert list(record.describe()) == ["major", "minor", "pid", "uid", "cs", "eip", "ss", "esp",
-                                       "tsc", "name"]
+    assert list(record.describe()) == [
+        "major",
+        "minor",
+        "pid",
+        "uid",
+        "cs",
+        "eip",
+        "ss",
+        "esp",
+        "tsc",
+        "name",
+    ]
     assert len(record.to_bytes()) == header_length(everything) == 56
 
 
 def test_klog_text_and_hex_dump() -> None:
-    lines = format_record(KLOG, LogRecord(7, 1, FIELDS, HIT, b"hello world, dprobes")
-                          ).decode().splitlines()
+    lines = (
+        format_record(KLOG, LogRecord(7, 1, FIELDS, HIT, b"hello world, dprobes"))
+        .decode()
+        .splitlines()
+    )
     assert lines[0] == "dprobes(7,1) pid=42 cs=0x73 eip=0x8049001"
     assert lines[1].startswith("00000000  68 65 6c 6c 6f")
     assert lines[1].endswith("|hello world, dpr|")
@@ -48,8 +76,12 @@ def test_klog_text_and_hex_dump() -> None:
 
 def test_com_target_writes_raw_records_with_crlf() -> None:
     record = LogRecord(7, 1, FIELDS, HIT, b"\xaa")
-    expected = record.to_bytes() + b"\r\n" + LogRecord(0, 0, LogField.NONE, HitInfo(),
-                                                       b"\x01\x00\x00").to_bytes() + b"\r\n"
+    expected = (
+        record.to_bytes()
+        + b"\r\n"
+        + LogRecord(0, 0, LogField.NONE, HitInfo(), b"\x01\x00\x00").to_bytes()
+        + b"\r\n"
+    )
     assert format_hit(COM, record, b"\x01\x00\x00") == expected
     assert exception_record(b"\x01").to_bytes()[8:12] == b"\0\0\0\0"
 
@@ -57,5 +89,11 @@ def test_com_target_writes_raw_records_with_crlf() -> None:
 def test_evl_target_writes_json_lines() -> None:
     written = format_hit(EVL, LogRecord(7, 1, FIELDS, HIT, b"\xaa\xbb"), b"")
     (line,) = written.decode().splitlines()
-    assert json.loads(line) == {"major": 7, "minor": 1, "pid": 42, "cs": 0x73,
-                                "eip": 0x08049001, "data": "aabb"}
+    assert json.loads(line) == {
+        "major": 7,
+        "minor": 1,
+        "pid": 42,
+        "cs": 0x73,
+        "eip": 0x08049001,
+        "data": "aabb",
+    }

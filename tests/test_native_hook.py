@@ -29,8 +29,9 @@ NOTE_HEADER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_
 LOOKUP = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32)
 
 
-def _wrapper(module: ir.Module, name: str, calls: str, result: ir.Type,
-             params: list[ir.Type]) -> None:
+def _wrapper(
+    module: ir.Module, name: str, calls: str, result: ir.Type, params: list[ir.Type]
+) -> None:
     """An exported function ``name`` passing its arguments to internal ``calls``."""
     function = ir.Function(module, ir.FunctionType(result, params), name)
     f = FunctionBuilder(function, ir.IRBuilder(function.append_basic_block("entry")), {})
@@ -57,13 +58,23 @@ def compiled() -> dict[str, int]:
 HEADER_BITS = [flag for flag in LogField if flag not in (LogField.NONE, LogField.ALL)]
 
 
-@pytest.mark.parametrize("chosen", [
-    combination for size in range(len(HEADER_BITS) + 1)
-    for combination in itertools.combinations(HEADER_BITS, size)])
+@pytest.mark.parametrize(
+    "chosen",
+    [
+        combination
+        for size in range(len(HEADER_BITS) + 1)
+        for combination in itertools.combinations(HEADER_BITS, size)
+    ],
+)
 def test_header_fields_as_the_ring_reads_them(chosen: tuple[LogField, ...]) -> None:
     fields = LogField(sum(chosen))
-    machine = {"uid": 0x1234_5678, "cs": 0x73, "ss": 0x7B, "esp": 0xBFFF_F0A4,
-               "executed": 0x0123_4567_89AB_CDEF}
+    machine = {
+        "uid": 0x1234_5678,
+        "cs": 0x73,
+        "ss": 0x7B,
+        "esp": 0xBFFF_F0A4,
+        "executed": 0x0123_4567_89AB_CDEF,
+    }
     state, process, entry = Hook(), ProcessSlot(), ProbeEntry()
     state.proc = ctypes.addressof(process)
     for index, name in ((CS, "cs"), (SS, "ss"), (ESP, "esp")):
@@ -74,15 +85,19 @@ def test_header_fields_as_the_ring_reads_them(chosen: tuple[LogField, ...]) -> N
     process.uid = machine["uid"]
     entry.fields = fields
     NOTE_HEADER(compiled()["test_np_note_header"])(
-        ctypes.addressof(state), ctypes.addressof(process), ctypes.addressof(entry))
+        ctypes.addressof(state), ctypes.addressof(process), ctypes.addressof(entry)
+    )
     layout = header_layout(fields)
     expected = layout.packing.pack(*(machine[name] for name in layout.names))
-    assert bytes(process.pending.header[:len(expected)]) == expected
+    assert bytes(process.pending.header[: len(expected)]) == expected
 
 
 def test_the_native_search_finds_what_python_placed() -> None:
-    colliding = [address for address in range(0x0804_9000, 0x0806_0000)
-                 if lookup.home(address) == lookup.home(0x0804_9000)][:5]
+    colliding = [
+        address
+        for address in range(0x0804_9000, 0x0806_0000)
+        if lookup.home(address) == lookup.home(0x0804_9000)
+    ][:5]
     others = [0x0804_8000 + 17 * i for i in range(20)]
     entries = {address: ProbeEntry(address=address) for address in colliding + others}
     process = ProcessSlot()

@@ -41,10 +41,9 @@ MODES = {"python": {"tier": "interp"}, "native": {"tier": "jit", "native_hooks":
 def code_at(program: str, name: str) -> list[tuple[int, str]]:
     """(file offset, mnemonic) of each instruction of symbol ``name`` in a guest image."""
     start, size, _ = symbol(program, name)
-    code = (BIN / program).read_bytes()[start:start + size]
+    code = (BIN / program).read_bytes()[start : start + size]
     cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-    return [(start + address, mnemonic)
-            for address, _, mnemonic, _ in cs.disasm_lite(code, 0)]
+    return [(start + address, mnemonic) for address, _, mnemonic, _ in cs.disasm_lite(code, 0)]
 
 
 def offset_of(program: str, symbol: str, mnemonic: str, nth: int = 0) -> int:
@@ -62,8 +61,10 @@ def observe(mode: str, programs: dict[str, str], runs: list[str], quantum: int) 
     for program, body in programs.items():
         manager.insert(build(program, body))
     out: dict[int, list[bytes]] = {}
-    processes = [machine.spawn(BIN / name, stdout=out.setdefault(i, []).append)
-                 for i, name in enumerate(runs)]
+    processes = [
+        machine.spawn(BIN / name, stdout=out.setdefault(i, []).append)
+        for i, name in enumerate(runs)
+    ]
     machine.run(max_instructions=100_000_000)
     if mode == "native":
         assert manager.native is not None and manager.native.hits > 0
@@ -164,8 +165,9 @@ max_hits = 3000
     log 2
     exit
 """
-    seen = same_in_both_modes({"loop": writer, "recurse": reader}, ["recurse", "loop"],
-                              quantum=1_000)
+    seen = same_in_both_modes(
+        {"loop": writer, "recurse": reader}, ["recurse", "loop"], quantum=1_000
+    )
     logged = {record for module, record, _ in seen["records"] if "recurse" in module}
     assert len(logged) > 20  # the stale words and the global changed between hits
 
@@ -193,8 +195,7 @@ max_hits = 2000
 """
     seen = same_in_both_modes({"loop": body}, ["loop", "loop"], quantum=211)
     assert len(seen["records"]) == 2000
-    assert {record[12:16] for _, record, _ in seen["records"]} == {b"\x01\0\0\0",
-                                                                  b"\x02\0\0\0"}
+    assert {record[12:16] for _, record, _ in seen["records"]} == {b"\x01\0\0\0", b"\x02\0\0\0"}
     assert sum(switched_mid_step) > 10
 
 
@@ -221,31 +222,36 @@ max_hits = 500
     assert len(seen["records"]) == 500
 
 
-@pytest.mark.parametrize("fields", ["UID", "CSEIP", "SSESP", "TSC", "PID PROCNAME",
-                                    "ALL"])
+@pytest.mark.parametrize("fields", ["UID", "CSEIP", "SSESP", "TSC", "PID PROCNAME", "ALL"])
 def test_log_header_fields(fields: str) -> None:
     """A native record keeps only the machine state the program's log header selects, on
     an emulated push and on a stepped instruction: headers equal the Python path's."""
     inc = offset_of("loop", "work", "inc")
-    body = f"log = {fields}\n" + "".join(f"""offset = {offset}
+    body = f"log = {fields}\n" + "".join(
+        f"""offset = {offset}
 max_hits = 300
     push r, eax
     log 1
     exit
-""" for offset in ("work", f"{inc:#x}"))
+"""
+        for offset in ("work", f"{inc:#x}")
+    )
     seen = same_in_both_modes({"loop": body}, ["loop"])
     assert len(seen["records"]) == 600
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    ("heap_size = 100\n    push 4\n    malloc\n    exit\n", "heap"),
-    ("    push 4\n    malloc\n    exit\n", "malloc needs a Python host service"),
-    ("    push r, cr0\n    log 1\n    exit\n", "register 0x24"),
-    ("    push 3\n    pop r, fs\n    exit\n", "segment register"),
-    ("    push 0x7b\n    pop r, ds\n    exit\n", "segment register"),
-    ("    push 0x80\n    push io_u8\n    exit\n", "Python host service"),
-    ("    push r, eax\n    pop r, eax\n    log 1\n    exit\n", ""),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("heap_size = 100\n    push 4\n    malloc\n    exit\n", "heap"),
+        ("    push 4\n    malloc\n    exit\n", "malloc needs a Python host service"),
+        ("    push r, cr0\n    log 1\n    exit\n", "register 0x24"),
+        ("    push 3\n    pop r, fs\n    exit\n", "segment register"),
+        ("    push 0x7b\n    pop r, ds\n    exit\n", "segment register"),
+        ("    push 0x80\n    push io_u8\n    exit\n", "Python host service"),
+        ("    push r, eax\n    pop r, eax\n    log 1\n    exit\n", ""),
+    ],
+)
 def test_which_handlers_run_natively(body: str, reason: str) -> None:
     program = build("loop", "offset = work\n" + body)
     found = python_only_reason(program, 0)
@@ -255,15 +261,24 @@ def test_which_handlers_run_natively(body: str, reason: str) -> None:
         assert found is None
 
 
-@pytest.mark.parametrize(("body", "fields", "push_reg", "window", "expected"), [
-    ("    push r, eax\n    push r, cs\n    push r, eip\n    exit\n", "", None, False,
-     {"eax", "eflags"}),
-    ("    push r, ebx\n    exit\n", "", "ebp", False, {"ebx", "ebp", "esp", "eflags"}),
-    ("    push r, esp\n    push mem_u32\n    exit\n", "", None, True, {"esp", "eflags"}),
-    ("    exit\n", "SSESP CSEIP", None, False, {"esp", "eflags"}),
-])
+@pytest.mark.parametrize(
+    ("body", "fields", "push_reg", "window", "expected"),
+    [
+        (
+            "    push r, eax\n    push r, cs\n    push r, eip\n    exit\n",
+            "",
+            None,
+            False,
+            {"eax", "eflags"},
+        ),
+        ("    push r, ebx\n    exit\n", "", "ebp", False, {"ebx", "ebp", "esp", "eflags"}),
+        ("    push r, esp\n    push mem_u32\n    exit\n", "", None, True, {"esp", "eflags"}),
+        ("    exit\n", "SSESP CSEIP", None, False, {"esp", "eflags"}),
+    ],
+)
 def test_a_native_hit_reads_its_registers_in_one_batch(
-        body: str, fields: str, push_reg: str | None, window: bool, expected: set[str]) -> None:
+    body: str, fields: str, push_reg: str | None, window: bool, expected: set[str]
+) -> None:
     """The registers read at once after EIP: the handler's, the step's and the log
     header's, not EIP (already read) nor segment registers (unicorn writes two bytes)."""
     program = build("loop", "offset = work\n" + body)
@@ -273,14 +288,16 @@ def test_a_native_hit_reads_its_registers_in_one_batch(
     assert found == {REGISTERS_BY_NAME[name].index for name in expected}
 
 
-def test_fault_in_the_stepped_instruction_of_a_native_hit(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fault_in_the_stepped_instruction_of_a_native_hit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The store a probe steps faults once the page turns read-only mid-run: the Python
     path adopts the native hit, logs nothing (logonfault = no) and Linux kills the
     process, exactly as when the whole hit was Python's."""
     work = code_at("loop", "work")
-    store = next(off for (off, m), (_, before) in zip(work[1:], work[:-1], strict=True)
-                 if before == "inc" and m == "mov")
+    store = next(
+        off
+        for (off, m), (_, before) in zip(work[1:], work[:-1], strict=True)
+        if before == "inc" and m == "mov"
+    )
     body = f"""
 offset = {store:#x}
     push r, eax
@@ -289,8 +306,13 @@ offset = {store:#x}
 """
     adopted = []
     adopt = NativeProbes.adopt
-    monkeypatch.setattr(NativeProbes, "adopt", lambda self, process, stepping: adopted.append(
-        adopt(self, process, stepping)) or adopted[-1])
+    monkeypatch.setattr(
+        NativeProbes,
+        "adopt",
+        lambda self, process, stepping: (
+            adopted.append(adopt(self, process, stepping)) or adopted[-1]
+        ),
+    )
 
     def run(mode: str) -> tuple:
         machine = Machine()
@@ -303,31 +325,73 @@ offset = {store:#x}
         machine.run(max_instructions=1_000_000)
         if mode == "native":
             assert manager.native is not None and manager.native.hits > 1000
-        return ([e.record.to_bytes() for e in manager.emitted], process.returncode,
-                process.crash.eip if process.crash else None,
-                [(r.status, r.count, r.hits) for r in manager.query()])
+        return (
+            [e.record.to_bytes() for e in manager.emitted],
+            process.returncode,
+            process.crash.eip if process.crash else None,
+            [(r.status, r.count, r.hits) for r in manager.query()],
+        )
 
     python, native = run("python"), run("native")
     assert native == python and python[1] == -11
     assert [step.plan.address for step in adopted if step is not None] == [0x8049088]
 
 
-def test_klog_lines_and_program_output_interleave_as_with_python_hooks(
-        tmp_path: Path) -> None:
+def test_klog_lines_and_program_output_interleave_as_with_python_hooks(tmp_path: Path) -> None:
     """Native records reach the log target before the program's next system call, so
     ``dpc run``'s combined output is the same on every tier."""
     ppdf = tmp_path / "add3.ppdf"
-    subprocess.run([sys.executable, "-m", "dprobes.cli", "build",
-                    str(EXAMPLES / "add3.rpn"), "--elf", str(BIN / "loop"), "-o", str(ppdf)],
-                   check=True, capture_output=True)
-    outputs = [subprocess.run([sys.executable, "-m", "dprobes.cli", "run", "--tier",
-                               tier, "--probes", str(ppdf), "--", str(BIN / "loop")],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
-               for tier in ("interp", "jit")]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dprobes.cli",
+            "build",
+            str(EXAMPLES / "add3.rpn"),
+            "--elf",
+            str(BIN / "loop"),
+            "-o",
+            str(ppdf),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    outputs = [
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dprobes.cli",
+                "run",
+                "--tier",
+                tier,
+                "--probes",
+                str(ppdf),
+                "--",
+                str(BIN / "loop"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        ).stdout
+        for tier in ("interp", "jit")
+    ]
     assert outputs[0] == outputs[1] and outputs[0].count(b"dprobes(3,1)") == 3
-    summary = subprocess.run([sys.executable, "-m", "dprobes.cli", "run", "--tier",
-                              "jit", "--json", "--probes", str(ppdf), "--", str(BIN / "loop")],
-                             capture_output=True).stderr.splitlines()[-1]
+    summary = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dprobes.cli",
+            "run",
+            "--tier",
+            "jit",
+            "--json",
+            "--probes",
+            str(ppdf),
+            "--",
+            str(BIN / "loop"),
+        ],
+        capture_output=True,
+    ).stderr.splitlines()[-1]
     assert json.loads(summary)["native_hits"] == 2  # the first hit goes through Python
 
 
@@ -335,8 +399,9 @@ def test_auto_tier_goes_native_once_the_handler_is_hot() -> None:
     def run(tier: str) -> tuple[list[bytes], int]:
         machine = Machine()
         manager = ProbeManager(machine, tier=tier)
-        manager.insert(build("loop", "offset = work\nmax_hits = 500\n    push r, ebp\n"
-                                     "    log 1\n    exit\n"))
+        manager.insert(
+            build("loop", "offset = work\nmax_hits = 500\n    push r, ebp\n    log 1\n    exit\n")
+        )
         machine.spawn(BIN / "loop")
         machine.run()
         native = manager.native.hits if manager.native is not None else 0
@@ -351,6 +416,7 @@ def test_auto_tier_goes_native_once_the_handler_is_hot() -> None:
 def test_a_merged_program_takes_over_a_native_probe() -> None:
     """Merging a program that probes the same instruction mid-run: from the next hit on
     the new record's handler runs, natively too (the old record's entry is gone)."""
+
     def run(mode: str) -> tuple:
         machine = Machine()
         manager = ProbeManager(machine, **MODES[mode])
@@ -358,13 +424,17 @@ def test_a_merged_program_takes_over_a_native_probe() -> None:
         process = machine.spawn(BIN / "loop")
         with pytest.raises(InstructionLimit):
             machine.run(max_instructions=300_000)
-        manager.insert(build("loop", "offset = work\n    push 2\n    log 1\n    exit\n"),
-                       merge=True)
+        manager.insert(
+            build("loop", "offset = work\n    push 2\n    log 1\n    exit\n"), merge=True
+        )
         machine.run()
         if mode == "native":
             assert manager.native is not None and manager.native.hits > 1000
-        return ([e.record.data for e in manager.emitted], process.returncode,
-                [(r.status, r.count, r.hits) for r in manager.query()])
+        return (
+            [e.record.data for e in manager.emitted],
+            process.returncode,
+            [(r.status, r.count, r.hits) for r in manager.query()],
+        )
 
     python, native = run("python"), run("native")
     assert native == python and set(python[0]) == {b"\x01\0\0\0", b"\x02\0\0\0"}

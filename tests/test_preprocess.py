@@ -82,8 +82,10 @@ def test_undef():
 
 
 def test_command_line_defines():
-    result = ok("push N\n#ifdef FLAG\npush FLAG\n#endif\npush TWICE(3)\n",
-                defines={"N": "5", "FLAG": "", "TWICE(x)": "x x"})
+    result = ok(
+        "push N\n#ifdef FLAG\npush FLAG\n#endif\npush TWICE(3)\n",
+        defines={"N": "5", "FLAG": "", "TWICE(x)": "x x"},
+    )
     assert lines(result) == ["push 5", "push 1", "push 3 3"]
 
 
@@ -312,7 +314,7 @@ def test_include_recursion_is_cut_off(tmp_path):
     [
         ("push 1\n  pop /* never\nclosed\n", 2, 7, "unterminated /* comment"),
         ("a\n#if 1\nb\n", 2, 1, "Unterminated #if"),
-        ("a\n  #error no \"x\" here\n", 2, 3, '#error no "x" here'),
+        ('a\n  #error no "x" here\n', 2, 3, '#error no "x" here'),
         ("#endif\n", 1, 1, "Misplaced #endif"),
         ("x\n#else\n", 2, 1, "Misplaced #else"),
         ("#elif 1\n", 1, 1, "Misplaced #elif"),
@@ -364,19 +366,53 @@ def test_none_only_for_new_errors():
 
 
 def test_pcpp_prints_nothing(capsys):
-    run("#error e\n#warning w\n#endif\n#include \"nope\"\n")
+    run('#error e\n#warning w\n#endif\n#include "nope"\n')
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 
 
 def test_never_raises_on_garbage():
-    pieces = ["#", "define", "undef", "if", "ifdef", "elif", "else", "endif", "include",
-              "error", "pragma", "defined", "(", ")", ",", "X", "F", "1", '"', '"x.h"', "<",
-              ">", "/*", "*/", "//", "\n", " ", "\\", "##", "...", "'", "__LINE__", "é", "\r"]
+    pieces = [
+        "#",
+        "define",
+        "undef",
+        "if",
+        "ifdef",
+        "elif",
+        "else",
+        "endif",
+        "include",
+        "error",
+        "pragma",
+        "defined",
+        "(",
+        ")",
+        ",",
+        "X",
+        "F",
+        "1",
+        '"',
+        '"x.h"',
+        "<",
+        ">",
+        "/*",
+        "*/",
+        "//",
+        "\n",
+        " ",
+        "\\",
+        "##",
+        "...",
+        "'",
+        "__LINE__",
+        "é",
+        "\r",
+    ]
     rng = random.Random(7)
     for _ in range(300):
-        source = "".join(rng.choice(pieces) + rng.choice(["", " ", "\n"])
-                         for _ in range(rng.randint(0, 30)))
+        source = "".join(
+            rng.choice(pieces) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(0, 30))
+        )
         result, sink = run(source)
         assert (result is None) == (not sink.ok)
         if result is not None:

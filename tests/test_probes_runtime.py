@@ -23,16 +23,21 @@ from dprobes.tests import guest_expectations as expect
 from dprobes.tests.guest_expectations import symbol
 
 BIN = expect.BIN
-HOOK_MODES = {"python": {"tier": "interp"},
-              "python-jit": {"tier": "jit", "native_hooks": False},
-              "native": {"tier": "jit", "native_hooks": True}}
+HOOK_MODES = {
+    "python": {"tier": "interp"},
+    "python-jit": {"tier": "jit", "native_hooks": False},
+    "native": {"tier": "jit", "native_hooks": True},
+}
 
 
 @pytest.fixture(autouse=True, params=list(HOOK_MODES))
 def hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Make this module's ProbeManager use one of the hook modes by default."""
-    monkeypatch.setattr(sys.modules[__name__], "ProbeManager",
-                        functools.partial(probes.ProbeManager, **HOOK_MODES[request.param]))
+    monkeypatch.setattr(
+        sys.modules[__name__],
+        "ProbeManager",
+        functools.partial(probes.ProbeManager, **HOOK_MODES[request.param]),
+    )
     return request.param
 
 
@@ -42,15 +47,19 @@ def instruction_offsets(program: str, name: str, end_name: str | None = None) ->
     start, size, _ = symbol(program, name)
     segment = CodeMap.load(BIN / program).segment(start)
     assert segment is not None
-    end = min(symbol(program, end_name)[0], segment.offset + segment.filesz) if end_name \
+    end = (
+        min(symbol(program, end_name)[0], segment.offset + segment.filesz)
+        if end_name
         else start + size
+    )
     code = (BIN / program).read_bytes()[start:end]
     return sorted(instruction_starts(code, start))
 
 
 def build(source: str, program: str = "loop", **defines: str):
-    return compile_rpn("t.rpn", BuildOptions(defines=defines, elf=str(BIN / program)),
-                       text=source).program
+    return compile_rpn(
+        "t.rpn", BuildOptions(defines=defines, elf=str(BIN / program)), text=source
+    ).program
 
 
 def header(program: str, extra: str = "") -> str:
@@ -96,7 +105,9 @@ def test_probe_logs_the_arguments_the_program_passes() -> None:
 
 
 def test_registers_match_the_trap_frame() -> None:
-    source = header("loop") + """
+    source = (
+        header("loop")
+        + """
 offset = add3
     push r, eip
     push r, cs
@@ -105,15 +116,22 @@ offset = add3
     log 4
     exit
 """
+    )
     _, manager, _ = run("loop", source)
     _, _, vaddr = symbol("loop", "add3")
     eip, cs, ss, ueip = struct.unpack("<4I", manager.emitted[0].record.data)
     assert (ueip, eip, cs & 3, ss & 3) == (vaddr + 1, vaddr + 1, 3, 3)
 
 
-HOT = {"loop": ("work", None), "strings": ("str_find", None), "recurse": ("fib", None),
-       "fpu": ("harmonic", None), "args": ("main", None), "bound": ("_start", "limits"),
-       "hello_glibc": ("main", None)}
+HOT = {
+    "loop": ("work", None),
+    "strings": ("str_find", None),
+    "recurse": ("fib", None),
+    "fpu": ("harmonic", None),
+    "args": ("main", None),
+    "bound": ("_start", "limits"),
+    "hello_glibc": ("main", None),
+}
 
 
 @pytest.mark.parametrize("program", sorted(HOT))
@@ -125,8 +143,9 @@ def test_transparency_with_a_probe_on_every_instruction(program: str) -> None:
     probed, manager, _ = run(program, header(program) + probes)
     assert (probed.returncode, probed.output()) == (plain.returncode, plain.output())
     rows = manager.query()
-    assert len(rows) == len(offsets) and all("active" in r.status or "disabled" in r.status
-                                             for r in rows)
+    assert len(rows) == len(offsets) and all(
+        "active" in r.status or "disabled" in r.status for r in rows
+    )
     assert sum(r.hits for r in rows) > 0
 
 
@@ -179,7 +198,9 @@ def test_abort_writes_no_log_and_exit_to_is_recorded() -> None:
 
 def test_opcode_mismatch_and_bad_offsets() -> None:
     work, _, _ = symbol("loop", "work")
-    source = header("loop") + f"""
+    source = (
+        header("loop")
+        + f"""
 offset = work
 opcode = 0x90
     exit
@@ -188,6 +209,7 @@ offset = 0x{work + 2:x}
 offset = 0x10
     exit
 """
+    )
     machine = Machine()
     manager = ProbeManager(machine)
     manager.insert(build(source))
@@ -229,8 +251,9 @@ def test_shared_page_cache_frame_cow_and_swapped_copies() -> None:
     third.space.write(vaddr + 100, b"\x90", force=True)
     third.space.swap_out(page)
     manager = ProbeManager(machine)
-    manager.insert(build(header("loop", "log = PID") + "offset = work\nmax_hits = 40000\n"
-                         "    exit\n"))
+    manager.insert(
+        build(header("loop", "log = PID") + "offset = work\nmax_hits = 40000\n    exit\n")
+    )
     for process in (first, second, third):  # page cache, private copy, swapped copy
         assert process.space.read(vaddr, 1) == b"\xcc"
     machine.run(max_instructions=200_000_000)
@@ -277,8 +300,9 @@ def test_missing_executable() -> None:
 def test_probe_state_is_deterministic() -> None:
     first = run("loop", header("loop", "log = TSC PID") + ADD3_ARGS)[1]
     second = run("loop", header("loop", "log = TSC PID") + ADD3_ARGS)[1]
-    assert [e.record.to_bytes() for e in first.emitted] == \
-        [e.record.to_bytes() for e in second.emitted]
+    assert [e.record.to_bytes() for e in first.emitted] == [
+        e.record.to_bytes() for e in second.emitted
+    ]
 
 
 def test_dpc_run_cli(tmp_path: Path, capfdbinary) -> None:
@@ -287,22 +311,43 @@ def test_dpc_run_cli(tmp_path: Path, capfdbinary) -> None:
     probe = tmp_path / "p.rpn"
     probe.write_text(counting("max_hits = 3"))
     log = tmp_path / "log.jsonl"
-    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "--query",
-                       "--getvars", "--log-target", "EVL", "--log-file", str(log), "--",
-                       str(BIN / "loop")])
+    status = cli.main(
+        [
+            "run",
+            "--probes",
+            str(probe),
+            "--elf",
+            str(BIN / "loop"),
+            "--query",
+            "--getvars",
+            "--log-target",
+            "EVL",
+            "--log-file",
+            str(log),
+            "--",
+            str(BIN / "loop"),
+        ]
+    )
     out, err = capfdbinary.readouterr()
     assert status == 7 and out.decode() == expect.loop_expected()[0]
     assert b"count=3" in err and b"=0x3" in err
     assert len(log.read_text().splitlines()) == 3
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda tmp: tmp / "missing", "No such file"),
-    (lambda tmp: (tmp / "text").write_text("hello") and tmp / "text", "not an ELF"),
-    (lambda tmp: Path("/bin/true"), "64-bit"),
-    (lambda tmp: (tmp / "cut").write_bytes((BIN / "loop").read_bytes()[:300]) and tmp / "cut",
-     "truncated"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "missing", "No such file"),
+        (lambda tmp: (tmp / "text").write_text("hello") and tmp / "text", "not an ELF"),
+        (lambda tmp: Path("/bin/true"), "64-bit"),
+        (
+            lambda tmp: (
+                (tmp / "cut").write_bytes((BIN / "loop").read_bytes()[:300]) and tmp / "cut"
+            ),
+            "truncated",
+        ),
+    ],
+)
 def test_dpc_run_bad_programs(make, message: str, tmp_path: Path, capfd) -> None:
     from dprobes.cli import main as cli
 
@@ -327,8 +372,9 @@ def test_dpc_run_missing_symbol_and_instruction_limit(tmp_path: Path, capfd) -> 
 
     probe = tmp_path / "p.rpn"
     probe.write_text(header("loop") + "offset = no_such_function\n    exit\n")
-    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "--",
-                       str(BIN / "loop")])
+    status = cli.main(
+        ["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "--", str(BIN / "loop")]
+    )
     err = capfd.readouterr().err
     assert status == 2 and "unknown symbol 'no_such_function'" in err
     status = cli.main(["run", "--max-instructions", "10000", "--", str(BIN / "loop")])
@@ -344,8 +390,9 @@ def test_group_selection_and_insertion_mid_run() -> None:
     process = machine.spawn(BIN / "loop")
     with pytest.raises(InstructionLimit):  # run part of the program first
         machine.run(max_instructions=500_000)
-    source = header("loop") + "offset = work\ngroup = 1\n    exit\noffset = add3\ngroup = 2\n" \
-        "    exit\n"
+    source = (
+        header("loop") + "offset = work\ngroup = 1\n    exit\noffset = add3\ngroup = 2\n    exit\n"
+    )
     manager.insert(build(source), groups={2})
     work, add3 = manager.query()
     assert "not selected by group/type" in work.notes and "active" in add3.status
@@ -366,7 +413,9 @@ def test_runtime_logs_agree_across_tiers() -> None:
 
 
 def test_context_reads_fpu_control_segments_and_system_variables() -> None:
-    source = header("loop") + """
+    source = (
+        header("loop")
+        + """
 offset = add3
 max_hits = 1
     push u, fcw
@@ -385,6 +434,7 @@ max_hits = 1
     log 1
     exit
 """
+    )
     process, manager, _ = run("loop", source)
     data = manager.emitted[0].record.data
     assert len(data) == 7 * 4  # the LDT selector 0x3c raised EX_SEG_FAULT before `log 1`
@@ -400,9 +450,23 @@ def test_dpc_run_com_and_unformatted_klog_targets(tmp_path: Path, capfdbinary) -
     probe = tmp_path / "p.rpn"
     probe.write_text(header("loop") + "offset = add3\n    push r, eax\n    log 1\n    exit\n")
     serial = tmp_path / "com1.bin"
-    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"),
-                       "--log", "PID", "--log-target", "COM1", "--log-file", str(serial), "--",
-                       str(BIN / "loop")])
+    status = cli.main(
+        [
+            "run",
+            "--probes",
+            str(probe),
+            "--elf",
+            str(BIN / "loop"),
+            "--log",
+            "PID",
+            "--log-target",
+            "COM1",
+            "--log-file",
+            str(serial),
+            "--",
+            str(BIN / "loop"),
+        ]
+    )
     capfdbinary.readouterr()
     raw = serial.read_bytes()
     records = raw.split(b"\r\n")[:-1]
@@ -410,8 +474,9 @@ def test_dpc_run_com_and_unformatted_klog_targets(tmp_path: Path, capfdbinary) -
     for record in records:
         facility, length, _mask, _major, _minor, pid = struct.unpack_from("<HHIHHI", record)
         assert (facility, length, pid, len(record)) == (1, 20, 1, 20)
-    status = cli.main(["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "-f", "--",
-                       str(BIN / "loop")])
+    status = cli.main(
+        ["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "-f", "--", str(BIN / "loop")]
+    )
     err = capfdbinary.readouterr().err.decode()
     lines = [line for line in err.splitlines() if line.startswith("dprobes(")]
     assert status == 7 and len(lines) == 3 and "00000000" not in err
@@ -427,7 +492,9 @@ def test_boundary_sweeps_resume_where_they_stopped() -> None:
     offsets = list(range(segment.offset, segment.offset + 3000))
     random.Random(9).shuffle(offsets)
     answers = [shared.is_boundary(offset) for offset in offsets]
-    fresh = [CodeMap(shared.data, shared.segments, shared.functions).is_boundary(offset)
-             for offset in offsets]
+    fresh = [
+        CodeMap(shared.data, shared.segments, shared.functions).is_boundary(offset)
+        for offset in offsets
+    ]
     assert answers == fresh
     assert 0 < sum(answers) < len(answers)

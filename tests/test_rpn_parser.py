@@ -85,8 +85,9 @@ def test_every_instruction_form_parses(op: OpInfo) -> None:
 
 def test_item_value_is_the_rest_of_the_line_right_stripped() -> None:
     (item,) = parse("  Name = /usr/bin/my prog  \n").body
-    assert item == ast.Item("Name", "/usr/bin/my prog", SourceLoc("t.rpn", 1, 3, 7),
-                            SourceLoc("t.rpn", 1, 10, 26))
+    assert item == ast.Item(
+        "Name", "/usr/bin/my prog", SourceLoc("t.rpn", 1, 3, 7), SourceLoc("t.rpn", 1, 10, 26)
+    )
 
 
 def test_item_without_spaces_and_with_symbols_in_the_value() -> None:
@@ -100,26 +101,40 @@ def test_labels_alone_and_before_an_instruction() -> None:
     assert body == [
         ast.LabelDef("start", SourceLoc("t.rpn", 1, 1, 6)),
         ast.LabelDef("again", SourceLoc("t.rpn", 3, 3, 8)),
-        ast.InstructionLine("push", [ast.NumberArg(1, SourceLoc("t.rpn", 3, 15, 16))],
-                            SourceLoc("t.rpn", 3, 10, 16)),
+        ast.InstructionLine(
+            "push", [ast.NumberArg(1, SourceLoc("t.rpn", 3, 15, 16))], SourceLoc("t.rpn", 3, 10, 16)
+        ),
     ]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("push 42", [ast.NumberArg(42, SourceLoc("t.rpn", 1, 6, 8))]),
-    ("push -1", [ast.NumberArg(-1, SourceLoc("t.rpn", 1, 6, 8))]),
-    ("push 0xFFffFFff", [ast.NumberArg(0xFFFFFFFF, SourceLoc("t.rpn", 1, 6, 16))]),
-    ("push -0X10", [ast.NumberArg(-16, SourceLoc("t.rpn", 1, 6, 11))]),
-    ("push 010", [ast.NumberArg(10, SourceLoc("t.rpn", 1, 6, 9))]),
-    ("push sym", [ast.NameArg("sym", SourceLoc("t.rpn", 1, 6, 9))]),
-    ("push do_fork+0x10", [ast.SymbolArg("do_fork", 16, SourceLoc("t.rpn", 1, 6, 18))]),
-    ("push .L2-4", [ast.SymbolArg(".L2", -4, SourceLoc("t.rpn", 1, 6, 11))]),
-    ("push sbp -2", [ast.NameArg("sbp", SourceLoc("t.rpn", 1, 6, 9)),
-                     ast.NumberArg(-2, SourceLoc("t.rpn", 1, 10, 12))]),
-    ("push sbp-2", [ast.SymbolArg("sbp", -2, SourceLoc("t.rpn", 1, 6, 11))]),
-    ("push r ,eax", [ast.NameArg("r", SourceLoc("t.rpn", 1, 6, 7)),
-                     ast.NameArg("eax", SourceLoc("t.rpn", 1, 9, 12))]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("push 42", [ast.NumberArg(42, SourceLoc("t.rpn", 1, 6, 8))]),
+        ("push -1", [ast.NumberArg(-1, SourceLoc("t.rpn", 1, 6, 8))]),
+        ("push 0xFFffFFff", [ast.NumberArg(0xFFFFFFFF, SourceLoc("t.rpn", 1, 6, 16))]),
+        ("push -0X10", [ast.NumberArg(-16, SourceLoc("t.rpn", 1, 6, 11))]),
+        ("push 010", [ast.NumberArg(10, SourceLoc("t.rpn", 1, 6, 9))]),
+        ("push sym", [ast.NameArg("sym", SourceLoc("t.rpn", 1, 6, 9))]),
+        ("push do_fork+0x10", [ast.SymbolArg("do_fork", 16, SourceLoc("t.rpn", 1, 6, 18))]),
+        ("push .L2-4", [ast.SymbolArg(".L2", -4, SourceLoc("t.rpn", 1, 6, 11))]),
+        (
+            "push sbp -2",
+            [
+                ast.NameArg("sbp", SourceLoc("t.rpn", 1, 6, 9)),
+                ast.NumberArg(-2, SourceLoc("t.rpn", 1, 10, 12)),
+            ],
+        ),
+        ("push sbp-2", [ast.SymbolArg("sbp", -2, SourceLoc("t.rpn", 1, 6, 11))]),
+        (
+            "push r ,eax",
+            [
+                ast.NameArg("r", SourceLoc("t.rpn", 1, 6, 7)),
+                ast.NameArg("eax", SourceLoc("t.rpn", 1, 9, 12)),
+            ],
+        ),
+    ],
+)
 def test_arguments(text: str, expected: list[ast.Arg]) -> None:
     (line,) = parse(text + "\n").body
     assert isinstance(line, ast.InstructionLine)
@@ -129,7 +144,9 @@ def test_arguments(text: str, expected: list[ast.Arg]) -> None:
 def test_blank_lines_crlf_tabs_and_a_missing_final_newline() -> None:
     body = parse("\n   \n\tpush 1\r\n\r\nexit").body
     assert [(s.mnemonic, s.loc.line) for s in body if isinstance(s, ast.InstructionLine)] == [
-        ("push", 3), ("exit", 5)]
+        ("push", 3),
+        ("exit", 5),
+    ]
 
 
 def test_an_empty_file_is_located_at_its_first_line() -> None:
@@ -152,7 +169,7 @@ def test_positions_map_to_the_original_file_and_line() -> None:
 def test_through_the_real_preprocessor(tmp_path) -> None:
     (tmp_path / "regs.h").write_text("#define REG eax\n\npush r, REG\n")
     main = tmp_path / "main.rpn"
-    main.write_text("// probe\n#include \"regs.h\"\nexit\n")
+    main.write_text('// probe\n#include "regs.h"\nexit\n')
     sink = DiagnosticSink()
     pre_file = preprocess(str(main), sink)
     assert pre_file is not None
@@ -174,34 +191,61 @@ def test_children_are_the_nodes_below_in_source_order() -> None:
     assert label.children() == item.children() == push.args[0].children() == ()
 
 
-@pytest.mark.parametrize(("text", "message", "line", "column"), [
-    ("name =\n", "missing value after '='", 1, 7),
-    ("x = 1\noffset=   \n", "missing value after '='", 2, 11),
-    ("push r,\n", "missing operand after ','", 1, 8),
-    ("push 1 ,\n", "missing operand after ','", 1, 9),
-    ("push r, eax ebx\n", "too many operands: an instruction takes at most a qualifier and "
-                          "one operand", 1, 13),
-    ("L: pushh u8 1 2\n", "too many operands: an instruction takes at most a qualifier and "
-                          "one operand", 1, 15),
-    ("push a+1 b+2 c+3\n", "too many operands: an instruction takes at most a qualifier and "
-                           "one operand", 1, 14),
-    ("push 3abc\n", "malformed number '3abc'", 1, 6),
-    ("push 0x\n", "malformed number '0x'", 1, 6),
-    ("push ;\n", "unexpected character ';'", 1, 6),
-    ("exit # done\n", "unexpected character '#'", 1, 6),
-    ("push sym + 4\n", "unexpected '+': write symbol+number and negative numbers without "
-                       "spaces", 1, 10),
-    ("push - 4\n", "unexpected '-': write symbol-number and negative numbers without spaces",
-     1, 6),
-    ("= 3\n", "'=' needs a keyword in front of it", 1, 1),
-    (": x\n", "a label needs a name in front of ':'", 1, 1),
-    ("push r: eax\n", "':' ends a label name and must follow it at the start of the line",
-     1, 7),
-    ("log target = COM1\n", "an item is 'keyword = value', with one word before '='", 1, 12),
-    ("L: 5\n", "unexpected '5'; expected a name or the end of the line", 1, 4),
-    ("L: M: exit\n", "':' ends a label name and must follow it at the start of the line", 1, 5),
-    ("L: push r, =\n", "unexpected '='; expected a name or a number or symbol+offset", 1, 12),
-])
+@pytest.mark.parametrize(
+    ("text", "message", "line", "column"),
+    [
+        ("name =\n", "missing value after '='", 1, 7),
+        ("x = 1\noffset=   \n", "missing value after '='", 2, 11),
+        ("push r,\n", "missing operand after ','", 1, 8),
+        ("push 1 ,\n", "missing operand after ','", 1, 9),
+        (
+            "push r, eax ebx\n",
+            "too many operands: an instruction takes at most a qualifier and one operand",
+            1,
+            13,
+        ),
+        (
+            "L: pushh u8 1 2\n",
+            "too many operands: an instruction takes at most a qualifier and one operand",
+            1,
+            15,
+        ),
+        (
+            "push a+1 b+2 c+3\n",
+            "too many operands: an instruction takes at most a qualifier and one operand",
+            1,
+            14,
+        ),
+        ("push 3abc\n", "malformed number '3abc'", 1, 6),
+        ("push 0x\n", "malformed number '0x'", 1, 6),
+        ("push ;\n", "unexpected character ';'", 1, 6),
+        ("exit # done\n", "unexpected character '#'", 1, 6),
+        (
+            "push sym + 4\n",
+            "unexpected '+': write symbol+number and negative numbers without spaces",
+            1,
+            10,
+        ),
+        (
+            "push - 4\n",
+            "unexpected '-': write symbol-number and negative numbers without spaces",
+            1,
+            6,
+        ),
+        ("= 3\n", "'=' needs a keyword in front of it", 1, 1),
+        (": x\n", "a label needs a name in front of ':'", 1, 1),
+        (
+            "push r: eax\n",
+            "':' ends a label name and must follow it at the start of the line",
+            1,
+            7,
+        ),
+        ("log target = COM1\n", "an item is 'keyword = value', with one word before '='", 1, 12),
+        ("L: 5\n", "unexpected '5'; expected a name or the end of the line", 1, 4),
+        ("L: M: exit\n", "':' ends a label name and must follow it at the start of the line", 1, 5),
+        ("L: push r, =\n", "unexpected '='; expected a name or a number or symbol+offset", 1, 12),
+    ],
+)
 def test_syntax_errors(text: str, message: str, line: int, column: int) -> None:
     got, loc = syntax_error(text)
     assert got == message
@@ -230,33 +274,44 @@ def test_a_syntax_error_renders_with_a_caret() -> None:
     cache = SourceCache()
     cache.add("t.rpn", "push 3abc\n")
     assert diagnostic.render(cache).splitlines() == [
-        "t.rpn:1:6: error: malformed number '3abc'", "  push 3abc", "       ^~~~"]
+        "t.rpn:1:6: error: malformed number '3abc'",
+        "  push 3abc",
+        "       ^~~~",
+    ]
 
 
 def value_item(value: str) -> ast.Item:
-    return ast.Item("offset", value, SourceLoc("t.rpn", 4, 1, 7),
-                    SourceLoc("t.rpn", 4, 10, 10 + len(value)))
+    return ast.Item(
+        "offset", value, SourceLoc("t.rpn", 4, 1, 7), SourceLoc("t.rpn", 4, 10, 10 + len(value))
+    )
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("0x100", ast.NumberArg(256, SourceLoc("t.rpn", 4, 10, 15))),
-    ("do_fork", ast.NameArg("do_fork", SourceLoc("t.rpn", 4, 10, 17))),
-    ("do_fork+4", ast.SymbolArg("do_fork", 4, SourceLoc("t.rpn", 4, 10, 19))),
-    ("-3", ast.NumberArg(-3, SourceLoc("t.rpn", 4, 10, 12))),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0x100", ast.NumberArg(256, SourceLoc("t.rpn", 4, 10, 15))),
+        ("do_fork", ast.NameArg("do_fork", SourceLoc("t.rpn", 4, 10, 17))),
+        ("do_fork+4", ast.SymbolArg("do_fork", 4, SourceLoc("t.rpn", 4, 10, 19))),
+        ("-3", ast.NumberArg(-3, SourceLoc("t.rpn", 4, 10, 12))),
+    ],
+)
 def test_parse_value(value: str, expected: ast.Arg) -> None:
     sink = DiagnosticSink()
     assert parse_value(value_item(value), sink) == expected
     assert not sink.diagnostics
 
 
-@pytest.mark.parametrize(("value", "column"), [
-    ("do_fork + 4", 18), ("a b", 12), ("4x", 10), ("=", 10)])
+@pytest.mark.parametrize(
+    ("value", "column"), [("do_fork + 4", 18), ("a b", 12), ("4x", 10), ("=", 10)]
+)
 def test_parse_value_errors_point_into_the_value(value: str, column: int) -> None:
     sink = DiagnosticSink()
     assert parse_value(value_item(value), sink) is None
     (diagnostic,) = sink.diagnostics
-    assert diagnostic.message == (f"'offset' needs a number, a symbol or symbol+offset, "
-                                  f"not '{value}'")
+    assert diagnostic.message == (
+        f"'offset' needs a number, a symbol or symbol+offset, not '{value}'"
+    )
     assert diagnostic.loc is not None and (diagnostic.loc.line, diagnostic.loc.column) == (
-        4, column)
+        4,
+        column,
+    )

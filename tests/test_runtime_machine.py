@@ -45,18 +45,40 @@ def symbol(name: str, program: str = "loop") -> int:
 
 def tiny_elf(code: bytes) -> bytes:
     """A static i386 executable of one R+X segment whose code starts at 0x08048054."""
-    header = struct.pack("<4s5B7x2H5I6H", b"\x7fELF", 1, 1, 1, 0, 0, 2, 3, 1,
-                         0x08048054, 52, 0, 0, 52, 32, 1, 40, 0, 0)
-    phdr = struct.pack("<8I", 1, 0, 0x08048000, 0x08048000, 84 + len(code), 84 + len(code), 5,
-                       PAGE_SIZE)
+    header = struct.pack(
+        "<4s5B7x2H5I6H",
+        b"\x7fELF",
+        1,
+        1,
+        1,
+        0,
+        0,
+        2,
+        3,
+        1,
+        0x08048054,
+        52,
+        0,
+        0,
+        52,
+        32,
+        1,
+        40,
+        0,
+        0,
+    )
+    phdr = struct.pack(
+        "<8I", 1, 0, 0x08048000, 0x08048000, 84 + len(code), 84 + len(code), 5, PAGE_SIZE
+    )
     return header + phdr + code
 
 
 EXIT_WITH_EBX = bytes.fromhex("b801000000 cd80")  # mov eax, 1; int 0x80
 
 
-def run_one(path: Path | str, argv: list[str] | None = None,
-            env: dict[str, str] | None = None) -> tuple[Machine, Process]:
+def run_one(
+    path: Path | str, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> tuple[Machine, Process]:
     machine = Machine()
     proc = machine.spawn(path, argv, env)
     machine.run(max_instructions=50_000_000)
@@ -64,6 +86,7 @@ def run_one(path: Path | str, argv: list[str] | None = None,
 
 
 # --- every guest program, as expected and as under qemu ----------------------------------
+
 
 @pytest.mark.parametrize("case", sorted(RUNS))
 def test_program_runs_as_expected(case: str) -> None:
@@ -106,6 +129,7 @@ def test_bound_dies_of_sigsegv_with_a_crash_report() -> None:
 
 # --- page cache, COW and swap ------------------------------------------------------------
 
+
 def two_loops_half_run() -> tuple[Machine, Process, Process]:
     machine = Machine(quantum=50_000)
     first, second = machine.spawn(BIN / "loop"), machine.spawn(BIN / "loop")
@@ -133,8 +157,7 @@ def test_processes_share_text_frames_and_copy_data_pages_on_write() -> None:
     # not mapped yet in the second process) and the private copies at 0x0804b000
     assert first.space.read(0x08048000, 4) == b"\x7fELF"
     seen = {(m.space is first.space, m.vaddr, m.private) for m in machine.file_pages(file, 0)}
-    assert seen == {(True, 0x08048000, False), (True, 0x0804B000, True),
-                    (False, 0x0804B000, True)}
+    assert seen == {(True, 0x08048000, False), (True, 0x0804B000, True), (False, 0x0804B000, True)}
     machine.run()
     for proc in (first, second):
         assert proc.output() == loop_expected() and proc.returncode == 7
@@ -221,6 +244,7 @@ def test_int3_planted_in_the_page_cache_reaches_the_trap_handler() -> None:
 
 # --- traps, faults and system calls in small hand-made programs --------------------------
 
+
 def tiny(tmp_path: Path, code: bytes, name: str = "tiny") -> Path:
     path = tmp_path / name
     path.write_bytes(tiny_elf(code))
@@ -233,16 +257,23 @@ def test_int3_without_a_handler_is_sigtrap(tmp_path: Path) -> None:
     assert proc.crash.eip == 0x08048055 and "int3" in str(proc.crash)
 
 
-@pytest.mark.parametrize(("code", "signal", "what"), [
-    (b"\x0f\x0b", 4, "SIGILL (invalid opcode (#UD)), EIP 0x08048054: ud2"),
-    (bytes.fromhex("31c9 f7f1"), 8, "SIGFPE (divide error (#DE)), EIP 0x08048056: div ecx"),
-    (b"\xfa", 11, "SIGSEGV (general protection (#GP)), EIP 0x08048054: cli"),
-    (b"\xcd\x81", 11, "SIGSEGV (int 0x81), EIP 0x08048056: int 0x81"),
-    (bytes.fromhex("e9a7bffaf7"), 11,  # jmp 0xffff4000: the page of the stop address
-     "SIGSEGV (general protection (#GP)), EIP 0xffff4000: hlt"),
-])
-def test_cpu_exceptions_end_the_process_with_linux_signals(tmp_path: Path, code: bytes,
-                                                           signal: int, what: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "signal", "what"),
+    [
+        (b"\x0f\x0b", 4, "SIGILL (invalid opcode (#UD)), EIP 0x08048054: ud2"),
+        (bytes.fromhex("31c9 f7f1"), 8, "SIGFPE (divide error (#DE)), EIP 0x08048056: div ecx"),
+        (b"\xfa", 11, "SIGSEGV (general protection (#GP)), EIP 0x08048054: cli"),
+        (b"\xcd\x81", 11, "SIGSEGV (int 0x81), EIP 0x08048056: int 0x81"),
+        (
+            bytes.fromhex("e9a7bffaf7"),
+            11,  # jmp 0xffff4000: the page of the stop address
+            "SIGSEGV (general protection (#GP)), EIP 0xffff4000: hlt",
+        ),
+    ],
+)
+def test_cpu_exceptions_end_the_process_with_linux_signals(
+    tmp_path: Path, code: bytes, signal: int, what: str
+) -> None:
     _, proc = run_one(tiny(tmp_path, code + EXIT_WITH_EBX))
     assert proc.returncode == -signal
     assert str(proc.crash).startswith(what)
@@ -289,8 +320,10 @@ def test_never_exiting_program_hits_the_instruction_limit(tmp_path: Path) -> Non
     proc = machine.spawn(tiny(tmp_path, b"\xeb\xfe", "spin"))  # jmp $
     with pytest.raises(InstructionLimit) as stopped:
         machine.run(max_instructions=1_000_000)
-    assert str(stopped.value) == ("instruction limit of 1000000 reached with processes still "
-                                  "running: pid 1 (spin) at EIP 0x08048054")
+    assert str(stopped.value) == (
+        "instruction limit of 1000000 reached with processes still "
+        "running: pid 1 (spin) at EIP 0x08048054"
+    )
     assert proc.alive and proc.instructions >= 1_000_000
 
 
@@ -313,8 +346,21 @@ def test_open_read_only_allowed_files(tmp_path: Path) -> None:
 
 def test_system_calls_with_hostile_arguments_never_raise() -> None:
     """Every implemented call, fed awkward arguments: an errno or a value, never a crash."""
-    values = [0, 1, 3, 0xFFF, 0x1000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xBFFFF000,
-              0x08048000, 0x0804B000, 0xC0000000, 0xFFFF0000]
+    values = [
+        0,
+        1,
+        3,
+        0xFFF,
+        0x1000,
+        0x7FFFFFFF,
+        0x80000000,
+        0xFFFFFFFF,
+        0xBFFFF000,
+        0x08048000,
+        0x0804B000,
+        0xC0000000,
+        0xFFFF0000,
+    ]
     rng = random.Random(3)
     for number in sorted(syscalls.TABLE):
         if syscalls.NAMES[number] in ("exit", "exit_group", "kill", "tgkill"):
@@ -329,6 +375,7 @@ def test_system_calls_with_hostile_arguments_never_raise() -> None:
 
 
 # --- bad executables ---------------------------------------------------------------------
+
 
 def bad(tmp_path: Path, data: bytes) -> str:
     path = tmp_path / "bad"
@@ -346,18 +393,22 @@ def test_bad_executables_are_refused_clearly(tmp_path: Path) -> None:
     assert bad(tmp_path, loop[:4] + b"\x02" + loop[5:]).startswith("64-bit ELF (ELFCLASS64)")
     assert bad(tmp_path, loop[:40]).startswith("truncated ELF file: 40 bytes")
     assert bad(tmp_path, glibc[:20000]) == (
-        "truncated ELF file: segment 1 needs bytes up to 452148, the file has 20000")
+        "truncated ELF file: segment 1 needs bytes up to 452148, the file has 20000"
+    )
     assert bad(tmp_path, loop[:18] + b"\x3e\x00" + loop[20:]) == (
-        "ELF for machine 62 (x86-64), not i386 (EM_386)")
+        "ELF for machine 62 (x86-64), not i386 (EM_386)"
+    )
     stack_phdr = loop.index(struct.pack("<I", 0x6474E551))  # PT_GNU_STACK -> PT_INTERP
-    assert bad(tmp_path, loop[:stack_phdr] + struct.pack("<I", 3) + loop[stack_phdr + 4:]) == (
+    assert bad(tmp_path, loop[:stack_phdr] + struct.pack("<I", 3) + loop[stack_phdr + 4 :]) == (
         "dynamically linked executable (it has PT_INTERP): not supported, only static "
-        "executables run here")
+        "executables run here"
+    )
     with pytest.raises(LoadError, match="No such file"):
         Machine().spawn(tmp_path / "missing")
 
 
 # --- determinism -------------------------------------------------------------------------
+
 
 def busy_machine(seed: int) -> tuple[Machine, list[Process], list[object]]:
     machine = Machine(seed=seed, quantum=30_000)
@@ -372,7 +423,8 @@ def test_runs_are_deterministic() -> None:
     second, procs2, trace2 = busy_machine(seed=7)
     assert trace1 == trace2
     assert [(p.output(), p.returncode, p.instructions) for p in procs1] == [
-        (p.output(), p.returncode, p.instructions) for p in procs2]
+        (p.output(), p.returncode, p.instructions) for p in procs2
+    ]
     assert first.clock.ticks == second.clock.ticks
     assert procs1[0].instructions == LOOP_INSTRUCTIONS
     assert all(p.returncode == s for p, s in zip(procs1, (7, 3, 11, 7), strict=True))

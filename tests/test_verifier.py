@@ -14,8 +14,11 @@ def program(*probes: list[tuple[str, int | None]] | bytes) -> Program:
     code = b""
     records = []
     for body in probes:
-        blob = body if isinstance(body, bytes) else b"".join(
-            encode(OPS_BY_NAME[name], operand) for name, operand in body)
+        blob = (
+            body
+            if isinstance(body, bytes)
+            else b"".join(encode(OPS_BY_NAME[name], operand) for name, operand in body)
+        )
         records.append(Probe(ProbeKind.BREAKPOINT, len(records), len(code), len(code) + len(blob)))
         code += blob
     return Program(ProgramHeader("t", ModuleType.USER), tuple(records), code)
@@ -33,13 +36,15 @@ def test_a_straight_handler_verifies() -> None:
 
 def test_running_off_the_end() -> None:
     assert messages(program([("PUSH", 1)])) == [
-        "t.ppdf: byte 0: probe 0: control can run off the end of the handler after 'push <imm32>'"]
+        "t.ppdf: byte 0: probe 0: control can run off the end of the handler after 'push <imm32>'"
+    ]
 
 
 def test_conditional_jump_falls_through_off_the_end() -> None:
     # push 1; L: jz L  -- the not-taken path leaves the handler
     assert messages(program([("PUSH", 1), ("JZ", -5)])) == [
-        "t.ppdf: byte 5: probe 0: control can run off the end of the handler after 'jz <rel32>'"]
+        "t.ppdf: byte 5: probe 0: control can run off the end of the handler after 'jz <rel32>'"
+    ]
 
 
 def test_call_returns_to_the_next_instruction() -> None:
@@ -56,7 +61,8 @@ def test_exit_to_never_falls_through() -> None:
 
 def test_branch_into_the_middle_of_an_instruction() -> None:
     assert messages(program([("JMP", 2), ("PUSH", 0), ("EXIT", None)])) == [
-        "t.ppdf: byte 0: probe 0: jmp target offset 7 is inside an instruction"]
+        "t.ppdf: byte 0: probe 0: jmp target offset 7 is inside an instruction"
+    ]
 
 
 def test_branch_out_of_the_probe() -> None:
@@ -74,23 +80,29 @@ def test_register_must_suit_the_instruction() -> None:
     eip = REGISTERS_BY_NAME["eip"].index
     fr0 = REGISTERS_BY_NAME["fr0"].index
     assert messages(program([("PUSH", 1), ("POP_R", eip), ("EXIT", None)])) == [
-        "t.ppdf: byte 5: 'pop r' cannot take eip"]
+        "t.ppdf: byte 5: 'pop r' cannot take eip"
+    ]
     assert messages(program([("PUSH_R", fr0), ("EXIT", None)])) == [
-        "t.ppdf: byte 0: 'push r' cannot take fr0"]
+        "t.ppdf: byte 0: 'push r' cannot take fr0"
+    ]
     assert messages(program([("PUSH_U", fr0), ("EXIT", None)])) == []
     assert messages(program([("PUSH_R", 0x99), ("EXIT", None)])) == [
-        "t.ppdf: byte 0: 'push r' cannot take register index 0x99"]
+        "t.ppdf: byte 0: 'push r' cannot take register index 0x99"
+    ]
 
 
 def test_undecodable_bytes() -> None:
     assert messages(program(bytes([0x16, 0x0D]))) == [
-        "t.ppdf: byte 0: probe 0: unknown opcode 0x16"]
+        "t.ppdf: byte 0: probe 0: unknown opcode 0x16"
+    ]
     assert messages(program(bytes([0x4C, 0x01]))) == [
-        "t.ppdf: byte 0: probe 0: push: operand truncated by the end of the code"]
+        "t.ppdf: byte 0: probe 0: push: operand truncated by the end of the code"
+    ]
 
 
 def test_unreachable_code_is_a_warning() -> None:
     prog = program([("EXIT", None), ("NOP", None), ("EXIT", None)])
     assert messages(prog) == []
     assert messages(prog, Severity.WARNING) == [
-        "t.ppdf: byte 1: probe 0: 2 unreachable instruction(s)"]
+        "t.ppdf: byte 1: probe 0: 2 unreachable instruction(s)"
+    ]

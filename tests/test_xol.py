@@ -16,20 +16,23 @@ from dprobes.runtime.xol import (
 ORIG, SLOT = 0x08049000, 0xFFFFE000
 
 
-@pytest.mark.parametrize(("code", "kind", "text"), [
-    (b"\x55", StepKind.PUSH_R32, "push ebp"),
-    (b"\x89\xe5", StepKind.RELOCATE, "mov ebp, esp"),
-    (b"\x74\x05", StepKind.RELOCATE, "je 0x8049007"),
-    (b"\xe2\xfe", StepKind.RELOCATE, "loop 0x8049000"),
-    (b"\xe3\x02", StepKind.RELOCATE, "jecxz 0x8049004"),
-    (b"\xe8\x10\x00\x00\x00", StepKind.CALL_RELATIVE, "call 0x8049015"),
-    (b"\xff\xd0", StepKind.CALL_ABSOLUTE, "call eax"),
-    (b"\xc3", StepKind.ABSOLUTE, "ret"),
-    (b"\xff\xe0", StepKind.ABSOLUTE, "jmp eax"),
-    (b"\xcf", StepKind.ABSOLUTE, "iretd"),
-    (b"\x9c", StepKind.PUSHF, "pushfd"),
-    (b"\x62\x02", StepKind.RELOCATE, "bound eax, qword ptr [edx]"),
-])
+@pytest.mark.parametrize(
+    ("code", "kind", "text"),
+    [
+        (b"\x55", StepKind.PUSH_R32, "push ebp"),
+        (b"\x89\xe5", StepKind.RELOCATE, "mov ebp, esp"),
+        (b"\x74\x05", StepKind.RELOCATE, "je 0x8049007"),
+        (b"\xe2\xfe", StepKind.RELOCATE, "loop 0x8049000"),
+        (b"\xe3\x02", StepKind.RELOCATE, "jecxz 0x8049004"),
+        (b"\xe8\x10\x00\x00\x00", StepKind.CALL_RELATIVE, "call 0x8049015"),
+        (b"\xff\xd0", StepKind.CALL_ABSOLUTE, "call eax"),
+        (b"\xc3", StepKind.ABSOLUTE, "ret"),
+        (b"\xff\xe0", StepKind.ABSOLUTE, "jmp eax"),
+        (b"\xcf", StepKind.ABSOLUTE, "iretd"),
+        (b"\x9c", StepKind.PUSHF, "pushfd"),
+        (b"\x62\x02", StepKind.RELOCATE, "bound eax, qword ptr [edx]"),
+    ],
+)
 def test_plans(code: bytes, kind: StepKind, text: str) -> None:
     plan = plan_step(code + b"\x90" * 8, ORIG)
     assert (plan.kind, plan.text, plan.code) == (kind, text, code)
@@ -58,8 +61,7 @@ def test_relative_call_fixes_the_return_address() -> None:
 
 def test_indirect_call_keeps_its_target() -> None:
     plan = plan_step(b"\xff\xd0", ORIG)
-    assert finish_step(plan, SLOT, 0x0804A000, SLOT + 2, False) == StepResult(0x0804A000,
-                                                                               ORIG + 2)
+    assert finish_step(plan, SLOT, 0x0804A000, SLOT + 2, False) == StepResult(0x0804A000, ORIG + 2)
 
 
 def test_ret_keeps_its_target() -> None:
@@ -73,8 +75,9 @@ def test_pushf_hides_the_single_step_flag() -> None:
     assert finish_step(plan, SLOT, SLOT + 1, 0x346, True) == StepResult(ORIG + 1, 0x346)
 
 
-@pytest.mark.parametrize(("code", "register"), [(b"\x50", "eax"), (b"\x54", "esp"),
-                                                (b"\x57", "edi")])
+@pytest.mark.parametrize(
+    ("code", "register"), [(b"\x50", "eax"), (b"\x54", "esp"), (b"\x57", "edi")]
+)
 def test_push_r32_is_emulated(code: bytes, register: str) -> None:
     """A one-byte push r32 is planned for emulation, naming the register it stores; if it
     must be stepped after all, EIP is relocated like any ordinary instruction."""

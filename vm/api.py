@@ -179,10 +179,17 @@ class VM:
         if self.tier != "interp" and trace is None:
             handler = self._native(probe)
             if handler is not None:
-                return build_result(self._runner.run(probe, handler, context),
-                                    self.header_length)
-        machine = Machine(self.program, probe, self.decoded, self.cpu, self.locals,
-                          self.globals.values, context, self.header_length)
+                return build_result(self._runner.run(probe, handler, context), self.header_length)
+        machine = Machine(
+            self.program,
+            probe,
+            self.decoded,
+            self.cpu,
+            self.locals,
+            self.globals.values,
+            context,
+            self.header_length,
+        )
         entry = self.decoded.entry_points[probe]
         if trace is None:
             run(machine, entry)

@@ -23,8 +23,10 @@ from dprobes.vm.registers import REGISTERS_BY_NAME, Register
 if TYPE_CHECKING:
     from dprobes.vm.interp import Machine
 
-UNPACK_UINT = {size: struct.Struct(fmt).unpack_from
-               for size, fmt in ((1, "<B"), (2, "<H"), (4, "<I"), (8, "<Q"))}
+UNPACK_UINT = {
+    size: struct.Struct(fmt).unpack_from
+    for size, fmt in ((1, "<B"), (2, "<H"), (4, "<I"), (8, "<Q"))
+}
 """Little-endian unsigned readers of the ``push mem`` widths, by size in bytes."""
 LIVE_SEGMENTS = frozenset({"fs", "gs"})
 """Not saved in pt_regs: 5.0 read and wrote them on the live CPU for both register sets."""
@@ -144,8 +146,9 @@ class MemoryContext(Context):
         self.user_regs = {_reg_name(k): v for k, v in (user_regs or {}).items()}
         for name in LIVE_SEGMENTS & self.user_regs.keys() - self.regs.keys():
             self.regs[name] = self.user_regs[name]
-        self.regions = [[start & WORD_MASK, bytearray(data)]
-                        for start, data in (memory or {}).items()]
+        self.regions = [
+            [start & WORD_MASK, bytearray(data)] for start, data in (memory or {}).items()
+        ]
         self._pid, self._task, self._processor = pid, task, processor
         self.segments = dict(segments or {})
         self.ports = dict(ports or {})
@@ -190,7 +193,7 @@ class MemoryContext(Context):
         for start, data in self.regions:  # fast path: the range lies in one region
             offset = address - start
             if offset >= 0 and offset + size <= len(data):
-                return bytes(data[offset:offset + size])
+                return bytes(data[offset : offset + size])
         return self._read_across(address, size)
 
     def read_uint(self, address: int, size: int) -> int:
@@ -210,7 +213,7 @@ class MemoryContext(Context):
             if found is None:
                 raise MemoryFault(at)
             data, offset = found
-            out += data[offset:offset + size - len(out)]
+            out += data[offset : offset + size - len(out)]
         return bytes(out)
 
     def write_memory(self, address: int, data: bytes) -> None:
@@ -221,8 +224,8 @@ class MemoryContext(Context):
             if found is None:
                 raise MemoryFault(at)
             region, offset = found
-            chunk = data[done:done + len(region) - offset]
-            region[offset:offset + len(chunk)] = chunk
+            chunk = data[done : done + len(region) - offset]
+            region[offset : offset + len(chunk)] = chunk
             done += len(chunk)
 
     def region_bytes(self, start: int) -> bytes:

@@ -46,6 +46,7 @@ def is_extension(path: Path) -> bool:
 def is_compiled() -> bool:
     """Whether the running interpreter is the mypyc build."""
     from dprobes.vm import interp, ops
+
     return all(is_extension(Path(str(module.__file__))) for module in (interp, ops))
 
 
@@ -58,6 +59,11 @@ def without_extensions(package: Path, dest: Path) -> Path:
     """Copy the installed ``dprobes`` package directory ``package`` into ``dest`` without
     its compiled modules, and return ``dest``: first on ``PYTHONPATH``, it runs the sources
     of the same install."""
-    shutil.copytree(package, dest / "dprobes", ignore=lambda folder, names: [
-        name for name in names if name == "__pycache__" or is_extension(Path(folder, name))])
+    shutil.copytree(
+        package,
+        dest / "dprobes",
+        ignore=lambda folder, names: [
+            name for name in names if name == "__pycache__" or is_extension(Path(folder, name))
+        ],
+    )
     return dest

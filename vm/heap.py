@@ -40,8 +40,9 @@ class ProbeHeap:
             return None
         for i, block in enumerate(self._blocks):
             if block.free and block.size > size + HEADER_SIZE:
-                rest = _Block(block.offset + size + HEADER_SIZE, block.size - size - HEADER_SIZE,
-                              True)
+                rest = _Block(
+                    block.offset + size + HEADER_SIZE, block.size - size - HEADER_SIZE, True
+                )
                 block.size, block.free = size, False
                 self._blocks.insert(i + 1, rest)
                 self.in_use += size
@@ -76,9 +77,9 @@ class ProbeHeap:
     def load(self, handle: int, offset: int, width: int) -> int:
         """Little-endian value at ``offset`` in a block already validated by the caller."""
         start = handle - HEAP_BASE + offset
-        return int.from_bytes(self.data[start:start + width], "little")
+        return int.from_bytes(self.data[start : start + width], "little")
 
     def store(self, handle: int, offset: int, width: int, value: int) -> None:
         start = handle - HEAP_BASE + offset
         masked = value & ((1 << (8 * width)) - 1)
-        self.data[start:start + width] = masked.to_bytes(width, "little")
+        self.data[start : start + width] = masked.to_bytes(width, "little")

@@ -88,11 +88,42 @@ class Machine:
     """One hit's interpreter state; the semantic functions in ``vm.ops`` operate on it."""
 
     __slots__ = (
-        "autostacktrace", "cpu", "ctx", "dispatches", "entries", "ex_hand", "ex_len", "ex_log",
-        "ex_logmax", "ex_mask", "ex_parm1", "ex_parm2", "ex_pending", "exception", "exit_kind",
-        "exit_to", "frames", "gv", "heap", "index_of", "jmp_count", "jmpmax", "log", "log_cap",
-        "log_len", "log_overflow", "lv", "major", "minor", "prev_log_len", "probe", "program",
-        "sbp", "st_count_at", "stack", "tos",
+        "autostacktrace",
+        "cpu",
+        "ctx",
+        "dispatches",
+        "entries",
+        "ex_hand",
+        "ex_len",
+        "ex_log",
+        "ex_logmax",
+        "ex_mask",
+        "ex_parm1",
+        "ex_parm2",
+        "ex_pending",
+        "exception",
+        "exit_kind",
+        "exit_to",
+        "frames",
+        "gv",
+        "heap",
+        "index_of",
+        "jmp_count",
+        "jmpmax",
+        "log",
+        "log_cap",
+        "log_len",
+        "log_overflow",
+        "lv",
+        "major",
+        "minor",
+        "prev_log_len",
+        "probe",
+        "program",
+        "sbp",
+        "st_count_at",
+        "stack",
+        "tos",
     )
 
     def __init__(
@@ -203,8 +234,9 @@ class Machine:
             if self.ex_hand != NO_HANDLER:
                 self.dispatches += 1
                 if self.dispatches > DISPATCH_LIMIT:  # a handler re-arming itself forever
-                    return self.finish(ExitKind.TERMINATED,
-                                       RaisedException(int(Ex.MAX_JMPS), self.jmpmax, 0))
+                    return self.finish(
+                        ExitKind.TERMINATED, RaisedException(int(Ex.MAX_JMPS), self.jmpmax, 0)
+                    )
                 self.ex_pending = False
                 frames[-1].handler = NO_HANDLER
                 return self.index_of[self.ex_hand]
@@ -219,10 +251,10 @@ class Machine:
 
     def log_data(self, header_length: int) -> bytes:
         """The log bytes after the record header, as the host writes them."""
-        return bytes(self.log[header_length:min(self.log_len, self.log_cap)])
+        return bytes(self.log[header_length : min(self.log_len, self.log_cap)])
 
     def exception_log(self) -> bytes:
-        return bytes(self.ex_log[MIN_ST_SIZE:min(self.ex_len, self.ex_logmax)])
+        return bytes(self.ex_log[MIN_ST_SIZE : min(self.ex_len, self.ex_logmax)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +272,7 @@ def decode_program(program: Program) -> DecodedProgram:
     from dprobes.vm.ops import build_argument, semantic_for
 
     instructions = [
-        insn
-        for index in range(len(program.probes))
-        for insn in program.instructions(index)
+        insn for index in range(len(program.probes)) for insn in program.instructions(index)
     ]
     index_of = {insn.offset: i for i, insn in enumerate(instructions)}
     entries = tuple(
@@ -262,8 +292,9 @@ def run(machine: Machine, pc: int) -> None:
         pc = semantic(machine, argument, nxt)
 
 
-def run_traced(machine: Machine, pc: int, offsets: tuple[int, ...],
-               trace: Callable[[Machine, int], None]) -> None:
+def run_traced(
+    machine: Machine, pc: int, offsets: tuple[int, ...], trace: Callable[[Machine, int], None]
+) -> None:
     """The dispatch loop with a hook called with each instruction's code offset first."""
     entries = machine.entries
     while pc >= 0:

@@ -227,8 +227,25 @@ def _op(
     register_rule: RegisterRule | None = None,
 ) -> OpInfo:
     mnemonic, _, qualifier = syntax.partition(" ")
-    return OpInfo(code, name, mnemonic, qualifier or None, operand, pops, pushes, flags,
-                  raises, effect, summary, aliases, host, width, scope, domain, register_rule)
+    return OpInfo(
+        code,
+        name,
+        mnemonic,
+        qualifier or None,
+        operand,
+        pops,
+        pushes,
+        flags,
+        raises,
+        effect,
+        summary,
+        aliases,
+        host,
+        width,
+        scope,
+        domain,
+        register_rule,
+    )
 
 
 _RESERVED = frozenset({Ex.INVALID_OPCODE})
@@ -547,8 +564,11 @@ def host_needs(op: OpInfo, operand: int | None) -> HostNeed:
     needs = op.host
     if needs & (HostNeed.REGISTER_READ | HostNeed.REGISTER_WRITE) and operand is not None:
         register = REGISTERS_BY_INDEX.get(operand)
-        if register is None or register.index not in _PLAIN_REGISTERS or (
-                needs & HostNeed.REGISTER_WRITE and register.index in SEGMENT_REGISTERS):
+        if (
+            register is None
+            or register.index not in _PLAIN_REGISTERS
+            or (needs & HostNeed.REGISTER_WRITE and register.index in SEGMENT_REGISTERS)
+        ):
             needs |= HostNeed.HOST_CALL
     return needs
 

@@ -65,21 +65,42 @@ class HeaderField(NamedTuple):
 
 N, A = Shown.NUMBER, Shown.ADDRESS
 HEADER: tuple[HeaderField, ...] = (
-    HeaderField(LogField.PID, HeaderBit.PID, ("PID",),
-                (HeaderValue("pid", "I", N, ("pid",), None),)),
-    HeaderField(LogField.UID, HeaderBit.UID, ("UID",),
-                (HeaderValue("uid", "I", N, ("uid",), ("uid", "I")),)),
-    HeaderField(LogField.CSEIP, HeaderBit.CS | HeaderBit.EIP, ("CSEIP", "UPSW"),
-                (HeaderValue("cs", "H", A, ("cs",), ("cs", "I")),
-                 HeaderValue("eip", "I", A, ("eip",), None))),
-    HeaderField(LogField.SSESP, HeaderBit.SS | HeaderBit.ESP, ("SSESP", "PSW"),
-                (HeaderValue("ss", "H", A, ("ss",), ("ss", "I")),
-                 HeaderValue("esp", "I", A, ("esp",), ("esp", "I")))),
-    HeaderField(LogField.TSC, HeaderBit.TSC, ("TSC",),
-                (HeaderValue("tsc", "II", Shown.TIME, ("seconds", "microseconds"),
-                             ("executed", "Q")),)),
-    HeaderField(LogField.PROCNAME, HeaderBit.PROCNAME, ("PROCNAME",),
-                (HeaderValue("name", "16s", Shown.TEXT, ("procname",), None),)),
+    HeaderField(
+        LogField.PID, HeaderBit.PID, ("PID",), (HeaderValue("pid", "I", N, ("pid",), None),)
+    ),
+    HeaderField(
+        LogField.UID, HeaderBit.UID, ("UID",), (HeaderValue("uid", "I", N, ("uid",), ("uid", "I")),)
+    ),
+    HeaderField(
+        LogField.CSEIP,
+        HeaderBit.CS | HeaderBit.EIP,
+        ("CSEIP", "UPSW"),
+        (
+            HeaderValue("cs", "H", A, ("cs",), ("cs", "I")),
+            HeaderValue("eip", "I", A, ("eip",), None),
+        ),
+    ),
+    HeaderField(
+        LogField.SSESP,
+        HeaderBit.SS | HeaderBit.ESP,
+        ("SSESP", "PSW"),
+        (
+            HeaderValue("ss", "H", A, ("ss",), ("ss", "I")),
+            HeaderValue("esp", "I", A, ("esp",), ("esp", "I")),
+        ),
+    ),
+    HeaderField(
+        LogField.TSC,
+        HeaderBit.TSC,
+        ("TSC",),
+        (HeaderValue("tsc", "II", Shown.TIME, ("seconds", "microseconds"), ("executed", "Q")),),
+    ),
+    HeaderField(
+        LogField.PROCNAME,
+        HeaderBit.PROCNAME,
+        ("PROCNAME",),
+        (HeaderValue("name", "16s", Shown.TEXT, ("procname",), None),),
+    ),
 )
 """The optional header elements in record order. (PSW and UPSW are the S/390 spellings
 of the same bits in dprobes.h.)"""
@@ -130,9 +151,13 @@ MAX_HEADER_LENGTH = header_length(LogField.ALL)
 
 
 ALL_WORD = "ALL"
-LOG_FIELDS_HELP = ("log fields: " + " ".join(field.words[0] for field in HEADER)
-                   + " (" + ", ".join(word for field in HEADER for word in field.words[1:])
-                   + ") or ALL, separated by spaces, ',' or '|'")
+LOG_FIELDS_HELP = (
+    "log fields: "
+    + " ".join(field.words[0] for field in HEADER)
+    + " ("
+    + ", ".join(word for field in HEADER for word in field.words[1:])
+    + ") or ALL, separated by spaces, ',' or '|'"
+)
 
 
 def parse_log_fields(text: str) -> LogField:
@@ -153,8 +178,10 @@ def parse_log_fields(text: str) -> LogField:
 
 def markdown_table() -> str:
     """The header table as docs/probes.md shows it (a test keeps the two equal)."""
-    rows = ["| `log =` | mask bits (`DP_HDR_*`) | values (format) | shown as |",
-            "|---|---|---|---|"]
+    rows = [
+        "| `log =` | mask bits (`DP_HDR_*`) | values (format) | shown as |",
+        "|---|---|---|---|",
+    ]
     for field in HEADER:
         values = ", ".join(f"{value.name} (`{value.code}`)" for value in field.values)
         shown = ", ".join(dict.fromkeys(value.shown.value for value in field.values))

@@ -53,11 +53,13 @@ ARGUMENTS: dict[str, Callable[[Instruction, dict[int, int]], Any]] = {}
 
 def semantic(*names: str) -> Callable[[OpFunction], OpFunction]:
     """Register ``fn`` as the meaning of the named opcodes."""
+
     def register(fn: OpFunction) -> OpFunction:
         for name in names:
             assert name in OPS_BY_NAME, name
             SEMANTICS[name] = fn
         return fn
+
     return register
 
 
@@ -97,6 +99,7 @@ def _push_value(read: Callable[[Machine], int]) -> OpFunction:
     def push_value(m: Machine, arg: None, nxt: int) -> int:
         m.push(read(m))
         return nxt
+
     return push_value
 
 
@@ -124,6 +127,7 @@ def _conditional_jump(taken: Callable[[int], bool]) -> OpFunction:
         if taken(m.stack[m.tos]):
             return take_jump(m, target, nxt)
         return nxt
+
     return jump
 
 
@@ -203,6 +207,7 @@ def _exit_to(op: OpInfo) -> OpFunction:
             return m.raise_exception(Ex.INVALID_OPERAND, error, facility, nxt)
         m.exit_to = facility
         return m.finish(ExitKind.EXIT_TO)
+
     return exit_to
 
 
@@ -230,6 +235,7 @@ def _set_id(field: str) -> OpFunction:
     def set_id(m: Machine, value: int | None, nxt: int) -> int:
         setattr(m, field, (m.pop() if value is None else value) & INDEX_MASK)
         return nxt
+
     return set_id
 
 
@@ -241,6 +247,7 @@ def _set_from_stack(field: str, mask: int = WORD_MASK) -> OpFunction:
     def set_value(m: Machine, arg: None, nxt: int) -> int:
         setattr(m, field, m.pop() & mask)
         return nxt
+
     return set_value
 
 
@@ -253,7 +260,7 @@ def _log_words(m: Machine, count: int) -> None:
     stack, tos, at = m.stack, m.tos, m.log_len
     words = [stack[(tos + i) & STACK_MASK] for i in range(count)]
     m.tos = (tos + count) & STACK_MASK
-    m.log[at:at + 4 * count] = struct.pack(f"<{count}I", *words)
+    m.log[at : at + 4 * count] = struct.pack(f"<{count}I", *words)
     m.log_len = at + 4 * count
 
 
@@ -262,7 +269,7 @@ def _fault_record(m: Machine, address: int, nxt: int) -> int:
     at = m.log_len
     if at + MEMORY_FAULT_RECORD > m.log_cap:
         return _overflow(m, nxt)
-    m.log[at:at + MEMORY_FAULT_RECORD] = struct.pack("<BHI", TOKEN_MEMORY_FAULT, 4, address)
+    m.log[at : at + MEMORY_FAULT_RECORD] = struct.pack("<BHI", TOKEN_MEMORY_FAULT, 4, address)
     m.log_len = at + MEMORY_FAULT_RECORD
     return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
 
@@ -297,7 +304,7 @@ def log_mrf(m: Machine, arg: None, nxt: int) -> int:
         data = m.ctx.read_memory(address, length)
     except MemoryFault as fault:
         return _fault_record(m, fault.address, nxt)
-    m.log[start:start + RECORD_PREFIX + length] = struct.pack("<BH", TOKEN_MEMORY, length) + data
+    m.log[start : start + RECORD_PREFIX + length] = struct.pack("<BH", TOKEN_MEMORY, length) + data
     m.log_len = m.prev_log_len = start + RECORD_PREFIX + length
     return nxt
 
@@ -325,7 +332,7 @@ def log_record(m: Machine, arg: None, nxt: int) -> int:
     m.log_len += RECORD_PREFIX
     count = (room - RECORD_PREFIX) // 4
     _log_words(m, count)
-    m.log[start:start + RECORD_PREFIX] = struct.pack("<BH", TOKEN_LOG, count)
+    m.log[start : start + RECORD_PREFIX] = struct.pack("<BH", TOKEN_LOG, count)
     if count < wanted:
         return _overflow(m, nxt)
     m.prev_log_len = m.log_len
@@ -343,7 +350,7 @@ def _log_variables(op: OpInfo) -> OpFunction:
         start = m.log_len
         if start + RECORD_PREFIX > m.log_cap:
             return _overflow(m, nxt)
-        m.log[start:start + RECORD_PREFIX] = bytes((token, 0, 0))
+        m.log[start : start + RECORD_PREFIX] = bytes((token, 0, 0))
         m.log_len = start + RECORD_PREFIX
         variables = m.lv if local else m.gv
         index, end, logged = first, (first + count) & WORD_MASK, 0
@@ -352,12 +359,13 @@ def _log_variables(op: OpInfo) -> OpFunction:
                 return _bad_index(m, scope, index, nxt)
             if m.log_len + 4 > m.log_cap:
                 return _overflow(m, nxt)
-            m.log[m.log_len:m.log_len + 4] = variables[index].to_bytes(4, "little")
+            m.log[m.log_len : m.log_len + 4] = variables[index].to_bytes(4, "little")
             m.log_len += 4
             logged += 1
-            m.log[start + 1:start + RECORD_PREFIX] = (logged & 0xFFFF).to_bytes(2, "little")
+            m.log[start + 1 : start + RECORD_PREFIX] = (logged & 0xFFFF).to_bytes(2, "little")
             index += 1
         return nxt
+
     return log_variables
 
 
@@ -401,6 +409,7 @@ def _var_push(op: OpInfo) -> OpFunction:
         stack[tos] = variables[index]
         m.tos = tos
         return nxt
+
     return push_var
 
 
@@ -424,6 +433,7 @@ def _var_pop(op: OpInfo) -> OpFunction:
         m.tos = below
         variables[index] = value
         return nxt
+
     return pop_var
 
 
@@ -440,6 +450,7 @@ def _var_move(op: OpInfo) -> OpFunction:
             return _bad_index(m, scope, index, nxt)
         variables[index] = m.stack[m.tos]
         return nxt
+
     return move_var
 
 
@@ -456,6 +467,7 @@ def _var_step(op: OpInfo, step: int) -> OpFunction:
             return _bad_index(m, scope, index, nxt)
         variables[index] = (variables[index] + step) & WORD_MASK
         return nxt
+
     return step_var
 
 
@@ -475,12 +487,14 @@ rows(_var_step, "DEC_LVI", "DEC_LV", step=-1)
 # --- arithmetic and logic ---------------------------------------------------------
 def _binary(compute: Callable[[int, int], int]) -> OpFunction:
     """``a b -> f(tos=b, nos=a)``: pop TOS then NOS, push the result."""
+
     def binary(m: Machine, arg: None, nxt: int) -> int:
         stack, tos = m.stack, m.tos
         below = BELOW[tos]
         stack[below] = compute(stack[tos], stack[below]) & WORD_MASK
         m.tos = below
         return nxt
+
     return binary
 
 
@@ -491,9 +505,11 @@ def _rotate_left(value: int, count: int) -> int:
 
 def _in_place(compute: Callable[[int, int], int]) -> OpFunction:
     """Rewrite TOS from itself and the u8 immediate."""
+
     def in_place(m: Machine, n: int, nxt: int) -> int:
         m.stack[m.tos] = compute(m.stack[m.tos], n) & WORD_MASK
         return nxt
+
     return in_place
 
 
@@ -526,11 +542,11 @@ def _bit_stack(op: OpInfo, compute: Callable[[bool, int, int], int], left: bool)
             return nxt  # 5.0 returns before popping the value
         m.push(compute(left, k, m.pop()))
         return nxt
+
     return bit_op
 
 
-def _bit_immediate(op: OpInfo, compute: Callable[[bool, int, int], int],
-                   left: bool) -> OpFunction:
+def _bit_immediate(op: OpInfo, compute: Callable[[bool, int, int], int], left: bool) -> OpFunction:
     """The immediate forms: outside the row's domain k raises, or, for a row that does not
     list EX_INVALID_OPERAND (pbl n, pbr n), ends the handler without an exception."""
     domain = op.domain
@@ -545,6 +561,7 @@ def _bit_immediate(op: OpInfo, compute: Callable[[bool, int, int], int],
             return m.raise_exception(Ex.INVALID_OPERAND, error, k, nxt)
         m.stack[m.tos] = compute(left, k, m.stack[m.tos])
         return nxt
+
     return bit_op
 
 
@@ -683,6 +700,7 @@ def _push_register(op: OpInfo) -> OpFunction:
         else:
             _push_wide(m, reg, user)
         return nxt
+
     return push_register
 
 
@@ -693,6 +711,7 @@ def _pop_register(op: OpInfo) -> OpFunction:
     def pop_register(m: Machine, reg: Register, nxt: int) -> int:
         m.ctx.write_register(reg, user, m.pop())
         return nxt
+
     return pop_register
 
 
@@ -725,6 +744,7 @@ def _push_memory(op: OpInfo) -> OpFunction:
             value &= WORD_MASK
         stack[tos] = value
         return nxt
+
     return push_memory
 
 
@@ -741,6 +761,7 @@ def _pop_memory(op: OpInfo) -> OpFunction:
         except MemoryFault:
             return m.raise_exception(Ex.INVALID_ADDR, address, 0, nxt)
         return nxt
+
     return pop_memory
 
 
@@ -764,6 +785,7 @@ def _verify(op: OpInfo) -> OpFunction:
             return nxt
         m.push(0)
         return nxt
+
     return verify
 
 
@@ -786,6 +808,7 @@ def _io_in(op: OpInfo) -> OpFunction:
     def io_in(m: Machine, arg: None, nxt: int) -> int:
         m.push(m.ctx.io_read(m.pop() & INDEX_MASK, width))
         return nxt
+
     return io_in
 
 
@@ -796,6 +819,7 @@ def _io_out(op: OpInfo) -> OpFunction:
         value = m.pop() & ((1 << 8 * width) - 1)
         m.ctx.io_write(m.pop() & INDEX_MASK, width, value)
         return nxt
+
     return io_out
 
 
@@ -852,6 +876,7 @@ def _trace(op: OpInfo) -> OpFunction:
         count = m.pop()
         setattr(m.frames[-1], field, (count, m.pop()))
         return nxt
+
     return trace
 
 
@@ -876,6 +901,7 @@ def _frame_push(op: OpInfo) -> OpFunction:
         stack[tos] = value
         m.tos = tos
         return nxt
+
     return frame_push
 
 
@@ -892,6 +918,7 @@ def _frame_pop(op: OpInfo) -> OpFunction:
         k = _signed(m.pop())
         m.stack[((m.sbp if sbp else m.tos) + k) & STACK_MASK] = value
         return nxt
+
     return frame_pop
 
 
@@ -904,6 +931,7 @@ def _frame_copy(op: OpInfo) -> OpFunction:
             k = _signed(m.pop())
         m.stack[((m.sbp if sbp else m.tos) + k) & STACK_MASK] = m.stack[m.tos]
         return nxt
+
     return frame_copy
 
 
@@ -968,6 +996,7 @@ def _heap_push(op: OpInfo) -> OpFunction:
                 m.push(value)
             offset += width
         return nxt
+
     return heap_push
 
 
@@ -989,6 +1018,7 @@ def _heap_pop(op: OpInfo) -> OpFunction:
                 m.heap.store(handle, offset, width, m.pop())
             offset += width
         return nxt
+
     return heap_pop
 
 

@@ -135,12 +135,13 @@ class Program:
     labels: tuple[tuple[int, str], ...] = ()  # (code offset, label name), for listings
     formats: tuple[str, ...] = field(default=())  # printf formats (high-level language)
     _decoded: dict[int, tuple[Instruction, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def handler(self, index: int) -> bytes:
         """The RPN bytes of probe ``index``'s handler."""
         probe = self.probes[index]
-        return self.code[probe.code_start:probe.code_end]
+        return self.code[probe.code_start : probe.code_end]
 
     def instructions(self, index: int) -> tuple[Instruction, ...]:
         """Probe ``index``'s handler decoded, once per program: the verifier, both tiers,
@@ -150,9 +151,12 @@ class Program:
         if decoded is None:
             probe = self.probes[index]
             if not 0 <= probe.code_start <= probe.code_end <= len(self.code):
-                raise DecodeError(probe.code_start, f"the handler's code range "
-                                  f"{probe.code_start}..{probe.code_end} is not inside the "
-                                  f"{len(self.code)} bytes of code")
+                raise DecodeError(
+                    probe.code_start,
+                    f"the handler's code range "
+                    f"{probe.code_start}..{probe.code_end} is not inside the "
+                    f"{len(self.code)} bytes of code",
+                )
             decoded = tuple(decode_range(self.code, probe.code_start, probe.code_end))
             self._decoded[index] = decoded
         return decoded

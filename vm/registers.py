@@ -117,8 +117,9 @@ REGISTERS_BY_NAME: dict[str, Register] = {r.name: r for r in _ROWS}
 GENERAL_REGISTERS = tuple(r for r in _ROWS if r.index <= 0x0F)
 """The pt_regs-style registers a host must always supply (cs..ebp)."""
 
-SEGMENT_REGISTERS = frozenset(REGISTERS_BY_NAME[name].index
-                              for name in ("cs", "ds", "es", "fs", "gs", "ss"))
+SEGMENT_REGISTERS = frozenset(
+    REGISTERS_BY_NAME[name].index for name in ("cs", "ds", "es", "fs", "gs", "ss")
+)
 """Indices of the segment registers: a write to one loads a descriptor."""
 
 

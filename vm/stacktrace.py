@@ -37,7 +37,7 @@ _WORD = struct.Struct("<I")
 def _write(m: Machine, data: bytes) -> bool:
     if m.ex_len + len(data) >= m.ex_logmax:
         return False
-    m.ex_log[m.ex_len:m.ex_len + len(data)] = data
+    m.ex_log[m.ex_len : m.ex_len + len(data)] = data
     m.ex_len += len(data)
     return True
 
@@ -50,16 +50,19 @@ def _open_record(m: Machine, token: int) -> int | None:
 
 def _bump(m: Machine, at: int | None) -> None:
     if at is not None:
-        count = (int.from_bytes(m.ex_log[at:at + 2], "little") + 1) & 0xFFFF
-        m.ex_log[at:at + 2] = count.to_bytes(2, "little")
+        count = (int.from_bytes(m.ex_log[at : at + 2], "little") + 1) & 0xFFFF
+        m.ex_log[at : at + 2] = count.to_bytes(2, "little")
 
 
 def _header(m: Machine) -> bool:
     name = m.program.header.name.encode()
     header = (
-        bytes((TOKEN_ASCII,)) + struct.pack("<H", len(name) & 0xFFFF) + name
-        + struct.pack("<QHHH", m.probe.offset & (2**64 - 1), m.program.header.id & 0xFFFF,
-                      m.major, m.minor)
+        bytes((TOKEN_ASCII,))
+        + struct.pack("<H", len(name) & 0xFFFF)
+        + name
+        + struct.pack(
+            "<QHHH", m.probe.offset & (2**64 - 1), m.program.header.id & 0xFFFF, m.major, m.minor
+        )
     )
     if m.ex_len + len(header) + RECORD_PREFIX >= m.ex_logmax:
         return False
@@ -110,7 +113,7 @@ def log_stack_trace(m: Machine) -> bool:
     handler = m.ex_hand
     fixed = struct.pack("<IIII", m.cpu.ex_code, handler, m.ex_parm1, m.ex_parm2)
     for word in range(4):
-        if not _write(m, fixed[4 * word:4 * word + 4]):
+        if not _write(m, fixed[4 * word : 4 * word + 4]):
             return True
     frames_at = _open_record(m, TOKEN_STACK_FRAME)
     if frames_at is None:

@@ -84,10 +84,23 @@ Piece = Text | Number | Fields | Binary | Raw | Hex | HexDump
 Layout = tuple[Piece, ...]
 
 _KLOG_LINE: Layout = (
-    Text(b"dprobes("), Number("major"), Text(b","), Number("minor"), Text(b")"),
-    Fields(b" ", b"=", {Shown.NUMBER: Style.DEC, Shown.ADDRESS: Style.HEX,
-                        Shown.TIME: Style.TIME, Shown.TEXT: Style.TEXT}),
-    Text(b"\n"))
+    Text(b"dprobes("),
+    Number("major"),
+    Text(b","),
+    Number("minor"),
+    Text(b")"),
+    Fields(
+        b" ",
+        b"=",
+        {
+            Shown.NUMBER: Style.DEC,
+            Shown.ADDRESS: Style.HEX,
+            Shown.TIME: Style.TIME,
+            Shown.TEXT: Style.TEXT,
+        },
+    ),
+    Text(b"\n"),
+)
 
 KLOG: Layout = (*_KLOG_LINE, HexDump())
 """The kernel-log form: the ``dprobes(major,minor) pid=...`` line, then a hex dump."""
@@ -99,10 +112,24 @@ COM: Layout = (Binary(), Raw(), Text(b"\r\n"))
 """COM1/COM2: the raw record, then CR LF (as a serial line would carry it)."""
 
 EVL: Layout = (
-    Text(b'{"major": '), Number("major"), Text(b', "minor": '), Number("minor"),
-    Fields(b', "', b'": ', {Shown.NUMBER: Style.DEC, Shown.ADDRESS: Style.DEC,
-                            Shown.TIME: Style.JSON_TIME, Shown.TEXT: Style.JSON_TEXT}),
-    Text(b', "data": "'), Hex(b""), Text(b'"}\n'))
+    Text(b'{"major": '),
+    Number("major"),
+    Text(b', "minor": '),
+    Number("minor"),
+    Fields(
+        b', "',
+        b'": ',
+        {
+            Shown.NUMBER: Style.DEC,
+            Shown.ADDRESS: Style.DEC,
+            Shown.TIME: Style.JSON_TIME,
+            Shown.TEXT: Style.JSON_TEXT,
+        },
+    ),
+    Text(b', "data": "'),
+    Hex(b""),
+    Text(b'"}\n'),
+)
 """EVL: one JSON object per record (JSON Lines), as ``json.dumps`` writes it."""
 
 LAYOUTS: tuple[Layout, ...] = (KLOG, KLOG_UNFORMATTED, COM, EVL)

@@ -61,21 +61,35 @@ INTS = {1: I8, 2: I16, 4: I32, 8: I64}
 TEXT_FORMS: tuple[Style | None, ...] = (Style.TEXT, Style.JSON_TEXT, None)
 """The encodings of the process name a probe's table entry holds, by index: for each
 text style, and (None) as the binary header packs it."""
-NUMERIC_VALUES = tuple(attr for field in HEADER for value in field.values
-                       if value.shown is not Shown.TEXT for attr in value.hit)
+NUMERIC_VALUES = tuple(
+    attr
+    for field in HEADER
+    for value in field.values
+    if value.shown is not Shown.TEXT
+    for attr in value.hit
+)
 """The numbers a record's header can show (``HitInfo`` attributes), by slot."""
-IDENT_VALUES = tuple(attr for field in HEADER for value in field.values
-                     if value.ring is None and value.shown is not Shown.TEXT
-                     for attr in value.hit)
+IDENT_VALUES = tuple(
+    attr
+    for field in HEADER
+    for value in field.values
+    if value.ring is None and value.shown is not Shown.TEXT
+    for attr in value.hit
+)
 """The numbers the probe knows (the rest come from the ring)."""
 
 
 class IdentInfo(Structure):
     """What a probe (a ring record's ident) knows of its records' headers and target."""
 
-    _fields_ = [*((name, c_uint32) for name in IDENT_VALUES),
-                ("fields", c_uint32), ("layout", c_uint32), ("room", c_uint32),
-                ("text_len", c_uint32 * len(TEXT_FORMS)), ("text", c_void_p * len(TEXT_FORMS))]
+    _fields_ = [
+        *((name, c_uint32) for name in IDENT_VALUES),
+        ("fields", c_uint32),
+        ("layout", c_uint32),
+        ("room", c_uint32),
+        ("text_len", c_uint32 * len(TEXT_FORMS)),
+        ("text", c_void_p * len(TEXT_FORMS)),
+    ]
 
 
 class FormatJob(Structure):
@@ -83,9 +97,16 @@ class FormatJob(Structure):
     full it is, and the records done (the formatter advances ``at``, ``out_at`` and
     ``records`` and stops early when the next record might not fit)."""
 
-    _fields_ = [("chunk", c_void_p), ("at", c_uint64), ("end", c_uint64),
-                ("idents", c_void_p), ("out", c_void_p), ("out_at", c_uint64),
-                ("out_size", c_uint64), ("records", c_uint64)]
+    _fields_ = [
+        ("chunk", c_void_p),
+        ("at", c_uint64),
+        ("end", c_uint64),
+        ("idents", c_void_p),
+        ("out", c_void_p),
+        ("out_at", c_uint64),
+        ("out_size", c_uint64),
+        ("records", c_uint64),
+    ]
 
 
 CTYPES_IR = {c_uint32: I32, c_uint64: I64, c_void_p: PTR, ctypes.c_uint16: I16}
@@ -106,8 +127,9 @@ def field_index(structure: type[Structure], name: str) -> int:
     return [field for field, _ in structure._fields_].index(name)
 
 
-RECORD = ir.LiteralStructType([I32, I32, I32, I32, PTR, PTR, ir.ArrayType(I32,
-                                                                          len(NUMERIC_VALUES))])
+RECORD = ir.LiteralStructType(
+    [I32, I32, I32, I32, PTR, PTR, ir.ArrayType(I32, len(NUMERIC_VALUES))]
+)
 """One record as a layout function reads it: major, minor, log fields, data length, data,
 the probe's ``IdentInfo``, the header's numbers (``NUMERIC_VALUES``)."""
 R_MAJOR, R_MINOR, R_FIELDS, R_LEN, R_DATA, R_INFO, R_VALUES = range(7)
@@ -120,9 +142,11 @@ ROOM_PER_DATA_BYTE = 8
 
 def part_codes(code: str) -> list[str]:
     """The ``struct`` codes of a value's parts: ``II`` -> ``I``, ``I``; ``16s`` stays."""
-    return [count + kind if kind == "s" else kind
-            for count, kind in re.findall(r"(\d*)([a-zA-Z])", code)
-            for _ in range(1 if kind == "s" else int(count or 1))]
+    return [
+        count + kind if kind == "s" else kind
+        for count, kind in re.findall(r"(\d*)([a-zA-Z])", code)
+        for _ in range(1 if kind == "s" else int(count or 1))
+    ]
 
 
 class _Gen:
@@ -177,8 +201,9 @@ class _Gen:
         """Copy literal bytes; the pointer after them."""
         if not data:
             return out
-        b.call(self.memcpy, [out, self.constant(data), ir.Constant(I64, len(data)),
-                             ir.Constant(I1, 0)])
+        b.call(
+            self.memcpy, [out, self.constant(data), ir.Constant(I64, len(data)), ir.Constant(I1, 0)]
+        )
         return self.at(b, out, len(data))
 
     def copy(self, b: ir.IRBuilder, out: ir.Value, source: ir.Value, length: ir.Value):
@@ -195,17 +220,22 @@ class _Gen:
         b.store(value, out, align=1)
         return self.at(b, out, size)
 
-    def pair(self, b: ir.IRBuilder, out: ir.Value, number: ir.Value,
-             table: ir.Value | None = None) -> None:
+    def pair(
+        self, b: ir.IRBuilder, out: ir.Value, number: ir.Value, table: ir.Value | None = None
+    ) -> None:
         """The two characters for ``number`` in a table of pairs (by default the hex
         digits of a byte) at ``out``."""
         index = b.shl(b.zext(number, I64), ir.Constant(I64, 1))
-        b.store(b.load(self.at(b, table or self.pairs, index), typ=I16, align=1), out,
-                align=1)
+        b.store(b.load(self.at(b, table or self.pairs, index), typ=I16, align=1), out, align=1)
 
     @staticmethod
-    def loop(b: ir.IRBuilder, name: str, start: ir.Value, count: ir.Value,
-             body: Callable[[ir.IRBuilder, ir.Value], None]) -> None:
+    def loop(
+        b: ir.IRBuilder,
+        name: str,
+        start: ir.Value,
+        count: ir.Value,
+        body: Callable[[ir.IRBuilder, ir.Value], None],
+    ) -> None:
         """``for i in range(start, count): body(i)`` on i32 counters."""
         head = b.append_basic_block(f"{name}_head")
         inside = b.append_basic_block(f"{name}_body")
@@ -222,8 +252,13 @@ class _Gen:
         b.branch(head)
         b.position_at_end(done)
 
-    def when(self, b: ir.IRBuilder, condition: ir.Value, out: ir.Value,
-             then: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> ir.Value:
+    def when(
+        self,
+        b: ir.IRBuilder,
+        condition: ir.Value,
+        out: ir.Value,
+        then: Callable[[ir.IRBuilder, ir.Value], ir.Value],
+    ) -> ir.Value:
         """``then(out)`` if ``condition``: the output pointer after either way."""
         before = b.block
         with b.if_then(condition):
@@ -245,8 +280,9 @@ class _Gen:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         count = ir.Constant(I32, 1)
         for power in range(1, 10):
-            count = b.add(count, b.zext(b.icmp_unsigned(">=", value, ir.Constant(
-                I32, 10 ** power)), I32))
+            count = b.add(
+                count, b.zext(b.icmp_unsigned(">=", value, ir.Constant(I32, 10**power)), I32)
+            )
         end = self.at(b, out, count)
         pairs = b.append_basic_block("pairs")
         last = b.append_basic_block("last")
@@ -270,8 +306,10 @@ class _Gen:
             with then:
                 self.pair(b, self.at(b, where, ir.Constant(I64, -2)), left, self.decimal_pairs)
             with otherwise:
-                b.store(b.trunc(b.add(left, ir.Constant(I32, 0x30)), I8),
-                        self.at(b, where, ir.Constant(I64, -1)))
+                b.store(
+                    b.trunc(b.add(left, ir.Constant(I32, 0x30)), I8),
+                    self.at(b, where, ir.Constant(I64, -1)),
+                )
         b.ret(end)
         return fn
 
@@ -314,8 +352,9 @@ class _Gen:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         bits = b.sub(ir.Constant(I32, 32), b.call(self.ctlz, [value, ir.Constant(I1, 0)]))
         digits = b.udiv(b.add(bits, ir.Constant(I32, 3)), ir.Constant(I32, 4))
-        digits = b.select(b.icmp_unsigned("==", digits, ir.Constant(I32, 0)),
-                          ir.Constant(I32, 1), digits)
+        digits = b.select(
+            b.icmp_unsigned("==", digits, ir.Constant(I32, 0)), ir.Constant(I32, 1), digits
+        )
         b.ret(b.call(self.put_fixed[16], [self.put(b, out, b"0x"), value, digits]))
         return fn
 
@@ -326,8 +365,7 @@ class _Gen:
         known = self._hex.get(separator)
         if known is not None:
             return known
-        fn = self._hex[separator] = self.function(f"put_hex{len(self._hex)}", PTR,
-                                                  [PTR, PTR, I32])
+        fn = self._hex[separator] = self.function(f"put_hex{len(self._hex)}", PTR, [PTR, PTR, I32])
         out, data, length = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         step = 2 + len(separator)
@@ -340,8 +378,11 @@ class _Gen:
         self.loop(b, "byte", ir.Constant(I32, 0), length, body)
         end = self.at(b, out, b.mul(length, ir.Constant(I32, step)))
         if separator:
-            end = b.select(b.icmp_unsigned("==", length, ir.Constant(I32, 0)), out,
-                           self.at(b, end, ir.Constant(I64, -len(separator))))
+            end = b.select(
+                b.icmp_unsigned("==", length, ir.Constant(I32, 0)),
+                out,
+                self.at(b, end, ir.Constant(I64, -len(separator))),
+            )
         b.ret(end)
         return fn
 
@@ -350,8 +391,7 @@ class _Gen:
         known = self._dumps.get(piece)
         if known is not None:
             return known
-        fn = self._dumps[piece] = self.function(f"put_dump{len(self._dumps)}", PTR,
-                                                [PTR, PTR, I32])
+        fn = self._dumps[piece] = self.function(f"put_dump{len(self._dumps)}", PTR, [PTR, PTR, I32])
         out, data, length = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         cursor = self.alloca(b, PTR)
@@ -365,23 +405,30 @@ class _Gen:
             left = b.sub(length, start)
             n = b.select(b.icmp_unsigned("<", left, width), left, width)
             row_data = self.at(b, data, start)
-            p = b.call(self.put_fixed[16], [b.load(cursor, typ=PTR), start,
-                                            ir.Constant(I32, piece.offset_digits)])
+            p = b.call(
+                self.put_fixed[16],
+                [b.load(cursor, typ=PTR), start, ir.Constant(I32, piece.offset_digits)],
+            )
             p = self.put(b, p, piece.gap)
-            b.call(self.memset, [p, ir.Constant(I8, 0x20), ir.Constant(I64, pad),
-                                 ir.Constant(I1, 0)])
+            b.call(
+                self.memset, [p, ir.Constant(I8, 0x20), ir.Constant(I64, pad), ir.Constant(I1, 0)]
+            )
 
             def pair(b: ir.IRBuilder, j: ir.Value) -> None:
-                self.pair(b, self.at(b, p, b.mul(j, ir.Constant(I32, 3))),
-                          b.load(self.at(b, row_data, j), typ=I8))
+                self.pair(
+                    b,
+                    self.at(b, p, b.mul(j, ir.Constant(I32, 3))),
+                    b.load(self.at(b, row_data, j), typ=I8),
+                )
 
             self.loop(b, "pair", ir.Constant(I32, 0), n, pair)
             text = self.put(b, self.at(b, p, pad), piece.gap + piece.edge)
 
             def char(b: ir.IRBuilder, j: ir.Value) -> None:
                 byte = b.load(self.at(b, row_data, j), typ=I8)
-                shown = b.icmp_unsigned("<", b.sub(byte, ir.Constant(I8, 0x20)),
-                                        ir.Constant(I8, 0x7F - 0x20))
+                shown = b.icmp_unsigned(
+                    "<", b.sub(byte, ir.Constant(I8, 0x20)), ir.Constant(I8, 0x7F - 0x20)
+                )
                 b.store(b.select(shown, byte, ir.Constant(I8, 0x2E)), self.at(b, text, j))
 
             self.loop(b, "char", ir.Constant(I32, 0), n, char)
@@ -417,16 +464,20 @@ class _Gen:
 
         def text(b: ir.IRBuilder, p: ir.Value, form: Style | None) -> ir.Value:
             def element(member: str, kind: ir.Type) -> ir.Value:
-                index = [ir.Constant(I32, 0), ir.Constant(I32, field_index(IdentInfo, member)),
-                         ir.Constant(I32, TEXT_FORMS.index(form))]
+                index = [
+                    ir.Constant(I32, 0),
+                    ir.Constant(I32, field_index(IdentInfo, member)),
+                    ir.Constant(I32, TEXT_FORMS.index(form)),
+                ]
                 return b.load(b.gep(info, index, source_etype=ir_struct(IdentInfo)), typ=kind)
 
             source, size = element("text", PTR), element("text_len", I32)
             return self.copy(b, p, source, size)
 
         def selected(flag: LogField) -> ir.Value:
-            return b.icmp_unsigned("!=", b.and_(fields, ir.Constant(I32, int(flag))),
-                                   ir.Constant(I32, 0))
+            return b.icmp_unsigned(
+                "!=", b.and_(fields, ir.Constant(I32, int(flag))), ir.Constant(I32, 0)
+            )
 
         def shown(p: ir.Value, value: HeaderValue, style: Style) -> ir.Value:
             if style in (Style.TEXT, Style.JSON_TEXT):
@@ -438,9 +489,14 @@ class _Gen:
             quote = b'"' if style is Style.JSON_TIME else b""
             seconds, microseconds = (number(attr) for attr in value.hit)
             p = b.call(self.put_dec, [self.put(b, p, quote), seconds])
-            p = b.call(self.put_fixed[10], [self.put(b, p, b":"), microseconds,
-                                            ir.Constant(I32, len(str(MICROSECONDS_PER_SECOND
-                                                                     - 1)))])
+            p = b.call(
+                self.put_fixed[10],
+                [
+                    self.put(b, p, b":"),
+                    microseconds,
+                    ir.Constant(I32, len(str(MICROSECONDS_PER_SECOND - 1))),
+                ],
+            )
             return self.put(b, p, quote)
 
         def header(p: ir.Value) -> ir.Value:
@@ -450,13 +506,18 @@ class _Gen:
                 on = selected(field.flag)
                 extra = sum(struct.calcsize("<" + value.code) for value in field.values)
                 size = b.add(size, b.select(on, ir.Constant(I32, extra), ir.Constant(I32, 0)))
-                bits = b.or_(bits, b.select(on, ir.Constant(I32, field.bits),
-                                            ir.Constant(I32, 0)))
-            base = (ir.Constant(I32, FACILITY_ID), b.add(size, length), bits,
-                    load(R_MAJOR), load(R_MINOR))
+                bits = b.or_(bits, b.select(on, ir.Constant(I32, field.bits), ir.Constant(I32, 0)))
+            base = (
+                ir.Constant(I32, FACILITY_ID),
+                b.add(size, length),
+                bits,
+                load(R_MAJOR),
+                load(R_MINOR),
+            )
             for code, value in zip(part_codes(BASE.format[1:]), base, strict=True):
                 p = self.store(b, p, value, struct.calcsize("<" + code))
             for field in HEADER:
+
                 def parts(b: ir.IRBuilder, p: ir.Value, field=field) -> ir.Value:
                     for value in field.values:
                         codes = part_codes(value.code)
@@ -466,6 +527,7 @@ class _Gen:
                         for code, attr in zip(codes, value.hit, strict=True):
                             p = self.store(b, p, number(attr), struct.calcsize("<" + code))
                     return p
+
                 p = self.when(b, selected(field.flag), p, parts)
             return p
 
@@ -474,17 +536,16 @@ class _Gen:
             if isinstance(piece, Text):
                 p = self.put(b, p, piece.value)
             elif isinstance(piece, Number):
-                p = b.call(self.put_dec, [p, load(R_MAJOR if piece.name == "major"
-                                                  else R_MINOR)])
+                p = b.call(self.put_dec, [p, load(R_MAJOR if piece.name == "major" else R_MINOR)])
             elif isinstance(piece, Fields):
                 for field in HEADER:
-                    def values(b: ir.IRBuilder, p: ir.Value, field=field,
-                               piece=piece) -> ir.Value:
+
+                    def values(b: ir.IRBuilder, p: ir.Value, field=field, piece=piece) -> ir.Value:
                         for value in field.values:
-                            p = self.put(b, p, piece.before + value.name.encode()
-                                         + piece.between)
+                            p = self.put(b, p, piece.before + value.name.encode() + piece.between)
                             p = shown(p, value, piece.styles[value.shown])
                         return p
+
                     p = self.when(b, selected(field.flag), p, values)
             elif isinstance(piece, Binary):
                 p = header(p)
@@ -525,9 +586,11 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
     job_type = ir_struct(FormatJob)
 
     def slot(member: str) -> ir.Value:
-        return b.gep(job, [ir.Constant(I32, 0), ir.Constant(I32, field_index(FormatJob,
-                                                                             member))],
-                     source_etype=job_type)
+        return b.gep(
+            job,
+            [ir.Constant(I32, 0), ir.Constant(I32, field_index(FormatJob, member))],
+            source_etype=job_type,
+        )
 
     def get(member: str) -> ir.Value:
         return b.load(slot(member), typ=job_type.elements[field_index(FormatJob, member)])
@@ -551,8 +614,11 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
 
     def head_field(member: str) -> ir.Value:
         spec = getattr(ring.RecordHead, member)
-        return b.zext(b.load(gen.at(b, head, spec.offset), typ=INTS[spec.size]), I64) \
-            if spec.size < 8 else b.load(gen.at(b, head, spec.offset), typ=I64)
+        return (
+            b.zext(b.load(gen.at(b, head, spec.offset), typ=INTS[spec.size]), I64)
+            if spec.size < 8
+            else b.load(gen.at(b, head, spec.offset), typ=I64)
+        )
 
     ident, log_len, ex_len = (head_field(m) for m in ("ident", "log_len", "ex_len"))
     info_type = ir_struct(IdentInfo)
@@ -560,19 +626,21 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
 
     def info_field(member: str) -> ir.Value:
         index = field_index(IdentInfo, member)
-        return b.load(b.gep(info, [ir.Constant(I32, 0), ir.Constant(I32, index)],
-                            source_etype=info_type), typ=info_type.elements[index])
+        return b.load(
+            b.gep(info, [ir.Constant(I32, 0), ir.Constant(I32, index)], source_etype=info_type),
+            typ=info_type.elements[index],
+        )
 
     fields = info_field("fields")
     q = gen.at(b, head, ctypes.sizeof(ring.RecordHead))
     values: dict[str, ir.Value] = {attr: ir.Constant(I32, 0) for attr in NUMERIC_VALUES}
     for attr in IDENT_VALUES:
         values[attr] = info_field(attr)
-    carried = {value.ring[0]: value for field in HEADER for value in field.values
-               if value.ring is not None}
+    carried = {
+        value.ring[0]: value for field in HEADER for value in field.values if value.ring is not None
+    }
     for flag, names, codes in ring.HEADER_FIELDS:
-        on = b.icmp_unsigned("!=", b.and_(fields, ir.Constant(I32, int(flag))),
-                             ir.Constant(I32, 0))
+        on = b.icmp_unsigned("!=", b.and_(fields, ir.Constant(I32, int(flag))), ir.Constant(I32, 0))
         before, got = b.block, {}
         with b.if_then(on):
             step = 0
@@ -582,12 +650,17 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
                 step += size
                 value = carried[name]
                 if value.shown is Shown.TIME:  # the ring holds the instruction clock
-                    ns = b.add(ir.Constant(I64, clock.EPOCH * NS_PER_SECOND),
-                               b.mul(b.zext(raw, I64),
-                                     ir.Constant(I64, clock.NS_PER_INSTRUCTION)))
-                    parts = (b.udiv(ns, ir.Constant(I64, NS_PER_SECOND)),
-                             b.urem(b.udiv(ns, ir.Constant(I64, NS_PER_MICROSECOND)),
-                                    ir.Constant(I64, MICROSECONDS_PER_SECOND)))
+                    ns = b.add(
+                        ir.Constant(I64, clock.EPOCH * NS_PER_SECOND),
+                        b.mul(b.zext(raw, I64), ir.Constant(I64, clock.NS_PER_INSTRUCTION)),
+                    )
+                    parts = (
+                        b.udiv(ns, ir.Constant(I64, NS_PER_SECOND)),
+                        b.urem(
+                            b.udiv(ns, ir.Constant(I64, NS_PER_MICROSECOND)),
+                            ir.Constant(I64, MICROSECONDS_PER_SECOND),
+                        ),
+                    )
                 else:
                     parts = (raw,)
                 for attr, part in zip(value.hit, parts, strict=True):
@@ -612,8 +685,10 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
         records.add_incoming(next_records, b.block)
         b.branch(head_block)
     else:
-        need = b.add(b.zext(info_field("room"), I64),
-                     b.mul(b.add(log_len, ex_len), ir.Constant(I64, ROOM_PER_DATA_BYTE)))
+        need = b.add(
+            b.zext(info_field("room"), I64),
+            b.mul(b.add(log_len, ex_len), ir.Constant(I64, ROOM_PER_DATA_BYTE)),
+        )
         room = b.icmp_unsigned("<=", b.add(out_at, need), out_size)
         fits = b.append_basic_block("fits")
         b.cbranch(room, fits, done)
@@ -621,13 +696,20 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
         b.position_at_end(fits)
 
         def put(index: int, value: ir.Value) -> None:
-            b.store(value, b.gep(record, [ir.Constant(I32, 0), ir.Constant(I32, index)],
-                                 source_etype=RECORD))
+            b.store(
+                value,
+                b.gep(record, [ir.Constant(I32, 0), ir.Constant(I32, index)], source_etype=RECORD),
+            )
 
         for i, attr in enumerate(NUMERIC_VALUES):
-            b.store(values[attr], b.gep(record, [ir.Constant(I32, 0),
-                                                 ir.Constant(I32, R_VALUES),
-                                                 ir.Constant(I32, i)], source_etype=RECORD))
+            b.store(
+                values[attr],
+                b.gep(
+                    record,
+                    [ir.Constant(I32, 0), ir.Constant(I32, R_VALUES), ir.Constant(I32, i)],
+                    source_etype=RECORD,
+                ),
+            )
         layout = info_field("layout")
         put(R_INFO, info)
         put(R_FIELDS, fields)
@@ -656,8 +738,7 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
         for phi, value in ((final_at, at), (final_out, out_at), (final_records, records)):
             phi.add_incoming(value, head_block)
             phi.add_incoming(value, full)
-        for member, value in (("at", final_at), ("out_at", final_out),
-                              ("records", final_records)):
+        for member, value in (("at", final_at), ("out_at", final_out), ("records", final_records)):
             b.store(value, slot(member))
         b.ret_void()
         return fn
@@ -731,12 +812,16 @@ class NativeFormatter:
         for attr in IDENT_VALUES:
             setattr(info, attr, getattr(probe, attr) & 0xFFFFFFFF)
         info.fields = int(probe.fields)
-        info.layout = (self.layouts.index(probe.layout) if probe.layout in self.layouts
-                       else len(self.layouts))
+        info.layout = (
+            self.layouts.index(probe.layout) if probe.layout in self.layouts else len(self.layouts)
+        )
         room = EXTRA_ROOM
         for i, form in enumerate(TEXT_FORMS):
-            encoded = (text_bytes(form, probe.name) if form is not None
-                       else struct.pack("<16s", probe.name.encode()))
+            encoded = (
+                text_bytes(form, probe.name)
+                if form is not None
+                else struct.pack("<16s", probe.name.encode())
+            )
             self._keep.append(encoded)
             info.text_len[i] = len(encoded)
             info.text[i] = ctypes.cast(ctypes.c_char_p(encoded), c_void_p).value
@@ -761,7 +846,7 @@ class NativeFormatter:
             function(self.layouts)(job)
             if job.at == before:  # OUT_BYTES holds the largest record: never happens
                 raise RuntimeError("a log record larger than the output buffer")
-            write(self._view[:job.out_at])
+            write(self._view[: job.out_at])
         return job.records
 
     def count(self, address: int, length: int) -> int:
@@ -770,4 +855,3 @@ class NativeFormatter:
         self._start(job, address, length)
         function(None)(job)
         return job.records
-

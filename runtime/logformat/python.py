@@ -53,11 +53,22 @@ def hex_dump(piece: HexDump, data: bytes) -> bytes:
     rows = []
     pad = 3 * piece.width - 1
     for at in range(0, len(data), piece.width):
-        chunk = data[at:at + piece.width]
+        chunk = data[at : at + piece.width]
         text = bytes(b if 0x20 <= b < 0x7F else 0x2E for b in chunk)
-        rows.append(b"%0*x%s%-*s%s%s%s%s\n" % (
-            piece.offset_digits, at, piece.gap, pad, chunk.hex(" ").encode(), piece.gap,
-            piece.edge, text, piece.edge))
+        rows.append(
+            b"%0*x%s%-*s%s%s%s%s\n"
+            % (
+                piece.offset_digits,
+                at,
+                piece.gap,
+                pad,
+                chunk.hex(" ").encode(),
+                piece.gap,
+                piece.edge,
+                text,
+                piece.edge,
+            )
+        )
     return b"".join(rows)
 
 
@@ -71,15 +82,22 @@ def format_record(layout: Layout, record: LogRecord) -> bytes:
             out.append(b"%d" % getattr(record, piece.name))
         elif isinstance(piece, Fields):
             for value, parts in record.values():
-                out += (piece.before, value.name.encode(), piece.between,
-                        _value(piece.styles[value.shown], parts))
+                out += (
+                    piece.before,
+                    value.name.encode(),
+                    piece.between,
+                    _value(piece.styles[value.shown], parts),
+                )
         elif isinstance(piece, Binary):
             out.append(record.header())
         elif isinstance(piece, Raw):
             out.append(record.data)
         elif isinstance(piece, Hex):
-            out.append(record.data.hex(piece.separator.decode()).encode()
-                       if piece.separator else record.data.hex().encode())
+            out.append(
+                record.data.hex(piece.separator.decode()).encode()
+                if piece.separator
+                else record.data.hex().encode()
+            )
         elif isinstance(piece, HexDump):
             out.append(hex_dump(piece, record.data))
     return b"".join(out)
@@ -89,5 +107,4 @@ def format_hit(layout: Layout, record: LogRecord, exception_log: bytes) -> bytes
     """What ``layout`` writes for one hit: its record, then its exception log's."""
     if not exception_log:
         return format_record(layout, record)
-    return format_record(layout, record) + format_record(layout,
-                                                         exception_record(exception_log))
+    return format_record(layout, record) + format_record(layout, exception_record(exception_log))

@@ -46,17 +46,22 @@ class ProbeLog:
 def probe_log(served: Served, names: dict[int, str], layout: Layout = ()) -> ProbeLog:
     """What the records of a natively served probe show that the ring does not carry:
     the pid, the EIP of the trap (the byte after the int3), the process name."""
-    return ProbeLog(pid=served.pid, eip=(served.plan.address + 1) & 0xFFFFFFFF,
-                    fields=served.loaded.log_fields, layout=layout,
-                    name=names.get(served.pid, ""))
+    return ProbeLog(
+        pid=served.pid,
+        eip=(served.plan.address + 1) & 0xFFFFFFFF,
+        fields=served.loaded.log_fields,
+        layout=layout,
+        name=names.get(served.pid, ""),
+    )
 
 
 class ProbeTable:
     """The native formatter for ``layouts`` (none: it only counts), told about every
     probe the native hook has given an ident (``layout_of``: a module's layout)."""
 
-    def __init__(self, layout_of: Callable[[str], Layout],
-                 layouts: tuple[Layout, ...] = ()) -> None:
+    def __init__(
+        self, layout_of: Callable[[str], Layout], layouts: tuple[Layout, ...] = ()
+    ) -> None:
         from dprobes.runtime.logformat.native import NativeFormatter
 
         self.formatter = NativeFormatter(layouts)
@@ -67,8 +72,9 @@ class ProbeTable:
         formatter = self.formatter
         for ident in range(len(formatter), len(native.idents)):
             served = native.idents[ident]
-            formatter.set_probe(ident, probe_log(served, native.names,
-                                                 self.layout_of(served.loaded.name)))
+            formatter.set_probe(
+                ident, probe_log(served, native.names, self.layout_of(served.loaded.name))
+            )
         return formatter
 
     def count(self, chunk: PackedChunk, native: NativeProbes) -> int:
@@ -87,8 +93,13 @@ class LogWriter:
     is shared with the program's output, so every record is written and flushed at once;
     otherwise a thread formats and writes while the machine runs on."""
 
-    def __init__(self, layouts: dict[str, Layout], open_stream: Callable[[], BinaryIO],
-                 *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        layouts: dict[str, Layout],
+        open_stream: Callable[[], BinaryIO],
+        *,
+        shared: bool = False,
+    ) -> None:
         self.layouts = layouts
         self._open = open_stream
         self._stream: BinaryIO | None = None
@@ -151,8 +162,9 @@ class LogWriter:
     def write_packed(self, chunk: PackedChunk, native: NativeProbes) -> int:
         """A chunk of native records, formatted natively; the number of records."""
         if self._probes is None:
-            self._probes = ProbeTable(self.layouts.__getitem__,
-                                      tuple(dict.fromkeys(self.layouts.values())))
+            self._probes = ProbeTable(
+                self.layouts.__getitem__, tuple(dict.fromkeys(self.layouts.values()))
+            )
         formatter = self._probes.update(native)
         if self._shared:
             return formatter.format(chunk.address, len(chunk.view), self._write)

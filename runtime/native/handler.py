@@ -18,13 +18,16 @@ from dprobes.vm.jit.embed import BODY_FUNCTION, EXIT_EXIT, EXIT_TERMINATED, Stat
 from dprobes.vm.jit.irgen import I1, PTR, FunctionBuilder, ModuleBuilder, c32
 from dprobes.vm.model import MIN_ST_SIZE
 
-PROBE_SETTINGS = (("ex_mask", "ex_mask"), ("major", "probe_major"),
-                  ("minor", "probe_minor"), ("probe_offset", "probe_offset"))
+PROBE_SETTINGS = (
+    ("ex_mask", "ex_mask"),
+    ("major", "probe_major"),
+    ("minor", "probe_minor"),
+    ("probe_offset", "probe_offset"),
+)
 """(ProbeEntry field, State field): what a handler is told of its probe."""
 
 
-def _used(f: FunctionBuilder, start: ir.Value | int, length: ir.Value,
-          cap: ir.Value) -> ir.Value:
+def _used(f: FunctionBuilder, start: ir.Value | int, length: ir.Value, cap: ir.Value) -> ir.Value:
     """Bytes of a buffer from ``start`` to min(``length``, ``cap``) (0 when that is not
     past ``start``)."""
     start = c32(start) if isinstance(start, int) else start
@@ -43,8 +46,7 @@ def _take_shared(f: FunctionBuilder, hook: ir.Value, state: ir.Value) -> None:
     take, run = f.block("take"), f.block("run")
     f.b.cbranch(keep, run, take)
     f.at(take)
-    f.memcpy(f.member(state, State, "stack"), f.member(owner, State, "stack"),
-             State.stack.size)
+    f.memcpy(f.member(state, State, "stack"), f.member(owner, State, "stack"), State.stack.size)
     f.set(state, State, "ex_code", f.get(owner, State, "ex_code"))
     globals_bytes = f.b.shl(f.get(state, State, "num_gv"), c32(2))
     f.memcpy(f.get(state, State, "gv"), f.get(owner, State, "gv"), globals_bytes)
@@ -53,8 +55,7 @@ def _take_shared(f: FunctionBuilder, hook: ir.Value, state: ir.Value) -> None:
     f.b.store(state, owner_field)
 
 
-def _keep_outcome(f: FunctionBuilder, proc: ir.Value, state: ir.Value,
-                  kind: ir.Value) -> None:
+def _keep_outcome(f: FunctionBuilder, proc: ir.Value, state: ir.Value, kind: ir.Value) -> None:
     """The handler's outcome into the process's pending hit (the log bytes stay in the
     state until the hit leaves the interrupt: ``record.keep_log``)."""
     pending = f.member(proc, ProcessSlot, "pending")
@@ -63,14 +64,13 @@ def _keep_outcome(f: FunctionBuilder, proc: ir.Value, state: ir.Value,
     f.set(pending, Pending, "exit_kind", kind)
     f.set(pending, Pending, "exit_to", f.get(state, State, "exit_to"))
     header_length = f.get(state, State, "header_length")
-    log_len = _used(f, header_length, f.get(state, State, "log_len"),
-                    f.get(state, State, "log_cap"))
+    log_len = _used(
+        f, header_length, f.get(state, State, "log_len"), f.get(state, State, "log_cap")
+    )
     f.set(pending, Pending, "log_at", f.offset(f.member(state, State, "log"), header_length))
     set_head_field(f, pending, "log_len", log_len)
-    ex_len = _used(f, MIN_ST_SIZE, f.get(state, State, "ex_len"),
-                   f.get(state, State, "ex_logmax"))
-    f.set(pending, Pending, "ex_log_at", f.offset(f.member(state, State, "ex_log"),
-                                                  MIN_ST_SIZE))
+    ex_len = _used(f, MIN_ST_SIZE, f.get(state, State, "ex_len"), f.get(state, State, "ex_logmax"))
+    f.set(pending, Pending, "ex_log_at", f.offset(f.member(state, State, "ex_log"), MIN_ST_SIZE))
     set_head_field(f, pending, "ex_len", ex_len)
 
 
@@ -85,12 +85,18 @@ def define(m: ModuleBuilder) -> None:
         f.set(state, State, state_field, f.get(entry, ProbeEntry, entry_field))
     f.set(state, State, "host", f.member(hook, Hook, "host"))
     f.call("stack_window", hook, entry)
-    f.call_pointer(f.get(entry, ProbeEntry, "handler"), BODY_FUNCTION, state,
-                   f.get(entry, ProbeEntry, "code_base"))
+    f.call_pointer(
+        f.get(entry, ProbeEntry, "handler"),
+        BODY_FUNCTION,
+        state,
+        f.get(entry, ProbeEntry, "code_base"),
+    )
     f.set(hook, Hook, "native_ran", 1)
     kind = f.get(state, State, "exit_kind")
-    valid = f.b.and_(f.b.icmp_unsigned(">=", kind, c32(EXIT_EXIT)),
-                     f.b.icmp_unsigned("<=", kind, c32(EXIT_TERMINATED)))
+    valid = f.b.and_(
+        f.b.icmp_unsigned(">=", kind, c32(EXIT_EXIT)),
+        f.b.icmp_unsigned("<=", kind, c32(EXIT_TERMINATED)),
+    )
     keep, broken = f.block("keep"), f.block("broken")
     f.b.cbranch(valid, keep, broken)
     f.at(broken)
@@ -100,4 +106,3 @@ def define(m: ModuleBuilder) -> None:
     f.at(keep)
     _keep_outcome(f, proc, state, kind)
     f.b.ret(ir.Constant(I1, 1))
-

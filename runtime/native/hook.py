@@ -60,8 +60,9 @@ def _begin_hit(f: FunctionBuilder, hook: ir.Value, proc: ir.Value, entry: ir.Val
     f.set(pending, Pending, "entry", entry)
     f.set(pending, Pending, "ran", 0)
     f.set(pending, Pending, "trap_flag", 0)
-    f.set(f.member(pending, Pending, "head"), RecordHead, "ident",
-          f.get(entry, ProbeEntry, "ident"))
+    f.set(
+        f.member(pending, Pending, "head"), RecordHead, "ident", f.get(entry, ProbeEntry, "ident")
+    )
     f.call("note_header", hook, proc, entry)
 
 
@@ -122,8 +123,9 @@ def _define_entry(m: ModuleBuilder) -> None:
     f = m.define(ENTRY, VOID, [("uc", PTR), ("vector", I32), ("hook", PTR)], exported=True)
     _, vector, hook = f.function.args
     registers.forget_registers(f, hook)
-    bp, other, db, python, done = (f.block(label) for label in
-                                   ("bp", "other", "db", "python", "done"))
+    bp, other, db, python, done = (
+        f.block(label) for label in ("bp", "other", "db", "python", "done")
+    )
     f.b.cbranch(f.b.icmp_unsigned("==", vector, c32(BREAKPOINT)), bp, other)
     f.at(bp)
     f.b.cbranch(f.call("breakpoint", hook), done, python)

@@ -65,18 +65,25 @@ class ProbeEntry(Structure):
     _fields_ = [
         ("address", c_uint32),
         ("kind", c_uint32),  # the value of the step plan's ``xol.StepKind``
-        ("length", c_uint32), ("slot", c_uint32),
+        ("length", c_uint32),
+        ("slot", c_uint32),
         ("push_reg", c_uint32),  # the register a ``push r32`` stores (dprobes index)
-        ("ident", c_uint32), ("ex_mask", c_uint32),
-        ("major", c_uint32), ("minor", c_uint32), ("probe_offset", c_uint64),
+        ("ident", c_uint32),
+        ("ex_mask", c_uint32),
+        ("major", c_uint32),
+        ("minor", c_uint32),
+        ("probe_offset", c_uint64),
         ("fields", c_uint32),  # the program's log fields: which header fields to record
         ("window", c_uint32),  # the handler accesses memory: offer it the stack page
         ("head_len", c_uint32),  # bytes of a record's head and header fields
-        ("handler", c_void_p), ("code_base", c_uint32),  # the handler's shared body, its base
-        ("state", c_void_p), ("counters", c_void_p),
+        ("handler", c_void_p),
+        ("code_base", c_uint32),  # the handler's shared body, its base
+        ("state", c_void_p),
+        ("counters", c_void_p),
         # the registers a hit reads after EIP, read in one uc_reg_read_batch call: a mask
         # of dprobes indices, their number, unicorn ids and places in Hook.registers
-        ("prefetch", c_uint32), ("prefetch_count", c_uint32),
+        ("prefetch", c_uint32),
+        ("prefetch_count", c_uint32),
         ("prefetch_ids", c_int32 * GENERAL_REGISTERS),
         ("prefetch_values", c_void_p * GENERAL_REGISTERS),
     ]
@@ -95,11 +102,13 @@ class Pending(Structure):
         ("active", c_uint32),  # the step is under way (EIP in the slot)
         ("ran", c_uint32),  # the handler ran (the pass count was used up)
         ("trap_flag", c_uint32),
-        ("exit_kind", c_uint32), ("exit_to", c_uint32),  # how the handler ended
+        ("exit_kind", c_uint32),
+        ("exit_to", c_uint32),  # how the handler ended
         ("entry", c_void_p),  # the ProbeEntry of the hit (null: none)
         ("log_at", c_void_p),  # where the log bytes are: the handler's state, or ``log``
         ("ex_log_at", c_void_p),
-        ("head", RecordHead), ("header", c_uint8 * HEADER_BYTES),  # the record's start
+        ("head", RecordHead),
+        ("header", c_uint8 * HEADER_BYTES),  # the record's start
         ("log", c_uint8 * LOG_BUFFER),
         ("ex_log", c_uint8 * EX_LOG_BUFFER),
     ]
@@ -108,16 +117,23 @@ class Pending(Structure):
 class ProcessSlot(Structure):
     """A process as the hook knows it: its ids, its probe table and its pending hit."""
 
-    _fields_ = [("pid", c_uint32), ("uid", c_uint32), ("table", TableSlot * TABLE_SIZE),
-                ("pending", Pending)]
+    _fields_ = [
+        ("pid", c_uint32),
+        ("uid", c_uint32),
+        ("table", TableSlot * TABLE_SIZE),
+        ("pending", Pending),
+    ]
 
 
 class Hook(Structure):
     """Everything the hook reads; its address is the hook's user data."""
 
     _fields_ = [
-        ("uc", c_void_p), ("reg_read", c_void_p), ("reg_write", c_void_p),
-        ("reg_read_batch", c_void_p), ("emu_stop", c_void_p),
+        ("uc", c_void_p),
+        ("reg_read", c_void_p),
+        ("reg_write", c_void_p),
+        ("reg_read_batch", c_void_p),
+        ("emu_stop", c_void_p),
         ("python_interrupt", c_void_p),  # void (u32 vector): the Python trap path
         ("python_handover", c_void_p),  # void (u32 stage, u32 eip)
         ("python_fill", c_void_p),  # i32 (u32 address, u32 write, u64 *page | perms)
@@ -127,7 +143,9 @@ class Hook(Structure):
         ("owner", c_void_p),  # the State holding the per-CPU stack and the globals
         ("native_ran", c_uint32),  # a handler ran natively since Python last synced
         ("error", c_uint32),  # a handler ended in a host error: emulation stopped
-        ("ring_head", c_uint32), ("ring_size", c_uint32), ("ring", c_void_p),
+        ("ring_head", c_uint32),
+        ("ring_size", c_uint32),
+        ("ring", c_void_p),
         ("hits", c_uint64),  # probe hits that began natively
         ("reg_ids", c_uint32 * GENERAL_REGISTERS),  # unicorn's id of registers 0..15
         ("registers", RegisterWindow),  # registers read in this interrupt (host.registers)
@@ -147,10 +165,16 @@ HANDOVER = CFUNCTYPE(None, c_uint32, c_uint32)
 FILL = CFUNCTYPE(c_int32, c_uint32, c_uint32, POINTER(c_uint64))
 DRAIN = CFUNCTYPE(None)
 
-CALLOUTS = {"reg_read": REG_ACCESS, "reg_write": REG_ACCESS,
-            "reg_read_batch": REG_READ_BATCH, "emu_stop": EMU_STOP,
-            "python_interrupt": INTERRUPT, "python_handover": HANDOVER,
-            "python_fill": FILL, "python_drain": DRAIN}
+CALLOUTS = {
+    "reg_read": REG_ACCESS,
+    "reg_write": REG_ACCESS,
+    "reg_read_batch": REG_READ_BATCH,
+    "emu_stop": EMU_STOP,
+    "python_interrupt": INTERRUPT,
+    "python_handover": HANDOVER,
+    "python_fill": FILL,
+    "python_drain": DRAIN,
+}
 """The prototype of each function a ``Hook`` field points at (the hook calls them)."""
 
 

@@ -54,8 +54,8 @@ def define(m: ModuleBuilder) -> None:
     start_at = _home(f, address)
     start = f.b.block
     head, probe, compare, other, present, absent = (
-        f.block(label) for label in ("head", "probe", "compare", "other", "present",
-                                     "absent"))
+        f.block(label) for label in ("head", "probe", "compare", "other", "present", "absent")
+    )
     f.b.branch(head)
     f.at(head)
     i = f.b.phi(I32, "i")

@@ -61,8 +61,7 @@ def _tag(f: FunctionBuilder, address: ir.Value) -> ir.Value:
     return f.b.add(f.b.lshr(address, c32(PAGE_SHIFT)), c32(1))
 
 
-def _holds(f: FunctionBuilder, entry: ir.Value, address: ir.Value,
-           write: ir.Value) -> ir.Value:
+def _holds(f: FunctionBuilder, entry: ir.Value, address: ir.Value, write: ir.Value) -> ir.Value:
     """Whether the TLB ``entry`` holds the page of ``address`` for a read (``write`` 0)
     or a write (1)."""
     same = f.b.icmp_unsigned("==", f.get(entry, TlbEntry, "tag"), _tag(f, address))
@@ -74,8 +73,7 @@ def _define_page(m: ModuleBuilder) -> None:
     """The host address of the page holding ``address`` for a read (``write`` 0) or a
     write (1), through the TLB, asking Python on a miss. ``*status``: 0 ok, 1 a fault,
     < 0 Python failed."""
-    f = m.define("page", I64, [("hook", PTR), ("address", I32), ("write", I32),
-                               ("status", PTR)])
+    f = m.define("page", I64, [("hook", PTR), ("address", I32), ("write", I32), ("status", PTR)])
     hook, address, write, status = f.function.args
     out = f.alloca_entry(I64, "out")
     entry = _tlb_entry(f, hook, address)
@@ -111,13 +109,24 @@ def _define_access(m: ModuleBuilder) -> None:
     """Copy ``size`` bytes between guest ``address`` and ``buffer`` page by page
     (``write``: into the guest). 0, or the failing status with ``*fault`` = the first
     inaccessible byte (the bytes before it are copied)."""
-    f = m.define("access", I32, [("hook", PTR), ("address", I32), ("size", I32),
-                                 ("buffer", PTR), ("fault", PTR), ("write", I32)])
+    f = m.define(
+        "access",
+        I32,
+        [
+            ("hook", PTR),
+            ("address", I32),
+            ("size", I32),
+            ("buffer", PTR),
+            ("fault", PTR),
+            ("write", I32),
+        ],
+    )
     hook, address, size, buffer, fault, write = f.function.args
     status = f.alloca_entry(I32, "status")
     start = f.b.block
-    head, body, bad, copy, finished = (f.block(label) for label in
-                                       ("head", "body", "bad", "copy", "finished"))
+    head, body, bad, copy, finished = (
+        f.block(label) for label in ("head", "body", "bad", "copy", "finished")
+    )
     f.b.branch(head)
     f.at(head)
     done = f.b.phi(I32, "done")
@@ -153,7 +162,8 @@ def _define_cstring(m: ModuleBuilder) -> None:
     byte_at = f.alloca_entry(I8, "byte")
     start = f.b.block
     head, read, bad, got, keep, finished = (
-        f.block(label) for label in ("head", "read", "bad", "got", "keep", "finished"))
+        f.block(label) for label in ("head", "read", "bad", "got", "keep", "finished")
+    )
     f.b.branch(head)
     f.at(head)
     count = f.b.phi(I32, "count")

@@ -41,18 +41,25 @@ def head_field(f: FunctionBuilder, pending: ir.Value, name: str) -> ir.Value:
 
 def set_head_field(f: FunctionBuilder, pending: ir.Value, name: str, value: ir.Value) -> None:
     """Store the low bits of ``value`` (i32) into a field of the pending record's head."""
-    f.set(f.member(pending, Pending, "head"), RecordHead, name,
-          f.b.trunc(value, field_type(RecordHead, name)))
+    f.set(
+        f.member(pending, Pending, "head"),
+        RecordHead,
+        name,
+        f.b.trunc(value, field_type(RecordHead, name)),
+    )
 
 
-def _header_sources(f: FunctionBuilder, hook: ir.Value,
-                    proc: ir.Value) -> dict[str, Callable[[], ir.Value]]:
+def _header_sources(
+    f: FunctionBuilder, hook: ir.Value, proc: ir.Value
+) -> dict[str, Callable[[], ir.Value]]:
     """How to read each header field ``HEADER_FIELDS`` names."""
-    return {"uid": lambda: f.get(proc, ProcessSlot, "uid"),
-            "cs": lambda: f.call("reg", hook, CS),
-            "ss": lambda: f.call("reg", hook, SS),
-            "esp": lambda: f.call("reg", hook, ESP),
-            "executed": lambda: f.b.load(f.get(hook, Hook, "executed"), typ=I64)}
+    return {
+        "uid": lambda: f.get(proc, ProcessSlot, "uid"),
+        "cs": lambda: f.call("reg", hook, CS),
+        "ss": lambda: f.call("reg", hook, SS),
+        "esp": lambda: f.call("reg", hook, ESP),
+        "executed": lambda: f.b.load(f.get(hook, Hook, "executed"), typ=I64),
+    }
 
 
 def _define_note_header(m: ModuleBuilder) -> None:
@@ -67,8 +74,9 @@ def _define_note_header(m: ModuleBuilder) -> None:
     sources = _header_sources(f, hook, proc)
     for flag, names, codes in HEADER_FIELDS:
         chosen, after = f.block(f"has_{flag.name.lower()}"), f.block("next")
-        f.b.cbranch(f.b.icmp_unsigned("!=", f.b.and_(fields, c32(int(flag))), c32(0)),
-                    chosen, after)
+        f.b.cbranch(
+            f.b.icmp_unsigned("!=", f.b.and_(fields, c32(int(flag))), c32(0)), chosen, after
+        )
         f.at(chosen)
         at = f.b.load(cursor, typ=PTR)
         for name, code in zip(names, codes, strict=True):
@@ -118,9 +126,11 @@ def _define_commit(m: ModuleBuilder) -> None:
     f.at(append)
     head = f.get(hook, Hook, "ring_head")
     to = f.offset(f.get(hook, Hook, "ring"), head)
-    for source, length in ((f.member(pending, Pending, "head"), head_len),
-                           (f.get(pending, Pending, "log_at"), log_len),
-                           (f.get(pending, Pending, "ex_log_at"), ex_len)):
+    for source, length in (
+        (f.member(pending, Pending, "head"), head_len),
+        (f.get(pending, Pending, "log_at"), log_len),
+        (f.get(pending, Pending, "ex_log_at"), ex_len),
+    ):
         f.memcpy(to, source, length)
         to = f.offset(to, length)
     f.set(hook, Hook, "ring_head", f.b.add(head, total))

@@ -18,8 +18,9 @@ from dprobes.vm.jit.embed import RegisterWindow
 from dprobes.vm.jit.irgen import I32, PTR, VOID, FunctionBuilder, ModuleBuilder, c32
 from dprobes.vm.registers import REGISTERS_BY_NAME
 
-EIP, EFLAGS, ESP, CS, SS = (REGISTERS_BY_NAME[name].index
-                            for name in ("eip", "eflags", "esp", "cs", "ss"))
+EIP, EFLAGS, ESP, CS, SS = (
+    REGISTERS_BY_NAME[name].index for name in ("eip", "eflags", "esp", "cs", "ss")
+)
 
 
 def forget_registers(f: FunctionBuilder, hook: ir.Value) -> None:
@@ -35,8 +36,9 @@ def _value_slot(f: FunctionBuilder, window: ir.Value, index: ir.Value) -> ir.Val
     return f.element(f.member(window, RegisterWindow, "values"), index)
 
 
-def _uc_call(f: FunctionBuilder, hook: ir.Value, name: str, index: ir.Value,
-             value: ir.Value) -> None:
+def _uc_call(
+    f: FunctionBuilder, hook: ir.Value, name: str, index: ir.Value, value: ir.Value
+) -> None:
     """``uc_reg_read``/``uc_reg_write`` of register ``index`` through ``value``."""
     unicorn_id = f.b.load(f.element(f.member(hook, Hook, "reg_ids"), index), typ=I32)
     call_out(f, hook, name, f.get(hook, Hook, "uc"), unicorn_id, value)
@@ -76,10 +78,15 @@ def _define_prefetch(m: ModuleBuilder) -> None:
     """The registers the entry's hit reads, from the CPU into the window in one call."""
     f = m.define("prefetch", VOID, [("hook", PTR), ("entry", PTR)])
     hook, entry = f.function.args
-    call_out(f, hook, "reg_read_batch", f.get(hook, Hook, "uc"),
-             f.member(entry, ProbeEntry, "prefetch_ids"),
-             f.member(entry, ProbeEntry, "prefetch_values"),
-             f.get(entry, ProbeEntry, "prefetch_count"))
+    call_out(
+        f,
+        hook,
+        "reg_read_batch",
+        f.get(hook, Hook, "uc"),
+        f.member(entry, ProbeEntry, "prefetch_ids"),
+        f.member(entry, ProbeEntry, "prefetch_values"),
+        f.get(entry, ProbeEntry, "prefetch_count"),
+    )
     valid = f.member(f.member(hook, Hook, "registers"), RegisterWindow, "valid")
     f.b.store(f.b.or_(f.b.load(valid, typ=I32), f.get(entry, ProbeEntry, "prefetch")), valid)
     f.b.ret_void()

@@ -32,8 +32,12 @@ def service(m: ModuleBuilder, name: str, arg_names: Sequence[str]) -> FunctionBu
     """Define host service ``name`` (its type from the JIT's host table), parameters
     named ``arg_names``."""
     ftype = HOST_TYPES[name]
-    return m.define(symbol(name), ftype.return_type, list(zip(arg_names, ftype.args,
-                                                              strict=True)), exported=True)
+    return m.define(
+        symbol(name),
+        ftype.return_type,
+        list(zip(arg_names, ftype.args, strict=True)),
+        exported=True,
+    )
 
 
 def _current_pid(f: FunctionBuilder) -> ir.Value:

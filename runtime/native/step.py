@@ -78,8 +78,7 @@ def _define_stepping(m: ModuleBuilder) -> None:
     f.b.cbranch(f.b.icmp_unsigned("==", proc, ir.Constant(PTR, None)), none, check)
     f.at(check)
     pending = _pending(f, proc)
-    f.b.cbranch(f.b.icmp_unsigned("==", f.get(pending, Pending, "active"), c32(0)),
-                none, found)
+    f.b.cbranch(f.b.icmp_unsigned("==", f.get(pending, Pending, "active"), c32(0)), none, found)
     f.at(found)
     f.b.ret(f.get(pending, Pending, "entry"))
     f.at(none)
@@ -155,8 +154,9 @@ def _define_step(m: ModuleBuilder) -> None:
     f = m.define("step", I1, [("hook", PTR), ("proc", PTR), ("entry", PTR)])
     hook, proc, entry = f.function.args
     push, to_slot = f.block("push"), f.block("to_slot")
-    is_push = f.b.icmp_unsigned("==", f.get(entry, ProbeEntry, "kind"),
-                                c32(StepKind.PUSH_R32.value))
+    is_push = f.b.icmp_unsigned(
+        "==", f.get(entry, ProbeEntry, "kind"), c32(StepKind.PUSH_R32.value)
+    )
     f.b.cbranch(is_push, push, to_slot)
     f.at(push)
     below = f.b.sub(f.call("reg", hook, ESP), c32(WORD))

@@ -127,8 +127,28 @@ def _stat_target(p: Process, fd: int, path: int, flags: int) -> OpenFile | None:
 
 def _stat64(f: OpenFile) -> bytes:
     blocks = (f.size + 511) // 512
-    return struct.pack("<QIIIIIIQIqIQIIIIIIQ", 0x0B, 0, 1, f.mode, 1, 0, 0, 0, 0, f.size,
-                       PAGE_SIZE, blocks, 0, 0, 0, 0, 0, 0, 1)
+    return struct.pack(
+        "<QIIIIIIQIqIQIIIIIIQ",
+        0x0B,
+        0,
+        1,
+        f.mode,
+        1,
+        0,
+        0,
+        0,
+        0,
+        f.size,
+        PAGE_SIZE,
+        blocks,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+    )
 
 
 @syscall(197, "fstat64")
@@ -150,12 +170,26 @@ def sys_fstatat64(m: Machine, p: Process, dirfd: int, path: int, buf: int, flags
 
 
 @syscall(383, "statx")
-def sys_statx(m: Machine, p: Process, dirfd: int, path: int, flags: int, mask: int,
-              buf: int) -> int:
+def sys_statx(
+    m: Machine, p: Process, dirfd: int, path: int, flags: int, mask: int, buf: int
+) -> int:
     f = _stat_target(p, dirfd, path, flags)
     if f is None:
         return -ENOENT if not flags & AT_EMPTY_PATH else -EBADF
-    head = struct.pack("<IIQIIIHHQQQQ", 0x7FF, PAGE_SIZE, 0, 1, 0, 0, f.mode, 0, 1, f.size,
-                       (f.size + 511) // 512, 0)
+    head = struct.pack(
+        "<IIQIIIHHQQQQ",
+        0x7FF,
+        PAGE_SIZE,
+        0,
+        1,
+        0,
+        0,
+        f.mode,
+        0,
+        1,
+        f.size,
+        (f.size + 511) // 512,
+        0,
+    )
     p.space.write(buf, head.ljust(256, b"\0"))
     return 0

@@ -39,8 +39,9 @@ def sys_brk(m: Machine, p: Process, addr: int) -> int:
     return addr
 
 
-def _mmap(m: Machine, p: Process, addr: int, length: int, prot: int, flags: int, fd: int,
-          offset: int) -> int:
+def _mmap(
+    m: Machine, p: Process, addr: int, length: int, prot: int, flags: int, fd: int, offset: int
+) -> int:
     if length == 0 or addr & PAGE_MASK or offset & PAGE_MASK or prot & ~7:
         return -EINVAL
     length = page_up(length)
@@ -67,8 +68,9 @@ def _mmap(m: Machine, p: Process, addr: int, length: int, prot: int, flags: int,
 
 
 @syscall(192, "mmap2")
-def sys_mmap2(m: Machine, p: Process, addr: int, length: int, prot: int, flags: int, fd: int,
-              pgoff: int) -> int:
+def sys_mmap2(
+    m: Machine, p: Process, addr: int, length: int, prot: int, flags: int, fd: int, pgoff: int
+) -> int:
     return _mmap(m, p, addr, length, prot, flags, fd, pgoff * PAGE_SIZE)
 
 

@@ -40,9 +40,16 @@ def sys_getppid(m: Machine, p: Process) -> int:
     return 0
 
 
-for _number, _name in [(24, "getuid"), (49, "geteuid"), (47, "getgid"), (50, "getegid"),
-                       (199, "getuid32"), (201, "geteuid32"), (200, "getgid32"),
-                       (202, "getegid32")]:
+for _number, _name in [
+    (24, "getuid"),
+    (49, "geteuid"),
+    (47, "getgid"),
+    (50, "getegid"),
+    (199, "getuid32"),
+    (201, "geteuid32"),
+    (200, "getgid32"),
+    (202, "getegid32"),
+]:
     syscall(_number, _name)(lambda m, p: 0)
 
 
@@ -148,8 +155,9 @@ def sys_set_thread_area(m: Machine, p: Process, u_info: int) -> int:
     else:
         access = 0x60 | 0x10 | ((read_exec_only ^ 1) << 1) | (contents << 2) | 1
         access |= (not_present ^ 1) << 7
-        descriptor = segment_descriptor(base, limit, access,
-                                        useable | (seg_32bit << 2) | (limit_in_pages << 3))
+        descriptor = segment_descriptor(
+            base, limit, access, useable | (seg_32bit << 2) | (limit_in_pages << 3)
+        )
     p.tls[entry - TLS_FIRST] = descriptor
     m.cpu.set_tls(p.tls)
     return 0

@@ -63,8 +63,9 @@ class Fingerprint:
         return hashlib.sha256(repr(self).encode()).digest()
 
 
-def entry_key(fingerprint: Fingerprint, kind: str, levels: tuple[int, ...],
-              payload: bytes) -> bytes:
+def entry_key(
+    fingerprint: Fingerprint, kind: str, levels: tuple[int, ...], payload: bytes
+) -> bytes:
     """The key of compiling ``payload`` (handler bytes, IR text) of ``kind`` at ``levels``."""
     digest = hashlib.sha256(fingerprint.digest)
     digest.update(f"/{kind}/{','.join(map(str, levels))}/".encode())
@@ -140,7 +141,7 @@ def _verified(data: bytes, key: bytes) -> bytes | None:
     if len(data) < HEADER.size:
         return None
     magic, version, stored_key, length, checksum = HEADER.unpack_from(data)
-    obj = data[HEADER.size:]
+    obj = data[HEADER.size :]
     if (magic, version, stored_key, length) != (MAGIC, FORMAT, key, len(obj)):
         return None
     if hashlib.sha256(obj).digest() != checksum:

@@ -56,9 +56,14 @@ SPEED_LEVEL = 2
 """LLVM's optimisation pipeline level (``-O<n>``) for handler modules."""
 CODEGEN_LEVEL = 2
 """The code generator's optimisation level."""
-PIPELINE: tuple[str, ...] | None = ("sroa", "instruction_combine", "simplify_cfg",
-                                    "dead_store_elimination", "instruction_combine",
-                                    "simplify_cfg")
+PIPELINE: tuple[str, ...] | None = (
+    "sroa",
+    "instruction_combine",
+    "simplify_cfg",
+    "dead_store_elimination",
+    "instruction_combine",
+    "simplify_cfg",
+)
 """The passes run on handler modules (None: LLVM's standard -O<SPEED_LEVEL> pipeline,
 which costs more and, in llvmlite 0.50, leaks ~0.1 MB per module). No NewGVN: on one
 generated handler it aborted the process ("Seem to have processed the same Value a
@@ -90,11 +95,20 @@ class CompiledBody:
     """One handler's native code: ``function(state_address, code_base)``. Its machine
     code lives as long as this object (or another body of its generation)."""
 
-    __slots__ = ("__weakref__", "address", "cached", "compile_seconds", "entries",
-                 "function", "generation", "key")
+    __slots__ = (
+        "__weakref__",
+        "address",
+        "cached",
+        "compile_seconds",
+        "entries",
+        "function",
+        "generation",
+        "key",
+    )
 
-    def __init__(self, key: str, address: int, generation: _Generation,
-                 compile_seconds: float, cached: bool) -> None:
+    def __init__(
+        self, key: str, address: int, generation: _Generation, compile_seconds: float, cached: bool
+    ) -> None:
         self.key = key
         self.address = address
         self.function = BODY_FUNCTION(address)
@@ -133,7 +147,8 @@ def require_llvmlite() -> None:
     if _IMPORT_ERROR is not None:
         raise JitUnavailable(
             "the JIT tier needs llvmlite, which could not be imported "
-            f"({_IMPORT_ERROR}); use tier='interp' or install llvmlite") from _IMPORT_ERROR
+            f"({_IMPORT_ERROR}); use tier='interp' or install llvmlite"
+        ) from _IMPORT_ERROR
 
 
 def set_object_cache(enabled: bool) -> None:
@@ -152,15 +167,15 @@ class Engine:
     _alive: ClassVar[list[Engine]] = []  # never freed: symbols may point into their code
     object_cache: ClassVar[bool] = True  # whether engines made from now on use it
 
-    def __init__(self, speed_level: int = SPEED_LEVEL,
-                 codegen_level: int = CODEGEN_LEVEL) -> None:
+    def __init__(self, speed_level: int = SPEED_LEVEL, codegen_level: int = CODEGEN_LEVEL) -> None:
         require_llvmlite()
         from dprobes.vm.jit.rtlib import RT_TYPES, build_rtlib, symbol
         from dprobes.vm.jit.state import ABI_VERSION
 
         self.levels = (speed_level, codegen_level)
-        self.optimizer = (f"LLVM -O{speed_level}" if PIPELINE is None
-                          else "passes " + ", ".join(PIPELINE)) + f"; codegen -O{codegen_level}"
+        self.optimizer = (
+            f"LLVM -O{speed_level}" if PIPELINE is None else "passes " + ", ".join(PIPELINE)
+        ) + f"; codegen -O{codegen_level}"
         try:
             llvm.initialize_native_target()
             llvm.initialize_native_asmprinter()
@@ -176,13 +191,18 @@ class Engine:
         self.target_machine = self._new_target_machine()  # optimises and emits objects
         self.triple = llvm.get_process_triple()
         self.data_layout = str(self.target_machine.target_data)
-        self.fingerprint = Fingerprint(ABI_VERSION, llvmlite_version(), ".".join(
-            map(str, llvm.llvm_version_info)), self.triple, cpu, features)
+        self.fingerprint = Fingerprint(
+            ABI_VERSION,
+            llvmlite_version(),
+            ".".join(map(str, llvm.llvm_version_info)),
+            self.triple,
+            cpu,
+            features,
+        )
         self.objects = ObjectCache(Engine.object_cache)
         self.engine = self._new_engine()
         # key -> body while any VM uses it, plus the most recent ones regardless
-        self.cache: weakref.WeakValueDictionary[str, CompiledBody] = \
-            weakref.WeakValueDictionary()
+        self.cache: weakref.WeakValueDictionary[str, CompiledBody] = weakref.WeakValueDictionary()
         self.recent: OrderedDict[str, CompiledBody] = OrderedDict()
         self._generation: _Generation | None = None
         self._generation_bodies = 0
@@ -196,8 +216,9 @@ class Engine:
 
     def _new_target_machine(self) -> object:
         target, cpu, features = self._target
-        return target.create_target_machine(cpu=cpu, features=features, opt=self.levels[1],
-                                            codemodel="jitdefault")
+        return target.create_target_machine(
+            cpu=cpu, features=features, opt=self.levels[1], codemodel="jitdefault"
+        )
 
     def _new_engine(self) -> object:
         """An MCJIT engine that loads object files (it owns, and frees, its own target
@@ -249,8 +270,9 @@ class Engine:
         return entry_key(self.fingerprint, kind, levels, payload)
 
     # --- libraries ---------------------------------------------------------------------
-    def add_library(self, module: ir.Module, names: list[str], *,
-                    speed_level: int | None = None) -> dict[str, int]:
+    def add_library(
+        self, module: ir.Module, names: list[str], *, speed_level: int | None = None
+    ) -> dict[str, int]:
         """Load a module of native helpers into the permanent engine (from the object
         cache when it holds it); the addresses of the named functions. ``speed_level``
         None: the engine's handler pipeline, else LLVM's -O<speed_level>."""
@@ -306,11 +328,13 @@ class Engine:
             generation = self._current_generation()
             generation.load(obj)
             generation.symbols.add(name)
-        return CompiledBody(key.hex(), generation.address(name), generation,
-                            time.perf_counter() - start, cached)
+        return CompiledBody(
+            key.hex(), generation.address(name), generation, time.perf_counter() - start, cached
+        )
 
-    def compile_handlers(self, program: Program, probes: list[int],
-                         use_cache: bool = True) -> dict[int, CompiledHandler]:
+    def compile_handlers(
+        self, program: Program, probes: list[int], use_cache: bool = True
+    ) -> dict[int, CompiledHandler]:
         """Native code for the given probes' handlers. Probes with the same handler bytes
         share one body; bodies in memory or in the object cache are not recompiled unless
         ``use_cache`` is False, which benchmarks use to time compilation."""
@@ -365,8 +389,7 @@ def entry_module(name: str, body_address: int, code_base: int) -> ir.Module:
     module = ir.Module(name=name)
     function = ir.Function(module, ir.FunctionType(VOID, [PTR]), name)
     builder = ir.IRBuilder(function.append_basic_block("entry"))
-    body = Callee(ir.Constant(I64, body_address).inttoptr(PTR),
-                  ir.FunctionType(VOID, [PTR, I32]))
+    body = Callee(ir.Constant(I64, body_address).inttoptr(PTR), ir.FunctionType(VOID, [PTR, I32]))
     builder.call(body, [function.args[0], ir.Constant(I32, code_base)], tail=True)
     builder.ret_void()
     return module

@@ -60,8 +60,9 @@ __all__ = [
 ]
 
 
-def add_library(module: object, names: list[str], *,
-                speed_level: int | None = None) -> dict[str, int]:
+def add_library(
+    module: object, names: list[str], *, speed_level: int | None = None
+) -> dict[str, int]:
     """Compile ``module`` (an ``llvmlite.ir.Module``) into the process's engine; the native
     addresses of the functions ``names``. ``speed_level``: LLVM's standard -O<n> pipeline
     (which inlines small internal functions) instead of the engine's default passes."""

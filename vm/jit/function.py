@@ -71,8 +71,14 @@ def _resume_targets(instructions: list[Instruction]) -> set[int]:
 class HandlerLowering:
     """Builds the native function of one probe handler in ``module``."""
 
-    def __init__(self, module: ir.Module, runtime: dict[str, ir.Function],
-                 intrinsic: dict[str, ir.Function], code: bytes, name: str) -> None:
+    def __init__(
+        self,
+        module: ir.Module,
+        runtime: dict[str, ir.Function],
+        intrinsic: dict[str, ir.Function],
+        code: bytes,
+        name: str,
+    ) -> None:
         self.instructions: list[Instruction] = decode_range(code, 0, len(code))
         self.runtime = runtime
         self.function = ir.Function(module, ir.FunctionType(VOID, [PTR, I32]), name)
@@ -82,8 +88,9 @@ class HandlerLowering:
         entry = self.function.append_basic_block("entry")
         self.e = Emitter(self.function, ir.IRBuilder(entry), intrinsic)
         self.blocks: dict[int, ir.Block] = {
-            insn.offset: self.function.append_basic_block(
-                f"pc{insn.offset}_{insn.op.mnemonic}") for insn in self.instructions}
+            insn.offset: self.function.append_basic_block(f"pc{insn.offset}_{insn.op.mnemonic}")
+            for insn in self.instructions
+        }
         self.resume_block = self.function.append_basic_block("resume")
         self.exit_block = self.function.append_basic_block("exit")
         self.bad_block = self.function.append_basic_block("bad_continuation")
@@ -125,8 +132,9 @@ class HandlerLowering:
         """The region and TOS offset of the instruction at ``offset`` (see the module)."""
         edges = self._pending.pop(offset, [])
         first = edges[0] if edges else None
-        if first is not None and (first.region is None or (
-                first.depth is not None and abs(first.depth) <= REGION_DRIFT)):
+        if first is not None and (
+            first.region is None or (first.depth is not None and abs(first.depth) <= REGION_DRIFT)
+        ):
             place = first.region, first.depth
         elif offset in self.resume_targets:
             place = None, None
@@ -150,7 +158,8 @@ class HandlerLowering:
         block = self._reentries.get(offset)
         if block is None:
             block = self._reentries[offset] = self.function.append_basic_block(
-                f"pc{offset}_reentry")
+                f"pc{offset}_reentry"
+            )
         return block
 
     def _fill_region_code(self) -> None:
@@ -207,8 +216,12 @@ class HandlerLowering:
         e = self.e
         if synced or (e.region is not None and e.b.block is e.synced):
             return self.reentry(offset)
-        edge = _Edge(self.function.append_basic_block(f"pc{offset}_edge"), e.region,
-                     None if e.region is None else e.depth, offset)
+        edge = _Edge(
+            self.function.append_basic_block(f"pc{offset}_edge"),
+            e.region,
+            None if e.region is None else e.depth,
+            offset,
+        )
         if offset in self.places:
             self._connect(edge)
         else:
@@ -240,8 +253,9 @@ class HandlerLowering:
         switch.add_case(c32(S.ST_CONTINUE), following)
         switch.add_case(c32(S.ST_RESUME), self.resume_block)
 
-    def raise_exception(self, code: int, parm1: ir.Value | int, parm2: ir.Value | int,
-                        insn: Instruction) -> None:
+    def raise_exception(
+        self, code: int, parm1: ir.Value | int, parm2: ir.Value | int, insn: Instruction
+    ) -> None:
         """``Machine.raise_exception``; an ignored code continues after ``insn``.
 
         A code in NON_MASKABLE is never ignored (it dispatches or ends the handler), so

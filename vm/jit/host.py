@@ -95,8 +95,7 @@ def _write_memory(ctx: int, address: int, size: int, data: int, fault: Any) -> i
     return 0
 
 
-def _read_cstring(ctx: int, address: int, limit: int, out: int, length: Any,
-                  fault: Any) -> int:
+def _read_cstring(ctx: int, address: int, limit: int, out: int, length: Any, fault: Any) -> int:
     session = SESSIONS[ctx]
     try:
         text = bytes(session.context.read_cstring(address, limit))
@@ -194,6 +193,7 @@ def _system_value(method: str):
         except BaseException as error:
             return _fail(session, error)
         return 0
+
     return read
 
 

@@ -33,7 +33,6 @@ VOID = ir.VoidType()
 STATUS = I32
 
 
-
 def c32(value: int) -> ir.Constant:
     return ir.Constant(I32, value & WORD_MASK)
 
@@ -139,8 +138,20 @@ class Region:
 
 CACHED_FIELDS = ("tos", "sbp", "jmp_count", "stack_dirty", "nframes")
 """Fields a handler keeps in local variables (registers after SROA) between sync points."""
-INVARIANT_FIELDS = frozenset({"lv", "gv", "num_lv", "num_gv", "jmpmax", "log_cap",
-                              "header_length", "ex_logmax", "ex_mask", "autostacktrace"})
+INVARIANT_FIELDS = frozenset(
+    {
+        "lv",
+        "gv",
+        "num_lv",
+        "num_gv",
+        "jmpmax",
+        "log_cap",
+        "header_length",
+        "ex_logmax",
+        "ex_mask",
+        "autostacktrace",
+    }
+)
 """Fields set before a hit and never written by native code: loaded once per call."""
 
 
@@ -154,8 +165,9 @@ def _chunk_samples(offsets: list[int]) -> list[int]:
 class FunctionBuilder:
     """IR emission in one function: blocks, ctypes structure fields, memory intrinsics."""
 
-    def __init__(self, function: ir.Function, builder: ir.IRBuilder,
-                 intrinsic: dict[str, ir.Function]) -> None:
+    def __init__(
+        self, function: ir.Function, builder: ir.IRBuilder, intrinsic: dict[str, ir.Function]
+    ) -> None:
         self.function = function
         self.b = builder
         self.intrinsic = intrinsic
@@ -184,8 +196,13 @@ class FunctionBuilder:
         """The value of scalar field ``name`` of the structure at ``pointer``."""
         return self.b.load(self.member(pointer, layout, name), typ=field_type(layout, name))
 
-    def set(self, pointer: ir.Value, layout: type[ctypes.Structure], name: str,
-            value: ir.Value | int | None) -> None:
+    def set(
+        self,
+        pointer: ir.Value,
+        layout: type[ctypes.Structure],
+        name: str,
+        value: ir.Value | int | None,
+    ) -> None:
         """Store ``value`` (an int, or None for a null pointer: a constant of the field's
         type) into field ``name`` of the structure at ``pointer``."""
         if not isinstance(value, ir.Value):
@@ -206,11 +223,12 @@ class FunctionBuilder:
         callee = self.function.module.get_global(name)
         return self.b.call(callee, [c32(a) if isinstance(a, int) else a for a in args])
 
-    def call_pointer(self, pointer: ir.Value, prototype: type,
-                     *args: ir.Value | int) -> ir.Value:
+    def call_pointer(self, pointer: ir.Value, prototype: type, *args: ir.Value | int) -> ir.Value:
         """Call the function at ``pointer``, whose ctypes prototype is ``prototype``."""
-        return self.b.call(Callee(pointer, function_type(prototype)),
-                           [c32(a) if isinstance(a, int) else a for a in args])
+        return self.b.call(
+            Callee(pointer, function_type(prototype)),
+            [c32(a) if isinstance(a, int) else a for a in args],
+        )
 
     # --- memory -----------------------------------------------------------------------
     def memset(self, pointer: ir.Value, length: ir.Value, fill: int = 0) -> None:
@@ -225,10 +243,12 @@ class FunctionBuilder:
 
     def alloca_entry(self, ty: ir.Type, name: str = "", count: int = 1) -> ir.Value:
         """``count`` elements of ``ty`` on the stack, allocated in the entry block."""
+
         def allocate() -> ir.Value:
             slot = self.b.alloca(ty, size=count if count > 1 else None, name=name)
             slot.type = PTR  # an opaque pointer, like every other value here
             return slot
+
         return self._in_entry(allocate)
 
     def _in_entry(self, emit):
@@ -251,12 +271,18 @@ class ModuleBuilder:
         self.module = ir.Module(name=name)
         self.intrinsic = intrinsics(self.module)
 
-    def define(self, name: str, result: ir.Type, params: Sequence[tuple[str, ir.Type]], *,
-               exported: bool = False, inline: str | None = None) -> FunctionBuilder:
+    def define(
+        self,
+        name: str,
+        result: ir.Type,
+        params: Sequence[tuple[str, ir.Type]],
+        *,
+        exported: bool = False,
+        inline: str | None = None,
+    ) -> FunctionBuilder:
         """Function ``name`` with named parameters, positioned in its entry block; internal
         unless ``exported``; ``inline``: an inlining attribute (``alwaysinline``...)."""
-        function = ir.Function(self.module, ir.FunctionType(result, [ty for _, ty in params]),
-                               name)
+        function = ir.Function(self.module, ir.FunctionType(result, [ty for _, ty in params]), name)
         for arg, (arg_name, _) in zip(function.args, params, strict=True):
             arg.name = arg_name
         if not exported:
@@ -276,8 +302,9 @@ class Emitter(FunctionBuilder):
     callk hook, returning) and ``reload()`` reads them back after it.
     """
 
-    def __init__(self, function: ir.Function, builder: ir.IRBuilder,
-                 intrinsic: dict[str, ir.Function]) -> None:
+    def __init__(
+        self, function: ir.Function, builder: ir.IRBuilder, intrinsic: dict[str, ir.Function]
+    ) -> None:
         super().__init__(function, builder, intrinsic)
         self.state = function.args[0]
         self._pointers: dict[str, ir.Value] = {}
@@ -444,8 +471,9 @@ class Emitter(FunctionBuilder):
         self.region, self.depth, self.synced = region, depth, None
 
     def _local_slot(self, offset: int) -> ir.Value:
-        assert self.region is not None and self.b.block is not self.synced, \
+        assert self.region is not None and self.b.block is not self.synced, (
             "a region slot used after a sync point"
+        )
         slot = self.region.slots.get(offset)
         if slot is None:
             slot = self.region.slots[offset] = self.alloca_entry(I32, f"slot{offset}")
@@ -462,6 +490,7 @@ class Emitter(FunctionBuilder):
     def region_writer(self, region: Region) -> Callable[[], None]:
         """Code that stores the slots ``region`` writes into the array (the others hold
         what was loaded from it) and marks their chunks dirty."""
+
         def emit() -> None:
             if not region.written:
                 return
@@ -474,6 +503,7 @@ class Emitter(FunctionBuilder):
                 index = self.mask(self.b.add(base, c32(offset)))
                 dirty = self.b.or_(dirty, self.b.shl(c32(1), self.b.lshr(index, c32(5))))
             self.store("stack_dirty", dirty)
+
         return emit
 
     def region_entry(self, region: Region, depth: int) -> None:
@@ -488,6 +518,7 @@ class Emitter(FunctionBuilder):
             for offset, slot in region.slots.items():
                 index = self.mask(self.b.add(base, c32(offset)))
                 self.b.store(self.b.load(self.slot_ptr(index), typ=I32), slot)
+
         return emit
 
     def _defer(self, emit: Callable[[], None]) -> None:
@@ -557,8 +588,10 @@ class Emitter(FunctionBuilder):
         b = self.b
         offset = b.sub(b.zext(address, I64), b.zext(self._host_value("window_base", I32), I64))
         length = b.zext(self._host_value("window_length", I32), I64)
-        inside = b.and_(b.icmp_signed(">=", offset, c64(0)),
-                        b.icmp_signed("<=", b.add(offset, c64(width)), length))
+        inside = b.and_(
+            b.icmp_signed(">=", offset, c64(0)),
+            b.icmp_signed("<=", b.add(offset, c64(width)), length),
+        )
         pointer = b.gep(self._host_value("window_data"), [offset], source_etype=I8)
         return inside, pointer
 
@@ -589,22 +622,22 @@ class Emitter(FunctionBuilder):
 
             def emit() -> ir.Value:
                 table = self.b.load(table_field, typ=PTR)
-                return self.b.load(self.b.gep(table, [c64(S.host_offset(name))],
-                                              source_etype=I8), typ=ty)
+                return self.b.load(
+                    self.b.gep(table, [c64(S.host_offset(name))], source_etype=I8), typ=ty
+                )
+
             value = self._in_entry(emit)
             self._pointers[key] = value
         return value
 
     def helper_call(self, name: str, args: Sequence[ir.Value]) -> ir.Value:
         table = self.load("helpers")
-        fn = self.b.load(self.b.gep(table, [c64(S.helper_offset(name))], source_etype=I8),
-                         typ=PTR)
+        fn = self.b.load(self.b.gep(table, [c64(S.helper_offset(name))], source_etype=I8), typ=PTR)
         return self.b.call(Callee(fn, HELPER_TYPES[name]), list(args))
 
     # --- small arithmetic helpers -----------------------------------------------------
     def smin64(self, a: ir.Value, b: ir.Value) -> ir.Value:
         return self.b.select(self.b.icmp_signed("<", a, b), a, b)
-
 
 
 class Callee(ir.values.Value):

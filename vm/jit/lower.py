@@ -63,6 +63,7 @@ def _conditional_jump(test: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> Low
         e.b.cbranch(test(e.b, e.peek(0)), taken, lw.next_block(insn))
         e.at(taken)
         _take_jump(lw, insn)
+
     return lower
 
 
@@ -74,16 +75,19 @@ def _push_value(read: Callable[[HandlerLowering], ir.Value]) -> Lowering:
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         lw.e.push(read(lw))
         lw.e.b.branch(lw.next_block(insn))
+
     return lower
 
 
 def _set_field(field: str, value_mask: int = WORD_MASK) -> Lowering:
     """setattr(m, field, m.pop() & mask)."""
+
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
         value = e.pop()
         e.store(field, e.b.and_(value, c32(value_mask)) if value_mask != WORD_MASK else value)
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -100,6 +104,7 @@ def _set_id(field: str) -> Lowering:
         else:
             e.store(field, (insn.operand or 0) & INDEX_MASK)
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -123,8 +128,10 @@ def _register_rule(insn: Instruction) -> RegisterRule:
 
 def _runtime_op(name: str, *args: int) -> Lowering:
     """An operation done by the runtime library, which reports a status."""
+
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         lw.status_branch(lw.rt(name, *args), lw.next_block(insn))
+
     return lower
 
 
@@ -142,10 +149,12 @@ def _signed_negative(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
 
 
 lower_jlt = _conditional_jump(_signed_negative)
-lower_jle = _conditional_jump(lambda b, v: b.or_(b.icmp_unsigned("==", v, c32(0)),
-                                                 _signed_negative(b, v)))
-lower_jgt = _conditional_jump(lambda b, v: b.and_(b.icmp_unsigned("!=", v, c32(0)),
-                                                  b.icmp_unsigned("<", v, c32(SIGN_BIT))))
+lower_jle = _conditional_jump(
+    lambda b, v: b.or_(b.icmp_unsigned("==", v, c32(0)), _signed_negative(b, v))
+)
+lower_jgt = _conditional_jump(
+    lambda b, v: b.and_(b.icmp_unsigned("!=", v, c32(0)), b.icmp_unsigned("<", v, c32(SIGN_BIT)))
+)
 lower_jge = _conditional_jump(lambda b, v: b.icmp_unsigned("<", v, c32(SIGN_BIT)))
 lower_jz = _conditional_jump(lambda b, v: b.icmp_unsigned("==", v, c32(0)))
 lower_jnz = _conditional_jump(lambda b, v: b.icmp_unsigned("!=", v, c32(0)))
@@ -163,8 +172,7 @@ def lower_loop(lw: HandlerLowering, insn: Instruction) -> None:
     tos = e.tos()
     value = e.b.sub(e.read_slot(tos), c32(1))
     e.write_slot(tos, value)
-    e.b.cbranch(e.b.icmp_unsigned("!=", value, c32(0)), lw.target_block(insn),
-                lw.next_block(insn))
+    e.b.cbranch(e.b.icmp_unsigned("!=", value, c32(0)), lw.target_block(insn), lw.next_block(insn))
 
 
 def lower_call(lw: HandlerLowering, insn: Instruction) -> None:
@@ -176,8 +184,12 @@ def lower_call(lw: HandlerLowering, insn: Instruction) -> None:
     lw.raise_exception(Ex.CALL_STACK_OVERFLOW, MAX_CALL_DEPTH, 0, insn)
     e.at(push)
     assert insn.target is not None
-    words = {"sbp": e.load("sbp"), "handler": c32(NO_HANDLER),
-             "called": lw.code_offset(insn.target), "returns": lw.code_offset(insn.end)}
+    words = {
+        "sbp": e.load("sbp"),
+        "handler": c32(NO_HANDLER),
+        "called": lw.code_offset(insn.target),
+        "returns": lw.code_offset(insn.end),
+    }
     for word in S.FRAME_FIELDS:
         e.b.store(words.get(word, c32(0)), e.frame_word_ptr(nframes, word))
     e.store("nframes", e.b.add(nframes, c32(1)))
@@ -189,8 +201,10 @@ def lower_ret(lw: HandlerLowering, insn: Instruction) -> None:
     e = lw.e
     nframes = e.load("nframes")
     fast, slow = lw.new_block(insn, "return"), lw.new_block(insn, "ret_slow")
-    simple = e.b.and_(e.b.icmp_unsigned(">", nframes, c32(1)),
-                      e.b.icmp_unsigned("==", e.load("ex_pending"), c32(0)))
+    simple = e.b.and_(
+        e.b.icmp_unsigned(">", nframes, c32(1)),
+        e.b.icmp_unsigned("==", e.load("ex_pending"), c32(0)),
+    )
     e.b.cbranch(simple, fast, slow)
     e.at(fast)
     top = e.b.sub(nframes, c32(1))
@@ -237,8 +251,9 @@ def lower_callk(lw: HandlerLowering, insn: Instruction) -> None:
     e.mark_all_dirty()  # the hook saw the whole state
     lw.host_checked(status, insn, "callk")
     no_hook = lw.new_block(insn, "no_hook")
-    e.b.cbranch(e.b.icmp_unsigned("!=", status, c32(0)), lw.block_at(insn.end, synced=True),
-                no_hook)
+    e.b.cbranch(
+        e.b.icmp_unsigned("!=", status, c32(0)), lw.block_at(insn.end, synced=True), no_hook
+    )
     e.at(no_hook)
     _reserved(lw, insn)
 
@@ -280,6 +295,8 @@ def lower_log_i(lw: HandlerLowering, insn: Instruction) -> None:
 
 
 lower_log = _runtime_op("log_record")
+
+
 def _log_variables(lw: HandlerLowering, insn: Instruction) -> None:
     lw.status_branch(lw.rt("log_vars", int(_scope(insn).local)), lw.next_block(insn))
 
@@ -357,6 +374,7 @@ def _var_step(step: int) -> Lowering:
         e.b.store(e.b.add(e.b.load(pointer, typ=I32), c32(step)), pointer)
         e.mark_var_dirty(local)
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -393,6 +411,7 @@ Compute = Callable[[HandlerLowering, ir.Value, ir.Value], ir.Value]
 
 def _binary(compute: Compute) -> Lowering:
     """``a b -> f(tos=b, nos=a)``: pop TOS then NOS, push the result."""
+
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
         tos = e.tos()
@@ -400,16 +419,19 @@ def _binary(compute: Compute) -> Lowering:
         e.write_slot(below, compute(lw, e.read_slot(tos), e.read_slot(below)))
         e.set_tos(below)
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
 def _in_place(compute: Callable[[HandlerLowering, ir.Value, int], ir.Value]) -> Lowering:
     """Rewrite TOS from itself and the u8 immediate."""
+
     def lower(lw: HandlerLowering, insn: Instruction) -> None:
         e = lw.e
         tos = e.tos()
         e.write_slot(tos, compute(lw, e.read_slot(tos), insn.operand or 0))
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -438,8 +460,9 @@ def _divide(signed: bool) -> Lowering:
         lw.raise_exception(Ex.DIV_BY_ZERO, 0, 0, insn)
         e.at(go)
         if signed:  # C truncation; INT_MIN / -1 wraps (i386 would trap)
-            minus_one, general, done = (lw.new_block(insn, n) for n in
-                                        ("minus_one", "general", "divided"))
+            minus_one, general, done = (
+                lw.new_block(insn, n) for n in ("minus_one", "general", "divided")
+            )
             e.b.cbranch(e.b.icmp_unsigned("==", divisor, c32(WORD_MASK)), minus_one, general)
             e.at(minus_one)
             negated = e.b.sub(c32(0), dividend)
@@ -460,6 +483,7 @@ def _divide(signed: bool) -> Lowering:
         e.push(r)
         e.push(q)
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -489,8 +513,11 @@ def _propagate(lw: HandlerLowering, left: bool, k: ir.Value, value: ir.Value) ->
         span = b.shl(c32(WORD_MASK), k1)
     else:
         span = b.trunc(b.sub(b.shl(c64(1), b.zext(k, I64)), c64(1)), I32)
-    return b.select(b.icmp_unsigned("!=", bit, c32(0)), b.or_(value, span),
-                    b.and_(value, b.xor(span, c32(WORD_MASK))))
+    return b.select(
+        b.icmp_unsigned("!=", bit, c32(0)),
+        b.or_(value, span),
+        b.and_(value, b.xor(span, c32(WORD_MASK))),
+    )
 
 
 def _zero(lw: HandlerLowering, left: bool, k: ir.Value, value: ir.Value) -> ir.Value:
@@ -518,6 +545,7 @@ def _bit_stack(compute: Callable, left: bool, pzr: bool = False) -> Lowering:
             e.at(apply)
         e.push(compute(lw, left, k, e.pop()))
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -535,6 +563,7 @@ def _bit_immediate(compute: Callable, left: bool) -> Lowering:
         tos = e.tos()
         e.write_slot(tos, compute(lw, left, c32(k), e.read_slot(tos)))
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -592,8 +621,9 @@ def _push_register(lw: HandlerLowering, insn: Instruction) -> None:
     user = _register_rule(insn).user
     reg = REGISTERS_BY_INDEX[insn.operand or 0]
     if reg.shape is not RegisterShape.WORD:
-        lw.status_branch(lw.rt("push_wide", reg.index, int(user), SHAPE_CODES[reg.shape]),
-                         lw.next_block(insn))
+        lw.status_branch(
+            lw.rt("push_wide", reg.index, int(user), SHAPE_CODES[reg.shape]), lw.next_block(insn)
+        )
         return
     words = lw.words
     read = lw.new_block(insn, "read")
@@ -628,6 +658,7 @@ def _system_value(service: str) -> Lowering:
         lw.host_checked(e.host_call(service, [words]), insn, service)
         e.push(e.b.load(words, typ=I32))
         e.b.branch(lw.next_block(insn))
+
     return lower
 
 
@@ -645,8 +676,9 @@ lower_push_wid = _push_value(lambda lw: c32(WORD_WIDTH))
 _WIDTH_TYPES = {1: I8, 2: I16, 4: I32}
 
 
-def _memory_switch(lw: HandlerLowering, insn: Instruction, status: ir.Value,
-                   fault: ir.Block, what: str) -> None:
+def _memory_switch(
+    lw: HandlerLowering, insn: Instruction, status: ir.Value, fault: ir.Block, what: str
+) -> None:
     """0: go on in a new block; 1: ``fault``; anything else: the host failed."""
     e = lw.e
     ok = lw.new_block(insn, what)
@@ -656,8 +688,9 @@ def _memory_switch(lw: HandlerLowering, insn: Instruction, status: ir.Value,
     e.at(ok)
 
 
-def _push_loaded(lw: HandlerLowering, insn: Instruction, tos: ir.Value,
-                 loaded: list[ir.Value]) -> None:
+def _push_loaded(
+    lw: HandlerLowering, insn: Instruction, tos: ir.Value, loaded: list[ir.Value]
+) -> None:
     """Replace the address at TOS with the value read (a u64: ``hi lo``, lo on top)."""
     e = lw.e
     if len(loaded) == 2:
@@ -683,8 +716,10 @@ def _push_memory(lw: HandlerLowering, insn: Instruction) -> None:
     e.b.cbranch(inside, direct, call)
     e.at(direct)
     if width == 8:
-        fast = [e.b.load(pointer, typ=I32, align=1),
-                e.b.load(e.b.gep(pointer, [c64(4)], source_etype=I8), typ=I32, align=1)]
+        fast = [
+            e.b.load(pointer, typ=I32, align=1),
+            e.b.load(e.b.gep(pointer, [c64(4)], source_etype=I8), typ=I32, align=1),
+        ]
     else:
         value = e.b.load(pointer, typ=_WIDTH_TYPES[width], align=1)
         fast = [e.b.zext(value, I32) if width < 4 else value]
@@ -695,8 +730,10 @@ def _push_memory(lw: HandlerLowering, insn: Instruction) -> None:
     fault = lw.new_block(insn, "fault")
     _memory_switch(lw, insn, status, fault, "read")
     if width == 8:
-        slow = [e.b.load(buffer, typ=I32),
-                e.b.load(e.b.gep(buffer, [c64(1)], source_etype=I32), typ=I32)]
+        slow = [
+            e.b.load(buffer, typ=I32),
+            e.b.load(e.b.gep(buffer, [c64(1)], source_etype=I32), typ=I32),
+        ]
     else:
         value = e.b.load(buffer, typ=_WIDTH_TYPES[width])
         slow = [e.b.zext(value, I32) if width < 4 else value]
@@ -959,7 +996,8 @@ def lowering_name(op_name: str) -> str:
 
 
 LOWERINGS: dict[str, Lowering] = {
-    op.name: globals()[lowering_name(op.name)] for op in TABLE
+    op.name: globals()[lowering_name(op.name)]
+    for op in TABLE
     if lowering_name(op.name) in globals()
 }
 """Opcode name -> its lowering (a completeness test checks that every row has one)."""

@@ -41,8 +41,14 @@ REGISTER_SLOTS = max(REGISTERS_BY_INDEX) + 1
 LIVE_INDICES = tuple(sorted(REGISTERS_BY_NAME[name].index for name in LIVE_SEGMENTS))
 HOST_WORDS = ("pid", "task", "processor")
 """Services that return one word of the MemoryHost, the field of the same name."""
-NATIVE_SERVICES = ("read_memory", "write_memory", "read_cstring", "read_register",
-                   "write_register", *HOST_WORDS)
+NATIVE_SERVICES = (
+    "read_memory",
+    "write_memory",
+    "read_cstring",
+    "read_register",
+    "write_register",
+    *HOST_WORDS,
+)
 SYMBOL_PREFIX = "dprobes_mc_"
 
 
@@ -88,13 +94,15 @@ def _load32(b: ir.IRBuilder, base: ir.Value, offset: int) -> ir.Value:
     return b.load(_at(b, base, offset), typ=I32)
 
 
-def _memcpy(b: ir.IRBuilder, intrinsic: dict, dest: ir.Value, source: ir.Value,
-            length: ir.Value) -> None:
+def _memcpy(
+    b: ir.IRBuilder, intrinsic: dict, dest: ir.Value, source: ir.Value, length: ir.Value
+) -> None:
     b.call(intrinsic["memcpy"], [dest, source, b.zext(length, I64), FALSE])
 
 
-def _region_loop(b: ir.IRBuilder, fn: ir.Function, ctx: ir.Value,
-                 name: str) -> tuple[ir.Block, ir.Block, ir.Value]:
+def _region_loop(
+    b: ir.IRBuilder, fn: ir.Function, ctx: ir.Value, name: str
+) -> tuple[ir.Block, ir.Block, ir.Value]:
     """``for region in regions``: (next-iteration block, after-loop block, region); the
     builder is left in the loop body."""
     count = _load32(b, ctx, _offset("nregions"))
@@ -125,8 +133,7 @@ def _build_locate(locate: ir.Function) -> None:
     step, after, region = _region_loop(b, locate, ctx, "find")
     offset = b.sub(address, _load32(b, region, Region.start.offset))
     found = locate.append_basic_block("found")
-    b.cbranch(b.icmp_unsigned("<", offset, _load32(b, region, Region.length.offset)), found,
-              step)
+    b.cbranch(b.icmp_unsigned("<", offset, _load32(b, region, Region.length.offset)), found, step)
     b.position_at_end(found)
     b.store(offset, offset_out)
     b.ret(region)
@@ -142,8 +149,9 @@ def _fast_read(b: ir.IRBuilder, fn: ir.Function, intrinsic: dict) -> None:
     start = b.zext(_load32(b, region, Region.start.offset), I64)
     length = b.zext(_load32(b, region, Region.length.offset), I64)
     off = b.sub(b.zext(address, I64), start)
-    inside = b.and_(b.icmp_signed(">=", off, c64(0)),
-                    b.icmp_signed("<=", b.add(off, b.zext(size, I64)), length))
+    inside = b.and_(
+        b.icmp_signed(">=", off, c64(0)), b.icmp_signed("<=", b.add(off, b.zext(size, I64)), length)
+    )
     copy = fn.append_basic_block("fast_copy")
     b.cbranch(inside, copy, step)
     b.position_at_end(copy)
@@ -208,13 +216,11 @@ def _build_walk(fn: ir.Function, locate: ir.Function, intrinsic: dict, write: bo
     b.ret(c32(0))
 
 
-def _build_read_memory(fns: dict[str, ir.Function], locate: ir.Function,
-                       intrinsic: dict) -> None:
+def _build_read_memory(fns: dict[str, ir.Function], locate: ir.Function, intrinsic: dict) -> None:
     _build_walk(fns["read_memory"], locate, intrinsic, write=False)
 
 
-def _build_write_memory(fns: dict[str, ir.Function], locate: ir.Function,
-                        intrinsic: dict) -> None:
+def _build_write_memory(fns: dict[str, ir.Function], locate: ir.Function, intrinsic: dict) -> None:
     _build_walk(fns["write_memory"], locate, intrinsic, write=True)
 
 
@@ -257,19 +263,32 @@ def _build_read_cstring(fns: dict[str, ir.Function]) -> None:
     b.ret(c32(0))
 
 
-def _register_slot(b: ir.IRBuilder, ctx: ir.Value, index: ir.Value,
-                   user: ir.Value) -> tuple[ir.Value, ir.Value]:
+def _register_slot(
+    b: ir.IRBuilder, ctx: ir.Value, index: ir.Value, user: ir.Value
+) -> tuple[ir.Value, ir.Value]:
     """(the register's entry, whether it is the user set's): the user set only where it
     has the register, fs/gs always the live one."""
+
     def entry_of(field: str) -> ir.Value:
-        return b.gep(ctx, [b.add(c64(_offset(field)), b.mul(b.zext(index, I64), c64(VALUE_SIZE)))],
-                     source_etype=I8)
+        return b.gep(
+            ctx,
+            [b.add(c64(_offset(field)), b.mul(b.zext(index, I64), c64(VALUE_SIZE)))],
+            source_etype=I8,
+        )
+
     user_entry = entry_of("user_regs")
-    live = b.or_(*(b.icmp_unsigned("==", index, c32(i)) for i in LIVE_INDICES)) \
-        if len(LIVE_INDICES) == 2 else FALSE
-    use_user = b.and_(b.and_(b.icmp_unsigned("!=", user, c32(0)),
-                             b.icmp_unsigned("!=", _load32(b, user_entry, 0), c32(0))),
-                      b.not_(live))
+    live = (
+        b.or_(*(b.icmp_unsigned("==", index, c32(i)) for i in LIVE_INDICES))
+        if len(LIVE_INDICES) == 2
+        else FALSE
+    )
+    use_user = b.and_(
+        b.and_(
+            b.icmp_unsigned("!=", user, c32(0)),
+            b.icmp_unsigned("!=", _load32(b, user_entry, 0), c32(0)),
+        ),
+        b.not_(live),
+    )
     return b.select(use_user, user_entry, entry_of("regs")), use_user
 
 
@@ -295,9 +314,16 @@ def _build_write_register(fns: dict[str, ir.Function]) -> None:
     for i in range(4):
         b.store(value if i == 0 else c32(0), _at(b, slot, RegisterValue.words.offset + 4 * i))
     which = b.zext(use_user, I64)
-    flag = b.gep(ctx, [b.add(c64(_offset("written")),
-                             b.add(b.mul(which, c64(REGISTER_SLOTS)), b.zext(index, I64)))],
-                 source_etype=I8)
+    flag = b.gep(
+        ctx,
+        [
+            b.add(
+                c64(_offset("written")),
+                b.add(b.mul(which, c64(REGISTER_SLOTS)), b.zext(index, I64)),
+            )
+        ],
+        source_etype=I8,
+    )
     b.store(ir.Constant(I8, 1), flag)
     b.store(c32(1), _at(b, ctx, _offset("written_any")))
     b.ret(c32(0))
@@ -316,8 +342,10 @@ def build_module() -> ir.Module:
     """An LLVM module with the native MemoryContext services."""
     module = ir.Module(name="dprobes_memory_context")
     intrinsic = intrinsics(module)
-    fns = {name: ir.Function(module, HOST_TYPES[name], SYMBOL_PREFIX + name)
-           for name in NATIVE_SERVICES}
+    fns = {
+        name: ir.Function(module, HOST_TYPES[name], SYMBOL_PREFIX + name)
+        for name in NATIVE_SERVICES
+    }
     locate = ir.Function(module, ir.FunctionType(PTR, [PTR, I32, PTR]), SYMBOL_PREFIX + "locate")
     locate.linkage = "internal"
     _build_locate(locate)
@@ -341,8 +369,9 @@ def native_addresses() -> dict[str, int]:
         from dprobes.vm.jit.compile import Engine
 
         engine = Engine.get()
-        _ADDRESSES = engine.add_library(build_module(),
-                                        [SYMBOL_PREFIX + name for name in NATIVE_SERVICES])
+        _ADDRESSES = engine.add_library(
+            build_module(), [SYMBOL_PREFIX + name for name in NATIVE_SERVICES]
+        )
     return _ADDRESSES
 
 
@@ -396,9 +425,14 @@ class NativeMemoryHost:
         context, host = self.context, self.host
         assert context is not None
         regions, known = context.regions, self._regions_key
-        if known is None or len(regions) != len(known) or any(
+        if (
+            known is None
+            or len(regions) != len(known)
+            or any(
                 region[0] != start or region[1] is not data or len(data) != length
-                for region, (start, data, length) in zip(regions, known, strict=True)):
+                for region, (start, data, length) in zip(regions, known, strict=True)
+            )
+        ):
             key = [(start, data) for start, data in regions]
             self._release()
             array = (Region * max(len(key), 1))()
@@ -441,8 +475,9 @@ class NativeMemoryHost:
         if host.written_any:
             host.written_any = 0
             written = host.written
-            for which, (table, values) in enumerate(((host.regs, context.regs),
-                                                     (host.user_regs, context.user_regs))):
+            for which, (table, values) in enumerate(
+                ((host.regs, context.regs), (host.user_regs, context.user_regs))
+            ):
                 flags = written[which]
                 for index in range(REGISTER_SLOTS):
                     if flags[index]:
@@ -451,5 +486,3 @@ class NativeMemoryHost:
             self._regs, self._user_regs = dict(context.regs), dict(context.user_regs)
         if len(self._exports) > 64:  # do not pin many buffers for long
             self._release()
-
-

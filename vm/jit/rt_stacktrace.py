@@ -50,8 +50,13 @@ def _build_st_write(fn: Functions, intrinsic: dict) -> None:
     _, data, length = e.function.args
     at = e.load("ex_len")
     full, fits = e.block("full"), e.block("fits")
-    e.b.cbranch(e.b.icmp_unsigned(">=", e.b.add(e.zext64(at), e.zext64(length)),
-                                  e.zext64(e.load("ex_logmax"))), full, fits)
+    e.b.cbranch(
+        e.b.icmp_unsigned(
+            ">=", e.b.add(e.zext64(at), e.zext64(length)), e.zext64(e.load("ex_logmax"))
+        ),
+        full,
+        fits,
+    )
     e.at(full)
     e.b.ret(ir.Constant(I1, 0))
     e.at(fits)
@@ -106,23 +111,27 @@ def _build_st_header(fn: Functions, intrinsic: dict) -> None:
     name_length = e.load("name_length")
     size = e.b.add(name_length, c32(3 + 8 + 2 + 2 + 2))
     full, fits = e.block("full"), e.block("fits")
-    e.b.cbranch(e.b.icmp_unsigned(">=", e.b.add(e.b.add(e.zext64(e.load("ex_len")),
-                                                        e.zext64(size)), c64(3)),
-                                  e.zext64(e.load("ex_logmax"))), full, fits)
+    e.b.cbranch(
+        e.b.icmp_unsigned(
+            ">=",
+            e.b.add(e.b.add(e.zext64(e.load("ex_len")), e.zext64(size)), c64(3)),
+            e.zext64(e.load("ex_logmax")),
+        ),
+        full,
+        fits,
+    )
     e.at(full)
     e.b.ret(ir.Constant(I1, 0))
     e.at(fits)
     prefix = e.alloca_entry(I8, "prefix", 3)
     e.b.store(c8(TOKEN_ASCII), prefix)
-    e.b.store(e.b.trunc(name_length, I16), e.b.gep(prefix, [c64(1)], source_etype=I8),
-              align=1)
+    e.b.store(e.b.trunc(name_length, I16), e.b.gep(prefix, [c64(1)], source_etype=I8), align=1)
     e.b.call(fn["st_write"], [e.state, prefix, c32(3)])
     e.b.call(fn["st_write"], [e.state, e.load("name"), name_length])
     tail = e.alloca_entry(I8, "tail", 14)
     e.b.store(e.load("probe_offset"), tail, align=1)
     for at, field in ((8, "program_id"), (10, "major"), (12, "minor")):
-        e.b.store(e.b.trunc(e.load(field), I16), e.b.gep(tail, [c64(at)], source_etype=I8),
-                  align=1)
+        e.b.store(e.b.trunc(e.load(field), I16), e.b.gep(tail, [c64(at)], source_etype=I8), align=1)
     e.b.call(fn["st_write"], [e.state, tail, c32(14)])
     e.store("st_count_at", e.b.call(fn["st_open"], [e.state, c32(TOKEN_STACK_TRACE)]))
     e.b.ret(ir.Constant(I1, 1))
@@ -141,14 +150,18 @@ def _build_st_words(fn: Functions, intrinsic: dict) -> None:
     e.at(opened)
     is_lv = e.b.icmp_unsigned("==", token, c32(TOKEN_LV_ENTRY))
     is_gv = e.b.icmp_unsigned("==", token, c32(TOKEN_GV_ENTRY))
-    limit = e.b.select(is_lv, e.zext64(e.load("num_lv")),
-                       e.b.select(is_gv, e.zext64(e.load("num_gv")), c64(1 << 33)))
+    limit = e.b.select(
+        is_lv,
+        e.zext64(e.load("num_lv")),
+        e.b.select(is_gv, e.zext64(e.load("num_gv")), c64(1 << 33)),
+    )
     array = e.b.select(is_lv, e.load("lv"), e.load("gv"))
     first64 = e.zext64(first)
     end = e.b.and_(e.b.add(first64, e.zext64(count)), c64(0xFFFFFFFF))
     entry = e.b.block
     head, check, read_stack, read_var, write, stop, done = (
-        e.block(n) for n in ("head", "check", "stack", "variable", "write", "stop", "done"))
+        e.block(n) for n in ("head", "check", "stack", "variable", "write", "stop", "done")
+    )
     e.b.branch(head)
     e.at(head)
     index = e.b.phi(I64)
@@ -198,8 +211,9 @@ def _build_st_frame(fn: Functions, intrinsic: dict) -> None:
         e.b.cbranch(e.b.call(fn["st_write_word"], [e.state, word(name)]), go, full)
         e.at(go)
     for token, kind in ((TOKEN_RPN_ENTRY, "pv"), (TOKEN_LV_ENTRY, "lv"), (TOKEN_GV_ENTRY, "gv")):
-        status = e.b.call(fn["st_words"], [e.state, c32(token), word(f"{kind}_first"),
-                                          word(f"{kind}_count")])
+        status = e.b.call(
+            fn["st_words"], [e.state, c32(token), word(f"{kind}_first"), word(f"{kind}_count")]
+        )
         go, give_up = e.block(f"{kind}_done"), e.block(f"{kind}_stopped")
         e.b.cbranch(e.b.icmp_unsigned("==", status, c32(1)), go, give_up)
         e.at(give_up)
@@ -208,8 +222,7 @@ def _build_st_frame(fn: Functions, intrinsic: dict) -> None:
     e.b.ret(c32(1))
 
 
-def _build_log_stack_trace(log_stack_trace: ir.Function, fn: Functions,
-                           intrinsic: dict) -> None:
+def _build_log_stack_trace(log_stack_trace: ir.Function, fn: Functions, intrinsic: dict) -> None:
     """``log_stack_trace``: True (1) unless a traced variable index stops the handler (0)."""
     e = _begin(log_stack_trace, intrinsic)
     go_on = e.block("go_on")
@@ -232,7 +245,8 @@ def _build_log_stack_trace(log_stack_trace: ir.Function, fn: Functions,
     top = e.b.sub(e.load("nframes"), c32(1))
     entry = e.b.block
     head, body, next_frame, stopped, finished = (
-        e.block(n) for n in ("head", "body", "next_frame", "stopped", "finished"))
+        e.block(n) for n in ("head", "body", "next_frame", "stopped", "finished")
+    )
     e.b.branch(head)
     e.at(head)
     frame = e.b.phi(I32)  # from the top frame down to frame 1 (reversed(frames[1:]))
@@ -257,7 +271,14 @@ def define(module: ir.Module, intrinsic: dict, log_stack_trace: ir.Function) -> 
     fn = {name: ir.Function(module, fty, f"dprobes_st_{name}") for name, fty in TYPES.items()}
     for f in fn.values():
         f.linkage = "internal"
-    for build in (_build_st_write, _build_st_write_word, _build_st_open, _build_st_bump,
-                  _build_st_header, _build_st_words, _build_st_frame):
+    for build in (
+        _build_st_write,
+        _build_st_write_word,
+        _build_st_open,
+        _build_st_bump,
+        _build_st_header,
+        _build_st_words,
+        _build_st_frame,
+    ):
         build(fn, intrinsic)
     _build_log_stack_trace(log_stack_trace, fn, intrinsic)

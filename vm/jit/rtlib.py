@@ -164,10 +164,27 @@ def _clear(e: Emitter, buffer: ir.Value, length: ir.Value) -> None:
 def _define_begin(lib: _Library) -> None:
     e = lib.define("begin")
     e.memset(e.field("var_dirty"), c64(2))
-    for name in ("stack_dirty", "tos", "sbp", "jmp_count", "dispatches", "log_overflow",
-                 "ex_pending", "ex_parm1", "ex_parm2", "exit_kind", "exit_to", "has_exception",
-                 "exc_code", "exc_parm1", "exc_parm2", "resume", "req_code", "req_parm1",
-                 "req_parm2"):
+    for name in (
+        "stack_dirty",
+        "tos",
+        "sbp",
+        "jmp_count",
+        "dispatches",
+        "log_overflow",
+        "ex_pending",
+        "ex_parm1",
+        "ex_parm2",
+        "exit_kind",
+        "exit_to",
+        "has_exception",
+        "exc_code",
+        "exc_parm1",
+        "exc_parm2",
+        "resume",
+        "req_code",
+        "req_parm1",
+        "req_parm2",
+    ):
         e.store(name, 0)
     e.store("nframes", 1)
     for word in S.FRAME_FIELDS:
@@ -188,8 +205,9 @@ def _define_begin(lib: _Library) -> None:
     e.b.ret_void()
 
 
-def set_ending(e: Emitter, kind: ir.Value, has: ir.Value, code: ir.Value, p1: ir.Value,
-               p2: ir.Value) -> None:
+def set_ending(
+    e: Emitter, kind: ir.Value, has: ir.Value, code: ir.Value, p1: ir.Value, p2: ir.Value
+) -> None:
     """How the handler ended, unless an earlier ending was recorded (the first one wins)."""
     first = e.b.icmp_unsigned("==", e.load("exit_kind"), c32(S.EXIT_NONE))
     with e.b.if_then(first):
@@ -229,8 +247,9 @@ def _define_raise(lib: _Library) -> None:
     not_in_mask = e.block("not_in_mask")
     terminate = e.block("terminate")
     ignore = e.block("ignore")
-    e.b.cbranch(e.b.icmp_unsigned("!=", e.b.and_(code, e.load("ex_mask")), c32(0)),
-                in_mask, not_in_mask)
+    e.b.cbranch(
+        e.b.icmp_unsigned("!=", e.b.and_(code, e.load("ex_mask")), c32(0)), in_mask, not_in_mask
+    )
 
     e.at(in_mask)
     e.store("ex_code", code)
@@ -242,8 +261,9 @@ def _define_raise(lib: _Library) -> None:
     e.b.ret(lib.call(e, "raise_pending"))
 
     e.at(not_in_mask)
-    e.b.cbranch(e.b.icmp_unsigned("!=", e.b.and_(code, c32(NON_MASKABLE)), c32(0)),
-                terminate, ignore)
+    e.b.cbranch(
+        e.b.icmp_unsigned("!=", e.b.and_(code, c32(NON_MASKABLE)), c32(0)), terminate, ignore
+    )
 
     e.at(terminate)
     e.store("ex_hand", e.b.load(e.top_word_ptr("handler"), typ=I32))
@@ -289,15 +309,17 @@ def _define_raise_pending(lib: _Library) -> None:
 def _define_dispatch(lib: _Library) -> None:
     """Jump to the current frame's handler (one-shot), else unwind a frame and retry."""
     e = lib.define("dispatch")
-    loop, check_hand, found, unwind, done = (e.block(n) for n in
-                                             ("loop", "check_hand", "found", "unwind", "done"))
+    loop, check_hand, found, unwind, done = (
+        e.block(n) for n in ("loop", "check_hand", "found", "unwind", "done")
+    )
     e.b.branch(loop)
 
     e.at(loop)
     nframes = e.load("nframes")
     only_top = e.b.icmp_unsigned("==", nframes, c32(1))
-    top_free = e.b.icmp_unsigned("==", e.b.load(e.frame_word_ptr(c32(0), "handler"), typ=I32),
-                                 c32(NO_HANDLER))
+    top_free = e.b.icmp_unsigned(
+        "==", e.b.load(e.frame_word_ptr(c32(0), "handler"), typ=I32), c32(NO_HANDLER)
+    )
     e.b.cbranch(e.b.and_(only_top, top_free), done, check_hand)
 
     e.at(done)
@@ -402,8 +424,9 @@ def _define_log_n(lib: _Library) -> None:
     _, wanted = e.function.args
     length = e.load("log_len")
     e.store("prev_log_len", length)
-    room = e.smin64(e.b.mul(e.zext64(wanted), c64(4)),
-                    e.b.sub(e.zext64(e.load("log_cap")), e.zext64(length)))
+    room = e.smin64(
+        e.b.mul(e.zext64(wanted), c64(4)), e.b.sub(e.zext64(e.load("log_cap")), e.zext64(length))
+    )
     _overflow_if(lib, e, e.b.icmp_signed("<", room, c64(0)))
     count = e.b.trunc(e.b.lshr(room, c64(2)), I32)
     lib.call(e, "log_words", count)
@@ -418,8 +441,10 @@ def _define_log_record(lib: _Library) -> None:
     wanted = e.b.and_(e.pop(), c32(0xFFFF))
     start = e.load("log_len")
     e.store("prev_log_len", start)
-    room = e.smin64(e.b.add(e.b.mul(e.zext64(wanted), c64(4)), c64(PREFIX)),
-                    e.b.sub(e.zext64(e.load("log_cap")), e.zext64(start)))
+    room = e.smin64(
+        e.b.add(e.b.mul(e.zext64(wanted), c64(4)), c64(PREFIX)),
+        e.b.sub(e.zext64(e.load("log_cap")), e.zext64(start)),
+    )
     _overflow_if(lib, e, e.b.icmp_signed("<", room, c64(PREFIX)))
     e.store("log_len", e.b.add(start, c32(PREFIX)))
     count = e.b.trunc(e.b.lshr(e.b.sub(room, c64(PREFIX)), c64(2)), I32)
@@ -437,8 +462,9 @@ def _define_fault_record(lib: _Library) -> None:
     e = lib.define("fault_record")
     _, address = e.function.args
     at = e.load("log_len")
-    _overflow_if(lib, e, e.b.icmp_unsigned(">", e.b.add(e.zext64(at), c64(7)),
-                                  e.zext64(e.load("log_cap"))))
+    _overflow_if(
+        lib, e, e.b.icmp_unsigned(">", e.b.add(e.zext64(at), c64(7)), e.zext64(e.load("log_cap")))
+    )
     e.put("log", at, c8(TOKEN_MEMORY_FAULT))
     e.put("log", e.b.add(at, c32(1)), ir.Constant(I16, 4))
     e.put("log", e.b.add(at, c32(3)), address)
@@ -501,8 +527,11 @@ def _define_log_mrf(lib: _Library) -> None:
     cap = e.zext64(e.load("log_cap"))
     entry = e.b.block
     too_long, read = e.block("too_long"), e.block("read")
-    e.b.cbranch(e.b.icmp_unsigned(">", e.b.add(e.b.add(e.zext64(start), wanted), c64(PREFIX)),
-                                  cap), too_long, read)
+    e.b.cbranch(
+        e.b.icmp_unsigned(">", e.b.add(e.b.add(e.zext64(start), wanted), c64(PREFIX)), cap),
+        too_long,
+        read,
+    )
     e.at(too_long)
     e.store("log_overflow", 1)
     cut = e.b.sub(e.b.sub(cap, e.zext64(start)), c64(PREFIX))
@@ -625,9 +654,13 @@ def _define_push_wide(lib: _Library) -> None:
     failed = e.block("failed")
     e.at(failed)
     e.b.ret(lib.call(e, "host_error"))
-    cases = {RegisterShape.CPUID: e.block("cpuid"), RegisterShape.MSR: e.block("msr"),
-             RegisterShape.DESCRIPTOR: e.block("descriptor"), RegisterShape.X87: e.block("x87"),
-             RegisterShape.XMM: e.block("xmm")}
+    cases = {
+        RegisterShape.CPUID: e.block("cpuid"),
+        RegisterShape.MSR: e.block("msr"),
+        RegisterShape.DESCRIPTOR: e.block("descriptor"),
+        RegisterShape.X87: e.block("x87"),
+        RegisterShape.XMM: e.block("xmm"),
+    }
     e.at(e.function.entry_basic_block)
     register = e.block("register")
     switch = e.b.switch(shape, register)
@@ -688,14 +721,30 @@ def _define_heap(lib: _Library) -> None:
 def build_rtlib() -> ir.Module:
     """The runtime library as an LLVM module."""
     lib = _Library()
-    for define in (_define_begin, _define_finish, _define_host_error, _define_stack_trace,
-                   _define_raise, _define_raise_pending, _define_dispatch, _define_rx,
-                   _define_ret, _define_overflow, _define_log_words, _define_log_n,
-                   _define_log_record, _define_fault_record, _define_log_str, _define_log_mrf,
-                   _define_log_vars, _define_log_st, _define_replicate, _define_push_wide,
-                   _define_heap):
+    for define in (
+        _define_begin,
+        _define_finish,
+        _define_host_error,
+        _define_stack_trace,
+        _define_raise,
+        _define_raise_pending,
+        _define_dispatch,
+        _define_rx,
+        _define_ret,
+        _define_overflow,
+        _define_log_words,
+        _define_log_n,
+        _define_log_record,
+        _define_fault_record,
+        _define_log_str,
+        _define_log_mrf,
+        _define_log_vars,
+        _define_log_st,
+        _define_replicate,
+        _define_push_wide,
+        _define_heap,
+    ):
         define(lib)
     undefined = [name for name, fn in lib.fn.items() if not fn.blocks]
     assert not undefined, f"runtime functions without a body: {undefined}"
     return lib.module
-

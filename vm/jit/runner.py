@@ -72,7 +72,7 @@ class _Mirror:
         if len(values) != self.length:
             self.length = len(values)
             self.array = (ctypes.c_uint32 * max(self.length, 1))()
-            self.view = memoryview(self.array).cast("B").cast("I")[:self.length]
+            self.view = memoryview(self.array).cast("B").cast("I")[: self.length]
             self.snapshot = None
             grown = True
         if self.snapshot is None or values != self.snapshot:
@@ -92,8 +92,7 @@ class _Mirror:
 def _field_reader(names: tuple[str, ...]) -> struct.Struct:
     """One ``struct`` that unpacks these State fields (in offset order) in a single call."""
     codes = {ctypes.c_uint32: "I", ctypes.c_int32: "i", ctypes.c_uint64: "Q"}
-    fields = sorted((S.offset(name), name, codes[dict(S.State._fields_)[name]])
-                    for name in names)
+    fields = sorted((S.offset(name), name, codes[dict(S.State._fields_)[name]]) for name in names)
     assert tuple(name for _, name, _ in fields) == names, "list the fields in offset order"
     fmt, at = "<", 0
     for offset, _, code in fields:
@@ -102,9 +101,25 @@ def _field_reader(names: tuple[str, ...]) -> struct.Struct:
     return struct.Struct(fmt)
 
 
-RESULT_FIELDS = ("tos", "jmp_count", "header_length", "log_cap", "log_len", "log_overflow",
-                 "ex_logmax", "ex_len", "ex_code", "major", "minor", "exit_kind", "exit_to",
-                 "has_exception", "exc_code", "exc_parm1", "exc_parm2")
+RESULT_FIELDS = (
+    "tos",
+    "jmp_count",
+    "header_length",
+    "log_cap",
+    "log_len",
+    "log_overflow",
+    "ex_logmax",
+    "ex_len",
+    "ex_code",
+    "major",
+    "minor",
+    "exit_kind",
+    "exit_to",
+    "has_exception",
+    "exc_code",
+    "exc_parm1",
+    "exc_parm2",
+)
 _RESULTS = _field_reader(RESULT_FIELDS)
 _LOG = S.offset("log")
 _EX_LOG = S.offset("ex_log")
@@ -113,25 +128,57 @@ _EX_LOG = S.offset("ex_log")
 class NativeHit:
     """The results of one native hit, with the attributes ``api.build_result`` reads."""
 
-    __slots__ = ("_ex_log", "_log", "_stack", "exception", "exit_kind", "exit_to",
-                 "jmp_count", "log_overflow", "major", "minor")
+    __slots__ = (
+        "_ex_log",
+        "_log",
+        "_stack",
+        "exception",
+        "exit_kind",
+        "exit_to",
+        "jmp_count",
+        "log_overflow",
+        "major",
+        "minor",
+    )
 
     def __init__(self, memory: memoryview, values: tuple, stack: list[int]) -> None:
-        (tos, self.jmp_count, header_length, log_cap, log_len, overflow, ex_logmax, ex_len,
-         _, self.major, self.minor, kind, exit_to, has_exception, code, parm1,
-         parm2) = values
+        (
+            tos,
+            self.jmp_count,
+            header_length,
+            log_cap,
+            log_len,
+            overflow,
+            ex_logmax,
+            ex_len,
+            _,
+            self.major,
+            self.minor,
+            kind,
+            exit_to,
+            has_exception,
+            code,
+            parm1,
+            parm2,
+        ) = values
         self.exit_kind = EXIT_KINDS[kind]
         self.exit_to = exit_to if kind == S.EXIT_EXIT_TO else None
         self.exception = RaisedException(code, parm1, parm2) if has_exception else None
         self.log_overflow = bool(overflow)
         log_end = min(log_len, log_cap)
-        self._log = memory[_LOG + header_length:_LOG + log_end].tobytes() \
-            if log_end > header_length else b""
+        self._log = (
+            memory[_LOG + header_length : _LOG + log_end].tobytes()
+            if log_end > header_length
+            else b""
+        )
         ex_end = min(ex_len, ex_logmax)
-        self._ex_log = memory[_EX_LOG + MIN_ST_SIZE:_EX_LOG + ex_end].tobytes() \
-            if ex_end > MIN_ST_SIZE else b""
+        self._ex_log = (
+            memory[_EX_LOG + MIN_ST_SIZE : _EX_LOG + ex_end].tobytes()
+            if ex_end > MIN_ST_SIZE
+            else b""
+        )
         depth = -tos & STACK_MASK
-        self._stack = stack[STACK_SIZE - depth:][::-1] if depth else []
+        self._stack = stack[STACK_SIZE - depth :][::-1] if depth else []
 
     def log_data(self, header_length: int) -> bytes:
         return self._log
@@ -151,8 +198,10 @@ class JitRunner:
         self.vm = vm
         log_cap = vm.header_length + header.logmax
         if log_cap > S.LOG_BUFFER or header.ex_logmax > S.EX_LOG_BUFFER:
-            raise ProgramTooLarge(f"logmax {header.logmax} / ex_logmax {header.ex_logmax} "
-                                  "exceed the DProbes limits the JIT reserves room for")
+            raise ProgramTooLarge(
+                f"logmax {header.logmax} / ex_logmax {header.ex_logmax} "
+                "exceed the DProbes limits the JIT reserves room for"
+            )
         self.state = S.State()
         state = self.state
         self.address = ctypes.addressof(state)
@@ -234,9 +283,9 @@ class JitRunner:
         for chunk in range(S.DIRTY_CHUNKS):
             if dirty >> chunk & 1:
                 start = chunk * CHUNK
-                fresh = self.stack_view[start:start + CHUNK].tolist()
-                stack[start:start + CHUNK] = fresh
-                snapshot[start:start + CHUNK] = fresh
+                fresh = self.stack_view[start : start + CHUNK].tolist()
+                stack[start : start + CHUNK] = fresh
+                snapshot[start : start + CHUNK] = fresh
 
     # --- sharing the state with a native caller (the runtime's native probe hook) ------
     def copy_out_shared(self) -> None:

@@ -26,9 +26,11 @@ def words(array: Any, count: int) -> memoryview:
     """A writable ``I`` memoryview of the first ``count`` words of a ctypes array/pointer."""
     if count == 0:
         return memoryview(b"").cast("I")
-    buffer = (ctypes.c_uint32 * count).from_address(ctypes.addressof(array.contents)
-                                                    if isinstance(array, ctypes._Pointer)
-                                                    else ctypes.addressof(array))
+    buffer = (ctypes.c_uint32 * count).from_address(
+        ctypes.addressof(array.contents)
+        if isinstance(array, ctypes._Pointer)
+        else ctypes.addressof(array)
+    )
     return memoryview(buffer).cast("B").cast("I")
 
 
@@ -107,8 +109,11 @@ class StateView:
     def raise_exception(self, code: int, parm1: int, parm2: int, nxt: int) -> int:
         """Reused semantic functions raise through here: native code does the raising."""
         state = self._state
-        state.req_code, state.req_parm1, state.req_parm2 = (int(code) & WORD_MASK,
-                                                            parm1 & WORD_MASK, parm2 & WORD_MASK)
+        state.req_code, state.req_parm1, state.req_parm2 = (
+            int(code) & WORD_MASK,
+            parm1 & WORD_MASK,
+            parm2 & WORD_MASK,
+        )
         return _REQUEST
 
 
@@ -149,8 +154,10 @@ def _heap(state_address: int, opcode: int, operand: int) -> int:
 
 
 _PYTHON_HELPERS = {"heap": _heap}
-HELPER_FUNCTIONS = {name: prototype(_PYTHON_HELPERS[name])
-                    for name, prototype in S.HELPER_CALLBACKS}
-HELPERS = S.HelperTable(**{name: ctypes.cast(fn, ctypes.c_void_p).value
-                           for name, fn in HELPER_FUNCTIONS.items()})
+HELPER_FUNCTIONS = {
+    name: prototype(_PYTHON_HELPERS[name]) for name, prototype in S.HELPER_CALLBACKS
+}
+HELPERS = S.HelperTable(
+    **{name: ctypes.cast(fn, ctypes.c_void_p).value for name, fn in HELPER_FUNCTIONS.items()}
+)
 """The process-wide helper table every state points at."""

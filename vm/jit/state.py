@@ -61,8 +61,18 @@ from dprobes.vm.registers import GENERAL_REGISTERS
 ABI_VERSION = 8
 """Bumped whenever the layout or a calling convention changes (part of the cache key)."""
 
-FRAME_FIELDS = ("sbp", "gv_count", "gv_first", "lv_count", "lv_first", "pv_count",
-                "pv_first", "handler", "called", "returns")
+FRAME_FIELDS = (
+    "sbp",
+    "gv_count",
+    "gv_first",
+    "lv_count",
+    "lv_first",
+    "pv_count",
+    "pv_first",
+    "handler",
+    "called",
+    "returns",
+)
 """The ten words of a call frame, in 5.0's order of meaning."""
 FRAME_WORD = {name: i for i, name in enumerate(FRAME_FIELDS)}
 MAX_FRAMES = MAX_CALL_DEPTH + 1  # the top-level frame plus 32 nested calls
@@ -114,8 +124,9 @@ class Frame(Structure):
 READ_MEMORY = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, c_void_p, POINTER(c_uint32))
 WRITE_MEMORY = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, c_void_p, POINTER(c_uint32))
 # read_cstring(ctx, address, limit, out, *length, *fault)
-READ_CSTRING = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, c_void_p, POINTER(c_uint32),
-                         POINTER(c_uint32))
+READ_CSTRING = CFUNCTYPE(
+    c_int32, c_void_p, c_uint32, c_uint32, c_void_p, POINTER(c_uint32), POINTER(c_uint32)
+)
 # read_register(ctx, index, user, out[4]): the value as four little-endian words (128 bits
 # of two's complement), zeros when the host has no such register
 READ_REGISTER = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, POINTER(c_uint32))
@@ -159,10 +170,14 @@ class HostTable(Structure):
     window is read once at the start of a hit.
     """
 
-    _fields_ = [("ctx", c_void_p), *((name, c_void_p) for name, _ in HOST_CALLBACKS),
-                ("window_base", c_uint32), ("window_length", c_uint32),
-                ("window_data", c_void_p),
-                ("registers", c_void_p)]  # RegisterWindow * or null
+    _fields_ = [
+        ("ctx", c_void_p),
+        *((name, c_void_p) for name, _ in HOST_CALLBACKS),
+        ("window_base", c_uint32),
+        ("window_length", c_uint32),
+        ("window_data", c_void_p),
+        ("registers", c_void_p),
+    ]  # RegisterWindow * or null
 
 
 WINDOW_REGISTERS = len(GENERAL_REGISTERS)
@@ -184,9 +199,7 @@ class RegisterWindow(Structure):
 # --- Python helpers for the rare, complex operations --------------------------------
 HEAP = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32)  # (state, opcode, operand)
 
-HELPER_CALLBACKS: tuple[tuple[str, type], ...] = (
-    ("heap", HEAP),
-)
+HELPER_CALLBACKS: tuple[tuple[str, type], ...] = (("heap", HEAP),)
 
 
 class HelperTable(Structure):
