@@ -61,7 +61,7 @@ def _spread_program() -> str:
 
     path = GUEST / "hello_glibc"
     segment = CodeMap.load(path).segments[0]
-    code = path.read_bytes()[segment.offset : segment.offset + segment.size]
+    code = path.read_bytes()[segment.offset : segment.offset + segment.filesz]
     starts = sorted(instruction_starts(code, segment.offset))
     offsets = starts[:: len(starts) // PROBES][:PROBES]
     probes = "".join(f"offset = {offset}\n{MANY_HANDLER}\n" for offset in offsets)
