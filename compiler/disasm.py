@@ -220,8 +220,6 @@ def _number(_insn: Instruction, value: int, _ctx: _Context) -> tuple[str, str | 
 
 OperandFormatter = Callable[[Instruction, int, _Context], tuple[str, str | None]]
 
-# REG, LV and GV come before U16 on purpose: while vm/isa.py gives them the same Enum value
-# as U16 they are aliases of it, and the last entry for that member must be _number.
 OPERAND_FORMATTERS: dict[Operand, OperandFormatter] = {
     Operand.REL32: _branch,
     Operand.IMM32: _immediate,
