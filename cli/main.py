@@ -32,6 +32,8 @@ from dprobes.compiler.pipeline import BuildOptions, CompileResult, default_outpu
 from dprobes.vm import flavour
 
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 70
+EXIT_BROKEN_PIPE = 128 + 13
+"""What a shell reports for a program that SIGPIPE ended."""
 
 
 def _report(diagnostics: list[Diagnostic], sources: SourceCache) -> None:
@@ -49,8 +51,9 @@ def _options(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(defines, tuple(args.include or ()), args.elf, args.sym)
 
 
-def _load(args: argparse.Namespace, sources: SourceCache) -> CompileResult:
-    result = load_program(args.file, _options(args))
+def _load(args: argparse.Namespace, sources: SourceCache, path: str | None = None) -> CompileResult:
+    """Compile (or read) ``path`` (default: the command's FILE), printing its warnings."""
+    result = load_program(path or args.file, _options(args))
     _report(result.diagnostics, sources)
     return result
 
@@ -84,12 +87,18 @@ def cmd_build(args: argparse.Namespace, sources: SourceCache) -> int:
 
 
 def cmd_check(args: argparse.Namespace, sources: SourceCache) -> int:
-    result = _load(args, sources)
-    print(
-        f"{args.file}: ok: {len(result.program.probes)} probe(s), "
-        f"{len(result.program.code)} bytes of RPN code"
-    )
-    return EXIT_OK
+    """Check every file, reporting each one's errors; exit 2 if any file has one."""
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            result = _load(args, sources, path)
+        except CompileError as error:
+            _report(error.diagnostics, sources)
+            status = EXIT_INPUT
+            continue
+        program = result.program
+        print(f"{path}: ok: {len(program.probes)} probe(s), {len(program.code)} bytes of RPN code")
+    return status
 
 
 def cmd_disasm(args: argparse.Namespace, sources: SourceCache) -> int:
@@ -144,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"dpc {__version__} (interpreter: {flavour.describe()})",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     build = commands.add_parser("build", help="compile RPN source to a PPDF file")
     build.add_argument("file", metavar="FILE")
@@ -154,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(run=cmd_build)
 
     check = commands.add_parser("check", help="compile and verify, write nothing")
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("files", metavar="FILE", nargs="+")
     _source_options(check)
     check.set_defaults(run=cmd_check)
 
@@ -192,10 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(error.diagnostics, sources)
         return EXIT_INPUT
     except UsageError as error:
-        print(f"dpc {args.command}: error: {error}", file=sys.stderr)
+        print(f"dpc {args.subcommand}: error: {error}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (``dpc ... | head``): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as error:  # a bug in dpc, not in the input
         if os.environ.get("DPROBES_TRACEBACK"):
             traceback.print_exc()

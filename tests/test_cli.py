@@ -241,3 +241,33 @@ def test_ltt_is_refused(tmp_path: Path, capsys) -> None:
     )
     status, _, err = dpc(capsys, "run", "--probes", str(ppdf), "--", str(BIN / "loop"))
     assert status == 2 and "log target LTT is not implemented yet" in err
+
+
+def test_check_takes_several_files_and_reports_each(good: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.rpn"
+    bad.write_text("name = m\nmodtype = user\noffset = 0\n    nosuchop\n")
+    status, out, err = dpc(capsys, "check", str(good), str(bad), str(good))
+    assert status == 2
+    assert out.count(f"{good}: ok") == 2
+    assert f"{bad}:4:" in err
+
+
+def test_a_usage_error_names_the_command_not_its_arguments(capsys) -> None:
+    status, _, err = dpc(capsys, "run", "--", "no-such-program")
+    assert status == 2 and err.startswith("dpc run: error: ")
+
+
+def test_a_closed_output_pipe_ends_quietly() -> None:
+    """``dpc ... | head``: the reader is gone, so dpc stops without a word (status 141)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "dprobes.cli", "disasm", "--help-opcodes"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == b""
