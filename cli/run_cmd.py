@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import IO, TYPE_CHECKING
@@ -22,6 +23,9 @@ from dprobes.vm.program import LogField, LogTarget, Program
 if TYPE_CHECKING:
     from dprobes.runtime.logformat.writer import LogWriter
     from dprobes.runtime.probes import ProbeManager
+
+EXIT_STOPPED = 124
+"""dpc run's exit status when ``--max-instructions`` stopped the guest (as timeout(1))."""
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +40,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-target", choices=[t.name for t in LogTarget if t is not LogTarget.LTT]
     )
-    parser.add_argument("--log-file", metavar="PATH", help="where log records go")
+    parser.add_argument(
+        "--log-file", metavar="PATH", help="where log records go (emptied first; see --append)"
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="add to an existing --log-file, do not empty it"
+    )
     parser.add_argument(
         "-f",
         "--unformatted",
@@ -108,7 +117,7 @@ def _target(args: argparse.Namespace, path: str, program: Program) -> LogTarget:
 
 
 def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: list[IO]) -> LogWriter:
-    """The writer of every record: to ``--log-file`` (opened at the first record), or
+    """The writer of every record: to ``--log-file`` (opened before the guest starts), or
     KLOG text to stderr, flushed after every write so it interleaves with the program's
     own output as it happens."""
     from dprobes.runtime.logformat.layouts import layout_for
@@ -123,15 +132,36 @@ def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: lis
 
         return LogWriter(layouts, stderr, shared=True)
 
-    def log_file() -> IO:
-        try:
-            stream = open(args.log_file, "ab")  # noqa: SIM115 - closed by cmd_run
-        except OSError as error:
-            raise UsageError(f"--log-file: {error.strerror}: {args.log_file}") from None
-        opened.append(stream)
-        return stream
+    stream = _open_log_file(args)
+    opened.append(stream)
+    return LogWriter(layouts, lambda: stream)
 
-    return LogWriter(layouts, log_file)
+
+def _open_log_file(args: argparse.Namespace) -> IO:
+    """``--log-file``, opened before the guest starts (so a bad path costs no run):
+    emptied, as strace and perf do, unless ``--append``."""
+    try:
+        return open(args.log_file, "ab" if args.append else "wb")
+    except OSError as error:
+        raise UsageError(f"--log-file: {error.strerror}: {args.log_file}") from None
+
+
+def _positive(text: str | None, option: str) -> int | None:
+    """An option's whole number above 0 (None when the option is absent)."""
+    if text is None:
+        return None
+    value = parse_int(text, option)
+    if value <= 0:
+        raise UsageError(f"{option}: must be a whole number above 0, got '{text}'")
+    return value
+
+
+def _readable_files(paths: list[str]) -> list[str]:
+    """``--file`` paths, each checked to be a readable file before the guest starts."""
+    for path in paths:
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise UsageError(f"--file: not a readable file: {path}")
+    return paths
 
 
 def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
@@ -143,9 +173,8 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
-    limit = (
-        parse_int(args.max_instructions, "--max-instructions") if args.max_instructions else None
-    )
+    limit = _positive(args.max_instructions, "--max-instructions")
+    files = _readable_files(args.file)
     apply_tier_options(args)
     machine = Machine(seed=parse_int(args.seed, "--seed"))
     manager = ProbeManager(
@@ -184,19 +213,20 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
                     file=sys.stderr,
                 )
     opened: list[IO] = []
+    stopped = None
     manager.writer = _writer(args, targets, opened)
     try:
         process = machine.spawn(
             command[0],
             command,
-            files=args.file,
+            files=files,
             stdout=sys.stdout.buffer.write,
             stderr=sys.stderr.buffer.write,
         )
         try:
             machine.run(max_instructions=limit)
         except InstructionLimit as error:
-            raise UsageError(str(error)) from None
+            stopped = str(error)
     except LoadError as error:
         raise UsageError(str(error)) from None
     finally:
@@ -206,19 +236,24 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
             stream.close()
     if process.crash is not None:
         print(f"dpc run: {process.crash}", file=sys.stderr)
-    _report(args, manager, process)
-    code = process.returncode or 0
-    return code if code >= 0 else 128 - code
+    if stopped is not None:
+        print(f"dpc run: stopped: {stopped}", file=sys.stderr)
+        code = EXIT_STOPPED
+    else:
+        code = process.returncode or 0
+        code = code if code >= 0 else 128 - code
+    _report(args, manager, process, code)
+    return code
 
 
-def _report(args: argparse.Namespace, manager: ProbeManager, process) -> None:
+def _report(args: argparse.Namespace, manager: ProbeManager, process, code: int) -> None:
     rows = manager.query()
     variables = manager.getvars()
     if args.json:
         print(
             json.dumps(
                 {
-                    "status": process.returncode,
+                    "status": code,
                     "signal": process.signal,
                     "records": [asdict(row) for row in rows],
                     "vars": variables,

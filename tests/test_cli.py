@@ -271,3 +271,65 @@ def test_a_closed_output_pipe_ends_quietly() -> None:
     finally:
         os.close(write_end)
     assert done.returncode == 141 and done.stderr == b""
+
+
+def _run_loop(capsys, tmp_path: Path, *options: str) -> tuple[int, str, str]:
+    """dpc run of guest/bin/loop with a probe at ``work`` logging COM1 records."""
+    probe = tmp_path / "p.rpn"
+    probe.write_text(
+        f"name = {BIN / 'loop'}\nmodtype = user\nlog_target = COM1\noffset = work\n"
+        "    push 1\n    log 1\n    exit\n"
+    )
+    return dpc(
+        capsys,
+        "run",
+        "--probes",
+        str(probe),
+        "--elf",
+        str(BIN / "loop"),
+        *options,
+        "--",
+        str(BIN / "loop"),
+    )
+
+
+def test_log_file_is_emptied_unless_append(tmp_path: Path, capsys) -> None:
+    log = tmp_path / "log"
+    status, _, _ = _run_loop(capsys, tmp_path, "--log-file", str(log))
+    one_run = log.read_bytes()
+    assert status == 7 and one_run
+    _run_loop(capsys, tmp_path, "--log-file", str(log))
+    assert log.read_bytes() == one_run
+    _run_loop(capsys, tmp_path, "--log-file", str(log), "--append")
+    assert log.read_bytes() == one_run * 2
+
+
+@pytest.mark.parametrize("where", ["missing/dir/log", "."])
+def test_an_unwritable_log_file_is_refused_before_the_guest_runs(
+    where: str, tmp_path: Path, capsys
+) -> None:
+    status, out, err = _run_loop(capsys, tmp_path, "--log-file", str(tmp_path / where))
+    assert status == 2 and err.startswith("dpc run: error: --log-file: ")
+    assert "loop: done" not in out + err  # the guest never started
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-instructions", "-5"], "--max-instructions: must be a whole number above 0"),
+        (["--max-instructions", "0"], "--max-instructions: must be a whole number above 0"),
+        (["--file", "/no/such/file"], "--file: not a readable file: /no/such/file"),
+    ],
+)
+def test_run_option_values_are_checked(options: list[str], message: str, capsys) -> None:
+    status, _, err = dpc(capsys, "run", *options, "--", str(BIN / "loop"))
+    assert status == 2 and message in err
+
+
+def test_json_status_is_the_exit_status(capsys) -> None:
+    status, _, err = dpc(capsys, "run", "--json", "--", str(BIN / "loop"))
+    assert status == 7 and json.loads(err.strip().splitlines()[-1])["status"] == 7
+    status, _, err = dpc(
+        capsys, "run", "--json", "--max-instructions", "1000", "--", str(BIN / "loop")
+    )
+    assert status == 124 and json.loads(err.strip().splitlines()[-1])["status"] == 124

@@ -379,7 +379,7 @@ def test_dpc_run_missing_symbol_and_instruction_limit(tmp_path: Path, capfd) -> 
     assert status == 2 and "unknown symbol 'no_such_function'" in err
     status = cli.main(["run", "--max-instructions", "10000", "--", str(BIN / "loop")])
     err = capfd.readouterr().err
-    assert status == 2 and "instruction limit of 10000" in err
+    assert status == 124 and "dpc run: stopped:" in err and "instruction limit of 10000" in err
 
 
 def test_group_selection_and_insertion_mid_run() -> None:
