@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dprobes.vm.api import DEFAULT_HOT_THRESHOLD, TIERS, VM, FireResult
 from dprobes.vm.context import MemoryContext
 from dprobes.vm.program import Program
-from dprobes.vm.registers import REGISTERS_BY_NAME
+from dprobes.vm.registers import REGISTERS_BY_NAME, VALUE_BITS, Register
 
 
 class UsageError(ValueError):
@@ -110,6 +110,18 @@ class ExecSetup:
     regions: list[tuple[str, int]]  # (address as given, address)
 
 
+def _register_value(register: Register, text: str, name: str) -> int:
+    """A ``--reg`` value, which must fit the register (a negative one is its two's
+    complement)."""
+    bits = VALUE_BITS.get(register.shape)
+    if bits is None:
+        raise UsageError(f"--reg: {name} has no value of its own to give")
+    value = parse_int(text, f"--reg {name}")
+    if not -(1 << (bits - 1)) <= value < 1 << bits:
+        raise UsageError(f"--reg {name}: {text} does not fit in {bits} bits")
+    return value & ((1 << bits) - 1)
+
+
 def build_context(args: argparse.Namespace) -> ExecSetup:
     regs: dict[str, int] = {}
     user: dict[str, int] = {}
@@ -117,7 +129,7 @@ def build_context(args: argparse.Namespace) -> ExecSetup:
         target, bare = (user, name[2:]) if name.lower().startswith("u.") else (regs, name)
         if bare.lower() not in REGISTERS_BY_NAME:
             raise UsageError(f"--reg: unknown register '{bare}'")
-        target[bare.lower()] = parse_int(value, f"--reg {name}")
+        target[bare.lower()] = _register_value(REGISTERS_BY_NAME[bare.lower()], value, name)
     memory: dict[int, bytes] = {}
     regions = []
     for address_text, hex_bytes in _pairs(args.mem, "--mem"):
@@ -149,6 +161,8 @@ def build_context(args: argparse.Namespace) -> ExecSetup:
 def _set_variables(values: list[int], pairs: list[tuple[str, str]], option: str) -> None:
     for index_text, value_text in pairs:
         index = parse_int(index_text, option)
+        if not values:
+            raise UsageError(f"{option} {index}: the program has no such variables")
         if not 0 <= index < len(values):
             raise UsageError(f"{option} {index}: index out of range 0..{len(values) - 1}")
         values[index] = parse_int(value_text, option) & 0xFFFFFFFF

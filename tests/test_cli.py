@@ -333,3 +333,20 @@ def test_json_status_is_the_exit_status(capsys) -> None:
         capsys, "run", "--json", "--max-instructions", "1000", "--", str(BIN / "loop")
     )
     assert status == 124 and json.loads(err.strip().splitlines()[-1])["status"] == 124
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--reg", "eax=0x1ffffffff"], "--reg eax: 0x1ffffffff does not fit in 32 bits"),
+        (["--gv", "99999=1"], "--gv 99999: the program has no such variables"),
+    ],
+)
+def test_exec_option_values_are_checked(args: list[str], message: str, good: Path, capsys) -> None:
+    status, _, err = dpc(capsys, "exec", str(good), *args)
+    assert status == 2 and message in err
+
+
+def test_a_negative_register_value_is_its_twos_complement(good: Path, capsys) -> None:
+    status, _, _ = dpc(capsys, "exec", str(good), "--reg", "eax=-1")
+    assert status == 0

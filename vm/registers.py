@@ -22,6 +22,14 @@ class RegisterShape(Enum):
     CPUID = auto()  # pops the leaf, pushes edx, ecx, ebx, eax
 
 
+VALUE_BITS = {
+    RegisterShape.WORD: 32,
+    RegisterShape.DESCRIPTOR: 48,
+    RegisterShape.X87: 80,
+    RegisterShape.XMM: 128,
+}
+"""How wide a register's value is (a host gives MSR and CPUID values by number, not here)."""
+
 WORDS_PUSHED = {
     RegisterShape.WORD: 1,
     RegisterShape.DESCRIPTOR: 2,
