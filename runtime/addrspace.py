@@ -1,6 +1,6 @@
 """Per-process address spaces: VMAs, page tables, copy-on-write and swap.
 
-DProbes' user-probe insertion walks exactly these structures (dprobes-system.md 5.4): the
+DProbes' user-probe insertion walks exactly these structures: the
 vmas that map an inode, the page-table entry at ``vm_start - (vm_pgoff << PAGE_SHIFT) +
 offset``, and the page behind it, which is either the shared page-cache page or a private
 copy (``IS_COW_PAGE``), present or swapped out. So an address space here is built the way

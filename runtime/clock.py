@@ -1,9 +1,9 @@
 """The deterministic clock: an instruction counter in native code, and time derived from it.
 
 Every value a guest can observe about time must come from the runtime, not the host
-(runtime.md, "Determinism"), and scheduling must not depend on host speed. So the machine's
-clock is the number of guest instructions executed so far: the scheduler's quantum, the
-instruction limit, ``clock_gettime`` and the log header's TSC all read it.
+(docs/runtime.md, "Clock and determinism"), and scheduling must not depend on host
+speed. So the machine's clock is the number of guest instructions executed so far: the
+scheduler's quantum, the instruction limit, ``clock_gettime`` and the log header's TSC all read it.
 
 Counting has to be exact and cheap. unicorn's own ``count`` argument puts a hook on every
 instruction (measured: ~4.5x slower on guest/bin/loop) and cannot say how many ran when

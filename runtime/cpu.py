@@ -3,7 +3,7 @@
 What DProbes needs from the processor is i386 behaviour at the edges: int3 traps with EIP
 after it, BOUND faults with EIP at it, user code at CPL 3 with Linux's selectors, TLS in
 the GDT, x87 and SSE usable, and a TLB that can be told a page moved (COW, swap). This
-module sets that up on unicorn, following what runtime.md records as measured:
+module sets that up on unicorn (docs/runtime.md, "CPU"):
 
 - ``UC_TLB_VIRTUAL`` with a ``UC_HOOK_TLB_FILL`` hook: every TLB miss asks the current
   ``AddressSpace.translate``; the CPU's own CR0.PG paging is never switched on (its second

@@ -1,6 +1,6 @@
 """The machine: one CPU, physical memory, the page cache, swap, processes and a scheduler.
 
-This is the small i386 Linux box DProbes probes run in (runtime.md): programs are loaded
+This is the small i386 Linux box DProbes probes run in (docs/runtime.md): programs are loaded
 from ELF files into address spaces that share page-cache frames, a deterministic
 round-robin scheduler gives each runnable process a fixed quantum of instructions, and
 ``int $0x80`` reaches the system calls. Everything else a CPU can raise goes first to a

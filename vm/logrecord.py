@@ -1,4 +1,4 @@
-"""The DProbes log-record header, in one table (reference section 7.2).
+"""The DProbes log-record header, in one table (docs/probes.md, "Log records").
 
 A record starts ``{u16 facility_id=1, u16 len, u32 mask, u16 major, u16 minor}``
 (``BASE``), then, in ``HEADER`` order and only when the program's ``log =`` selects

@@ -4,7 +4,7 @@ A probed program must run as it would on the DProbes machine, so what the kernel
 it at ``int $0x80`` is done here: the number in EAX selects a function from ``TABLE``, the
 arguments come from EBX, ECX, EDX, ESI, EDI, EBP, and the result (or minus an errno) goes
 back in EAX. The set is what a static freestanding or static glibc program needs
-(runtime.md lists glibc's start-up calls). Every value a guest can observe comes from the
+(docs/runtime.md lists glibc's start-up calls). Every value a guest can observe comes from the
 machine: time from the instruction clock, random bytes from the seeded PRNG, a fixed
 ``uname``. An unknown number returns -ENOSYS and is counted in
 ``machine.unknown_syscalls``; a bad guest pointer returns -EFAULT. Nothing a guest passes
