@@ -82,6 +82,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="a host file the program may open (read-only; repeatable)",
     )
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
+    add_environment_options(parser)
     add_tier_options(parser)
     parser.add_argument(
         "--json",
@@ -89,6 +90,51 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="print a JSON summary (status, records, variables, logs)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS]...")
+
+
+def add_environment_options(parser: argparse.ArgumentParser) -> None:
+    """The guest's environment, as qemu-user makes it: dpc's own, less ``--unset`` names,
+    plus ``--env`` settings (``--clear-env`` starts from nothing)."""
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable"
+    )
+    parser.add_argument(
+        "--unset", action="append", default=[], metavar="NAME", help="remove a variable"
+    )
+    parser.add_argument("--clear-env", action="store_true", help="start from an empty environment")
+
+
+def guest_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The environment the guest starts with (see ``add_environment_options``)."""
+    env = {} if args.clear_env else _host_environment()
+    for name in args.unset:
+        if not name or "=" in name:
+            raise UsageError(f"--unset: not a variable name: '{name}'")
+        env.pop(name, None)
+    for setting in args.env:
+        name, equals, value = setting.partition("=")
+        if not name or not equals:
+            raise UsageError(f"--env: expected NAME=VALUE, got '{setting}'")
+        env[name] = value
+    return env
+
+
+def _host_environment() -> dict[str, str]:
+    """dpc's environment as it was started. Python's start-up may have set LC_CTYPE
+    (PEP 538 locale coercion), so that one variable is taken from /proc/self/environ,
+    which keeps the environment the process was started with."""
+    env = dict(os.environ)
+    try:
+        with open("/proc/self/environ", "rb") as stream:
+            started = stream.read().split(b"\0")
+    except OSError:
+        return env
+    ctype = next((item[9:] for item in started if item.startswith(b"LC_CTYPE=")), None)
+    if ctype is None:
+        env.pop("LC_CTYPE", None)
+    else:
+        env["LC_CTYPE"] = os.fsdecode(ctype)
+    return env
 
 
 def _numbers(text: str | None, option: str) -> set[int] | None:
@@ -169,12 +215,15 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     from dprobes.runtime.elfload import LoadError
     from dprobes.runtime.machine import InstructionLimit, Machine
     from dprobes.runtime.probes import InsertError, ProbeManager
+    from dprobes.runtime.stdio import Stdio
+    from dprobes.runtime.syscalls.abi import SIGPIPE
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
     limit = _positive(args.max_instructions, "--max-instructions")
     files = _readable_files(args.file)
+    env = guest_environment(args)
     apply_tier_options(args)
     machine = Machine(seed=parse_int(args.seed, "--seed"))
     manager = ProbeManager(
@@ -216,13 +265,8 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     stopped = None
     manager.writer = _writer(args, targets, opened)
     try:
-        process = machine.spawn(
-            command[0],
-            command,
-            files=files,
-            stdout=sys.stdout.buffer.write,
-            stderr=sys.stderr.buffer.write,
-        )
+        sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
+        process = machine.spawn(command[0], command, env, files=files, stdio=Stdio.host())
         try:
             machine.run(max_instructions=limit)
         except InstructionLimit as error:
@@ -234,7 +278,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         manager.writer.flush()
         for stream in opened:
             stream.close()
-    if process.crash is not None:
+    if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
         print(f"dpc run: {process.crash}", file=sys.stderr)
     if stopped is not None:
         print(f"dpc run: stopped: {stopped}", file=sys.stderr)
@@ -242,11 +286,19 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     else:
         code = process.returncode or 0
         code = code if code >= 0 else 128 - code
-    _report(args, manager, process, code)
+    _report(args, manager, process, code, machine.unknown_syscalls)
     return code
 
 
-def _report(args: argparse.Namespace, manager: ProbeManager, process, code: int) -> None:
+def _report(
+    args: argparse.Namespace,
+    manager: ProbeManager,
+    process,
+    code: int,
+    unimplemented: dict[int, int],
+) -> None:
+    from dprobes.runtime.syscalls import NAMES
+
     rows = manager.query()
     variables = manager.getvars()
     if args.json:
@@ -260,6 +312,10 @@ def _report(args: argparse.Namespace, manager: ProbeManager, process, code: int)
                     "logs": manager.log_count,
                     "exits": manager.exits,
                     "native_hits": manager.native.hits if manager.native is not None else 0,
+                    "unimplemented": [
+                        {"number": number, "name": NAMES.get(number), "calls": calls}
+                        for number, calls in sorted(unimplemented.items())
+                    ],
                 }
             ),
             file=sys.stderr,

@@ -16,6 +16,7 @@ same programs, inputs and seed execute the same instructions and print the same 
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from dprobes.runtime.clock import VirtualClock
 from dprobes.runtime.cpu import CPU, STOP_ADDRESS
 from dprobes.runtime.pagecache import GuestFile, PageCache
 from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, PhysicalMemory
-from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Input, Process, Sink, State
+from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Process, State
+from dprobes.runtime.stdio import Stdio
 from dprobes.runtime.swap import SwapArea
 from dprobes.runtime.traps import (
     GENERAL_PROTECTION,
@@ -86,6 +88,9 @@ class Machine:
         self.around_slice: list[tuple[Callable[[], None], Callable[[], None]]] = []
         """(before, after) pairs called around every stretch of emulation."""
         self.unknown_syscalls: dict[int, int] = {}
+        """Calls of each system call number the machine does not implement (-ENOSYS)."""
+        self.warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+        """Where the machine's one-line notices go (the first call of each unknown number)."""
         self.syscall_trace: list[tuple[int, str, tuple[int, ...], int | None]] | None = None
         """Set to a list to record (pid, name, arguments, result) of every system call."""
         self._next_pid = 1
@@ -108,13 +113,17 @@ class Machine:
         files: Sequence[str | Path] = (),
         stdout: Callable[[bytes], None] | None = None,
         stderr: Callable[[bytes], None] | None = None,
+        stdio: Stdio | None = None,
     ) -> Process:
         """Load the static i386 executable ``path`` as a new runnable process.
 
         ``argv`` defaults to ``[path]``; ``files`` are the only host files it may open
-        (read-only); ``stdout``/``stderr`` callbacks see output as it is written (it is
-        collected in the process either way). Raises ``LoadError`` for a bad executable.
+        (read-only). Descriptors 0-2 are ``stdio`` (``Stdio.host()`` for the host's),
+        else ``Stdio.memory(stdin, stdout, stderr)``: the callbacks see output as it is
+        written, and it is collected in the process. Raises ``LoadError`` for a bad
+        executable.
         """
+        stdio = stdio or Stdio.memory(stdin, stdout, stderr)
         space = AddressSpace(self.memory, self.cache, self.swap, self.kernel, notifier=self)
         try:
             image = elfload.load(space, self.cache, path)
@@ -123,8 +132,8 @@ class Machine:
             esp = elfload.build_stack(
                 space,
                 image,
-                [a.encode() for a in argv],
-                [f"{k}={v}".encode() for k, v in env.items()],
+                [a.encode(errors="surrogateescape") for a in argv],
+                [f"{k}={v}".encode(errors="surrogateescape") for k, v in env.items()],
                 self.random_bytes(16),
                 str(path).encode(),
             )
@@ -139,9 +148,9 @@ class Machine:
             space,
             image,
             esp,
-            Input(stdin),
-            Sink(stdout),
-            Sink(stderr),
+            stdio.stdin,
+            stdio.stdout,
+            stdio.stderr,
             allowed_files=frozenset(Path(f).resolve() for f in files),
         )
         self._next_pid += 1

@@ -7,9 +7,9 @@ address space (``mm``), its saved CPU context while it is not running, its progr
 its TLS descriptors (``set_thread_area``), file descriptors, and how it ended: an exit
 status, or the fatal signal with a crash report.
 
-File descriptors 0, 1 and 2 are the host's: stdin is a byte string given at spawn,
-stdout and stderr are collected (and passed to an optional host callback as written).
-Only files the caller allowed explicitly can be opened, read-only.
+File descriptors 0, 1 and 2 are given at spawn (``runtime.stdio``): the host's own, or
+in memory (stdin a byte string, stdout and stderr collected). Only files the caller
+allowed explicitly can be opened, read-only.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class OpenFile:
     mode = S_IFIFO | 0o600
     size = 0
     readable = writable = False
+    host_fd: int | None = None
+    """The host descriptor behind it, for questions only the host can answer (ioctl)."""
 
     def read(self, n: int) -> bytes:
         raise OSError("not open for reading")
@@ -142,9 +144,9 @@ class Process:
     space: AddressSpace
     image: Image
     entry_esp: int
-    stdin: Input
-    stdout: Sink
-    stderr: Sink
+    stdin: OpenFile
+    stdout: OpenFile
+    stderr: OpenFile
     allowed_files: frozenset[Path] = frozenset()
     uid: int = 0
     gid: int = 0
@@ -193,8 +195,11 @@ class Process:
         return None
 
     def output(self) -> tuple[str, str]:
-        """(stdout, stderr) decoded as UTF-8."""
-        return self.stdout.data.decode(errors="replace"), self.stderr.data.decode(errors="replace")
+        """(stdout, stderr) collected in memory, decoded as UTF-8 ("" for a host stream)."""
+        return tuple(  # type: ignore[return-value]
+            f.data.decode(errors="replace") if isinstance(f, Sink) else ""
+            for f in (self.stdout, self.stderr)
+        )
 
     def lowest_free_fd(self) -> int:
         fd = 0
