@@ -1,7 +1,9 @@
 """``dpc run``: run a guest program on the emulated machine with probe programs inserted.
 
-The program's stdout and stderr pass through; ``dpc run`` exits with its exit status
-(128 + signal number when a signal killed it, as a shell reports it). Log records go to
+The program gets dpc's own stdin, stdout and stderr (``Stdio.host()``) and environment
+(changed by ``--env``/``--unset``/``--clear-env``, as qemu-user's options change it);
+``dpc run`` exits with its exit status (128 + signal number when a signal killed it, as a
+shell reports it). Log records go to
 the target each program names (or ``--log-target``): KLOG text to ``--log-file`` or
 stderr, COM1/COM2 raw records and EVL JSON Lines to ``--log-file``.
 """
@@ -87,7 +89,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON summary (status, records, variables, logs)",
+        help="print a JSON summary (status, records, variables, logs, unimplemented syscalls)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS]...")
 

@@ -15,6 +15,7 @@ same programs, inputs and seed execute the same instructions and print the same 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,11 @@ QUANTUM = 200_000
 SOLO_QUANTA = 50
 """Quanta run in one ``emu_start`` when only one process is runnable."""
 SYSCALL_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
+
+
+def _warn_on_stderr(line: str) -> None:
+    with contextlib.suppress(OSError):  # a closed stderr: the notice has nowhere to go
+        print(line, file=sys.stderr, flush=True)
 
 
 class InstructionLimit(RuntimeError):
@@ -89,7 +95,7 @@ class Machine:
         """(before, after) pairs called around every stretch of emulation."""
         self.unknown_syscalls: dict[int, int] = {}
         """Calls of each system call number the machine does not implement (-ENOSYS)."""
-        self.warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+        self.warn: Callable[[str], None] = _warn_on_stderr
         """Where the machine's one-line notices go (the first call of each unknown number)."""
         self.syscall_trace: list[tuple[int, str, tuple[int, ...], int | None]] | None = None
         """Set to a list to record (pid, name, arguments, result) of every system call."""
