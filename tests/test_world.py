@@ -140,6 +140,28 @@ def test_guest_output_goes_straight_to_the_host_fds(tmp_path: Path) -> None:
     assert out.read_bytes().startswith(b"before\niterations 100000\n")
 
 
+def test_klog_records_interleave_with_guest_output_as_written(tmp_path: Path) -> None:
+    """KLOG records on stderr and the guest's writes reach one shared pipe in the order
+    they happened: loop writes "add3(1, 2, 3) = " before calling add3, whose probe logs,
+    and the sum after it."""
+    probes = tmp_path / "add3.rpn"
+    probes.write_text(f"name = {BIN / 'loop'}\nmodtype = user\noffset = add3\n log 1\n exit\n")
+    result = subprocess.run(
+        [*DPC, "--probes", str(probes), "--elf", str(BIN / "loop"), "--", str(BIN / "loop")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    merged = result.stdout
+    assert result.returncode == 7 and merged.count(b"dprobes(") == 3
+    before = merged.find(b"add3(1, 2, 3) = ")
+    record = merged.find(b"dprobes(")
+    after = merged.find(b"6\nadd3(10, 20, 30) = ")
+    assert 0 <= before < record < after
+    assert merged.endswith(b"102\nloop: done\n")
+
+
 # --- terminals ----------------------------------------------------------------------------
 
 
