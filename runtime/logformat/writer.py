@@ -11,7 +11,7 @@ Writing to a log file of its own, the formatting and the writes run in a thread 
 their own, beside the emulation (the generated code and the writes leave the GIL
 free): records reach the file in the same order, a run's wall time barely sees them.
 A stream the program also writes to (stderr) is written at once, in the program's
-order.
+order. ``TraceWriter`` writes the LTT target's CTF trace (``ctf``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+from uuid import UUID
 
 from dprobes.runtime.journal import Emitted, PackedChunk
+from dprobes.runtime.logformat.ctf import METADATA_FILE, STREAM_FILE, CtfTrace
 from dprobes.runtime.logformat.layouts import Layout
 from dprobes.runtime.logformat.python import format_hit
+from dprobes.runtime.logtargets import LogRecord, exception_record
 from dprobes.vm.program import LogField
 
 if TYPE_CHECKING:
@@ -180,3 +184,47 @@ class LogWriter:
         self._raise_error()
         if self._stream is not None:
             self._stream.flush()
+
+
+class TraceWriter:
+    """The LTT target: every record as an event of a CTF trace in ``directory`` (made
+    ready by ``ctf.prepare_directory``), written in packets as they fill; ``flush`` writes
+    the last packet and the metadata for every event class seen. Records are written as
+    they come, in the machine's thread (native chunks are decoded first)."""
+
+    def __init__(self, directory: Path, trace_id: UUID) -> None:
+        self.directory = directory
+        self.trace = CtfTrace(trace_id)
+        self.stream: BinaryIO = open(directory / STREAM_FILE, "wb")  # noqa: SIM115
+        self._described = -1
+        self._write_metadata()
+
+    def _write_metadata(self) -> None:
+        if self._described != len(self.trace.classes):
+            (self.directory / METADATA_FILE).write_text(self.trace.metadata(), encoding="utf-8")
+            self._described = len(self.trace.classes)
+
+    def _add(self, record: LogRecord) -> None:
+        self.trace.add(record)
+        if self.trace.full():
+            self.stream.write(self.trace.take_packet())
+            self._write_metadata()
+
+    def write(self, entry: Emitted) -> None:
+        """One record of the Python path (and its exception log's record)."""
+        self._add(entry.record)
+        if entry.exception_log:
+            self._add(exception_record(entry.exception_log))
+
+    def write_packed(self, chunk: PackedChunk, native: NativeProbes) -> int:
+        """A chunk of native records; the number of records."""
+        entries = chunk.decode(chunk.view)
+        for entry in entries:
+            self.write(entry)
+        return len(entries)
+
+    def flush(self) -> None:
+        """Write the waiting events as a packet, and the metadata describing them."""
+        self.stream.write(self.trace.take_packet())
+        self._write_metadata()
+        self.stream.flush()

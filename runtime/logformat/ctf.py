@@ -1,0 +1,337 @@
+"""The LTT target as a CTF 1.8 trace: the TSDL metadata and the binary stream's packets.
+
+DProbes 5.0 gave LTT the binary record (``vm.logrecord``) as a raw event. Here each record
+is an event of a Common Trace Format trace that babeltrace2 reads: one event class per
+major/minor (and per header selection, whose fields differ), its payload the binary
+header field by field, then the data bytes. The payload's fixed part is byte for byte
+``LogRecord.header()``: the types below are derived from the header's ``struct`` codes,
+so the metadata describes exactly what is written.
+
+A small builder (``Integer``, ``Array``, ``Struct``, ``section``) writes the metadata, and
+the same types give the ``struct`` layouts of the packet and event headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from dprobes.runtime.clock import NS_PER_INSTRUCTION
+from dprobes.runtime.logtargets import LogRecord
+from dprobes.vm.logrecord import (
+    BASE,
+    NS_PER_MICROSECOND,
+    NS_PER_SECOND,
+    HeaderValue,
+    Shown,
+    selected,
+)
+from dprobes.vm.program import LogField
+
+METADATA_FILE = "metadata"
+STREAM_FILE = "stream"
+MAGIC = 0xC1FC1FC1
+"""A CTF packet's first word."""
+PACKET_BYTES = 1 << 20
+"""Events are cut into packets of about this size (each written when full)."""
+CLOCK = "machine"
+FIRST_LINE = "/* CTF 1.8 */\n"
+"""How the metadata starts (a plain-text metadata file, as CTF 1.8 allows)."""
+TRACE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "dprobes LTT trace")
+BITS_PER_BYTE = 8
+
+_INTEGER_CODES = {8: "B", 16: "H", 32: "I", 64: "Q"}
+_CODE_BITS = {code: bits for bits, code in _INTEGER_CODES.items()}
+
+
+@dataclass(frozen=True)
+class Integer:
+    """A little-endian, byte-aligned unsigned integer (``encoding``: a character;
+    ``clock``: its value is that clock's)."""
+
+    bits: int
+    base: int = 10
+    encoding: str | None = None
+    clock: str | None = None
+
+    def tsdl(self) -> str:
+        attributes = [f"size = {self.bits}", "align = 8", "signed = false"]
+        if self.base != 10:
+            attributes.append(f"base = {self.base}")
+        if self.encoding:
+            attributes.append(f"encoding = {self.encoding}")
+        if self.clock:
+            attributes.append(f"map = clock.{self.clock}.value")
+        return "integer { " + "; ".join(attributes) + "; }"
+
+    @property
+    def code(self) -> str:
+        return _INTEGER_CODES[self.bits]
+
+
+@dataclass(frozen=True)
+class Array:
+    """``element`` repeated ``length`` times, or as many times as the earlier field named
+    ``length`` says (a sequence)."""
+
+    element: Integer
+    length: int | str
+
+    @property
+    def code(self) -> str:
+        if isinstance(self.length, str):
+            raise ValueError("a sequence has no fixed layout")
+        return f"{self.length}{'s' if self.element.bits == BITS_PER_BYTE else self.element.code}"
+
+
+@dataclass(frozen=True)
+class Struct:
+    """Named fields in order, with no padding between them (every field is byte-aligned)."""
+
+    fields: tuple[tuple[str, Integer | Array | Struct], ...]
+
+    def tsdl(self, indent: str = "\t") -> str:
+        inner = indent + "\t"
+        lines = [f"{inner}{declaration(name, kind, inner)}\n" for name, kind in self.fields]
+        return "struct {\n" + "".join(lines) + indent + "}"
+
+    @property
+    def code(self) -> str:
+        return "".join(kind.code for _, kind in self.fields)
+
+    def packing(self) -> struct.Struct:
+        """The layout of a struct with no sequence in it."""
+        return struct.Struct("<" + self.code)
+
+
+def declaration(name: str, kind: Integer | Array | Struct, indent: str = "\t") -> str:
+    """A field's TSDL declaration: ``TYPE name;`` (``name[length]`` for an array)."""
+    if isinstance(kind, Array):
+        return f"{kind.element.tsdl()} {name}[{kind.length}];"
+    if isinstance(kind, Struct):
+        return f"{kind.tsdl(indent)} {name};"
+    return f"{kind.tsdl()} {name};"
+
+
+def quoted(text: str) -> str:
+    """A TSDL string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def section(head: str, entries: list[str]) -> str:
+    """``head { entry; ... };`` with one entry a line."""
+    return head + " {\n" + "".join(f"\t{entry}\n" for entry in entries) + "};\n"
+
+
+U8, U16, U32, U64 = Integer(8), Integer(16), Integer(32), Integer(64)
+TIME = Integer(64, clock=CLOCK)
+
+PACKET_HEADER = Struct(
+    (("magic", Integer(32, base=16)), ("uuid", Array(U8, 16)), ("stream_id", U32))
+)
+PACKET_CONTEXT = Struct(
+    (
+        ("timestamp_begin", TIME),
+        ("timestamp_end", TIME),
+        ("content_size", U64),
+        ("packet_size", U64),
+    )
+)
+EVENT_HEADER = Struct((("id", U32), ("timestamp", TIME)))
+
+BASE_NAMES = ("facility_id", "length", "mask", "major", "minor")
+"""The names of the record's fixed start (``vm.logrecord.BASE``) in the events."""
+DATA_LENGTH, DATA = "data_length", "data"
+
+
+def _base_fields() -> tuple[tuple[str, Integer], ...]:
+    return tuple(
+        (name, Integer(_CODE_BITS[code], base=16 if name == "mask" else 10))
+        for name, code in zip(BASE_NAMES, BASE.format.lstrip("<"), strict=True)
+    )
+
+
+def value_type(value: HeaderValue) -> Integer | Array | Struct:
+    """The CTF type of one header value, from its ``struct`` code: an integer (addresses in
+    hex), a struct of integers named by what it is packed from (the time), or ``Ns``
+    characters (the process name)."""
+    parts = re.findall(r"(\d*)([A-Za-z])", value.code)
+    base = 16 if value.shown is Shown.ADDRESS else 10
+    if len(parts) > 1:
+        return Struct(
+            tuple(
+                (name, Integer(_CODE_BITS[code]))
+                for name, (_, code) in zip(value.hit, parts, strict=True)
+            )
+        )
+    count, code = parts[0]
+    if code == "s":
+        return Array(Integer(BITS_PER_BYTE, encoding="UTF8"), int(count))
+    return Integer(_CODE_BITS[code], base=base)
+
+
+def payload(fields: LogField) -> Struct:
+    """An event's fields for records of one header selection: the binary header, then the
+    data's length and bytes."""
+    values = tuple(
+        (value.name, value_type(value)) for field in selected(fields) for value in field.values
+    )
+    return Struct(
+        (
+            *_base_fields(),
+            *values,
+            (DATA_LENGTH, U32),
+            (DATA, Array(Integer(8, base=16), DATA_LENGTH)),
+        )
+    )
+
+
+def trace_uuid(*inputs: bytes) -> uuid.UUID:
+    """The trace's UUID, from what the run was made of (the same run, the same trace)."""
+    digest = hashlib.sha256()
+    for part in inputs:
+        digest.update(b"%d:" % len(part) + part)
+    return uuid.uuid5(TRACE_NAMESPACE, digest.hexdigest())
+
+
+def record_time(record: LogRecord) -> int | None:
+    """A record's guest time in nanoseconds, when its header shows it."""
+    if LogField.TSC not in record.fields:
+        return None
+    return record.hit.seconds * NS_PER_SECOND + record.hit.microseconds * NS_PER_MICROSECOND
+
+
+class CtfTrace:
+    """The event classes seen so far (an id for each major/minor/selection, in order of
+    first use), the events waiting for a packet, and the metadata describing them."""
+
+    def __init__(self, trace_id: uuid.UUID) -> None:
+        self.uuid = trace_id
+        self.classes: dict[tuple[int, int, LogField], int] = {}
+        self._events: list[bytes] = []
+        self._pending = 0
+        self._first = self._time = 0
+        self._event_header = EVENT_HEADER.packing()
+
+    def add(self, record: LogRecord) -> None:
+        """One record as an event. Its time is the record's when the header shows it, else
+        the previous event's (a record holds nothing its header does not show)."""
+        key = (record.major, record.minor, record.fields)
+        ident = self.classes.setdefault(key, len(self.classes))
+        shown = record_time(record)
+        if shown is not None:
+            self._time = max(self._time, shown)
+        if not self._events:
+            self._first = self._time
+        data = record.data
+        event = b"".join(
+            (
+                self._event_header.pack(ident, self._time),
+                record.header(),
+                struct.pack("<I", len(data)),
+                data,
+            )
+        )
+        self._events.append(event)
+        self._pending += len(event)
+
+    def full(self) -> bool:
+        """Enough events for a packet."""
+        return self._pending >= PACKET_BYTES
+
+    def take_packet(self) -> bytes:
+        """The waiting events as one packet (nothing when none waits)."""
+        if not self._events:
+            return b""
+        size = PACKET_HEADER.packing().size + PACKET_CONTEXT.packing().size + self._pending
+        head = PACKET_HEADER.packing().pack(MAGIC, self.uuid.bytes, 0)
+        context = PACKET_CONTEXT.packing().pack(
+            self._first, self._time, size * BITS_PER_BYTE, size * BITS_PER_BYTE
+        )
+        packet = b"".join((head, context, *self._events))
+        self._events, self._pending = [], 0
+        return packet
+
+    def metadata(self) -> str:
+        """The TSDL text describing the trace and every event class seen so far."""
+        parts = [
+            FIRST_LINE,
+            section(
+                "trace",
+                [
+                    "major = 1;",
+                    "minor = 8;",
+                    f"uuid = {quoted(str(self.uuid))};",
+                    "byte_order = le;",
+                    f"packet.header := {PACKET_HEADER.tsdl()};",
+                ],
+            ),
+            section(
+                "env",
+                [f"domain = {quoted('dprobes')};", f"tracer_name = {quoted('dpc run')};"],
+            ),
+            section(
+                "clock",
+                [
+                    f"name = {CLOCK};",
+                    f"uuid = {quoted(str(uuid.uuid5(self.uuid, CLOCK)))};",
+                    "description = "
+                    + quoted("guest time of the emulated machine, from its instruction count")
+                    + ";",
+                    f"freq = {NS_PER_SECOND};",
+                    f"precision = {NS_PER_INSTRUCTION};",
+                    "offset_s = 0;",
+                    "absolute = true;",
+                ],
+            ),
+            section(
+                "stream",
+                [
+                    "id = 0;",
+                    f"packet.context := {PACKET_CONTEXT.tsdl()};",
+                    f"event.header := {EVENT_HEADER.tsdl()};",
+                ],
+            ),
+        ]
+        for (major, minor, fields), ident in self.classes.items():
+            parts.append(
+                section(
+                    "event",
+                    [
+                        f"name = {quoted(f'dprobes({major},{minor})')};",
+                        f"id = {ident};",
+                        "stream_id = 0;",
+                        f"fields := {payload(fields).tsdl()};",
+                    ],
+                )
+            )
+        return "".join(parts)
+
+
+def prepare_directory(path: Path) -> None:
+    """Make ``path`` ready for a trace: created when missing (its parent must exist), or a
+    trace written before (its files are replaced). ValueError says why it is refused:
+    not a directory, or a directory holding anything else."""
+    if path.is_dir():
+        entries = {entry.name for entry in path.iterdir()}
+        if entries and not (entries <= {METADATA_FILE, STREAM_FILE} and _is_trace(path)):
+            raise ValueError(f"directory is not empty and holds no LTT trace: {path}")
+        return
+    if path.exists():
+        raise ValueError(f"not a directory (LTT writes a trace directory): {path}")
+    try:
+        path.mkdir()
+    except OSError as error:
+        raise ValueError(f"{error.strerror}: {path}") from None
+
+
+def _is_trace(path: Path) -> bool:
+    try:
+        with open(path / METADATA_FILE, encoding="utf-8", errors="replace") as metadata:
+            return metadata.read(len(FIRST_LINE)) == FIRST_LINE
+    except OSError:
+        return False
