@@ -13,21 +13,29 @@ the same types give the ``struct`` layouts of the packet and event headers.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import itertools
 import re
 import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from dprobes.runtime.clock import NS_PER_INSTRUCTION
+from dprobes.runtime.logformat.layouts import Binary, Hex, Layout, Text
+from dprobes.runtime.logformat.python import format_record
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.vm.logrecord import (
     BASE,
+    HEADER,
     NS_PER_MICROSECOND,
     NS_PER_SECOND,
     HeaderValue,
     Shown,
+    header_length,
+    mask,
     selected,
 )
 from dprobes.vm.program import LogField
@@ -37,7 +45,7 @@ STREAM_FILE = "stream"
 MAGIC = 0xC1FC1FC1
 """A CTF packet's first word."""
 PACKET_BYTES = 1 << 20
-"""Events are cut into packets of about this size (each written when full)."""
+"""Events are cut into packets of about this size."""
 CLOCK = "machine"
 FIRST_LINE = "/* CTF 1.8 */\n"
 """How the metadata starts (a plain-text metadata file, as CTF 1.8 allows)."""
@@ -198,11 +206,44 @@ def trace_uuid(*inputs: bytes) -> uuid.UUID:
     return uuid.uuid5(TRACE_NAMESPACE, digest.hexdigest())
 
 
-def record_time(record: LogRecord) -> int | None:
-    """A record's guest time in nanoseconds, when its header shows it."""
-    if LogField.TSC not in record.fields:
-        return None
-    return record.hit.seconds * NS_PER_SECOND + record.hit.microseconds * NS_PER_MICROSECOND
+RECORDS: Layout = (Binary(), Hex(b""), Text(b"\n"))
+"""How the native formatter hands records over: the binary header (its mask says how long
+it is), the data in hex, a newline."""
+
+
+class Selection(NamedTuple):
+    """What a header's mask says about the header: the log fields, the header's length and
+    where its time is (None when it shows none)."""
+
+    fields: LogField
+    length: int
+    time_at: int | None
+
+
+def _selections() -> dict[int, Selection]:
+    out = {}
+    for chosen in itertools.product((False, True), repeat=len(HEADER)):
+        fields = LogField.NONE
+        for field, on in zip(HEADER, chosen, strict=True):
+            fields |= field.flag if on else LogField.NONE
+        codes = [value.code for field in selected(fields) for value in field.values]
+        names = [value.name for field in selected(fields) for value in field.values]
+        time_at = None
+        if LogField.TSC in fields:
+            before = codes[: names.index(TIME_VALUE.name)]
+            time_at = struct.calcsize(BASE.format + "".join(before))
+        out[mask(fields)] = Selection(fields, header_length(fields), time_at)
+    return out
+
+
+TIME_VALUE = next(value for field in HEADER for value in field.values if value.shown is Shown.TIME)
+SELECTIONS = _selections()
+"""Every header selection by its mask word."""
+_MASK = struct.Struct("<I")
+_MAJOR_MINOR = struct.Struct("<HH")
+_TIMEVAL = struct.Struct("<II")
+_LENGTH = struct.Struct("<I")
+_MASK_AT, _MAJOR_AT = 4, 8
 
 
 class CtfTrace:
@@ -212,49 +253,61 @@ class CtfTrace:
     def __init__(self, trace_id: uuid.UUID) -> None:
         self.uuid = trace_id
         self.classes: dict[tuple[int, int, LogField], int] = {}
-        self._events: list[bytes] = []
-        self._pending = 0
+        self._events = bytearray()
+        self._packets: list[bytes] = []
         self._first = self._time = 0
-        self._event_header = EVENT_HEADER.packing()
 
     def add(self, record: LogRecord) -> None:
-        """One record as an event. Its time is the record's when the header shows it, else
-        the previous event's (a record holds nothing its header does not show)."""
-        key = (record.major, record.minor, record.fields)
-        ident = self.classes.setdefault(key, len(self.classes))
-        shown = record_time(record)
-        if shown is not None:
-            self._time = max(self._time, shown)
-        if not self._events:
-            self._first = self._time
-        data = record.data
-        event = b"".join(
-            (
-                self._event_header.pack(ident, self._time),
-                record.header(),
-                struct.pack("<I", len(data)),
-                data,
-            )
-        )
-        self._events.append(event)
-        self._pending += len(event)
+        """One record (of the Python path) as an event."""
+        self.add_formatted(format_record(RECORDS, record))
 
-    def full(self) -> bool:
-        """Enough events for a packet."""
-        return self._pending >= PACKET_BYTES
+    def add_formatted(self, text: bytes) -> int:
+        """Records as ``RECORDS`` writes them, each as an event; the number of records.
+        An event's time is its record's when the header shows it, else the previous
+        event's (a record holds nothing its header does not show)."""
+        at, records, end_of_text = 0, 0, len(text)
+        events, classes, time = self._events, self.classes, self._time
+        event_header = EVENT_HEADER.packing().pack
+        while at < end_of_text:
+            selection = SELECTIONS[_MASK.unpack_from(text, at + _MASK_AT)[0]]
+            data_at = at + selection.length
+            end = text.index(b"\n", data_at)
+            key = (*_MAJOR_MINOR.unpack_from(text, at + _MAJOR_AT), selection.fields)
+            ident = classes.get(key)
+            if ident is None:
+                ident = classes[key] = len(classes)
+            if selection.time_at is not None:
+                seconds, microseconds = _TIMEVAL.unpack_from(text, at + selection.time_at)
+                time = max(time, seconds * NS_PER_SECOND + microseconds * NS_PER_MICROSECOND)
+            if not events:
+                self._first = time
+            events += event_header(ident, time)
+            events += text[at:data_at]
+            events += _LENGTH.pack((end - data_at) // 2)
+            events += binascii.unhexlify(text[data_at:end])
+            at, records = end + 1, records + 1
+            if len(events) >= PACKET_BYTES:
+                self._time = time
+                self._close_packet()
+        self._time = time
+        return records
 
-    def take_packet(self) -> bytes:
-        """The waiting events as one packet (nothing when none waits)."""
-        if not self._events:
-            return b""
-        size = PACKET_HEADER.packing().size + PACKET_CONTEXT.packing().size + self._pending
-        head = PACKET_HEADER.packing().pack(MAGIC, self.uuid.bytes, 0)
-        context = PACKET_CONTEXT.packing().pack(
-            self._first, self._time, size * BITS_PER_BYTE, size * BITS_PER_BYTE
+    def take_packets(self, everything: bool = False) -> bytes:
+        """The packets filled so far (``everything``: and the waiting events as one more)."""
+        if everything and self._events:
+            self._close_packet()
+        packets, self._packets = b"".join(self._packets), []
+        return packets
+
+    def _close_packet(self) -> None:
+        header, context = PACKET_HEADER.packing(), PACKET_CONTEXT.packing()
+        bits = (header.size + context.size + len(self._events)) * BITS_PER_BYTE
+        self._packets.append(
+            header.pack(MAGIC, self.uuid.bytes, 0)
+            + context.pack(self._first, self._time, bits, bits)
+            + self._events
         )
-        packet = b"".join((head, context, *self._events))
-        self._events, self._pending = [], 0
-        return packet
+        self._events.clear()
 
     def metadata(self) -> str:
         """The TSDL text describing the trace and every event class seen so far."""
