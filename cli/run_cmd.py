@@ -124,7 +124,7 @@ def _writer(
 
     if args.log_target == LogTarget.LTT.name or LogTarget.LTT in targets.values():
         writer = _trace_writer(args, targets, command)
-        opened.append(writer.stream)
+        opened.append(writer.trace_file)
         return writer
 
     layouts = {name: layout_for(target, args.unformatted) for name, target in targets.items()}
@@ -169,7 +169,8 @@ def _trace_writer(
     inputs = [args.seed, "\0".join(command), args.log or "", *args.probes]
     files = [command[0], *args.probes]
     contents = [Path(path).read_bytes() if os.path.isfile(path) else b"" for path in files]
-    return TraceWriter(directory, trace_uuid(*(text.encode() for text in inputs), *contents))
+    trace_id = trace_uuid(*(text.encode() for text in inputs), *contents)
+    return TraceWriter(targets, directory, trace_id)
 
 
 def _open_log_file(args: argparse.Namespace) -> IO:

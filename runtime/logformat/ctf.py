@@ -25,8 +25,6 @@ from typing import NamedTuple
 
 from dprobes.runtime.clock import NS_PER_INSTRUCTION
 from dprobes.runtime.logformat.layouts import Binary, Hex, Layout, Text
-from dprobes.runtime.logformat.python import format_record
-from dprobes.runtime.logtargets import LogRecord
 from dprobes.vm.logrecord import (
     BASE,
     HEADER,
@@ -253,44 +251,54 @@ class CtfTrace:
     def __init__(self, trace_id: uuid.UUID) -> None:
         self.uuid = trace_id
         self.classes: dict[tuple[int, int, LogField], int] = {}
+        self._kinds: dict[bytes, tuple[int, int, int | None]] = {}
         self._events = bytearray()
         self._packets: list[bytes] = []
         self._first = self._time = 0
 
-    def add(self, record: LogRecord) -> None:
-        """One record (of the Python path) as an event."""
-        self.add_formatted(format_record(RECORDS, record))
-
     def add_formatted(self, text: bytes) -> int:
-        """Records as ``RECORDS`` writes them, each as an event; the number of records.
-        An event's time is its record's when the header shows it, else the previous
-        event's (a record holds nothing its header does not show)."""
-        at, records, end_of_text = 0, 0, len(text)
-        events, classes, time = self._events, self.classes, self._time
+        """Records as ``RECORDS`` writes them, each as an event; the bytes used (a record
+        cut off at the end is left for the next call). An event's time is its record's
+        when the header shows it, else the previous event's (a record holds nothing its
+        header does not show)."""
+        at, end_of_text = 0, len(text)
+        events, kinds, time = self._events, self._kinds, self._time
         event_header = EVENT_HEADER.packing().pack
-        while at < end_of_text:
-            selection = SELECTIONS[_MASK.unpack_from(text, at + _MASK_AT)[0]]
-            data_at = at + selection.length
-            end = text.index(b"\n", data_at)
-            key = (*_MAJOR_MINOR.unpack_from(text, at + _MAJOR_AT), selection.fields)
-            ident = classes.get(key)
-            if ident is None:
-                ident = classes[key] = len(classes)
-            if selection.time_at is not None:
-                seconds, microseconds = _TIMEVAL.unpack_from(text, at + selection.time_at)
+        view = memoryview(text)
+        while at + BASE.size <= end_of_text:
+            kind = kinds.get(text[at + _MASK_AT : at + BASE.size])
+            if kind is None:
+                kind = self._kind(text, at)
+            ident, length, time_at = kind
+            data_at = at + length
+            end = text.find(b"\n", data_at)
+            if end < 0:
+                break
+            if time_at is not None:
+                seconds, microseconds = _TIMEVAL.unpack_from(text, at + time_at)
                 time = max(time, seconds * NS_PER_SECOND + microseconds * NS_PER_MICROSECOND)
             if not events:
                 self._first = time
             events += event_header(ident, time)
-            events += text[at:data_at]
+            events += view[at:data_at]
             events += _LENGTH.pack((end - data_at) // 2)
-            events += binascii.unhexlify(text[data_at:end])
-            at, records = end + 1, records + 1
+            events += binascii.unhexlify(view[data_at:end])
+            at = end + 1
             if len(events) >= PACKET_BYTES:
                 self._time = time
                 self._close_packet()
         self._time = time
-        return records
+        return at
+
+    def _kind(self, text: bytes, at: int) -> tuple[int, int, int | None]:
+        """The event class of the record at ``at`` (made on first use), its header's
+        length and where its time is, cached by the header's mask, major and minor."""
+        selection = SELECTIONS[_MASK.unpack_from(text, at + _MASK_AT)[0]]
+        key = (*_MAJOR_MINOR.unpack_from(text, at + _MAJOR_AT), selection.fields)
+        ident = self.classes.setdefault(key, len(self.classes))
+        kind = (ident, selection.length, selection.time_at)
+        self._kinds[text[at + _MASK_AT : at + BASE.size]] = kind
+        return kind
 
     def take_packets(self, everything: bool = False) -> bytes:
         """The packets filled so far (``everything``: and the waiting events as one more)."""
@@ -363,6 +371,45 @@ class CtfTrace:
                 )
             )
         return "".join(parts)
+
+
+class TraceFile:
+    """The trace's files as the stream a ``LogWriter`` writes ``RECORDS`` to: records
+    become events, filled packets are appended to the stream file, and the metadata is
+    rewritten whenever an event class is new; ``flush`` writes the waiting events as a
+    last packet. ``directory`` must be ready (``prepare_directory``)."""
+
+    def __init__(self, directory: Path, trace_id: uuid.UUID) -> None:
+        self.directory = directory
+        self.trace = CtfTrace(trace_id)
+        self._stream = open(directory / STREAM_FILE, "wb")  # noqa: SIM115
+        self._tail = b""
+        self._described = -1
+        self._write_metadata()
+
+    def _write_metadata(self) -> None:
+        if self._described != len(self.trace.classes):
+            (self.directory / METADATA_FILE).write_text(self.trace.metadata(), encoding="utf-8")
+            self._described = len(self.trace.classes)
+
+    def _write_packets(self, everything: bool = False) -> None:
+        packets = self.trace.take_packets(everything)
+        if packets:
+            self._stream.write(packets)
+            self._write_metadata()
+
+    def write(self, formatted: bytes | memoryview) -> None:
+        text = self._tail + bytes(formatted)
+        self._tail = text[self.trace.add_formatted(text) :]
+        self._write_packets()
+
+    def flush(self) -> None:
+        self._write_packets(everything=True)
+        self._write_metadata()
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def prepare_directory(path: Path) -> None:

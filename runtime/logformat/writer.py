@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from uuid import UUID
 
 from dprobes.runtime.journal import Emitted, PackedChunk
-from dprobes.runtime.logformat.ctf import METADATA_FILE, RECORDS, STREAM_FILE, CtfTrace
+from dprobes.runtime.logformat.ctf import RECORDS, TraceFile
 from dprobes.runtime.logformat.layouts import Layout
 from dprobes.runtime.logformat.python import format_hit
-from dprobes.runtime.logtargets import exception_record
 from dprobes.vm.program import LogField
 
 if TYPE_CHECKING:
@@ -186,51 +185,10 @@ class LogWriter:
             self._stream.flush()
 
 
-class TraceWriter:
-    """The LTT target: every record as an event of a CTF trace in ``directory`` (made
-    ready by ``ctf.prepare_directory``), written in packets as they fill; ``flush`` writes
-    the last packet and the metadata for every event class seen. Records are written as
-    they come, in the machine's thread."""
+class TraceWriter(LogWriter):
+    """The LTT target: a ``LogWriter`` of every module's records in ``ctf.RECORDS`` to a
+    ``ctf.TraceFile``, which makes them the events of a CTF trace in ``directory``."""
 
-    def __init__(self, directory: Path, trace_id: UUID) -> None:
-        self.directory = directory
-        self.trace = CtfTrace(trace_id)
-        self.stream: BinaryIO = open(directory / STREAM_FILE, "wb")  # noqa: SIM115
-        self._described = -1
-        self._probes: ProbeTable | None = None
-        self._write_metadata()
-
-    def _write_metadata(self) -> None:
-        if self._described != len(self.trace.classes):
-            (self.directory / METADATA_FILE).write_text(self.trace.metadata(), encoding="utf-8")
-            self._described = len(self.trace.classes)
-
-    def _write_packets(self, everything: bool = False) -> None:
-        packets = self.trace.take_packets(everything)
-        if packets:
-            self.stream.write(packets)
-            self._write_metadata()
-
-    def write(self, entry: Emitted) -> None:
-        """One record of the Python path (and its exception log's record)."""
-        self.trace.add(entry.record)
-        if entry.exception_log:
-            self.trace.add(exception_record(entry.exception_log))
-        self._write_packets()
-
-    def write_packed(self, chunk: PackedChunk, native: NativeProbes) -> int:
-        """A chunk of native records, formatted natively (``ctf.RECORDS``); the number of
-        records."""
-        if self._probes is None:
-            self._probes = ProbeTable(lambda name: RECORDS, (RECORDS,))
-        formatted = bytearray()
-        self._probes.update(native).format(chunk.address, len(chunk.view), formatted.extend)
-        records = self.trace.add_formatted(bytes(formatted))
-        self._write_packets()
-        return records
-
-    def flush(self) -> None:
-        """Write the waiting events as a packet, and the metadata describing them."""
-        self._write_packets(everything=True)
-        self._write_metadata()
-        self.stream.flush()
+    def __init__(self, modules: Iterable[str], directory: Path, trace_id: UUID) -> None:
+        self.trace_file = TraceFile(directory, trace_id)
+        super().__init__(dict.fromkeys(modules, RECORDS), lambda: self.trace_file)
