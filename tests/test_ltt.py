@@ -126,19 +126,26 @@ def _value(tokens: list[str]) -> object:
     return int(token, 0)
 
 
-def babeltrace_events(trace: Path) -> list[tuple[str, dict]]:
-    """``babeltrace2 DIR``'s text output as (event name, payload) pairs."""
+def babeltrace_events(trace: Path, times: list[str] | None = None) -> list[tuple[str, dict]]:
+    """``babeltrace2 DIR``'s text output as (event name, payload) pairs; ``times``: gets
+    each event's time (seconds since the epoch)."""
     done = subprocess.run(
-        [BABELTRACE, str(trace)], capture_output=True, text=True, check=True, timeout=120
+        [BABELTRACE, "--clock-seconds", str(trace)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert done.stderr == ""
     events = []
     for line in done.stdout.splitlines():
-        found = re.fullmatch(r"\[[^\]]*\] \([^)]*\) (\S+): (\{.*\})", line)
+        found = re.fullmatch(r"\[([^\]]*)\] \([^)]*\) (\S+): (\{.*\})", line)
         assert found, line
-        payload = _value(_TOKEN.findall(found[2]))
+        if times is not None:
+            times.append(found[1])
+        payload = _value(_TOKEN.findall(found[3]))
         assert isinstance(payload, dict)
-        events.append((found[1], payload))
+        events.append((found[2], payload))
     return events
 
 
@@ -206,8 +213,17 @@ def test_events_in_several_packets(tmp_path: Path, capfd, monkeypatch) -> None:
     run(capfd, tmp_path, probes("log = TSC"), "LTT", tmp_path / "small")
     monkeypatch.undo()
     run(capfd, tmp_path, probes("log = TSC"), "LTT", tmp_path / "large")
-    small, large = (babeltrace_events(tmp_path / name) for name in ("small", "large"))
+    times: list[str] = []
+    small, large = (
+        babeltrace_events(tmp_path / "small", times),
+        babeltrace_events(tmp_path / "large"),
+    )
     assert small == large and len(small) == 8
+    last = "0.000000000"
+    for time, (_, payload) in zip(times, small, strict=True):
+        if "tsc" in payload:
+            last = f"{payload['tsc']['seconds']}.{payload['tsc']['microseconds']:06d}000"
+        assert time == last  # an exception log's record (no tsc) has the time before it
     stream = (tmp_path / "small" / ctf.STREAM_FILE).read_bytes()
     header, context = ctf.PACKET_HEADER.packing(), ctf.PACKET_CONTEXT.packing()
     at, packets = 0, 0
@@ -367,3 +383,28 @@ def test_event_fields_are_the_binary_header(fields: LogField) -> None:
     names = [name for name, _ in fixed.fields]
     shown = [value.name for field in HEADER if field.flag in fields for value in field.values]
     assert names == [*ctf.BASE_NAMES, *shown]
+
+
+def test_records_cut_between_writes(tmp_path: Path) -> None:
+    """The trace file takes the formatter's output in pieces of any size: a record cut off
+    at the end of one write is finished by the next."""
+    from dprobes.runtime.logformat.python import format_record
+    from dprobes.runtime.logtargets import HitInfo, LogRecord
+
+    hit = HitInfo(pid=3, cs=0x73, eip=0x8049000, seconds=5, microseconds=7, procname="loop")
+    text = b"".join(
+        format_record(ctf.RECORDS, LogRecord(1, minor, fields, hit, bytes(range(minor))))
+        for minor, fields in enumerate([LogField.ALL, LogField.NONE, LogField.TSC, LogField.PID])
+    )
+    streams = []
+    for piece in (len(text), 1, 7):
+        directory = tmp_path / str(piece)
+        directory.mkdir()
+        trace = ctf.TraceFile(directory, uuid.UUID(int=1))
+        for at in range(0, len(text), piece):
+            trace.write(memoryview(text)[at : at + piece])
+        trace.flush()
+        trace.close()
+        streams.append((directory / ctf.STREAM_FILE).read_bytes())
+        assert len(trace.trace.classes) == 4
+    assert streams[0] == streams[1] == streams[2] and streams[0]

@@ -8,7 +8,9 @@ header field by field, then the data bytes. The payload's fixed part is byte for
 so the metadata describes exactly what is written.
 
 A small builder (``Integer``, ``Array``, ``Struct``, ``section``) writes the metadata, and
-the same types give the ``struct`` layouts of the packet and event headers.
+the same types give the ``struct`` layouts of the packet and event headers. Records reach
+the trace through a ``LogWriter`` (its thread, its order, the native formatter) in the
+``RECORDS`` layout; ``TraceFile`` turns them into events and packets.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def payload(fields: LogField) -> Struct:
             *_base_fields(),
             *values,
             (DATA_LENGTH, U32),
-            (DATA, Array(Integer(8, base=16), DATA_LENGTH)),
+            (DATA, Array(Integer(BITS_PER_BYTE, base=16), DATA_LENGTH)),
         )
     )
 
@@ -237,11 +239,17 @@ def _selections() -> dict[int, Selection]:
 TIME_VALUE = next(value for field in HEADER for value in field.values if value.shown is Shown.TIME)
 SELECTIONS = _selections()
 """Every header selection by its mask word."""
-_MASK = struct.Struct("<I")
-_MAJOR_MINOR = struct.Struct("<HH")
-_TIMEVAL = struct.Struct("<II")
-_LENGTH = struct.Struct("<I")
-_MASK_AT, _MAJOR_AT = 4, 8
+
+
+def _base_offset(name: str) -> int:
+    return struct.calcsize(BASE.format[: 1 + BASE_NAMES.index(name)])
+
+
+_MASK_AT, _MAJOR_AT = _base_offset("mask"), _base_offset("major")
+_MASK = struct.Struct("<" + BASE.format[1 + BASE_NAMES.index("mask")])
+_MAJOR_MINOR = struct.Struct("<" + BASE.format[1 + BASE_NAMES.index("major") :])
+_TIMEVAL = struct.Struct("<" + TIME_VALUE.code)
+_LENGTH = struct.Struct("<" + U32.code)
 
 
 class CtfTrace:
