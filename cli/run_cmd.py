@@ -5,7 +5,8 @@ The program gets dpc's own stdin, stdout and stderr (``Stdio.host()``) and envir
 ``dpc run`` exits with its exit status (128 + signal number when a signal killed it, as a
 shell reports it). Log records go to
 the target each program names (or ``--log-target``): KLOG text to ``--log-file`` or
-stderr, COM1/COM2 raw records and EVL JSON Lines to ``--log-file``.
+stderr, COM1/COM2 raw records and EVL JSON Lines to ``--log-file``, LTT a CTF trace into
+the directory ``--log-file`` names.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dprobes.vm.logrecord import LOG_FIELDS_HELP, parse_log_fields
 from dprobes.vm.program import LogField, LogTarget, Program
 
 if TYPE_CHECKING:
-    from dprobes.runtime.logformat.writer import LogWriter
+    from dprobes.runtime.logformat.writer import LogWriter, TraceWriter
     from dprobes.runtime.probes import ProbeManager
 
 EXIT_STOPPED = 124
@@ -39,9 +40,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="probe program (RPN source or PPDF) to insert (repeatable)",
     )
     parser.add_argument("--log", metavar="FIELDS", help=f"record header {LOG_FIELDS_HELP}")
-    parser.add_argument(
-        "--log-target", choices=[t.name for t in LogTarget if t is not LogTarget.LTT]
-    )
+    parser.add_argument("--log-target", choices=[t.name for t in LogTarget])
     parser.add_argument(
         "--log-file", metavar="PATH", help="where log records go (emptied first; see --append)"
     )
@@ -157,19 +156,24 @@ def _fields(text: str | None) -> LogField | None:
 def _target(args: argparse.Namespace, path: str, program: Program) -> LogTarget:
     """The log target of a program's records (``--log-target`` overrides its own)."""
     target = LogTarget[args.log_target] if args.log_target else program.header.log_target
-    if target is LogTarget.LTT:
-        raise UsageError(f"{path}: log target LTT is not implemented yet")
     if target is not LogTarget.KLOG and not args.log_file:
         raise UsageError(f"{path}: log target {target.name} needs --log-file")
     return target
 
 
-def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: list[IO]) -> LogWriter:
+def _writer(
+    args: argparse.Namespace, targets: dict[str, LogTarget], opened: list[IO], command: list[str]
+) -> LogWriter | TraceWriter:
     """The writer of every record: to ``--log-file`` (opened before the guest starts), or
     KLOG text to stderr, flushed after every write so it interleaves with the program's
-    own output as it happens."""
+    own output as it happens; LTT's trace into the ``--log-file`` directory."""
     from dprobes.runtime.logformat.layouts import layout_for
     from dprobes.runtime.logformat.writer import LogWriter
+
+    if args.log_target == LogTarget.LTT.name or LogTarget.LTT in targets.values():
+        writer = _trace_writer(args, targets, command)
+        opened.append(writer.trace_file)
+        return writer
 
     layouts = {name: layout_for(target, args.unformatted) for name, target in targets.items()}
     if not args.log_file:
@@ -183,6 +187,38 @@ def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: lis
     stream = _open_log_file(args)
     opened.append(stream)
     return LogWriter(layouts, lambda: stream)
+
+
+def _trace_writer(
+    args: argparse.Namespace, targets: dict[str, LogTarget], command: list[str]
+) -> TraceWriter:
+    """LTT's trace writer, its directory made ready before the guest starts; the trace's
+    UUID comes from the run's inputs (seed, command, executable, probe programs, --log)."""
+    from pathlib import Path
+
+    from dprobes.runtime.logformat.ctf import prepare_directory, trace_uuid
+    from dprobes.runtime.logformat.writer import TraceWriter
+
+    others = sorted({t.name for t in targets.values()} - {LogTarget.LTT.name})
+    if others:
+        raise UsageError(
+            f"log targets LTT and {', '.join(others)} cannot share --log-file "
+            "(LTT writes a trace directory; choose one with --log-target)"
+        )
+    if not args.log_file:
+        raise UsageError("log target LTT needs --log-file (the trace's directory)")
+    if args.append:
+        raise UsageError("--append: an LTT trace is written anew each run")
+    directory = Path(args.log_file)
+    try:
+        prepare_directory(directory)
+    except ValueError as error:
+        raise UsageError(f"--log-file: {error}") from None
+    inputs = [args.seed, "\0".join(command), args.log or "", *args.probes]
+    files = [command[0], *args.probes]
+    contents = [Path(path).read_bytes() if os.path.isfile(path) else b"" for path in files]
+    trace_id = trace_uuid(*(text.encode() for text in inputs), *contents)
+    return TraceWriter(targets, directory, trace_id)
 
 
 def _open_log_file(args: argparse.Namespace) -> IO:
@@ -265,7 +301,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
                 )
     opened: list[IO] = []
     stopped = None
-    manager.writer = _writer(args, targets, opened)
+    manager.writer = _writer(args, targets, opened, command)
     try:
         sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
         process = machine.spawn(command[0], command, env, files=files, stdio=Stdio.host())

@@ -144,4 +144,4 @@ def layout_for(target: LogTarget, unformatted: bool = False) -> Layout:
         return COM
     if target is LogTarget.EVL:
         return EVL
-    raise ValueError(f"log target {target.name} is not implemented yet")
+    raise ValueError(f"log target {target.name} writes a CTF trace (logformat.ctf), not a layout")
