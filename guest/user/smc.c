@@ -2,7 +2,9 @@
  * that have already run, as a JIT or a hot-patcher does. argv[1] picks the mode:
  *   plain  no rewrite: first(3) and answer() return 4, their original code;
  *   once   rewrite first's first byte (nop -> ret) and answer's immediate (4 -> 3) once;
- *   hot    rewrite both 1000 times in a loop, calling them after each rewrite;
+ *   hot    rewrite both 1000 times in a loop, calling them after each rewrite, and turn
+ *          bump's first instruction into a prefix and back (same bytes, not the same
+ *          number of instructions);
  *   next   patch_next(v) stores v into the immediate of the instruction right after the
  *          store, the very next one to run, 100 times.
  * Before and after the rewrites it calls neighbour(), which is never rewritten but lies
@@ -17,13 +19,17 @@
 #define NEXT_ROUNDS 100
 #define NOP 0x90
 #define RET 0xc3
+#define INC_EAX 0x40
+#define OPERAND_SIZE 0x66
 
 /* The code that gets rewritten, in asm so its bytes are known:
  *   first (regparm 1, x in eax): nop; mov $4,%eax; ret   -> 4, or x once nop is a ret
  *   answer:                      mov $4,%eax; ret        -> its immediate (answer+1)
  *   patch_next (v on the stack): stores v's low byte into the immediate of label 1, then
  *                                runs that instruction   -> v & 0xff
- *   neighbour (regparm 1):       lea 1(%eax),%eax; ret   -> x + 1 */
+ *   neighbour (regparm 1):       lea 1(%eax),%eax; ret   -> x + 1
+ *   bump (regparm 1):            inc %eax; inc %eax; ret -> x + 2, or x + 1 once the first
+ *                                byte is 0x66 (one instruction: inc %ax) */
 __asm__(".text\n"
         ".p2align 4\n"
         ".globl smc_code_start\n"
@@ -51,6 +57,12 @@ __asm__(".text\n"
         "    leal 1(%eax), %eax\n"
         "    ret\n"
         ".size neighbour, . - neighbour\n"
+        ".globl bump\n.type bump, @function\n"
+        "bump:\n"
+        "    incl %eax\n"
+        "    incl %eax\n"
+        "    ret\n"
+        ".size bump, . - bump\n"
         ".globl smc_code_end\n"
         "smc_code_end:\n");
 
@@ -59,6 +71,7 @@ __attribute__((regparm(1))) int first_fn(int x) __asm__("first");
 int answer_fn(void) __asm__("answer");
 int patch_next(int v);
 __attribute__((regparm(1))) int neighbour(int x);
+__attribute__((regparm(1))) int bump(int x);
 
 static int stale;
 
@@ -125,6 +138,8 @@ int main(int argc, char **argv)
             poke((unsigned char *)first_fn, i & 1 ? NOP : RET);
             stale += answer_fn() != value;
             stale += first_fn(value) != (i & 1 ? 4 : value);
+            poke((unsigned char *)bump, i & 1 ? INC_EAX : OPERAND_SIZE);
+            stale += bump(value) != value + (i & 1 ? 2 : 1);
         }
         put_str(STDOUT, "hot rounds ");
         put_dec(STDOUT, HOT_ROUNDS);
