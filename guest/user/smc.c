@@ -3,7 +3,7 @@
  *   plain  no rewrite: first(3) and answer() return 4, their original code;
  *   once   rewrite first's first byte (nop -> ret) and answer's immediate (4 -> 3) once;
  *   hot    rewrite both 1000 times in a loop, calling them after each rewrite, and turn
- *          bump's first instruction into a prefix and back (same bytes, not the same
+ *          bump's first instruction into a prefix and back (same length, not the same
  *          number of instructions);
  *   next   patch_next(v) stores v into the immediate of the instruction right after the
  *          store, the very next one to run, 100 times.
