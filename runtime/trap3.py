@@ -23,6 +23,7 @@ half-way through is adopted (``adopt``) and finished here, by the same methods.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -207,21 +208,26 @@ class StepTracker:
         the probed first byte, under the int3) once the process has its own."""
         code = record.original
         pte = process.space.page_of(address)
-        if pte is not None and not pte.shared:
-            code = code[:1] + self._current_code(process, address)[1:]
+        if pte is not None and not pte.shared and pte.swap_slot is None:
+            code = code[:1] + self._private_code(process, pte.frame, address)[1:]
         key = (code, address)
         plan = self.plans.get(key)
         if plan is None:
             plan = self.plans[key] = plan_step(code, address)
         return plan
 
-    @staticmethod
-    def _current_code(process: Process, address: int) -> bytes:
-        """Up to MAX_INSN_LENGTH bytes at ``address``, fewer where the next page faults."""
-        try:
-            return process.space.read(address, MAX_INSN_LENGTH, user=False)
-        except GuestFault:
-            return process.space.read(address, PAGE_SIZE - (address & PAGE_MASK), user=False)
+    def _private_code(self, process: Process, frame: int, address: int) -> bytes:
+        """Up to MAX_INSN_LENGTH bytes at ``address`` of the process, whose page is
+        ``frame``; fewer where the next page cannot be read."""
+        offset = address & PAGE_MASK
+        n = min(MAX_INSN_LENGTH, PAGE_SIZE - offset)
+        paddr = frame << PAGE_SHIFT | offset
+        code = bytes(self.manager.machine.memory.bytes[paddr : paddr + n])
+        # where the next page cannot be read, the instruction ends before it or faults there
+        with contextlib.suppress(GuestFault):
+            if n < MAX_INSN_LENGTH:
+                code += process.space.read(address + n, MAX_INSN_LENGTH - n, user=False)
+        return code
 
     def continue_hit(
         self,
