@@ -52,6 +52,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="KLOG: plain hex bytes instead of a hex dump",
     )
+    parser.add_argument(
+        "--smp-header",
+        action="store_true",
+        help="log headers as an SMP build of DProbes 5.0 wrote them (with the cpu number)",
+    )
     parser.add_argument("--dont-verify-opcodes", action="store_true")
     parser.add_argument(
         "--merge", action="store_true", help="a second program for the same executable is merged in"
@@ -123,7 +128,10 @@ def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: lis
     from dprobes.runtime.logformat.layouts import layout_for
     from dprobes.runtime.logformat.writer import LogWriter
 
-    layouts = {name: layout_for(target, args.unformatted) for name, target in targets.items()}
+    layouts = {
+        name: layout_for(target, args.unformatted, args.smp_header)
+        for name, target in targets.items()
+    }
     if not args.log_file:
 
         def stderr() -> IO:
