@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
 from dprobes.runtime.logformat.layouts import COM, EVL, KLOG, KLOG_UNFORMATTED
 from dprobes.runtime.logformat.python import format_hit, format_record
 from dprobes.runtime.logtargets import HitInfo, LogRecord, exception_record
+from dprobes.tests.guest_expectations import BIN, symbol
 from dprobes.tests.test_probes_runtime import header, run
 from dprobes.vm.logrecord import HeaderBit, header_length
 from dprobes.vm.program import LogField
@@ -140,3 +142,30 @@ def test_a_faulting_step_follows_5_0s_fault_handler(flag: str, end: str) -> None
     assert logged == ([data] if flag == "yes" else [])
     assert row.count == (1 if flag == "yes" else 0)
     assert "active" in row.status
+
+
+def test_dpc_run_smp_header_and_the_probe_address_on_both_paths(
+    tmp_path: Path, capfdbinary
+) -> None:
+    """``--smp-header`` on COM2: the cpu word and bit, ``len`` the header's length, and the
+    header's eip the probe's address, from the Python path (interp) and natively (jit)."""
+    from dprobes.cli import main as cli
+
+    probe = tmp_path / "p.rpn"
+    probe.write_text(header("loop") + "offset = add3\n    push r, eax\n    log 1\n    exit\n")
+    _, _, address = symbol("loop", "add3")
+    logs = []
+    for tier in ("interp", "jit"):
+        serial = tmp_path / f"{tier}.bin"
+        options = ["--log", "PID CSEIP", "--log-target", "COM2", "--smp-header"]
+        command = ["run", "--tier", tier, "--probes", str(probe), "--elf", str(BIN / "loop")]
+        status = cli.main([*command, *options, "--log-file", str(serial), "--", str(BIN / "loop")])
+        capfdbinary.readouterr()
+        logs.append(serial.read_bytes())
+        records = logs[-1].split(b"\r\n")[:-1]
+        assert status == 7 and len(records) == 3
+        for record in records:
+            facility, length, mask, cpu, eip = struct.unpack_from("<HHI4xI4xxxI", record)
+            assert (facility, length, mask, cpu, eip) == (1, 26, 0x6F, 0, address)
+            assert len(record) == 26 + 4
+    assert logs[0] == logs[1]

@@ -40,7 +40,7 @@ from dprobes.runtime.logformat.layouts import (
     Style,
     Text,
 )
-from dprobes.runtime.logformat.python import ASCII_MASK, PRINTABLE, text_bytes
+from dprobes.runtime.logformat.python import ASCII_MASK, PRINTABLE, hex_bytes, text_bytes
 from dprobes.runtime.logformat.writer import ProbeLog
 from dprobes.vm.logrecord import (
     BASE,
@@ -142,6 +142,9 @@ EXTRA_ROOM = 1024
 """Output bytes a record may need beyond its process name's texts and its data's."""
 ROOM_PER_DATA_BYTE = 8
 """Output bytes a data byte may need in any layout (a hex dump needs under 5)."""
+HEX_SLOT = 8
+"""Bytes a byte's ``Hex`` text may take (stored whole: a slot is written with one store,
+so the output needs this much room past the last byte's text too)."""
 
 
 def part_codes(code: str) -> list[str]:
@@ -365,23 +368,29 @@ class _Gen:
     # --- data ---------------------------------------------------------------------------
 
     def hex_bytes(self, piece: Hex) -> ir.Function:
-        """put_hex_bytes(out, data, length): the bytes as ``layouts.Hex`` says."""
+        """put_hex_bytes(out, data, length): the bytes as ``layouts.Hex`` says, each from a
+        table of what the Python formatter's ``hex_bytes`` writes for every byte value
+        (in slots of ``HEX_SLOT`` bytes, with a table of lengths)."""
         known = self._hex.get(piece)
         if known is not None:
             return known
         fn = self._hex[piece] = self.function(f"put_hex{len(self._hex)}", PTR, [PTR, PTR, I32])
         out, data, length = fn.args
+        texts = [hex_bytes(piece, bytes([value])) for value in range(256)]
+        if max(map(len, texts)) > HEX_SLOT:
+            raise ValueError(f"{piece}: a byte's text is longer than {HEX_SLOT} bytes")
+        slots = self.constant(b"".join(text.ljust(HEX_SLOT, b"\0") for text in texts))
+        lengths = self.constant(bytes(len(text) for text in texts))
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         cursor = self.alloca(b, PTR)
         b.store(out, cursor)
 
         def body(b: ir.IRBuilder, i: ir.Value) -> None:
-            byte = b.zext(b.load(self.at(b, data, i), typ=I8), I32)
+            byte = b.zext(b.load(self.at(b, data, i), typ=I8), I64)
+            slot = self.at(b, slots, b.mul(byte, ir.Constant(I64, HEX_SLOT)))
             p = b.load(cursor, typ=PTR)
-            if piece.zero_below:
-                zero = b.icmp_unsigned("<", byte, ir.Constant(I32, piece.zero_below))
-                p = self.when(b, zero, p, lambda b, p: self.put(b, p, b"0"))
-            b.store(self.put(b, b.call(self.put_hex, [p, byte]), piece.after), cursor)
+            b.store(b.load(slot, typ=INTS[HEX_SLOT], align=1), p, align=1)
+            b.store(self.at(b, p, b.load(self.at(b, lengths, byte), typ=I8)), cursor)
 
         self.loop(b, "byte", ir.Constant(I32, 0), length, body)
         b.ret(b.load(cursor, typ=PTR))
