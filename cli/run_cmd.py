@@ -50,7 +50,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "-f",
         "--unformatted",
         action="store_true",
-        help="KLOG: plain hex bytes instead of a hex dump",
+        help="KLOG: the data as hex bytes on the header's line instead of dump rows",
     )
     parser.add_argument(
         "--smp-header",
