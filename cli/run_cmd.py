@@ -51,7 +51,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "-f",
         "--unformatted",
         action="store_true",
-        help="KLOG: plain hex bytes instead of a hex dump",
+        help="KLOG: the data as hex bytes on the header's line instead of dump rows",
+    )
+    parser.add_argument(
+        "--smp-header",
+        action="store_true",
+        help="log headers as an SMP build of DProbes 5.0 wrote them (with the cpu number)",
     )
     parser.add_argument("--dont-verify-opcodes", action="store_true")
     parser.add_argument(
@@ -175,7 +180,10 @@ def _writer(
         opened.append(writer.trace_file)
         return writer
 
-    layouts = {name: layout_for(target, args.unformatted) for name, target in targets.items()}
+    layouts = {
+        name: layout_for(target, args.unformatted, args.smp_header)
+        for name, target in targets.items()
+    }
     if not args.log_file:
 
         def stderr() -> IO:

@@ -11,7 +11,8 @@ followed by an int3 as a backstop for an instruction that clears TF itself (popf
 (vector 1) EIP and the stack are repaired (``xol.finish_step``), the hit is counted
 (``max_hits`` disables the probe) and only now is the log record written, as DProbes
 wrote it at trap1. If the probed instruction faults instead (a failing BOUND raises #BR,
-vector 5), the hit is counted and the log written only with ``logonfault = yes``; then
+vector 5), only with ``logonfault = yes`` is the hit counted (max_hits not checked) and
+the log written (even after ``abort``), as 5.0's fault handler did; then
 the fault goes to the process as Linux delivers it (SIGSEGV for #BR), reported at the
 original instruction. ``abort`` writes nothing, ``rem`` removes the probe after this hit,
 ``exit_to`` is recorded (the exits come later).
@@ -186,7 +187,7 @@ class StepTracker:
             process.pid,
             process.uid,
             registers["cs"],
-            registers["eip"],
+            address,  # 5.0's header eip is the probe's address (the trap's EIP - 1)
             registers["ss"],
             registers["esp"],
             process.name,
@@ -318,25 +319,38 @@ class StepTracker:
             self.native.offer(process, step)
 
     def _faulted(self, machine: Machine, process: Process, step: PendingStep, trap: Trap) -> bool:
-        """The probed instruction faulted: log only with logonfault, then Linux's default."""
+        """The probed instruction faulted: as 5.0's ``dp_fault_handler``, only with
+        logonfault is the hit counted (max_hits unchecked) and the log written, even after
+        ``abort``; then Linux's default."""
         del self.pending[process.pid]
         cpu = machine.cpu
         original = step.plan.address + (trap.instruction - step.slot)
         flags = cpu.reg("eflags") & ~TRAP_FLAG | step.trap_flag
         cpu.write_registers({"eflags": flags, "eip": original & 0xFFFFFFFF})
-        self.post_step(step, wrote_log=step.record.point.logonfault)
+        record, result = step.record, step.result
+        if record.point.logonfault:
+            record.count_fault()
+            self._emit(step)
+        if result is not None and result.exit is ExitKind.REM:
+            self.manager.disarm(step.loaded, record, RecordStatus.REMOVED)
         return False
+
+    def _emit(self, step: PendingStep) -> None:
+        """Write the hit's log record (nothing if the handler did not run)."""
+        result = step.result
+        if result is not None:
+            self.manager.emit(
+                step.loaded,
+                LogRecord(result.major, result.minor, step.loaded.log_fields, step.hit, result.log),
+                result.ex_log,
+            )
 
     def post_step(self, step: PendingStep, wrote_log: bool) -> None:
         """Count the hit, write its log (if ``wrote_log``), disable or remove the probe."""
         record, result, manager = step.record, step.result, self.manager
         record.end_hit()
         if result is not None and wrote_log and writes_log(result.exit):
-            manager.emit(
-                step.loaded,
-                LogRecord(result.major, result.minor, step.loaded.log_fields, step.hit, result.log),
-                result.ex_log,
-            )
+            self._emit(step)
         if result is not None and result.exit is ExitKind.REM:
             manager.disarm(step.loaded, record, RecordStatus.REMOVED)
         elif RecordStatus.DISABLED in record.status:

@@ -206,9 +206,10 @@ def trace_uuid(*inputs: bytes) -> uuid.UUID:
     return uuid.uuid5(TRACE_NAMESPACE, digest.hexdigest())
 
 
-RECORDS: Layout = (Binary(), Hex(b""), Text(b"\n"))
-"""How the native formatter hands records over: the binary header (its mask says how long
-it is), the data in hex, a newline."""
+_RECORD: tuple[Binary, Hex, Text] = (Binary(), Hex(0x10, b""), Text(b"\n"))
+RECORDS = Layout(_RECORD, _RECORD)
+"""How the native formatter hands records (and exception logs) over: the binary header
+(its mask says how long it is), the data in hex, a newline."""
 
 
 class Selection(NamedTuple):

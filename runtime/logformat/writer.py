@@ -48,10 +48,10 @@ class ProbeLog:
 
 def probe_log(served: Served, names: dict[int, str], layout: Layout = ()) -> ProbeLog:
     """What the records of a natively served probe show that the ring does not carry:
-    the pid, the EIP of the trap (the byte after the int3), the process name."""
+    the pid, the eip (the probe's address, as 5.0 logged it), the process name."""
     return ProbeLog(
         pid=served.pid,
-        eip=(served.plan.address + 1) & 0xFFFFFFFF,
+        eip=served.plan.address & 0xFFFFFFFF,
         fields=served.loaded.log_fields,
         layout=layout,
         name=names.get(served.pid, ""),
