@@ -19,13 +19,15 @@ from dataclasses import asdict
 from typing import IO, TYPE_CHECKING
 
 from dprobes.cli.exec_cmd import UsageError, add_tier_options, apply_tier_options, parse_int
-from dprobes.compiler.pipeline import BuildOptions, load_program
+from dprobes.compiler.diagnostics import CompileError, Diagnostic, Severity, SourceCache
+from dprobes.compiler.pipeline import BuildOptions, load_program, relative_name_hint
 from dprobes.vm.logrecord import LOG_FIELDS_HELP, parse_log_fields
-from dprobes.vm.program import LogField, LogTarget, Program
+from dprobes.vm.program import LogField, LogTarget, ModuleType, Program
 
 if TYPE_CHECKING:
     from dprobes.runtime.logformat.writer import LogWriter, TraceWriter
-    from dprobes.runtime.probes import ProbeManager
+    from dprobes.runtime.machine import Machine
+    from dprobes.runtime.probes import LoadedProgram, ProbeManager
 
 EXIT_STOPPED = 124
 """dpc run's exit status when ``--max-instructions`` stopped the guest (as timeout(1))."""
@@ -280,8 +282,9 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         keep_records=False,
     )
     targets = {}
+    inserted: list[tuple[str, LoadedProgram]] = []
     for path in args.probes:
-        program = load_program(path, options).program
+        program = _probe_program(path, options)
         try:
             loaded = manager.insert(
                 program,
@@ -293,6 +296,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         except InsertError as error:
             raise UsageError(str(error)) from None
         targets[loaded.name] = _target(args, path, program)
+        inserted.append((path, loaded))
         for record in loaded.records:
             if not record.armed and record.notes != ["not selected by group/type"]:
                 where = record.point.location or f"0x{record.point.offset:x}"
@@ -324,6 +328,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         manager.writer.flush()
         for stream in opened:
             stream.close()
+    _warn_programs_not_run(inserted, machine)
     if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
         print(f"dpc run: {process.crash}", file=sys.stderr)
     if stopped is not None:
@@ -332,8 +337,39 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     else:
         code = process.returncode or 0
         code = code if code >= 0 else 128 - code
-    _report(args, manager, process, code, machine.unknown_syscalls)
+    _report(args, manager, process, code, machine.unknown_syscalls, machine.cpu.counter.executed)
     return code
+
+
+def _probe_program(path: str, options: BuildOptions) -> Program:
+    """A ``--probes`` program, its warnings printed; a user program's executable must
+    exist (an error at its ``name =``, whose relative path is taken from the working
+    directory, as the runtime opens it)."""
+    result = load_program(path, options)
+    sources = SourceCache()
+    for diagnostic in result.diagnostics:
+        print(diagnostic.render(sources), file=sys.stderr)
+    header = result.program.header
+    if header.modtype is not ModuleType.USER or os.path.isfile(header.name):
+        return result.program
+    message = f"no such executable file: {header.name}"
+    if result.name_loc is None:
+        raise UsageError(f"{path}: {message}")
+    hint = relative_name_hint(header.name)
+    hints = (hint,) if hint else ()
+    raise CompileError([Diagnostic(Severity.ERROR, message, result.name_loc, hints)])
+
+
+def _warn_programs_not_run(inserted: list[tuple[str, LoadedProgram]], machine: Machine) -> None:
+    """A probe program whose executable no process ran has done nothing: say so."""
+    ran = {process.image.file.id for process in machine.processes.values()}
+    for path, loaded in inserted:
+        if loaded.file is not None and loaded.file.id not in ran:
+            print(
+                f"dpc run: warning: {path}: no program named {loaded.name} ran; "
+                f"its {len(loaded.records)} probe(s) were never hit",
+                file=sys.stderr,
+            )
 
 
 def _report(
@@ -342,6 +378,7 @@ def _report(
     process,
     code: int,
     unimplemented: dict[int, int],
+    instructions: int,
 ) -> None:
     from dprobes.runtime.syscalls import NAMES
 
@@ -353,6 +390,16 @@ def _report(
                 {
                     "status": code,
                     "signal": process.signal,
+                    "instructions": instructions,
+                    "probe_hits": [
+                        {
+                            "module": r.module,
+                            "probe": r.index,
+                            "location": r.location,
+                            "hits": r.hits,
+                        }
+                        for r in rows
+                    ],
                     "records": [asdict(row) for row in rows],
                     "vars": variables,
                     "logs": manager.log_count,

@@ -4,19 +4,31 @@ Each pass reads the previous one's product and reports into one DiagnosticSink; 
 pipeline stops after the first pass that reported an error and keeps every warning.
 ``load_program`` also accepts a PPDF file (recognised by its magic) and verifies it, so
 whatever reaches the VM has passed the verifier.
+
+Symbols come from ``--elf`` and ``--sym``; without ``--elf``, a program whose ``name``
+is an ELF file (a path relative to the working directory, as the runtime opens it) takes
+that file's symbols.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dprobes.compiler import ppdf
 from dprobes.compiler.assembler import assemble
-from dprobes.compiler.diagnostics import ByteLoc, CompileError, Diagnostic, DiagnosticSink
+from dprobes.compiler.diagnostics import (
+    ByteLoc,
+    CompileError,
+    Diagnostic,
+    DiagnosticSink,
+    SourceLoc,
+)
 from dprobes.compiler.lower_rpn import lower_rpn
 from dprobes.compiler.preprocess import preprocess
+from dprobes.compiler.rpn_ast import File, Item
 from dprobes.compiler.rpn_parser import parse_rpn
 from dprobes.compiler.symbols import SymbolTable
 from dprobes.compiler.verifier import verify
@@ -39,12 +51,44 @@ class CompileResult:
 
     program: Program
     diagnostics: list[Diagnostic]
+    name_loc: SourceLoc | None = None
+    """Where the source says ``name = ...`` (None for a PPDF file)."""
 
 
-def _symbols(options: BuildOptions, sink: DiagnosticSink) -> SymbolTable | None:
+def _name_item(tree: File) -> Item | None:
+    """The program header's ``name = ...`` item."""
+    return next((s for s in tree.body if isinstance(s, Item) and s.keyword.lower() == "name"), None)
+
+
+def _named_elf_symbols(name: Item, sink: DiagnosticSink) -> SymbolTable | None:
+    """The symbols of the file ``name`` names, if it is an ELF file. One that has none to
+    give is only a warning: the program may not need symbols."""
+    if not os.path.isfile(name.value):
+        hint = relative_name_hint(name.value)
+        missing = f"'name = {name.value}' names no file" + (f"; {hint}" if hint else "")
+        return SymbolTable(missing=missing)
+    problems = DiagnosticSink()
+    table = SymbolTable.from_elf(name.value, problems)
+    for problem in problems.errors:
+        if problem.loc != ByteLoc(name.value, 0):  # not an ELF file at all: nothing to say
+            sink.warning(name.value_loc, f"no symbols from {name.value}: {problem.message}")
+    return table
+
+
+def relative_name_hint(path: str) -> str:
+    """Where a relative ``name`` path is looked up, for messages ('' for an absolute one)."""
+    if os.path.isabs(path):
+        return ""
+    return f"a relative name is looked up in the current directory, {os.getcwd()}"
+
+
+def _symbols(options: BuildOptions, sink: DiagnosticSink, name: Item | None) -> SymbolTable | None:
+    """The symbol table of ``--elf`` (else of the ELF file ``name`` names) and ``--sym``."""
     tables = []
     if options.elf:
         tables.append(SymbolTable.from_elf(options.elf, sink))
+    elif name is not None:
+        tables.append(_named_elf_symbols(name, sink))
     if options.sym:
         tables.append(SymbolTable.from_system_map(options.sym, sink))
     loaded = [table for table in tables if table is not None]
@@ -58,18 +102,15 @@ def compile_rpn(
 ) -> CompileResult:
     """Compile RPN source to a verified Program; raise CompileError with the diagnostics."""
     sink = DiagnosticSink()
-    symbols = _symbols(options, sink)
-    pre = (
-        preprocess(path, sink, options.defines, options.include_dirs, text=text)
-        if sink.ok
-        else None
-    )
+    pre = preprocess(path, sink, options.defines, options.include_dirs, text=text)
     ast = parse_rpn(pre, sink) if pre is not None and sink.ok else None
+    name = _name_item(ast) if ast is not None else None
+    symbols = _symbols(options, sink, name) if ast is not None and sink.ok else None
     ir = lower_rpn(ast, sink, symbols) if ast is not None and sink.ok else None
     program = assemble(ir, sink) if ir is not None and sink.ok else None
     if program is None or not verify(program, sink, path):
         raise CompileError(sink.diagnostics)
-    return CompileResult(program, sink.diagnostics)
+    return CompileResult(program, sink.diagnostics, name.value_loc if name else None)
 
 
 def load_program(path: str, options: BuildOptions = BuildOptions()) -> CompileResult:

@@ -19,6 +19,11 @@ comments). This module adapts it to the compiler:
   without a name, ...) is diagnosed here, and anything pcpp prints is captured.
 * Files are read here: UTF-8 only, no NUL bytes, at most ``MAX_SOURCE_BYTES``, and
   ``#include`` nests at most ``MAX_INCLUDE_DEPTH`` deep.
+* Work and memory are bounded: pcpp holds every line up to the next directive in memory
+  and expands them together, so a flush (an ``#undef`` of a name nobody defines) is fed
+  to it every ``_FLUSH_LINES`` lines where no macro invocation can be open; and one
+  expansion may produce at most ``MAX_EXPANSION_TOKENS`` tokens, which stops macros that
+  double each other long before they fill the memory.
 
 ``#`` is special only as the first token of a line, where it starts a directive; RPN has
 no use for it, so an unknown directive is an error instead of being passed through.
@@ -27,6 +32,7 @@ no use for it, so an unknown directive is an error instead of being passed throu
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import re
@@ -45,6 +51,17 @@ MAX_SOURCE_BYTES = 4 * 1024 * 1024
 
 MAX_INCLUDE_DEPTH = 64
 """Deepest ``#include`` nesting accepted; the main file is at depth 0."""
+
+MAX_EXPANSION_TOKENS = 100_000
+"""Most tokens that the macros of one stretch of source (a few dozen lines) may produce,
+counted at every level of nesting."""
+
+_FLUSH_LINES = 64
+"""Lines pcpp may hold before a flush is fed to it (when no invocation is open)."""
+
+_FLUSH_NAME = "__dprobes_flush__"
+_FLUSHING_DIRECTIVES = frozenset({"define", "undef", "include"})
+"""Directives before which pcpp expands and lets go of the lines it holds."""
 
 _NO_DEFINES: Mapping[str, str] = MappingProxyType({})
 
@@ -138,6 +155,9 @@ class _Cpp(Preprocessor):
         self.directive: SourceLoc | None = None  # the directive being executed
         self.directive_name = ""
         self.sites: list[SourceLoc | None] = []  # per file being read: the #include reading it
+        self.expansion_depth = 0  # nesting of expand_macros calls
+        self.expanded = 0  # tokens produced since the outermost call began
+        self.expanding: list[LexToken] = []  # the tokens the outermost call expands
 
     def run(self, main: str, text: str) -> list[tuple[str, tuple[str, int]]]:
         """Preprocess the main file's text into (line, (file, line)) pairs."""
@@ -151,6 +171,12 @@ class _Cpp(Preprocessor):
                     tokens = []
                 else:
                     tokens.append(tok)
+        except _ExpansionTooLarge as exc:
+            self.sink.error(
+                self._invocation(exc.macro),
+                f"macro expansion too large: over {MAX_EXPANSION_TOKENS} tokens",
+                "macros that each expand to several copies of the previous one grow exponentially",
+            )
         except Exception as exc:  # pcpp indexes past the end of some malformed directives
             what = f"#{self.directive_name} directive" if self.directive else "input"
             self.sink.error(self.directive, f"malformed {what}", f"pcpp failed with {exc!r}")
@@ -176,7 +202,33 @@ class _Cpp(Preprocessor):
             first.source, first.lineno, self._column(first), self._column(last) + len(last.value)
         )
 
+    def _invocation(self, macro: str | None) -> SourceLoc | None:
+        """Where the source invokes ``macro`` (any macro when None) in what is expanded."""
+        for tok in self.expanding:
+            named = tok.value == macro if macro else tok.value in self.macros
+            source = tok.type == self.t_ID and not getattr(tok, "expanded_from", None)
+            if named and source and tok.source in self.line_starts:
+                return self._span(tok, tok)
+        return self.directive
+
     # -- pcpp internals wrapped ------------------------------------------------------
+
+    def expand_macros(
+        self, tokens: list[LexToken], expanding_from: list[str] | None = None
+    ) -> list[LexToken]:
+        """pcpp's expansion, counting the tokens it produces (``MAX_EXPANSION_TOKENS``)."""
+        if self.expansion_depth == 0:
+            self.expanded, self.expanding = 0, tokens
+        self.expansion_depth += 1
+        try:
+            result = super().expand_macros(tokens, expanding_from or [])
+        finally:
+            self.expansion_depth -= 1
+        if self.expansion_depth:
+            self.expanded += len(result)
+            if self.expanded > MAX_EXPANSION_TOKENS:
+                raise _ExpansionTooLarge(expanding_from[0] if expanding_from else None)
+        return result
 
     def parsegen(
         self,
@@ -202,6 +254,7 @@ class _Cpp(Preprocessor):
         """
         lengths = (len(line.rstrip()) + 1 for line in input.splitlines())
         self.line_starts[abssource] = list(accumulate(lengths, initial=0))
+        held, open_parens = 0, 0  # lines pcpp holds unexpanded; '(' not yet closed in them
         for line in super().group_lines(input, abssource):
             for slash, star in pairwise(line):
                 if (
@@ -216,6 +269,39 @@ class _Cpp(Preprocessor):
                     )
                     return
             yield line
+            significant = [tok for tok in line if tok.type not in self.t_WS]
+            if significant[:1] and significant[0].value == "#":
+                if significant[1:2] and significant[1].value in _FLUSHING_DIRECTIVES:
+                    held, open_parens = 0, 0
+                continue
+            held += 1
+            for tok in significant:
+                if tok.value in "()":
+                    open_parens = max(open_parens + (1 if tok.value == "(" else -1), 0)
+            last = significant[-1] if significant else None
+            if held >= _FLUSH_LINES and not open_parens and not self._may_take_arguments(last):
+                yield self._flush_line(line[-1])
+                held = 0
+
+    def _may_take_arguments(self, tok: LexToken | None) -> bool:
+        """Whether a ``(`` on a later line could be the argument list of what ``tok``
+        expands to: a function-like macro, or a macro whose expansion ends in a name."""
+        macro = self.macros.get(tok.value) if tok is not None else None
+        if macro is None:
+            return False
+        names = [t for t in macro.value if t.type not in self.t_WS]
+        return macro.arglist is not None or (bool(names) and names[-1].type == self.t_ID)
+
+    def _flush_line(self, newline: LexToken) -> list[LexToken]:
+        """``#undef`` of a name nobody defines: pcpp expands and lets go of what it holds."""
+        parts = [("#", "CPP_POUND"), ("undef", self.t_ID), (" ", self.t_SPACE)]
+        parts += [(_FLUSH_NAME, self.t_ID), ("\n", self.t_NEWLINE)]
+        tokens = []
+        for value, kind in parts:
+            tok = copy.copy(newline)
+            tok.value, tok.type = value, kind
+            tokens.append(tok)
+        return tokens
 
     def include(
         self,
@@ -270,6 +356,8 @@ class _Cpp(Preprocessor):
         precedingtoks: list[LexToken],
     ) -> bool:
         """Remember the directive (from its ``#``), to locate what goes wrong in it."""
+        if toks[:1] and toks[0].value == _FLUSH_NAME:
+            return True
         self.directive = self._span(precedingtoks[0], directive)
         self.directive_name = directive.value
         return super().on_directive_handle(directive, toks, ifpassthru, precedingtoks)
@@ -346,6 +434,14 @@ class _Cpp(Preprocessor):
         self.sink.error(
             self.directive, f"#include nested more than {MAX_INCLUDE_DEPTH} levels deep", *hints
         )
+
+
+class _ExpansionTooLarge(Exception):
+    """An expansion passed ``MAX_EXPANSION_TOKENS``; ``macro`` is the outermost one."""
+
+    def __init__(self, macro: str | None) -> None:
+        super().__init__(macro)
+        self.macro = macro
 
 
 def _display_name(path: str) -> str:

@@ -65,6 +65,8 @@ class SymbolTable:
     symbols: dict[str, Symbol] = field(default_factory=dict)
     segments: tuple[Segment, ...] = ()
     sources: tuple[str, ...] = ()
+    missing: str = ""
+    """Why an expected table is not here, for the hint on an unknown symbol."""
 
     # --- loading ---------------------------------------------------------------------
 
@@ -121,7 +123,10 @@ class SymbolTable:
         for table in reversed(tables):
             symbols.update(table.symbols)
         segments = next((table.segments for table in tables if table.segments), ())
-        return SymbolTable(symbols, segments, tuple(s for t in tables for s in t.sources))
+        sources = tuple(s for t in tables for s in t.sources)
+        return SymbolTable(
+            symbols, segments, sources, next((t.missing for t in tables if t.missing), "")
+        )
 
     # --- queries ---------------------------------------------------------------------
 
@@ -185,6 +190,7 @@ class SymbolTable:
         if not self.symbols:
             hints = (
                 *hints,
+                *((self.missing,) if self.missing else ()),
                 "no symbol table is loaded: give the module's ELF file "
                 "or a System.map file (--sym)",
             )

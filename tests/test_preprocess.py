@@ -10,6 +10,7 @@ import pytest
 
 from dprobes.compiler.diagnostics import DiagnosticSink, Severity, SourceLoc
 from dprobes.compiler.preprocess import (
+    MAX_EXPANSION_TOKENS,
     MAX_INCLUDE_DEPTH,
     MAX_SOURCE_BYTES,
     Preprocessed,
@@ -417,3 +418,42 @@ def test_never_raises_on_garbage():
         assert (result is None) == (not sink.ok)
         if result is not None:
             assert len(result.origins) == result.text.count("\n")
+
+
+# -- bounds on work and memory -------------------------------------------------------
+
+
+def test_a_macro_bomb_is_stopped_at_its_invocation():
+    """Each macro doubles the previous one: 2**29 tokens unless the expansion is bounded."""
+    defines = "#define A0 1\n" + "".join(f"#define A{i} A{i - 1} A{i - 1}\n" for i in range(1, 30))
+    result, sink = run(defines + "name = m\n    push A29\n")
+    loc, message = only_error(sink)
+    assert result is None
+    assert where(loc) == ("main.rpn", 32, 10) and loc.end_column == 13
+    assert f"macro expansion too large: over {MAX_EXPANSION_TOKENS} tokens" == message
+
+
+def test_a_bomb_in_an_if_expression_is_stopped():
+    defines = "#define A0 1\n" + "".join(f"#define A{i} A{i - 1}+A{i - 1}\n" for i in range(1, 30))
+    _, sink = run(defines + "#if A29\n#endif\n")
+    loc, message = only_error(sink)
+    assert where(loc)[:2] == ("main.rpn", 31) and "macro expansion too large" in message
+
+
+def test_long_files_keep_invocations_that_span_lines():
+    """pcpp is made to let go of what it holds every few dozen lines, never inside an
+    invocation: one open across lines, or a macro name whose '(' is on the next line."""
+    filler = "    push 1\n" * 100
+    text = (
+        "#define F(a, b) a b\n#define G F\n"
+        + filler
+        + "F(push,\n 2)\n"
+        + filler
+        + "G\n(push, 3)\n"
+        + filler
+        + "F\n\n(push, 4)\n"
+    )
+    out = [line.strip() for line in lines(ok(text)) if line.strip() != "push 1"]
+    assert out == ["push 2", "push 3", "push 4"]
+    result = ok(text)
+    assert len(lines(result)) == len(result.origins) and result.origins[-1] == ("main.rpn", 307)
