@@ -58,13 +58,18 @@ class Diagnostic:
     def render(self, sources: SourceCache | None = None) -> str:
         """``file:line:col: error: message``, the source line, a caret line, then hints."""
         where = f"{self.loc}: " if self.loc is not None else ""
-        lines = [f"{where}{self.severity.value}: {self.message}"]
+        lines = [f"{where}{self.severity.value}: {_escaped(self.message)}"]
         if isinstance(self.loc, SourceLoc) and sources is not None:
             text = sources.line(self.loc.file, self.loc.line)
             if text is not None:
                 lines.extend(_caret(text, self.loc))
-        lines.extend(f"  hint: {hint}" for hint in self.hints)
+        lines.extend(f"  hint: {_escaped(hint)}" for hint in self.hints)
         return "\n".join(lines)
+
+
+def _escaped(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``), not sent raw."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _caret(text: str, loc: SourceLoc) -> list[str]:
@@ -83,7 +88,9 @@ def did_you_mean(word: str, candidates: Iterable[str], shown: str = "{}") -> tup
 
 
 class SourceCache:
-    """Reads source files on demand so a diagnostic can quote its line (through #include)."""
+    """Reads source files on demand so a diagnostic can quote its line (through #include);
+    a line with control characters or undecodable bytes is not quoted (not sent to a
+    terminal)."""
 
     def __init__(self) -> None:
         self._lines: dict[str, list[str] | None] = {}
@@ -101,7 +108,8 @@ class SourceCache:
         lines = self._lines[file]
         if lines is None or not 1 <= number <= len(lines):
             return None
-        return lines[number - 1]
+        line = lines[number - 1]
+        return line if line.replace("\t", " ").isprintable() else None  # never echo binary
 
 
 @dataclass

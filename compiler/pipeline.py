@@ -24,10 +24,11 @@ from dprobes.compiler.diagnostics import (
     CompileError,
     Diagnostic,
     DiagnosticSink,
+    Severity,
     SourceLoc,
 )
 from dprobes.compiler.lower_rpn import lower_rpn
-from dprobes.compiler.preprocess import preprocess
+from dprobes.compiler.preprocess import MAX_SOURCE_BYTES, first_binary_byte, preprocess
 from dprobes.compiler.rpn_ast import File, Item
 from dprobes.compiler.rpn_parser import parse_rpn
 from dprobes.compiler.symbols import SymbolTable
@@ -118,8 +119,20 @@ def load_program(path: str, options: BuildOptions = BuildOptions()) -> CompileRe
     try:
         with open(path, "rb") as stream:
             head = stream.read(len(ppdf.MAGIC))
+            binary = first_binary_byte(head + stream.read(MAX_SOURCE_BYTES))
     except OSError:
-        head = b""  # let the preprocessor report the problem with the file
+        head, binary = b"", None  # let the preprocessor report the problem with the file
+    if head != ppdf.MAGIC and binary is not None:
+        raise CompileError(
+            [
+                Diagnostic(
+                    Severity.ERROR,
+                    f"not a PPDF file (bad magic 0x{head.hex()}) and not RPN text "
+                    f"(binary bytes at offset {binary})",
+                    ByteLoc(path, binary),
+                )
+            ]
+        )
     if head != ppdf.MAGIC:
         return compile_rpn(path, options)
     sink = DiagnosticSink()

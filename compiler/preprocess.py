@@ -444,6 +444,16 @@ class _ExpansionTooLarge(Exception):
         self.macro = macro
 
 
+def first_binary_byte(data: bytes) -> int | None:
+    """Offset of the first byte that text never holds (NUL, or not UTF-8), or None."""
+    nul = data.find(b"\0")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start if nul < 0 else min(nul, error.start)
+    return nul if nul >= 0 else None
+
+
 def _display_name(path: str) -> str:
     """``path`` relative to the working directory, or absolute if that climbs out of it."""
     relative = os.path.relpath(path)

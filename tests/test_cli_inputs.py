@@ -114,3 +114,27 @@ def test_json_counts_the_guest_instructions(capsys) -> None:
         capsys, "run", "--json", "--max-instructions", "5000", "--", str(BIN / "loop")
     )
     assert status == 124 and 5000 <= _summary(err)["instructions"] < counts[0]
+
+
+def test_a_ppdf_with_a_damaged_magic_is_not_read_as_text(tmp_path: Path, capsys) -> None:
+    source = _probe(tmp_path / "p.rpn", str(BIN / "loop"))
+    ppdf = tmp_path / "x.ppdf"
+    assert dpc(capsys, "build", str(source), "-o", str(ppdf))[0] == 0
+    data = bytearray(ppdf.read_bytes())
+    data[0] ^= 0x20  # 'D' -> 'd'
+    ppdf.write_bytes(bytes(data))
+    offset = min(data.index(0), len(data))
+    for command in ("disasm", "check"):
+        status, out, err = dpc(capsys, command, str(ppdf))
+        assert status == 2 and out == ""
+        assert err == (
+            f"{ppdf}: byte {offset}: error: not a PPDF file (bad magic 0x{bytes(data[:8]).hex()}) "
+            f"and not RPN text (binary bytes at offset {offset})\n"
+        )
+
+
+def test_control_characters_are_never_sent_to_the_terminal(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "esc.rpn"
+    path.write_bytes(b"name = m\nmodtype = user\noffset = 0\n  frob \x1b[2J\n")
+    status, _, err = dpc(capsys, "check", str(path))
+    assert status == 2 and "\x1b" not in err and "'\\x1b'" in err
