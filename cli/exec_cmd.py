@@ -27,6 +27,23 @@ def parse_int(text: str, what: str) -> int:
         raise UsageError(f"{what}: '{text}' is not a number") from None
 
 
+def parse_sized(text: str, what: str, bits: int) -> int:
+    """A number that must fit in ``bits`` bits; a negative one is its two's complement."""
+    value = parse_int(text, what)
+    if not -(1 << (bits - 1)) <= value < 1 << bits:
+        raise UsageError(f"{what}: {text} does not fit in {bits} bits")
+    return value & ((1 << bits) - 1)
+
+
+def parse_at_least(text: str, what: str, minimum: int, maximum: int | None = None) -> int:
+    """A whole number in ``minimum..maximum`` (no upper end when ``maximum`` is None)."""
+    value = parse_int(text, what)
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f"..{maximum}" if maximum is not None else " or more"
+        raise UsageError(f"{what}: must be {minimum}{upper}, got '{text}'")
+    return value
+
+
 def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
     out = []
     for value in values or ():
@@ -116,10 +133,7 @@ def _register_value(register: Register, text: str, name: str) -> int:
     bits = VALUE_BITS.get(register.shape)
     if bits is None:
         raise UsageError(f"--reg: {name} has no value of its own to give")
-    value = parse_int(text, f"--reg {name}")
-    if not -(1 << (bits - 1)) <= value < 1 << bits:
-        raise UsageError(f"--reg {name}: {text} does not fit in {bits} bits")
-    return value & ((1 << bits) - 1)
+    return parse_sized(text, f"--reg {name}", bits)
 
 
 def build_context(args: argparse.Namespace) -> ExecSetup:
@@ -133,7 +147,7 @@ def build_context(args: argparse.Namespace) -> ExecSetup:
     memory: dict[int, bytes] = {}
     regions = []
     for address_text, hex_bytes in _pairs(args.mem, "--mem"):
-        address = parse_int(address_text, "--mem address") & 0xFFFFFFFF
+        address = parse_sized(address_text, "--mem address", 32)
         try:
             memory[address] = bytes.fromhex(hex_bytes)
         except ValueError:
@@ -143,15 +157,15 @@ def build_context(args: argparse.Namespace) -> ExecSetup:
         regs,
         user,
         memory,
-        pid=parse_int(args.pid, "--pid"),
-        task=parse_int(args.task, "--task"),
-        processor=parse_int(args.cpu, "--cpu"),
+        pid=parse_sized(args.pid, "--pid", 32),
+        task=parse_sized(args.task, "--task", 32),
+        processor=parse_sized(args.cpu, "--cpu", 32),
         ports={
-            parse_int(p, "--io port"): parse_int(v, "--io value")
+            parse_sized(p, "--io port", 16): parse_sized(v, "--io value", 32)
             for p, v in _pairs(args.io, "--io")
         },
         segments={
-            parse_int(s, "--seg selector"): parse_int(b, "--seg base")
+            parse_sized(s, "--seg selector", 16): parse_sized(b, "--seg base", 32)
             for s, b in _pairs(args.seg, "--seg")
         },
     )
@@ -165,7 +179,7 @@ def _set_variables(values: list[int], pairs: list[tuple[str, str]], option: str)
             raise UsageError(f"{option} {index}: the program has no such variables")
         if not 0 <= index < len(values):
             raise UsageError(f"{option} {index}: index out of range 0..{len(values) - 1}")
-        values[index] = parse_int(value_text, option) & 0xFFFFFFFF
+        values[index] = parse_sized(value_text, f"{option} {index}", 32)
 
 
 def make_vm(program: Program, args: argparse.Namespace) -> VM:
@@ -173,6 +187,8 @@ def make_vm(program: Program, args: argparse.Namespace) -> VM:
     from dprobes.vm.jit import JitUnavailable
 
     apply_tier_options(args)
+    if args.hot_threshold < 0:
+        raise UsageError(f"--hot-threshold: must be 0 or more, got '{args.hot_threshold}'")
     try:
         return VM(program, tier=args.tier, hot_threshold=args.hot_threshold)
     except JitUnavailable as error:

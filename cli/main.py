@@ -48,6 +48,9 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         if not key.strip():
             raise UsageError(f"-D takes KEY=VALUE, got '{define}'")
         defines[key.strip()] = value.strip() if value.strip() else "1"
+    for directory in args.include or ():
+        if not os.path.isdir(directory):
+            raise UsageError(f"-I: not a directory: {directory}")
     return BuildOptions(defines, tuple(args.include or ()), args.elf, args.sym)
 
 

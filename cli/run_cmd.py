@@ -18,7 +18,12 @@ import sys
 from dataclasses import asdict
 from typing import IO, TYPE_CHECKING
 
-from dprobes.cli.exec_cmd import UsageError, add_tier_options, apply_tier_options, parse_int
+from dprobes.cli.exec_cmd import (
+    UsageError,
+    add_tier_options,
+    apply_tier_options,
+    parse_at_least,
+)
 from dprobes.compiler.diagnostics import CompileError, Diagnostic, Severity, SourceCache
 from dprobes.compiler.pipeline import BuildOptions, load_program, relative_name_hint
 from dprobes.vm.logrecord import LOG_FIELDS_HELP, parse_log_fields
@@ -146,9 +151,13 @@ def _host_environment() -> dict[str, str]:
 
 
 def _numbers(text: str | None, option: str) -> set[int] | None:
+    """A ``--group``/``--type`` list: probe records keep these as 16-bit numbers."""
     if text is None:
         return None
-    return {parse_int(word, option) for word in text.replace(",", " ").split()}
+    words = text.replace(",", " ").split()
+    if not words:
+        raise UsageError(f"{option}: give at least one number")
+    return {parse_at_least(word, option, 0, 0xFFFF) for word in words}
 
 
 def _fields(text: str | None) -> LogField | None:
@@ -242,12 +251,7 @@ def _open_log_file(args: argparse.Namespace) -> IO:
 
 def _positive(text: str | None, option: str) -> int | None:
     """An option's whole number above 0 (None when the option is absent)."""
-    if text is None:
-        return None
-    value = parse_int(text, option)
-    if value <= 0:
-        raise UsageError(f"{option}: must be a whole number above 0, got '{text}'")
-    return value
+    return None if text is None else parse_at_least(text, option, 1)
 
 
 def _readable_files(paths: list[str]) -> list[str]:
@@ -273,7 +277,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     files = _readable_files(args.file)
     env = guest_environment(args)
     apply_tier_options(args)
-    machine = Machine(seed=parse_int(args.seed, "--seed"))
+    machine = Machine(seed=parse_at_least(args.seed, "--seed", 0))
     manager = ProbeManager(
         machine,
         tier=args.tier,

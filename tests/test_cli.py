@@ -290,8 +290,8 @@ def test_an_unwritable_log_file_is_refused_before_the_guest_runs(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--max-instructions", "-5"], "--max-instructions: must be a whole number above 0"),
-        (["--max-instructions", "0"], "--max-instructions: must be a whole number above 0"),
+        (["--max-instructions", "-5"], "--max-instructions: must be 1 or more"),
+        (["--max-instructions", "0"], "--max-instructions: must be 1 or more"),
         (["--file", "/no/such/file"], "--file: not a readable file: /no/such/file"),
     ],
 )

@@ -138,3 +138,62 @@ def test_control_characters_are_never_sent_to_the_terminal(tmp_path: Path, capsy
     path.write_bytes(b"name = m\nmodtype = user\noffset = 0\n  frob \x1b[2J\n")
     status, _, err = dpc(capsys, "check", str(path))
     assert status == 2 and "\x1b" not in err and "'\\x1b'" in err
+
+
+GOOD_EXEC = "name = demo\nmodtype = user\nnum_lv = 1\nnum_gv = 1\noffset = 0\n    exit\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pid", "0x1ffffffff"], "--pid: 0x1ffffffff does not fit in 32 bits"),
+        (["--task", "99999999999"], "--task: 99999999999 does not fit in 32 bits"),
+        (["--cpu", "two"], "--cpu: 'two' is not a number"),
+        (["--io", "70000=1"], "--io port: 70000 does not fit in 16 bits"),
+        (["--io", "1=0x1ffffffff"], "--io value: 0x1ffffffff does not fit in 32 bits"),
+        (["--seg", "0x10000=0"], "--seg selector: 0x10000 does not fit in 16 bits"),
+        (["--seg", "1=0x1ffffffff"], "--seg base: 0x1ffffffff does not fit in 32 bits"),
+        (["--mem", "0x1ffffffff=00"], "--mem address: 0x1ffffffff does not fit in 32 bits"),
+        (["--gv", "0=0x1ffffffff"], "--gv 0: 0x1ffffffff does not fit in 32 bits"),
+        (["--lv", "0=-0x1ffffffff"], "--lv 0: -0x1ffffffff does not fit in 32 bits"),
+        (["--hot-threshold", "-1"], "--hot-threshold: must be 0 or more, got '-1'"),
+        (["-I", "/no/such/dir"], "-I: not a directory: /no/such/dir"),
+    ],
+)
+def test_exec_option_values_out_of_range(
+    args: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    path = tmp_path / "g.rpn"
+    path.write_text(GOOD_EXEC)
+    status, out, err = dpc(capsys, "exec", str(path), *args)
+    assert status == 2 and out == "" and err == f"dpc exec: error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seed", "-1"], "--seed: must be 0 or more, got '-1'"),
+        (["--seed", "x"], "--seed: 'x' is not a number"),
+        (["--group", ","], "--group: give at least one number"),
+        (["--group", "1,70000"], "--group: must be 0..65535, got '70000'"),
+        (["--type", "-2"], "--type: must be 0..65535, got '-2'"),
+        (["--type", "one"], "--type: 'one' is not a number"),
+    ],
+)
+def test_run_option_values_out_of_range(
+    args: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    probe = _probe(tmp_path / "p.rpn", str(BIN / "loop"))
+    status, out, err = dpc(
+        capsys,
+        "run",
+        "--probes",
+        str(probe),
+        *args,
+        "--log-file",
+        str(tmp_path / "log"),
+        "--",
+        str(BIN / "loop"),
+    )
+    assert status == 2 and "iterations" not in out
+    assert err.endswith(f"dpc run: error: {message}\n")
