@@ -9,13 +9,13 @@ status, or the fatal signal with a crash report.
 
 File descriptors 0, 1 and 2 are the host's: stdin is a byte string given at spawn,
 stdout and stderr are collected (and passed to an optional host callback as written).
-Only files the caller allowed explicitly can be opened, read-only.
+Other files come from the machine's file-system view (``runtime.filesystem``); the
+process keeps its working directory (a resolved guest path) and umask.
 """
 
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
     from dprobes.runtime.elfload import Image
 
-S_IFIFO, S_IFREG = 0o010000, 0o100000
+S_IFIFO = 0o010000
 SIGNAL_NAMES = {
     4: "SIGILL",
     5: "SIGTRAP",
@@ -59,6 +59,12 @@ class OpenFile:
     def write(self, data: bytes) -> int:
         raise OSError("not open for writing")
 
+    def seek(self, offset: int, whence: int) -> int:
+        raise OSError(29, "illegal seek")  # ESPIPE: a pipe or a terminal
+
+    def close(self) -> None:
+        """Release what the description holds on the host (nothing, by default)."""
+
 
 class Sink(OpenFile):
     """stdout/stderr: everything written is kept, and handed to ``echo`` if given."""
@@ -88,27 +94,6 @@ class Input(OpenFile):
         chunk = self.data[self.pos : self.pos + n]
         self.pos += len(chunk)
         return chunk
-
-
-class HostFile(OpenFile):
-    """A host file the caller allowed the guest to open, read-only."""
-
-    mode = S_IFREG | 0o444
-    readable = True
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.size = os.fstat(self.fd).st_size
-        self.pos = 0
-
-    def read(self, n: int) -> bytes:
-        chunk = os.pread(self.fd, n, self.pos)
-        self.pos += len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 @dataclass(frozen=True)
@@ -145,7 +130,8 @@ class Process:
     stdin: Input
     stdout: Sink
     stderr: Sink
-    allowed_files: frozenset[Path] = frozenset()
+    cwd: bytes = b"/"
+    umask: int = 0o022
     uid: int = 0
     gid: int = 0
     state: State = State.RUNNABLE
@@ -155,6 +141,8 @@ class Process:
     brk: int = 0
     tls: list[bytes] = field(default_factory=lambda: [bytes(8)] * 3)
     fds: dict[int, OpenFile] = field(default_factory=dict)
+    cloexec: set[int] = field(default_factory=set)
+    """Descriptors with FD_CLOEXEC set."""
     exit_status: int | None = None
     signal: int | None = None
     crash: CrashReport | None = None
@@ -204,6 +192,6 @@ class Process:
 
     def close_files(self) -> None:
         for f in self.fds.values():
-            if isinstance(f, HostFile):
-                f.close()
+            f.close()
         self.fds.clear()
+        self.cloexec.clear()

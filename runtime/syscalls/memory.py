@@ -6,8 +6,9 @@ import struct
 from typing import TYPE_CHECKING
 
 from dprobes.runtime.addrspace import GuestFault, Prot, page_up
+from dprobes.runtime.hostfiles import HostFile
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
-from dprobes.runtime.process import HostFile, Process
+from dprobes.runtime.process import Process
 from dprobes.runtime.syscalls.abi import (
     EACCES,
     EBADF,
