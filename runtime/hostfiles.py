@@ -32,7 +32,7 @@ class HostFile(OpenFile):
         readable: bool,
         writable: bool,
     ) -> None:
-        self.fd, self.guest_path, self.host_path, self.flags = fd, guest_path, host_path, flags
+        self.host_fd, self.guest_path, self.host_path, self.flags = fd, guest_path, host_path, flags
         self.readable, self.writable = readable, writable
 
     @property
@@ -42,25 +42,25 @@ class HostFile(OpenFile):
 
     @property
     def mode(self) -> int:  # type: ignore[override]
-        return os.fstat(self.fd).st_mode
+        return os.fstat(self.host_fd).st_mode
 
     @property
     def size(self) -> int:  # type: ignore[override]
-        return os.fstat(self.fd).st_size
+        return os.fstat(self.host_fd).st_size
 
     def read(self, n: int) -> bytes:
-        return os.read(self.fd, n)
+        return os.read(self.host_fd, n)
 
     def write(self, data: bytes) -> int:
-        return os.write(self.fd, data)
+        return os.write(self.host_fd, data)
 
     def seek(self, offset: int, whence: int) -> int:
-        return os.lseek(self.fd, offset, whence)
+        return os.lseek(self.host_fd, offset, whence)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.host_fd is not None:
+            os.close(self.host_fd)
+            self.host_fd = None
 
 
 class HostDir(HostFile):
@@ -77,10 +77,10 @@ class HostDir(HostFile):
     def _list(self) -> list[bytes]:
         """Every entry as a ``linux_dirent64`` record whose d_off is the next cursor."""
         names = [
-            (b".", os.fstat(self.fd).st_ino, stat.S_IFDIR),
+            (b".", os.fstat(self.host_fd).st_ino, stat.S_IFDIR),
             (b"..", os.stat(self.parent_host).st_ino, stat.S_IFDIR),
         ]
-        with os.scandir(self.fd) as listing:
+        with os.scandir(self.host_fd) as listing:
             for entry in listing:
                 try:
                     kind = stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)

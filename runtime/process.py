@@ -52,6 +52,8 @@ class OpenFile:
     mode = S_IFIFO | 0o600
     size = 0
     readable = writable = False
+    host_fd: int | None = None
+    """The host descriptor behind it, for questions only the host can answer (ioctl)."""
 
     def read(self, n: int) -> bytes:
         raise OSError("not open for reading")

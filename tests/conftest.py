@@ -26,3 +26,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     else:
         os.environ[_CACHE_DIR] = saved
     shutil.rmtree(getattr(config, "dprobes_cache", ""), ignore_errors=True)
+
+
+BUSYBOX = os.path.expanduser("~/.cache/dprobes-tests/busybox-i386/bin/busybox")
+
+
+@pytest.fixture
+def busybox() -> str:
+    """Debian's static i386 busybox, unpacked in the test cache (skipped when absent)."""
+    if not os.path.isfile(BUSYBOX):
+        pytest.skip(f"busybox-static i386 not unpacked at {BUSYBOX}")
+    return BUSYBOX

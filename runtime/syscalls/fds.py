@@ -126,11 +126,11 @@ def sys_fcntl64(m: Machine, p: Process, fd: int, cmd: int, arg: int) -> int:
     if cmd == F_SETFL:
         if isinstance(f, HostFile):
             f.flags = f.flags & ~_SETTABLE | arg & _SETTABLE
-            host = fcntl.fcntl(f.fd, fcntl.F_GETFL) & ~(os.O_APPEND | os.O_NONBLOCK)
+            host = fcntl.fcntl(f.host_fd, fcntl.F_GETFL) & ~(os.O_APPEND | os.O_NONBLOCK)
             host |= (os.O_APPEND if arg & O_APPEND else 0) | (
                 os.O_NONBLOCK if arg & O_NONBLOCK else 0
             )
-            fcntl.fcntl(f.fd, fcntl.F_SETFL, host)
+            fcntl.fcntl(f.host_fd, fcntl.F_SETFL, host)
         return 0
     return -EINVAL
 
@@ -183,7 +183,7 @@ def _sendfile(p: Process, out_fd: int, in_fd: int, offset: int, count: int, wide
     (start,) = struct.unpack(layout, p.space.read(offset, struct.calcsize(layout)))
     if start < 0:
         return -EINVAL
-    written = sink.write(os.pread(source.fd, count, start))
+    written = sink.write(os.pread(source.host_fd, count, start))
     p.space.write(offset, struct.pack(layout, start + written))
     return written
 

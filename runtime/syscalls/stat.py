@@ -2,7 +2,7 @@
 
 Registered in ``syscalls.table``. A host file is described as the host describes it
 (device numbers re-encoded for i386, times truncated to the 32-bit fields); a descriptor
-that is not a host file (the collected stdio) is described by its own mode and size.
+with no host descriptor behind it (collected stdio) is described by its mode and size.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
-from dprobes.runtime.hostfiles import HostFile
 from dprobes.runtime.physmem import PAGE_SIZE
 from dprobes.runtime.process import OpenFile, Process
 from dprobes.runtime.syscalls.abi import (
@@ -79,8 +78,8 @@ class Stat(NamedTuple):
 
 def describe(f: OpenFile) -> Stat:
     """The status of an open file description."""
-    if isinstance(f, HostFile):
-        return Stat.of_host(os.fstat(f.fd))
+    if f.host_fd is not None:
+        return Stat.of_host(os.fstat(f.host_fd))
     return Stat(f.mode, 1, 0x0B, 0, 1, 0, 0, f.size, PAGE_SIZE, (f.size + 511) // 512, 0, 0, 0)
 
 
