@@ -77,7 +77,7 @@ def test_fsops_prints_what_it_prints_under_qemu(tmp_path: Path) -> None:
         ["cat", "file"],
         ["wc", "-l", "file"],
         ["ls", "-a", "sub", "/proc/.."],
-        ["cat", "missing"],
+        ["cat", "sub/inner", "missing"],
     ],
 )
 def test_busybox_reads_the_host_files(busybox: str, tmp_path: Path, command: list[str]) -> None:
