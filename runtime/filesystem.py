@@ -45,7 +45,8 @@ class FileSystemView:
     """Host directory that is guest "/"; None: the host's own "/"."""
     read_only: bool = False
     writable: str = field(default_factory=os.getcwd)
-    """Host directory whose contents the guest may change (ignored under ``root``)."""
+    """Host directory whose contents the guest may change and where it starts (ignored
+    under ``root``)."""
 
     def __post_init__(self) -> None:
         if self.root is not None:
@@ -54,10 +55,8 @@ class FileSystemView:
 
     @property
     def start_cwd(self) -> bytes:
-        """The guest's first working directory: the host's, or "/" under ``root``."""
-        if self.root is not None:
-            return b"/"
-        return os.fsencode(os.getcwd())
+        """The guest's first working directory: the writable one, or "/" under ``root``."""
+        return b"/" if self.root is not None else os.fsencode(self.writable)
 
     def host(self, guest: bytes) -> bytes:
         """The host path of a resolved guest path."""

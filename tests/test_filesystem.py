@@ -8,6 +8,7 @@ EROFS; by default only the starting directory may be changed.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from dprobes.runtime import syscalls
+from dprobes.runtime.filesystem import FileSystemView
+from dprobes.runtime.machine import Machine
 from dprobes.tests.guest_expectations import BIN, QEMU
 
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-i386 is not installed")
@@ -155,3 +159,31 @@ def test_file_option_is_gone_with_a_pointer(tmp_path: Path) -> None:
     done = dpc_run(tmp_path, "--file", os.devnull, "--", str(BIN / "loop"))
     assert done.returncode == 2 and "--file is gone" in done.stderr
     assert "--root/--read-only" in done.stderr
+
+
+def test_lookup_follows_links_inside_the_root_and_stops_at_loops(tmp_path: Path) -> None:
+    view = FileSystemView(root=str(tmp_path))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "to-d").symlink_to("/d")
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "f").write_text("")
+    assert view.resolve(b"/", b"d/to-d/to-d/../d/./x") == b"/d/x"
+    assert view.resolve(b"/d", b"to-d", follow=False) == b"/d/to-d"
+    assert view.host(b"/d/x") == os.fsencode(tmp_path) + b"/d/x"
+    for path, code in [(b"loop", errno.ELOOP), (b"f/x", errno.ENOTDIR), (b"no/x", errno.ENOENT)]:
+        with pytest.raises(OSError) as refused:
+            view.resolve(b"/", path)
+        assert refused.value.errno == code
+
+
+def test_a_hard_link_cannot_make_an_outside_file_writable(tmp_path: Path) -> None:
+    work = scratch(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    machine = Machine(fs=FileSystemView(writable=str(work)))
+    proc = machine.spawn(BIN / "loop")
+    old, new = 0xBFFF0000, 0xBFFF1000
+    proc.space.write(old, os.fsencode(outside) + b"\0")
+    proc.space.write(new, b"alias\0")
+    assert syscalls.dispatch(machine, proc, 9, (old, new, 0, 0, 0, 0)) == -errno.EACCES
+    assert proc.cwd == os.fsencode(work) and not (work / "alias").exists()

@@ -52,7 +52,7 @@ def _mmap(
         if not isinstance(opened, HostFile):
             return -EBADF if opened is None else -EACCES
         if flags & MAP_SHARED and prot & Prot.WRITE:
-            return -EACCES  # opened read-only
+            return -EACCES  # stores would never reach the host file
         file = m.cache.open(opened.path)
     if flags & MAP_FIXED:
         start = addr

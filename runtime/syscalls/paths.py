@@ -236,8 +236,9 @@ def sys_symlink(m: Machine, p: Process, target: int, path: int) -> int:
 
 @syscall(9, "link")
 def sys_link(m: Machine, p: Process, old: int, new: int) -> int:
-    source = m.fs.host(lookup(m, p, AT_FDCWD, old, follow=False))
-    os.link(source, entry(m, p, AT_FDCWD, new), follow_symlinks=False)
+    source = lookup(m, p, AT_FDCWD, old, follow=False)
+    m.fs.check_write(source)  # a new name for it must not make an unwritable file writable
+    os.link(m.fs.host(source), entry(m, p, AT_FDCWD, new), follow_symlinks=False)
     return 0
 
 
