@@ -82,6 +82,7 @@ def test_fsops_prints_what_it_prints_under_qemu(tmp_path: Path) -> None:
         ["wc", "-l", "file"],
         ["ls", "-a", "sub", "/proc/.."],
         ["cat", "sub/inner", "missing"],
+        ["stat", "-f", "-c", "%T %l", "."],
     ],
 )
 def test_busybox_reads_the_host_files(busybox: str, tmp_path: Path, command: list[str]) -> None:
@@ -96,6 +97,7 @@ def test_busybox_changes_the_working_directory_as_under_qemu(busybox: str, tmp_p
         ["mkdir", "-p", "a/b"],
         ["mv", "file", "a/b/moved"],
         ["touch", "new"],
+        ["cp", "-p", "a/b/moved", "copy"],
         ["rm", "-r", "sub"],
         ["find", "."],
     ]
@@ -107,7 +109,7 @@ def test_busybox_changes_the_working_directory_as_under_qemu(busybox: str, tmp_p
         assert all(done.returncode == 0 for done in outputs), [d.stderr for d in outputs]
         trees.append((sorted(outputs[-1].stdout.split()), (work / "a/b/moved").read_text()))
     assert trees[0] == trees[1]
-    assert trees[0][0] == [".", "./a", "./a/b", "./a/b/moved", "./new"]
+    assert trees[0][0] == [".", "./a", "./a/b", "./a/b/moved", "./copy", "./new"]
 
 
 def test_root_is_the_guest_slash(busybox: str, tmp_path: Path) -> None:

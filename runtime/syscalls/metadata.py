@@ -90,3 +90,33 @@ def sys_fchmodat(m: Machine, p: Process, dirfd: int, path: int, mode: int) -> in
 def sys_fchmod(m: Machine, p: Process, fd: int, mode: int) -> int:
     os.chmod(_target(m, p, fd, 0, True)[1], mode & 0o7777)
     return 0
+
+
+def _chown(m: Machine, p: Process, dirfd: int, path: int, uid: int, gid: int, follow: bool) -> int:
+    host = _target(m, p, dirfd, path, follow)[1]
+    os.chown(host, signed(uid), signed(gid), follow_symlinks=follow)  # -1 keeps that id
+    return 0
+
+
+@syscall(212, "chown32")
+def sys_chown32(m: Machine, p: Process, path: int, uid: int, gid: int) -> int:
+    return _chown(m, p, AT_FDCWD, path, uid, gid, follow=True) if path else -EFAULT
+
+
+@syscall(198, "lchown32")
+def sys_lchown32(m: Machine, p: Process, path: int, uid: int, gid: int) -> int:
+    return _chown(m, p, AT_FDCWD, path, uid, gid, follow=False) if path else -EFAULT
+
+
+@syscall(207, "fchown32")
+def sys_fchown32(m: Machine, p: Process, fd: int, uid: int, gid: int) -> int:
+    return _chown(m, p, fd, 0, uid, gid, follow=True)
+
+
+@syscall(298, "fchownat")
+def sys_fchownat(
+    m: Machine, p: Process, dirfd: int, path: int, uid: int, gid: int, flags: int
+) -> int:
+    if flags & ~AT_SYMLINK_NOFOLLOW or not path:
+        return -EINVAL
+    return _chown(m, p, dirfd, path, uid, gid, follow=not flags & AT_SYMLINK_NOFOLLOW)

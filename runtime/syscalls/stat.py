@@ -7,8 +7,10 @@ with no host descriptor behind it (collected stdio) is described by its mode and
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
+import sys
 from typing import TYPE_CHECKING, NamedTuple
 
 from dprobes.runtime.physmem import PAGE_SIZE
@@ -189,4 +191,60 @@ def sys_statx(
     if flags & ~(_AT_FLAGS | AT_STATX_SYNC_TYPE):
         return -EINVAL
     p.space.write(buf, pack_statx(stat_at(m, p, dirfd, path, flags)))
+    return 0
+
+
+STATFS64 = struct.Struct("<IIQQQQQiiIII16x")
+"""i386 ``struct statfs64``: type, bsize, blocks, bfree, bavail, files, ffree, fsid,
+namelen, frsize, flags, spare."""
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _fs_type(target: bytes | int) -> int:
+    """The file system's magic number (statvfs leaves it out): the host's statfs(2),
+    whose ``f_type`` is the first word of its struct on every Linux ABI."""
+    buf = ctypes.create_string_buffer(256)
+    call = _LIBC.fstatfs if isinstance(target, int) else _LIBC.statfs
+    if call(target, buf) != 0:
+        return 0
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], sys.byteorder) & 0xFFFFFFFF
+
+
+def _pack_statfs64(v: os.statvfs_result, fs_type: int) -> bytes:
+    fsid = v.f_fsid & 0xFFFFFFFFFFFFFFFF
+    return STATFS64.pack(
+        fs_type,
+        v.f_bsize,
+        v.f_blocks,
+        v.f_bfree,
+        v.f_bavail,
+        v.f_files,
+        v.f_ffree,
+        signed(fsid & 0xFFFFFFFF),
+        signed(fsid >> 32 & 0xFFFFFFFF),
+        v.f_namemax,
+        v.f_frsize,
+        v.f_flag,
+    )
+
+
+@syscall(268, "statfs64")
+def sys_statfs64(m: Machine, p: Process, path: int, size: int, buf: int) -> int:
+    if size != STATFS64.size:
+        return -EINVAL
+    host = m.fs.host(lookup(m, p, AT_FDCWD, path))
+    p.space.write(buf, _pack_statfs64(os.statvfs(host), _fs_type(host)))
+    return 0
+
+
+@syscall(269, "fstatfs64")
+def sys_fstatfs64(m: Machine, p: Process, fd: int, size: int, buf: int) -> int:
+    f = p.fds.get(signed(fd))
+    if f is None or f.host_fd is None:
+        return -EBADF
+    if size != STATFS64.size:
+        return -EINVAL
+    p.space.write(buf, _pack_statfs64(os.fstatvfs(f.host_fd), _fs_type(f.host_fd)))
     return 0
