@@ -68,14 +68,16 @@ class FileSystemView:
         """The resolved guest path ``path`` names from directory ``cwd``.
 
         Every component but the last must exist and be a directory (or a link to one);
-        the last is followed if it is a symlink and ``follow`` (or the path ends in "/"),
-        and may be missing (for a create). Raises OSError (ENOENT, ENOTDIR, ELOOP, ...).
+        the last is followed if it is a symlink and ``follow`` (or the path ends in "/",
+        "/." or "/..", when it must be a directory), and may be missing (for a create).
+        Raises OSError (ENOENT, ENOTDIR, ELOOP, ...).
         """
         if not path:
             raise fail(errno.ENOENT)
         if len(path) >= PATH_MAX:
             raise fail(errno.ENAMETOOLONG)
-        follow = follow or path.endswith(b"/")
+        must_be_dir = path.endswith((b"/", b"/.", b"/..")) or path in (b".", b"..")
+        follow = follow or must_be_dir
         done = [] if path.startswith(b"/") else [c for c in cwd.split(b"/") if c]
         pending = [c for c in path.split(b"/") if c]
         pending.reverse()
@@ -106,7 +108,7 @@ class FileSystemView:
                     done = []
                 pending.extend(reversed([c for c in target.split(b"/") if c]))
                 continue
-            if not last and not stat.S_ISDIR(mode):
+            if (must_be_dir or not last) and not stat.S_ISDIR(mode):
                 raise fail(errno.ENOTDIR)
             done.append(name)
         return b"/" + b"/".join(done)

@@ -40,14 +40,6 @@ class HostFile(OpenFile):
         """The host path (what ``mmap`` maps through the page cache)."""
         return os.fsdecode(self.host_path)
 
-    @property
-    def mode(self) -> int:  # type: ignore[override]
-        return os.fstat(self.host_fd).st_mode
-
-    @property
-    def size(self) -> int:  # type: ignore[override]
-        return os.fstat(self.host_fd).st_size
-
     def read(self, n: int) -> bytes:
         return os.read(self.host_fd, n)
 
