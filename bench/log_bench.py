@@ -4,8 +4,9 @@ Every figure comes from a subprocess, as a user runs it: ``dpc run --tier jit`` 
 guest/bin/loop with a probe on each of the first ten instructions of ``work`` (called
 100,000 times: 1,000,000 hits), each running the 10-instruction handler of
 ``probe_bench`` that logs two words, every header field selected (``log = ALL``), records
-written to ``--log-file`` with KLOG, KLOG ``-f``, COM1 and EVL. The native path alone is
-the same machine and probes with the records kept in the ring and nothing written
+written to ``--log-file`` with KLOG, KLOG ``-f``, COM1, EVL and LTT (a CTF trace directory;
+its cost is also given as a ratio to EVL's, the other machine-readable target). The native
+path alone is the same machine and probes with the records kept in the ring and nothing written
 (``python -m dprobes.bench.log_bench --native-only``, the Python API's default journal).
 
 Cost per hit = (probed run - unprobed run of the same command) / hits, the least of a few
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ TARGETS = {
     "KLOG -f": ["--log-target", "KLOG", "-f"],
     "COM1": ["--log-target", "COM1"],
     "EVL": ["--log-target", "EVL"],
+    "LTT": ["--log-target", "LTT"],
 }
 GOAL = 1.5
 """Per-hit cost of every target relative to the native path alone."""
@@ -165,7 +168,10 @@ def run(runs: int = 2) -> list[TargetCost] | None:
                 ],
                 runs,
             )
-            log.unlink()
+            if log.is_dir():
+                shutil.rmtree(log)
+            else:
+                log.unlink()
             out.append(TargetCost(target, json.loads(summary)["logs"], probed, plain))
     return out
 
@@ -187,6 +193,12 @@ def report(costs: list[TargetCost] | None) -> str:
             f"{cost.ns_per_hit / native:>10.2f}{cost.cpu_ns_per_hit:>12,.0f}"
             f"{cost.cpu_ns_per_hit / cpu:>10.2f}"
         )
+    by_target = {cost.target: cost for cost in costs}
+    ltt, evl = by_target["LTT"], by_target["EVL"]
+    lines.append(
+        f"  LTT / EVL per hit: {ltt.ns_per_hit / evl.ns_per_hit:.2f}x wall, "
+        f"{ltt.cpu_ns_per_hit / evl.cpu_ns_per_hit:.2f}x CPU"
+    )
     return "\n".join(lines)
 
 

@@ -1,9 +1,12 @@
 """``dpc run``: run a guest program on the emulated machine with probe programs inserted.
 
-The program's stdout and stderr pass through; ``dpc run`` exits with its exit status
-(128 + signal number when a signal killed it, as a shell reports it). Log records go to
+The program gets dpc's own stdin, stdout and stderr (``Stdio.host()``) and environment
+(changed by ``--env``/``--unset``/``--clear-env``, as qemu-user's options change it);
+``dpc run`` exits with its exit status (128 + signal number when a signal killed it, as a
+shell reports it). Log records go to
 the target each program names (or ``--log-target``): KLOG text to ``--log-file`` or
-stderr, COM1/COM2 raw records and EVL JSON Lines to ``--log-file``.
+stderr, COM1/COM2 raw records and EVL JSON Lines to ``--log-file``, LTT a CTF trace into
+the directory ``--log-file`` names.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dprobes.vm.program import LogField, LogTarget, Program
 
 if TYPE_CHECKING:
     from dprobes.runtime.filesystem import FileSystemView
-    from dprobes.runtime.logformat.writer import LogWriter
+    from dprobes.runtime.logformat.writer import LogWriter, TraceWriter
     from dprobes.runtime.probes import ProbeManager
 
 EXIT_STOPPED = 124
@@ -38,9 +41,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="probe program (RPN source or PPDF) to insert (repeatable)",
     )
     parser.add_argument("--log", metavar="FIELDS", help=f"record header {LOG_FIELDS_HELP}")
-    parser.add_argument(
-        "--log-target", choices=[t.name for t in LogTarget if t is not LogTarget.LTT]
-    )
+    parser.add_argument("--log-target", choices=[t.name for t in LogTarget])
     parser.add_argument(
         "--log-file", metavar="PATH", help="where log records go (emptied first; see --append)"
     )
@@ -51,7 +52,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "-f",
         "--unformatted",
         action="store_true",
-        help="KLOG: plain hex bytes instead of a hex dump",
+        help="KLOG: the data as hex bytes on the header's line instead of dump rows",
+    )
+    parser.add_argument(
+        "--smp-header",
+        action="store_true",
+        help="log headers as an SMP build of DProbes 5.0 wrote them (with the cpu number)",
     )
     parser.add_argument("--dont-verify-opcodes", action="store_true")
     parser.add_argument(
@@ -85,13 +91,59 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--file", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
+    add_environment_options(parser)
     add_tier_options(parser)
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON summary (status, records, variables, logs)",
+        help="print a JSON summary (status, records, variables, logs, unimplemented syscalls)",
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS]...")
+
+
+def add_environment_options(parser: argparse.ArgumentParser) -> None:
+    """The guest's environment, as qemu-user makes it: dpc's own, less ``--unset`` names,
+    plus ``--env`` settings (``--clear-env`` starts from nothing)."""
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable"
+    )
+    parser.add_argument(
+        "--unset", action="append", default=[], metavar="NAME", help="remove a variable"
+    )
+    parser.add_argument("--clear-env", action="store_true", help="start from an empty environment")
+
+
+def guest_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The environment the guest starts with (see ``add_environment_options``)."""
+    env = {} if args.clear_env else _host_environment()
+    for name in args.unset:
+        if not name or "=" in name:
+            raise UsageError(f"--unset: not a variable name: '{name}'")
+        env.pop(name, None)
+    for setting in args.env:
+        name, equals, value = setting.partition("=")
+        if not name or not equals:
+            raise UsageError(f"--env: expected NAME=VALUE, got '{setting}'")
+        env[name] = value
+    return env
+
+
+def _host_environment() -> dict[str, str]:
+    """dpc's environment as it was started. Python's start-up may have set LC_CTYPE
+    (PEP 538 locale coercion), so that one variable is taken from /proc/self/environ,
+    which keeps the environment the process was started with."""
+    env = dict(os.environ)
+    try:
+        with open("/proc/self/environ", "rb") as stream:
+            started = stream.read().split(b"\0")
+    except OSError:
+        return env
+    ctype = next((item[9:] for item in started if item.startswith(b"LC_CTYPE=")), None)
+    if ctype is None:
+        env.pop("LC_CTYPE", None)
+    else:
+        env["LC_CTYPE"] = os.fsdecode(ctype)
+    return env
 
 
 def _numbers(text: str | None, option: str) -> set[int] | None:
@@ -112,21 +164,29 @@ def _fields(text: str | None) -> LogField | None:
 def _target(args: argparse.Namespace, path: str, program: Program) -> LogTarget:
     """The log target of a program's records (``--log-target`` overrides its own)."""
     target = LogTarget[args.log_target] if args.log_target else program.header.log_target
-    if target is LogTarget.LTT:
-        raise UsageError(f"{path}: log target LTT is not implemented yet")
     if target is not LogTarget.KLOG and not args.log_file:
         raise UsageError(f"{path}: log target {target.name} needs --log-file")
     return target
 
 
-def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: list[IO]) -> LogWriter:
+def _writer(
+    args: argparse.Namespace, targets: dict[str, LogTarget], opened: list[IO], command: list[str]
+) -> LogWriter | TraceWriter:
     """The writer of every record: to ``--log-file`` (opened before the guest starts), or
     KLOG text to stderr, flushed after every write so it interleaves with the program's
-    own output as it happens."""
+    own output as it happens; LTT's trace into the ``--log-file`` directory."""
     from dprobes.runtime.logformat.layouts import layout_for
     from dprobes.runtime.logformat.writer import LogWriter
 
-    layouts = {name: layout_for(target, args.unformatted) for name, target in targets.items()}
+    if args.log_target == LogTarget.LTT.name or LogTarget.LTT in targets.values():
+        writer = _trace_writer(args, targets, command)
+        opened.append(writer.trace_file)
+        return writer
+
+    layouts = {
+        name: layout_for(target, args.unformatted, args.smp_header)
+        for name, target in targets.items()
+    }
     if not args.log_file:
 
         def stderr() -> IO:
@@ -138,6 +198,38 @@ def _writer(args: argparse.Namespace, targets: dict[str, LogTarget], opened: lis
     stream = _open_log_file(args)
     opened.append(stream)
     return LogWriter(layouts, lambda: stream)
+
+
+def _trace_writer(
+    args: argparse.Namespace, targets: dict[str, LogTarget], command: list[str]
+) -> TraceWriter:
+    """LTT's trace writer, its directory made ready before the guest starts; the trace's
+    UUID comes from the run's inputs (seed, command, executable, probe programs, --log)."""
+    from pathlib import Path
+
+    from dprobes.runtime.logformat.ctf import prepare_directory, trace_uuid
+    from dprobes.runtime.logformat.writer import TraceWriter
+
+    others = sorted({t.name for t in targets.values()} - {LogTarget.LTT.name})
+    if others:
+        raise UsageError(
+            f"log targets LTT and {', '.join(others)} cannot share --log-file "
+            "(LTT writes a trace directory; choose one with --log-target)"
+        )
+    if not args.log_file:
+        raise UsageError("log target LTT needs --log-file (the trace's directory)")
+    if args.append:
+        raise UsageError("--append: an LTT trace is written anew each run")
+    directory = Path(args.log_file)
+    try:
+        prepare_directory(directory)
+    except ValueError as error:
+        raise UsageError(f"--log-file: {error}") from None
+    inputs = [args.seed, "\0".join(command), args.log or "", *args.probes]
+    files = [command[0], *args.probes]
+    contents = [Path(path).read_bytes() if os.path.isfile(path) else b"" for path in files]
+    trace_id = trace_uuid(*(text.encode() for text in inputs), *contents)
+    return TraceWriter(targets, directory, trace_id)
 
 
 def _open_log_file(args: argparse.Namespace) -> IO:
@@ -177,12 +269,15 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     from dprobes.runtime.elfload import LoadError
     from dprobes.runtime.machine import InstructionLimit, Machine
     from dprobes.runtime.probes import InsertError, ProbeManager
+    from dprobes.runtime.stdio import Stdio
+    from dprobes.runtime.syscalls.abi import SIGPIPE
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
     limit = _positive(args.max_instructions, "--max-instructions")
     fs = _file_system(args)
+    env = guest_environment(args)
     apply_tier_options(args)
     machine = Machine(seed=parse_int(args.seed, "--seed"), fs=fs)
     manager = ProbeManager(
@@ -222,14 +317,10 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
                 )
     opened: list[IO] = []
     stopped = None
-    manager.writer = _writer(args, targets, opened)
+    manager.writer = _writer(args, targets, opened, command)
     try:
-        process = machine.spawn(
-            command[0],
-            command,
-            stdout=sys.stdout.buffer.write,
-            stderr=sys.stderr.buffer.write,
-        )
+        sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
+        process = machine.spawn(command[0], command, env, stdio=Stdio.host())
         try:
             machine.run(max_instructions=limit)
         except InstructionLimit as error:
@@ -241,7 +332,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         manager.writer.flush()
         for stream in opened:
             stream.close()
-    if process.crash is not None:
+    if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
         print(f"dpc run: {process.crash}", file=sys.stderr)
     if stopped is not None:
         print(f"dpc run: stopped: {stopped}", file=sys.stderr)
@@ -249,11 +340,19 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     else:
         code = process.returncode or 0
         code = code if code >= 0 else 128 - code
-    _report(args, manager, process, code)
+    _report(args, manager, process, code, machine.unknown_syscalls)
     return code
 
 
-def _report(args: argparse.Namespace, manager: ProbeManager, process, code: int) -> None:
+def _report(
+    args: argparse.Namespace,
+    manager: ProbeManager,
+    process,
+    code: int,
+    unimplemented: dict[int, int],
+) -> None:
+    from dprobes.runtime.syscalls import NAMES
+
     rows = manager.query()
     variables = manager.getvars()
     if args.json:
@@ -267,6 +366,10 @@ def _report(args: argparse.Namespace, manager: ProbeManager, process, code: int)
                     "logs": manager.log_count,
                     "exits": manager.exits,
                     "native_hits": manager.native.hits if manager.native is not None else 0,
+                    "unimplemented": [
+                        {"number": number, "name": NAMES.get(number), "calls": calls}
+                        for number, calls in sorted(unimplemented.items())
+                    ],
                 }
             ),
             file=sys.stderr,

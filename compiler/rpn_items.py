@@ -110,17 +110,8 @@ def _log_fields(item: ast.Item, sink: DiagnosticSink) -> LogField | None:
         return None
 
 
-def _log_target(item: ast.Item, sink: DiagnosticSink) -> LogTarget | None:
-    """``log_target = KLOG|COM1|COM2|EVL``; LTT is refused until it is implemented."""
-    if item.value.lower() == LogTarget.LTT.name.lower():
-        sink.error(
-            item.value_loc, "log target LTT is not implemented yet", "use KLOG, COM1, COM2 or EVL"
-        )
-        return None
-    return _LOG_TARGETS(item, sink)  # type: ignore[return-value]
-
-
-_LOG_TARGETS = _choice({t.name.lower(): t for t in LogTarget if t is not LogTarget.LTT})
+_LOG_TARGETS = _choice({t.name.lower(): t for t in LogTarget})
+"""``log_target = KLOG|COM1|COM2|LTT|EVL``."""
 
 
 _YES_NO = _choice({"yes": True, "no": False})
@@ -140,7 +131,7 @@ HEADER_KEYWORDS: dict[str, Keyword] = {
     "heapmax": Keyword("heapmax", _clamped(HEAPMAX_LIMIT)),
     "autostacktrace": Keyword("autostacktrace", _YES_NO),
     "log": Keyword("log_fields", _log_fields),
-    "log_target": Keyword("log_target", _log_target),
+    "log_target": Keyword("log_target", _LOG_TARGETS),
 }
 
 PROBE_STARTS: dict[str, ProbeKind] = {

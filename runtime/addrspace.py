@@ -1,6 +1,6 @@
 """Per-process address spaces: VMAs, page tables, copy-on-write and swap.
 
-DProbes' user-probe insertion walks exactly these structures (dprobes-system.md 5.4): the
+DProbes' user-probe insertion walks exactly these structures: the
 vmas that map an inode, the page-table entry at ``vm_start - (vm_pgoff << PAGE_SHIFT) +
 offset``, and the page behind it, which is either the shared page-cache page or a private
 copy (``IS_COW_PAGE``), present or swapped out. So an address space here is built the way
@@ -12,6 +12,8 @@ Linux builds one:
   CPU through ``translate`` from the TLB-fill hook, or by host ``read``/``write``). A
   private file page first maps the *page-cache frame* read-only (``shared``); the first
   write copies it into a new frame (COW). Anonymous pages start as fresh zero frames.
+  A private file page that is writable *and* executable (text made writable with
+  ``mprotect``) is copied at its first touch instead (``writable_code``).
 - ``swap_out(vaddr)`` moves a private page into a swap slot and leaves a non-present PTE
   that remembers the slot; the next touch swaps it back into a new frame.
 - ``file_pages(file, index)`` finds every page of this space mapping a file page, shared or
@@ -44,6 +46,7 @@ from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMe
 from dprobes.runtime.swap import SwapArea
 
 _WRITE, _EXEC = int(Prot.WRITE), int(Prot.EXEC)
+_WRITE_EXEC = _WRITE | _EXEC
 
 __all__ = [
     "KERNEL_BASE",
@@ -174,6 +177,15 @@ class AddressSpace:
             )
         return self._layout
 
+    def writable_code(self, vaddr: int) -> bool:
+        """Whether ``vaddr`` is in a mapping both writable and executable: code the guest
+        may rewrite with plain stores, which the host is not told about. Such a page is
+        made private at its first touch (``translate``), so no code runs from a frame
+        other than the one the guest writes, and host caches of its code (block counts,
+        native probe steps) must look at the bytes each time."""
+        vma = self.find_vma(vaddr)
+        return vma is not None and int(vma.prot) & _WRITE_EXEC == _WRITE_EXEC
+
     def _carve(self, start: int, end: int) -> list[VMA]:
         """Split VMAs so that none straddles ``start`` or ``end``; return those inside."""
         self._layout = None
@@ -206,7 +218,10 @@ class AddressSpace:
             pte = self._fault_in(vma, vpn)  # type: ignore[arg-type]
         elif pte.swap_slot is not None:
             self._swap_in(vma, pte)  # type: ignore[arg-type]
-        if access == _WRITE and not pte.writable:
+        if not pte.writable and (access == _WRITE or prot & _WRITE_EXEC == _WRITE_EXEC):
+            # writable code is copied at its first touch, not its first write (see
+            # writable_code): unicorn might go on running a block it translated from the
+            # shared frame after the guest's store went to the private copy
             moved = pte.shared
             self._make_writable(pte)
             self.private_code |= bool(prot & _EXEC)

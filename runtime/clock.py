@@ -1,9 +1,9 @@
 """The deterministic clock: an instruction counter in native code, and time derived from it.
 
 Every value a guest can observe about time must come from the runtime, not the host
-(runtime.md, "Determinism"), and scheduling must not depend on host speed. So the machine's
-clock is the number of guest instructions executed so far: the scheduler's quantum, the
-instruction limit, ``clock_gettime`` and the log header's TSC all read it.
+(docs/runtime.md, "Clock and determinism"), and scheduling must not depend on host
+speed. So the machine's clock is the number of guest instructions executed so far: the
+scheduler's quantum, the instruction limit, ``clock_gettime`` and the log header's TSC all read it.
 
 Counting has to be exact and cheap. unicorn's own ``count`` argument puts a hook on every
 instruction (measured: ~4.5x slower on guest/bin/loop) and cannot say how many ran when
@@ -16,14 +16,17 @@ exact: a stopped block is neither run nor counted). A block's instruction count 
 from a small direct-mapped table keyed by (address, size in bytes), one table per code
 layout (``AddressSpace.code_key``: processes running the same file pages at the same
 addresses share one); a miss calls back into Python once, which decodes the block's
-bytes with capstone (remembering the answer by content).
+bytes with capstone (remembering the answer by content). A block in a page the guest may
+write (``AddressSpace.writable_code``) never enters the table: the guest can rewrite it
+in place, keeping its address and size, and nothing tells the host, so each of its runs
+is looked up by content again.
 
 Limits: the clock reads at block granularity inside a block (an ``rdtsc`` sees the count
 at the end of its block); an instruction that faults in the middle of a block has
-counted the rest of its block (the process is then being killed or trapped anyway); guest
-self-modifying code that keeps a block's address and size is still counted with the old
-table entry until the next ``forget`` (host writes into code call it). Measured on
-guest/bin/loop: ~300 guest MIPS with the counter, ~370 without any hook.
+counted the rest of its block (the process is then being killed or trapped anyway), and
+so has a store into the very block that runs it (unicorn then ends the block after the
+store and translates the rest anew, which counts again). Measured on guest/bin/loop: ~300
+guest MIPS with the counter, ~370 without any hook.
 """
 
 from __future__ import annotations
@@ -155,9 +158,16 @@ def _native_hook() -> int:
 class InstructionCounter:
     """Exact count of executed guest instructions, with a stop limit, on one ``Uc``."""
 
-    def __init__(self, uc: Uc, code_reader: Callable[[int, int], bytes]) -> None:
+    def __init__(
+        self,
+        uc: Uc,
+        code_reader: Callable[[int, int], bytes],
+        rewritable: Callable[[int, int], bool],
+    ) -> None:
         self.read_code = code_reader
         """Reads the current address space's bytes for a block being counted."""
+        self.rewritable = rewritable
+        """Whether the guest may write the block at (address, size): not kept in the table."""
         self._state = _State(
             0, 2**64 - 1, None, None, ctypes.cast(_uc.uclib.uc_emu_stop, ctypes.c_void_p).value
         )
@@ -238,6 +248,8 @@ class InstructionCounter:
             count = self._known.get(code)
             if count is None:
                 count = self._known[code] = self._decode(code, address)
+            if self.rewritable(address, size):
+                return count
             a = address & 0xFFFFFFFF
             idx = len(ENTRY_FIELDS) * slot(a, size)
             table = ctypes.cast(self._state.table, ctypes.POINTER(ctypes.c_uint32))

@@ -3,7 +3,7 @@
 What DProbes needs from the processor is i386 behaviour at the edges: int3 traps with EIP
 after it, BOUND faults with EIP at it, user code at CPL 3 with Linux's selectors, TLS in
 the GDT, x87 and SSE usable, and a TLB that can be told a page moved (COW, swap). This
-module sets that up on unicorn, following what runtime.md records as measured:
+module sets that up on unicorn (docs/runtime.md, "CPU"):
 
 - ``UC_TLB_VIRTUAL`` with a ``UC_HOOK_TLB_FILL`` hook: every TLB miss asks the current
   ``AddressSpace.translate``; the CPU's own CR0.PG paging is never switched on (its second
@@ -133,7 +133,7 @@ class CPU:
         self.translation_listeners: list[Callable[[], None]] = []
         """Host-side caches of the current space's translations, dropped with the TLB."""
         self._cs = RegisterBatch(self.uc, ["cs"])  # before any hook can run
-        self.counter = InstructionCounter(self.uc, self._read_code)
+        self.counter = InstructionCounter(self.uc, self._read_code, self._rewritable_code)
         self.uc.hook_add(UC_HOOK_TLB_FILL, self._tlb_fill)
         self._interrupt_hook = self.uc.hook_add(
             UC_HOOK_INTR, lambda _uc, vector, _data: self.on_interrupt(vector)
@@ -257,6 +257,12 @@ class CPU:
             take = min(n - len(out), PAGE_SIZE - (addr & PAGE_MASK))
             out += self.memory.bytes[base : base + take]
         return bytes(out)
+
+    def _rewritable_code(self, vaddr: int, n: int) -> bool:
+        space = self.space
+        return space is not None and (
+            space.writable_code(vaddr) or space.writable_code(vaddr + n - 1)
+        )
 
     def invalidate_code(self, paddr: int, length: int) -> None:
         """Drop translated code of physical [paddr, paddr+length) after a host write to it.

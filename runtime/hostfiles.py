@@ -46,9 +46,6 @@ class HostFile(OpenFile):
     def write(self, data: bytes) -> int:
         return os.write(self.host_fd, data)
 
-    def seek(self, offset: int, whence: int) -> int:
-        return os.lseek(self.host_fd, offset, whence)
-
     def close(self) -> None:
         if self.host_fd is not None:
             os.close(self.host_fd)

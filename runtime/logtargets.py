@@ -3,8 +3,9 @@
 A record is the binary header ``{u16 facility_id=1, u16 len, u32 mask, u16 major,
 u16 minor}`` followed by the optional fields the program's ``log =`` selected, in the
 reference order (pid, uid, cs+eip, ss+esp, timestamp, process name), then the log data
-the handler produced. ``len`` is the whole record's length here (5.0 kept the header
-length there; a reader of a raw serial stream needs the record length). The exception
+the handler produced. ``len`` is the header's length, as 5.0 wrote it (a reader finds the
+data there; the record ends where the next one's facility id, or the target's CR LF,
+starts). An SMP build of 5.0 put a cpu word after the base (``smp``). The exception
 buffer, when not empty, follows as a second record with major/minor 0/0.
 
 The header's elements, their order, formats and mask bits are ``vm.logrecord.HEADER``;
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from dprobes.vm.logrecord import (
+    CPU,
     FACILITY_ID,
     HeaderValue,
     Shown,
@@ -51,9 +53,9 @@ class LogRecord:
     hit: HitInfo
     data: bytes
 
-    def mask(self) -> int:
+    def mask(self, smp: bool = False) -> int:
         """The header's ``mask`` word."""
-        return mask(self.fields)
+        return mask(self.fields, smp)
 
     def values(self) -> tuple[tuple[HeaderValue, tuple[int | str, ...]], ...]:
         """Each header value the record shows, with what it is packed from, in order."""
@@ -64,9 +66,9 @@ class LogRecord:
             for value in field.values
         )
 
-    def header(self) -> bytes:
-        """The binary header (``vm.logrecord``)."""
-        packing = header_struct(self.fields)
+    def header(self, smp: bool = False) -> bytes:
+        """The binary header (``vm.logrecord``; ``smp``: with the cpu word)."""
+        packing = header_struct(self.fields, smp)
         values = [
             part.encode() if isinstance(part, str) else part
             for _, parts in self.values()
@@ -74,16 +76,17 @@ class LogRecord:
         ]
         return packing.pack(
             FACILITY_ID,
-            (packing.size + len(self.data)) & 0xFFFF,
-            self.mask(),
+            packing.size,
+            self.mask(smp),
             self.major,
             self.minor,
+            *((CPU,) if smp else ()),
             *values,
         )
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, smp: bool = False) -> bytes:
         """The raw binary record."""
-        return self.header() + self.data
+        return self.header(smp) + self.data
 
     def describe(self) -> dict[str, int | str]:
         """The header as name -> value, in record order (the time as ``s:uuuuuu``)."""

@@ -1,6 +1,6 @@
 """The machine: one CPU, physical memory, the page cache, swap, processes and a scheduler.
 
-This is the small i386 Linux box DProbes probes run in (runtime.md): programs are loaded
+This is the small i386 Linux box DProbes probes run in (docs/runtime.md): programs are loaded
 from ELF files into address spaces that share page-cache frames, a deterministic
 round-robin scheduler gives each runnable process a fixed quantum of instructions, and
 ``int $0x80`` reaches the system calls. Everything else a CPU can raise goes first to a
@@ -15,7 +15,9 @@ same programs, inputs and seed execute the same instructions and print the same 
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from dprobes.runtime.cpu import CPU, STOP_ADDRESS
 from dprobes.runtime.filesystem import FileSystemView
 from dprobes.runtime.pagecache import GuestFile, PageCache
 from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, PhysicalMemory
-from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Input, Process, Sink, State
+from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Process, State
+from dprobes.runtime.stdio import Stdio
 from dprobes.runtime.swap import SwapArea
 from dprobes.runtime.traps import (
     GENERAL_PROTECTION,
@@ -45,6 +48,11 @@ QUANTUM = 200_000
 SOLO_QUANTA = 50
 """Quanta run in one ``emu_start`` when only one process is runnable."""
 SYSCALL_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
+
+
+def _warn_on_stderr(line: str) -> None:
+    with contextlib.suppress(OSError):  # a closed stderr: the notice has nowhere to go
+        print(line, file=sys.stderr, flush=True)
 
 
 class InstructionLimit(RuntimeError):
@@ -94,6 +102,9 @@ class Machine:
         self.around_slice: list[tuple[Callable[[], None], Callable[[], None]]] = []
         """(before, after) pairs called around every stretch of emulation."""
         self.unknown_syscalls: dict[int, int] = {}
+        """Calls of each system call number the machine does not implement (-ENOSYS)."""
+        self.warn: Callable[[str], None] = _warn_on_stderr
+        """Where the machine's one-line notices go (the first call of each unknown number)."""
         self.syscall_trace: list[tuple[int, str, tuple[int, ...], int | None]] | None = None
         """Set to a list to record (pid, name, arguments, result) of every system call."""
         self._next_pid = 1
@@ -115,13 +126,17 @@ class Machine:
         stdin: bytes = b"",
         stdout: Callable[[bytes], None] | None = None,
         stderr: Callable[[bytes], None] | None = None,
+        stdio: Stdio | None = None,
     ) -> Process:
         """Load the static i386 executable ``path`` as a new runnable process.
 
-        ``argv`` defaults to ``[path]`` (``path`` is a host path, whatever ``fs`` says);
-        ``stdout``/``stderr`` callbacks see output as it is written (it is collected in
-        the process either way). Raises ``LoadError`` for a bad executable.
+        ``argv`` defaults to ``[path]`` (``path`` is a host path, whatever ``fs`` says).
+        Descriptors 0-2 are ``stdio`` (``Stdio.host()`` for the host's), else
+        ``Stdio.memory(stdin, stdout, stderr)``: the callbacks see output as it is
+        written, and it is collected in the process. Raises ``LoadError`` for a bad
+        executable.
         """
+        stdio = stdio or Stdio.memory(stdin, stdout, stderr)
         space = AddressSpace(self.memory, self.cache, self.swap, self.kernel, notifier=self)
         try:
             image = elfload.load(space, self.cache, path)
@@ -130,8 +145,8 @@ class Machine:
             esp = elfload.build_stack(
                 space,
                 image,
-                [a.encode() for a in argv],
-                [f"{k}={v}".encode() for k, v in env.items()],
+                [a.encode(errors="surrogateescape") for a in argv],
+                [f"{k}={v}".encode(errors="surrogateescape") for k, v in env.items()],
                 self.random_bytes(16),
                 str(path).encode(),
             )
@@ -146,9 +161,9 @@ class Machine:
             space,
             image,
             esp,
-            Input(stdin),
-            Sink(stdout),
-            Sink(stderr),
+            stdio.stdin,
+            stdio.stdout,
+            stdio.stderr,
             cwd=self.fs.start_cwd,
         )
         self._next_pid += 1

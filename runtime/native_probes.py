@@ -19,6 +19,10 @@ Three kinds of shared state need care:
   every stretch of emulation, for ``getvars``) and ``to_native`` copies the lists in.
 * Translations: the hook's software TLB holds host addresses of guest pages. It is
   emptied whenever the CPU's TLB is flushed and when a COW break moves a page.
+* Code: an entry keeps its instruction's step (the slot's copy). A probe in code the
+  guest may rewrite (``AddressSpace.writable_code``) is never offered, and ``mprotect``
+  making code writable drops the entries there (``_invalidated``), so such a probe is
+  served by the Python path, which plans each step from the bytes then in memory.
 * Log records: native hits append packed records to a ring; ``drain`` hands them to the
   probe manager's journal in order, before any record the Python path emits and before
   every system call (so log targets and the program's output interleave as they would
@@ -237,6 +241,8 @@ class NativeProbes:
         table = self.tables.setdefault(process.pid, {})
         if not record.armed or plan.address in table or len(table) >= TABLE_SIZE // 2:
             return
+        if process.space.writable_code(plan.address):
+            return  # the guest may rewrite the instruction: its step is planned each hit
         handler = loaded.vm.compiled(record.index)
         if (
             plan.kind not in STEPPED

@@ -2,9 +2,9 @@
 
 This is where a DProbes user probe lives. A user probe is keyed by (inode, file offset),
 and inserting it writes int3 into the *page-cache page* of that offset, so every process
-running the clean, shared page sees it at once (dprobes-system.md section 5.4, step 4).
+running the clean, shared page sees it at once (docs/probes.md, "Insertion").
 DProbes also replaced the inode's ``readpage`` with ``dp_readpage`` so that probes reappear
-when a page that was dropped from the cache is read back in (step 3). Here:
+when a page that was dropped from the cache is read back in. Here:
 
 - ``GuestFile`` is the inode: a host file opened read-only, with a stable id, its size and
   a ``write_denied`` counter (DProbes' ``deny_write_access_to_inode``: the probe manager

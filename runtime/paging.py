@@ -1,7 +1,7 @@
 """Page-table vocabulary: protections, VMAs, PTEs, the kernel half, faults.
 
 The data types ``addrspace`` is built from, kept apart so that the address space itself
-reads as the paging algorithm (dprobes-system.md 5.4 walks exactly these: the vma that
+reads as the paging algorithm (DProbes' user-probe insertion walks exactly these: the vma that
 maps an inode page, the pte behind its address, shared page-cache page or private copy,
 present or swapped). ``KernelPages`` is the part of every page directory above
 ``KERNEL_BASE`` that all processes share, here the CPU's fixed kernel pages.

@@ -7,15 +7,16 @@ address space (``mm``), its saved CPU context while it is not running, its progr
 its TLS descriptors (``set_thread_area``), file descriptors, and how it ended: an exit
 status, or the fatal signal with a crash report.
 
-File descriptors 0, 1 and 2 are the host's: stdin is a byte string given at spawn,
-stdout and stderr are collected (and passed to an optional host callback as written).
-Other files come from the machine's file-system view (``runtime.filesystem``); the
-process keeps its working directory (a resolved guest path) and umask.
+File descriptors 0, 1 and 2 are given at spawn (``runtime.stdio``): the host's own, or
+in memory (stdin a byte string, stdout and stderr collected). Other files come from the
+machine's file-system view (``runtime.filesystem``); the process keeps its working
+directory (a resolved guest path) and umask.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,10 @@ class OpenFile:
         raise OSError("not open for writing")
 
     def seek(self, offset: int, whence: int) -> int:
-        raise OSError(29, "illegal seek")  # ESPIPE: a pipe or a terminal
+        """lseek: the host descriptor's, if there is one (a pipe or terminal says ESPIPE)."""
+        if self.host_fd is None:
+            raise OSError(29, "illegal seek")  # ESPIPE, as for a pipe
+        return os.lseek(self.host_fd, offset, whence)
 
     def close(self) -> None:
         """Release what the description holds on the host (nothing, by default)."""
@@ -129,9 +133,9 @@ class Process:
     space: AddressSpace
     image: Image
     entry_esp: int
-    stdin: Input
-    stdout: Sink
-    stderr: Sink
+    stdin: OpenFile
+    stdout: OpenFile
+    stderr: OpenFile
     cwd: bytes = b"/"
     umask: int = 0o022
     uid: int = 0
@@ -183,8 +187,11 @@ class Process:
         return None
 
     def output(self) -> tuple[str, str]:
-        """(stdout, stderr) decoded as UTF-8."""
-        return self.stdout.data.decode(errors="replace"), self.stderr.data.decode(errors="replace")
+        """(stdout, stderr) collected in memory, decoded as UTF-8 ("" for a host stream)."""
+        return tuple(  # type: ignore[return-value]
+            f.data.decode(errors="replace") if isinstance(f, Sink) else ""
+            for f in (self.stdout, self.stderr)
+        )
 
     def lowest_free_fd(self) -> int:
         fd = 0

@@ -2,7 +2,8 @@
 
 A record follows 5.0's ``dp_record_struct``: the probe point, a status bit set, a signed
 hit ``count`` that starts at ``-pass_count`` (a hit runs the handler only once the count
-is >= 0, and every hit increments it; reaching ``max_hits`` disables the probe) and, on
+is >= 0, and every hit increments it; reaching ``max_hits`` disables the probe; a hit
+whose instruction faults counts only with logonfault, and never disables) and, on
 an opcode mismatch, the byte actually found. The counters live in a native struct that
 the native probe hook updates too.
 """
@@ -87,3 +88,8 @@ class ProbeRecord:
         self.counters.count += 1
         if self.counters.count >= self.max_hits:
             self.status = (self.status & ~RecordStatus.ACTIVE) | RecordStatus.DISABLED
+
+    def count_fault(self) -> None:
+        """The probed instruction faulted and the probe has logonfault: count the hit, as
+        5.0's fault handler did, without the max_hits check."""
+        self.counters.count += 1

@@ -2,7 +2,7 @@
 
 DProbes had to plant probes in private copy-on-write copies of file pages *even when they
 were swapped out*, which is what the 1.3 two-pass locator scheme is about
-(dprobes-system.md section 5.4, step 6): a non-present page-table entry is remembered in
+(docs/runtime.md, "Swap"): a non-present page-table entry is remembered in
 pass 1 and faulted back in, then probed, in pass 2. For that to be testable a swapped-out
 page has to be a real thing: the bytes leave their frame for a numbered slot of this
 area, the page-table entry records the slot, and touching the page brings the bytes back

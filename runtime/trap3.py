@@ -2,14 +2,17 @@
 
 On the int3 (vector 3, EIP = probe address + 1) the record's handler runs in the VM
 against the trapping process, unless the pass count says to skip this hit. Then the
-original instruction runs once from a copy in the process's out-of-line slot page,
-single-stepped with TF; the copy is followed by an int3 as a backstop for an instruction
-that clears TF itself (popf). ``push r32``, the usual first instruction of a function, is
-emulated instead of stepped (DProbes 1.x emulated some opcodes too). At the debug trap
+probed instruction runs once from a copy in the process's out-of-line slot page (its
+bytes as they are now in the process, which may have rewritten its private copy: only
+the first byte comes from the probe record), single-stepped with TF; the copy is
+followed by an int3 as a backstop for an instruction that clears TF itself (popf).
+``push r32``, the usual first instruction of a function, is emulated instead of stepped
+(DProbes 1.x emulated some opcodes too). At the debug trap
 (vector 1) EIP and the stack are repaired (``xol.finish_step``), the hit is counted
 (``max_hits`` disables the probe) and only now is the log record written, as DProbes
 wrote it at trap1. If the probed instruction faults instead (a failing BOUND raises #BR,
-vector 5), the hit is counted and the log written only with ``logonfault = yes``; then
+vector 5), only with ``logonfault = yes`` is the hit counted (max_hits not checked) and
+the log written (even after ``abort``), as 5.0's fault handler did; then
 the fault goes to the process as Linux delivers it (SIGSEGV for #BR), reported at the
 original instruction. ``abort`` writes nothing, ``rem`` removes the probe after this hit,
 ``exit_to`` is recorded (the exits come later).
@@ -21,6 +24,7 @@ half-way through is adopted (``adopt``) and finished here, by the same methods.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -33,6 +37,7 @@ from dprobes.runtime.probe_context import ProbeContext
 from dprobes.runtime.records import ProbeRecord, RecordStatus
 from dprobes.runtime.traps import BREAKPOINT, DEBUG, Trap
 from dprobes.runtime.xol import (
+    MAX_INSN_LENGTH,
     RETURN_ADDRESS,
     TRAP_FLAG,
     StepKind,
@@ -137,7 +142,7 @@ class StepTracker:
         self.slot_pages: dict[int, int] = {}  # pid -> slot page address
         self.slot_code: dict[tuple[int, int], bytes] = {}  # (pid, slot) -> bytes there
         self.slot_numbers: dict[int, int] = {}  # id(record) -> slot, in order of first hit
-        self.plans: dict[tuple[bytes, int], StepPlan] = {}  # (original bytes, address)
+        self.plans: dict[tuple[bytes, int], StepPlan] = {}  # (bytes stepped, address)
         self._after_step = manager.machine.cpu.batch(("esp", "eflags"))
         self.native: NativeProbes | None = None
 
@@ -182,7 +187,7 @@ class StepTracker:
             process.pid,
             process.uid,
             registers["cs"],
-            registers["eip"],
+            address,  # 5.0's header eip is the probe's address (the trap's EIP - 1)
             registers["ss"],
             registers["esp"],
             process.name,
@@ -198,12 +203,32 @@ class StepTracker:
                 )
         return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
 
-    def plan(self, record: ProbeRecord, address: int) -> StepPlan:
-        key = (record.original, address)
+    def plan(self, process: Process, record: ProbeRecord, address: int) -> StepPlan:
+        """How to step the probed instruction as it is now in the process's memory: the
+        file's bytes while the page is the page cache's, the private copy's bytes (but
+        the probed first byte, under the int3) once the process has its own."""
+        code = record.original
+        pte = process.space.page_of(address)
+        if pte is not None and not pte.shared and pte.swap_slot is None:
+            code = code[:1] + self._private_code(process, pte.frame, address)[1:]
+        key = (code, address)
         plan = self.plans.get(key)
         if plan is None:
-            plan = self.plans[key] = plan_step(record.original, address)
+            plan = self.plans[key] = plan_step(code, address)
         return plan
+
+    def _private_code(self, process: Process, frame: int, address: int) -> bytes:
+        """Up to MAX_INSN_LENGTH bytes at ``address`` of the process, whose page is
+        ``frame``; fewer where the next page cannot be read."""
+        offset = address & PAGE_MASK
+        n = min(MAX_INSN_LENGTH, PAGE_SIZE - offset)
+        paddr = frame << PAGE_SHIFT | offset
+        code = bytes(self.manager.machine.memory.bytes[paddr : paddr + n])
+        # where the next page cannot be read, the instruction ends before it or faults there
+        with contextlib.suppress(GuestFault):
+            if n < MAX_INSN_LENGTH:
+                code += process.space.read(address + n, MAX_INSN_LENGTH - n, user=False)
+        return code
 
     def continue_hit(
         self,
@@ -219,7 +244,7 @@ class StepTracker:
         if outcome is not None and outcome.exit is ExitKind.EXIT_TO:
             self.manager.exits.append((process.pid, outcome.exit_to or 0, loaded.name))
         cpu = self.manager.machine.cpu
-        plan = self.plan(record, address)
+        plan = self.plan(process, record, address)
         flags = registers["eflags"]
         step = PendingStep(loaded, record, plan, 0, outcome, flags & TRAP_FLAG, hit)
         if not step.trap_flag and self._emulate_push(process, plan, registers):
@@ -294,25 +319,38 @@ class StepTracker:
             self.native.offer(process, step)
 
     def _faulted(self, machine: Machine, process: Process, step: PendingStep, trap: Trap) -> bool:
-        """The probed instruction faulted: log only with logonfault, then Linux's default."""
+        """The probed instruction faulted: as 5.0's ``dp_fault_handler``, only with
+        logonfault is the hit counted (max_hits unchecked) and the log written, even after
+        ``abort``; then Linux's default."""
         del self.pending[process.pid]
         cpu = machine.cpu
         original = step.plan.address + (trap.instruction - step.slot)
         flags = cpu.reg("eflags") & ~TRAP_FLAG | step.trap_flag
         cpu.write_registers({"eflags": flags, "eip": original & 0xFFFFFFFF})
-        self.post_step(step, wrote_log=step.record.point.logonfault)
+        record, result = step.record, step.result
+        if record.point.logonfault:
+            record.count_fault()
+            self._emit(step)
+        if result is not None and result.exit is ExitKind.REM:
+            self.manager.disarm(step.loaded, record, RecordStatus.REMOVED)
         return False
+
+    def _emit(self, step: PendingStep) -> None:
+        """Write the hit's log record (nothing if the handler did not run)."""
+        result = step.result
+        if result is not None:
+            self.manager.emit(
+                step.loaded,
+                LogRecord(result.major, result.minor, step.loaded.log_fields, step.hit, result.log),
+                result.ex_log,
+            )
 
     def post_step(self, step: PendingStep, wrote_log: bool) -> None:
         """Count the hit, write its log (if ``wrote_log``), disable or remove the probe."""
         record, result, manager = step.record, step.result, self.manager
         record.end_hit()
         if result is not None and wrote_log and writes_log(result.exit):
-            manager.emit(
-                step.loaded,
-                LogRecord(result.major, result.minor, step.loaded.log_fields, step.hit, result.log),
-                result.ex_log,
-            )
+            self._emit(step)
         if result is not None and result.exit is ExitKind.REM:
             manager.disarm(step.loaded, record, RecordStatus.REMOVED)
         elif RecordStatus.DISABLED in record.status:

@@ -61,7 +61,7 @@ class StepPlan:
     """How to step the instruction at ``address`` out of line and repair the result."""
 
     address: int
-    code: bytes  # the original instruction bytes (first byte as before the probe)
+    code: bytes  # the instruction's bytes as stepped (first byte as before the probe)
     kind: StepKind
     text: str  # "mnemonic operands", for listings and reports
 

@@ -21,7 +21,7 @@ from elftools.elf.elffile import ELFFile
 
 GUEST = Path(__file__).resolve().parents[1] / "guest"
 BIN = GUEST / "bin"
-FREESTANDING = ["loop", "strings", "recurse", "fpu", "bound", "args"]
+FREESTANDING = ["loop", "strings", "recurse", "fpu", "bound", "args", "filter"]
 PROGRAMS = [*FREESTANDING, "hello_glibc"]
 QEMU = shutil.which("qemu-i386")
 

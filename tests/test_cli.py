@@ -6,16 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dprobes.cli import main as cli
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
-from dprobes.compiler.ppdf import encode_ppdf
 from dprobes.tests.guest_expectations import BIN
-from dprobes.vm.program import LogField, LogTarget
+from dprobes.vm.program import LogField
 
 GOOD = """name = demo
 modtype = user
@@ -217,30 +215,6 @@ def test_log_option_takes_what_log_takes_in_a_program(value: str, fields: LogFie
 def test_log_option_errors(capsys) -> None:
     status, _, err = dpc(capsys, "run", "--log", "PID|FOO", "--", str(BIN / "loop"))
     assert status == 2 and "--log: unknown log field 'FOO'" in err
-
-
-def test_ltt_is_refused(tmp_path: Path, capsys) -> None:
-    """A program's LTT is a compile error at its place; ``--log-target`` does not offer it;
-    a PPDF file that says LTT is refused by ``dpc run``."""
-    source = tmp_path / "ltt.rpn"
-    source.write_text("name = m\nmodtype = user\nlog_target = LTT\noffset = 0\nexit\n")
-    status, _, err = dpc(capsys, "check", str(source))
-    assert status == 2 and f"{source}:3:14: error: log target LTT is not implemented" in err
-    assert "^" in err
-    with pytest.raises(SystemExit):
-        cli.main(["run", "--log-target", "LTT", "--", str(BIN / "loop")])
-    assert "invalid choice: 'LTT'" in capsys.readouterr().err
-    program = compile_rpn(
-        "t.rpn",
-        BuildOptions(elf=str(BIN / "loop")),
-        text=(f"name = {BIN / 'loop'}\nmodtype = user\noffset = work\nexit\n"),
-    ).program
-    ppdf = tmp_path / "ltt.ppdf"
-    ppdf.write_bytes(
-        encode_ppdf(replace(program, header=replace(program.header, log_target=LogTarget.LTT)))
-    )
-    status, _, err = dpc(capsys, "run", "--probes", str(ppdf), "--", str(BIN / "loop"))
-    assert status == 2 and "log target LTT is not implemented yet" in err
 
 
 def test_check_takes_several_files_and_reports_each(good: Path, tmp_path: Path, capsys) -> None:

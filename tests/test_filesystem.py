@@ -190,3 +190,21 @@ def test_a_hard_link_cannot_make_an_outside_file_writable(tmp_path: Path) -> Non
     proc.space.write(new, b"alias\0")
     assert syscalls.dispatch(machine, proc, 9, (old, new, 0, 0, 0, 0)) == -errno.EACCES
     assert proc.cwd == os.fsencode(work) and not (work / "alias").exists()
+
+
+@needs_qemu
+def test_lseek_on_stdin_redirected_from_a_file(busybox: str, tmp_path: Path) -> None:
+    work = scratch(tmp_path)
+    runs = []
+    for command in ([sys.executable, "-m", "dprobes.cli", "run", "--"], [QEMU or "qemu-i386"]):
+        with open(work / "file", "rb") as stdin:
+            done = subprocess.run(
+                [*command, busybox, "tail", "-c", "4"],
+                cwd=work,
+                stdin=stdin,
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
+        runs.append((done.stdout, done.returncode))
+    assert runs[0] == runs[1] == (b"ree\n", 0)

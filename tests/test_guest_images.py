@@ -70,6 +70,7 @@ SYMBOLS = {
         "limits": "STT_NOTYPE",
     },
     "args": {"_start": "STT_FUNC", "main": "STT_FUNC"},
+    "filter": {"main": "STT_FUNC", "same": "STT_FUNC"},
     "hello_glibc": {
         "_start": "STT_FUNC",
         "main": "STT_FUNC",

@@ -1,5 +1,7 @@
-"""The log formatters: the native one (generated from the layouts) against the Python one
-and the Python encoder, record by record and through ``dpc run`` on every guest program.
+"""The log formatters: both against DProbes 5.0's formats (the golden files of
+``make_logformat_goldens``), the native one (generated from the layouts) against the
+Python one and the Python encoder, record by record and through ``dpc run`` on every
+guest program.
 
 The native formatter reads records as the native hook packs them into its ring; here the
 ring records are packed by the test from ``runtime.ring``'s layout, for every choice of
@@ -18,16 +20,17 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from dprobes.cli import main as cli
-from dprobes.runtime import ring
+from dprobes.runtime import clock, ring
 from dprobes.runtime.logformat import native
-from dprobes.runtime.logformat.layouts import COM, EVL, KLOG, LAYOUTS
+from dprobes.runtime.logformat.layouts import COM, COM_SMP, EVL, KLOG, LAYOUTS, layout_for
 from dprobes.runtime.logformat.python import format_hit, format_record
 from dprobes.runtime.logformat.writer import ProbeLog
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.trap3 import hit_info
 from dprobes.tests import guest_expectations as expect
+from dprobes.tests import make_logformat_goldens as golden
 from dprobes.vm.logrecord import HEADER, header_length, markdown_table, mask
-from dprobes.vm.program import LogField
+from dprobes.vm.program import LogField, LogTarget
 
 BIN = expect.BIN
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "probes.md"
@@ -103,10 +106,13 @@ def test_native_formatter_writes_what_the_python_one_does_for_every_selection() 
             )
             record = LogRecord(number, ident & 0xFFFF, fields, hit, data)
             expected.append(format_hit(layout, record, ex_log))
-            if layout is COM:
-                assert expected[-1].startswith(record.to_bytes() + b"\r\n")
-                assert len(record.to_bytes()) == header_length(fields) + len(data)
-                assert int.from_bytes(record.to_bytes()[4:8], "little") == mask(fields)
+            if layout in (COM, COM_SMP):
+                smp = layout is COM_SMP
+                raw = record.to_bytes(smp)
+                assert expected[-1].startswith(raw + b"\r\n")
+                assert len(raw) == header_length(fields) + 4 * smp + len(data)
+                assert int.from_bytes(raw[2:4], "little") == len(raw) - len(data)
+                assert int.from_bytes(raw[4:8], "little") == mask(fields, smp)
     written, count = run_native(formatter, chunk)
     assert count == len(expected) == 64 * len(LAYOUTS)
     assert written == b"".join(expected)
@@ -239,3 +245,75 @@ def test_numbers_at_every_digit_count(number: int) -> None:
         hit = hit_info(fields, 0, number, 0, number & 0xFFFF, number, 0, number, "")
         expected.append(format_record(layout, LogRecord(major, major, fields, hit, b"")))
     assert run_native(formatter, chunk) == (b"".join(expected), len(LAYOUTS))
+
+
+GOLDEN_FIELDS = {
+    "pid": LogField.PID,
+    "uid": LogField.UID,
+    "cseip": LogField.CSEIP,
+    "ssesp": LogField.SSESP,
+    "tsc": LogField.TSC,
+    "procname": LogField.PROCNAME,
+}
+GOLDEN_TARGETS = {
+    "klog": [(LogTarget.KLOG, False)],
+    "klog-f": [(LogTarget.KLOG, True)],
+    "com": [(LogTarget.COM1, False), (LogTarget.COM2, False)],
+}
+GOLDEN_CASES = [
+    (target, smp, mask_name)
+    for target in golden.TARGETS
+    for smp in (False, True)
+    for mask_name in golden.MASKS
+]
+
+
+def golden_fields(mask_name: str) -> LogField:
+    fields = LogField.NONE
+    for name in golden.MASKS[mask_name]:
+        fields |= GOLDEN_FIELDS[name]
+    return fields
+
+
+def executed_at(hit: golden.Hit) -> int:
+    """The instruction count at which the machine's clock reads the hit's timeval."""
+    microseconds = (hit.tv_sec - clock.EPOCH) * 1_000_000 + hit.tv_usec
+    return microseconds * 1_000 // clock.NS_PER_INSTRUCTION
+
+
+def test_golden_files_are_what_the_generator_writes() -> None:
+    """The goldens on disk are current (regenerate with the script after changing it)."""
+    files = {path.name: path.read_bytes() for path in golden.GOLDEN.iterdir()}
+    assert files == golden.goldens()
+
+
+@pytest.mark.parametrize(("target", "smp", "mask_name"), GOLDEN_CASES)
+def test_both_formatters_write_the_5_0_formats(target: str, smp: bool, mask_name: str) -> None:
+    """Every target (KLOG, KLOG -f, COM1, COM2), uniprocessor and SMP headers, each header
+    mask: the Python and the native formatter write the golden file's bytes."""
+    expected = (golden.GOLDEN / golden.golden_name(target, smp, mask_name)).read_bytes()
+    fields = golden_fields(mask_name)
+    for log_target, unformatted in GOLDEN_TARGETS[target]:
+        layout = layout_for(log_target, unformatted, smp)
+        formatter = native.NativeFormatter((layout,))
+        python_out, chunk = [], b""
+        for ident, hit in enumerate(golden.RECORDS):
+            formatter.set_probe(ident, ProbeLog(hit.pid, hit.eip, fields, layout, hit.comm))
+            machine = {"uid": hit.uid, "cs": hit.cs, "ss": hit.ss, "esp": hit.esp}
+            machine["executed"] = executed_at(hit)
+            chunk += pack(ident, hit.major, hit.minor, fields, machine, hit.log, hit.ex_log)
+            info = hit_info(
+                fields,
+                machine["executed"],
+                hit.pid,
+                hit.uid,
+                hit.cs,
+                hit.eip,
+                hit.ss,
+                hit.esp,
+                hit.comm,
+            )
+            record = LogRecord(hit.major, hit.minor, fields, info, hit.log)
+            python_out.append(format_hit(layout, record, hit.ex_log))
+        assert b"".join(python_out) == expected, (log_target, "python")
+        assert run_native(formatter, chunk) == (expected, len(golden.RECORDS)), log_target

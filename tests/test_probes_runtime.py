@@ -166,7 +166,7 @@ def test_failing_bound_logs_only_with_logonfault(flag: str) -> None:
     assert process.crash is not None and process.crash.eip == vaddr
     logged = [e.record.data for e in manager.emitted]
     assert logged == ([struct.pack("<I", 10)] if flag == "yes" else [])
-    assert manager.query()[0].count == 1
+    assert manager.query()[0].count == (1 if flag == "yes" else 0)  # 5.0's fault handler
 
 
 def counting(extra: str, body: str = "    inc lv, 0\n    exit\n") -> str:
@@ -473,13 +473,13 @@ def test_dpc_run_com_and_unformatted_klog_targets(tmp_path: Path, capfdbinary) -
     assert status == 7 and len(records) == 3
     for record in records:
         facility, length, _mask, _major, _minor, pid = struct.unpack_from("<HHIHHI", record)
-        assert (facility, length, pid, len(record)) == (1, 20, 1, 20)
+        assert (facility, length, pid, len(record)) == (1, 16, 1, 20)  # len: the header
     status = cli.main(
         ["run", "--probes", str(probe), "--elf", str(BIN / "loop"), "-f", "--", str(BIN / "loop")]
     )
     err = capfdbinary.readouterr().err.decode()
     lines = [line for line in err.splitlines() if line.startswith("dprobes(")]
-    assert status == 7 and len(lines) == 3 and "00000000" not in err
+    assert status == 7 and len(lines) == 2 * 3 and "0x00000000 : " not in err
 
 
 def test_boundary_sweeps_resume_where_they_stopped() -> None:

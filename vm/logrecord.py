@@ -1,10 +1,11 @@
-"""The DProbes log-record header, in one table (reference section 7.2).
+"""The DProbes log-record header, in one table (docs/probes.md, "Log records").
 
 A record starts ``{u16 facility_id=1, u16 len, u32 mask, u16 major, u16 minor}``
 (``BASE``), then, in ``HEADER`` order and only when the program's ``log =`` selects
 them, pid u32, uid u32, cs u16 + eip u32, ss u16 + esp u32, a timeval (2 x u32) and a
-16-byte process name. 5.0 added a cpu word only in SMP builds (whatever the CPU flag
-said); the emulated machine has one CPU, so it never does.
+16-byte process name. ``len`` is the header's length (5.0's ``hdr.len``), not the
+record's. 5.0 added a cpu word after the base only in SMP builds (with the ``CPU`` mask
+bit), whatever ``log =`` said; ``smp`` below chooses that build's header.
 
 Every consumer derives from ``HEADER``: the mask, the Python encoder and describer
 (``runtime.logtargets.LogRecord``), the header length the interpreter reserves, the
@@ -36,6 +37,7 @@ class Shown(Enum):
     """What kind of value a header element is, which decides how a target shows it."""
 
     NUMBER = "number"
+    SELECTOR = "selector"
     ADDRESS = "address"
     TIME = "time"
     TEXT = "text"
@@ -63,7 +65,7 @@ class HeaderField(NamedTuple):
     values: tuple[HeaderValue, ...]
 
 
-N, A = Shown.NUMBER, Shown.ADDRESS
+N, S, A = Shown.NUMBER, Shown.SELECTOR, Shown.ADDRESS
 HEADER: tuple[HeaderField, ...] = (
     HeaderField(
         LogField.PID, HeaderBit.PID, ("PID",), (HeaderValue("pid", "I", N, ("pid",), None),)
@@ -76,7 +78,7 @@ HEADER: tuple[HeaderField, ...] = (
         HeaderBit.CS | HeaderBit.EIP,
         ("CSEIP", "UPSW"),
         (
-            HeaderValue("cs", "H", A, ("cs",), ("cs", "I")),
+            HeaderValue("cs", "H", S, ("cs",), ("cs", "I")),
             HeaderValue("eip", "I", A, ("eip",), None),
         ),
     ),
@@ -85,7 +87,7 @@ HEADER: tuple[HeaderField, ...] = (
         HeaderBit.SS | HeaderBit.ESP,
         ("SSESP", "PSW"),
         (
-            HeaderValue("ss", "H", A, ("ss",), ("ss", "I")),
+            HeaderValue("ss", "H", S, ("ss",), ("ss", "I")),
             HeaderValue("esp", "I", A, ("esp",), ("esp", "I")),
         ),
     ),
@@ -104,12 +106,16 @@ HEADER: tuple[HeaderField, ...] = (
 )
 """The optional header elements in record order. (PSW and UPSW are the S/390 spellings
 of the same bits in dprobes.h.)"""
-del N, A
+del N, S, A
 
 BASE = struct.Struct("<HHIHH")
 """The fixed start of every record: facility id, length, mask, major, minor."""
 BASE_HEADER_LENGTH = BASE.size
 BASE_BITS = HeaderBit.MAJOR | HeaderBit.MINOR
+CPU_CODE = "I"
+"""The cpu word an SMP build writes after the base (``smp_processor_id()``)."""
+CPU = 0
+"""The emulated machine's one CPU: the cpu an SMP header shows."""
 NS_PER_SECOND = 1_000_000_000
 NS_PER_MICROSECOND = 1_000
 MICROSECONDS_PER_SECOND = 1_000_000
@@ -126,19 +132,21 @@ def selected(fields: LogField) -> tuple[HeaderField, ...]:
 
 
 @functools.cache
-def mask(fields: LogField) -> int:
-    """The header's ``mask`` word for a program's ``log =`` selection."""
-    bits = BASE_BITS
+def mask(fields: LogField, smp: bool = False) -> int:
+    """The header's ``mask`` word for a program's ``log =`` selection (``smp``: as an SMP
+    build wrote it)."""
+    bits = BASE_BITS | (HeaderBit.CPU if smp else 0)
     for field in selected(fields):
         bits |= field.bits
     return bits
 
 
 @functools.cache
-def header_struct(fields: LogField) -> struct.Struct:
-    """The whole binary header (base, then the selected values) for one selection."""
+def header_struct(fields: LogField, smp: bool = False) -> struct.Struct:
+    """The whole binary header (base, the cpu word if ``smp``, then the selected values)
+    for one selection."""
     codes = "".join(value.code for field in selected(fields) for value in field.values)
-    return struct.Struct(BASE.format + codes)
+    return struct.Struct(BASE.format + (CPU_CODE if smp else "") + codes)
 
 
 def header_length(fields: LogField) -> int:

@@ -1,4 +1,4 @@
-"""The i386 register table of the DProbes 5.0 interpreter (reference section 4).
+"""The i386 register table of the DProbes 5.0 interpreter.
 
 Each register has the u16 index that ``push r``/``push u``/``pop r``/``pop u`` encode,
 which of those four instructions accept it, and how many stack words a push produces.

@@ -30,25 +30,29 @@ from llvmlite import ir
 from dprobes.runtime import clock, ring
 from dprobes.runtime.logformat.layouts import (
     Binary,
+    Dump,
     Fields,
     Hex,
-    HexDump,
     Layout,
     Number,
+    Pieces,
     Raw,
     Style,
     Text,
 )
-from dprobes.runtime.logformat.python import text_bytes
+from dprobes.runtime.logformat.python import ASCII_MASK, PRINTABLE, hex_bytes, text_bytes
 from dprobes.runtime.logformat.writer import ProbeLog
 from dprobes.vm.logrecord import (
     BASE,
     BASE_BITS,
+    CPU,
+    CPU_CODE,
     FACILITY_ID,
     HEADER,
     MICROSECONDS_PER_SECOND,
     NS_PER_MICROSECOND,
     NS_PER_SECOND,
+    HeaderBit,
     HeaderValue,
     Shown,
 )
@@ -138,6 +142,9 @@ EXTRA_ROOM = 1024
 """Output bytes a record may need beyond its process name's texts and its data's."""
 ROOM_PER_DATA_BYTE = 8
 """Output bytes a data byte may need in any layout (a hex dump needs under 5)."""
+HEX_SLOT = 8
+"""Bytes a byte's ``Hex`` text may take (stored whole: a slot is written with one store,
+so the output needs this much room past the last byte's text too)."""
 
 
 def part_codes(code: str) -> list[str]:
@@ -161,8 +168,8 @@ class _Gen:
         self.pairs = self.constant(b"".join(b"%02x" % n for n in range(256)))
         self.decimal_pairs = self.constant(b"".join(b"%02d" % n for n in range(100)))
         self.digits = self.constant(b"0123456789abcdef")
-        self._hex: dict[bytes, ir.Function] = {}
-        self._dumps: dict[HexDump, ir.Function] = {}
+        self._hex: dict[Hex, ir.Function] = {}
+        self._dumps: dict[Dump, ir.Function] = {}
 
     # --- small pieces -------------------------------------------------------------------
 
@@ -346,7 +353,7 @@ class _Gen:
 
     @functools.cached_property
     def put_hex(self) -> ir.Function:
-        """put_hex(out, value): ``0x`` and the hex digits without padding (as ``%#x``)."""
+        """put_hex(out, value): the hex digits without padding (as ``%x``)."""
         fn = self.function("put_hex", PTR, [PTR, I32])
         out, value = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -355,39 +362,42 @@ class _Gen:
         digits = b.select(
             b.icmp_unsigned("==", digits, ir.Constant(I32, 0)), ir.Constant(I32, 1), digits
         )
-        b.ret(b.call(self.put_fixed[16], [self.put(b, out, b"0x"), value, digits]))
+        b.ret(b.call(self.put_fixed[16], [out, value, digits]))
         return fn
 
     # --- data ---------------------------------------------------------------------------
 
-    def hex_bytes(self, separator: bytes) -> ir.Function:
-        """put_hex_bytes(out, data, length): the bytes in hex, ``separator`` between."""
-        known = self._hex.get(separator)
+    def hex_bytes(self, piece: Hex) -> ir.Function:
+        """put_hex_bytes(out, data, length): the bytes as ``layouts.Hex`` says, each from a
+        table of what the Python formatter's ``hex_bytes`` writes for every byte value
+        (in slots of ``HEX_SLOT`` bytes, with a table of lengths)."""
+        known = self._hex.get(piece)
         if known is not None:
             return known
-        fn = self._hex[separator] = self.function(f"put_hex{len(self._hex)}", PTR, [PTR, PTR, I32])
+        fn = self._hex[piece] = self.function(f"put_hex{len(self._hex)}", PTR, [PTR, PTR, I32])
         out, data, length = fn.args
+        texts = [hex_bytes(piece, bytes([value])) for value in range(256)]
+        if max(map(len, texts)) > HEX_SLOT:
+            raise ValueError(f"{piece}: a byte's text is longer than {HEX_SLOT} bytes")
+        slots = self.constant(b"".join(text.ljust(HEX_SLOT, b"\0") for text in texts))
+        lengths = self.constant(bytes(len(text) for text in texts))
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        step = 2 + len(separator)
+        cursor = self.alloca(b, PTR)
+        b.store(out, cursor)
 
         def body(b: ir.IRBuilder, i: ir.Value) -> None:
-            where = self.at(b, out, b.mul(i, ir.Constant(I32, step)))
-            self.pair(b, where, b.load(self.at(b, data, i), typ=I8))
-            self.put(b, self.at(b, where, 2), separator)
+            byte = b.zext(b.load(self.at(b, data, i), typ=I8), I64)
+            slot = self.at(b, slots, b.mul(byte, ir.Constant(I64, HEX_SLOT)))
+            p = b.load(cursor, typ=PTR)
+            b.store(b.load(slot, typ=INTS[HEX_SLOT], align=1), p, align=1)
+            b.store(self.at(b, p, b.load(self.at(b, lengths, byte), typ=I8)), cursor)
 
         self.loop(b, "byte", ir.Constant(I32, 0), length, body)
-        end = self.at(b, out, b.mul(length, ir.Constant(I32, step)))
-        if separator:
-            end = b.select(
-                b.icmp_unsigned("==", length, ir.Constant(I32, 0)),
-                out,
-                self.at(b, end, ir.Constant(I64, -len(separator))),
-            )
-        b.ret(end)
+        b.ret(b.load(cursor, typ=PTR))
         return fn
 
-    def hex_dump(self, piece: HexDump) -> ir.Function:
-        """put_dump(out, data, length): rows as ``layouts.HexDump`` says."""
+    def dump(self, piece: Dump) -> ir.Function:
+        """put_dump(out, data, length): rows as ``layouts.Dump`` says."""
         known = self._dumps.get(piece)
         if known is not None:
             return known
@@ -396,8 +406,8 @@ class _Gen:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         cursor = self.alloca(b, PTR)
         b.store(out, cursor)
-        width = ir.Constant(I32, piece.width)
-        pad = 3 * piece.width - 1
+        width, group = ir.Constant(I32, piece.width), ir.Constant(I32, piece.group)
+        hex_chars = piece.row_chars()
         rows = b.udiv(b.add(length, ir.Constant(I32, piece.width - 1)), width)
 
         def row(b: ir.IRBuilder, index: ir.Value) -> None:
@@ -405,34 +415,31 @@ class _Gen:
             left = b.sub(length, start)
             n = b.select(b.icmp_unsigned("<", left, width), left, width)
             row_data = self.at(b, data, start)
-            p = b.call(
-                self.put_fixed[16],
-                [b.load(cursor, typ=PTR), start, ir.Constant(I32, piece.offset_digits)],
-            )
-            p = self.put(b, p, piece.gap)
+            p = self.put(b, b.load(cursor, typ=PTR), b"0x")
+            p = self.put(b, b.call(self.put_fixed[16], [p, start, ir.Constant(I32, 8)]), b" : ")
             b.call(
-                self.memset, [p, ir.Constant(I8, 0x20), ir.Constant(I64, pad), ir.Constant(I1, 0)]
+                self.memset,
+                [p, ir.Constant(I8, 0x20), ir.Constant(I64, hex_chars), ir.Constant(I1, 0)],
             )
 
             def pair(b: ir.IRBuilder, j: ir.Value) -> None:
-                self.pair(
-                    b,
-                    self.at(b, p, b.mul(j, ir.Constant(I32, 3))),
-                    b.load(self.at(b, row_data, j), typ=I8),
-                )
+                where = b.add(b.mul(j, ir.Constant(I32, 2)), b.udiv(j, group))
+                self.pair(b, self.at(b, p, where), b.load(self.at(b, row_data, j), typ=I8))
 
             self.loop(b, "pair", ir.Constant(I32, 0), n, pair)
-            text = self.put(b, self.at(b, p, pad), piece.gap + piece.edge)
+            text = self.put(b, self.at(b, p, hex_chars), b": ")
 
             def char(b: ir.IRBuilder, j: ir.Value) -> None:
-                byte = b.load(self.at(b, row_data, j), typ=I8)
+                c = b.and_(b.load(self.at(b, row_data, j), typ=I8), ir.Constant(I8, ASCII_MASK))
                 shown = b.icmp_unsigned(
-                    "<", b.sub(byte, ir.Constant(I8, 0x20)), ir.Constant(I8, 0x7F - 0x20)
+                    "<",
+                    b.sub(c, ir.Constant(I8, PRINTABLE.start)),
+                    ir.Constant(I8, len(PRINTABLE)),
                 )
-                b.store(b.select(shown, byte, ir.Constant(I8, 0x2E)), self.at(b, text, j))
+                b.store(b.select(shown, c, ir.Constant(I8, 0x2E)), self.at(b, text, j))
 
             self.loop(b, "char", ir.Constant(I32, 0), n, char)
-            b.store(self.put(b, self.at(b, text, n), piece.edge + b"\n"), cursor)
+            b.store(self.put(b, self.at(b, text, n), b"\n"), cursor)
 
         self.loop(b, "row", ir.Constant(I32, 0), rows, row)
         b.ret(b.load(cursor, typ=PTR))
@@ -440,8 +447,8 @@ class _Gen:
 
     # --- records ------------------------------------------------------------------------
 
-    def layout(self, number: int, layout: Layout) -> ir.Function:
-        """format<n>(out, record): what the layout writes for one record."""
+    def layout(self, number: int, pieces: Pieces) -> ir.Function:
+        """format<n>(out, record): what the pieces write for one record."""
         fn = self.function(f"format{number}", PTR, [PTR, PTR])
         out, record = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -486,8 +493,14 @@ class _Gen:
                 return b.call(self.put_dec, [p, number(value.hit[0])])
             if style is Style.HEX:
                 return b.call(self.put_hex, [p, number(value.hit[0])])
-            quote = b'"' if style is Style.JSON_TIME else b""
+            eight = ir.Constant(I32, 8)
+            if style is Style.HEX8:
+                return b.call(self.put_fixed[16], [p, number(value.hit[0]), eight])
             seconds, microseconds = (number(attr) for attr in value.hit)
+            if style is Style.HEX_TIME:
+                p = self.put(b, b.call(self.put_fixed[16], [p, seconds, eight]), b":")
+                return b.call(self.put_fixed[16], [p, microseconds, eight])
+            quote = b'"' if style is Style.JSON_TIME else b""
             p = b.call(self.put_dec, [self.put(b, p, quote), seconds])
             p = b.call(
                 self.put_fixed[10],
@@ -499,9 +512,10 @@ class _Gen:
             )
             return self.put(b, p, quote)
 
-        def header(p: ir.Value) -> ir.Value:
-            size = ir.Constant(I32, BASE.size)
-            bits = ir.Constant(I32, BASE_BITS)
+        def header(p: ir.Value, smp: bool) -> ir.Value:
+            cpu_size = struct.calcsize("<" + CPU_CODE) if smp else 0
+            size = ir.Constant(I32, BASE.size + cpu_size)
+            bits = ir.Constant(I32, BASE_BITS | (HeaderBit.CPU if smp else 0))
             for field in HEADER:
                 on = selected(field.flag)
                 extra = sum(struct.calcsize("<" + value.code) for value in field.values)
@@ -509,13 +523,15 @@ class _Gen:
                 bits = b.or_(bits, b.select(on, ir.Constant(I32, field.bits), ir.Constant(I32, 0)))
             base = (
                 ir.Constant(I32, FACILITY_ID),
-                b.add(size, length),
+                size,
                 bits,
                 load(R_MAJOR),
                 load(R_MINOR),
             )
             for code, value in zip(part_codes(BASE.format[1:]), base, strict=True):
                 p = self.store(b, p, value, struct.calcsize("<" + code))
+            if smp:
+                p = self.store(b, p, ir.Constant(I32, CPU), cpu_size)
             for field in HEADER:
 
                 def parts(b: ir.IRBuilder, p: ir.Value, field=field) -> ir.Value:
@@ -532,7 +548,7 @@ class _Gen:
             return p
 
         p = out
-        for piece in layout:
+        for piece in pieces:
             if isinstance(piece, Text):
                 p = self.put(b, p, piece.value)
             elif isinstance(piece, Number):
@@ -544,24 +560,30 @@ class _Gen:
                         for value in field.values:
                             p = self.put(b, p, piece.before + value.name.encode() + piece.between)
                             p = shown(p, value, piece.styles[value.shown])
+                            p = self.put(b, p, piece.after)
                         return p
 
                     p = self.when(b, selected(field.flag), p, values)
             elif isinstance(piece, Binary):
-                p = header(p)
+                p = header(p, piece.smp)
             elif isinstance(piece, Raw):
                 p = self.copy(b, p, data, length)
             elif isinstance(piece, Hex):
-                p = b.call(self.hex_bytes(piece.separator), [p, data, length])
-            elif isinstance(piece, HexDump):
-                p = b.call(self.hex_dump(piece), [p, data, length])
+                p = b.call(self.hex_bytes(piece), [p, data, length])
+            elif isinstance(piece, Dump):
+                p = b.call(self.dump(piece), [p, data, length])
         b.ret(p)
         return fn
 
     def dispatch(self, layouts: tuple[Layout, ...]) -> ir.Function:
-        """format_one(out, record, layout): the layout numbered ``layout`` in ``layouts``
-        (any other number writes nothing)."""
-        formats = [self.layout(number, layout) for number, layout in enumerate(layouts)]
+        """format_one(out, record, which): for the layout numbered ``n`` in ``layouts``,
+        its record's pieces if ``which`` is ``2n``, its exception log's if ``2n + 1`` (any
+        other number writes nothing)."""
+        formats = [
+            self.layout(2 * number + kind, pieces)
+            for number, layout in enumerate(layouts)
+            for kind, pieces in enumerate((layout.record, layout.exception))
+        ]
         fn = self.function("format_one", PTR, [PTR, PTR, I32])
         out, record, which = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -717,13 +739,14 @@ def _walk(gen: _Gen, name: str, format_one: ir.Function | None) -> ir.Function:
         put(R_MINOR, b.trunc(head_field("minor"), I32))
         put(R_LEN, b.trunc(log_len, I32))
         put(R_DATA, data)
-        p = b.call(format_one, [gen.at(b, out, out_at), record, layout])
+        which = b.mul(layout, ir.Constant(I32, 2))
+        p = b.call(format_one, [gen.at(b, out, out_at), record, which])
         with b.if_then(b.icmp_unsigned("!=", ex_len, ir.Constant(I64, 0))):
             for index in (R_MAJOR, R_MINOR, R_FIELDS):
                 put(index, ir.Constant(I32, 0))
             put(R_LEN, b.trunc(ex_len, I32))
             put(R_DATA, gen.at(b, data, log_len))
-            second = b.call(format_one, [p, record, layout])
+            second = b.call(format_one, [p, record, b.add(which, ir.Constant(I32, 1))])
             inside = b.block
         p_all = b.phi(PTR)
         p_all.add_incoming(p, fits)

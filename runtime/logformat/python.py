@@ -11,16 +11,22 @@ import json
 
 from dprobes.runtime.logformat.layouts import (
     Binary,
+    Dump,
     Fields,
     Hex,
-    HexDump,
     Layout,
     Number,
+    Pieces,
     Raw,
     Style,
     Text,
 )
 from dprobes.runtime.logtargets import LogRecord, exception_record
+
+PRINTABLE = range(0x20, 0x7F)
+"""The characters a dump row shows as themselves (the kernel's ``isprint``)."""
+ASCII_MASK = 0x7F
+"""A dump row shows each byte with bit 7 masked off."""
 
 
 def text_bytes(style: Style, text: str) -> bytes:
@@ -32,50 +38,48 @@ def text_bytes(style: Style, text: str) -> bytes:
 
 
 def time_text(seconds: int, microseconds: int) -> str:
-    """The header's timeval as KLOG and EVL show it."""
+    """The header's timeval as EVL shows it."""
     return f"{seconds}:{microseconds:06d}"
 
 
 def _value(style: Style, parts: tuple[int | str, ...]) -> bytes:
     if style in (Style.TEXT, Style.JSON_TEXT):
         return text_bytes(style, str(parts[0]))
-    if style is Style.TIME:
-        return time_text(*parts).encode()  # type: ignore[arg-type]
+    if style is Style.HEX_TIME:
+        return b"%08x:%08x" % parts
     if style is Style.JSON_TIME:
         return json.dumps(time_text(*parts)).encode()  # type: ignore[arg-type]
     if style is Style.HEX:
-        return f"{parts[0]:#x}".encode()
-    return str(parts[0]).encode()
+        return b"%x" % parts[0]
+    if style is Style.HEX8:
+        return b"%08x" % parts[0]
+    return b"%d" % parts[0]
 
 
-def hex_dump(piece: HexDump, data: bytes) -> bytes:
-    """``data`` as rows of ``piece.width`` bytes (see ``layouts.HexDump``)."""
+def dump(piece: Dump, data: bytes) -> bytes:
+    """``data`` as rows (see ``layouts.Dump``)."""
     rows = []
-    pad = 3 * piece.width - 1
     for at in range(0, len(data), piece.width):
         chunk = data[at : at + piece.width]
-        text = bytes(b if 0x20 <= b < 0x7F else 0x2E for b in chunk)
-        rows.append(
-            b"%0*x%s%-*s%s%s%s%s\n"
-            % (
-                piece.offset_digits,
-                at,
-                piece.gap,
-                pad,
-                chunk.hex(" ").encode(),
-                piece.gap,
-                piece.edge,
-                text,
-                piece.edge,
-            )
+        groups = (chunk[i : i + piece.group] for i in range(0, len(chunk), piece.group))
+        hex_part = b"".join(
+            group.hex().encode() + (b" " if len(group) == piece.group else b"") for group in groups
         )
+        text = bytes(c if c in PRINTABLE else 0x2E for c in (b & ASCII_MASK for b in chunk))
+        rows.append(b"0x%08x : %-*s: %s\n" % (at, piece.row_chars(), hex_part, text))
     return b"".join(rows)
 
 
-def format_record(layout: Layout, record: LogRecord) -> bytes:
-    """What ``layout`` writes for ``record``."""
+def hex_bytes(piece: Hex, data: bytes) -> bytes:
+    """``data`` as ``layouts.Hex`` says."""
+    return b"".join(
+        (b"0" if byte < piece.zero_below else b"") + b"%x" % byte + piece.after for byte in data
+    )
+
+
+def _format(pieces: Pieces, record: LogRecord) -> bytes:
     out = []
-    for piece in layout:
+    for piece in pieces:
         if isinstance(piece, Text):
             out.append(piece.value)
         elif isinstance(piece, Number):
@@ -87,24 +91,28 @@ def format_record(layout: Layout, record: LogRecord) -> bytes:
                     value.name.encode(),
                     piece.between,
                     _value(piece.styles[value.shown], parts),
+                    piece.after,
                 )
         elif isinstance(piece, Binary):
-            out.append(record.header())
+            out.append(record.header(piece.smp))
         elif isinstance(piece, Raw):
             out.append(record.data)
         elif isinstance(piece, Hex):
-            out.append(
-                record.data.hex(piece.separator.decode()).encode()
-                if piece.separator
-                else record.data.hex().encode()
-            )
-        elif isinstance(piece, HexDump):
-            out.append(hex_dump(piece, record.data))
+            out.append(hex_bytes(piece, record.data))
+        elif isinstance(piece, Dump):
+            out.append(dump(piece, record.data))
     return b"".join(out)
+
+
+def format_record(layout: Layout, record: LogRecord) -> bytes:
+    """What ``layout`` writes for ``record`` (without an exception log)."""
+    return _format(layout.record, record)
 
 
 def format_hit(layout: Layout, record: LogRecord, exception_log: bytes) -> bytes:
     """What ``layout`` writes for one hit: its record, then its exception log's."""
     if not exception_log:
         return format_record(layout, record)
-    return format_record(layout, record) + format_record(layout, exception_record(exception_log))
+    return format_record(layout, record) + _format(
+        layout.exception, exception_record(exception_log)
+    )

@@ -11,18 +11,21 @@ Writing to a log file of its own, the formatting and the writes run in a thread 
 their own, beside the emulation (the generated code and the writes leave the GIL
 free): records reach the file in the same order, a run's wall time barely sees them.
 A stream the program also writes to (stderr) is written at once, in the program's
-order.
+order. ``TraceWriter`` writes the LTT target's CTF trace (``ctf``).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+from uuid import UUID
 
 from dprobes.runtime.journal import Emitted, PackedChunk
+from dprobes.runtime.logformat.ctf import RECORDS, TraceFile
 from dprobes.runtime.logformat.layouts import Layout
 from dprobes.runtime.logformat.python import format_hit
 from dprobes.vm.program import LogField
@@ -45,10 +48,10 @@ class ProbeLog:
 
 def probe_log(served: Served, names: dict[int, str], layout: Layout = ()) -> ProbeLog:
     """What the records of a natively served probe show that the ring does not carry:
-    the pid, the EIP of the trap (the byte after the int3), the process name."""
+    the pid, the eip (the probe's address, as 5.0 logged it), the process name."""
     return ProbeLog(
         pid=served.pid,
-        eip=(served.plan.address + 1) & 0xFFFFFFFF,
+        eip=served.plan.address & 0xFFFFFFFF,
         fields=served.loaded.log_fields,
         layout=layout,
         name=names.get(served.pid, ""),
@@ -180,3 +183,12 @@ class LogWriter:
         self._raise_error()
         if self._stream is not None:
             self._stream.flush()
+
+
+class TraceWriter(LogWriter):
+    """The LTT target: a ``LogWriter`` of every module's records in ``ctf.RECORDS`` to a
+    ``ctf.TraceFile``, which makes them the events of a CTF trace in ``directory``."""
+
+    def __init__(self, modules: Iterable[str], directory: Path, trace_id: UUID) -> None:
+        self.trace_file = TraceFile(directory, trace_id)
+        super().__init__(dict.fromkeys(modules, RECORDS), lambda: self.trace_file)
