@@ -1,4 +1,4 @@
-"""System calls on file descriptors: close, dup, fcntl, lseek, getdents64, sendfile.
+"""System calls on file descriptors: close, dup, fcntl, lseek, getdents64, sendfile, sync.
 
 Registered in ``syscalls.table``. Descriptors map to open file descriptions
 (``Process.fds``); ``dup`` shares one description between two numbers, and the host file
@@ -196,3 +196,20 @@ def sys_sendfile(m: Machine, p: Process, out_fd: int, in_fd: int, offset: int, c
 @syscall(239, "sendfile64")
 def sys_sendfile64(m: Machine, p: Process, out_fd: int, in_fd: int, offset: int, count: int) -> int:
     return _sendfile(p, out_fd, in_fd, offset, count, wide=True)
+
+
+@syscall(118, "fsync")
+def sys_fsync(m: Machine, p: Process, fd: int) -> int:
+    f = _file(p, fd)
+    if f.host_fd is not None:
+        os.fsync(f.host_fd)
+    return 0
+
+
+syscall(148, "fdatasync")(sys_fsync)
+
+
+@syscall(36, "sync")
+def sys_sync(m: Machine, p: Process) -> int:
+    os.sync()
+    return 0

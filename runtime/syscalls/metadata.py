@@ -1,6 +1,6 @@
-"""System calls that change a file's metadata: its times and its permission bits.
+"""System calls that change a file's metadata: times, permission bits, owner, length.
 
-Registered in ``syscalls.table``. Both are changes, so the file-system view must allow a
+Registered in ``syscalls.table``. Each is a change, so the file-system view must allow a
 write to the file (EROFS under ``--read-only``); the host call does the rest.
 """
 
@@ -120,3 +120,26 @@ def sys_fchownat(
     if flags & ~AT_SYMLINK_NOFOLLOW or not path:
         return -EINVAL
     return _chown(m, p, dirfd, path, uid, gid, follow=not flags & AT_SYMLINK_NOFOLLOW)
+
+
+@syscall(193, "truncate64")
+def sys_truncate64(m: Machine, p: Process, path: int, low: int, high: int) -> int:
+    if not path:
+        return -EFAULT
+    length = signed(high) << 32 | low
+    if length < 0:
+        return -EINVAL
+    os.truncate(_target(m, p, AT_FDCWD, path, True)[1], length)
+    return 0
+
+
+@syscall(194, "ftruncate64")
+def sys_ftruncate64(m: Machine, p: Process, fd: int, low: int, high: int) -> int:
+    f = p.fds.get(signed(fd))
+    length = signed(high) << 32 | low
+    if f is None:
+        return -EBADF
+    if not isinstance(f, HostFile) or not f.writable or length < 0:
+        return -EINVAL
+    os.ftruncate(f.host_fd, length)
+    return 0
