@@ -30,6 +30,7 @@ from dprobes.vm.logrecord import LOG_FIELDS_HELP, parse_log_fields
 from dprobes.vm.program import LogField, LogTarget, ModuleType, Program
 
 if TYPE_CHECKING:
+    from dprobes.runtime.filesystem import FileSystemView
     from dprobes.runtime.logformat.writer import LogWriter, TraceWriter
     from dprobes.runtime.machine import Machine
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
@@ -88,12 +89,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--max-instructions", default=None, help="stop a program that runs longer than this"
     )
     parser.add_argument(
-        "--file",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a host file the program may open (read-only; repeatable)",
+        "--root",
+        metavar="DIR",
+        help="the guest's / is DIR (it cannot see or change anything outside it)",
     )
+    parser.add_argument(
+        "--read-only", action="store_true", help="the guest may change no file (EROFS)"
+    )
+    parser.add_argument("--file", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
     add_environment_options(parser)
     add_tier_options(parser)
@@ -254,12 +257,17 @@ def _positive(text: str | None, option: str) -> int | None:
     return None if text is None else parse_at_least(text, option, 1)
 
 
-def _readable_files(paths: list[str]) -> list[str]:
-    """``--file`` paths, each checked to be a readable file before the guest starts."""
-    for path in paths:
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise UsageError(f"--file: not a readable file: {path}")
-    return paths
+def _file_system(args: argparse.Namespace) -> FileSystemView:
+    """The guest's view of the host files, from ``--root`` and ``--read-only``."""
+    if args.file:
+        raise UsageError(
+            "--file is gone: the guest sees the host file system; see --root/--read-only"
+        )
+    if args.root is not None and not os.path.isdir(args.root):
+        raise UsageError(f"--root: not a directory: {args.root}")
+    from dprobes.runtime.filesystem import FileSystemView
+
+    return FileSystemView(root=args.root, read_only=args.read_only)
 
 
 def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
@@ -274,10 +282,10 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     if not command:
         raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
     limit = _positive(args.max_instructions, "--max-instructions")
-    files = _readable_files(args.file)
+    fs = _file_system(args)
     env = guest_environment(args)
     apply_tier_options(args)
-    machine = Machine(seed=parse_at_least(args.seed, "--seed", 0))
+    machine = Machine(seed=parse_at_least(args.seed, "--seed", 0), fs=fs)
     manager = ProbeManager(
         machine,
         tier=args.tier,
@@ -320,7 +328,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     manager.writer = _writer(args, targets, opened, command)
     try:
         sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
-        process = machine.spawn(command[0], command, env, files=files, stdio=Stdio.host())
+        process = machine.spawn(command[0], command, env, stdio=Stdio.host())
         try:
             machine.run(max_instructions=limit)
         except InstructionLimit as error:

@@ -28,6 +28,7 @@ from dprobes.runtime import elfload, syscalls
 from dprobes.runtime.addrspace import MMAP_BASE, AddressSpace, GuestFault, KernelPages, PageMapping
 from dprobes.runtime.clock import VirtualClock
 from dprobes.runtime.cpu import CPU, STOP_ADDRESS
+from dprobes.runtime.filesystem import FileSystemView
 from dprobes.runtime.pagecache import GuestFile, PageCache
 from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, PhysicalMemory
 from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Process, State
@@ -71,7 +72,11 @@ class Machine:
     """A deterministic single-CPU i386 Linux machine on unicorn."""
 
     def __init__(
-        self, seed: int = 0, memory_size: int = DEFAULT_SIZE, quantum: int = QUANTUM
+        self,
+        seed: int = 0,
+        memory_size: int = DEFAULT_SIZE,
+        quantum: int = QUANTUM,
+        fs: FileSystemView | None = None,
     ) -> None:
         self.memory = PhysicalMemory(memory_size)
         self.cache = PageCache(self.memory)
@@ -82,6 +87,9 @@ class Machine:
         self.random = random.Random(seed)
         self.quantum = quantum
         self.mmap_base = MMAP_BASE
+        self.fs = FileSystemView() if fs is None else fs
+        """The host files the guest sees (default: all readable, the current directory
+        writable)."""
         self.processes: dict[int, Process] = {}
         self.current: Process | None = None
         self.trap_handler: TrapHandler | None = None
@@ -116,16 +124,15 @@ class Machine:
         argv: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
         stdin: bytes = b"",
-        files: Sequence[str | Path] = (),
         stdout: Callable[[bytes], None] | None = None,
         stderr: Callable[[bytes], None] | None = None,
         stdio: Stdio | None = None,
     ) -> Process:
         """Load the static i386 executable ``path`` as a new runnable process.
 
-        ``argv`` defaults to ``[path]``; ``files`` are the only host files it may open
-        (read-only). Descriptors 0-2 are ``stdio`` (``Stdio.host()`` for the host's),
-        else ``Stdio.memory(stdin, stdout, stderr)``: the callbacks see output as it is
+        ``argv`` defaults to ``[path]`` (``path`` is a host path, whatever ``fs`` says).
+        Descriptors 0-2 are ``stdio`` (``Stdio.host()`` for the host's), else
+        ``Stdio.memory(stdin, stdout, stderr)``: the callbacks see output as it is
         written, and it is collected in the process. Raises ``LoadError`` for a bad
         executable.
         """
@@ -157,7 +164,7 @@ class Machine:
             stdio.stdin,
             stdio.stdout,
             stdio.stderr,
-            allowed_files=frozenset(Path(f).resolve() for f in files),
+            cwd=self.fs.start_cwd,
         )
         self._next_pid += 1
         self.processes[proc.pid] = proc

@@ -8,8 +8,9 @@ its TLS descriptors (``set_thread_area``), file descriptors, and how it ended: a
 status, or the fatal signal with a crash report.
 
 File descriptors 0, 1 and 2 are given at spawn (``runtime.stdio``): the host's own, or
-in memory (stdin a byte string, stdout and stderr collected). Only files the caller
-allowed explicitly can be opened, read-only.
+in memory (stdin a byte string, stdout and stderr collected). Other files come from the
+machine's file-system view (``runtime.filesystem``); the process keeps its working
+directory (a resolved guest path) and umask.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
     from dprobes.runtime.elfload import Image
 
-S_IFIFO, S_IFREG = 0o010000, 0o100000
+S_IFIFO = 0o010000
 SIGNAL_NAMES = {
     4: "SIGILL",
     5: "SIGTRAP",
@@ -61,6 +62,15 @@ class OpenFile:
     def write(self, data: bytes) -> int:
         raise OSError("not open for writing")
 
+    def seek(self, offset: int, whence: int) -> int:
+        """lseek: the host descriptor's, if there is one (a pipe or terminal says ESPIPE)."""
+        if self.host_fd is None:
+            raise OSError(29, "illegal seek")  # ESPIPE, as for a pipe
+        return os.lseek(self.host_fd, offset, whence)
+
+    def close(self) -> None:
+        """Release what the description holds on the host (nothing, by default)."""
+
 
 class Sink(OpenFile):
     """stdout/stderr: everything written is kept, and handed to ``echo`` if given."""
@@ -90,27 +100,6 @@ class Input(OpenFile):
         chunk = self.data[self.pos : self.pos + n]
         self.pos += len(chunk)
         return chunk
-
-
-class HostFile(OpenFile):
-    """A host file the caller allowed the guest to open, read-only."""
-
-    mode = S_IFREG | 0o444
-    readable = True
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.size = os.fstat(self.fd).st_size
-        self.pos = 0
-
-    def read(self, n: int) -> bytes:
-        chunk = os.pread(self.fd, n, self.pos)
-        self.pos += len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 @dataclass(frozen=True)
@@ -147,7 +136,8 @@ class Process:
     stdin: OpenFile
     stdout: OpenFile
     stderr: OpenFile
-    allowed_files: frozenset[Path] = frozenset()
+    cwd: bytes = b"/"
+    umask: int = 0o022
     uid: int = 0
     gid: int = 0
     state: State = State.RUNNABLE
@@ -157,6 +147,8 @@ class Process:
     brk: int = 0
     tls: list[bytes] = field(default_factory=lambda: [bytes(8)] * 3)
     fds: dict[int, OpenFile] = field(default_factory=dict)
+    cloexec: set[int] = field(default_factory=set)
+    """Descriptors with FD_CLOEXEC set."""
     exit_status: int | None = None
     signal: int | None = None
     crash: CrashReport | None = None
@@ -209,6 +201,6 @@ class Process:
 
     def close_files(self) -> None:
         for f in self.fds.values():
-            if isinstance(f, HostFile):
-                f.close()
+            f.close()
         self.fds.clear()
+        self.cloexec.clear()

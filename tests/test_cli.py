@@ -292,7 +292,8 @@ def test_an_unwritable_log_file_is_refused_before_the_guest_runs(
     [
         (["--max-instructions", "-5"], "--max-instructions: must be 1 or more"),
         (["--max-instructions", "0"], "--max-instructions: must be 1 or more"),
-        (["--file", "/no/such/file"], "--file: not a readable file: /no/such/file"),
+        (["--file", "/etc/hostname"], "--file is gone: the guest sees the host file system"),
+        (["--root", "/no/such/dir"], "--root: not a directory: /no/such/dir"),
     ],
 )
 def test_run_option_values_are_checked(options: list[str], message: str, capsys) -> None:

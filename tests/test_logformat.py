@@ -199,9 +199,7 @@ def test_dpc_run_writes_the_same_bytes_on_both_paths(
         f"name = {BIN / program}\nmodtype = user\nlog = ALL\n"
         + "".join(f"offset = {name}\n{HANDLER}" for name in functions(program))
     )
-    args = ["--probes", str(source), "--elf", str(BIN / program), "--json"] + (
-        ["--file", str(BIN / "loop")] if program == "args" else []
-    )
+    args = ["--probes", str(source), "--elf", str(BIN / program), "--json"]
     for target, options in TARGETS.items():
         logs, native_hits = [], 0
         for tier in ("interp", "jit"):

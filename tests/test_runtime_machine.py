@@ -5,6 +5,7 @@ handler, runaway programs stop at the instruction limit, and runs are determinis
 
 from __future__ import annotations
 
+import errno
 import random
 import struct
 from pathlib import Path
@@ -23,6 +24,7 @@ from dprobes.runtime import (
     Trap,
     syscalls,
 )
+from dprobes.runtime.filesystem import FileSystemView
 from dprobes.runtime.syscalls import abi
 from dprobes.tests.guest_expectations import (
     ARGS_STATUS,
@@ -327,25 +329,28 @@ def test_never_exiting_program_hits_the_instruction_limit(tmp_path: Path) -> Non
     assert proc.alive and proc.instructions >= 1_000_000
 
 
-def test_open_read_only_allowed_files(tmp_path: Path) -> None:
-    secret, allowed = tmp_path / "secret", tmp_path / "allowed"
-    secret.write_text("no")
-    allowed.write_text("hello, guest")
-    machine = Machine()
-    proc = machine.spawn(BIN / "loop", files=[allowed])
+def test_files_outside_the_root_do_not_exist_and_read_only_refuses_writes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "secret").write_text("no")
+    (tmp_path / "root" / "allowed").write_text("hello, guest")
+    machine = Machine(fs=FileSystemView(root=str(tmp_path / "root"), read_only=True))
+    proc = machine.spawn(BIN / "loop")
     buf = 0xBFFF0000
-    for path, expected in [(secret, -abi.ENOENT), (allowed, 3)]:
-        proc.space.write(buf, str(path).encode() + b"\0")
+    for path, expected in [(b"../secret", -abi.ENOENT), (b"/../../allowed", 3)]:
+        proc.space.write(buf, path + b"\0")
         assert syscalls.dispatch(machine, proc, 5, (buf, 0, 0, 0, 0, 0)) == expected
-    assert syscalls.dispatch(machine, proc, 5, (buf, 1, 0, 0, 0, 0)) == -abi.EACCES
+    assert syscalls.dispatch(machine, proc, 5, (buf, 1, 0, 0, 0, 0)) == -errno.EROFS
     assert syscalls.dispatch(machine, proc, 3, (3, buf, 100, 0, 0, 0)) == 12
     assert proc.space.read(buf, 12) == b"hello, guest"
     assert syscalls.dispatch(machine, proc, 6, (3, 0, 0, 0, 0, 0)) == 0
     assert syscalls.dispatch(machine, proc, 4, (1, 0, 4, 0, 0, 0)) == -abi.EFAULT
 
 
-def test_system_calls_with_hostile_arguments_never_raise() -> None:
-    """Every implemented call, fed awkward arguments: an errno or a value, never a crash."""
+def test_system_calls_with_hostile_arguments_never_raise(tmp_path: Path) -> None:
+    """Every implemented call, fed awkward arguments: an errno or a value, never a crash
+    (confined to ``tmp_path``: the bytes at those addresses can name files it creates)."""
     values = [
         0,
         1,
@@ -365,7 +370,7 @@ def test_system_calls_with_hostile_arguments_never_raise() -> None:
     for number in sorted(syscalls.TABLE):
         if syscalls.NAMES[number] in ("exit", "exit_group", "kill", "tgkill"):
             continue
-        machine = Machine()
+        machine = Machine(fs=FileSystemView(root=str(tmp_path)))
         proc = machine.spawn(BIN / "loop")
         for _ in range(25):
             args = tuple(rng.choice(values) for _ in range(6))

@@ -10,7 +10,8 @@ machine: time from the instruction clock, random bytes from the seeded PRNG, a f
 ``machine.warn`` and counted in ``machine.unknown_syscalls``; a bad guest pointer returns
 -EFAULT. Nothing a guest passes can raise into the host.
 
-The calls live in one module per kind (``process``, ``memory``, ``clock``, ``files``), each
+The calls live in one module per kind (``process``, ``memory``, ``clock``, ``files``,
+``paths``, ``fds``, ``stat``, ``metadata``), each
 registering its functions with ``table.syscall``; ``abi`` holds the Linux numbers they
 share, ``names`` the name of every i386 number. This package imports the call modules, so
 ``TABLE`` is full once it is imported.
@@ -18,7 +19,16 @@ share, ``names`` the name of every i386 number. This package imports the call mo
 
 from __future__ import annotations
 
-from dprobes.runtime.syscalls import clock, files, memory, process  # noqa: F401 (they register)
+from dprobes.runtime.syscalls import (  # noqa: F401 (they register)
+    clock,
+    fds,
+    files,
+    memory,
+    metadata,
+    paths,
+    process,
+    stat,
+)
 from dprobes.runtime.syscalls.names import NAMES
 from dprobes.runtime.syscalls.table import TABLE, dispatch
 

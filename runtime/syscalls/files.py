@@ -1,36 +1,26 @@
-"""System calls on files: what the guest's stdio and a read-only open need.
+"""System calls on files: read, write, writev and ioctl.
 
 Registered in ``syscalls.table`` (the package says the conventions). Descriptors 0,
 1 and 2 are what spawn gave (``runtime.stdio``: the host's, or memory); read and write
 are one transfer of the open file each, EPIPE brings SIGPIPE, and the terminal ioctls
 answer as the host does (-ENOTTY off a terminal, so glibc's stdout is fully buffered
-under a pipe and line-buffered on a terminal, as natively). A path opens only if the
-caller allowed it at spawn (read-only), every other path does not exist (-ENOENT).
-``readlink("/proc/self/exe")`` names the program, and the stat calls describe a pipe or a
-read-only regular file with just the fields glibc's stdio looks at.
+under a pipe and line-buffered on a terminal, as natively). Opening files by path is
+``paths``, descriptors themselves are ``fds``, their status is ``stat``.
 """
 
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dprobes.runtime.physmem import PAGE_SIZE
-from dprobes.runtime.process import HostFile, OpenFile, Process
+from dprobes.runtime.process import OpenFile, Process
 from dprobes.runtime.stdio import terminal_ioctl
 from dprobes.runtime.syscalls.abi import (
-    AT_EMPTY_PATH,
-    EACCES,
     EBADF,
     EINVAL,
-    ENOENT,
     ENOTTY,
     EPIPE,
     IOV_MAX,
-    O_ACCMODE,
-    O_CREAT,
-    O_TRUNC,
     SIG_DFL,
     SIGPIPE,
     signed,
@@ -114,38 +104,6 @@ def sys_writev(m: Machine, p: Process, fd: int, iov: int, iovcnt: int) -> int:
     return -EINVAL if vectors is None else _write(m, p, fd, vectors)
 
 
-def _open(m: Machine, p: Process, path_addr: int, flags: int) -> int:
-    name = p.space.read_cstring(path_addr).decode(errors="surrogateescape")
-    path = Path(name)
-    if path.resolve() not in p.allowed_files:
-        return -ENOENT  # only files the caller let the guest see exist
-    if flags & O_ACCMODE or flags & (O_CREAT | O_TRUNC):
-        return -EACCES
-    fd = p.lowest_free_fd()
-    p.fds[fd] = HostFile(path.resolve())
-    return fd
-
-
-@syscall(5, "open")
-def sys_open(m: Machine, p: Process, path: int, flags: int, mode: int) -> int:
-    return _open(m, p, path, flags)
-
-
-@syscall(295, "openat")
-def sys_openat(m: Machine, p: Process, dirfd: int, path: int, flags: int, mode: int) -> int:
-    return _open(m, p, path, flags)
-
-
-@syscall(6, "close")
-def sys_close(m: Machine, p: Process, fd: int) -> int:
-    f = p.fds.pop(signed(fd), None)
-    if f is None:
-        return -EBADF
-    if isinstance(f, HostFile):
-        f.close()
-    return 0
-
-
 @syscall(54, "ioctl")
 def sys_ioctl(m: Machine, p: Process, fd: int, request: int, arg: int) -> int:
     """Terminal questions get the host terminal's answer; -ENOTTY for anything else."""
@@ -156,94 +114,4 @@ def sys_ioctl(m: Machine, p: Process, fd: int, request: int, arg: int) -> int:
     if answer is None:
         return -ENOTTY
     p.space.write(arg, answer)
-    return 0
-
-
-@syscall(85, "readlink")
-def sys_readlink(m: Machine, p: Process, path: int, buf: int, size: int) -> int:
-    if p.space.read_cstring(path) != b"/proc/self/exe":
-        return -ENOENT
-    target = str(Path(p.path).resolve()).encode()[:size]
-    p.space.write(buf, target)
-    return len(target)
-
-
-def _stat_target(p: Process, fd: int, path: int, flags: int) -> OpenFile | None:
-    if flags & AT_EMPTY_PATH and p.space.read_cstring(path, 1) == b"":
-        return _file(p, fd)
-    name = Path(p.space.read_cstring(path).decode(errors="surrogateescape")).resolve()
-    if name not in p.allowed_files:
-        return None
-    found = HostFile(name)  # for its mode and size only
-    found.close()
-    return found
-
-
-def _stat64(f: OpenFile) -> bytes:
-    blocks = (f.size + 511) // 512
-    return struct.pack(
-        "<QIIIIIIQIqIQIIIIIIQ",
-        0x0B,
-        0,
-        1,
-        f.mode,
-        1,
-        0,
-        0,
-        0,
-        0,
-        f.size,
-        PAGE_SIZE,
-        blocks,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        1,
-    )
-
-
-@syscall(197, "fstat64")
-def sys_fstat64(m: Machine, p: Process, fd: int, buf: int) -> int:
-    f = _file(p, fd)
-    if f is None:
-        return -EBADF
-    p.space.write(buf, _stat64(f))
-    return 0
-
-
-@syscall(300, "fstatat64")
-def sys_fstatat64(m: Machine, p: Process, dirfd: int, path: int, buf: int, flags: int) -> int:
-    f = _stat_target(p, dirfd, path, flags)
-    if f is None:
-        return -ENOENT if not flags & AT_EMPTY_PATH else -EBADF
-    p.space.write(buf, _stat64(f))
-    return 0
-
-
-@syscall(383, "statx")
-def sys_statx(
-    m: Machine, p: Process, dirfd: int, path: int, flags: int, mask: int, buf: int
-) -> int:
-    f = _stat_target(p, dirfd, path, flags)
-    if f is None:
-        return -ENOENT if not flags & AT_EMPTY_PATH else -EBADF
-    head = struct.pack(
-        "<IIQIIIHHQQQQ",
-        0x7FF,
-        PAGE_SIZE,
-        0,
-        1,
-        0,
-        0,
-        f.mode,
-        0,
-        1,
-        f.size,
-        (f.size + 511) // 512,
-        0,
-    )
-    p.space.write(buf, head.ljust(256, b"\0"))
     return 0

@@ -6,8 +6,9 @@ import struct
 from typing import TYPE_CHECKING
 
 from dprobes.runtime.addrspace import GuestFault, Prot, page_up
+from dprobes.runtime.hostfiles import HostFile
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
-from dprobes.runtime.process import HostFile, Process
+from dprobes.runtime.process import Process
 from dprobes.runtime.syscalls.abi import (
     EACCES,
     EBADF,
@@ -51,7 +52,7 @@ def _mmap(
         if not isinstance(opened, HostFile):
             return -EBADF if opened is None else -EACCES
         if flags & MAP_SHARED and prot & Prot.WRITE:
-            return -EACCES  # opened read-only
+            return -EACCES  # stores would never reach the host file
         file = m.cache.open(opened.path)
     if flags & MAP_FIXED:
         start = addr
