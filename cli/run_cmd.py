@@ -89,6 +89,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
     add_environment_options(parser)
+    parser.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="guest memory, e.g. 512M or 2G (default 1G; 16M..3G); a guest that needs more "
+        "gets ENOMEM or is killed with SIGKILL, as by Linux's OOM killer",
+    )
     add_tier_options(parser)
     parser.add_argument(
         "--json",
@@ -248,6 +254,18 @@ def _positive(text: str | None, option: str) -> int | None:
     return value
 
 
+def _memory_size(text: str | None) -> int:
+    """``--memory``, in bytes (the machine's default when absent)."""
+    from dprobes.runtime.physmem import DEFAULT_SIZE, parse_size
+
+    if text is None:
+        return DEFAULT_SIZE
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise UsageError(f"--memory: {error}") from None
+
+
 def _readable_files(paths: list[str]) -> list[str]:
     """``--file`` paths, each checked to be a readable file before the guest starts."""
     for path in paths:
@@ -271,7 +289,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     files = _readable_files(args.file)
     env = guest_environment(args)
     apply_tier_options(args)
-    machine = Machine(seed=parse_int(args.seed, "--seed"))
+    machine = Machine(seed=parse_int(args.seed, "--seed"), memory_size=_memory_size(args.memory))
     manager = ProbeManager(
         machine,
         tier=args.tier,
@@ -325,7 +343,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         for stream in opened:
             stream.close()
     if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
-        print(f"dpc run: {process.crash}", file=sys.stderr)
+        print(f"dpc run: pid {process.pid} killed: {process.crash}", file=sys.stderr)
     if stopped is not None:
         print(f"dpc run: stopped: {stopped}", file=sys.stderr)
         code = EXIT_STOPPED

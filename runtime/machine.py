@@ -46,6 +46,7 @@ QUANTUM = 200_000
 """Instructions a process runs before the scheduler moves on to the next one."""
 SOLO_QUANTA = 50
 """Quanta run in one ``emu_start`` when only one process is runnable."""
+SIGKILL = 9
 SYSCALL_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
@@ -183,6 +184,10 @@ class Machine:
         proc.crash = CrashReport(signal, eip, reason, trap.address if trap else None, insn)
         self._end(proc, State.KILLED, signal=signal)
 
+    def kill_out_of_memory(self, proc: Process) -> None:
+        """A page fault found no free frame: end ``proc`` as Linux's OOM killer would."""
+        self.kill_process(proc, SIGKILL, f"out of memory: {self.memory.exhausted()}; see --memory")
+
     def _end(
         self, proc: Process, state: State, status: int | None = None, signal: int | None = None
     ) -> None:
@@ -243,7 +248,7 @@ class Machine:
         begin = self._switch_to(proc)
         before = counter.executed
         counter.limit = before + budget
-        cpu.last_fault = None
+        cpu.last_fault, cpu.out_of_frames = None, False
         failure: UcError | None = None
         for enter, _ in self.around_slice:
             enter()
@@ -343,7 +348,9 @@ class Machine:
     def _cpu_stopped(self, proc: Process, err: UcError) -> None:
         """emu_start raised: a page fault (our TLB fill said no) or an invalid opcode."""
         eip = self.cpu.reg("eip")
-        if err.errno == UC_ERR_INSN_INVALID:
+        if self.cpu.out_of_frames:
+            self.kill_out_of_memory(proc)
+        elif err.errno == UC_ERR_INSN_INVALID:
             self._trap(proc, Trap.from_cpu(INVALID_OPCODE, eip))
         elif self.cpu.last_fault is not None:
             address, access = self.cpu.last_fault
