@@ -277,7 +277,8 @@ def _readable_files(paths: list[str]) -> list[str]:
 def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     # the machine needs unicorn and llvmlite: load it only for this command
     from dprobes.runtime.elfload import LoadError
-    from dprobes.runtime.machine import InstructionLimit, Machine
+    from dprobes.runtime.host_signals import exit_status, stop_on_signals
+    from dprobes.runtime.machine import InstructionLimit, Machine, StoppedBySignal
     from dprobes.runtime.probes import InsertError, ProbeManager
     from dprobes.runtime.stdio import Stdio
     from dprobes.runtime.syscalls.abi import SIGPIPE
@@ -327,14 +328,18 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
                 )
     opened: list[IO] = []
     stopped = None
+    signalled: StoppedBySignal | None = None
     manager.writer = _writer(args, targets, opened, command)
     try:
         sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
         process = machine.spawn(command[0], command, env, files=files, stdio=Stdio.host())
         try:
-            machine.run(max_instructions=limit)
+            with stop_on_signals(machine):
+                machine.run(max_instructions=limit)
         except InstructionLimit as error:
             stopped = str(error)
+        except StoppedBySignal as error:
+            signalled = error
     except LoadError as error:
         raise UsageError(str(error)) from None
     finally:
@@ -344,7 +349,11 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
             stream.close()
     if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
         print(f"dpc run: pid {process.pid} killed: {process.crash}", file=sys.stderr)
-    if stopped is not None:
+    if signalled is not None:
+        for where in signalled.where:
+            print(f"dpc run: stopped by {signalled.signal_name}: {where}", file=sys.stderr)
+        code = exit_status(signalled.signal)
+    elif stopped is not None:
         print(f"dpc run: stopped: {stopped}", file=sys.stderr)
         code = EXIT_STOPPED
     else:

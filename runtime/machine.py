@@ -20,6 +20,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from signal import Signals
 
 from unicorn import UC_ERR_INSN_INVALID, UcError
 from unicorn import x86_const as x86
@@ -55,17 +56,38 @@ def _warn_on_stderr(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-class InstructionLimit(RuntimeError):
+class RunStopped(RuntimeError):
+    """``run`` returned before every process ended; they stay runnable (``run`` may be
+    called again). ``where`` says, one entry per process, where each one stood."""
+
+    def __init__(self, message: str, running: Sequence[Process], machine: Machine) -> None:
+        self.running = list(running)
+        self.where = [
+            f"pid {p.pid} ({p.name}) at EIP 0x{machine.saved_eip(p):08x}" for p in running
+        ]
+        super().__init__(message.format(where=", ".join(self.where)))
+
+
+class InstructionLimit(RunStopped):
     """``run(max_instructions=...)`` used up its budget with processes still running."""
 
     def __init__(self, limit: int, running: Sequence[Process], machine: Machine) -> None:
-        where = ", ".join(
-            f"pid {p.pid} ({p.name}) at EIP 0x{machine.saved_eip(p):08x}" for p in running
-        )
         super().__init__(
-            f"instruction limit of {limit} reached with processes still running: {where}"
+            f"instruction limit of {limit} reached with processes still running: {{where}}",
+            running,
+            machine,
         )
-        self.limit, self.running = limit, list(running)
+        self.limit = limit
+
+
+class StoppedBySignal(RunStopped):
+    """``request_stop`` (a host SIGINT or SIGTERM) stopped ``run`` at an instruction
+    boundary."""
+
+    def __init__(self, signal: int, running: Sequence[Process], machine: Machine) -> None:
+        self.signal = signal
+        self.signal_name = Signals(signal).name
+        super().__init__(f"stopped by {self.signal_name}: {{where}}", running, machine)
 
 
 class Machine:
@@ -100,6 +122,8 @@ class Machine:
         """Where the machine's one-line notices go (the first call of each unknown number)."""
         self.syscall_trace: list[tuple[int, str, tuple[int, ...], int | None]] | None = None
         """Set to a list to record (pid, name, arguments, result) of every system call."""
+        self.stop_request: int | None = None
+        """A host signal number once ``request_stop`` was called: ``run`` stops."""
         self._next_pid = 1
         self._last_pid = 0
         self._syscall_args = self.cpu.batch(SYSCALL_REGISTERS)
@@ -223,7 +247,8 @@ class Machine:
         """Run until every process has ended; returns the instructions executed.
 
         With ``max_instructions``, raise ``InstructionLimit`` when that many have run and
-        processes remain (they stay runnable: ``run`` may be called again).
+        processes remain (they stay runnable: ``run`` may be called again); after
+        ``request_stop``, raise ``StoppedBySignal`` likewise.
         """
         counter = self.cpu.counter
         start = counter.executed
@@ -231,6 +256,9 @@ class Machine:
             runnable = [p for p in self.processes.values() if p.alive]
             if not runnable:
                 break
+            if self.stop_request is not None:
+                signal, self.stop_request = self.stop_request, None
+                raise StoppedBySignal(signal, runnable, self)
             # alone on the CPU, a process may run many quanta in one go: nobody can tell
             budget = self.quantum if len(runnable) > 1 else self.quantum * SOLO_QUANTA
             if max_instructions is not None:
@@ -242,6 +270,12 @@ class Machine:
             self._last_pid = proc.pid
             self._slice(proc, budget)
         return counter.executed - start
+
+    def request_stop(self, signal: int) -> None:
+        """Make ``run`` stop at the next instruction boundary and raise StoppedBySignal
+        (safe from a Python signal handler, which may run inside a unicorn hook)."""
+        self.stop_request = signal
+        self.cpu.uc.emu_stop()
 
     def _slice(self, proc: Process, budget: int) -> None:
         cpu, counter = self.cpu, self.cpu.counter
