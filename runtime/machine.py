@@ -30,7 +30,7 @@ from dprobes.runtime.addrspace import MMAP_BASE, AddressSpace, GuestFault, Kerne
 from dprobes.runtime.clock import VirtualClock
 from dprobes.runtime.cpu import CPU, STOP_ADDRESS
 from dprobes.runtime.pagecache import GuestFile, PageCache
-from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, PhysicalMemory
+from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, OutOfFrames, PhysicalMemory
 from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Process, State
 from dprobes.runtime.stdio import Stdio
 from dprobes.runtime.swap import SwapArea
@@ -203,7 +203,7 @@ class Machine:
             try:
                 insn = describe_instruction(proc.space.read(at, min(n, 16), user=False), at)
                 break
-            except GuestFault:
+            except (GuestFault, OutOfFrames):  # (reading it may need a frame: OOM kill)
                 continue
         proc.crash = CrashReport(signal, eip, reason, trap.address if trap else None, insn)
         self._end(proc, State.KILLED, signal=signal)
@@ -255,6 +255,7 @@ class Machine:
         while True:
             runnable = [p for p in self.processes.values() if p.alive]
             if not runnable:
+                self.stop_request = None  # everything ended anyway
                 break
             if self.stop_request is not None:
                 signal, self.stop_request = self.stop_request, None

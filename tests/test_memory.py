@@ -19,13 +19,13 @@ from dprobes.runtime import syscalls
 from dprobes.runtime.elfload import LoadError
 from dprobes.runtime.machine import Machine
 from dprobes.runtime.paging import MMAP_MIN_ADDR
-from dprobes.runtime.physmem import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, parse_size
+from dprobes.runtime.physmem import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, OutOfFrames, parse_size
 from dprobes.runtime.syscalls import abi
 from dprobes.tests.guest_expectations import BIN, QEMU, bigmem_expected, run_under_qemu
 
 PROT_RW, PROT_NONE = 3, 0
 MAP_PRIVATE_ANON = 0x02 | abi.MAP_ANONYMOUS
-SYS_BRK, SYS_MMAP2 = 45, 192
+SYS_BRK, SYS_UNAME, SYS_MMAP2 = 45, 122, 192
 
 
 def dpc_run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,6 +79,18 @@ def test_mmap_that_can_never_be_backed_is_enomem_reserving_is_not() -> None:
     assert 0 < mmap2(MIN_SIZE // 2, PROT_RW) < 0xC0000000
     brk = syscalls.dispatch(machine, proc, SYS_BRK, (0,))
     assert syscalls.dispatch(machine, proc, SYS_BRK, (brk + too_big,)) == brk  # Linux's "no"
+
+
+def test_a_kernel_copy_to_user_with_no_free_frame_is_an_oom_kill() -> None:
+    machine = Machine(memory_size=MIN_SIZE)
+    proc = machine.spawn(BIN / "loop")
+    buf = syscalls.dispatch(machine, proc, SYS_MMAP2, (0, 4096, PROT_RW, MAP_PRIVATE_ANON, -1, 0))
+    with pytest.raises(OutOfFrames):
+        while True:
+            machine.memory.alloc()
+    assert syscalls.dispatch(machine, proc, SYS_UNAME, (buf,)) is None
+    assert proc.returncode == -9 and proc.crash is not None
+    assert proc.crash.reason == "out of memory: all 16 MiB of guest memory in use; see --memory"
 
 
 def test_mmap_below_mmap_min_addr() -> None:
