@@ -7,10 +7,17 @@ propagate: Python prints "Exception ignored" and the guest runs on. While
 (``Machine.request_stop``): its run loop raises ``StoppedBySignal`` at the next instruction
 boundary, so the caller can flush its logs, say where each process stood and exit with
 ``exit_status``. The previous handlers are restored afterwards.
+
+A system call that waits on the host (a read of a terminal or an empty pipe) would not
+notice: Python retries an interrupted call after the handler (PEP 475). Such a wait goes
+inside ``blocking_call(machine)``; a stop request then raises InterruptedError out of it,
+which the system-call dispatcher returns to the guest as EINTR, and the run stops there.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -37,12 +44,32 @@ def stop_on_signals(machine: Machine) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {
-        signum: signal.signal(signum, lambda number, _frame: machine.request_stop(number))
-        for signum in STOP_SIGNALS
-    }
+
+    def stop(signum: int, _frame: object) -> None:
+        machine.request_stop(signum)
+        if machine.blocking:
+            raise _interrupted()
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextmanager
+def blocking_call(machine: Machine) -> Iterator[None]:
+    """Around a host call that may wait: a stop request, made before or while it waits,
+    raises InterruptedError (EINTR) instead of letting the wait go on."""
+    if machine.stop_request is not None:
+        raise _interrupted()
+    machine.blocking = True
+    try:
+        yield
+    finally:
+        machine.blocking = False
+
+
+def _interrupted() -> InterruptedError:
+    return InterruptedError(errno.EINTR, os.strerror(errno.EINTR))

@@ -124,6 +124,8 @@ class Machine:
         """Set to a list to record (pid, name, arguments, result) of every system call."""
         self.stop_request: int | None = None
         """A host signal number once ``request_stop`` was called: ``run`` stops."""
+        self.blocking = False
+        """A system call is waiting on the host (``host_signals.blocking_call``)."""
         self._next_pid = 1
         self._last_pid = 0
         self._syscall_args = self.cpu.batch(SYSCALL_REGISTERS)

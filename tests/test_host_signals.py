@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dprobes.runtime.host_signals import stop_on_signals
+from dprobes.runtime.host_signals import blocking_call, stop_on_signals
 from dprobes.runtime.machine import InstructionLimit, Machine, RunStopped, StoppedBySignal
 from dprobes.tests.guest_expectations import BIN
 
@@ -114,3 +114,19 @@ def test_request_stop_raises_stopped_by_signal_and_handlers_come_back() -> None:
     assert proc.alive  # still runnable: run() may go on
     with pytest.raises(InstructionLimit):
         machine.run(max_instructions=1000)
+
+
+def test_a_wait_on_the_host_inside_blocking_call_is_interrupted() -> None:
+    machine = Machine()
+    read_end, write_end = os.pipe()  # nobody writes: the read waits
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        with stop_on_signals(machine):
+            timer.start()
+            with pytest.raises(InterruptedError), blocking_call(machine):
+                os.read(read_end, 1)
+    finally:
+        timer.cancel()
+        os.close(read_end)
+        os.close(write_end)
+    assert machine.stop_request == signal.SIGINT and not machine.blocking
