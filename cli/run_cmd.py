@@ -92,8 +92,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory",
         metavar="SIZE",
-        help="guest memory, e.g. 512M or 2G (default 1G; 16M..3G); a guest that needs more "
-        "gets ENOMEM or is killed with SIGKILL, as by Linux's OOM killer",
+        help="guest memory, e.g. 512M or 2G (the default and the limits: README); a guest "
+        "that needs more gets ENOMEM or is killed with SIGKILL, as by Linux's OOM killer",
     )
     add_tier_options(parser)
     parser.add_argument(
