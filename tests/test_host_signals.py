@@ -24,9 +24,10 @@ from dprobes.tests.guest_expectations import BIN
 STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def _start(args: list[str]) -> subprocess.Popen[bytes]:
+def _start(args: list[str], stdin: int | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "dprobes.cli", "run", "--json", *args],
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -94,6 +95,21 @@ def test_sigint_stops_busybox_yes(busybox: str) -> None:
     _, err = _stop(process, signal.SIGINT)
     assert process.returncode == 130
     _check_stopped(err, signal.SIGINT, "busybox")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_a_guest_waiting_in_read(signum: int) -> None:
+    process = _start(["--", str(BIN / "filter"), "upper"], stdin=subprocess.PIPE)
+    assert process.stdin is not None
+    process.stdin.write(b"abc\n")
+    process.stdin.flush()
+    assert _first_line(process) == b"ABC\n"  # and now it waits for more
+    process.send_signal(signum)
+    process.wait(timeout=120)  # stdin stays open: the read can only end by the signal
+    process.stdin.close()
+    out, err = process.stdout.read(), process.stderr.read().decode()  # type: ignore[union-attr]
+    assert process.returncode == STATUS[signum] and out == b""
+    _check_stopped(err, signum, "filter")
 
 
 def test_request_stop_raises_stopped_by_signal_and_handlers_come_back() -> None:
