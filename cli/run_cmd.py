@@ -99,6 +99,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--seed", default="0", help="seed of the machine's random numbers")
     add_environment_options(parser)
+    parser.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="guest memory, e.g. 512M or 2G (the default and the limits: README); a guest "
+        "that needs more gets ENOMEM or is killed with SIGKILL, as by Linux's OOM killer",
+    )
     add_tier_options(parser)
     parser.add_argument(
         "--json",
@@ -270,10 +276,23 @@ def _file_system(args: argparse.Namespace) -> FileSystemView:
     return FileSystemView(root=args.root, read_only=args.read_only)
 
 
+def _memory_size(text: str | None) -> int:
+    """``--memory``, in bytes (the machine's default when absent)."""
+    from dprobes.runtime.physmem import DEFAULT_SIZE, parse_size
+
+    if text is None:
+        return DEFAULT_SIZE
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise UsageError(f"--memory: {error}") from None
+
+
 def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     # the machine needs unicorn and llvmlite: load it only for this command
     from dprobes.runtime.elfload import LoadError
-    from dprobes.runtime.machine import InstructionLimit, Machine
+    from dprobes.runtime.host_signals import exit_status, stop_on_signals
+    from dprobes.runtime.machine import InstructionLimit, Machine, StoppedBySignal
     from dprobes.runtime.probes import InsertError, ProbeManager
     from dprobes.runtime.stdio import Stdio
     from dprobes.runtime.syscalls.abi import SIGPIPE
@@ -285,7 +304,11 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     fs = _file_system(args)
     env = guest_environment(args)
     apply_tier_options(args)
-    machine = Machine(seed=parse_at_least(args.seed, "--seed", 0), fs=fs)
+    machine = Machine(
+        seed=parse_at_least(args.seed, "--seed", 0),
+        fs=fs,
+        memory_size=_memory_size(args.memory),
+    )
     manager = ProbeManager(
         machine,
         tier=args.tier,
@@ -325,14 +348,18 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
                 )
     opened: list[IO] = []
     stopped = None
+    signalled: StoppedBySignal | None = None
     manager.writer = _writer(args, targets, opened, command)
     try:
         sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
         process = machine.spawn(command[0], command, env, stdio=Stdio.host())
         try:
-            machine.run(max_instructions=limit)
+            with stop_on_signals(machine):
+                machine.run(max_instructions=limit)
         except InstructionLimit as error:
             stopped = str(error)
+        except StoppedBySignal as error:
+            signalled = error
     except LoadError as error:
         raise UsageError(str(error)) from None
     finally:
@@ -342,8 +369,12 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
             stream.close()
     _warn_programs_not_run(inserted, machine)
     if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
-        print(f"dpc run: {process.crash}", file=sys.stderr)
-    if stopped is not None:
+        print(f"dpc run: pid {process.pid} killed: {process.crash}", file=sys.stderr)
+    if signalled is not None:
+        for where in signalled.where:
+            print(f"dpc run: stopped by {signalled.signal_name}: {where}", file=sys.stderr)
+        code = exit_status(signalled.signal)
+    elif stopped is not None:
         print(f"dpc run: stopped: {stopped}", file=sys.stderr)
         code = EXIT_STOPPED
     else:

@@ -54,7 +54,7 @@ from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 from dprobes.runtime.addrspace import AddressSpace, KernelPages, Prot
 from dprobes.runtime.clock import InstructionCounter
 from dprobes.runtime.paging import read_virtual
-from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, OutOfFrames, PhysicalMemory
 from dprobes.runtime.uc_registers import UC_IDS
 
 KERNEL_CS, KERNEL_DS, USER_CS, USER_DS = 0x60, 0x68, 0x73, 0x7B
@@ -125,6 +125,8 @@ class CPU:
         self.space: AddressSpace | None = None
         self.last_fault: tuple[int, Prot] | None = None
         """(address, access) of the last TLB fill that found no translation."""
+        self.out_of_frames = False
+        """The last TLB fill faulted because no physical frame was free (an OOM kill)."""
         self.on_interrupt: Callable[[int], None] = lambda vector: self.uc.emu_stop()
         self.on_invalid_instruction: Callable[[], bool] = lambda: False
         self._in_fill = False
@@ -199,6 +201,8 @@ class CPU:
                 if self.space is not None
                 else self.kernel.translate(vaddr, kind, user)
             )
+        except OutOfFrames:
+            found, self.out_of_frames = None, True
         finally:
             self._in_fill = False
         if found is None:

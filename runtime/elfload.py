@@ -16,7 +16,7 @@ AT_SYSINFO: there is no vDSO, so glibc uses ``int $0x80``), with the strings abo
 What is not a static i386 executable is refused with a ``LoadError`` naming the file and
 the problem: what ``dprobes.elf`` refuses in any file (not ELF, 64-bit, big-endian,
 another machine, truncated), and here not an executable, dynamically linked (PT_INTERP),
-a segment that cannot be mapped.
+a segment that cannot be mapped (one below ``MMAP_MIN_ADDR`` included, as Linux refuses).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from dprobes.elf import PF_R, PF_W, PF_X, ElfError, Segment, read_elf
 from dprobes.runtime.addrspace import KERNEL_BASE, AddressSpace, Prot, page_up
 from dprobes.runtime.pagecache import GuestFile, PageCache
+from dprobes.runtime.paging import MMAP_MIN_ADDR
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
 
 STACK_TOP = KERNEL_BASE
@@ -89,6 +90,12 @@ def load(space: AddressSpace, cache: PageCache, path: str | Path) -> Image:
     for i, seg in enumerate(loads):
         if (seg.vaddr - seg.offset) & PAGE_MASK:
             raise LoadError(path, f"segment {i}: address and file offset differ mod 4096")
+        if seg.vaddr & ~PAGE_MASK < MMAP_MIN_ADDR:
+            raise LoadError(
+                path,
+                f"segment {i} at 0x{seg.vaddr:x} is below 0x{MMAP_MIN_ADDR:x}, the lowest "
+                "address Linux maps (vm.mmap_min_addr)",
+            )
         if seg.vaddr + seg.memsz > KERNEL_BASE or seg.memsz < seg.filesz:
             raise LoadError(path, f"segment {i} at 0x{seg.vaddr:x} does not fit user space")
     file = cache.open(path)

@@ -20,6 +20,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from signal import Signals
 
 from unicorn import UC_ERR_INSN_INVALID, UcError
 from unicorn import x86_const as x86
@@ -30,7 +31,7 @@ from dprobes.runtime.clock import VirtualClock
 from dprobes.runtime.cpu import CPU, STOP_ADDRESS
 from dprobes.runtime.filesystem import FileSystemView
 from dprobes.runtime.pagecache import GuestFile, PageCache
-from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, PhysicalMemory
+from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, OutOfFrames, PhysicalMemory
 from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Process, State
 from dprobes.runtime.stdio import Stdio
 from dprobes.runtime.swap import SwapArea
@@ -47,6 +48,7 @@ QUANTUM = 200_000
 """Instructions a process runs before the scheduler moves on to the next one."""
 SOLO_QUANTA = 50
 """Quanta run in one ``emu_start`` when only one process is runnable."""
+SIGKILL = 9
 SYSCALL_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
@@ -55,17 +57,38 @@ def _warn_on_stderr(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-class InstructionLimit(RuntimeError):
+class RunStopped(RuntimeError):
+    """``run`` returned before every process ended; they stay runnable (``run`` may be
+    called again). ``where`` says, one entry per process, where each one stood."""
+
+    def __init__(self, message: str, running: Sequence[Process], machine: Machine) -> None:
+        self.running = list(running)
+        self.where = [
+            f"pid {p.pid} ({p.name}) at EIP 0x{machine.saved_eip(p):08x}" for p in running
+        ]
+        super().__init__(message.format(where=", ".join(self.where)))
+
+
+class InstructionLimit(RunStopped):
     """``run(max_instructions=...)`` used up its budget with processes still running."""
 
     def __init__(self, limit: int, running: Sequence[Process], machine: Machine) -> None:
-        where = ", ".join(
-            f"pid {p.pid} ({p.name}) at EIP 0x{machine.saved_eip(p):08x}" for p in running
-        )
         super().__init__(
-            f"instruction limit of {limit} reached with processes still running: {where}"
+            f"instruction limit of {limit} reached with processes still running: {{where}}",
+            running,
+            machine,
         )
-        self.limit, self.running = limit, list(running)
+        self.limit = limit
+
+
+class StoppedBySignal(RunStopped):
+    """``request_stop`` (a host SIGINT or SIGTERM) stopped ``run`` at an instruction
+    boundary."""
+
+    def __init__(self, signal: int, running: Sequence[Process], machine: Machine) -> None:
+        self.signal = signal
+        self.signal_name = Signals(signal).name
+        super().__init__(f"stopped by {self.signal_name}: {{where}}", running, machine)
 
 
 class Machine:
@@ -107,6 +130,10 @@ class Machine:
         """Where the machine's one-line notices go (the first call of each unknown number)."""
         self.syscall_trace: list[tuple[int, str, tuple[int, ...], int | None]] | None = None
         """Set to a list to record (pid, name, arguments, result) of every system call."""
+        self.stop_request: int | None = None
+        """A host signal number once ``request_stop`` was called: ``run`` stops."""
+        self.blocking = False
+        """A system call is waiting on the host (``host_signals.blocking_call``)."""
         self._next_pid = 1
         self._last_pid = 0
         self._syscall_args = self.cpu.batch(SYSCALL_REGISTERS)
@@ -185,10 +212,14 @@ class Machine:
             try:
                 insn = describe_instruction(proc.space.read(at, min(n, 16), user=False), at)
                 break
-            except GuestFault:
+            except (GuestFault, OutOfFrames):  # (reading it may need a frame: OOM kill)
                 continue
         proc.crash = CrashReport(signal, eip, reason, trap.address if trap else None, insn)
         self._end(proc, State.KILLED, signal=signal)
+
+    def kill_out_of_memory(self, proc: Process) -> None:
+        """A page fault found no free frame: end ``proc`` as Linux's OOM killer would."""
+        self.kill_process(proc, SIGKILL, f"out of memory: {self.memory.exhausted()}; see --memory")
 
     def _end(
         self, proc: Process, state: State, status: int | None = None, signal: int | None = None
@@ -225,14 +256,19 @@ class Machine:
         """Run until every process has ended; returns the instructions executed.
 
         With ``max_instructions``, raise ``InstructionLimit`` when that many have run and
-        processes remain (they stay runnable: ``run`` may be called again).
+        processes remain (they stay runnable: ``run`` may be called again); after
+        ``request_stop``, raise ``StoppedBySignal`` likewise.
         """
         counter = self.cpu.counter
         start = counter.executed
         while True:
             runnable = [p for p in self.processes.values() if p.alive]
             if not runnable:
+                self.stop_request = None  # everything ended anyway
                 break
+            if self.stop_request is not None:
+                signal, self.stop_request = self.stop_request, None
+                raise StoppedBySignal(signal, runnable, self)
             # alone on the CPU, a process may run many quanta in one go: nobody can tell
             budget = self.quantum if len(runnable) > 1 else self.quantum * SOLO_QUANTA
             if max_instructions is not None:
@@ -245,12 +281,18 @@ class Machine:
             self._slice(proc, budget)
         return counter.executed - start
 
+    def request_stop(self, signal: int) -> None:
+        """Make ``run`` stop at the next instruction boundary and raise StoppedBySignal
+        (safe from a Python signal handler, which may run inside a unicorn hook)."""
+        self.stop_request = signal
+        self.cpu.uc.emu_stop()
+
     def _slice(self, proc: Process, budget: int) -> None:
         cpu, counter = self.cpu, self.cpu.counter
         begin = self._switch_to(proc)
         before = counter.executed
         counter.limit = before + budget
-        cpu.last_fault = None
+        cpu.last_fault, cpu.out_of_frames = None, False
         failure: UcError | None = None
         for enter, _ in self.around_slice:
             enter()
@@ -350,7 +392,9 @@ class Machine:
     def _cpu_stopped(self, proc: Process, err: UcError) -> None:
         """emu_start raised: a page fault (our TLB fill said no) or an invalid opcode."""
         eip = self.cpu.reg("eip")
-        if err.errno == UC_ERR_INSN_INVALID:
+        if self.cpu.out_of_frames:
+            self.kill_out_of_memory(proc)
+        elif err.errno == UC_ERR_INSN_INVALID:
             self._trap(proc, Trap.from_cpu(INVALID_OPCODE, eip))
         elif self.cpu.last_fault is not None:
             address, access = self.cpu.last_fault

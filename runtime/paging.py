@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from dprobes.runtime.pagecache import GuestFile
 
 KERNEL_BASE = 0xC0000000
+MMAP_MIN_ADDR = 0x10000
+"""Lowest address a mapping may have (Linux's vm.mmap_min_addr default): so that a NULL
+pointer dereference, even with an offset, always faults."""
 MMAP_BASE = 0x40000000
 """Where mmap looks for free space first (Linux's legacy TASK_UNMAPPED_BASE, TASK_SIZE/3)."""
 

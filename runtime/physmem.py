@@ -3,9 +3,10 @@
 DProbes wrote its int3 into a *page frame* (through the kernel's alias of the page), so that
 one write changed every process sharing the frame, and it followed private copies frame by
 frame. To make that real, guest memory here is a pool of 4 KiB physical frames, not a map of
-virtual ranges: one large host region (anonymous ``mmap``, committed by the host only when a
-frame is first touched) is mapped into unicorn at physical address 0, and the address
-spaces' page tables (``addrspace``) point virtual pages at frames of it.
+virtual ranges: one large host region (anonymous ``mmap`` with MAP_NORESERVE, so the host
+commits a frame only when it is first touched and a large default costs nothing) is
+mapped into unicorn at physical address 0, and the address spaces' page tables
+(``addrspace``) point virtual pages at frames of it.
 
 The frame allocator hands out frames with a reference count (page cache, page-table
 entries and kernel pages each hold a reference), zeroes a frame when it is allocated and
@@ -19,18 +20,50 @@ from __future__ import annotations
 import ctypes
 import heapq
 import mmap
+import re
 from array import array
 from collections.abc import Callable
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PAGE_MASK = PAGE_SIZE - 1
-DEFAULT_SIZE = 256 << 20
-"""256 MiB of guest-physical memory: 65536 frames."""
+MIB = 1 << 20
+DEFAULT_SIZE = 1 << 30
+"""1 GiB of guest-physical memory (``dpc run --memory``): 262144 frames."""
+MIN_SIZE = 16 * MIB
+"""Smallest machine: the CPU's kernel pages, a program and its 8 MiB stack must fit."""
+MAX_SIZE = 3 << 30
+"""Largest machine: 3 GiB, the whole user half of an i386 address space."""
+MAP_NORESERVE = 0x4000  # Linux's value; Python's mmap module does not name it
+_UNITS = {"": 1, "K": 1 << 10, "M": MIB, "G": 1 << 30}
 
 
 class OutOfFrames(MemoryError):
-    """Every physical frame is in use."""
+    """Every physical frame is in use (where Linux would run its OOM killer)."""
+
+
+def describe_size(size: int) -> str:
+    """``size`` bytes for people: ``64 MiB``, ``1 GiB``, else bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and not size & ((1 << shift) - 1):
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
+def parse_size(text: str) -> int:
+    """A memory size such as ``512M``, ``1G``, ``64MiB``, ``0x4000000`` or ``67108864``,
+    checked against MIN_SIZE..MAX_SIZE and the page size; ValueError says what is wrong."""
+    match = re.fullmatch(r"\s*(0[xX][0-9a-fA-F]+|\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
+    if match is None:
+        raise ValueError(f"not a size: '{text}' (a number of bytes, or with K, M or G)")
+    size = int(match[1], 0) * _UNITS[match[2].upper()]
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(
+            f"{describe_size(size)} is outside {describe_size(MIN_SIZE)}..{describe_size(MAX_SIZE)}"
+        )
+    if size & PAGE_MASK:
+        raise ValueError(f"{size} bytes is not a multiple of the {PAGE_SIZE}-byte page")
+    return size
 
 
 class PhysicalMemory:
@@ -41,7 +74,9 @@ class PhysicalMemory:
             raise ValueError(f"physical memory size {size} is not a positive multiple of 4096")
         self.size = size
         self.nframes = size >> PAGE_SHIFT
-        self._region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._region = mmap.mmap(
+            -1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+        )
         self.bytes = memoryview(self._region)
         """The whole of physical memory; ``bytes[paddr]`` is the byte at ``paddr``."""
         self._refs = array("I", bytes(4 * self.nframes))
@@ -71,10 +106,14 @@ class PhysicalMemory:
             frame = self._next  # never used: the host's fresh mapping is already zero
             self._next += 1
         else:
-            raise OutOfFrames(f"all {self.nframes} physical frames are in use")
+            raise OutOfFrames(self.exhausted())
         self._refs[frame] = 1
         self.in_use += 1
         return frame
+
+    def exhausted(self) -> str:
+        """What running out of frames means, for people."""
+        return f"all {describe_size(self.size)} of guest memory in use"
 
     def copy(self, frame: int) -> int:
         """A new frame holding a copy of ``frame`` (a copy-on-write break)."""

@@ -21,7 +21,7 @@ from elftools.elf.elffile import ELFFile
 
 GUEST = Path(__file__).resolve().parents[1] / "guest"
 BIN = GUEST / "bin"
-FREESTANDING = ["loop", "strings", "recurse", "fpu", "bound", "args", "filter"]
+FREESTANDING = ["loop", "strings", "recurse", "fpu", "bound", "args", "filter", "spin", "bigmem"]
 PROGRAMS = [*FREESTANDING, "hello_glibc"]
 QEMU = shutil.which("qemu-i386")
 
@@ -176,6 +176,14 @@ def hello_expected() -> tuple[str, str]:
     return out, "hello_glibc: exiting with 3\n"
 
 
+def bigmem_expected(mib: int) -> tuple[str, str]:
+    """bigmem.c: one word per page, ``off * 2654435761 + mib``, folded with rotate-xor."""
+    size, total = mib << 20, 0
+    for off in range(0, size, 4096):
+        total = ((total << 1 | total >> 31) & 0xFFFFFFFF) ^ ((off * 2654435761 + mib) & 0xFFFFFFFF)
+    return f"bigmem {mib} MiB pages {size // 4096} checksum 0x{total:08x}\n", ""
+
+
 Run = tuple[list[str], Callable[[], tuple[str, str]], int]
 RUNS: dict[str, Run] = {
     "loop": ([], loop_expected, 7),
@@ -184,6 +192,7 @@ RUNS: dict[str, Run] = {
     "recurse": ([], recurse_expected, 13),
     "fpu": ([], fpu_expected, 17),
     "hello_glibc": ([], hello_expected, 3),
+    "bigmem": (["16"], lambda: bigmem_expected(16), 0),
 }
 """case -> (arguments after argv[0], expected (stdout, stderr), exit status). The program
 is the part of the case name before "-"."""

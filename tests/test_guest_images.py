@@ -31,6 +31,8 @@ from dprobes.tests.guest_expectations import (
 
 # Symbols other tests may probe, with their symbol type.
 SYMBOLS = {
+    "spin": {"main": "STT_FUNC", "tick": "STT_FUNC", "ticks": "STT_OBJECT"},
+    "bigmem": {"main": "STT_FUNC"},
     "loop": {
         "_start": "STT_FUNC",
         "main": "STT_FUNC",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from dprobes.runtime.host_signals import blocking_call
 from dprobes.runtime.process import OpenFile, Process
 from dprobes.runtime.stdio import terminal_ioctl
 from dprobes.runtime.syscalls.abi import (
@@ -46,12 +47,14 @@ def _iovecs(p: Process, iov: int, iovcnt: int) -> list[tuple[int, int]] | None:
     return list(zip(words[::2], words[1::2], strict=True))
 
 
-def _read(p: Process, fd: int, vectors: list[tuple[int, int]]) -> int:
-    """One read of the file into the guest buffers (as readv: one host read, scattered)."""
+def _read(m: Machine, p: Process, fd: int, vectors: list[tuple[int, int]]) -> int:
+    """One read of the file into the guest buffers (as readv: one host read, scattered).
+    A wait for input ends early when the run is stopped (EINTR, ``blocking_call``)."""
     f = _file(p, fd)
     if f is None or not f.readable:
         return -EBADF
-    data = f.read(min(sum(length for _, length in vectors), MAX_TRANSFER))
+    with blocking_call(m):
+        data = f.read(min(sum(length for _, length in vectors), MAX_TRANSFER))
     at = 0
     for base, length in vectors:
         chunk = data[at : at + length]
@@ -68,7 +71,8 @@ def _write(m: Machine, p: Process, fd: int, vectors: list[tuple[int, int]]) -> i
         return -EBADF
     data = b"".join(p.space.read(base, length) for base, length in vectors)
     try:
-        return f.write(data[:MAX_TRANSFER])
+        with blocking_call(m):  # a full pipe's wait, too, ends when the run is stopped
+            return f.write(data[:MAX_TRANSFER])
     except BrokenPipeError:
         _raise_sigpipe(m, p)
         return -EPIPE
@@ -84,13 +88,13 @@ def _raise_sigpipe(m: Machine, p: Process) -> None:
 
 @syscall(3, "read")
 def sys_read(m: Machine, p: Process, fd: int, buf: int, count: int) -> int:
-    return _read(p, fd, [(buf, count)])
+    return _read(m, p, fd, [(buf, count)])
 
 
 @syscall(145, "readv")
 def sys_readv(m: Machine, p: Process, fd: int, iov: int, iovcnt: int) -> int:
     vectors = _iovecs(p, iov, iovcnt)
-    return -EINVAL if vectors is None else _read(p, fd, vectors)
+    return -EINVAL if vectors is None else _read(m, p, fd, vectors)
 
 
 @syscall(4, "write")

@@ -1,4 +1,12 @@
-"""System calls on the address space: brk, mmap, munmap, mprotect."""
+"""System calls on the address space: brk, mmap, munmap, mprotect.
+
+Memory is committed lazily, as with Linux's default overcommit heuristic: a brk or mmap
+that could never be backed (more private writable memory in one request than the
+machine has) fails with ENOMEM (brk by returning the old break), and anything smaller
+succeeds; a process whose page fault then finds no free frame is killed with SIGKILL
+(``Machine.kill_out_of_memory``), as by the OOM killer. Nothing is mapped below
+``MMAP_MIN_ADDR``: MAP_FIXED there is EPERM, a hint there is ignored.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from dprobes.runtime.addrspace import GuestFault, Prot, page_up
 from dprobes.runtime.hostfiles import HostFile
+from dprobes.runtime.paging import MMAP_MIN_ADDR
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
 from dprobes.runtime.process import Process
 from dprobes.runtime.syscalls.abi import (
@@ -14,6 +23,7 @@ from dprobes.runtime.syscalls.abi import (
     EBADF,
     EINVAL,
     ENOMEM,
+    EPERM,
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_SHARED,
@@ -31,6 +41,8 @@ def sys_brk(m: Machine, p: Process, addr: int) -> int:
         return p.brk
     old_end, new_end = page_up(p.brk), page_up(addr)
     if new_end > old_end:
+        if new_end - old_end > m.memory.size:
+            return p.brk  # ENOMEM: more than the machine has
         if any(v.start < new_end and v.end > old_end for v in p.space.vmas):
             return p.brk  # would run into another mapping
         p.space.map(old_end, new_end - old_end, Prot.READ | Prot.WRITE, name="[heap]")
@@ -46,6 +58,8 @@ def _mmap(
     if length == 0 or addr & PAGE_MASK or offset & PAGE_MASK or prot & ~7:
         return -EINVAL
     length = page_up(length)
+    if not flags & MAP_SHARED and prot & Prot.WRITE and length > m.memory.size:
+        return -ENOMEM  # private writable memory that could never be backed
     file = None
     if not flags & MAP_ANONYMOUS:
         opened = p.fds.get(signed(fd))
@@ -55,10 +69,12 @@ def _mmap(
             return -EACCES  # stores would never reach the host file
         file = m.cache.open(opened.path)
     if flags & MAP_FIXED:
+        if addr < MMAP_MIN_ADDR:
+            return -EPERM
         start = addr
     else:
         try:
-            start = p.space.find_free(length, addr or m.mmap_base)
+            start = p.space.find_free(length, addr if addr >= MMAP_MIN_ADDR else m.mmap_base)
         except MemoryError:
             return -ENOMEM
     try:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dprobes.runtime.addrspace import GuestFault
+from dprobes.runtime.physmem import OutOfFrames
 from dprobes.runtime.process import Process
 from dprobes.runtime.syscalls.abi import EFAULT, EINVAL, EIO, ENOMEM, ENOSYS
 from dprobes.runtime.syscalls.names import NAMES
@@ -58,5 +59,8 @@ def dispatch(machine: Machine, proc: Process, number: int, args: tuple[int, ...]
         return -(exc.errno or EIO)
     except (ValueError, OverflowError):  # an argument no check above anticipated
         return -EINVAL
+    except OutOfFrames:  # a page fault of the kernel's copy to or from user memory
+        machine.kill_out_of_memory(proc)
+        return None
     except MemoryError:
         return -ENOMEM
