@@ -280,9 +280,10 @@ def test_log_file_is_emptied_unless_append(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("where", ["missing/dir/log", "."])
 def test_an_unwritable_log_file_is_refused_before_the_guest_runs(
-    where: str, tmp_path: Path, capsys
+    where: str, tmp_path: Path, capfd
 ) -> None:
-    status, out, err = _run_loop(capsys, tmp_path, "--log-file", str(tmp_path / where))
+    # capfd: the guest writes to file descriptors 1 and 2 itself
+    status, out, err = _run_loop(capfd, tmp_path, "--log-file", str(tmp_path / where))
     assert status == 2 and err.startswith("dpc run: error: --log-file: ")
     assert "loop: done" not in out + err  # the guest never started
 
