@@ -315,6 +315,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         verify_opcodes=not args.dont_verify_opcodes,
         log_fields=_fields(args.log),
         keep_records=False,
+        kernel_path=options.kernel,
     )
     targets = {}
     inserted: list[tuple[str, LoadedProgram]] = []

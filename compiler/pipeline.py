@@ -5,9 +5,11 @@ pipeline stops after the first pass that reported an error and keeps every warni
 ``load_program`` also accepts a PPDF file (recognised by its magic) and verifies it, so
 whatever reaches the VM has passed the verifier.
 
-Symbols come from ``--elf`` and ``--sym``; without ``--elf``, a program whose ``name``
-is an ELF file (a path relative to the working directory, as the runtime opens it) takes
-that file's symbols.
+Symbols come from ``--elf`` and ``--sym``; without ``--elf``, a kernel program
+(``modtype = kernel``) takes the kernel image's symbols (``--kernel``, by default
+``runtime.kernel_image.KERNEL_IMAGE``), and any other program whose ``name`` is an ELF
+file (a path relative to the working directory, as the runtime opens it) takes that
+file's symbols.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dprobes.compiler.rpn_ast import File, Item
 from dprobes.compiler.rpn_parser import parse_rpn
 from dprobes.compiler.symbols import SymbolTable
 from dprobes.compiler.verifier import verify
-from dprobes.vm.program import Program
+from dprobes.vm.program import ModuleType, Program
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class BuildOptions:
     include_dirs: Sequence[str] = ()
     elf: str | None = None
     sym: str | None = None
+    kernel: str | None = None
+    """The kernel image (``--kernel``); None: the built one."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,23 @@ class CompileResult:
     """Where the source says ``name = ...`` (None for a PPDF file)."""
 
 
-def _name_item(tree: File) -> Item | None:
-    """The program header's ``name = ...`` item."""
-    return next((s for s in tree.body if isinstance(s, Item) and s.keyword.lower() == "name"), None)
+def _header_item(tree: File, keyword: str) -> Item | None:
+    """The program's first ``keyword = ...`` item (the header's, for a header keyword)."""
+    return next(
+        (s for s in tree.body if isinstance(s, Item) and s.keyword.lower() == keyword), None
+    )
+
+
+def _kernel_symbols(options: BuildOptions, sink: DiagnosticSink) -> SymbolTable | None:
+    """The kernel image's symbols: ``--kernel`` must exist; a missing built image only
+    matters (as a hint) if the program uses a symbol."""
+    from dprobes.runtime.kernel_image import KERNEL_IMAGE
+
+    if options.kernel is None and not KERNEL_IMAGE.is_file():
+        return SymbolTable(
+            missing=f"the kernel image {KERNEL_IMAGE} is not built: give --kernel PATH"
+        )
+    return SymbolTable.from_elf(options.kernel or str(KERNEL_IMAGE), sink)
 
 
 def _named_elf_symbols(name: Item, sink: DiagnosticSink) -> SymbolTable | None:
@@ -83,11 +101,16 @@ def relative_name_hint(path: str) -> str:
     return f"a relative name is looked up in the current directory, {os.getcwd()}"
 
 
-def _symbols(options: BuildOptions, sink: DiagnosticSink, name: Item | None) -> SymbolTable | None:
-    """The symbol table of ``--elf`` (else of the ELF file ``name`` names) and ``--sym``."""
+def _symbols(options: BuildOptions, sink: DiagnosticSink, tree: File) -> SymbolTable | None:
+    """The symbol table of ``--elf`` (else of the kernel image for a kernel program, else
+    of the ELF file ``name`` names) and ``--sym``."""
     tables = []
+    name = _header_item(tree, "name")
+    modtype = _header_item(tree, "modtype")
     if options.elf:
         tables.append(SymbolTable.from_elf(options.elf, sink))
+    elif modtype is not None and modtype.value.lower() == ModuleType.KERNEL.name.lower():
+        tables.append(_kernel_symbols(options, sink))
     elif name is not None:
         tables.append(_named_elf_symbols(name, sink))
     if options.sym:
@@ -105,8 +128,8 @@ def compile_rpn(
     sink = DiagnosticSink()
     pre = preprocess(path, sink, options.defines, options.include_dirs, text=text)
     ast = parse_rpn(pre, sink) if pre is not None and sink.ok else None
-    name = _name_item(ast) if ast is not None else None
-    symbols = _symbols(options, sink, name) if ast is not None and sink.ok else None
+    name = _header_item(ast, "name") if ast is not None else None
+    symbols = _symbols(options, sink, ast) if ast is not None and sink.ok else None
     ir = lower_rpn(ast, sink, symbols) if ast is not None and sink.ok else None
     program = assemble(ir, sink) if ir is not None and sink.ok else None
     if program is None or not verify(program, sink, path):

@@ -1,4 +1,4 @@
-"""The probe manager: DProbes' kernel side for user-space probes.
+"""The probe manager: DProbes' kernel side for user-space and kernel probes.
 
 insert/remove/query/getvars work on program records as 5.0's ioctls did. A user probe is
 keyed by (file, file offset): its int3 is written into the page-cache frame of that file
@@ -8,7 +8,17 @@ locator scheme of ``AddressSpace.file_pages``); a readpage hook re-plants it whe
 dropped page is read back in. Before that the offset must lie in an executable segment
 on an instruction boundary, no other probe may hold the address, and the byte there must
 be the probe's ``opcode`` (else MISMATCH; a mismatch in a private copy is skipped
-silently, as 5.0 did). A file with probes in it is write-denied. Firing lives in
+silently, as 5.0 did). A file with probes in it is write-denied.
+
+A kernel probe (``modtype = kernel``) is keyed by its address: ``offset`` from
+PAGE_OFFSET (0xC0000000), or the address itself with ``address = absolute``. It is
+checked against the kernel image (``runtime.kernel_image``, ``--kernel``) in the order of
+5.0's ``insert_bp``: inside an exclude region (``runtime.exclude``) it is EXCLUDED with
+the region named and not planted; outside the image's text INVALID_OFFSET; then the
+instruction boundary, one probe per address and the opcode, as for a user probe. Its
+int3 is written into the kernel's frame where the machine maps the kernel text
+(``Machine.kernel``); with no kernel mapped the record is ACTIVE but nothing is
+written, and a note says so. The rest of the program is inserted either way. Firing lives in
 ``runtime.trap3``; with a compiling tier (``jit``, ``auto``) and ``native_hooks``, probes
 are then served by the native hook of ``runtime.native_probes`` wherever they can be.
 
@@ -28,14 +38,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.codemap import CodeMap
 from dprobes.runtime.journal import Emitted, LogJournal, PackedChunk
+from dprobes.runtime.kernel_image import KERNEL_IMAGE, KernelImage, KernelImageError
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.pagecache import GuestFile
+from dprobes.runtime.paging import KERNEL_BASE
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
 from dprobes.runtime.records import ProbeRecord, RecordStatus
 from dprobes.vm.api import VM, GlobalVariables
 from dprobes.vm.interp import CpuState
+from dprobes.vm.model import WORD_MASK
 from dprobes.vm.program import LogField, ModuleType, ProbeKind, Program
 
 if TYPE_CHECKING:
@@ -94,6 +108,9 @@ class ProbeManager:
     user_probes: dict[tuple[int, int], tuple[LoadedProgram, ProbeRecord]] = field(
         default_factory=dict
     )
+    kernel_probes: dict[int, tuple[LoadedProgram, ProbeRecord]] = field(default_factory=dict)
+    kernel_path: str | None = None
+    """The kernel image kernel probes are checked against (None: ``KERNEL_IMAGE``)."""
     keep_records: bool = True
     """Keep every record in ``emitted``. ``dpc run``, whose ``writer`` writes each record
     as it comes, turns this off so that a long run does not hold them all in memory; the
@@ -114,6 +131,7 @@ class ProbeManager:
         self._maps: dict[int, CodeMap] = {}
         self._count = 0
         self._probe_table: ProbeTable | None = None
+        self._kernel: KernelImage | None = None
         self.native = None
         if self.native_hooks and self.tier != "interp":
             from dprobes.runtime.native_probes import NativeProbes
@@ -133,11 +151,12 @@ class ProbeManager:
     ) -> LoadedProgram:
         """Insert ``program``'s probes (those of the selected groups/types)."""
         header = program.header
-        if header.modtype is not ModuleType.USER:
+        if header.modtype is ModuleType.KMOD:
             raise InsertError(
-                f"{header.name}: {header.modtype.name.lower()} probes need the "
-                "guest kernel, which this machine does not run yet"
+                f"{header.name}: kmod probes need kernel modules, which this machine "
+                "does not load yet"
             )
+        kernel = self.kernel_image() if header.modtype is ModuleType.KERNEL else None
         if header.name in self.modules:
             if replace_old:
                 self.remove(header.name)
@@ -145,10 +164,12 @@ class ProbeManager:
                 raise InsertError(
                     f"{header.name}: already has a probe program (use merge or replace)"
                 )
-        path = Path(header.name)
-        if not path.is_file():
-            raise InsertError(f"{header.name}: no such executable file")
-        file = self.machine.cache.open(path)
+        file = None
+        if kernel is None:
+            path = Path(header.name)
+            if not path.is_file():
+                raise InsertError(f"{header.name}: no such executable file")
+            file = self.machine.cache.open(path)
         fields = self.log_fields if self.log_fields is not None else header.log_fields
         runnable = (
             program
@@ -157,17 +178,32 @@ class ProbeManager:
         )
         vm = VM(runnable, globals=self.globals, cpu=self.cpu_state, tier=self.tier)
         loaded = LoadedProgram(runnable, vm, [], file, fields)
-        codemap = self._codemap(file)
+        codemap = self._codemap(file) if file is not None else None
         for index, point in enumerate(program.probes):
             record = ProbeRecord(index, point)
             loaded.records.append(record)
             if (groups and point.group not in groups) or (types and point.type not in types):
                 record.notes.append("not selected by group/type")
-                continue
-            self._insert_user(loaded, record, codemap)
+            elif point.kind is ProbeKind.WATCHPOINT:
+                record.notes.append("watchpoint probes are not supported on this machine yet")
+            elif kernel is not None:
+                self._insert_kernel(loaded, record, kernel)
+            else:
+                assert codemap is not None
+                self._insert_user(loaded, record, codemap)
         self.modules.setdefault(header.name, []).append(loaded)
-        file.write_denied += 1
+        if file is not None:
+            file.write_denied += 1
         return loaded
+
+    def kernel_image(self) -> KernelImage:
+        """The kernel image kernel probes are checked against (read once)."""
+        if self._kernel is None:
+            try:
+                self._kernel = KernelImage.load(self.kernel_path or KERNEL_IMAGE)
+            except KernelImageError as error:
+                raise InsertError(f"kernel probes need the kernel image: {error}") from None
+        return self._kernel
 
     def _codemap(self, file: GuestFile) -> CodeMap:
         if file.id not in self._maps:
@@ -177,9 +213,6 @@ class ProbeManager:
     def _insert_user(self, loaded: LoadedProgram, record: ProbeRecord, codemap: CodeMap) -> None:
         point, file = record.point, loaded.file
         assert file is not None
-        if point.kind is ProbeKind.WATCHPOINT:
-            record.notes.append("watchpoint probes are not supported on this machine yet")
-            return
         offset = point.offset
         if codemap.segment(offset) is None:
             record.status |= RecordStatus.INVALID_OFFSET
@@ -190,28 +223,82 @@ class ProbeManager:
             record.notes.append(f"offset 0x{offset:x} is not an instruction boundary")
             return
         key = (file.id, offset)
-        holder = self.user_probes.get(key)
-        if holder is not None and holder[0].name == loaded.name:  # merge: the new one wins
-            holder[1].status = (holder[1].status & ~RecordStatus.ACTIVE) | RecordStatus.REMOVED
-            holder[1].notes.append("replaced by merge")
-            del self.user_probes[key]
-            if self.native is not None:
-                self.native.forget(holder[1])
-        elif holder is not None:
-            record.status |= RecordStatus.DUPLICATE
-            record.notes.append(f"offset 0x{offset:x} is already probed by {holder[0].name}")
+        planted = self._claim(self.user_probes, key, loaded, record, f"offset 0x{offset:x}")
+        if planted is None:
             return
         original = file.read(offset, 16)
-        actual = original[0]
-        if point.opcode is not None and actual != point.opcode and self.verify_opcodes:
-            record.status |= RecordStatus.MISMATCH
-            record.actual_opcode = actual
+        if not self._opcode_ok(record, original[0]):
             return
         record.original, record.address = original, codemap.vaddr(offset)
         record.status |= RecordStatus.ACTIVE
-        if holder is None:
+        if not planted:
             self._plant(file, offset, INT3, original[0])
         self.user_probes[key] = (loaded, record)
+
+    def _insert_kernel(
+        self, loaded: LoadedProgram, record: ProbeRecord, image: KernelImage
+    ) -> None:
+        point = record.point
+        address = point.offset if point.absolute else (KERNEL_BASE + point.offset) & WORD_MASK
+        region = image.excluded(address)
+        if region is not None:
+            record.status |= RecordStatus.EXCLUDED
+            record.notes.append(f"{address:#010x} is {region.describe()}")
+            return
+        if image.file_offset(address) is None:
+            record.status |= RecordStatus.INVALID_OFFSET
+            record.notes.append(f"{address:#010x} is not in the kernel text of {image.path}")
+            return
+        if not image.is_boundary(address):
+            record.status |= RecordStatus.INVALID_OFFSET
+            record.notes.append(f"{address:#010x} is not an instruction boundary")
+            return
+        planted = self._claim(self.kernel_probes, address, loaded, record, f"{address:#010x}")
+        if planted is None:
+            return
+        original = image.read(address, 16)
+        if not self._opcode_ok(record, original[0]):
+            return
+        record.original, record.address = original, address
+        record.status |= RecordStatus.ACTIVE
+        if not planted and not self._plant_kernel(address, INT3, original[0]):
+            record.notes.append("the kernel text is not mapped in this machine: no int3 written")
+        self.kernel_probes[address] = (loaded, record)
+
+    def _claim(
+        self,
+        probes: dict,
+        key: object,
+        loaded: LoadedProgram,
+        record: ProbeRecord,
+        where: str,
+    ) -> bool | None:
+        """Whether ``record`` may take ``key`` of ``probes`` (one probe per address):
+        None if another program's probe holds it (DUPLICATE); True if a program being
+        merged held it (that record becomes REMOVED, its int3 stays for the new one);
+        False if it was free."""
+        holder = probes.get(key)
+        if holder is None:
+            return False
+        if holder[0].name != loaded.name:
+            record.status |= RecordStatus.DUPLICATE
+            record.notes.append(f"{where} is already probed by {holder[0].name}")
+            return None
+        holder[1].status = (holder[1].status & ~RecordStatus.ACTIVE) | RecordStatus.REMOVED
+        holder[1].notes.append("replaced by merge")
+        del probes[key]
+        if self.native is not None:
+            self.native.forget(holder[1])
+        return True
+
+    def _opcode_ok(self, record: ProbeRecord, actual: int) -> bool:
+        """The opcode check: a byte other than the probe's ``opcode`` is MISMATCH."""
+        expected = record.point.opcode
+        if expected is not None and actual != expected and self.verify_opcodes:
+            record.status |= RecordStatus.MISMATCH
+            record.actual_opcode = actual
+            return False
+        return True
 
     # --- the bytes ---------------------------------------------------------------------
 
@@ -232,6 +319,18 @@ class ProbeManager:
                 machine.memory.bytes[paddr] = byte
                 machine.invalidate_code(paddr, 1)
 
+    def _plant_kernel(self, address: int, byte: int, expected: int) -> bool:
+        """Write ``byte`` at kernel ``address`` if it holds ``expected``; False if the
+        machine does not map the kernel text there."""
+        found = self.machine.kernel.translate(address, Prot.READ, user=False)
+        if found is None:
+            return False
+        paddr = found[0] << PAGE_SHIFT | (address & PAGE_MASK)
+        if self.machine.memory.bytes[paddr] == expected:
+            self.machine.memory.bytes[paddr] = byte
+            self.machine.invalidate_code(paddr, 1)
+        return True
+
     def _page_in(self, file: GuestFile, index: int, frame: int) -> None:
         """The readpage hook: a page read back in from the file gets its probes again."""
         for (file_id, offset), (_, record) in self.user_probes.items():
@@ -242,11 +341,16 @@ class ProbeManager:
 
     def disarm(self, loaded: LoadedProgram, record: ProbeRecord, status: RecordStatus) -> None:
         """Take one probe out of the code (after rem, max_hits, or removal)."""
-        assert loaded.file is not None
-        key = (loaded.file.id, record.point.offset)
-        if self.user_probes.get(key, (None, None))[1] is record:
-            del self.user_probes[key]
-            self._plant(loaded.file, record.point.offset, record.original[0], INT3)
+        if loaded.file is None:
+            address = record.address
+            if address is not None and self.kernel_probes.get(address, (None, None))[1] is record:
+                del self.kernel_probes[address]
+                self._plant_kernel(address, record.original[0], INT3)
+        else:
+            key = (loaded.file.id, record.point.offset)
+            if self.user_probes.get(key, (None, None))[1] is record:
+                del self.user_probes[key]
+                self._plant(loaded.file, record.point.offset, record.original[0], INT3)
         record.status = (record.status & ~RecordStatus.ACTIVE) | status
         if self.native is not None:
             self.native.forget(record)
@@ -312,6 +416,9 @@ class ProbeManager:
 
     def lookup(self, file: GuestFile, offset: int) -> tuple[LoadedProgram, ProbeRecord] | None:
         return self.user_probes.get((file.id, offset))
+
+    def lookup_kernel(self, address: int) -> tuple[LoadedProgram, ProbeRecord] | None:
+        return self.kernel_probes.get(address)
 
     def vm_state_to_python(self) -> None:
         """Make the VMs' Python lists current (native hits may have moved on)."""

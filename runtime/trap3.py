@@ -17,6 +17,13 @@ the fault goes to the process as Linux delivers it (SIGSEGV for #BR), reported a
 original instruction. ``abort`` writes nothing, ``rem`` removes the probe after this hit,
 ``exit_to`` is recorded (the exits come later).
 
+Re-entry: the handler is Python on the host and never runs guest code, so no probe can
+be hit while it runs; the window where trap3 can be re-entered is the probed
+instruction's step (an ``int 0x80`` stepped with TF enters the kernel before trap1). A
+kernel probe hit there is removed quietly and for good, as DProbes' recursion path did:
+its original byte goes back, the record becomes REMOVED with a note, and the kernel
+runs on without the handler.
+
 This is the reference path. With native hooks (``runtime.native_probes``) a probe that has
 been hit here once may be served natively from then on; a native hit that needs this path
 half-way through is adopted (``adopt``) and finished here, by the same methods.
@@ -164,12 +171,26 @@ class StepTracker:
                     machine, process, step, trap.eip if trap.vector == DEBUG else trap.instruction
                 )
                 return True
+            if trap.vector == BREAKPOINT and self._reentered(trap.instruction):
+                return True
             return self._faulted(machine, process, step, trap)
         if trap.vector == BREAKPOINT:
             return self._hit(machine, process, trap.instruction)
         return False
 
     # --- trap3 -------------------------------------------------------------------------
+
+    def _reentered(self, address: int) -> bool:
+        """A breakpoint while a hit is being handled: if it is a kernel probe's, remove
+        that probe quietly and for good and run the original instruction."""
+        found = self.manager.lookup_kernel(address)
+        if found is None:
+            return False
+        loaded, record = found
+        record.notes.append("trap3 re-entered while a probe hit was handled: removed quietly")
+        self.manager.disarm(loaded, record, RecordStatus.REMOVED)
+        self.manager.machine.cpu.write_registers({"eip": address})
+        return True
 
     def _hit(self, machine: Machine, process: Process, address: int) -> bool:
         vma = process.space.find_vma(address)

@@ -287,9 +287,10 @@ def test_getvars_and_reset() -> None:
     assert manager.getvars()[module] == [0]
 
 
-def test_kernel_programs_need_the_guest_kernel() -> None:
-    with pytest.raises(InsertError, match="guest kernel"):
-        ProbeManager(Machine()).insert(build("name = k\nmodtype = kernel\noffset = 0\n exit\n"))
+def test_kernel_programs_need_the_kernel_image(tmp_path: Path) -> None:
+    manager = ProbeManager(Machine(), kernel_path=str(tmp_path / "vmlinux"))
+    with pytest.raises(InsertError, match="need the kernel image: no kernel image at"):
+        manager.insert(build("name = k\nmodtype = kernel\noffset = 0\n exit\n"))
 
 
 def test_missing_executable() -> None:
