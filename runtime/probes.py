@@ -274,15 +274,16 @@ class ProbeManager:
         where: str,
     ) -> bool | None:
         """Whether ``record`` may take ``key`` of ``probes`` (one probe per address):
-        None if another program's probe holds it (DUPLICATE); True if a program being
-        merged held it (that record becomes REMOVED, its int3 stays for the new one);
-        False if it was free."""
+        None if another probe holds it (DUPLICATE: one of this program, or of another
+        module's program); True if an earlier program of this module held it (merge:
+        that record becomes REMOVED, its int3 stays for the new one); False if free."""
         holder = probes.get(key)
         if holder is None:
             return False
-        if holder[0].name != loaded.name:
+        if holder[0] is loaded or holder[0].name != loaded.name:
             record.status |= RecordStatus.DUPLICATE
-            record.notes.append(f"{where} is already probed by {holder[0].name}")
+            by = f"probe {holder[1].index}" if holder[0] is loaded else holder[0].name
+            record.notes.append(f"{where} is already probed by {by}")
             return None
         holder[1].status = (holder[1].status & ~RecordStatus.ACTIVE) | RecordStatus.REMOVED
         holder[1].notes.append("replaced by merge")

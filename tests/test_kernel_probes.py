@@ -1,0 +1,380 @@
+"""Kernel probes and exclude regions, against a small kernel image built here.
+
+The image is linked from C files named as in Linux 2.4 (``kernel/time.c``,
+``arch/i386/kernel/time.c``, ``kernel/sched.c``, ...) with ``gcc -m32 -g`` and ``ld
+-Ttext=0xC0100000``; ``kernel/time.c`` is compiled with ``-ffunction-sections
+-gdwarf-4`` so that its unit's code is described by ``DW_AT_ranges``. Expected addresses
+come from the image's symbol table, never from guesses. The tests map the image's text
+into the machine's kernel pages, as a running guest kernel would be mapped, to see the
+int3 bytes come and go.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dprobes.cli import main as cli
+from dprobes.compiler.diagnostics import CompileError
+from dprobes.compiler.pipeline import BuildOptions, compile_rpn
+from dprobes.runtime import kernel_image
+from dprobes.runtime.addrspace import Prot
+from dprobes.runtime.exclude import EXCLUDE_RULES, path_matches
+from dprobes.runtime.kernel_image import KernelImage
+from dprobes.runtime.machine import Machine
+from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
+from dprobes.runtime.probes import INT3, InsertError, ProbeManager
+from dprobes.runtime.records import RecordStatus
+from dprobes.runtime.traps import BREAKPOINT, Trap
+from dprobes.tests.guest_expectations import BIN
+
+SOURCES = {
+    "kernel/time.c": """
+struct timeval { long tv_sec; long tv_usec; };
+static long xtime_sec;
+void do_gettimeofday(struct timeval *tv) { tv->tv_sec = xtime_sec; tv->tv_usec = 0; }
+long sys_time(long *t)
+{
+    struct timeval tv;
+    do_gettimeofday(&tv);
+    if (t)
+        *t = tv.tv_sec;
+    return tv.tv_sec;
+}
+""",
+    "arch/i386/kernel/time.c": """
+void do_timer(void);
+void timer_interrupt(int irq) { if (irq == 0) do_timer(); }
+""",
+    "arch/i386/kernel/traps.c": """
+void do_int3(long *regs, long error_code) { regs[0] = error_code; }
+""",
+    "kernel/sched.c": """
+unsigned long jiffies;
+int need_resched;
+void do_timer(void) { jiffies++; need_resched = 1; }
+void schedule(void) { need_resched = 0; }
+""",
+    "fs/read_write.c": """
+long sys_write(unsigned int fd, const char *buf, unsigned long count)
+{
+    return fd > 2 ? -9 : (long)count;
+}
+""",
+    "arch/i386/kernel/entry.S": """
+    .text
+    .globl system_call
+system_call:
+    pushl %eax
+    call sys_write
+    popl %eax
+    iret
+""",
+}
+FLAGS = ["-m32", "-O1", "-ffreestanding", "-fno-pic", "-fno-asynchronous-unwind-tables"]
+EXTRA = {"kernel/time.c": ["-ffunction-sections", "-gdwarf-4"]}
+
+
+@pytest.fixture(scope="module")
+def vmlinux(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None or shutil.which("ld") is None:
+        pytest.skip("needs gcc (gcc-multilib) and ld to build the test kernel")
+    root = tmp_path_factory.mktemp("kernel")
+    objects = []
+    for name, text in SOURCES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+        obj = str(root / name) + ".o"
+        flags = EXTRA.get(name, ["-g"])
+        subprocess.run(["gcc", *FLAGS, *flags, "-c", name, "-o", obj], cwd=root, check=True)
+        objects.append(obj)
+    image = root / "vmlinux"
+    subprocess.run(
+        [
+            "ld",
+            "-m",
+            "elf_i386",
+            "-Ttext=0xC0100000",
+            "-e",
+            "system_call",
+            "-z",
+            "noexecstack",
+            "-o",
+            str(image),
+            *objects,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return image
+
+
+@pytest.fixture(scope="module")
+def image(vmlinux: Path) -> KernelImage:
+    return KernelImage.load(vmlinux)
+
+
+def address(image: KernelImage, name: str) -> int:
+    found = image.symbol(name)
+    assert found is not None, name
+    return found
+
+
+def mapped_machine(image: KernelImage) -> Machine:
+    """A machine with the image's text in supervisor pages, as a running kernel has it."""
+    machine = Machine()
+    for segment in image.text:
+        end = segment.vaddr + segment.filesz
+        for page in range(segment.vaddr & ~(PAGE_SIZE - 1), end, PAGE_SIZE):
+            frame = machine.memory.alloc()
+            machine.kernel.map(page, frame, Prot.READ | Prot.EXEC)
+            start = max(page, segment.vaddr)
+            data = image.read(start, min(page + PAGE_SIZE, end) - start)
+            base = frame << PAGE_SHIFT | (start - page)
+            machine.memory.bytes[base : base + len(data)] = data
+    return machine
+
+
+def kernel_byte(machine: Machine, where: int) -> int:
+    frame, _ = machine.kernel.translate(where, Prot.READ, user=False)
+    return machine.memory.bytes[frame << PAGE_SHIFT | where & (PAGE_SIZE - 1)]
+
+
+def build(vmlinux: Path, probes: str, name: str = "k"):
+    text = f"name = {name}\nmodtype = kernel\n{probes}"
+    return compile_rpn("k.rpn", BuildOptions(kernel=str(vmlinux)), text=text).program
+
+
+def probe(where: str, *items: str) -> str:
+    return f"offset = {where}\n" + "".join(f"{item}\n" for item in items) + "    exit\n"
+
+
+# --- exclude regions ------------------------------------------------------------------
+
+
+def test_path_suffix_matching() -> None:
+    assert path_matches("/src/kernel/time.c", "kernel/time.c")
+    assert path_matches("kernel/time.c", "kernel/time.c")
+    assert path_matches("/src/arch/i386/kernel/time.c", "kernel/time.c")
+    assert not path_matches("/src/xkernel/time.c", "kernel/time.c")
+    assert not path_matches("/src/kernel/time.cc", "kernel/time.c")
+
+
+def test_regions_come_from_the_compilation_units(image: KernelImage) -> None:
+    for name in SOURCES:  # the relative names, joined with the compilation directory
+        assert [u.path for u in image.units].count(str(image.path.parent / name)) == 1
+    (time_c,) = [u for u in image.units if u.path == str(image.path.parent / "kernel/time.c")]
+    assert len(time_c.ranges) == 2  # DW_AT_ranges: one function per section
+
+    def region(name: str) -> str | None:
+        found = image.excluded(address(image, name))
+        return found.rule.name if found else None
+
+    assert region("do_gettimeofday") == "kernel/time.c"
+    assert region("sys_time") == "kernel/time.c"
+    assert region("timer_interrupt") == "arch/i386/kernel/time.c"  # the longer rule owns it
+    assert region("system_call") == "trap and interrupt entry (arch/i386/kernel/entry.S)"
+    assert region("do_int3") == "probe machinery: do_int3"
+    assert region("do_timer") is None
+    assert region("schedule") is None
+    assert region("sys_write") is None
+    assert [rule.function for rule in image.unmatched_rules] == ["do_debug"]
+    assert len({rule.name for rule in EXCLUDE_RULES}) == len(EXCLUDE_RULES)
+
+
+# --- resolution, verification, insertion ------------------------------------------------
+
+
+def test_resolution_and_statuses(vmlinux: Path, image: KernelImage) -> None:
+    schedule, do_timer = address(image, "schedule"), address(image, "do_timer")
+    sys_write = address(image, "sys_write")
+    program = build(
+        vmlinux,
+        probe("sys_write")  # 0: a symbol
+        + probe(f"{schedule - 0xC0000000:#x}")  # 1: an offset from PAGE_OFFSET
+        + probe(f"{do_timer:#x}", "address = absolute")  # 2: an absolute address
+        + probe("sys_write+1")  # 3: not an instruction boundary
+        + probe("0xC0200000", "address = absolute")  # 4: outside the kernel text
+        + probe("do_gettimeofday")  # 5: kernel/time.c
+        + probe("timer_interrupt")  # 6: arch/i386/kernel/time.c
+        + probe("0x7000000")  # 7: past the text (0xC7000000)
+        + probe("schedule"),  # 8: the address of probe 1 again
+    )
+    assert program.probes[0].offset == sys_write - 0xC0000000
+    assert program.probes[2].offset == do_timer
+    machine = mapped_machine(image)
+    before = {where: kernel_byte(machine, where) for where in (sys_write, schedule, do_timer)}
+    manager = ProbeManager(machine, kernel_path=str(vmlinux))
+    loaded = manager.insert(program)
+    status = [record.status for record in loaded.records]
+    active = RecordStatus.COMPILED | RecordStatus.ACTIVE
+    assert status[:3] == [active] * 3
+    assert [loaded.records[i].address for i in range(3)] == [sys_write, schedule, do_timer]
+    assert (
+        status[3] == status[4] == status[7] == RecordStatus.COMPILED | RecordStatus.INVALID_OFFSET
+    )
+    assert "not an instruction boundary" in loaded.records[3].notes[0]
+    assert "not in the kernel text" in loaded.records[4].notes[0]
+    assert status[5] == status[6] == RecordStatus.COMPILED | RecordStatus.EXCLUDED
+    assert "in exclude region kernel/time.c" in loaded.records[5].notes[0]
+    assert "in exclude region arch/i386/kernel/time.c" in loaded.records[6].notes[0]
+    assert status[8] == RecordStatus.COMPILED | RecordStatus.DUPLICATE
+    assert loaded.records[8].notes == [f"{schedule:#010x} is already probed by probe 1"]
+    for where in (sys_write, schedule, do_timer):
+        assert kernel_byte(machine, where) == INT3
+    for name in ("do_gettimeofday", "timer_interrupt"):
+        assert kernel_byte(machine, address(image, name)) == image.read(address(image, name), 1)[0]
+    assert manager.remove("k") == 1
+    assert {where: kernel_byte(machine, where) for where in before} == before
+
+
+def test_unmapped_kernel_and_opcode_mismatch(vmlinux: Path, image: KernelImage) -> None:
+    manager = ProbeManager(Machine(), kernel_path=str(vmlinux))
+    schedule = address(image, "schedule")
+    wrong = image.read(schedule, 1)[0] ^ 1
+    loaded = manager.insert(
+        build(vmlinux, probe("sys_write") + probe("schedule", f"opcode = {wrong}"))
+    )
+    record, mismatch = loaded.records
+    assert record.armed
+    assert record.notes == ["the kernel text is not mapped in this machine: no int3 written"]
+    assert mismatch.status == RecordStatus.COMPILED | RecordStatus.MISMATCH
+    assert mismatch.actual_opcode == wrong ^ 1
+
+
+def test_merge_keeps_excluded_and_one_probe_per_address(vmlinux: Path, image: KernelImage) -> None:
+    machine = mapped_machine(image)
+    sys_write = address(image, "sys_write")
+    manager = ProbeManager(machine, kernel_path=str(vmlinux))
+    first = manager.insert(build(vmlinux, probe("do_gettimeofday") + probe("sys_write")))
+    second = manager.insert(
+        build(vmlinux, probe("sys_write") + probe("do_gettimeofday")), merge=True
+    )
+    assert first.records[0].status == RecordStatus.COMPILED | RecordStatus.EXCLUDED
+    assert first.records[1].status == RecordStatus.COMPILED | RecordStatus.REMOVED
+    assert first.records[1].notes == ["replaced by merge"]
+    assert second.records[0].armed
+    assert second.records[1].status == RecordStatus.COMPILED | RecordStatus.EXCLUDED
+    assert kernel_byte(machine, sys_write) == INT3
+    other = manager.insert(build(vmlinux, probe("sys_write"), name="other"))
+    assert other.records[0].status == RecordStatus.COMPILED | RecordStatus.DUPLICATE
+    manager.remove()
+    assert kernel_byte(machine, sys_write) == image.read(sys_write, 1)[0]
+
+
+def test_trap3_reentered_during_a_step_removes_the_kernel_probe(
+    vmlinux: Path, image: KernelImage
+) -> None:
+    machine = mapped_machine(image)
+    sys_write = address(image, "sys_write")
+    manager = ProbeManager(machine, kernel_path=str(vmlinux))
+    record = manager.insert(build(vmlinux, probe("sys_write"))).records[0]
+    process = SimpleNamespace(pid=7)  # a process between trap3 and trap1 of a user probe
+    manager.steps.pending[7] = SimpleNamespace(slot=0x1000, plan=SimpleNamespace(length=2))
+    trap = Trap(BREAKPOINT, sys_write + 1, sys_write)
+    assert manager.steps.handle_trap(machine, process, trap)
+    assert record.status == RecordStatus.COMPILED | RecordStatus.REMOVED
+    assert "re-entered" in record.notes[-1]
+    assert record.hits == 0  # the handler did not run
+    assert kernel_byte(machine, sys_write) == image.read(sys_write, 1)[0]
+    assert machine.cpu.reg("eip") == sys_write
+    assert manager.lookup_kernel(sys_write) is None
+
+
+# --- bad input and the command line -----------------------------------------------------
+
+
+def test_a_bad_kernel_image_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "vmlinux"
+    bogus.write_bytes(b"not an elf")
+    manager = ProbeManager(Machine(), kernel_path=str(bogus))
+    program = compile_rpn("k.rpn", text="name = k\nmodtype = kernel\noffset = 0\n exit\n").program
+    with pytest.raises(InsertError, match="not a usable kernel image: not an ELF file"):
+        manager.insert(program)
+
+
+def test_symbols_need_a_kernel_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_image, "KERNEL_IMAGE", tmp_path / "missing")
+    with pytest.raises(CompileError) as error:
+        compile_rpn("k.rpn", text="name = k\nmodtype = kernel\noffset = sys_write\n exit\n")
+    text = " ".join(d.message + " ".join(d.hints) for d in error.value.diagnostics)
+    assert "unknown symbol 'sys_write'" in text and "give --kernel PATH" in text
+
+
+def dpc(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = cli.main(list(args))
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    return status, out, err
+
+
+def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Path, capfd) -> None:
+    source = tmp_path / "k.rpn"
+    source.write_text(
+        "name = k\nmodtype = kernel\n"
+        + probe("do_gettimeofday")
+        + probe("sys_write")
+        + probe("timer_interrupt")
+    )
+    merged = tmp_path / "k2.rpn"
+    merged.write_text("name = k\nmodtype = kernel\n" + probe("do_gettimeofday"))
+    status, out, _ = dpc(capfd, "build", "--kernel", str(vmlinux), str(source))
+    assert status == 0 and "3 probe(s)" in out
+    status, _, err = dpc(
+        capfd,
+        "run",
+        "--kernel",
+        str(vmlinux),
+        "--probes",
+        str(tmp_path / "k.ppdf"),
+        "--probes",
+        str(merged),
+        "--merge",
+        "--query",
+        "--",
+        str(BIN / "loop"),
+    )
+    assert status == 7  # loop's own exit status: the run went on as without probes
+    query = [line for line in err.splitlines() if line.startswith("k probe")]
+    gettimeofday = address(image, "do_gettimeofday")
+    timer = address(image, "timer_interrupt")
+    time_c = image.excluded(gettimeofday)
+    arch_time_c = image.excluded(timer)
+    assert time_c is not None and arch_time_c is not None
+    excluded = (
+        "k probe 0 at do_gettimeofday: compiled|excluded count=0 hits=0 "
+        f"({gettimeofday:#010x} is in exclude region kernel/time.c "
+        f"[{time_c.start:#010x}, {time_c.end:#010x}))"
+    )
+    assert query == [
+        excluded,
+        "k probe 1 at sys_write: compiled|active count=0 hits=0 "
+        "(the kernel text is not mapped in this machine: no int3 written)",
+        "k probe 2 at timer_interrupt: compiled|excluded count=0 hits=0 "
+        f"({timer:#010x} is in exclude region arch/i386/kernel/time.c "
+        f"[{arch_time_c.start:#010x}, {arch_time_c.end:#010x}))",
+        excluded,  # the merged program's probe: still excluded
+    ]
+    assert "k.ppdf: probe 0 at do_gettimeofday not inserted: compiled|excluded;" in err
+
+
+def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
+    source = tmp_path / "k.rpn"
+    source.write_text("name = k\nmodtype = kernel\n" + probe("sys_write"))
+    status, _, err = dpc(capfd, "build", "--kernel", str(tmp_path / "nope"), str(source))
+    assert status == 2 and "cannot read symbol file" in err
+    absolute = tmp_path / "a.rpn"
+    absolute.write_text("name = k\nmodtype = kernel\n" + probe("0xC0100000", "address = absolute"))
+    bogus = tmp_path / "bogus"
+    bogus.write_bytes(b"\x7fELF")
+    run = ("run", "--kernel", str(bogus), "--probes")
+    status, _, err = dpc(capfd, *run, str(absolute), "--", str(BIN / "loop"))
+    assert status == 2 and "bogus: byte 4: error: truncated ELF file" in err  # the compiler's
+    assert dpc(capfd, "build", "--kernel", str(vmlinux), str(absolute))[0] == 0
+    status, _, err = dpc(capfd, *run, str(tmp_path / "a.ppdf"), "--", str(BIN / "loop"))
+    assert status == 2  # the runtime's
+    assert "kernel probes need the kernel image" in err and "not a usable kernel image" in err
