@@ -378,3 +378,26 @@ def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
     status, _, err = dpc(capfd, *run, str(tmp_path / "a.ppdf"), "--", str(BIN / "loop"))
     assert status == 2  # the runtime's
     assert "kernel probes need the kernel image" in err and "not a usable kernel image" in err
+
+
+def test_the_built_kernel_image(capfd, tmp_path: Path) -> None:
+    """The committed guest kernel: its time files and entry code are excluded, the system
+    calls are not, and ``dpc build`` takes its symbols without ``--kernel``."""
+    if not kernel_image.KERNEL_IMAGE.is_file():
+        pytest.skip("the guest kernel image is not built in this tree")
+    built = KernelImage.load()
+
+    def rule(name: str) -> str | None:
+        found = built.excluded(address(built, name))
+        return found.rule.name if found else None
+
+    assert rule("do_gettimeofday") == "kernel/time.c"
+    assert rule("timer_interrupt") == "arch/i386/kernel/time.c"
+    assert rule("system_call") == "trap and interrupt entry (arch/i386/kernel/entry.S)"
+    for name in ("sys_write", "schedule", "do_fork"):
+        assert rule(name) is None and built.is_boundary(address(built, name))
+    source = tmp_path / "k.rpn"
+    source.write_text("name = k\nmodtype = kernel\n" + probe("sys_write"))
+    assert dpc(capfd, "build", str(source))[0] == 0
+    status, out, _ = dpc(capfd, "disasm", str(tmp_path / "k.ppdf"))
+    assert status == 0 and f"{address(built, 'sys_write') - 0xC0000000:#x}" in out
