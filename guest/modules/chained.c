@@ -5,7 +5,7 @@
 extern int hello_greet(const char *who);
 extern int hello_calls;
 
-static int fail;
+int fail; /* global: set by the loader before init, so the compiler may not assume 0 */
 MODULE_PARM(fail, "i");
 static int greeted;
 
