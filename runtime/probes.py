@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from dprobes.runtime.codemap import CodeMap
 from dprobes.runtime.journal import Emitted, LogJournal, PackedChunk
+from dprobes.runtime.kmod_probes import KmodProbes
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.pagecache import GuestFile
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
@@ -108,6 +109,7 @@ class ProbeManager:
         from dprobes.runtime.trap3 import StepTracker
 
         self.steps = StepTracker(self)
+        self.kmod = KmodProbes(self)
         self.machine.trap_handler = self.steps.handle_trap
         self.machine.cache.on_page_in.append(self._page_in)
         self.machine.on_process_exit.append(self.steps.forget)
@@ -133,7 +135,7 @@ class ProbeManager:
     ) -> LoadedProgram:
         """Insert ``program``'s probes (those of the selected groups/types)."""
         header = program.header
-        if header.modtype is not ModuleType.USER:
+        if header.modtype is ModuleType.KERNEL:
             raise InsertError(
                 f"{header.name}: {header.modtype.name.lower()} probes need the "
                 "guest kernel, which this machine does not run yet"
@@ -145,10 +147,26 @@ class ProbeManager:
                 raise InsertError(
                     f"{header.name}: already has a probe program (use merge or replace)"
                 )
+        if header.modtype is ModuleType.KMOD:
+            loaded = self._new_loaded(program, None)
+            self.kmod.insert(loaded, self._select(loaded, groups, types))
+            self.modules.setdefault(header.name, []).append(loaded)
+            return loaded
         path = Path(header.name)
         if not path.is_file():
             raise InsertError(f"{header.name}: no such executable file")
         file = self.machine.cache.open(path)
+        loaded = self._new_loaded(program, file)
+        codemap = self._codemap(file)
+        for record in self._select(loaded, groups, types):
+            self._insert_user(loaded, record, codemap)
+        self.modules.setdefault(header.name, []).append(loaded)
+        file.write_denied += 1
+        return loaded
+
+    def _new_loaded(self, program: Program, file: GuestFile | None) -> LoadedProgram:
+        """A program's VM (with ``--log`` applied) and its records, not yet planted."""
+        header = program.header
         fields = self.log_fields if self.log_fields is not None else header.log_fields
         runnable = (
             program
@@ -156,18 +174,22 @@ class ProbeManager:
             else replace(program, header=replace(header, log_fields=fields))
         )
         vm = VM(runnable, globals=self.globals, cpu=self.cpu_state, tier=self.tier)
-        loaded = LoadedProgram(runnable, vm, [], file, fields)
-        codemap = self._codemap(file)
-        for index, point in enumerate(program.probes):
-            record = ProbeRecord(index, point)
-            loaded.records.append(record)
+        records = [ProbeRecord(index, point) for index, point in enumerate(program.probes)]
+        return LoadedProgram(runnable, vm, records, file, fields)
+
+    @staticmethod
+    def _select(
+        loaded: LoadedProgram, groups: set[int] | None, types: set[int] | None
+    ) -> list[ProbeRecord]:
+        """The records to plant; the others get a note saying why not."""
+        selected = []
+        for record in loaded.records:
+            point = record.point
             if (groups and point.group not in groups) or (types and point.type not in types):
                 record.notes.append("not selected by group/type")
-                continue
-            self._insert_user(loaded, record, codemap)
-        self.modules.setdefault(header.name, []).append(loaded)
-        file.write_denied += 1
-        return loaded
+            else:
+                selected.append(record)
+        return selected
 
     def _codemap(self, file: GuestFile) -> CodeMap:
         if file.id not in self._maps:
@@ -242,7 +264,9 @@ class ProbeManager:
 
     def disarm(self, loaded: LoadedProgram, record: ProbeRecord, status: RecordStatus) -> None:
         """Take one probe out of the code (after rem, max_hits, or removal)."""
-        assert loaded.file is not None
+        if loaded.file is None:
+            self.kmod.disarm(loaded, record, status)
+            return
         key = (loaded.file.id, record.point.offset)
         if self.user_probes.get(key, (None, None))[1] is record:
             del self.user_probes[key]
@@ -264,6 +288,8 @@ class ProbeManager:
                         self.disarm(loaded, record, RecordStatus.REMOVED)
                 if loaded.file is not None:
                     loaded.file.write_denied -= 1
+                else:
+                    self.kmod.forget(loaded)
                 removed += 1
         return removed
 
