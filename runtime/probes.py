@@ -12,6 +12,9 @@ silently, as 5.0 did). A file with probes in it is write-denied. Firing lives in
 ``runtime.trap3``; with a compiling tier (``jit``, ``auto``) and ``native_hooks``, probes
 are then served by the native hook of ``runtime.native_probes`` wherever they can be.
 
+Programs for kernel modules (``modtype = kmod``) wait for their module and are planted
+by ``runtime.kmod_probes`` when it is placed, before its init runs.
+
 Merge and replace (the program already has a module entry):
 
 * neither: refused, as 5.0 refused a second program for a module (-EEXIST);
