@@ -331,3 +331,19 @@ def test_kmod_probe_inserted_while_loaded_and_checked_against_the_module() -> No
     split = manager.insert(kmod_program(HELLO, "hello_init+2", opcode=None))  # inside the mov
     assert split.records[0].status & RecordStatus.INVALID_OFFSET
     assert "instruction boundary" in split.records[0].notes[0]
+
+
+def test_dpc_run_reports_a_kmod_program_whose_module_never_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dprobes.cli import main as cli
+
+    source = tmp_path / "k.rpn"
+    source.write_text(
+        f"name = {HELLO}\nmodtype = kmod\noffset = hello_init\nopcode = 0x55\n"
+        "    push 1\n    log 1\n    exit\n"
+    )
+    status = cli.main(["run", "--probes", str(source), "--query", "--", str(BIN / "args")])
+    out, err = capsys.readouterr()
+    assert status == 19 and "Traceback" not in out + err
+    assert "hello_init: compiled count=0 hits=0 (pending: module hello is not loaded)" in out + err
