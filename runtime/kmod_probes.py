@@ -99,7 +99,7 @@ class KmodProbes:
             return
         address = point.offset if point.absolute else module.base + point.offset
         offset = address - module.base
-        code = module.image.code_map()
+        code = module.image.code_map
         if address not in module or code.segment(offset) is None:
             record.status |= RecordStatus.INVALID_OFFSET
             record.notes.append(f"0x{address:x} is not in the code of module {module.name}")

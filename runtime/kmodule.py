@@ -22,6 +22,7 @@ import io
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -30,7 +31,7 @@ from elftools.elf.elffile import ELFFile
 from dprobes.elf import PF_R, PF_X, ElfError, ElfFile, Segment
 from dprobes.runtime.codemap import CodeMap
 from dprobes.runtime.paging import KernelPages, Prot, page_up
-from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, OutOfFrames, PhysicalMemory
 
 MODULE_AREA = (0xE0000000, 0xF0000000)
 """Kernel virtual addresses modules are placed at (2.4 used vmalloc space, above the kernel's
@@ -123,6 +124,7 @@ class ModuleImage:
     def size(self) -> int:
         return len(self.data)
 
+    @cached_property
     def code_map(self) -> CodeMap:
         """The module's code, by module offset, for probe offset checks."""
         segments = [
@@ -465,7 +467,7 @@ class ModuleLoader:
         status = run_init(module) if module.image.init is not None else 0
         if status:
             self._free(module)
-            raise ModuleInitError(path, status - (1 << 32) if status >> 31 else status)
+            raise ModuleInitError(path, ((status & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000)
         module.live = True
         return module
 
@@ -477,9 +479,13 @@ class ModuleLoader:
         image = relocate(path, self._next, self.lookup, params)
         if image.base + image.size > MODULE_AREA[1]:
             raise ModuleError(path, "the module area is full")
-        frames = []
+        frames: list[int] = []
         for number, prot in enumerate(image.pages):
-            frame = self.memory.alloc()
+            try:
+                frame = self.memory.alloc()
+            except OutOfFrames:
+                self._release(image.base, frames)
+                raise ModuleError(path, self.memory.exhausted()) from None
             frames.append(frame)
             self.memory.write(
                 frame << PAGE_SHIFT, image.data[number << PAGE_SHIFT : (number + 1) << PAGE_SHIFT]
@@ -512,13 +518,16 @@ class ModuleLoader:
     def _free(self, module: LoadedModule) -> None:
         for hook in self.on_unloaded:
             hook(module)
-        for number, frame in enumerate(module.frames):
-            self.kernel.unmap(module.base + (number << PAGE_SHIFT))
-            self.invalidate_code(frame << PAGE_SHIFT, PAGE_SIZE)
-            self.memory.put(frame)
+        self._release(module.base, module.frames)
         del self.loaded[module.name]
         for other in self.loaded.values():
             other.users.discard(module.name)
+
+    def _release(self, base: int, frames: list[int]) -> None:
+        for number, frame in enumerate(frames):
+            self.kernel.unmap(base + (number << PAGE_SHIFT))
+            self.invalidate_code(frame << PAGE_SHIFT, PAGE_SIZE)
+            self.memory.put(frame)
 
     def physical(self, address: int) -> int:
         """The physical address of kernel virtual ``address`` in a placed module."""

@@ -24,7 +24,8 @@ from dprobes.runtime.kmodule import (
     relocate,
 )
 from dprobes.runtime.machine import Machine
-from dprobes.runtime.paging import Prot
+from dprobes.runtime.paging import KernelPages, Prot
+from dprobes.runtime.physmem import MIN_SIZE, OutOfFrames, PhysicalMemory
 from dprobes.runtime.probes import ProbeManager
 from dprobes.runtime.records import RecordStatus
 
@@ -223,13 +224,14 @@ def test_modules_are_mapped_as_supervisor_pages_and_freed_on_unload() -> None:
     assert machine.kernel.translate(hello.base, Prot.READ, user=False) is None
 
 
-def test_failed_init_frees_the_module() -> None:
+@pytest.mark.parametrize("eax", [(-ENODEV) & 0xFFFFFFFF, -ENODEV])
+def test_failed_init_frees_the_module(eax: int) -> None:
     machine = Machine()
     loader = loader_of(machine)
     loader.insmod(HELLO, lambda module: 0)
     before = machine.memory.in_use
     with pytest.raises(ModuleInitError) as caught:
-        loader.insmod(CHAINED, lambda module: (-ENODEV) & 0xFFFFFFFF, {"fail": "1"})
+        loader.insmod(CHAINED, lambda module: eax, {"fail": "1"})
     assert caught.value.status == -ENODEV
     assert "chained" not in loader.loaded and machine.memory.in_use == before
     assert not loader.loaded["hello"].users
@@ -347,3 +349,19 @@ def test_dpc_run_reports_a_kmod_program_whose_module_never_loads(
     out, err = capsys.readouterr()
     assert status == 19 and "Traceback" not in out + err
     assert "hello_init: compiled count=0 hits=0 (pending: module hello is not loaded)" in out + err
+
+
+def test_running_out_of_frames_undoes_the_placement() -> None:
+    memory = PhysicalMemory(MIN_SIZE)
+    taken = []
+    with pytest.raises(OutOfFrames):
+        while True:
+            taken.append(memory.alloc())
+    for frame in taken[-2:]:  # hello needs three pages: two are free
+        memory.put(frame)
+    kernel = KernelPages()
+    loader = ModuleLoader(memory, kernel, lambda paddr, length: None, KERNEL.get)
+    in_use = memory.in_use
+    with pytest.raises(ModuleError, match="guest memory in use"):
+        loader.place(HELLO)
+    assert memory.in_use == in_use and not kernel.pages and not loader.loaded
