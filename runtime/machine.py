@@ -30,6 +30,7 @@ from dprobes.runtime.addrspace import MMAP_BASE, AddressSpace, GuestFault, Kerne
 from dprobes.runtime.clock import VirtualClock
 from dprobes.runtime.cpu import CPU, STOP_ADDRESS
 from dprobes.runtime.filesystem import FileSystemView
+from dprobes.runtime.kmodule import ModuleLoader
 from dprobes.runtime.pagecache import GuestFile, PageCache
 from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, OutOfFrames, PhysicalMemory
 from dprobes.runtime.process import SIGNAL_NAMES, CrashReport, Process, State
@@ -106,6 +107,8 @@ class Machine:
         self.swap = SwapArea()
         self.kernel = KernelPages()
         self.cpu = CPU(self.memory, self.kernel)
+        self.modules = ModuleLoader(self.memory, self.kernel, self.invalidate_code)
+        """Kernel modules (insmod/rmmod); kmod probes follow its placed/unloaded events."""
         self.clock = VirtualClock(self.cpu.counter)
         self.random = random.Random(seed)
         self.quantum = quantum

@@ -22,6 +22,9 @@ written, and a note says so. The rest of the program is inserted either way. Fir
 ``runtime.trap3``; with a compiling tier (``jit``, ``auto``) and ``native_hooks``, probes
 are then served by the native hook of ``runtime.native_probes`` wherever they can be.
 
+Programs for kernel modules (``modtype = kmod``) wait for their module and are planted
+by ``runtime.kmod_probes`` when it is placed, before its init runs.
+
 Merge and replace (the program already has a module entry):
 
 * neither: refused, as 5.0 refused a second program for a module (-EEXIST);
@@ -42,6 +45,7 @@ from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.codemap import CodeMap
 from dprobes.runtime.journal import Emitted, LogJournal, PackedChunk
 from dprobes.runtime.kernel_image import KERNEL_IMAGE, KernelImage, KernelImageError
+from dprobes.runtime.kmod_probes import KmodProbes
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.pagecache import GuestFile
 from dprobes.runtime.paging import KERNEL_BASE
@@ -125,6 +129,7 @@ class ProbeManager:
         from dprobes.runtime.trap3 import StepTracker
 
         self.steps = StepTracker(self)
+        self.kmod = KmodProbes(self)
         self.machine.trap_handler = self.steps.handle_trap
         self.machine.cache.on_page_in.append(self._page_in)
         self.machine.on_process_exit.append(self.steps.forget)
@@ -151,11 +156,6 @@ class ProbeManager:
     ) -> LoadedProgram:
         """Insert ``program``'s probes (those of the selected groups/types)."""
         header = program.header
-        if header.modtype is ModuleType.KMOD:
-            raise InsertError(
-                f"{header.name}: kmod probes need kernel modules, which this machine "
-                "does not load yet"
-            )
         kernel = self.kernel_image() if header.modtype is ModuleType.KERNEL else None
         if header.name in self.modules:
             if replace_old:
@@ -164,12 +164,32 @@ class ProbeManager:
                 raise InsertError(
                     f"{header.name}: already has a probe program (use merge or replace)"
                 )
-        file = None
-        if kernel is None:
-            path = Path(header.name)
-            if not path.is_file():
-                raise InsertError(f"{header.name}: no such executable file")
-            file = self.machine.cache.open(path)
+        if header.modtype is ModuleType.KMOD:
+            loaded = self._new_loaded(program, None)
+            self.kmod.insert(loaded, self._select(loaded, groups, types))
+            self.modules.setdefault(header.name, []).append(loaded)
+            return loaded
+        if kernel is not None:
+            loaded = self._new_loaded(program, None)
+            for record in self._select(loaded, groups, types):
+                self._insert_kernel(loaded, record, kernel)
+            self.modules.setdefault(header.name, []).append(loaded)
+            return loaded
+        path = Path(header.name)
+        if not path.is_file():
+            raise InsertError(f"{header.name}: no such executable file")
+        file = self.machine.cache.open(path)
+        loaded = self._new_loaded(program, file)
+        codemap = self._codemap(file)
+        for record in self._select(loaded, groups, types):
+            self._insert_user(loaded, record, codemap)
+        self.modules.setdefault(header.name, []).append(loaded)
+        file.write_denied += 1
+        return loaded
+
+    def _new_loaded(self, program: Program, file: GuestFile | None) -> LoadedProgram:
+        """A program's VM (with ``--log`` applied) and its records, not yet planted."""
+        header = program.header
         fields = self.log_fields if self.log_fields is not None else header.log_fields
         runnable = (
             program
@@ -177,24 +197,24 @@ class ProbeManager:
             else replace(program, header=replace(header, log_fields=fields))
         )
         vm = VM(runnable, globals=self.globals, cpu=self.cpu_state, tier=self.tier)
-        loaded = LoadedProgram(runnable, vm, [], file, fields)
-        codemap = self._codemap(file) if file is not None else None
-        for index, point in enumerate(program.probes):
-            record = ProbeRecord(index, point)
-            loaded.records.append(record)
+        records = [ProbeRecord(index, point) for index, point in enumerate(program.probes)]
+        return LoadedProgram(runnable, vm, records, file, fields)
+
+    @staticmethod
+    def _select(
+        loaded: LoadedProgram, groups: set[int] | None, types: set[int] | None
+    ) -> list[ProbeRecord]:
+        """The breakpoint records to plant; the others get a note saying why not."""
+        selected = []
+        for record in loaded.records:
+            point = record.point
             if (groups and point.group not in groups) or (types and point.type not in types):
                 record.notes.append("not selected by group/type")
             elif point.kind is ProbeKind.WATCHPOINT:
                 record.notes.append("watchpoint probes are not supported on this machine yet")
-            elif kernel is not None:
-                self._insert_kernel(loaded, record, kernel)
             else:
-                assert codemap is not None
-                self._insert_user(loaded, record, codemap)
-        self.modules.setdefault(header.name, []).append(loaded)
-        if file is not None:
-            file.write_denied += 1
-        return loaded
+                selected.append(record)
+        return selected
 
     def kernel_image(self) -> KernelImage:
         """The kernel image kernel probes are checked against (read once)."""
@@ -342,6 +362,9 @@ class ProbeManager:
 
     def disarm(self, loaded: LoadedProgram, record: ProbeRecord, status: RecordStatus) -> None:
         """Take one probe out of the code (after rem, max_hits, or removal)."""
+        if loaded.program.header.modtype is ModuleType.KMOD:
+            self.kmod.disarm(loaded, record, status)
+            return
         if loaded.file is None:
             address = record.address
             if address is not None and self.kernel_probes.get(address, (None, None))[1] is record:
@@ -369,6 +392,8 @@ class ProbeManager:
                         self.disarm(loaded, record, RecordStatus.REMOVED)
                 if loaded.file is not None:
                     loaded.file.write_denied -= 1
+                elif loaded.program.header.modtype is ModuleType.KMOD:
+                    self.kmod.forget(loaded)
                 removed += 1
         return removed
 
@@ -419,7 +444,8 @@ class ProbeManager:
         return self.user_probes.get((file.id, offset))
 
     def lookup_kernel(self, address: int) -> tuple[LoadedProgram, ProbeRecord] | None:
-        return self.kernel_probes.get(address)
+        """The kernel or kmod probe planted at ``address``, if any."""
+        return self.kernel_probes.get(address) or self.kmod.lookup(address)
 
     def vm_state_to_python(self) -> None:
         """Make the VMs' Python lists current (native hits may have moved on)."""
