@@ -315,3 +315,21 @@ def test_parse_value_errors_point_into_the_value(value: str, column: int) -> Non
         4,
         column,
     )
+
+
+def test_a_long_file_is_parsed_in_chunks_with_every_line_located(monkeypatch) -> None:
+    """Chunks end at a newline only (a form feed or lone CR is whitespace inside a line),
+    and statements and errors after the first chunk keep their own line numbers."""
+    monkeypatch.setattr(rpn_parser, "CHUNK_LINES", 3)
+    text = "a = 1\n\fnop\r\n\nL: push 1\npop r, eax\n\nexit\n"
+    file = parse(text)
+    assert [(type(s), s.loc.line) for s in file.body] == [
+        (ast.Item, 1),
+        (ast.InstructionLine, 2),
+        (ast.LabelDef, 4),
+        (ast.InstructionLine, 4),
+        (ast.InstructionLine, 5),
+        (ast.InstructionLine, 7),
+    ]
+    message, loc = syntax_error(text + "\n\npush r,\n")
+    assert message == "missing operand after ','" and (loc.line, loc.column) == (10, 8)
