@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from unicorn import x86_const as x86
 
@@ -54,7 +55,7 @@ TASK_AREA = 0xC1000000
 """Where the task unions go, one after the other."""
 RING_FRAME = 20
 """Bytes the CPU pushes on a ring change: EIP, CS, EFLAGS, ESP, SS."""
-IF_FLAG = 1 << 9
+IF_FLAG, TRAP_FLAG = 1 << 9, 1 << 8
 DEFAULT_TICK = 1_000_000
 """Instructions between two timer interrupts unless told otherwise."""
 PT_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "xds", "xes", "orig_eax")
@@ -105,7 +106,7 @@ class KernelImage:
                 words = struct.unpack(f"<{table.data_size // 4}I", table.data()) if table else ()
                 ex_table = dict(zip(words[::2], words[1::2], strict=True))
                 task = _task_layout(elf)
-        except OSError as exc:
+        except (OSError, ELFError) as exc:
             raise KernelImageError(f"cannot read the kernel image {path}: {exc}") from exc
         return cls(path, segments, symbols, ex_table, task)
 
@@ -257,7 +258,12 @@ class GuestKernel:
         top = self.tasks[self.machine.current.pid] + self.image.task.union_size  # type: ignore[union-attr]
         self.write(top - RING_FRAME, struct.pack("<5I", eip, USER_CS, flags, esp, ss))
         self.memory.write(self._gate_open, b"\x01")
-        cpu.set_reg("eip", FIXMAP_TRAMPOLINE + 8 * (gate - SYSCALL_GATE))
+        # as the IDT gate would: TF off (a single-stepped int 0x80 traps after the iret, at
+        # the instruction after it), IF off too for an interrupt
+        cleared = TRAP_FLAG | (IF_FLAG if gate == TIMER_GATE else 0)
+        cpu.write_registers(
+            {"eflags": flags & ~cleared, "eip": FIXMAP_TRAMPOLINE + 8 * (gate - SYSCALL_GATE)}
+        )
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -294,6 +300,10 @@ class GuestKernel:
         self.memory.write(self._current, struct.pack("<I", base))
         esp0 = base + self.image.task.union_size - RING_FRAME
         self.memory.write(self._physical(FIXMAP_GDT) + TSS_OFFSET + 4, struct.pack("<I", esp0))
+        # a process stopped between _enter and its lcall is still crossing its gate
+        eip = self.machine.cpu.reg("eip")
+        crossing = FIXMAP_TRAMPOLINE <= eip < FIXMAP_TRAMPOLINE + PAGE_SIZE
+        self.memory.write(self._gate_open, bytes([crossing, 0, 0, 0]))
 
     def _exited(self, proc: Process) -> None:
         base = self.tasks.pop(proc.pid, None)
@@ -333,6 +343,8 @@ class GuestKernel:
     def deliver_timer(self) -> bool:
         """Deliver IRQ 0 if the CPU takes interrupts now (user mode, or IF set)."""
         cpu = self.machine.cpu
+        if self.memory.bytes[self._gate_open]:
+            return False  # mid-way through a gate: the frame at the stack top is taken
         eip = cpu.reg("eip")
         if cpu.reg("cs") & 3 == 3:
             self._enter(TIMER_GATE, eip)
@@ -345,7 +357,7 @@ class GuestKernel:
             cpu.write_registers(
                 {
                     "esp": esp,
-                    "eflags": flags & ~IF_FLAG,
+                    "eflags": flags & ~(IF_FLAG | TRAP_FLAG),
                     "eip": self.image.symbol("IRQ0x00_interrupt"),
                 }
             )

@@ -13,7 +13,7 @@ from unicorn import UC_HOOK_CODE
 
 from dprobes.runtime import hypercalls
 from dprobes.runtime.cpu import KERNEL_CS, KERNEL_DS, USER_CS, USER_DS
-from dprobes.runtime.kernel import RING_FRAME
+from dprobes.runtime.kernel import RING_FRAME, KernelImage, KernelImageError
 from dprobes.runtime.kernel_image import KERNEL_IMAGE
 from dprobes.runtime.machine import Machine
 from dprobes.runtime.process import Process
@@ -211,3 +211,17 @@ def test_busybox_behaves_the_same_through_the_kernel(busybox: str, argv: list[st
     if argv[0] == "date":  # the clock is the instruction count, and the kernel runs some too
         results = [(o[1], r) for o, r in results]
     assert results[0] == results[1]
+
+
+def test_docs_list_the_hypercall_table() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "kernel.md").read_text()
+    for call in hypercalls.HYPERCALLS:
+        row = f"| {call.number} | {call.name} | {', '.join(call.args)} | {call.doc} |"
+        assert row.replace("|  |", "| |") in page
+
+
+def test_a_missing_kernel_image_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "vmlinux").write_bytes(b"not an ELF")
+    for path in (tmp_path / "missing", tmp_path / "vmlinux"):
+        with pytest.raises(KernelImageError, match="cannot read the kernel image"):
+            KernelImage.read(path)

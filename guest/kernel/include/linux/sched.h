@@ -11,8 +11,8 @@
 #define TASK_ZOMBIE 4
 
 #define TASK_COMM_LEN 16
-#define IOBUF_SIZE 16384
-#define TASK_UNION_SIZE 32768
+#define IOBUF_SIZE 8192
+#define TASK_UNION_SIZE 16384
 
 #ifndef __ASSEMBLY__
 
