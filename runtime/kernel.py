@@ -193,6 +193,9 @@ class GuestKernel:
         }
         self._by_number = {call.number: handlers[call.name] for call in hypercalls.HYPERCALLS}
         self._hypercall_registers = machine.cpu.batch(("eax", *hypercalls.ARGUMENT_REGISTERS))
+        self._entry_registers = machine.cpu.batch(("cs", "eip", "eflags", "esp", "ss"))
+        self._frame = 0
+        """Physical address of the ring-change frame slot of the task on the CPU."""
 
     # --- memory --------------------------------------------------------------------------
 
@@ -251,17 +254,15 @@ class GuestKernel:
         )
         cpu.boot_context = cpu.uc.context_save()
 
-    def _enter(self, gate: int, eip: int) -> None:
+    def _enter(self, gate: int, eip: int, flags: int, esp: int, ss: int) -> None:
         """From user mode: push the ring-change frame the CPU would, and enter by ``gate``."""
-        cpu = self.machine.cpu
-        flags, esp, ss = cpu.reg("eflags"), cpu.reg("esp"), cpu.reg("ss")
-        top = self.tasks[self.machine.current.pid] + self.image.task.union_size  # type: ignore[union-attr]
-        self.write(top - RING_FRAME, struct.pack("<5I", eip, USER_CS, flags, esp, ss))
-        self.memory.write(self._gate_open, b"\x01")
+        frame = struct.pack("<5I", eip, USER_CS, flags, esp, ss)
+        self.memory.bytes[self._frame : self._frame + RING_FRAME] = frame
+        self.memory.bytes[self._gate_open] = 1
         # as the IDT gate would: TF off (a single-stepped int 0x80 traps after the iret, at
         # the instruction after it), IF off too for an interrupt
         cleared = TRAP_FLAG | (IF_FLAG if gate == TIMER_GATE else 0)
-        cpu.write_registers(
+        self.machine.cpu.write_registers(
             {"eflags": flags & ~cleared, "eip": FIXMAP_TRAMPOLINE + 8 * (gate - SYSCALL_GATE)}
         )
 
@@ -299,6 +300,7 @@ class GuestKernel:
         base = self.tasks.get(proc.pid) or self._create_task(proc)
         self.memory.write(self._current, struct.pack("<I", base))
         esp0 = base + self.image.task.union_size - RING_FRAME
+        self._frame = self._physical(esp0)  # (RING_FRAME bytes, all in the stack's top page)
         self.memory.write(self._physical(FIXMAP_GDT) + TSS_OFFSET + 4, struct.pack("<I", esp0))
         # a process stopped between _enter and its lcall is still crossing its gate
         eip = self.machine.cpu.reg("eip")
@@ -319,12 +321,12 @@ class GuestKernel:
 
     def interrupt(self, vector: int) -> bool:
         """The machine's interrupt hook asks first: True if the kernel took ``vector``."""
-        cpu = self.machine.cpu
-        user = cpu.reg("cs") & 3 == 3
-        if vector == SYSCALL_VECTOR and user:
-            self._enter(SYSCALL_GATE, cpu.reg("eip"))
-            return True
-        if vector == hypercalls.VECTOR and not user:
+        if vector == SYSCALL_VECTOR:
+            cs, eip, flags, esp, ss = self._entry_registers.read()
+            if cs & 3 == 3:
+                self._enter(SYSCALL_GATE, eip, flags, esp, ss)
+                return True
+        elif vector == hypercalls.VECTOR and self.machine.cpu.reg("cs") & 3 == 0:
             self._hypercall()
             return True
         return False
@@ -345,14 +347,13 @@ class GuestKernel:
         cpu = self.machine.cpu
         if self.memory.bytes[self._gate_open]:
             return False  # mid-way through a gate: the frame at the stack top is taken
-        eip = cpu.reg("eip")
-        if cpu.reg("cs") & 3 == 3:
-            self._enter(TIMER_GATE, eip)
+        cs, eip, flags, esp, ss = self._entry_registers.read()
+        if cs & 3 == 3:
+            self._enter(TIMER_GATE, eip, flags, esp, ss)
         else:
-            flags = cpu.reg("eflags")
             if not flags & IF_FLAG:
                 return False
-            esp = cpu.reg("esp") - 12
+            esp -= 12
             self.write(esp, struct.pack("<3I", eip, KERNEL_CS, flags))
             cpu.write_registers(
                 {
