@@ -11,6 +11,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from unicorn import UC_HOOK_CODE
 
+from dprobes.cli import main as cli
 from dprobes.runtime import hypercalls
 from dprobes.runtime.cpu import KERNEL_CS, KERNEL_DS, USER_CS, USER_DS
 from dprobes.runtime.kernel import RING_FRAME, KernelImage, KernelImageError
@@ -225,3 +226,13 @@ def test_a_missing_kernel_image_is_a_clear_error(tmp_path: Path) -> None:
     for path in (tmp_path / "missing", tmp_path / "vmlinux"):
         with pytest.raises(KernelImageError, match="cannot read the kernel image"):
             KernelImage.read(path)
+
+
+def test_dpc_run_kernel_option(capfd: pytest.CaptureFixture[str]) -> None:
+    args, expected, status = RUNS["strings-argv"]
+    for extra in ([], ["--kernel"], ["--kernel", "--tick", "1000"]):
+        code = cli.main(["run", *extra, "--", str(BIN / "strings"), *args])
+        assert (code, capfd.readouterr().out) == (status, expected()[0])
+    assert cli.main(["run", "--kernel", "--tick", "0", "--", str(BIN / "strings")]) == 2
+    err = capfd.readouterr().err
+    assert "--tick" in err and "Traceback" not in err
