@@ -147,6 +147,17 @@ def test_write_from_a_bad_user_pointer_is_efault(tmp_path: Path, pointer: int) -
         assert proc.returncode == 14 and proc.crash is None  # EFAULT
 
 
+def test_read_into_read_only_text_is_efault(tmp_path: Path) -> None:
+    # read(0, own code, 4): the kernel's copy_to_user meets a read-only page
+    code = bytes.fromhex("b803000000 bb00000000 b954800408 ba04000000 cd80 f7d8")
+    path = tiny(tmp_path, code + EXIT_WITH_EAX)
+    for kernel in (True, False):
+        machine = Machine(kernel=kernel)
+        proc = machine.spawn(path, stdin=b"abcd")
+        machine.run()
+        assert proc.returncode == 14 and proc.crash is None
+
+
 def test_user_hypercall_vector_is_sigsegv(tmp_path: Path) -> None:
     _, proc = run(tiny(tmp_path, bytes.fromhex("b805000000 cd82") + EXIT_WITH_EAX))
     assert proc.returncode == -11 and "int 0x82" in str(proc.crash)
@@ -157,7 +168,9 @@ def test_jiffies_advance_with_the_timer() -> None:
     for _ in range(2):
         machine = Machine(kernel=True, tick=10_000)
         ticks: list[dict[str, int]] = []
+        schedules: list[dict[str, int]] = []
         on_entry(machine, "timer_interrupt", ticks)
+        on_entry(machine, "schedule", schedules)
         proc = machine.spawn(BIN / "loop")
         executed = machine.run()
         assert proc.returncode == 7
@@ -165,6 +178,7 @@ def test_jiffies_advance_with_the_timer() -> None:
         jiffies = machine.guest_kernel.word("jiffies")
         assert jiffies == len(ticks) and executed // 10_000 - 2 <= jiffies <= executed // 10_000
         assert all(t["cs"] == KERNEL_CS for t in ticks)
+        assert 0 < len(schedules) <= jiffies // 10  # need_resched every 10th tick
         runs.append((jiffies, executed))
     assert runs[0] == runs[1]  # deterministic
 
