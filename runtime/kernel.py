@@ -93,14 +93,14 @@ class KernelImage:
                         seg["p_vaddr"],
                         seg.data(),
                         seg["p_memsz"],
-                        Prot(
-                            (4 if seg["p_flags"] & 1 else 0) | (2 if seg["p_flags"] & 2 else 0) | 1
-                        ),
+                        _protection(seg["p_flags"]),
                     )
                     for seg in elf.iter_segments()
                     if seg["p_type"] == "PT_LOAD"
                 )
                 symtab = elf.get_section_by_name(".symtab")
+                if symtab is None:
+                    raise KernelImageError(f"the kernel image {path} has no symbol table")
                 symbols = {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
                 table = elf.get_section_by_name("__ex_table")
                 words = struct.unpack(f"<{table.data_size // 4}I", table.data()) if table else ()
@@ -115,6 +115,15 @@ class KernelImage:
             return self.symbols[name]
         except KeyError:
             raise KernelImageError(f"{self.path}: no symbol {name!r}") from None
+
+
+def _protection(p_flags: int) -> Prot:
+    """A segment's PF_X (1), PF_W (2), PF_R (4) as page protection (always readable)."""
+    return (
+        Prot.READ
+        | (Prot.WRITE if p_flags & 2 else Prot.NONE)
+        | (Prot.EXEC if p_flags & 1 else Prot.NONE)
+    )
 
 
 def _task_layout(elf: ELFFile) -> TaskLayout:
@@ -172,11 +181,8 @@ class GuestKernel:
         self._next_slot = 0
         self.hypercalls = 0
         self._load()
-        sym = self.image.symbol
-        self.system_call = sym("system_call")
-        self._current = self._physical(sym("current"))
-        self._gate_open = self._physical(sym("gate_open"))
-        self._jiffies = sym("jiffies")
+        self._current = self._physical(self.image.symbol("current"))
+        self._gate_open = self._physical(self.image.symbol("gate_open"))
         self._install_gates()
         machine.cpu.gate_open_paddr = self._gate_open
         machine.on_switch.append(self._switched)
