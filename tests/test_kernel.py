@@ -158,6 +158,14 @@ def test_read_into_read_only_text_is_efault(tmp_path: Path) -> None:
         assert proc.returncode == 14 and proc.crash is None
 
 
+@pytest.mark.parametrize("via", ["gate", "trampoline"])
+def test_user_code_cannot_use_the_call_gates_itself(tmp_path: Path, via: str) -> None:
+    # lcall $0xa3, $0 (the system-call gate), or a jump to the trampoline that holds it
+    code = bytes.fromhex("9a00000000a300" if via == "gate" else "e9a7cffaf7")
+    _, proc = run(tiny(tmp_path, code + EXIT_WITH_EAX))
+    assert proc.returncode == -11 and "page fault (#PF) on write" in str(proc.crash)
+
+
 def test_user_hypercall_vector_is_sigsegv(tmp_path: Path) -> None:
     _, proc = run(tiny(tmp_path, bytes.fromhex("b805000000 cd82") + EXIT_WITH_EAX))
     assert proc.returncode == -11 and "int 0x82" in str(proc.crash)
