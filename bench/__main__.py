@@ -11,6 +11,7 @@ from dprobes.bench import (
     hook_floor,
     interp_bench,
     jit_bench,
+    kernel_bench,
     log_bench,
     machine_bench,
     probe_bench,
@@ -29,6 +30,7 @@ def main() -> None:
     logs = log_bench.run()
     jit = jit_bench.run(args.seconds)
     cache = cache_bench.run()
+    kernel = kernel_bench.measure()
     if args.json:
         print(
             json.dumps(
@@ -42,6 +44,7 @@ def main() -> None:
                     ],
                     "jit": jit.as_dict() if jit else None,
                     "jit_cache": cache.as_dict() if cache else None,
+                    "kernel_syscalls": kernel,
                     "log_output": [
                         {
                             "target": c.target,
@@ -70,6 +73,8 @@ def main() -> None:
     print(jit_bench.report(jit))
     print()
     print(cache_bench.report(cache))
+    print()
+    print(kernel_bench.report(kernel))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
     for directory in args.include or ():
         if not os.path.isdir(directory):
             raise UsageError(f"-I: not a directory: {directory}")
-    return BuildOptions(defines, tuple(args.include or ()), args.elf, args.sym, args.kernel)
+    return BuildOptions(defines, tuple(args.include or ()), args.elf, args.sym, args.kernel_image)
 
 
 def _load(args: argparse.Namespace, sources: SourceCache, path: str | None = None) -> CompileResult:
@@ -146,7 +146,7 @@ def _source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--elf", help="resolve symbols from this i386 ELF file")
     parser.add_argument("--sym", help="resolve symbols from this System.map-style file")
     parser.add_argument(
-        "--kernel",
+        "--kernel-image",
         metavar="PATH",
         help="the guest kernel image (default: the built guest/bin/vmlinux): the symbol "
         "source of kernel programs, and what dpc run checks kernel probes against",

@@ -107,6 +107,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     add_tier_options(parser)
     parser.add_argument(
+        "--kernel",
+        action="store_true",
+        help="system calls enter the guest kernel guest/bin/vmlinux (docs/kernel.md)",
+    )
+    parser.add_argument(
+        "--tick",
+        metavar="N",
+        help="with --kernel: a timer interrupt every N guest instructions (default 1000000)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print a JSON summary (status, records, variables, logs, unimplemented syscalls)",
@@ -292,6 +302,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     # the machine needs unicorn and llvmlite: load it only for this command
     from dprobes.runtime.elfload import LoadError
     from dprobes.runtime.host_signals import exit_status, stop_on_signals
+    from dprobes.runtime.kernel import DEFAULT_TICK, KernelImageError
     from dprobes.runtime.machine import InstructionLimit, Machine, StoppedBySignal
     from dprobes.runtime.probes import InsertError, ProbeManager
     from dprobes.runtime.stdio import Stdio
@@ -304,11 +315,16 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     fs = _file_system(args)
     env = guest_environment(args)
     apply_tier_options(args)
-    machine = Machine(
-        seed=parse_at_least(args.seed, "--seed", 0),
-        fs=fs,
-        memory_size=_memory_size(args.memory),
-    )
+    try:
+        machine = Machine(
+            seed=parse_at_least(args.seed, "--seed", 0),
+            fs=fs,
+            memory_size=_memory_size(args.memory),
+            kernel=args.kernel,
+            tick=DEFAULT_TICK if args.tick is None else _positive(args.tick, "--tick"),
+        )
+    except KernelImageError as exc:
+        raise UsageError(f"--kernel: {exc}") from None
     manager = ProbeManager(
         machine,
         tier=args.tier,

@@ -6,7 +6,7 @@ pipeline stops after the first pass that reported an error and keeps every warni
 whatever reaches the VM has passed the verifier.
 
 Symbols come from ``--elf`` and ``--sym``; without ``--elf``, a kernel program
-(``modtype = kernel``) takes the kernel image's symbols (``--kernel``, by default
+(``modtype = kernel``) takes the kernel image's symbols (``--kernel-image``, by default
 ``runtime.kernel_image.KERNEL_IMAGE``), and any other program whose ``name`` is an ELF
 file (a path relative to the working directory, as the runtime opens it) takes that
 file's symbols.
@@ -47,7 +47,7 @@ class BuildOptions:
     elf: str | None = None
     sym: str | None = None
     kernel: str | None = None
-    """The kernel image (``--kernel``); None: the built one."""
+    """The kernel image (``--kernel-image``); None: the built one."""
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,13 @@ def _header_item(tree: File, keyword: str) -> Item | None:
 
 
 def _kernel_symbols(options: BuildOptions, sink: DiagnosticSink) -> SymbolTable | None:
-    """The kernel image's symbols: ``--kernel`` must exist; a missing built image only
+    """The kernel image's symbols: ``--kernel-image`` must exist; a missing built image only
     matters (as a hint) if the program uses a symbol."""
     from dprobes.runtime.kernel_image import KERNEL_IMAGE
 
     if options.kernel is None and not KERNEL_IMAGE.is_file():
         return SymbolTable(
-            missing=f"the kernel image {KERNEL_IMAGE} is not built: give --kernel PATH"
+            missing=f"the kernel image {KERNEL_IMAGE} is not built: give --kernel-image PATH"
         )
     return SymbolTable.from_elf(options.kernel or str(KERNEL_IMAGE), sink)
 

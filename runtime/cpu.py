@@ -126,6 +126,10 @@ class CPU:
         self.last_fault: tuple[int, Prot] | None = None
         """(address, access) of the last TLB fill that found no translation."""
         self.out_of_frames = False
+        self.gate_open_paddr: int | None = None
+        """Physical address of the guest kernel's ``gate_open`` flag: while it is set, the
+        CPU is crossing a call gate into ring 0 and its TSS read and stack pushes, made with
+        CS still at CPL 3, are supervisor accesses (runtime/kernel.py)."""
         """The last TLB fill faulted because no physical frame was free (an OOM kill)."""
         self.on_interrupt: Callable[[int], None] = lambda vector: self.uc.emu_stop()
         self.on_invalid_instruction: Callable[[], bool] = lambda: False
@@ -194,6 +198,8 @@ class CPU:
         self.tlb_fills += 1
         kind = _ACCESS.get(access, Prot.READ)
         user = self._cs.read()[0] & 3 == 3
+        if user and self.gate_open_paddr is not None and self.memory.bytes[self.gate_open_paddr]:
+            user = False
         self._in_fill = True
         try:
             found = (

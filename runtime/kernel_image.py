@@ -2,7 +2,7 @@
 
 ``KERNEL_IMAGE`` is the one place the image's path is written (the kernel runtime loads
 it; ``dpc build`` takes kernel symbols from it; the probe manager checks kernel probes
-against it); ``--kernel PATH`` picks another. ``KernelImage`` reads an i386 ELF kernel
+against it); ``--kernel-image PATH`` picks another. ``KernelImage`` reads an i386 ELF kernel
 once: its symbols, its text (the executable PT_LOAD segments: a kernel probe outside
 them is INVALID_OFFSET), the bytes and instruction boundaries there (``CodeMap``), its
 DWARF compilation units and the exclude regions they and ``exclude.EXCLUDE_RULES`` give.

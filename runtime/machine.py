@@ -30,6 +30,7 @@ from dprobes.runtime.addrspace import MMAP_BASE, AddressSpace, GuestFault, Kerne
 from dprobes.runtime.clock import VirtualClock
 from dprobes.runtime.cpu import CPU, STOP_ADDRESS
 from dprobes.runtime.filesystem import FileSystemView
+from dprobes.runtime.kernel import DEFAULT_TICK, GuestKernel
 from dprobes.runtime.kmodule import ModuleLoader
 from dprobes.runtime.pagecache import GuestFile, PageCache
 from dprobes.runtime.physmem import DEFAULT_SIZE, PAGE_SIZE, OutOfFrames, PhysicalMemory
@@ -101,6 +102,8 @@ class Machine:
         memory_size: int = DEFAULT_SIZE,
         quantum: int = QUANTUM,
         fs: FileSystemView | None = None,
+        kernel: bool = False,
+        tick: int | None = DEFAULT_TICK,
     ) -> None:
         self.memory = PhysicalMemory(memory_size)
         self.cache = PageCache(self.memory)
@@ -145,6 +148,9 @@ class Machine:
         self.memory.on_code_freed = lambda frame: self.cpu.invalidate_code(
             frame * PAGE_SIZE, PAGE_SIZE
         )
+        self.guest_kernel = GuestKernel(self, tick=tick) if kernel else None
+        """With ``kernel``: system calls enter guest/bin/vmlinux (runtime/kernel.py), and a
+        timer interrupt comes every ``tick`` instructions."""
 
     # --- processes -----------------------------------------------------------------------
 
@@ -294,13 +300,12 @@ class Machine:
         cpu, counter = self.cpu, self.cpu.counter
         begin = self._switch_to(proc)
         before = counter.executed
-        counter.limit = before + budget
         cpu.last_fault, cpu.out_of_frames = None, False
         failure: UcError | None = None
         for enter, _ in self.around_slice:
             enter()
         try:
-            cpu.uc.emu_start(begin, STOP_ADDRESS)
+            self._emulate(proc, begin, before + budget)
         except UcError as err:
             failure = err
         finally:
@@ -320,6 +325,28 @@ class Machine:
             proc.context = cpu.save_context(proc.context)
         else:
             self._reap(proc)
+
+    def _emulate(self, proc: Process, begin: int, end: int) -> None:
+        """Run ``proc`` from ``begin`` until the counter reaches ``end`` or emulation is
+        stopped, delivering the guest kernel's timer ticks on the way."""
+        counter, kernel = self.cpu.counter, self.guest_kernel
+        while True:
+            limit = end
+            if kernel is not None and kernel.next_tick is not None:
+                limit = min(end, max(kernel.next_tick, counter.executed + 1))
+            counter.limit = limit
+            self.cpu.uc.emu_start(begin, STOP_ADDRESS)
+            if (
+                kernel is None
+                or counter.executed < limit
+                or counter.executed >= end
+                or not proc.alive
+                or self.stop_request is not None
+            ):
+                return
+            if kernel.tick_due():
+                kernel.deliver_timer()  # (a tick it cannot take yet is retried a block later)
+            begin = self.cpu.reg("eip")
 
     def _switch_to(self, proc: Process) -> int:
         """Put ``proc`` on the CPU; returns the address to start emulating at."""
@@ -358,6 +385,8 @@ class Machine:
         cpu.flush_deferred()
         if proc is None:
             cpu.uc.emu_stop()
+            return
+        if self.guest_kernel is not None and self.guest_kernel.interrupt(vector):
             return
         if vector == 0x80:
             number, *args = self._syscall_args.read()
@@ -399,6 +428,9 @@ class Machine:
             self.kill_out_of_memory(proc)
         elif err.errno == UC_ERR_INSN_INVALID:
             self._trap(proc, Trap.from_cpu(INVALID_OPCODE, eip))
+        elif self.guest_kernel is not None and self.cpu.reg("cs") & 3 == 0:
+            if self.cpu.last_fault is None or not self.guest_kernel.fixup(eip):
+                self.kill_process(proc, 11, f"kernel oops at EIP 0x{eip:08x}: {err}")
         elif self.cpu.last_fault is not None:
             address, access = self.cpu.last_fault
             self._trap(proc, Trap.from_cpu(PAGE_FAULT, eip, address, access))

@@ -12,12 +12,12 @@ silently, as 5.0 did). A file with probes in it is write-denied.
 
 A kernel probe (``modtype = kernel``) is keyed by its address: ``offset`` from
 PAGE_OFFSET (0xC0000000), or the address itself with ``address = absolute``. It is
-checked against the kernel image (``runtime.kernel_image``, ``--kernel``) in the order of
+checked against the kernel image (``runtime.kernel_image``, ``--kernel-image``) in the order of
 5.0's ``insert_bp``: inside an exclude region (``runtime.exclude``) it is EXCLUDED with
 the region named and not planted; outside the image's text INVALID_OFFSET; then the
 instruction boundary, one probe per address and the opcode, as for a user probe. Its
 int3 is written into the kernel's frame where the machine maps the kernel text
-(``Machine.kernel``); with no kernel mapped the record is ACTIVE but nothing is
+(``Machine.kernel``); with no guest kernel running the record is ACTIVE but nothing is
 written, and a note says so. The rest of the program is inserted either way. Firing lives in
 ``runtime.trap3``; with a compiling tier (``jit``, ``auto``) and ``native_hooks``, probes
 are then served by the native hook of ``runtime.native_probes`` wherever they can be.
@@ -114,7 +114,8 @@ class ProbeManager:
     )
     kernel_probes: dict[int, tuple[LoadedProgram, ProbeRecord]] = field(default_factory=dict)
     kernel_path: str | None = None
-    """The kernel image kernel probes are checked against (None: ``KERNEL_IMAGE``)."""
+    """The kernel image kernel probes are checked against when no guest kernel runs (None:
+    ``KERNEL_IMAGE``); a running guest kernel's own image always wins."""
     keep_records: bool = True
     """Keep every record in ``emitted``. ``dpc run``, whose ``writer`` writes each record
     as it comes, turns this off so that a long run does not hold them all in memory; the
@@ -220,7 +221,9 @@ class ProbeManager:
         """The kernel image kernel probes are checked against (read once)."""
         if self._kernel is None:
             try:
-                self._kernel = KernelImage.load(self.kernel_path or KERNEL_IMAGE)
+                running = self.machine.guest_kernel
+                path = running.image.path if running is not None else self.kernel_path
+                self._kernel = KernelImage.load(path or KERNEL_IMAGE)
             except KernelImageError as error:
                 raise InsertError(f"kernel probes need the kernel image: {error}") from None
         return self._kernel
@@ -282,7 +285,7 @@ class ProbeManager:
         record.original, record.address = original, address
         record.status |= RecordStatus.ACTIVE
         if not planted and not self._plant_kernel(address, INT3, original[0]):
-            record.notes.append("the kernel text is not mapped in this machine: no int3 written")
+            record.notes.append("no guest kernel runs (dpc run --kernel): no int3 written")
         self.kernel_probes[address] = (loaded, record)
 
     def _claim(

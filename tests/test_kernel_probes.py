@@ -241,7 +241,7 @@ def test_unmapped_kernel_and_opcode_mismatch(vmlinux: Path, image: KernelImage) 
     )
     record, mismatch = loaded.records
     assert record.armed
-    assert record.notes == ["the kernel text is not mapped in this machine: no int3 written"]
+    assert record.notes == ["no guest kernel runs (dpc run --kernel): no int3 written"]
     assert mismatch.status == RecordStatus.COMPILED | RecordStatus.MISMATCH
     assert mismatch.actual_opcode == wrong ^ 1
 
@@ -302,7 +302,7 @@ def test_symbols_need_a_kernel_image(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(CompileError) as error:
         compile_rpn("k.rpn", text="name = k\nmodtype = kernel\noffset = sys_write\n exit\n")
     text = " ".join(d.message + " ".join(d.hints) for d in error.value.diagnostics)
-    assert "unknown symbol 'sys_write'" in text and "give --kernel PATH" in text
+    assert "unknown symbol 'sys_write'" in text and "give --kernel-image PATH" in text
 
 
 def dpc(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -322,12 +322,12 @@ def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Pa
     )
     merged = tmp_path / "k2.rpn"
     merged.write_text("name = k\nmodtype = kernel\n" + probe("do_gettimeofday"))
-    status, out, _ = dpc(capfd, "build", "--kernel", str(vmlinux), str(source))
+    status, out, _ = dpc(capfd, "build", "--kernel-image", str(vmlinux), str(source))
     assert status == 0 and "3 probe(s)" in out
     status, _, err = dpc(
         capfd,
         "run",
-        "--kernel",
+        "--kernel-image",
         str(vmlinux),
         "--probes",
         str(tmp_path / "k.ppdf"),
@@ -353,7 +353,7 @@ def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Pa
     assert query == [
         excluded,
         "k probe 1 at sys_write: compiled|active count=0 hits=0 "
-        "(the kernel text is not mapped in this machine: no int3 written)",
+        "(no guest kernel runs (dpc run --kernel): no int3 written)",
         "k probe 2 at timer_interrupt: compiled|excluded count=0 hits=0 "
         f"({timer:#010x} is in exclude region arch/i386/kernel/time.c "
         f"[{arch_time_c.start:#010x}, {arch_time_c.end:#010x}))",
@@ -365,16 +365,16 @@ def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Pa
 def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
     source = tmp_path / "k.rpn"
     source.write_text("name = k\nmodtype = kernel\n" + probe("sys_write"))
-    status, _, err = dpc(capfd, "build", "--kernel", str(tmp_path / "nope"), str(source))
+    status, _, err = dpc(capfd, "build", "--kernel-image", str(tmp_path / "nope"), str(source))
     assert status == 2 and "cannot read symbol file" in err
     absolute = tmp_path / "a.rpn"
     absolute.write_text("name = k\nmodtype = kernel\n" + probe("0xC0100000", "address = absolute"))
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"\x7fELF")
-    run = ("run", "--kernel", str(bogus), "--probes")
+    run = ("run", "--kernel-image", str(bogus), "--probes")
     status, _, err = dpc(capfd, *run, str(absolute), "--", str(BIN / "loop"))
     assert status == 2 and "bogus: byte 4: error: truncated ELF file" in err  # the compiler's
-    assert dpc(capfd, "build", "--kernel", str(vmlinux), str(absolute))[0] == 0
+    assert dpc(capfd, "build", "--kernel-image", str(vmlinux), str(absolute))[0] == 0
     status, _, err = dpc(capfd, *run, str(tmp_path / "a.ppdf"), "--", str(BIN / "loop"))
     assert status == 2  # the runtime's
     assert "kernel probes need the kernel image" in err and "not a usable kernel image" in err
@@ -382,7 +382,7 @@ def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
 
 def test_the_built_kernel_image(capfd, tmp_path: Path) -> None:
     """The committed guest kernel: its time files and entry code are excluded, the system
-    calls are not, and ``dpc build`` takes its symbols without ``--kernel``."""
+    calls are not, and ``dpc build`` takes its symbols without ``--kernel-image``."""
     if not kernel_image.KERNEL_IMAGE.is_file():
         pytest.skip("the guest kernel image is not built in this tree")
     built = KernelImage.load()

@@ -50,11 +50,9 @@ def _iovecs(p: Process, iov: int, iovcnt: int) -> list[tuple[int, int]] | None:
 def _read(m: Machine, p: Process, fd: int, vectors: list[tuple[int, int]]) -> int:
     """One read of the file into the guest buffers (as readv: one host read, scattered).
     A wait for input ends early when the run is stopped (EINTR, ``blocking_call``)."""
-    f = _file(p, fd)
-    if f is None or not f.readable:
-        return -EBADF
-    with blocking_call(m):
-        data = f.read(min(sum(length for _, length in vectors), MAX_TRANSFER))
+    data = read_bytes(m, p, fd, sum(length for _, length in vectors))
+    if isinstance(data, int):
+        return data
     at = 0
     for base, length in vectors:
         chunk = data[at : at + length]
@@ -66,10 +64,26 @@ def _read(m: Machine, p: Process, fd: int, vectors: list[tuple[int, int]]) -> in
 def _write(m: Machine, p: Process, fd: int, vectors: list[tuple[int, int]]) -> int:
     """One write of the guest buffers (as writev: gathered, one host write). A pipe with
     no reader gives EPIPE and SIGPIPE, whose default action kills the process."""
+    if (f := _file(p, fd)) is None or not f.writable:
+        return -EBADF
+    return write_bytes(m, p, fd, b"".join(p.space.read(base, length) for base, length in vectors))
+
+
+def read_bytes(m: Machine, p: Process, fd: int, count: int) -> bytes | int:
+    """One host read of at most ``count`` bytes of ``fd``, or -errno (the guest kernel's
+    HC_READ too)."""
+    f = _file(p, fd)
+    if f is None or not f.readable:
+        return -EBADF
+    with blocking_call(m):
+        return f.read(min(count, MAX_TRANSFER))
+
+
+def write_bytes(m: Machine, p: Process, fd: int, data: bytes) -> int:
+    """One host write of ``data`` to ``fd``: the count written or -errno (HC_WRITE too)."""
     f = _file(p, fd)
     if f is None or not f.writable:
         return -EBADF
-    data = b"".join(p.space.read(base, length) for base, length in vectors)
     try:
         with blocking_call(m):  # a full pipe's wait, too, ends when the run is stopped
             return f.write(data[:MAX_TRANSFER])

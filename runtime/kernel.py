@@ -1,0 +1,424 @@
+"""The guest kernel on the machine: vmlinux mapped in every address space, entered by
+interrupts the runtime delivers, talking to the host through hypercalls (docs/kernel.md).
+
+- Loading: each PT_LOAD segment of ``guest/bin/vmlinux`` goes into fresh frames mapped as
+  supervisor pages at its link address in ``KernelPages`` (shared by every address space):
+  user code that touches them faults.
+- Delivery: unicorn hands ``int $0x80`` to the interrupt hook instead of the IDT, and will
+  not load a ring-0 CS/SS by register write. So the runtime does the CPU's part: it writes the
+  ring-change frame (EIP, CS, EFLAGS, ESP, SS) at the top of the task's kernel stack, and
+  sends the CPU to a user-executable trampoline whose ``lcall`` through a call gate (DPL 3,
+  target ring 0, stack from the TSS) makes the privilege change natively; the gate's landing
+  pad drops the gate's own words and jumps to ``system_call``. ``iret`` back is native.
+  While the trampoline runs, ``gate_open`` (a kernel variable) tells the TLB fill that the
+  gate's TSS read and stack pushes are the CPU's own supervisor accesses.
+- Tasks: one ``union task_union`` (task_struct + kernel stack) per process in kernel memory,
+  filled from the process; ``current`` and the TSS's esp0 follow the process on the CPU. The
+  task_struct layout is read from the image's DWARF: the C header is its one definition.
+- Timer: every ``tick`` instructions IRQ 0 is delivered to ``IRQ0x00_interrupt`` (from user
+  mode through its gate, from kernel mode only with IF set, as a same-ring frame).
+- Faults: a page fault in ring 0 resumes at the ``__ex_table`` fixup of the faulting
+  instruction (copy_to_user/copy_from_user); other exceptions keep the host's shortcut.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from unicorn import x86_const as x86
+
+from dprobes.runtime import hypercalls, syscalls
+from dprobes.runtime.addrspace import GuestFault, KernelPages, Prot
+from dprobes.runtime.cpu import FIXMAP_GDT, KERNEL_CS, KERNEL_DS, USER_CS
+from dprobes.runtime.kernel_image import KERNEL_IMAGE
+from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from dprobes.runtime.syscalls.abi import EFAULT, ENOSYS
+from dprobes.runtime.syscalls.files import read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    from dprobes.runtime.machine import Machine
+    from dprobes.runtime.process import Process
+
+SYSCALL_VECTOR = 0x80
+TSS_OFFSET = 0x800
+"""The TSS lives in the GDT's page, past the 32 descriptors (only ss0:esp0 is used)."""
+SYSCALL_GATE, TIMER_GATE = 20, 21
+"""GDT entries of the call gates into ``system_call_gate`` and ``IRQ0x00_gate``."""
+FIXMAP_TRAMPOLINE = 0xFFFF5000
+"""A user-executable kernel page with one ``lcall $gate, $0`` per gate (8 bytes apart)."""
+TASK_AREA = 0xC1000000
+"""Where the task unions go, one after the other."""
+RING_FRAME = 20
+"""Bytes the CPU pushes on a ring change: EIP, CS, EFLAGS, ESP, SS."""
+IF_FLAG, TRAP_FLAG = 1 << 9, 1 << 8
+DEFAULT_TICK = 1_000_000
+"""Instructions between two timer interrupts unless told otherwise."""
+PT_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "xds", "xes", "orig_eax")
+
+
+class KernelImageError(RuntimeError):
+    """The kernel image is missing or lacks what the runtime needs."""
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """Offsets in ``struct task_struct`` and the size of ``union task_union`` (from DWARF)."""
+
+    union_size: int
+    offsets: dict[str, int]
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    path: Path
+    segments: tuple[tuple[int, bytes, int, Prot], ...]
+    """(vaddr, file bytes, memory size, protection) of each PT_LOAD."""
+    symbols: dict[str, int]
+    ex_table: dict[int, int]
+    """Faulting instruction -> fixup address."""
+    task: TaskLayout
+
+    @classmethod
+    def read(cls, path: Path = KERNEL_IMAGE) -> KernelImage:
+        try:
+            with open(path, "rb") as f:
+                elf = ELFFile(f)
+                segments = tuple(
+                    (
+                        seg["p_vaddr"],
+                        seg.data(),
+                        seg["p_memsz"],
+                        _protection(seg["p_flags"]),
+                    )
+                    for seg in elf.iter_segments()
+                    if seg["p_type"] == "PT_LOAD"
+                )
+                symtab = elf.get_section_by_name(".symtab")
+                if symtab is None:
+                    raise KernelImageError(f"the kernel image {path} has no symbol table")
+                symbols = {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
+                table = elf.get_section_by_name("__ex_table")
+                words = struct.unpack(f"<{table.data_size // 4}I", table.data()) if table else ()
+                ex_table = dict(zip(words[::2], words[1::2], strict=True))
+                task = _task_layout(elf)
+        except (OSError, ELFError) as exc:
+            raise KernelImageError(f"cannot read the kernel image {path}: {exc}") from exc
+        return cls(path, segments, symbols, ex_table, task)
+
+    def symbol(self, name: str) -> int:
+        try:
+            return self.symbols[name]
+        except KeyError:
+            raise KernelImageError(f"{self.path}: no symbol {name!r}") from None
+
+
+def _protection(p_flags: int) -> Prot:
+    """A segment's PF_X (1), PF_W (2), PF_R (4) as page protection (always readable)."""
+    return (
+        Prot.READ
+        | (Prot.WRITE if p_flags & 2 else Prot.NONE)
+        | (Prot.EXEC if p_flags & 1 else Prot.NONE)
+    )
+
+
+def _task_layout(elf: ELFFile) -> TaskLayout:
+    structs: dict[str, object] = {}
+    for cu in elf.get_dwarf_info().iter_CUs():
+        for die in cu.iter_DIEs():
+            if (
+                die.tag in ("DW_TAG_structure_type", "DW_TAG_union_type")
+                and "DW_AT_name" in die.attributes
+            ):
+                name = die.attributes["DW_AT_name"].value.decode()
+                if "DW_AT_byte_size" in die.attributes:
+                    structs.setdefault(name, die)
+        if {"task_struct", "thread_struct", "task_union"} <= structs.keys():
+            break
+    else:
+        raise KernelImageError("the kernel image's DWARF has no task_struct/task_union")
+
+    def members(die: object) -> dict[str, int]:
+        return {
+            child.attributes["DW_AT_name"].value.decode(): child.attributes[
+                "DW_AT_data_member_location"
+            ].value
+            for child in die.iter_children()  # type: ignore[attr-defined]
+            if child.tag == "DW_TAG_member"
+        }
+
+    offsets = members(structs["task_struct"])
+    thread = offsets["thread"]
+    offsets.update(
+        {f"thread.{k}": thread + v for k, v in members(structs["thread_struct"]).items()}
+    )
+    union_size = structs["task_union"].attributes["DW_AT_byte_size"].value  # type: ignore[attr-defined]
+    return TaskLayout(union_size, offsets)
+
+
+class GuestKernel:
+    """vmlinux loaded into a machine, with the interrupt delivery and hypercalls around it."""
+
+    def __init__(
+        self, machine: Machine, image: KernelImage | None = None, tick: int | None = DEFAULT_TICK
+    ) -> None:
+        self.machine = machine
+        self.image = image or KernelImage.read()
+        self.memory: PhysicalMemory = machine.memory
+        self.pages: KernelPages = machine.kernel
+        self.log = bytearray()
+        """What printk wrote (the kernel's message buffer)."""
+        self.tick = tick
+        """Instructions between timer interrupts (None: no timer)."""
+        self.next_tick = tick if tick else None
+        self.tasks: dict[int, int] = {}
+        """pid -> address of its task_union."""
+        self._free_slots: list[int] = []
+        self._next_slot = 0
+        self.hypercalls = 0
+        self._load()
+        self._current = self._physical(self.image.symbol("current"))
+        self._gate_open = self._physical(self.image.symbol("gate_open"))
+        self._install_gates()
+        machine.cpu.gate_open_paddr = self._gate_open
+        machine.on_switch.append(self._switched)
+        machine.on_process_exit.append(self._exited)
+        handlers = {
+            "HC_VERSION": lambda *_: hypercalls.VERSION,
+            "HC_SYSCALL": self._hc_syscall,
+            "HC_WRITE": self._hc_write,
+            "HC_READ": self._hc_read,
+            "HC_CLOCK": self._hc_clock,
+            "HC_EXIT": self._hc_exit,
+            "HC_SCHEDULE": self._hc_schedule,
+            "HC_PRINTK": self._hc_printk,
+        }
+        self._by_number = {call.number: handlers[call.name] for call in hypercalls.HYPERCALLS}
+        self._hypercall_registers = machine.cpu.batch(("eax", *hypercalls.ARGUMENT_REGISTERS))
+        self._entry_registers = machine.cpu.batch(("cs", "eip", "eflags", "esp", "ss"))
+        self._frame = 0
+        """Physical address of the ring-change frame slot of the task on the CPU."""
+
+    # --- memory --------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        for vaddr, data, memsz, prot in self.image.segments:
+            start = vaddr & ~PAGE_MASK
+            for page in range(start, vaddr + memsz, PAGE_SIZE):
+                self.pages.map(page, self.memory.alloc(), prot, user=False)
+            self.write(vaddr, data)
+
+    def _physical(self, vaddr: int) -> int:
+        frame = self.pages.pages[vaddr >> PAGE_SHIFT][0]
+        return frame << PAGE_SHIFT | (vaddr & PAGE_MASK)
+
+    def read(self, vaddr: int, n: int) -> bytes:
+        """Kernel virtual memory (GuestFault past what is mapped)."""
+        return self.machine.cpu.kernel_read(vaddr, n)
+
+    def write(self, vaddr: int, data: bytes) -> None:
+        """Store into kernel virtual memory, whatever the page protection."""
+        done = 0
+        while done < len(data):
+            addr = vaddr + done
+            entry = self.pages.pages.get(addr >> PAGE_SHIFT)
+            if entry is None:
+                raise GuestFault(addr, Prot.WRITE)
+            take = min(len(data) - done, PAGE_SIZE - (addr & PAGE_MASK))
+            self.memory.write(entry[0] << PAGE_SHIFT | (addr & PAGE_MASK), data[done : done + take])
+            done += take
+
+    def word(self, name: str) -> int:
+        """The 32-bit kernel variable ``name`` (``jiffies``, ``current``, ...)."""
+        return int.from_bytes(self.read(self.image.symbol(name), 4), "little")
+
+    # --- the gates ----------------------------------------------------------------------
+
+    def _install_gates(self) -> None:
+        sym = self.image.symbol
+        gdt = self._physical(FIXMAP_GDT)
+        self.memory.write(gdt + TSS_OFFSET + 8, struct.pack("<I", KERNEL_DS))  # ss0
+        trampoline = bytearray()
+        for entry, target in (
+            (SYSCALL_GATE, sym("system_call_gate")),
+            (TIMER_GATE, sym("IRQ0x00_gate")),
+        ):
+            gate = struct.pack("<HHBBH", target & 0xFFFF, KERNEL_CS, 0, 0xEC, target >> 16)
+            self.memory.write(gdt + 8 * entry, gate)
+            trampoline += b"\x9a" + struct.pack("<IH", 0, entry << 3 | 3) + b"\x90"  # lcall; nop
+        frame = self.memory.alloc()
+        self.pages.map(FIXMAP_TRAMPOLINE, frame, Prot.READ | Prot.EXEC, user=True)
+        self.memory.write(frame << PAGE_SHIFT, bytes(trampoline))
+        cpu = self.machine.cpu
+        cpu.uc.reg_write(
+            x86.UC_X86_REG_TR,
+            (0x80, FIXMAP_GDT + TSS_OFFSET, 0x67, 0x8900),  # a present, available 32-bit TSS
+        )
+        cpu.boot_context = cpu.uc.context_save()
+
+    def _enter(self, gate: int, eip: int, flags: int, esp: int, ss: int) -> None:
+        """From user mode: push the ring-change frame the CPU would, and enter by ``gate``."""
+        frame = struct.pack("<5I", eip, USER_CS, flags, esp, ss)
+        self.memory.bytes[self._frame : self._frame + RING_FRAME] = frame
+        self.memory.bytes[self._gate_open] = 1
+        # as the IDT gate would: TF off (a single-stepped int 0x80 traps after the iret, at
+        # the instruction after it), IF off too for an interrupt
+        cleared = TRAP_FLAG | (IF_FLAG if gate == TIMER_GATE else 0)
+        self.machine.cpu.write_registers(
+            {"eflags": flags & ~cleared, "eip": FIXMAP_TRAMPOLINE + 8 * (gate - SYSCALL_GATE)}
+        )
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def task_address(self, proc: Process) -> int:
+        """The task_struct of ``proc`` (created on its first switch)."""
+        return self.tasks[proc.pid]
+
+    def _create_task(self, proc: Process) -> int:
+        layout = self.image.task
+        if self._free_slots:
+            slot = self._free_slots.pop()
+        else:
+            slot, self._next_slot = self._next_slot, self._next_slot + 1
+        base = TASK_AREA + slot * layout.union_size
+        for page in range(base, base + layout.union_size, PAGE_SIZE):
+            self.pages.map(page, self.memory.alloc(), Prot.READ | Prot.WRITE, user=False)
+        off = layout.offsets
+        top = base + layout.union_size
+        comm = Path(proc.name).name.encode()[:15]
+        fields = {
+            "pid": struct.pack("<i", proc.pid),
+            "uid": struct.pack("<I", 0),
+            "comm": comm.ljust(16, b"\0"),
+            "regs": struct.pack("<I", top - 4 * (len(PT_REGS)) - RING_FRAME),
+            "thread.esp0": struct.pack("<I", top),
+        }
+        for name, value in fields.items():
+            self.write(base + off[name], value)
+        self.tasks[proc.pid] = base
+        return base
+
+    def _switched(self, proc: Process) -> None:
+        base = self.tasks.get(proc.pid) or self._create_task(proc)
+        self.memory.write(self._current, struct.pack("<I", base))
+        esp0 = base + self.image.task.union_size - RING_FRAME
+        self._frame = self._physical(esp0)  # (RING_FRAME bytes, all in the stack's top page)
+        self.memory.write(self._physical(FIXMAP_GDT) + TSS_OFFSET + 4, struct.pack("<I", esp0))
+        # a process stopped between _enter and its lcall is still crossing its gate
+        eip = self.machine.cpu.reg("eip")
+        crossing = FIXMAP_TRAMPOLINE <= eip < FIXMAP_TRAMPOLINE + PAGE_SIZE
+        self.memory.write(self._gate_open, bytes([crossing, 0, 0, 0]))
+
+    def _exited(self, proc: Process) -> None:
+        base = self.tasks.pop(proc.pid, None)
+        if base is None:
+            return
+        for page in range(base, base + self.image.task.union_size, PAGE_SIZE):
+            self.memory.put(self.pages.pages[page >> PAGE_SHIFT][0])
+            self.pages.unmap(page)
+        self._free_slots.append((base - TASK_AREA) // self.image.task.union_size)
+        self.machine.cpu.flush_tlb()
+
+    # --- interrupts and faults -----------------------------------------------------------
+
+    def interrupt(self, vector: int) -> bool:
+        """The machine's interrupt hook asks first: True if the kernel took ``vector``."""
+        if vector == SYSCALL_VECTOR:
+            cs, eip, flags, esp, ss = self._entry_registers.read()
+            if cs & 3 == 3:
+                self._enter(SYSCALL_GATE, eip, flags, esp, ss)
+                return True
+        elif vector == hypercalls.VECTOR and self.machine.cpu.reg("cs") & 3 == 0:
+            self._hypercall()
+            return True
+        return False
+
+    def fixup(self, eip: int) -> bool:
+        """A page fault in ring 0 at ``eip``: resume at its exception-table fixup if any."""
+        target = self.image.ex_table.get(eip)
+        if target is None:
+            return False
+        self.machine.cpu.set_reg("eip", target)
+        return True
+
+    def tick_due(self) -> bool:
+        return self.next_tick is not None and self.machine.cpu.counter.executed >= self.next_tick
+
+    def deliver_timer(self) -> bool:
+        """Deliver IRQ 0 if the CPU takes interrupts now (user mode, or IF set)."""
+        cpu = self.machine.cpu
+        if self.memory.bytes[self._gate_open]:
+            return False  # mid-way through a gate: the frame at the stack top is taken
+        cs, eip, flags, esp, ss = self._entry_registers.read()
+        if cs & 3 == 3:
+            self._enter(TIMER_GATE, eip, flags, esp, ss)
+        else:
+            if not flags & IF_FLAG:
+                return False
+            esp -= 12
+            self.write(esp, struct.pack("<3I", eip, KERNEL_CS, flags))
+            cpu.write_registers(
+                {
+                    "esp": esp,
+                    "eflags": flags & ~(IF_FLAG | TRAP_FLAG),
+                    "eip": self.image.symbol("IRQ0x00_interrupt"),
+                }
+            )
+        assert self.tick is not None and self.next_tick is not None
+        self.next_tick += self.tick
+        return True
+
+    # --- hypercalls ----------------------------------------------------------------------
+
+    def _hypercall(self) -> None:
+        cpu, machine = self.machine.cpu, self.machine
+        proc = machine.current
+        number, *args = self._hypercall_registers.read()
+        self.hypercalls += 1
+        handler = self._by_number.get(number)
+        try:
+            result = -ENOSYS if handler is None or proc is None else handler(proc, *args)
+        except GuestFault:
+            result = -EFAULT
+        if result is not None and proc is not None and proc.alive:
+            cpu.set_reg("eax", result & 0xFFFFFFFF)
+
+    def _hc_syscall(self, proc: Process, regs: int, *_: int) -> int | None:
+        values = struct.unpack(f"<{len(PT_REGS)}I", self.read(regs, 4 * len(PT_REGS)))
+        number, args = values[PT_REGS.index("orig_eax")], values[:6]
+        machine = self.machine
+        result = syscalls.dispatch(machine, proc, number, args)
+        if machine.syscall_trace is not None:
+            name = syscalls.NAMES.get(number, f"syscall_{number}")
+            machine.syscall_trace.append((proc.pid, name, args, result))
+        return result
+
+    def _hc_write(self, proc: Process, fd: int, kbuf: int, count: int, *_: int) -> int:
+        return write_bytes(self.machine, proc, fd, self.read(kbuf, count))
+
+    def _hc_read(self, proc: Process, fd: int, kbuf: int, count: int, *_: int) -> int:
+        data = read_bytes(self.machine, proc, fd, count)
+        if isinstance(data, int):
+            return data
+        self.write(kbuf, data)
+        return len(data)
+
+    def _hc_clock(self, proc: Process, tv: int, *_: int) -> int:
+        sec, ns = divmod(self.machine.clock.realtime_ns(), 1_000_000_000)
+        self.write(tv, struct.pack("<iI", sec, ns // 1000))
+        return 0
+
+    def _hc_exit(self, proc: Process, status: int, *_: int) -> None:
+        self.machine.exit_process(proc, status & 0xFF)
+
+    def _hc_schedule(self, proc: Process, *_: int) -> int:
+        self.machine.cpu.uc.emu_stop()
+        return 0
+
+    def _hc_printk(self, proc: Process, kbuf: int, count: int, *_: int) -> int:
+        self.log += self.read(kbuf, count)
+        return count
