@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 TASK_BASE = 0xC1000000
 TASK_SIZE = 0x400
-"""``push task`` gives a stable per-pid address in kernel space (the guest kernel's task
-structures come with the kernel image)."""
+"""Without the guest kernel, ``push task`` gives a stable per-pid address in kernel space;
+with it, the address of the process's ``task_struct``."""
 
 _DESCRIPTORS = frozenset({"gdtr", "idtr"})
 _SELECTORS = frozenset({"ldtr", "tr"})
@@ -36,12 +36,23 @@ _SELECTORS = frozenset({"ldtr", "tr"})
 class ProbeContext(Context):
     """One hit's registers and memory; ``changes`` holds the registers the handler wrote."""
 
-    def __init__(self, machine: Machine, process: Process, registers: dict[str, int]) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        process: Process,
+        registers: dict[str, int],
+        user_registers: dict[str, int] | None = None,
+    ) -> None:
+        """``user_registers``: at a kernel probe, the user registers saved at kernel entry
+        (``push u``); the handler then also reads kernel memory."""
         self.machine, self.process, self.regs = machine, process, registers
+        self.user_regs = user_registers
         self.changes: dict[str, int] = {}
 
     def read_register(self, reg: Register, user: bool) -> int | None:
         name = reg.name
+        if user and self.user_regs is not None:
+            return self.user_regs.get(name)
         if name in self.regs:
             return self.regs[name]
         uc = self.machine.cpu.uc
@@ -78,7 +89,7 @@ class ProbeContext(Context):
             return None
 
     def read_memory(self, address: int, size: int) -> bytes:
-        return self.process.space.read(address, size)
+        return self.process.space.read(address, size, user=self.user_regs is None)
 
     def write_memory(self, address: int, data: bytes) -> None:
         self.process.space.write(address, data)
@@ -97,6 +108,9 @@ class ProbeContext(Context):
         return self.process.pid
 
     def task(self) -> int:
+        kernel = self.machine.guest_kernel
+        if kernel is not None and self.process.pid in kernel.tasks:
+            return kernel.task_address(self.process)
         return TASK_BASE + self.process.pid * TASK_SIZE
 
     def processor(self) -> int:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from dprobes.runtime.addrspace import GuestFault, Prot
 from dprobes.runtime.clock import realtime_ns_at
 from dprobes.runtime.logtargets import HitInfo, LogRecord
+from dprobes.runtime.paging import KERNEL_BASE
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.probe_context import ProbeContext
 from dprobes.runtime.records import ProbeRecord, RecordStatus
@@ -58,11 +59,17 @@ from dprobes.vm.logrecord import timeval
 from dprobes.vm.program import LogField
 
 if TYPE_CHECKING:
+    from dprobes.runtime.kernel import GuestKernel
     from dprobes.runtime.machine import Machine
     from dprobes.runtime.native_probes import NativeProbes
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
     from dprobes.runtime.process import Process
 
+PT_REGS_NAMES = (
+    *("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "ds", "es", "orig_eax"),
+    *("eip", "cs", "eflags", "esp", "ss"),
+)
+"""``struct pt_regs`` (guest/kernel/include/asm/ptrace.h) as the VM names the registers."""
 SLOT_SIZE = 32
 SLOTS_PER_PAGE = PAGE_SIZE // SLOT_SIZE
 
@@ -127,6 +134,19 @@ def hit_info(
     )
 
 
+def _current(kernel: GuestKernel) -> tuple[dict[str, int], int, int, str]:
+    """``current``'s user registers (its ``regs``: the pt_regs frame saved at kernel entry),
+    pid, uid and comm."""
+    task = kernel.word("current")
+    offsets = kernel.image.task.offsets
+    (regs,) = struct.unpack("<I", kernel.read(task + offsets["regs"], 4))
+    frame = struct.unpack(f"<{len(PT_REGS_NAMES)}I", kernel.read(regs, 4 * len(PT_REGS_NAMES)))
+    (pid,) = struct.unpack("<i", kernel.read(task + offsets["pid"], 4))
+    (uid,) = struct.unpack("<I", kernel.read(task + offsets["uid"], 4))
+    comm = kernel.read(task + offsets["comm"], 16).split(b"\0")[0].decode(errors="replace")
+    return dict(zip(PT_REGS_NAMES, frame, strict=True)), pid, uid, comm
+
+
 @dataclass(slots=True)
 class PendingStep:
     """A process between its probe's int3 and the end of the out-of-line step."""
@@ -175,8 +195,35 @@ class StepTracker:
                 return True
             return self._faulted(machine, process, step, trap)
         if trap.vector == BREAKPOINT:
+            if trap.instruction >= KERNEL_BASE:
+                return self._kernel_hit(machine, process, trap.instruction)
             return self._hit(machine, process, trap.instruction)
         return False
+
+    def _kernel_hit(self, machine: Machine, process: Process, address: int) -> bool:
+        """trap3 in ring 0: ``push r`` is the kernel's registers, ``push u`` the user
+        registers in the pt_regs frame at the top of current's kernel stack; the log's pid
+        and procname are current's."""
+        found = self.manager.lookup_kernel(address)
+        kernel = machine.guest_kernel
+        if found is None or kernel is None:
+            return False
+        loaded, record = found
+        registers = machine.cpu.registers()
+        user, pid, uid, comm = _current(kernel)
+        hit = hit_info(
+            loaded.log_fields,
+            machine.clock.ticks,
+            pid,
+            uid,
+            registers["cs"],
+            address,
+            registers["ss"],
+            registers["esp"],
+            comm,
+        )
+        outcome = self._handler(machine, process, loaded, record, registers, user)
+        return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
 
     # --- trap3 -------------------------------------------------------------------------
 
@@ -213,16 +260,30 @@ class StepTracker:
             registers["esp"],
             process.name,
         )
-        outcome = None
-        if record.begin_hit():
-            self.manager.vm_state_to_python()
-            context = ProbeContext(machine, process, registers)
-            outcome = Outcome.of(loaded.vm.fire(record.index, context))
-            if context.changes:
-                cpu.write_registers(
-                    {k: v for k, v in context.changes.items() if k not in ("fs", "gs")}
-                )
+        outcome = self._handler(machine, process, loaded, record, registers, None)
         return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
+
+    def _handler(
+        self,
+        machine: Machine,
+        process: Process,
+        loaded: LoadedProgram,
+        record: ProbeRecord,
+        registers: dict[str, int],
+        user: dict[str, int] | None,
+    ) -> Outcome | None:
+        """Run the record's handler unless the pass count skips this hit (None); apply
+        its register writes."""
+        if not record.begin_hit():
+            return None
+        self.manager.vm_state_to_python()
+        context = ProbeContext(machine, process, registers, user_registers=user)
+        outcome = Outcome.of(loaded.vm.fire(record.index, context))
+        if context.changes:
+            machine.cpu.write_registers(
+                {k: v for k, v in context.changes.items() if k not in ("fs", "gs")}
+            )
+        return outcome
 
     def plan(self, process: Process, record: ProbeRecord, address: int) -> StepPlan:
         """How to step the probed instruction as it is now in the process's memory: the
@@ -329,15 +390,23 @@ class StepTracker:
         esp, flags = self._after_step.read()
         top = 0
         if step.plan.kind in RETURN_ADDRESS or step.plan.kind is StepKind.PUSHF:
-            top = struct.unpack("<I", process.space.read(esp, 4))[0]
+            top = struct.unpack("<I", process.space.read(esp, 4, user=False))[0]
         repaired = finish_step(step.plan, step.slot, eip, top, bool(step.trap_flag))
         if repaired.stack_word is not None:
-            process.space.write(esp, struct.pack("<I", repaired.stack_word))
+            self._write_stack(machine, process, esp, struct.pack("<I", repaired.stack_word))
         flags = flags & ~TRAP_FLAG | step.trap_flag
         cpu.write_registers({"eflags": flags, "eip": repaired.eip})
         self.post_step(step, wrote_log=True)
         if self.native is not None:
             self.native.offer(process, step)
+
+    @staticmethod
+    def _write_stack(machine: Machine, process: Process, esp: int, data: bytes) -> None:
+        """A store to the stack of the stepped instruction (a kernel stack at a kernel probe)."""
+        if esp >= KERNEL_BASE and machine.guest_kernel is not None:
+            machine.guest_kernel.write(esp, data)
+        else:
+            process.space.write(esp, data)
 
     def _faulted(self, machine: Machine, process: Process, step: PendingStep, trap: Trap) -> bool:
         """The probed instruction faulted: as 5.0's ``dp_fault_handler``, only with

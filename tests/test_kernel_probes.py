@@ -12,6 +12,7 @@ int3 bytes come and go.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +31,7 @@ from dprobes.runtime.physmem import PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.probes import INT3, InsertError, ProbeManager
 from dprobes.runtime.records import RecordStatus
 from dprobes.runtime.traps import BREAKPOINT, Trap
-from dprobes.tests.guest_expectations import BIN
+from dprobes.tests.guest_expectations import BIN, RUNS
 
 SOURCES = {
     "kernel/time.c": """
@@ -401,3 +402,68 @@ def test_the_built_kernel_image(capfd, tmp_path: Path) -> None:
     assert dpc(capfd, "build", str(source))[0] == 0
     status, out, _ = dpc(capfd, "disasm", str(tmp_path / "k.ppdf"))
     assert status == 0 and f"{address(built, 'sys_write') - 0xC0000000:#x}" in out
+
+
+# --- firing on the guest kernel ---------------------------------------------------------
+
+
+def qemu_writes(program: Path) -> list[int]:
+    """The fd of every write(2) the program makes, as ``qemu-i386 -strace`` shows them."""
+    if shutil.which("qemu-i386") is None:
+        pytest.skip("needs qemu-i386 to count the program's write calls")
+    trace = subprocess.run(
+        ["qemu-i386", "-strace", str(program)], capture_output=True, text=True, check=False
+    ).stderr
+    return [
+        int(line.split("write(", 1)[1].split(",", 1)[0])
+        for line in trace.splitlines()
+        if " write(" in line
+    ]
+
+
+def fire(source: str, program: str, *args: str) -> tuple[ProbeManager, list[int], object]:
+    """Run ``program`` with the kernel program ``source``; also gives ``current`` at each log."""
+    machine = Machine(kernel=True)
+    kernel = machine.guest_kernel
+    assert kernel is not None
+    manager = ProbeManager(machine, tier="interp")
+    current: list[int] = []
+    manager.on_log.append(lambda _: current.append(kernel.word("current")))
+    manager.insert(compile_rpn("k.rpn", text=source).program)
+    process = machine.spawn(BIN / program, [str(BIN / program), *args])
+    machine.run(max_instructions=50_000_000)
+    return manager, current, process
+
+
+def test_a_probe_on_sys_write_fires_once_per_write() -> None:
+    fds = qemu_writes(BIN / "strings")
+    manager, current, process = fire(
+        "name = k\nmodtype = kernel\nlog = PID PROCNAME\n"
+        "offset = sys_write\n    push u, ebx\n    push task\n    log 2\n    exit\n",
+        "strings",
+    )
+    expected_out, expected_status = RUNS["strings"][1](), RUNS["strings"][2]
+    assert process.output() == expected_out and process.returncode == expected_status
+    records = list(manager.emitted)
+    assert len(records) == len(fds) > 0
+    logged = [struct.unpack("<2I", entry.record.data) for entry in records]
+    assert [fd for _, fd in logged] == fds  # push u, ebx: the fd the program passed
+    assert {entry.record.hit.pid for entry in records} == {process.pid}
+    assert {entry.record.hit.procname for entry in records} == {"strings"}
+    assert [task for task, _ in logged] == current  # push task: current's task_struct
+
+
+def test_a_probe_on_a_call_in_the_kernel_steps_it_right() -> None:
+    """The probed instruction is a call: the out-of-line step's return address is
+    repaired on the kernel stack."""
+    image = KernelImage.load()
+    start = address(image, "sys_write")
+    code = image.read(start, 0x100)
+    call = next(
+        start + i for i in range(len(code)) if code[i] == 0xE8 and image.is_boundary(start + i)
+    )
+    manager, _, process = fire(
+        f"name = k\nmodtype = kernel\noffset = {call:#x}\naddress = absolute\n    exit\n", "strings"
+    )
+    assert process.output() == RUNS["strings"][1]() and process.returncode == RUNS["strings"][2]
+    assert manager.query()[0].hits == len(qemu_writes(BIN / "strings"))
