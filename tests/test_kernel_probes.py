@@ -11,6 +11,7 @@ int3 bytes come and go.
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
@@ -467,3 +468,38 @@ def test_a_probe_on_a_call_in_the_kernel_steps_it_right() -> None:
     )
     assert process.output() == RUNS["strings"][1]() and process.returncode == RUNS["strings"][2]
     assert manager.query()[0].hits == len(qemu_writes(BIN / "strings"))
+
+
+def test_dpc_run_kernel_fires_kernel_probes_and_keeps_excluded_ones(tmp_path: Path, capfd) -> None:
+    """``dpc run --kernel``: the sys_write probe logs once per write (EVL lines), the probe
+    on do_gettimeofday is EXCLUDED with its region, and the program behaves as without."""
+    fds = qemu_writes(BIN / "strings")
+    source = tmp_path / "k.rpn"
+    source.write_text(
+        "name = k\nmodtype = kernel\nlog = PID PROCNAME\n"
+        + probe("sys_write", "    push u, ebx", "    log 1")
+        + probe("do_gettimeofday")
+    )
+    log = tmp_path / "k.evl"
+    status, out, err = dpc(
+        capfd,
+        "run",
+        "--kernel",
+        "--log-target",
+        "EVL",
+        "--log-file",
+        str(log),
+        "--query",
+        "--probes",
+        str(source),
+        "--",
+        str(BIN / "strings"),
+    )
+    expected_out, expected_err = RUNS["strings"][1]()
+    assert (status, out) == (RUNS["strings"][2], expected_out) and expected_err in err
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [int.from_bytes(bytes.fromhex(line["data"]), "little") for line in lines] == fds
+    assert {(line["pid"], line["name"]) for line in lines} == {(1, "strings")}
+    assert f"k probe 0 at sys_write: compiled|active count={len(fds)} hits={len(fds)}" in err
+    assert "k probe 1 at do_gettimeofday: compiled|excluded count=0 hits=0" in err
+    assert "exclude region kernel/time.c" in err
