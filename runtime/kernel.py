@@ -294,6 +294,13 @@ class GuestKernel:
         """The task_struct of ``proc`` (created on its first switch)."""
         return self.tasks[proc.pid]
 
+    def current_task(self) -> tuple[int, str]:
+        """pid and comm of the task ``current`` points at (what a kernel probe logs)."""
+        task, off = self.word("current"), self.image.task.offsets
+        pid = int.from_bytes(self.read(task + off["pid"], 4), "little", signed=True)
+        comm = self.read(task + off["comm"], 16).split(b"\0", 1)[0]
+        return pid, comm.decode(errors="replace")
+
     def _create_task(self, proc: Process) -> int:
         layout = self.image.task
         if self._free_slots:
