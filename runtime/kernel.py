@@ -23,6 +23,7 @@ interrupts the runtime delivers, talking to the host through hypercalls (docs/ke
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -465,7 +466,7 @@ class GuestKernel:
         try:
             module = self.machine.modules.place(path, parse_params(text), data)
         except ModuleError as error:
-            self.machine.warn(f"init_module: {error}")
+            self.log += f"init_module: {error}\n".encode()  # as Linux's printk would say
             return -(EBUSY if module_name(path) in self.machine.modules.loaded else ENOEXEC)
         self._initialising = module
         return module.image.init or 0
@@ -474,10 +475,8 @@ class GuestKernel:
         module, self._initialising = self._initialising, None
         if module is None:
             return -EINVAL
-        try:
+        with contextlib.suppress(ModuleInitError):  # the caller gets the status
             self.machine.modules.initialised(module, status)
-        except ModuleInitError as error:
-            self.machine.warn(f"init_module: {error}")
         return status
 
     def _hc_module_unload(self, proc: Process, name: int, *_: int) -> int:

@@ -166,3 +166,30 @@ def test_dpc_run_insmod_failures(capfd: pytest.CaptureFixture[str]) -> None:
     assert status == 1 and "unknown symbol hello_greet" in err
     status, _, err = run(capfd, "--insmod", f"{HELLO}:nothere=1", "--", str(LOOP))
     assert status == 1 and "no parameter nothere" in err
+
+
+def test_init_module_and_delete_module_from_a_user_program() -> None:
+    machine = Machine(kernel=True)
+    manager = ProbeManager(machine)
+    manager.insert(kmod_program(HELLO, "hello_init", 9))
+    argv = ["modctl", "load", str(HELLO), "load", str(CHAINED), "fail=1", "unload", "hello"]
+    argv += ["unload", "hello", "load", str(HELLO)]
+    process = machine.spawn(str(BIN / "modctl"), argv)
+    machine.run()
+    assert process.output()[0].splitlines() == [
+        f"init_module({HELLO}) = 0",
+        f"init_module({CHAINED}) = -19",  # -ENODEV from chained's init
+        "delete_module(hello) = 0",
+        "delete_module(hello) = -2",  # -ENOENT: no longer loaded
+        f"init_module({HELLO}) = 0",
+    ]
+    assert process.returncode == 2
+    assert logged(manager) == [(9, process.pid, "modctl")] * 2
+    assert list(machine.modules.loaded) == ["hello"]
+    bad = machine.spawn(str(BIN / "modctl"), ["modctl", "load", str(CHAINED)])  # hello_greet
+    machine.run()  # resolves against the loaded hello now: chained loads
+    assert bad.output()[0] == f"init_module({CHAINED}) = 0\n"
+    junk = machine.spawn(str(BIN / "modctl"), ["modctl", "load", str(LOOP)])
+    machine.run()
+    assert junk.output()[0] == f"init_module({LOOP}) = -8\n"  # -ENOEXEC
+    assert "is not a relocatable object" in machine.guest_kernel.log.decode()
