@@ -34,9 +34,13 @@ if TYPE_CHECKING:
     from dprobes.runtime.logformat.writer import LogWriter, TraceWriter
     from dprobes.runtime.machine import Machine
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
+    from dprobes.runtime.process import Process
 
 EXIT_STOPPED = 124
 """dpc run's exit status when ``--max-instructions`` stopped the guest (as timeout(1))."""
+EXIT_INSMOD = 1
+"""dpc run's exit status when an ``--insmod`` module did not load (insmod's own status);
+the program is not run."""
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +119,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--tick",
         metavar="N",
         help="with --kernel: a timer interrupt every N guest instructions (default 1000000)",
+    )
+    parser.add_argument(
+        "--insmod",
+        action="append",
+        default=[],
+        metavar="MOD.o[:P=V,...]",
+        help="load a kernel module (parameters P=V) before the program starts; implies --kernel"
+        " (repeatable, loaded in order; a failed load ends the run with status 1)",
+    )
+    parser.add_argument(
+        "--dmesg", action="store_true", help="with --kernel: print the kernel log at the end"
     )
     parser.add_argument(
         "--json",
@@ -320,7 +335,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
             seed=parse_at_least(args.seed, "--seed", 0),
             fs=fs,
             memory_size=_memory_size(args.memory),
-            kernel=args.kernel,
+            kernel=args.kernel or bool(args.insmod),
             tick=DEFAULT_TICK if args.tick is None else _positive(args.tick, "--tick"),
         )
     except KernelImageError as exc:
@@ -370,9 +385,11 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     try:
         sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
         process = machine.spawn(command[0], command, env, stdio=Stdio.host())
+        failed_module = _insert_modules(machine, process, args.insmod)
         try:
-            with stop_on_signals(machine):
-                machine.run(max_instructions=limit)
+            if failed_module is None:
+                with stop_on_signals(machine):
+                    machine.run(max_instructions=limit)
         except InstructionLimit as error:
             stopped = str(error)
         except StoppedBySignal as error:
@@ -385,12 +402,17 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         for stream in opened:
             stream.close()
     _warn_programs_not_run(inserted, machine)
+    if args.dmesg and machine.guest_kernel is not None:
+        sys.stderr.write(machine.guest_kernel.log.decode(errors="replace"))
     if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
         print(f"dpc run: pid {process.pid} killed: {process.crash}", file=sys.stderr)
     if signalled is not None:
         for where in signalled.where:
             print(f"dpc run: stopped by {signalled.signal_name}: {where}", file=sys.stderr)
         code = exit_status(signalled.signal)
+    elif failed_module is not None:
+        print(f"dpc run: --insmod {failed_module}", file=sys.stderr)
+        code = EXIT_INSMOD
     elif stopped is not None:
         print(f"dpc run: stopped: {stopped}", file=sys.stderr)
         code = EXIT_STOPPED
@@ -399,6 +421,25 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         code = code if code >= 0 else 128 - code
     _report(args, manager, process, code, machine.unknown_syscalls, machine.cpu.counter.executed)
     return code
+
+
+def _insert_modules(machine: Machine, process: Process, specs: list[str]) -> str | None:
+    """Load the ``--insmod`` modules in order, their init run as ``process`` (before its
+    first instruction); None, or what went wrong with the first that failed."""
+    from dprobes.runtime.kernel import parse_params
+    from dprobes.runtime.kmodule import ModuleError
+
+    kernel = machine.guest_kernel
+    assert kernel is not None or not specs
+    for spec in specs:
+        path, colon, params = spec.rpartition(":")
+        if not colon or "=" not in params:
+            path, params = spec, ""
+        try:
+            kernel.insmod(process, path, parse_params(params))
+        except ModuleError as error:
+            return str(error)
+    return None
 
 
 def _probe_program(path: str, options: BuildOptions) -> Program:

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-VERSION = 1
+VERSION = 2
 """Bumped whenever a number, an argument or a meaning below changes."""
 VECTOR = 0x82
 """The reserved interrupt vector of a hypercall (Linux leaves 0x81-0xEE to device IRQs)."""
@@ -49,6 +49,26 @@ HYPERCALLS = (
     Hypercall(5, "HC_EXIT", ("status",), "end the current process with exit status (0-255)"),
     Hypercall(6, "HC_SCHEDULE", (), "give up the CPU: the host scheduler picks who runs next"),
     Hypercall(7, "HC_PRINTK", ("kbuf", "count"), "append count bytes at kbuf to the kernel log"),
+    Hypercall(
+        8,
+        "HC_MODULE_LOAD",
+        ("name", "image", "len", "params"),
+        "place the module object (len bytes at user image, user strings name and params"
+        " 'p=v,...' or 0) with its kmod probes; its init address, 0 for none, or -errno",
+    ),
+    Hypercall(
+        9,
+        "HC_MODULE_INITED",
+        ("status",),
+        "the init of the module just placed returned status: live if 0, else freed; status",
+    ),
+    Hypercall(
+        10,
+        "HC_MODULE_UNLOAD",
+        ("name",),
+        "the cleanup address of loaded module name (user string), 0 for none, or -errno",
+    ),
+    Hypercall(11, "HC_MODULE_FREE", (), "free the module HC_MODULE_UNLOAD named; 0"),
 )
 BY_NUMBER = {call.number: call for call in HYPERCALLS}
 ARGUMENT_REGISTERS = ("ebx", "ecx", "edx", "esi")

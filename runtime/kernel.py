@@ -23,21 +23,25 @@ interrupts the runtime delivers, talking to the host through hypercalls (docs/ke
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from unicorn import UcError
 from unicorn import x86_const as x86
 
 from dprobes.runtime import hypercalls, syscalls
 from dprobes.runtime.addrspace import GuestFault, KernelPages, Prot
-from dprobes.runtime.cpu import FIXMAP_GDT, KERNEL_CS, KERNEL_DS, USER_CS
+from dprobes.runtime.cpu import FIXMAP_GDT, KERNEL_CS, KERNEL_DS, STOP_ADDRESS, USER_CS
 from dprobes.runtime.kernel_image import KERNEL_IMAGE
+from dprobes.runtime.kmodule import LoadedModule, ModuleError, ModuleInitError, module_name
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
-from dprobes.runtime.syscalls.abi import EFAULT, ENOSYS
+from dprobes.runtime.syscalls.abi import EBUSY, EFAULT, EINVAL, ENOENT, ENOEXEC, ENOSYS
 from dprobes.runtime.syscalls.files import read_bytes, write_bytes
 
 if TYPE_CHECKING:
@@ -58,6 +62,10 @@ RING_FRAME = 20
 IF_FLAG, TRAP_FLAG = 1 << 9, 1 << 8
 DEFAULT_TICK = 1_000_000
 """Instructions between two timer interrupts unless told otherwise."""
+CALL_BUDGET = 10_000_000
+"""Instructions a module entry point called by the host may run before it is stopped."""
+MODULE_IMAGE_MAX = 1 << 20
+"""The largest module object ``init_module`` takes."""
 PT_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "xds", "xes", "orig_eax")
 
 
@@ -196,7 +204,16 @@ class GuestKernel:
             "HC_EXIT": self._hc_exit,
             "HC_SCHEDULE": self._hc_schedule,
             "HC_PRINTK": self._hc_printk,
+            "HC_MODULE_LOAD": self._hc_module_load,
+            "HC_MODULE_INITED": self._hc_module_inited,
+            "HC_MODULE_UNLOAD": self._hc_module_unload,
+            "HC_MODULE_FREE": self._hc_module_free,
         }
+        self._initialising: LoadedModule | None = None
+        """The module sys_init_module placed and whose init runs now."""
+        self._unloading: LoadedModule | None = None
+        """The module sys_delete_module runs the cleanup of now."""
+        machine.modules.kernel_symbols = self.image.symbols.get
         self._by_number = {call.number: handlers[call.name] for call in hypercalls.HYPERCALLS}
         self._hypercall_registers = machine.cpu.batch(("eax", *hypercalls.ARGUMENT_REGISTERS))
         self._entry_registers = machine.cpu.batch(("cs", "eip", "eflags", "esp", "ss"))
@@ -277,6 +294,13 @@ class GuestKernel:
     def task_address(self, proc: Process) -> int:
         """The task_struct of ``proc`` (created on its first switch)."""
         return self.tasks[proc.pid]
+
+    def current_task(self) -> tuple[int, str]:
+        """pid and comm of the task ``current`` points at (what a kernel probe logs)."""
+        task, off = self.word("current"), self.image.task.offsets
+        pid = int.from_bytes(self.read(task + off["pid"], 4), "little", signed=True)
+        comm = self.read(task + off["comm"], 16).split(b"\0", 1)[0]
+        return pid, comm.decode(errors="replace")
 
     def _create_task(self, proc: Process) -> int:
         layout = self.image.task
@@ -422,3 +446,127 @@ class GuestKernel:
     def _hc_printk(self, proc: Process, kbuf: int, count: int, *_: int) -> int:
         self.log += self.read(kbuf, count)
         return count
+
+    # --- modules -------------------------------------------------------------------------
+
+    def _user_string(self, proc: Process, address: int) -> str:
+        return proc.space.read_cstring(address, PAGE_SIZE).decode(errors="replace")
+
+    def _hc_module_load(
+        self, proc: Process, name: int, image: int, length: int, params: int
+    ) -> int:
+        if not 0 < length <= MODULE_IMAGE_MAX:
+            return -EINVAL
+        try:
+            path = self._user_string(proc, name)
+            data = proc.space.read(image, length)
+            text = self._user_string(proc, params) if params else ""
+        except GuestFault:
+            return -EFAULT
+        try:
+            module = self.machine.modules.place(path, parse_params(text), data)
+        except ModuleError as error:
+            self.log += f"init_module: {error}\n".encode()  # as Linux's printk would say
+            return -(EBUSY if module_name(path) in self.machine.modules.loaded else ENOEXEC)
+        self._initialising = module
+        return module.image.init or 0
+
+    def _hc_module_inited(self, proc: Process, status: int, *_: int) -> int:
+        module, self._initialising = self._initialising, None
+        if module is None:
+            return -EINVAL
+        with contextlib.suppress(ModuleInitError):  # the caller gets the status
+            self.machine.modules.initialised(module, status)
+        return status
+
+    def _hc_module_unload(self, proc: Process, name: int, *_: int) -> int:
+        try:
+            wanted = self._user_string(proc, name)
+        except GuestFault:
+            return -EFAULT
+        try:
+            module = self.machine.modules.removable(wanted)
+        except ModuleError:
+            return -(EBUSY if wanted in self.machine.modules.loaded else ENOENT)
+        self._unloading = module
+        return module.image.cleanup or 0
+
+    def _hc_module_free(self, proc: Process, *_: int) -> int:
+        module, self._unloading = self._unloading, None
+        if module is None:
+            return -EINVAL
+        self.machine.modules.free(module)
+        return 0
+
+    def insmod(
+        self, proc: Process, path: str | Path, params: Mapping[str, str] | None = None
+    ) -> LoadedModule:
+        """insmod from the host: place the module (kmod probes planted), run its init in
+        ring 0 as ``proc``; ModuleError (ModuleInitError if init returned non-zero) and the
+        module freed if that fails."""
+        loader = self.machine.modules
+        module = loader.place(path, params)
+        try:
+            status = self.call(proc, module.image.init) if module.image.init is not None else 0
+        except ModuleError as error:
+            loader.free(module)
+            raise ModuleError(path, f"init_module {error.problem}") from None
+        loader.initialised(module, status)
+        return module
+
+    def rmmod(self, proc: Process, name: str) -> None:
+        """rmmod from the host: cleanup in ring 0 as ``proc``, then the module is freed."""
+        self.machine.modules.rmmod(name, lambda module: self.call(proc, module.image.cleanup))
+
+    def call(self, proc: Process, function: int) -> int:
+        """Call ``function`` (an ``int f(void)`` in kernel memory, a module's init or
+        cleanup) in ring 0 with ``proc``'s task as ``current``, on its kernel stack (it is in
+        user mode or not started, so the stack is free); returns eax. What ran before is
+        put back. ModuleError if the call faults or does not return in CALL_BUDGET."""
+        machine, cpu = self.machine, self.machine.cpu
+        before, saved = machine.current, cpu.save_context()
+        cpu.restore_context(cpu.boot_context)
+        cpu.switch_address_space(proc.space)
+        machine.current = proc
+        self._switched(proc)
+        esp = self.task_address(proc) + self.image.task.union_size - RING_FRAME - 4
+        self.write(esp, struct.pack("<I", STOP_ADDRESS))
+        cpu.write_registers({"esp": esp, "eflags": 0x2})
+        counter = cpu.counter
+        deadline = counter.executed + CALL_BUDGET
+        eip, problem = function, ""
+        try:
+            while eip != STOP_ADDRESS and proc.alive:
+                if counter.executed >= deadline:
+                    problem = f"did not return within {CALL_BUDGET} instructions"
+                    break
+                counter.limit = deadline
+                try:
+                    cpu.uc.emu_start(eip, STOP_ADDRESS)
+                except UcError as error:
+                    problem = f"faulted at EIP 0x{cpu.reg('eip'):08x}: {error}"
+                    break
+                finally:
+                    cpu.flush_deferred()
+                eip = cpu.reg("eip")
+            result = cpu.reg("eax")
+        finally:
+            cpu.restore_context(saved)
+            machine.current = before
+            if before is not None:
+                cpu.switch_address_space(before.space)
+                self._switched(before)
+        if problem or not proc.alive:
+            raise ModuleError(f"0x{function:08x}", problem or "the calling process ended")
+        return result
+
+
+def parse_params(text: str) -> dict[str, str]:
+    """``"a=1,b=2"`` (insmod's parameters) as a mapping; ModuleError for a bad item."""
+    params: dict[str, str] = {}
+    for item in filter(None, text.split(",")):
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise ModuleError(item, "a module parameter is written name=value")
+        params[name.strip()] = value.strip()
+    return params

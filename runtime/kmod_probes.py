@@ -18,11 +18,18 @@ from typing import TYPE_CHECKING
 
 from dprobes.runtime.kmodule import LoadedModule, module_name
 from dprobes.runtime.paging import Prot, read_virtual
+from dprobes.runtime.probe_context import ProbeContext
 from dprobes.runtime.records import ProbeRecord, RecordStatus
+from dprobes.runtime.trap3 import Outcome, PendingStep, hit_info
+from dprobes.runtime.traps import BREAKPOINT, DEBUG, Trap
+from dprobes.runtime.xol import TRAP_FLAG, plan_step
+from dprobes.vm.interp import ExitKind
 from dprobes.vm.program import ProbeKind
 
 if TYPE_CHECKING:
+    from dprobes.runtime.machine import Machine
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
+    from dprobes.runtime.process import Process
 
 INT3 = 0xCC
 _RECOMPUTED_ON_LOAD = (
@@ -45,6 +52,8 @@ class KmodProbes:
         """Each inserted kmod program with the records its groups/types selected."""
         self.by_address: dict[int, tuple[LoadedProgram, ProbeRecord]] = {}
         """Planted probes by kernel virtual address (what a ring-0 int3 looks up)."""
+        self.stepping: PendingStep | None = None
+        """The probe whose original instruction is being single-stepped in ring 0."""
         self.loader.on_placed.append(self.placed)
         self.loader.on_unloaded.append(self.unloaded)
 
@@ -60,6 +69,65 @@ class KmodProbes:
 
     def lookup(self, address: int) -> tuple[LoadedProgram, ProbeRecord] | None:
         return self.by_address.get(address)
+
+    # --- firing: a ring-0 int3 in module code ------------------------------------------
+
+    def handle_trap(self, machine: Machine, process: Process, trap: Trap) -> bool:
+        """A kmod probe's int3 (run the handler, then step the original instruction in
+        place with TF, the int3 written back at the debug trap) or the end of its step.
+        False: not ours. One CPU and the module's code is not shared with user mode, so
+        putting the original byte back for one instruction hides the probe from nobody
+        else."""
+        step = self.stepping
+        if step is not None and trap.vector == DEBUG:
+            self.stepping = None
+            self._stepped(step)
+            return True
+        if trap.vector != BREAKPOINT or machine.cpu.reg("cs") & 3:
+            return False
+        found = self.by_address.get(trap.instruction)
+        if found is None:
+            return False
+        loaded, record = found
+        address, cpu, kernel = trap.instruction, machine.cpu, machine.guest_kernel
+        registers = cpu.registers()
+        pid, procname = kernel.current_task() if kernel is not None else (0, "")
+        hit = hit_info(
+            loaded.log_fields,
+            machine.clock.ticks,
+            pid,
+            process.uid,
+            registers["cs"],
+            address,
+            registers["ss"],
+            registers["esp"],
+            procname,
+        )
+        outcome = None
+        if record.begin_hit():
+            self.manager.vm_state_to_python()
+            context = ProbeContext(machine, process, registers)
+            outcome = Outcome.of(loaded.vm.fire(record.index, context))
+            if context.changes:
+                cpu.write_registers(
+                    {k: v for k, v in context.changes.items() if k not in ("fs", "gs")}
+                )
+        if outcome is not None and outcome.exit is ExitKind.EXIT_TO:
+            self.manager.exits.append((pid, outcome.exit_to or 0, loaded.name))
+        flags = cpu.reg("eflags")
+        plan = plan_step(record.original, address)
+        self.stepping = PendingStep(loaded, record, plan, address, outcome, flags & TRAP_FLAG, hit)
+        self._write(address, record.original[0])
+        cpu.write_registers({"eflags": flags | TRAP_FLAG, "eip": address})
+        return True
+
+    def _stepped(self, step: PendingStep) -> None:
+        cpu = self.manager.machine.cpu
+        address, record = step.slot, step.record
+        if self.by_address.get(address, (None, None))[1] is record:
+            self._write(address, INT3)
+        cpu.set_reg("eflags", cpu.reg("eflags") & ~TRAP_FLAG | step.trap_flag)
+        self.manager.steps.post_step(step, wrote_log=True)
 
     def forget(self, loaded: LoadedProgram) -> None:
         """The program was removed (its armed records were disarmed already)."""

@@ -150,14 +150,17 @@ def relocate(
     base: int,
     lookup: SymbolLookup,
     params: Mapping[str, str] | None = None,
+    data: bytes | None = None,
 ) -> ModuleImage:
-    """Lay out and relocate the module object at ``path`` for kernel address ``base``;
-    undefined symbols come from ``lookup`` (None: unknown). ``params`` sets declared
-    module parameters (name -> value text) before init."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ModuleError(path, error.strerror or str(error)) from None
+    """Lay out and relocate the module object at ``path`` (or its bytes ``data``, the
+    path then only naming it) for kernel address ``base``; undefined symbols come from
+    ``lookup`` (None: unknown). ``params`` sets declared module parameters (name -> value
+    text) before init."""
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise ModuleError(path, error.strerror or str(error)) from None
     try:
         checked = ElfFile(data)
     except ElfError as error:
@@ -464,19 +467,28 @@ class ModuleLoader:
         """Place the module, then run its init; a non-zero result frees it again and
         raises ``ModuleInitError``."""
         module = self.place(path, params)
-        status = run_init(module) if module.image.init is not None else 0
-        if status:
-            self._free(module)
-            raise ModuleInitError(path, ((status & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000)
-        module.live = True
+        self.initialised(module, run_init(module) if module.image.init is not None else 0)
         return module
 
-    def place(self, path: str | Path, params: Mapping[str, str] | None = None) -> LoadedModule:
-        """Relocate and map the module (its init not yet run), then fire ``on_placed``."""
+    def initialised(self, module: LoadedModule, status: int) -> None:
+        """Its init returned ``status`` (eax): 0 makes it live, anything else frees it and
+        raises ``ModuleInitError``."""
+        if status:
+            self.free(module)
+            raise ModuleInitError(
+                module.image.path, ((status & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+            )
+        module.live = True
+
+    def place(
+        self, path: str | Path, params: Mapping[str, str] | None = None, data: bytes | None = None
+    ) -> LoadedModule:
+        """Relocate and map the module (its init not yet run), then fire ``on_placed``;
+        ``data``: the object's bytes when they do not come from the file ``path``."""
         name = module_name(path)
         if name in self.loaded:
             raise ModuleError(path, f"a module named {name} is already loaded")
-        image = relocate(path, self._next, self.lookup, params)
+        image = relocate(path, self._next, self.lookup, params, data)
         if image.base + image.size > MODULE_AREA[1]:
             raise ModuleError(path, "the module area is full")
         frames: list[int] = []
@@ -506,16 +518,21 @@ class ModuleLoader:
 
     def rmmod(self, name: str, run_cleanup: ModuleCall) -> None:
         """Run the module's cleanup and free it; refused while other modules use it."""
+        module = self.removable(name)
+        if module.image.cleanup is not None:
+            run_cleanup(module)
+        self.free(module)
+
+    def removable(self, name: str) -> LoadedModule:
+        """The loaded module ``name`` if nothing uses it (else ModuleError)."""
         module = self.loaded.get(name)
-        if module is None:
+        if module is None or not module.live:
             raise ModuleError(name, "no such module is loaded")
         if module.users:
             raise ModuleError(name, f"in use by {', '.join(sorted(module.users))}")
-        if module.image.cleanup is not None:
-            run_cleanup(module)
-        self._free(module)
+        return module
 
-    def _free(self, module: LoadedModule) -> None:
+    def free(self, module: LoadedModule) -> None:
         for hook in self.on_unloaded:
             hook(module)
         self._release(module.base, module.frames)

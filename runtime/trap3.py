@@ -178,6 +178,8 @@ class StepTracker:
         self.slot_pages.pop(process.pid, None)
 
     def handle_trap(self, machine: Machine, process: Process, trap: Trap) -> bool:
+        if self.manager.kmod.handle_trap(machine, process, trap):
+            return True  # a probe in a kernel module (ring 0)
         step = self.pending.get(process.pid)
         if step is None and self.native is not None:
             step = self.native.adopt(process, stepping=True)

@@ -21,7 +21,7 @@ static char *put_number(char *out, char *end, unsigned long value, unsigned base
 	return out;
 }
 
-/* %s %c %d %u %x %p and %%; anything else is copied as it stands. */
+/* %s %c %d %u %x %p (with or without l) and %%; anything else is copied as it stands. */
 static int vscnprintf(char *buf, int size, const char *fmt, va_list args)
 {
 	char *out = buf, *end = buf + size;
@@ -31,6 +31,8 @@ static int vscnprintf(char *buf, int size, const char *fmt, va_list args)
 			*out++ = *fmt;
 			continue;
 		}
+		if (fmt[1] == 'l')
+			fmt++; /* long is int on i386: %lu %ld %lx as %u %d %x */
 		switch (*++fmt) {
 		case 's': {
 			const char *s = va_arg(args, const char *);

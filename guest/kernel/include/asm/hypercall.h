@@ -3,7 +3,7 @@
 #ifndef _ASM_HYPERCALL_H
 #define _ASM_HYPERCALL_H
 
-#define HC_INTERFACE_VERSION 1
+#define HC_INTERFACE_VERSION 2
 #define HC_VECTOR 0x82
 
 /* HC_VERSION(): the interface version (VERSION) */
@@ -22,6 +22,14 @@
 #define HC_SCHEDULE 6
 /* HC_PRINTK(kbuf, count): append count bytes at kbuf to the kernel log */
 #define HC_PRINTK 7
+/* HC_MODULE_LOAD(name, image, len, params): place the module object (len bytes at user image, user strings name and params 'p=v,...' or 0) with its kmod probes; its init address, 0 for none, or -errno */
+#define HC_MODULE_LOAD 8
+/* HC_MODULE_INITED(status): the init of the module just placed returned status: live if 0, else freed; status */
+#define HC_MODULE_INITED 9
+/* HC_MODULE_UNLOAD(name): the cleanup address of loaded module name (user string), 0 for none, or -errno */
+#define HC_MODULE_UNLOAD 10
+/* HC_MODULE_FREE(): free the module HC_MODULE_UNLOAD named; 0 */
+#define HC_MODULE_FREE 11
 
 #ifndef __ASSEMBLY__
 static inline long hypercall(long nr, long a, long b, long c, long d)
