@@ -112,13 +112,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_tier_options(parser)
     parser.add_argument(
         "--kernel",
-        action="store_true",
-        help="system calls enter the guest kernel guest/bin/vmlinux (docs/kernel.md)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="system calls enter the guest kernel guest/bin/vmlinux (the default; "
+        "docs/kernel.md); --no-kernel runs them on the host directly, a faster shortcut "
+        "in which kernel and kmod probes have nothing to fire in",
     )
     parser.add_argument(
         "--tick",
         metavar="N",
-        help="with --kernel: a timer interrupt every N guest instructions (default 1000000)",
+        help="a timer interrupt every N guest instructions (default 1000000)",
     )
     parser.add_argument(
         "--insmod",
@@ -327,6 +330,8 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     if not command:
         raise UsageError("run needs a program: dpc run [options] -- PROGRAM [ARGS]...")
     limit = _positive(args.max_instructions, "--max-instructions")
+    if args.insmod and not args.kernel:
+        raise UsageError("--insmod needs the guest kernel: drop --no-kernel")
     fs = _file_system(args)
     env = guest_environment(args)
     apply_tier_options(args)
@@ -335,7 +340,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
             seed=parse_at_least(args.seed, "--seed", 0),
             fs=fs,
             memory_size=_memory_size(args.memory),
-            kernel=args.kernel or bool(args.insmod),
+            kernel=args.kernel,
             tick=DEFAULT_TICK if args.tick is None else _positive(args.tick, "--tick"),
         )
     except KernelImageError as exc:

@@ -102,7 +102,7 @@ class Machine:
         memory_size: int = DEFAULT_SIZE,
         quantum: int = QUANTUM,
         fs: FileSystemView | None = None,
-        kernel: bool = False,
+        kernel: bool = True,
         tick: int | None = DEFAULT_TICK,
     ) -> None:
         self.memory = PhysicalMemory(memory_size)

@@ -172,6 +172,7 @@ NOT_RUN_HERE = {
     "spin": "runs until it is stopped",
     "filter": "reads standard input",
     "fsops": "makes files in the current directory",
+    "vmlinux": "is the guest kernel, not a user program",
 }
 """Executables in guest/bin that this test does not run in the test process, and why."""
 
