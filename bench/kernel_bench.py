@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from dprobes.kernel_layout import KERNEL_IMAGE
 from dprobes.runtime import Machine
-from dprobes.runtime.kernel_image import KERNEL_IMAGE
 
 FILTER = Path(__file__).resolve().parents[1] / "guest" / "bin" / "filter"
 

@@ -20,10 +20,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from dprobes import kernel_layout
 from dprobes.cli import main as cli
 from dprobes.compiler.diagnostics import CompileError
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
-from dprobes.runtime import kernel_image
 from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.exclude import EXCLUDE_RULES, path_matches
 from dprobes.runtime.kernel_image import KernelImage
@@ -128,7 +128,7 @@ def address(image: KernelImage, name: str) -> int:
 
 def mapped_machine(image: KernelImage) -> Machine:
     """A machine with the image's text in supervisor pages, as a running kernel has it."""
-    machine = Machine()
+    machine = Machine(kernel=False)
     for segment in image.text:
         end = segment.vaddr + segment.filesz
         for page in range(segment.vaddr & ~(PAGE_SIZE - 1), end, PAGE_SIZE):
@@ -235,7 +235,7 @@ def test_resolution_and_statuses(vmlinux: Path, image: KernelImage) -> None:
 
 
 def test_unmapped_kernel_and_opcode_mismatch(vmlinux: Path, image: KernelImage) -> None:
-    manager = ProbeManager(Machine(), kernel_path=str(vmlinux))
+    manager = ProbeManager(Machine(kernel=False), kernel_path=str(vmlinux))
     schedule = address(image, "schedule")
     wrong = image.read(schedule, 1)[0] ^ 1
     loaded = manager.insert(
@@ -243,7 +243,7 @@ def test_unmapped_kernel_and_opcode_mismatch(vmlinux: Path, image: KernelImage) 
     )
     record, mismatch = loaded.records
     assert record.armed
-    assert record.notes == ["no guest kernel runs (dpc run --kernel): no int3 written"]
+    assert record.notes == ["no guest kernel runs (dpc run --no-kernel): no int3 written"]
     assert mismatch.status == RecordStatus.COMPILED | RecordStatus.MISMATCH
     assert mismatch.actual_opcode == wrong ^ 1
 
@@ -293,14 +293,14 @@ def test_trap3_reentered_during_a_step_removes_the_kernel_probe(
 def test_a_bad_kernel_image_is_refused(tmp_path: Path) -> None:
     bogus = tmp_path / "vmlinux"
     bogus.write_bytes(b"not an elf")
-    manager = ProbeManager(Machine(), kernel_path=str(bogus))
+    manager = ProbeManager(Machine(kernel=False), kernel_path=str(bogus))
     program = compile_rpn("k.rpn", text="name = k\nmodtype = kernel\noffset = 0\n exit\n").program
     with pytest.raises(InsertError, match="not a usable kernel image: not an ELF file"):
         manager.insert(program)
 
 
 def test_symbols_need_a_kernel_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernel_image, "KERNEL_IMAGE", tmp_path / "missing")
+    monkeypatch.setattr(kernel_layout, "KERNEL_IMAGE", tmp_path / "missing")
     with pytest.raises(CompileError) as error:
         compile_rpn("k.rpn", text="name = k\nmodtype = kernel\noffset = sys_write\n exit\n")
     text = " ".join(d.message + " ".join(d.hints) for d in error.value.diagnostics)
@@ -329,6 +329,7 @@ def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Pa
     status, _, err = dpc(
         capfd,
         "run",
+        "--no-kernel",  # the test image is not runnable: check probes against it alone
         "--kernel-image",
         str(vmlinux),
         "--probes",
@@ -355,7 +356,7 @@ def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Pa
     assert query == [
         excluded,
         "k probe 1 at sys_write: compiled|active count=0 hits=0 "
-        "(no guest kernel runs (dpc run --kernel): no int3 written)",
+        "(no guest kernel runs (dpc run --no-kernel): no int3 written)",
         "k probe 2 at timer_interrupt: compiled|excluded count=0 hits=0 "
         f"({timer:#010x} is in exclude region arch/i386/kernel/time.c "
         f"[{arch_time_c.start:#010x}, {arch_time_c.end:#010x}))",
@@ -373,7 +374,7 @@ def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
     absolute.write_text("name = k\nmodtype = kernel\n" + probe("0xC0100000", "address = absolute"))
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"\x7fELF")
-    run = ("run", "--kernel-image", str(bogus), "--probes")
+    run = ("run", "--no-kernel", "--kernel-image", str(bogus), "--probes")
     status, _, err = dpc(capfd, *run, str(absolute), "--", str(BIN / "loop"))
     assert status == 2 and "bogus: byte 4: error: truncated ELF file" in err  # the compiler's
     assert dpc(capfd, "build", "--kernel-image", str(vmlinux), str(absolute))[0] == 0
@@ -385,7 +386,7 @@ def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
 def test_the_built_kernel_image(capfd, tmp_path: Path) -> None:
     """The committed guest kernel: its time files and entry code are excluded, the system
     calls are not, and ``dpc build`` takes its symbols without ``--kernel-image``."""
-    if not kernel_image.KERNEL_IMAGE.is_file():
+    if not kernel_layout.KERNEL_IMAGE.is_file():
         pytest.skip("the guest kernel image is not built in this tree")
     built = KernelImage.load()
 

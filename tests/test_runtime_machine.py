@@ -37,7 +37,8 @@ from dprobes.tests.guest_expectations import (
     run_under_qemu,
 )
 
-LOOP_INSTRUCTIONS = 1_805_785  # measured once (guest kernel included); any change means the counter changed
+# measured once (guest kernel included); any change means the counter changed
+LOOP_INSTRUCTIONS = 1_805_785
 
 
 def symbol(name: str, program: str = "loop") -> int:
