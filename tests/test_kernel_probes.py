@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from unicorn import UC_HOOK_CODE
 
 from dprobes import kernel_layout
 from dprobes.cli import main as cli
@@ -423,12 +424,14 @@ def qemu_writes(program: Path) -> list[int]:
     ]
 
 
-def fire(source: str, program: str, *args: str) -> tuple[ProbeManager, list[int], object]:
+def fire(
+    source: str, program: str, *args: str, tier: str = "interp"
+) -> tuple[ProbeManager, list[int], object]:
     """Run ``program`` with the kernel program ``source``; also gives ``current`` at each log."""
     machine = Machine(kernel=True)
     kernel = machine.guest_kernel
     assert kernel is not None
-    manager = ProbeManager(machine, tier="interp")
+    manager = ProbeManager(machine, tier=tier)
     current: list[int] = []
     manager.on_log.append(lambda _: current.append(kernel.word("current")))
     manager.insert(compile_rpn("k.rpn", text=source).program)
@@ -504,3 +507,58 @@ def test_dpc_run_kernel_fires_kernel_probes_and_keeps_excluded_ones(tmp_path: Pa
     assert f"k probe 0 at sys_write: compiled|active count={len(fds)} hits={len(fds)}" in err
     assert "k probe 1 at do_gettimeofday: compiled|excluded count=0 hits=0" in err
     assert "exclude region kernel/time.c" in err
+
+
+def test_kernel_probes_stay_on_the_python_path_with_native_hooks() -> None:
+    """With a compiling tier a user probe moves to the native hook after its first hit; a
+    kernel probe must not: push u (current's pt_regs, not the kernel's registers), push
+    task (current) and the log's pid come from the Python path on every hit."""
+    source = (
+        "name = k\nmodtype = kernel\nlog = PID PROCNAME\noffset = sys_write\n"
+        "    push u, edx\n    push u, esp\n    push task\n    push r, esp\n    log 4\n    exit\n"
+    )
+    runs = {tier: fire(source, "strings", tier=tier) for tier in ("interp", "jit")}
+    records = {
+        tier: [(e.record.hit.pid, e.record.hit.procname, e.record.data) for e in manager.emitted]
+        for tier, (manager, _, _) in runs.items()
+    }
+    assert len(records["interp"]) == len(qemu_writes(BIN / "strings"))
+    assert records["jit"] == records["interp"]
+    manager, current, _ = runs["jit"]
+    tasks = [struct.unpack("<4I", data)[1] for _, _, data in records["jit"]]
+    assert tasks == current and not manager.native.tables.get(1)
+
+
+def test_probes_on_schedule_and_do_timer_fire_once_per_call() -> None:
+    """Two programs under a 1000-instruction tick: the schedule probe fires exactly as often
+    as schedule's body runs (a unicorn hook on its second instruction counts that), the
+    probe on do_timer (timer_interrupt's callee, kernel/timer.c: not excluded) once per
+    tick (the kernel's own jiffies), while the probe on timer_interrupt stays EXCLUDED."""
+    machine = Machine(kernel=True, tick=1000)
+    kernel = machine.guest_kernel
+    assert kernel is not None
+    manager = ProbeManager(machine, tier="interp")
+    source = (
+        "name = k\nmodtype = kernel\nlog = PID\n"
+        + probe("schedule", "    push task", "    log 1")
+        + probe("do_timer")
+        + probe("timer_interrupt")
+    )
+    manager.insert(compile_rpn("k.rpn", text=source).program)
+    schedule = kernel.image.symbol("schedule")
+    second = schedule + 1  # after `push %ebp`
+    assert kernel.image.is_boundary(second) and kernel.image.read(schedule, 1) == b"\x55"
+    ran: list[int] = []
+    machine.cpu.uc.hook_add(
+        UC_HOOK_CODE, lambda *_: ran.append(kernel.word("current")), begin=second, end=second
+    )
+    first, other = (machine.spawn(BIN / "loop", [str(BIN / "loop")]) for _ in range(2))
+    machine.run(max_instructions=50_000_000)
+    assert first.returncode == other.returncode == RUNS["loop"][2]
+    on_schedule, on_timer, on_interrupt = manager.query()
+    assert on_schedule.hits == len(ran) > 0
+    logged = [e.record for e in manager.emitted if e.record.data]  # do_timer's have none
+    assert [struct.unpack("<I", record.data)[0] for record in logged] == ran  # current
+    assert {record.hit.pid for record in logged} == {first.pid, other.pid}
+    assert on_timer.hits == kernel.word("jiffies") > on_schedule.hits
+    assert "excluded" in on_interrupt.status and on_interrupt.hits == 0
