@@ -15,6 +15,7 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -562,3 +563,22 @@ def test_probes_on_schedule_and_do_timer_fire_once_per_call() -> None:
     assert {record.hit.pid for record in logged} == {first.pid, other.pid}
     assert on_timer.hits == kernel.word("jiffies") > on_schedule.hits
     assert "excluded" in on_interrupt.status and on_interrupt.hits == 0
+
+
+def test_building_a_kernel_program_does_not_load_the_machine() -> None:
+    """The compiler takes kernel symbols from the image without importing the runtime (and
+    so unicorn): KERNEL_IMAGE and KERNEL_BASE live in dprobes.kernel_layout."""
+    script = (
+        "import sys\n"
+        "from dprobes.compiler.pipeline import compile_rpn\n"
+        "text = 'name = k\\nmodtype = kernel\\noffset = sys_write\\n exit\\n'\n"
+        "print(compile_rpn('k.rpn', text=text).program.probes[0].offset)\n"
+        "print(sorted(m for m in ('unicorn', 'dprobes.runtime') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    offset, loaded = done.stdout.splitlines()
+    image = KernelImage.load()
+    assert int(offset) == image.symbol("sys_write") - kernel_layout.KERNEL_BASE
+    assert loaded == "[]"
