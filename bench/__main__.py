@@ -31,6 +31,7 @@ def main() -> None:
     jit = jit_bench.run(args.seconds)
     cache = cache_bench.run()
     kernel = kernel_bench.measure()
+    kernel_probes = kernel_bench.measure_probes()
     if args.json:
         print(
             json.dumps(
@@ -45,6 +46,7 @@ def main() -> None:
                     "jit": jit.as_dict() if jit else None,
                     "jit_cache": cache.as_dict() if cache else None,
                     "kernel_syscalls": kernel,
+                    "kernel_probe_hits": kernel_probes,
                     "log_output": [
                         {
                             "target": c.target,
@@ -75,6 +77,7 @@ def main() -> None:
     print(cache_bench.report(cache))
     print()
     print(kernel_bench.report(kernel))
+    print(kernel_bench.report_probes(kernel_probes))
 
 
 if __name__ == "__main__":

@@ -128,11 +128,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="MOD.o[:P=V,...]",
-        help="load a kernel module (parameters P=V) before the program starts; implies --kernel"
-        " (repeatable, loaded in order; a failed load ends the run with status 1)",
+        help="load a kernel module (parameters P=V) before the program starts; not with "
+        "--no-kernel (repeatable, loaded in order; a failed load ends the run with status 1)",
     )
     parser.add_argument(
-        "--dmesg", action="store_true", help="with --kernel: print the kernel log at the end"
+        "--dmesg", action="store_true", help="print the guest kernel's log at the end"
     )
     parser.add_argument(
         "--json",
@@ -320,7 +320,8 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     # the machine needs unicorn and llvmlite: load it only for this command
     from dprobes.runtime.elfload import LoadError
     from dprobes.runtime.host_signals import exit_status, stop_on_signals
-    from dprobes.runtime.kernel import DEFAULT_TICK, KernelImageError
+    from dprobes.runtime.kernel import DEFAULT_TICK
+    from dprobes.runtime.kernel_image import KernelImageError
     from dprobes.runtime.machine import InstructionLimit, Machine, StoppedBySignal
     from dprobes.runtime.probes import InsertError, ProbeManager
     from dprobes.runtime.stdio import Stdio

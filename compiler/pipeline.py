@@ -7,7 +7,7 @@ whatever reaches the VM has passed the verifier.
 
 Symbols come from ``--elf`` and ``--sym``; without ``--elf``, a kernel program
 (``modtype = kernel``) takes the kernel image's symbols (``--kernel-image``, by default
-``runtime.kernel_image.KERNEL_IMAGE``), and any other program whose ``name`` is an ELF
+``kernel_layout.KERNEL_IMAGE``), and any other program whose ``name`` is an ELF
 file (a path relative to the working directory, as the runtime opens it) takes that
 file's symbols.
 """
@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dprobes import kernel_layout
 from dprobes.compiler import ppdf
 from dprobes.compiler.assembler import assemble
 from dprobes.compiler.diagnostics import (
@@ -70,13 +71,12 @@ def _header_item(tree: File, keyword: str) -> Item | None:
 def _kernel_symbols(options: BuildOptions, sink: DiagnosticSink) -> SymbolTable | None:
     """The kernel image's symbols: ``--kernel-image`` must exist; a missing built image only
     matters (as a hint) if the program uses a symbol."""
-    from dprobes.runtime.kernel_image import KERNEL_IMAGE
-
-    if options.kernel is None and not KERNEL_IMAGE.is_file():
+    image = kernel_layout.KERNEL_IMAGE
+    if options.kernel is None and not image.is_file():
         return SymbolTable(
-            missing=f"the kernel image {KERNEL_IMAGE} is not built: give --kernel-image PATH"
+            missing=f"the kernel image {image} is not built: give --kernel-image PATH"
         )
-    return SymbolTable.from_elf(options.kernel or str(KERNEL_IMAGE), sink)
+    return SymbolTable.from_elf(options.kernel or str(image), sink)
 
 
 def _named_elf_symbols(name: Item, sink: DiagnosticSink) -> SymbolTable | None:

@@ -37,12 +37,9 @@ from pathlib import Path
 
 from dprobes.compiler.diagnostics import ByteLoc, DiagnosticSink, SourceLoc
 from dprobes.elf import ElfError, ElfFile, Segment, read_elf
+from dprobes.kernel_layout import KERNEL_BASE
 from dprobes.vm.model import WORD_MASK
 from dprobes.vm.program import ModuleType
-
-PAGE_OFFSET = 0xC000_0000
-"""Where the i386 kernel is mapped; a relative kernel offset counts from here."""
-
 
 _SKIPPED_TYPES = ("STT_SECTION", "STT_FILE")
 _MAP_LINE = re.compile(r"([0-9A-Fa-f]+)\s+([A-Za-z?])\s+(\S+)(?:\s+\[\S+\])?")
@@ -168,15 +165,15 @@ class SymbolTable:
         if absolute:
             return address
         if modtype is ModuleType.KERNEL:
-            if address < PAGE_OFFSET:
+            if address < KERNEL_BASE:
                 sink.error(
                     loc,
                     f"'{name}' ({address:#010x}) is below the kernel's "
-                    f"PAGE_OFFSET {PAGE_OFFSET:#x}",
+                    f"PAGE_OFFSET {KERNEL_BASE:#x}",
                     "write 'address = absolute' to probe it by address",
                 )
                 return None
-            return address - PAGE_OFFSET
+            return address - KERNEL_BASE
         return self._file_offset(name, address, loc, sink)
 
     # --- helpers ---------------------------------------------------------------------

@@ -28,9 +28,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
+from dprobes.kernel_layout import KERNEL_BASE
 from dprobes.runtime.pagecache import GuestFile, PageCache
 from dprobes.runtime.paging import (
-    KERNEL_BASE,
     MMAP_BASE,
     PTE,
     VMA,

@@ -26,19 +26,17 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 from unicorn import UcError
 from unicorn import x86_const as x86
 
+from dprobes.elf import PF_W, PF_X
 from dprobes.runtime import hypercalls, syscalls
 from dprobes.runtime.addrspace import GuestFault, KernelPages, Prot
 from dprobes.runtime.cpu import FIXMAP_GDT, KERNEL_CS, KERNEL_DS, STOP_ADDRESS, USER_CS
-from dprobes.runtime.kernel_image import KERNEL_IMAGE
+from dprobes.runtime.kernel_image import KernelImage
 from dprobes.runtime.kmodule import LoadedModule, ModuleError, ModuleInitError, module_name
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from dprobes.runtime.syscalls.abi import EBUSY, EFAULT, EINVAL, ENOENT, ENOEXEC, ENOSYS
@@ -69,103 +67,13 @@ MODULE_IMAGE_MAX = 1 << 20
 PT_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "xds", "xes", "orig_eax")
 
 
-class KernelImageError(RuntimeError):
-    """The kernel image is missing or lacks what the runtime needs."""
-
-
-@dataclass(frozen=True)
-class TaskLayout:
-    """Offsets in ``struct task_struct`` and the size of ``union task_union`` (from DWARF)."""
-
-    union_size: int
-    offsets: dict[str, int]
-
-
-@dataclass(frozen=True)
-class KernelImage:
-    path: Path
-    segments: tuple[tuple[int, bytes, int, Prot], ...]
-    """(vaddr, file bytes, memory size, protection) of each PT_LOAD."""
-    symbols: dict[str, int]
-    ex_table: dict[int, int]
-    """Faulting instruction -> fixup address."""
-    task: TaskLayout
-
-    @classmethod
-    def read(cls, path: Path = KERNEL_IMAGE) -> KernelImage:
-        try:
-            with open(path, "rb") as f:
-                elf = ELFFile(f)
-                segments = tuple(
-                    (
-                        seg["p_vaddr"],
-                        seg.data(),
-                        seg["p_memsz"],
-                        _protection(seg["p_flags"]),
-                    )
-                    for seg in elf.iter_segments()
-                    if seg["p_type"] == "PT_LOAD"
-                )
-                symtab = elf.get_section_by_name(".symtab")
-                if symtab is None:
-                    raise KernelImageError(f"the kernel image {path} has no symbol table")
-                symbols = {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
-                table = elf.get_section_by_name("__ex_table")
-                words = struct.unpack(f"<{table.data_size // 4}I", table.data()) if table else ()
-                ex_table = dict(zip(words[::2], words[1::2], strict=True))
-                task = _task_layout(elf)
-        except (OSError, ELFError) as exc:
-            raise KernelImageError(f"cannot read the kernel image {path}: {exc}") from exc
-        return cls(path, segments, symbols, ex_table, task)
-
-    def symbol(self, name: str) -> int:
-        try:
-            return self.symbols[name]
-        except KeyError:
-            raise KernelImageError(f"{self.path}: no symbol {name!r}") from None
-
-
 def _protection(p_flags: int) -> Prot:
-    """A segment's PF_X (1), PF_W (2), PF_R (4) as page protection (always readable)."""
+    """A segment's permission bits as page protection (always readable)."""
     return (
         Prot.READ
-        | (Prot.WRITE if p_flags & 2 else Prot.NONE)
-        | (Prot.EXEC if p_flags & 1 else Prot.NONE)
+        | (Prot.WRITE if p_flags & PF_W else Prot.NONE)
+        | (Prot.EXEC if p_flags & PF_X else Prot.NONE)
     )
-
-
-def _task_layout(elf: ELFFile) -> TaskLayout:
-    structs: dict[str, object] = {}
-    for cu in elf.get_dwarf_info().iter_CUs():
-        for die in cu.iter_DIEs():
-            if (
-                die.tag in ("DW_TAG_structure_type", "DW_TAG_union_type")
-                and "DW_AT_name" in die.attributes
-            ):
-                name = die.attributes["DW_AT_name"].value.decode()
-                if "DW_AT_byte_size" in die.attributes:
-                    structs.setdefault(name, die)
-        if {"task_struct", "thread_struct", "task_union"} <= structs.keys():
-            break
-    else:
-        raise KernelImageError("the kernel image's DWARF has no task_struct/task_union")
-
-    def members(die: object) -> dict[str, int]:
-        return {
-            child.attributes["DW_AT_name"].value.decode(): child.attributes[
-                "DW_AT_data_member_location"
-            ].value
-            for child in die.iter_children()  # type: ignore[attr-defined]
-            if child.tag == "DW_TAG_member"
-        }
-
-    offsets = members(structs["task_struct"])
-    thread = offsets["thread"]
-    offsets.update(
-        {f"thread.{k}": thread + v for k, v in members(structs["thread_struct"]).items()}
-    )
-    union_size = structs["task_union"].attributes["DW_AT_byte_size"].value  # type: ignore[attr-defined]
-    return TaskLayout(union_size, offsets)
 
 
 class GuestKernel:
@@ -175,7 +83,8 @@ class GuestKernel:
         self, machine: Machine, image: KernelImage | None = None, tick: int | None = DEFAULT_TICK
     ) -> None:
         self.machine = machine
-        self.image = image or KernelImage.read()
+        self.image = image or KernelImage.load()
+        self.image.task, self.image.ex_table  # noqa: B018 (a bad image fails now, not later)
         self.memory: PhysicalMemory = machine.memory
         self.pages: KernelPages = machine.kernel
         self.log = bytearray()
@@ -223,11 +132,12 @@ class GuestKernel:
     # --- memory --------------------------------------------------------------------------
 
     def _load(self) -> None:
-        for vaddr, data, memsz, prot in self.image.segments:
-            start = vaddr & ~PAGE_MASK
-            for page in range(start, vaddr + memsz, PAGE_SIZE):
+        for segment in self.image.elf.loads:
+            start = segment.vaddr & ~PAGE_MASK
+            prot = _protection(segment.flags)
+            for page in range(start, segment.vaddr + segment.memsz, PAGE_SIZE):
                 self.pages.map(page, self.memory.alloc(), prot, user=False)
-            self.write(vaddr, data)
+            self.write(segment.vaddr, self.image.segment_bytes(segment))
 
     def _physical(self, vaddr: int) -> int:
         frame = self.pages.pages[vaddr >> PAGE_SHIFT][0]

@@ -1,21 +1,31 @@
-"""The guest kernel's image: where it is, and what kernel probes need to know about it.
+"""The guest kernel's image, read once: what the machine needs to run it and what kernel
+probes need to know about it.
 
-``KERNEL_IMAGE`` is the one place the image's path is written (the kernel runtime loads
-it; ``dpc build`` takes kernel symbols from it; the probe manager checks kernel probes
-against it); ``--kernel-image PATH`` picks another. ``KernelImage`` reads an i386 ELF kernel
-once: its symbols, its text (the executable PT_LOAD segments: a kernel probe outside
-them is INVALID_OFFSET), the bytes and instruction boundaries there (``CodeMap``), its
-DWARF compilation units and the exclude regions they and ``exclude.EXCLUDE_RULES`` give.
-It needs no machine; the compiler imports it (which loads the runtime package) only
-for a kernel program built without ``--elf``.
+``KernelImage.load`` reads an i386 ELF kernel (``kernel_layout.KERNEL_IMAGE`` unless told
+otherwise) and its symbols; the rest is read on first use. For the runtime: the PT_LOAD
+segments it maps, the exception table (``__ex_table``: faulting instruction -> fixup) and the
+``task_struct``/``task_union`` layout from DWARF (the C header is that layout's one
+definition). For kernel probes: the text (the executable segments: a kernel probe outside
+them is INVALID_OFFSET), the bytes and instruction boundaries there (``CodeMap``), the DWARF
+compilation units and the exclude regions they and ``exclude.EXCLUDE_RULES`` give. It needs
+no machine.
 """
 
 from __future__ import annotations
 
+import io
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
 from dprobes.elf import PF_X, ElfError, ElfFile, Segment, read_elf
+from dprobes.kernel_layout import KERNEL_IMAGE
 from dprobes.runtime.codemap import CodeMap
 from dprobes.runtime.exclude import (
     CompilationUnit,
@@ -29,23 +39,31 @@ from dprobes.runtime.exclude import (
     unmatched_rules,
 )
 
-KERNEL_IMAGE = Path(__file__).resolve().parent.parent / "guest" / "bin" / "vmlinux"
-"""The guest kernel built from guest/kernel (an ELF32 i386 image linked at 0xC0000000+)."""
+T = TypeVar("T")
 
 
 class KernelImageError(Exception):
-    """The kernel image is missing or unreadable (the message says which and why)."""
+    """The kernel image is missing, unreadable or lacks what the runtime needs (the message
+    says which and why)."""
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """Offsets in ``struct task_struct`` (``thread.*`` for its thread_struct) and the size of
+    ``union task_union`` (from DWARF)."""
+
+    union_size: int
+    offsets: dict[str, int]
 
 
 @dataclass(frozen=True, eq=False)
 class KernelImage:
-    """One kernel image, read once: symbols, text, code, compilation units, regions."""
+    """One kernel image: its ELF file and symbols; the rest is read when first asked for."""
 
     path: Path
     elf: ElfFile
-    code: CodeMap
-    units: tuple[CompilationUnit, ...]
-    regions: tuple[ExcludeRegion, ...]
+    symbols: dict[str, int]
+    """Name -> address, a global symbol winning over a local one of the same name."""
 
     @classmethod
     def load(cls, path: str | Path = KERNEL_IMAGE) -> KernelImage:
@@ -53,9 +71,7 @@ class KernelImage:
         path = Path(path)
         try:
             elf = read_elf(path)
-            elf.symbols  # noqa: B018 (a bad symbol table is found now, not at a probe)
-            units = compilation_units(path)
-            regions = exclude_regions(units, function_extents(path))
+            symbols = _symbol_addresses(elf)
         except FileNotFoundError:
             raise KernelImageError(f"no kernel image at {path}") from None
         except OSError as error:
@@ -64,22 +80,68 @@ class KernelImage:
             raise KernelImageError(
                 f"{path}: not a usable kernel image: {error.problem} (byte {error.offset})"
             ) from None
-        except ExcludeError as error:
-            raise KernelImageError(str(error)) from None
         if not any(segment.flags & PF_X for segment in elf.loads):
             raise KernelImageError(f"{path}: not a usable kernel image: no executable segment")
-        return cls(path, elf, CodeMap.load(path), units, regions)
+        if not symbols:
+            raise KernelImageError(f"{path}: not a usable kernel image: no symbol table")
+        return cls(path, elf, symbols)
+
+    def symbol(self, name: str) -> int:
+        """The address of symbol ``name``; KernelImageError if the image has none."""
+        try:
+            return self.symbols[name]
+        except KeyError:
+            raise KernelImageError(f"{self.path}: no symbol {name!r}") from None
+
+    def segment_bytes(self, segment: Segment) -> bytes:
+        """The file bytes of ``segment`` (its first ``filesz`` bytes in memory)."""
+        return self.elf.data[segment.offset : segment.offset + segment.filesz]
+
+    # --- read on first use: what running it needs ------------------------------------------
+
+    @cached_property
+    def ex_table(self) -> dict[int, int]:
+        """Faulting instruction -> fixup address (``__ex_table``)."""
+        return self._from_sections(_exception_table)
+
+    @cached_property
+    def task(self) -> TaskLayout:
+        """The task_struct/task_union layout, from DWARF."""
+        return self._from_sections(_task_layout)
+
+    def _from_sections(self, read: Callable[[ELFFile], T]) -> T:
+        try:
+            return read(ELFFile(io.BytesIO(self.elf.data)))
+        except (ELFError, KeyError, ValueError, struct.error) as error:
+            raise KernelImageError(f"{self.path}: not a usable kernel image: {error}") from None
+
+    # --- read on first use: what probes need ------------------------------------------------
+
+    @cached_property
+    def code(self) -> CodeMap:
+        """The kernel text's bytes and instruction boundaries."""
+        return CodeMap.load(self.path)
+
+    @cached_property
+    def units(self) -> tuple[CompilationUnit, ...]:
+        """The DWARF compilation units that have code."""
+        try:
+            return compilation_units(self.path)
+        except ExcludeError as error:
+            raise KernelImageError(str(error)) from None
+
+    @cached_property
+    def regions(self) -> tuple[ExcludeRegion, ...]:
+        """Where kernel probes are EXCLUDED (from ``units`` and ``exclude.EXCLUDE_RULES``)."""
+        try:
+            return exclude_regions(self.units, function_extents(self.path))
+        except ExcludeError as error:
+            raise KernelImageError(str(error)) from None
 
     @property
     def text(self) -> tuple[Segment, ...]:
         """The executable segments: where kernel probes may go."""
         return tuple(self.code.segments)
-
-    def symbol(self, name: str) -> int | None:
-        """The address of symbol ``name`` (a global one first), if the image has it."""
-        found = [s for s in self.elf.symbols if s.name == name and s.in_section]
-        found.sort(key=lambda s: s.bind == "STB_LOCAL")
-        return found[0].value if found else None
 
     def file_offset(self, address: int) -> int | None:
         """Where the text byte at ``address`` is in the file (None: not kernel text)."""
@@ -115,3 +177,51 @@ class KernelImage:
     def unmatched_rules(self) -> tuple[ExcludeRule, ...]:
         """Exclude rules this image has nothing for (no such unit or function)."""
         return unmatched_rules(self.regions)
+
+
+def _symbol_addresses(elf: ElfFile) -> dict[str, int]:
+    addresses: dict[str, int] = {}
+    for symbol in sorted(elf.symbols, key=lambda s: s.bind == "STB_LOCAL"):  # globals first
+        if symbol.in_section:
+            addresses.setdefault(symbol.name, symbol.value)
+    return addresses
+
+
+def _exception_table(elf: ELFFile) -> dict[int, int]:
+    table = elf.get_section_by_name("__ex_table")
+    words = struct.unpack(f"<{table.data_size // 4}I", table.data()) if table else ()
+    return dict(zip(words[::2], words[1::2], strict=True))
+
+
+def _task_layout(elf: ELFFile) -> TaskLayout:
+    structs: dict[str, object] = {}
+    for cu in elf.get_dwarf_info().iter_CUs():
+        for die in cu.iter_DIEs():
+            if (
+                die.tag in ("DW_TAG_structure_type", "DW_TAG_union_type")
+                and "DW_AT_name" in die.attributes
+            ):
+                name = die.attributes["DW_AT_name"].value.decode()
+                if "DW_AT_byte_size" in die.attributes:
+                    structs.setdefault(name, die)
+        if {"task_struct", "thread_struct", "task_union"} <= structs.keys():
+            break
+    else:
+        raise ValueError("its DWARF has no task_struct/task_union")
+
+    def members(die: object) -> dict[str, int]:
+        return {
+            child.attributes["DW_AT_name"].value.decode(): child.attributes[
+                "DW_AT_data_member_location"
+            ].value
+            for child in die.iter_children()  # type: ignore[attr-defined]
+            if child.tag == "DW_TAG_member"
+        }
+
+    offsets = members(structs["task_struct"])
+    thread = offsets["thread"]
+    offsets.update(
+        {f"thread.{k}": thread + v for k, v in members(structs["thread_struct"]).items()}
+    )
+    union_size = structs["task_union"].attributes["DW_AT_byte_size"].value  # type: ignore[attr-defined]
+    return TaskLayout(union_size, offsets)

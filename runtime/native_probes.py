@@ -8,7 +8,9 @@ the probe can be served without Python: its handler is compiled (tier ``jit``, o
 segment register write is loaded by the CPU, which may refuse it, or, for fs/gs, not
 applied at all), pid/task/processor, no heap, IO, cpuid/MSR, segment or ``callk``
 service (read from the instruction table's host column, ``vm.isa.host_needs``), and its
-instruction is one the hook steps (not ``pushf``).
+instruction is one the hook steps (not ``pushf``). Kernel probes are never offered:
+their ``push u`` (current's pt_regs frame), ``push task`` (current) and kernel memory reads
+are the Python path's.
 
 Three kinds of shared state need care:
 
@@ -238,6 +240,8 @@ class NativeProbes:
         """After the Python path finished a hit: serve this probe natively from now on, if
         it can be."""
         loaded, record, plan = step.loaded, step.record, step.plan
+        if plan.address >= KERNEL_BASE:
+            return  # a kernel probe: push u, push task and kernel memory need the Python path
         table = self.tables.setdefault(process.pid, {})
         if not record.armed or plan.address in table or len(table) >= TABLE_SIZE // 2:
             return

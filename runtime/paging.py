@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from dprobes.runtime.addrspace import AddressSpace
     from dprobes.runtime.pagecache import GuestFile
 
-KERNEL_BASE = 0xC0000000
 MMAP_MIN_ADDR = 0x10000
 """Lowest address a mapping may have (Linux's vm.mmap_min_addr default): so that a NULL
 pointer dereference, even with an offset, always faults."""

@@ -41,14 +41,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dprobes.kernel_layout import KERNEL_BASE, KERNEL_IMAGE
 from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.codemap import CodeMap
 from dprobes.runtime.journal import Emitted, LogJournal, PackedChunk
-from dprobes.runtime.kernel_image import KERNEL_IMAGE, KernelImage, KernelImageError
+from dprobes.runtime.kernel_image import KernelImage, KernelImageError
 from dprobes.runtime.kmod_probes import KmodProbes
 from dprobes.runtime.logtargets import LogRecord
 from dprobes.runtime.pagecache import GuestFile
-from dprobes.runtime.paging import KERNEL_BASE
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT
 from dprobes.runtime.records import ProbeRecord, RecordStatus
 from dprobes.vm.api import VM, GlobalVariables
@@ -222,8 +222,10 @@ class ProbeManager:
         if self._kernel is None:
             try:
                 running = self.machine.guest_kernel
-                path = running.image.path if running is not None else self.kernel_path
-                self._kernel = KernelImage.load(path or KERNEL_IMAGE)
+                image = running.image if running is not None else None
+                image = image or KernelImage.load(self.kernel_path or KERNEL_IMAGE)
+                image.regions  # noqa: B018 (a bad DWARF is found now, not at a probe)
+                self._kernel = image
             except KernelImageError as error:
                 raise InsertError(f"kernel probes need the kernel image: {error}") from None
         return self._kernel
@@ -285,7 +287,7 @@ class ProbeManager:
         record.original, record.address = original, address
         record.status |= RecordStatus.ACTIVE
         if not planted and not self._plant_kernel(address, INT3, original[0]):
-            record.notes.append("no guest kernel runs (dpc run --kernel): no int3 written")
+            record.notes.append("no guest kernel runs (dpc run --no-kernel): no int3 written")
         self.kernel_probes[address] = (loaded, record)
 
     def _claim(

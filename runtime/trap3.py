@@ -36,10 +36,10 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from dprobes.kernel_layout import KERNEL_BASE
 from dprobes.runtime.addrspace import GuestFault, Prot
 from dprobes.runtime.clock import realtime_ns_at
 from dprobes.runtime.logtargets import HitInfo, LogRecord
-from dprobes.runtime.paging import KERNEL_BASE
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from dprobes.runtime.probe_context import ProbeContext
 from dprobes.runtime.records import ProbeRecord, RecordStatus

@@ -15,15 +15,17 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from unicorn import UC_HOOK_CODE
 
+from dprobes import kernel_layout
 from dprobes.cli import main as cli
 from dprobes.compiler.diagnostics import CompileError
 from dprobes.compiler.pipeline import BuildOptions, compile_rpn
-from dprobes.runtime import kernel_image
 from dprobes.runtime.addrspace import Prot
 from dprobes.runtime.exclude import EXCLUDE_RULES, path_matches
 from dprobes.runtime.kernel_image import KernelImage
@@ -128,7 +130,7 @@ def address(image: KernelImage, name: str) -> int:
 
 def mapped_machine(image: KernelImage) -> Machine:
     """A machine with the image's text in supervisor pages, as a running kernel has it."""
-    machine = Machine()
+    machine = Machine(kernel=False)
     for segment in image.text:
         end = segment.vaddr + segment.filesz
         for page in range(segment.vaddr & ~(PAGE_SIZE - 1), end, PAGE_SIZE):
@@ -235,7 +237,7 @@ def test_resolution_and_statuses(vmlinux: Path, image: KernelImage) -> None:
 
 
 def test_unmapped_kernel_and_opcode_mismatch(vmlinux: Path, image: KernelImage) -> None:
-    manager = ProbeManager(Machine(), kernel_path=str(vmlinux))
+    manager = ProbeManager(Machine(kernel=False), kernel_path=str(vmlinux))
     schedule = address(image, "schedule")
     wrong = image.read(schedule, 1)[0] ^ 1
     loaded = manager.insert(
@@ -243,7 +245,7 @@ def test_unmapped_kernel_and_opcode_mismatch(vmlinux: Path, image: KernelImage) 
     )
     record, mismatch = loaded.records
     assert record.armed
-    assert record.notes == ["no guest kernel runs (dpc run --kernel): no int3 written"]
+    assert record.notes == ["no guest kernel runs (dpc run --no-kernel): no int3 written"]
     assert mismatch.status == RecordStatus.COMPILED | RecordStatus.MISMATCH
     assert mismatch.actual_opcode == wrong ^ 1
 
@@ -293,14 +295,14 @@ def test_trap3_reentered_during_a_step_removes_the_kernel_probe(
 def test_a_bad_kernel_image_is_refused(tmp_path: Path) -> None:
     bogus = tmp_path / "vmlinux"
     bogus.write_bytes(b"not an elf")
-    manager = ProbeManager(Machine(), kernel_path=str(bogus))
+    manager = ProbeManager(Machine(kernel=False), kernel_path=str(bogus))
     program = compile_rpn("k.rpn", text="name = k\nmodtype = kernel\noffset = 0\n exit\n").program
     with pytest.raises(InsertError, match="not a usable kernel image: not an ELF file"):
         manager.insert(program)
 
 
 def test_symbols_need_a_kernel_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernel_image, "KERNEL_IMAGE", tmp_path / "missing")
+    monkeypatch.setattr(kernel_layout, "KERNEL_IMAGE", tmp_path / "missing")
     with pytest.raises(CompileError) as error:
         compile_rpn("k.rpn", text="name = k\nmodtype = kernel\noffset = sys_write\n exit\n")
     text = " ".join(d.message + " ".join(d.hints) for d in error.value.diagnostics)
@@ -329,6 +331,7 @@ def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Pa
     status, _, err = dpc(
         capfd,
         "run",
+        "--no-kernel",  # the test image is not runnable: check probes against it alone
         "--kernel-image",
         str(vmlinux),
         "--probes",
@@ -355,7 +358,7 @@ def test_dpc_build_and_run_query(vmlinux: Path, image: KernelImage, tmp_path: Pa
     assert query == [
         excluded,
         "k probe 1 at sys_write: compiled|active count=0 hits=0 "
-        "(no guest kernel runs (dpc run --kernel): no int3 written)",
+        "(no guest kernel runs (dpc run --no-kernel): no int3 written)",
         "k probe 2 at timer_interrupt: compiled|excluded count=0 hits=0 "
         f"({timer:#010x} is in exclude region arch/i386/kernel/time.c "
         f"[{arch_time_c.start:#010x}, {arch_time_c.end:#010x}))",
@@ -373,7 +376,7 @@ def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
     absolute.write_text("name = k\nmodtype = kernel\n" + probe("0xC0100000", "address = absolute"))
     bogus = tmp_path / "bogus"
     bogus.write_bytes(b"\x7fELF")
-    run = ("run", "--kernel-image", str(bogus), "--probes")
+    run = ("run", "--no-kernel", "--kernel-image", str(bogus), "--probes")
     status, _, err = dpc(capfd, *run, str(absolute), "--", str(BIN / "loop"))
     assert status == 2 and "bogus: byte 4: error: truncated ELF file" in err  # the compiler's
     assert dpc(capfd, "build", "--kernel-image", str(vmlinux), str(absolute))[0] == 0
@@ -385,7 +388,7 @@ def test_dpc_bad_kernel_options(vmlinux: Path, tmp_path: Path, capfd) -> None:
 def test_the_built_kernel_image(capfd, tmp_path: Path) -> None:
     """The committed guest kernel: its time files and entry code are excluded, the system
     calls are not, and ``dpc build`` takes its symbols without ``--kernel-image``."""
-    if not kernel_image.KERNEL_IMAGE.is_file():
+    if not kernel_layout.KERNEL_IMAGE.is_file():
         pytest.skip("the guest kernel image is not built in this tree")
     built = KernelImage.load()
 
@@ -422,12 +425,14 @@ def qemu_writes(program: Path) -> list[int]:
     ]
 
 
-def fire(source: str, program: str, *args: str) -> tuple[ProbeManager, list[int], object]:
+def fire(
+    source: str, program: str, *args: str, tier: str = "interp"
+) -> tuple[ProbeManager, list[int], object]:
     """Run ``program`` with the kernel program ``source``; also gives ``current`` at each log."""
     machine = Machine(kernel=True)
     kernel = machine.guest_kernel
     assert kernel is not None
-    manager = ProbeManager(machine, tier="interp")
+    manager = ProbeManager(machine, tier=tier)
     current: list[int] = []
     manager.on_log.append(lambda _: current.append(kernel.word("current")))
     manager.insert(compile_rpn("k.rpn", text=source).program)
@@ -503,3 +508,77 @@ def test_dpc_run_kernel_fires_kernel_probes_and_keeps_excluded_ones(tmp_path: Pa
     assert f"k probe 0 at sys_write: compiled|active count={len(fds)} hits={len(fds)}" in err
     assert "k probe 1 at do_gettimeofday: compiled|excluded count=0 hits=0" in err
     assert "exclude region kernel/time.c" in err
+
+
+def test_kernel_probes_stay_on_the_python_path_with_native_hooks() -> None:
+    """With a compiling tier a user probe moves to the native hook after its first hit; a
+    kernel probe must not: push u (current's pt_regs, not the kernel's registers), push
+    task (current) and the log's pid come from the Python path on every hit."""
+    source = (
+        "name = k\nmodtype = kernel\nlog = PID PROCNAME\noffset = sys_write\n"
+        "    push u, edx\n    push u, esp\n    push task\n    push r, esp\n    log 4\n    exit\n"
+    )
+    runs = {tier: fire(source, "strings", tier=tier) for tier in ("interp", "jit")}
+    records = {
+        tier: [(e.record.hit.pid, e.record.hit.procname, e.record.data) for e in manager.emitted]
+        for tier, (manager, _, _) in runs.items()
+    }
+    assert len(records["interp"]) == len(qemu_writes(BIN / "strings"))
+    assert records["jit"] == records["interp"]
+    manager, current, _ = runs["jit"]
+    tasks = [struct.unpack("<4I", data)[1] for _, _, data in records["jit"]]
+    assert tasks == current and not manager.native.tables.get(1)
+
+
+def test_probes_on_schedule_and_do_timer_fire_once_per_call() -> None:
+    """Two programs under a 1000-instruction tick: the schedule probe fires exactly as often
+    as schedule's body runs (a unicorn hook on its second instruction counts that), the
+    probe on do_timer (timer_interrupt's callee, kernel/timer.c: not excluded) once per
+    tick (the kernel's own jiffies), while the probe on timer_interrupt stays EXCLUDED."""
+    machine = Machine(kernel=True, tick=1000)
+    kernel = machine.guest_kernel
+    assert kernel is not None
+    manager = ProbeManager(machine, tier="interp")
+    source = (
+        "name = k\nmodtype = kernel\nlog = PID\n"
+        + probe("schedule", "    push task", "    log 1")
+        + probe("do_timer")
+        + probe("timer_interrupt")
+    )
+    manager.insert(compile_rpn("k.rpn", text=source).program)
+    schedule = kernel.image.symbol("schedule")
+    second = schedule + 1  # after `push %ebp`
+    assert kernel.image.is_boundary(second) and kernel.image.read(schedule, 1) == b"\x55"
+    ran: list[int] = []
+    machine.cpu.uc.hook_add(
+        UC_HOOK_CODE, lambda *_: ran.append(kernel.word("current")), begin=second, end=second
+    )
+    first, other = (machine.spawn(BIN / "loop", [str(BIN / "loop")]) for _ in range(2))
+    machine.run(max_instructions=50_000_000)
+    assert first.returncode == other.returncode == RUNS["loop"][2]
+    on_schedule, on_timer, on_interrupt = manager.query()
+    assert on_schedule.hits == len(ran) > 0
+    logged = [e.record for e in manager.emitted if e.record.data]  # do_timer's have none
+    assert [struct.unpack("<I", record.data)[0] for record in logged] == ran  # current
+    assert {record.hit.pid for record in logged} == {first.pid, other.pid}
+    assert on_timer.hits == kernel.word("jiffies") > on_schedule.hits
+    assert "excluded" in on_interrupt.status and on_interrupt.hits == 0
+
+
+def test_building_a_kernel_program_does_not_load_the_machine() -> None:
+    """The compiler takes kernel symbols from the image without importing the runtime (and
+    so unicorn): KERNEL_IMAGE and KERNEL_BASE live in dprobes.kernel_layout."""
+    script = (
+        "import sys\n"
+        "from dprobes.compiler.pipeline import compile_rpn\n"
+        "text = 'name = k\\nmodtype = kernel\\noffset = sys_write\\n exit\\n'\n"
+        "print(compile_rpn('k.rpn', text=text).program.probes[0].offset)\n"
+        "print(sorted(m for m in ('unicorn', 'dprobes.runtime') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    offset, loaded = done.stdout.splitlines()
+    image = KernelImage.load()
+    assert int(offset) == image.symbol("sys_write") - kernel_layout.KERNEL_BASE
+    assert loaded == "[]"

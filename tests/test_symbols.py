@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from dprobes.compiler.diagnostics import ByteLoc, DiagnosticSink, Severity, SourceLoc
-from dprobes.compiler.symbols import PAGE_OFFSET, Symbol, SymbolTable
+from dprobes.compiler.symbols import Symbol, SymbolTable
 from dprobes.elf import PF_R, PF_X, Segment
+from dprobes.kernel_layout import KERNEL_BASE
 from dprobes.vm.program import ModuleType
 
 ET_REL, ET_EXEC = 1, 2
@@ -199,7 +200,7 @@ def test_kernel_offsets_count_from_page_offset() -> None:
     assert not sink.diagnostics
     assert table.probe_offset("low", 0, ModuleType.KERNEL, False, LOC, sink) is None
     message, hints = only_error(sink)
-    assert message == f"'low' (0x00001000) is below the kernel's PAGE_OFFSET {PAGE_OFFSET:#x}"
+    assert message == f"'low' (0x00001000) is below the kernel's PAGE_OFFSET {KERNEL_BASE:#x}"
     assert hints == ("write 'address = absolute' to probe it by address",)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from dprobes.runtime.addrspace import GuestFault, Prot, page_up
+from dprobes.runtime.addrspace import KERNEL_BASE, GuestFault, Prot, page_up
 from dprobes.runtime.hostfiles import HostFile
 from dprobes.runtime.paging import MMAP_MIN_ADDR
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SIZE
@@ -98,7 +98,7 @@ def sys_old_mmap(m: Machine, p: Process, args: int) -> int:
 
 @syscall(91, "munmap")
 def sys_munmap(m: Machine, p: Process, addr: int, length: int) -> int:
-    if addr & PAGE_MASK or length == 0 or addr + length > 0xC0000000:
+    if addr & PAGE_MASK or length == 0 or addr + length > KERNEL_BASE:
         return -EINVAL
     p.space.unmap(addr, length)
     return 0
