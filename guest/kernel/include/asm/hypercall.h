@@ -3,7 +3,7 @@
 #ifndef _ASM_HYPERCALL_H
 #define _ASM_HYPERCALL_H
 
-#define HC_INTERFACE_VERSION 2
+#define HC_INTERFACE_VERSION 3
 #define HC_VECTOR 0x82
 
 /* HC_VERSION(): the interface version (VERSION) */
@@ -30,6 +30,8 @@
 #define HC_MODULE_UNLOAD 10
 /* HC_MODULE_FREE(): free the module HC_MODULE_UNLOAD named; 0 */
 #define HC_MODULE_FREE 11
+/* HC_FORCE_SIG(sig): current takes signal sig for the user-mode fault it entered a trap entry with: Linux's default action (the process ends; no return) */
+#define HC_FORCE_SIG 12
 
 #ifndef __ASSEMBLY__
 static inline long hypercall(long nr, long a, long b, long c, long d)

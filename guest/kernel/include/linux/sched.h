@@ -21,6 +21,7 @@ struct thread_struct {
 	unsigned long esp0; /* top of the kernel stack */
 	unsigned long eip;
 	unsigned long esp;
+	unsigned long cr2, trap_no, error_code; /* the last fault: address, vector, error code */
 };
 
 /* The runtime fills pid, uid, comm and the list when it creates a process; the layout is read
@@ -53,6 +54,7 @@ extern union task_union init_task_union;
 asmlinkage void schedule(void);
 void do_exit(long code) __attribute__((noreturn));
 long host_syscall(void);
+void force_sig(int sig, struct task_struct *p);
 
 /* The user registers of the current system call: at the top of its kernel stack. */
 static inline struct pt_regs *current_regs(void)
