@@ -37,7 +37,9 @@ from dprobes.tests.guest_expectations import (
     run_under_qemu,
 )
 
-LOOP_INSTRUCTIONS = 1_805_785  # measured once (guest kernel included); any change means the counter changed
+LOOP_INSTRUCTIONS = 1_805_785
+"""guest/bin/loop's instructions, the guest kernel's included; measured once: any change
+means the counter changed."""
 
 
 def symbol(name: str, program: str = "loop") -> int:
