@@ -47,6 +47,7 @@ from dprobes.runtime.kmodule import LoadedModule, ModuleError, ModuleInitError, 
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from dprobes.runtime.syscalls.abi import EBUSY, EFAULT, EINVAL, ENOENT, ENOEXEC, ENOSYS
 from dprobes.runtime.syscalls.files import read_bytes, write_bytes
+from dprobes.runtime.syscalls.memory import map_heap
 from dprobes.runtime.traps import BOUND, DIVIDE, PAGE_FAULT, Trap
 
 if TYPE_CHECKING:
@@ -162,10 +163,12 @@ def _task_layout(elf: ELFFile) -> TaskLayout:
                 name = die.attributes["DW_AT_name"].value.decode()
                 if "DW_AT_byte_size" in die.attributes:
                     structs.setdefault(name, die)
-        if {"task_struct", "thread_struct", "task_union"} <= structs.keys():
+        if {"task_struct", "thread_struct", "mm_struct", "task_union"} <= structs.keys():
             break
     else:
-        raise KernelImageError("the kernel image's DWARF has no task_struct/task_union")
+        raise KernelImageError(
+            "the kernel image's DWARF lacks task_struct, thread_struct, mm_struct or task_union"
+        )
 
     def members(die: object) -> dict[str, int]:
         return {
@@ -177,10 +180,10 @@ def _task_layout(elf: ELFFile) -> TaskLayout:
         }
 
     offsets = members(structs["task_struct"])
-    thread = offsets["thread"]
-    offsets.update(
-        {f"thread.{k}": thread + v for k, v in members(structs["thread_struct"]).items()}
-    )
+    for member, struct_name in (("thread", "thread_struct"), ("own_mm", "mm_struct")):
+        offsets.update(
+            {f"{member}.{k}": offsets[member] + v for k, v in members(structs[struct_name]).items()}
+        )
     union_size = structs["task_union"].attributes["DW_AT_byte_size"].value  # type: ignore[attr-defined]
     return TaskLayout(union_size, offsets)
 
@@ -226,6 +229,8 @@ class GuestKernel:
             "HC_MODULE_UNLOAD": self._hc_module_unload,
             "HC_MODULE_FREE": self._hc_module_free,
             "HC_FORCE_SIG": self._hc_force_sig,
+            "HC_MAP_HEAP": self._hc_map_heap,
+            "HC_UNMAP": self._hc_unmap,
         }
         self._trap: Trap | None = None
         """The user-mode fault whose trap entry runs now (for HC_FORCE_SIG's report)."""
@@ -348,6 +353,9 @@ class GuestKernel:
             "comm": comm.ljust(16, b"\0"),
             "regs": struct.pack("<I", top - 4 * (len(PT_REGS)) - RING_FRAME),
             "thread.esp0": struct.pack("<I", top),
+            "mm": struct.pack("<I", base + off["own_mm"]),
+            "own_mm.start_brk": struct.pack("<I", proc.brk_start),
+            "own_mm.brk": struct.pack("<I", proc.brk),
         }
         for name, value in fields.items():
             self.write(base + off[name], value)
@@ -498,6 +506,18 @@ class GuestKernel:
         else:
             self.machine.kill_process(proc, sig, trap.description, trap)
 
+    def _hc_map_heap(self, proc: Process, start: int, end: int, *_: int) -> int:
+        if not _user_pages(start, end):
+            return -EINVAL
+        return map_heap(self.machine, proc, start, end)
+
+    def _hc_unmap(self, proc: Process, start: int, end: int, *_: int) -> int:
+        if not _user_pages(start, end):
+            return -EINVAL
+        if end > start:
+            proc.space.unmap(start, end - start)
+        return 0
+
     def _hc_printk(self, proc: Process, kbuf: int, count: int, *_: int) -> int:
         self.log += self.read(kbuf, count)
         return count
@@ -614,6 +634,11 @@ class GuestKernel:
         if problem or not proc.alive:
             raise ModuleError(f"0x{function:08x}", problem or "the calling process ended")
         return result
+
+
+def _user_pages(start: int, end: int) -> bool:
+    """``[start, end)`` is a page-aligned range of user addresses."""
+    return start <= end <= KERNEL_BASE and not (start | end) & PAGE_MASK
 
 
 def parse_params(text: str) -> dict[str, str]:
