@@ -23,6 +23,8 @@ interrupts the runtime delivers, talking to the host through hypercalls (docs/ke
   ``page_fault``) through a gate like a system call; the C handler sends the signal with
   ``HC_FORCE_SIG`` and the host ends the process as the shortcut would. int3 and the debug
   trap stay on the host (the probe manager owns them).
+- Heap: ``sys_brk`` keeps the break in ``current->mm`` (filled from the process when its
+  task is created); the host only maps and unmaps the pages (HC_MAP_HEAP, HC_UNMAP).
 """
 
 from __future__ import annotations
