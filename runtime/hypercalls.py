@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-VERSION = 2
+VERSION = 4
 """Bumped whenever a number, an argument or a meaning below changes."""
 VECTOR = 0x82
 """The reserved interrupt vector of a hypercall (Linux leaves 0x81-0xEE to device IRQs)."""
@@ -69,6 +69,21 @@ HYPERCALLS = (
         "the cleanup address of loaded module name (user string), 0 for none, or -errno",
     ),
     Hypercall(11, "HC_MODULE_FREE", (), "free the module HC_MODULE_UNLOAD named; 0"),
+    Hypercall(
+        12,
+        "HC_FORCE_SIG",
+        ("sig",),
+        "current takes signal sig for the user-mode fault it entered a trap entry with:"
+        " Linux's default action (the process ends; no return)",
+    ),
+    Hypercall(
+        13,
+        "HC_MAP_HEAP",
+        ("start", "end"),
+        "map the page-aligned user range [start, end) read-write as current's heap; 0, or"
+        " -ENOMEM if the machine could never back it or it meets another mapping",
+    ),
+    Hypercall(14, "HC_UNMAP", ("start", "end"), "unmap [start, end) of current's memory; 0"),
 )
 BY_NUMBER = {call.number: call for call in HYPERCALLS}
 ARGUMENT_REGISTERS = ("ebx", "ecx", "edx", "esi")

@@ -18,7 +18,13 @@ interrupts the runtime delivers, talking to the host through hypercalls (docs/ke
 - Timer: every ``tick`` instructions IRQ 0 is delivered to ``IRQ0x00_interrupt`` (from user
   mode through its gate, from kernel mode only with IF set, as a same-ring frame).
 - Faults: a page fault in ring 0 resumes at the ``__ex_table`` fixup of the faulting
-  instruction (copy_to_user/copy_from_user); other exceptions keep the host's shortcut.
+  instruction (copy_to_user/copy_from_user). A user-mode #DE, #BR or page fault that the
+  probe manager declines enters its trap entry (``divide_error``, ``bounds``,
+  ``page_fault``) through a gate like a system call; the C handler sends the signal with
+  ``HC_FORCE_SIG`` and the host ends the process as the shortcut would. int3 and the debug
+  trap stay on the host (the probe manager owns them).
+- Heap: ``sys_brk`` keeps the break in ``current->mm`` (filled from the process when its
+  task is created); the host only maps and unmaps the pages (HC_MAP_HEAP, HC_UNMAP).
 """
 
 from __future__ import annotations
@@ -34,13 +40,15 @@ from unicorn import x86_const as x86
 
 from dprobes.elf import PF_W, PF_X
 from dprobes.runtime import hypercalls, syscalls
-from dprobes.runtime.addrspace import GuestFault, KernelPages, Prot
+from dprobes.runtime.addrspace import KERNEL_BASE, GuestFault, KernelPages, Prot
 from dprobes.runtime.cpu import FIXMAP_GDT, KERNEL_CS, KERNEL_DS, STOP_ADDRESS, USER_CS
 from dprobes.runtime.kernel_image import KernelImage
 from dprobes.runtime.kmodule import LoadedModule, ModuleError, ModuleInitError, module_name
 from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from dprobes.runtime.syscalls.abi import EBUSY, EFAULT, EINVAL, ENOENT, ENOEXEC, ENOSYS
 from dprobes.runtime.syscalls.files import read_bytes, write_bytes
+from dprobes.runtime.syscalls.memory import map_heap
+from dprobes.runtime.traps import BOUND, DIVIDE, PAGE_FAULT, Trap
 
 if TYPE_CHECKING:
     from dprobes.runtime.machine import Machine
@@ -49,14 +57,26 @@ if TYPE_CHECKING:
 SYSCALL_VECTOR = 0x80
 TSS_OFFSET = 0x800
 """The TSS lives in the GDT's page, past the 32 descriptors (only ss0:esp0 is used)."""
-SYSCALL_GATE, TIMER_GATE = 20, 21
-"""GDT entries of the call gates into ``system_call_gate`` and ``IRQ0x00_gate``."""
+FIRST_GATE = 20
+GATES = {
+    pad: FIRST_GATE + i
+    for i, pad in enumerate(
+        ("system_call_gate", "IRQ0x00_gate", "divide_error_gate", "bounds_gate", "page_fault_gate")
+    )
+}
+"""GDT entry of the call gate into each landing pad of entry.S (consecutive)."""
+SYSCALL_GATE, TIMER_GATE = GATES["system_call_gate"], GATES["IRQ0x00_gate"]
+TRAP_GATES = {DIVIDE: "divide_error_gate", BOUND: "bounds_gate", PAGE_FAULT: "page_fault_gate"}
+"""The user-mode exceptions that enter the kernel (they end in a signal), by vector."""
 FIXMAP_TRAMPOLINE = 0xFFFF5000
-"""A user-executable kernel page with one ``lcall $gate, $0`` per gate (8 bytes apart)."""
+"""A user-executable kernel page with one ``lcall $gate, $0`` per gate (8 bytes apart, in
+GATES order)."""
 TASK_AREA = 0xC1000000
 """Where the task unions go, one after the other."""
 RING_FRAME = 20
 """Bytes the CPU pushes on a ring change: EIP, CS, EFLAGS, ESP, SS."""
+PF_PROTECTION, PF_WRITE, PF_USER = 1, 2, 4
+"""Page-fault error code bits: the page was present, the access a write, from user mode."""
 IF_FLAG, TRAP_FLAG = 1 << 9, 1 << 8
 DEFAULT_TICK = 1_000_000
 """Instructions between two timer interrupts unless told otherwise."""
@@ -117,7 +137,12 @@ class GuestKernel:
             "HC_MODULE_INITED": self._hc_module_inited,
             "HC_MODULE_UNLOAD": self._hc_module_unload,
             "HC_MODULE_FREE": self._hc_module_free,
+            "HC_FORCE_SIG": self._hc_force_sig,
+            "HC_MAP_HEAP": self._hc_map_heap,
+            "HC_UNMAP": self._hc_unmap,
         }
+        self._trap: Trap | None = None
+        """The user-mode fault whose trap entry runs now (for HC_FORCE_SIG's report)."""
         self._initialising: LoadedModule | None = None
         """The module sys_init_module placed and whose init runs now."""
         self._unloading: LoadedModule | None = None
@@ -128,6 +153,9 @@ class GuestKernel:
         self._entry_registers = machine.cpu.batch(("cs", "eip", "eflags", "esp", "ss"))
         self._frame = 0
         """Physical address of the ring-change frame slot of the task on the CPU."""
+        self._esp0 = 0
+        """Where the ring-change frame of the task on the CPU starts (the TSS's esp0)."""
+        self._tss_esp0 = self._physical(FIXMAP_GDT) + TSS_OFFSET + 4
 
     # --- memory --------------------------------------------------------------------------
 
@@ -170,10 +198,8 @@ class GuestKernel:
         gdt = self._physical(FIXMAP_GDT)
         self.memory.write(gdt + TSS_OFFSET + 8, struct.pack("<I", KERNEL_DS))  # ss0
         trampoline = bytearray()
-        for entry, target in (
-            (SYSCALL_GATE, sym("system_call_gate")),
-            (TIMER_GATE, sym("IRQ0x00_gate")),
-        ):
+        for pad, entry in GATES.items():
+            target = sym(pad)
             gate = struct.pack("<HHBBH", target & 0xFFFF, KERNEL_CS, 0, 0xEC, target >> 16)
             self.memory.write(gdt + 8 * entry, gate)
             trampoline += b"\x9a" + struct.pack("<IH", 0, entry << 3 | 3) + b"\x90"  # lcall; nop
@@ -187,16 +213,23 @@ class GuestKernel:
         )
         cpu.boot_context = cpu.uc.context_save()
 
-    def _enter(self, gate: int, eip: int, flags: int, esp: int, ss: int) -> None:
-        """From user mode: push the ring-change frame the CPU would, and enter by ``gate``."""
-        frame = struct.pack("<5I", eip, USER_CS, flags, esp, ss)
-        self.memory.bytes[self._frame : self._frame + RING_FRAME] = frame
-        self.memory.bytes[self._gate_open] = 1
+    def _enter(
+        self, gate: int, eip: int, flags: int, esp: int, ss: int, error_code: int | None = None
+    ) -> None:
+        """From user mode: push the ring-change frame the CPU would (with ``error_code``
+        below it for a page fault), and enter by ``gate``."""
+        extra = b"" if error_code is None else struct.pack("<I", error_code)
+        memory = self.memory.bytes
+        memory[self._frame - len(extra) : self._frame + RING_FRAME] = extra + struct.pack(
+            "<5I", eip, USER_CS, flags, esp, ss
+        )
+        memory[self._tss_esp0 : self._tss_esp0 + 4] = struct.pack("<I", self._esp0 - len(extra))
+        memory[self._gate_open] = 1
         # as the IDT gate would: TF off (a single-stepped int 0x80 traps after the iret, at
         # the instruction after it), IF off too for an interrupt
         cleared = TRAP_FLAG | (IF_FLAG if gate == TIMER_GATE else 0)
         self.machine.cpu.write_registers(
-            {"eflags": flags & ~cleared, "eip": FIXMAP_TRAMPOLINE + 8 * (gate - SYSCALL_GATE)}
+            {"eflags": flags & ~cleared, "eip": FIXMAP_TRAMPOLINE + 8 * (gate - FIRST_GATE)}
         )
 
     # --- tasks ---------------------------------------------------------------------------
@@ -230,6 +263,9 @@ class GuestKernel:
             "comm": comm.ljust(16, b"\0"),
             "regs": struct.pack("<I", top - 4 * (len(PT_REGS)) - RING_FRAME),
             "thread.esp0": struct.pack("<I", top),
+            "mm": struct.pack("<I", base + off["own_mm"]),
+            "own_mm.start_brk": struct.pack("<I", proc.brk_start),
+            "own_mm.brk": struct.pack("<I", proc.brk),
         }
         for name, value in fields.items():
             self.write(base + off[name], value)
@@ -239,9 +275,9 @@ class GuestKernel:
     def _switched(self, proc: Process) -> None:
         base = self.tasks.get(proc.pid) or self._create_task(proc)
         self.memory.write(self._current, struct.pack("<I", base))
-        esp0 = base + self.image.task.union_size - RING_FRAME
+        esp0 = self._esp0 = base + self.image.task.union_size - RING_FRAME
         self._frame = self._physical(esp0)  # (RING_FRAME bytes, all in the stack's top page)
-        self.memory.write(self._physical(FIXMAP_GDT) + TSS_OFFSET + 4, struct.pack("<I", esp0))
+        self.memory.write(self._tss_esp0, struct.pack("<I", esp0))
         # a process stopped between _enter and its lcall is still crossing its gate
         eip = self.machine.cpu.reg("eip")
         crossing = FIXMAP_TRAMPOLINE <= eip < FIXMAP_TRAMPOLINE + PAGE_SIZE
@@ -270,6 +306,26 @@ class GuestKernel:
             self._hypercall()
             return True
         return False
+
+    def enter_trap(self, trap: Trap) -> bool:
+        """A user-mode fault nobody handled: enter its trap entry if it has one (True)."""
+        pad = TRAP_GATES.get(trap.vector)
+        cs, eip, flags, esp, ss = self._entry_registers.read()
+        if pad is None or cs & 3 != 3:
+            return False
+        error_code = None
+        if trap.vector == PAGE_FAULT:
+            address, proc = trap.address or 0, self.machine.current
+            # a fault inside a mapping is a protection violation: the TLB fill pages in the rest
+            present = address >= KERNEL_BASE or (
+                proc is not None and proc.space.find_vma(address) is not None
+            )
+            write = trap.access is not None and trap.access & Prot.WRITE
+            error_code = PF_USER | (PF_PROTECTION if present else 0) | (PF_WRITE if write else 0)
+            self.machine.cpu.uc.reg_write(x86.UC_X86_REG_CR2, address)
+        self._trap = trap
+        self._enter(GATES[pad], eip, flags, esp, ss, error_code)
+        return True
 
     def fixup(self, eip: int) -> bool:
         """A page fault in ring 0 at ``eip``: resume at its exception-table fixup if any."""
@@ -351,6 +407,25 @@ class GuestKernel:
 
     def _hc_schedule(self, proc: Process, *_: int) -> int:
         self.machine.cpu.uc.emu_stop()
+        return 0
+
+    def _hc_force_sig(self, proc: Process, sig: int, *_: int) -> None:
+        trap, self._trap = self._trap, None
+        if trap is None:
+            self.machine.kill_process(proc, sig, f"signal {sig} forced by the kernel")
+        else:
+            self.machine.kill_process(proc, sig, trap.description, trap)
+
+    def _hc_map_heap(self, proc: Process, start: int, end: int, *_: int) -> int:
+        if not _user_pages(start, end):
+            return -EINVAL
+        return map_heap(self.machine, proc, start, end)
+
+    def _hc_unmap(self, proc: Process, start: int, end: int, *_: int) -> int:
+        if not _user_pages(start, end):
+            return -EINVAL
+        if end > start:
+            proc.space.unmap(start, end - start)
         return 0
 
     def _hc_printk(self, proc: Process, kbuf: int, count: int, *_: int) -> int:
@@ -469,6 +544,11 @@ class GuestKernel:
         if problem or not proc.alive:
             raise ModuleError(f"0x{function:08x}", problem or "the calling process ended")
         return result
+
+
+def _user_pages(start: int, end: int) -> bool:
+    """``[start, end)`` is a page-aligned range of user addresses."""
+    return start <= end <= KERNEL_BASE and not (start | end) & PAGE_MASK
 
 
 def parse_params(text: str) -> dict[str, str]:

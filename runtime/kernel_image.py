@@ -49,8 +49,8 @@ class KernelImageError(Exception):
 
 @dataclass(frozen=True)
 class TaskLayout:
-    """Offsets in ``struct task_struct`` (``thread.*`` for its thread_struct) and the size of
-    ``union task_union`` (from DWARF)."""
+    """Offsets in ``struct task_struct`` (``thread.*`` and ``own_mm.*`` for its thread_struct
+    and mm_struct) and the size of ``union task_union`` (from DWARF)."""
 
     union_size: int
     offsets: dict[str, int]
@@ -204,10 +204,10 @@ def _task_layout(elf: ELFFile) -> TaskLayout:
                 name = die.attributes["DW_AT_name"].value.decode()
                 if "DW_AT_byte_size" in die.attributes:
                     structs.setdefault(name, die)
-        if {"task_struct", "thread_struct", "task_union"} <= structs.keys():
+        if {"task_struct", "thread_struct", "mm_struct", "task_union"} <= structs.keys():
             break
     else:
-        raise ValueError("its DWARF has no task_struct/task_union")
+        raise ValueError("its DWARF lacks task_struct, thread_struct, mm_struct or task_union")
 
     def members(die: object) -> dict[str, int]:
         return {
@@ -219,9 +219,9 @@ def _task_layout(elf: ELFFile) -> TaskLayout:
         }
 
     offsets = members(structs["task_struct"])
-    thread = offsets["thread"]
-    offsets.update(
-        {f"thread.{k}": thread + v for k, v in members(structs["thread_struct"]).items()}
-    )
+    for member, struct_name in (("thread", "thread_struct"), ("own_mm", "mm_struct")):
+        offsets.update(
+            {f"{member}.{k}": offsets[member] + v for k, v in members(structs[struct_name]).items()}
+        )
     union_size = structs["task_union"].attributes["DW_AT_byte_size"].value  # type: ignore[attr-defined]
     return TaskLayout(union_size, offsets)

@@ -214,7 +214,7 @@ class Machine:
         self, proc: Process, signal: int, reason: str, trap: Trap | None = None
     ) -> None:
         """End ``proc`` with a fatal ``signal``; the crash report says where and why."""
-        eip = self.saved_eip(proc)
+        eip = trap.eip if trap is not None else self.saved_eip(proc)
         at = trap.instruction if trap is not None else eip
         insn = "unreadable instruction"
         for n in (16, PAGE_SIZE - (at & (PAGE_SIZE - 1))):  # up to the page end, if need be
@@ -441,10 +441,9 @@ class Machine:
         handler = self.trap_handler
         if handler is not None and handler(self, proc, trap):
             return
-        what = trap.name
-        if trap.vector == PAGE_FAULT and trap.access is not None:
-            what += f" on {trap.access.name.lower()}"
-        self.kill_process(proc, trap.default_signal, what, trap)
+        if self.guest_kernel is not None and self.guest_kernel.enter_trap(trap):
+            return  # its handler sends the signal (HC_FORCE_SIG)
+        self.kill_process(proc, trap.default_signal, trap.description, trap)
 
     # --- memory services for the probe manager and the address spaces --------------------
 

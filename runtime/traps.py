@@ -80,6 +80,13 @@ class Trap:
         return NAMES.get(self.vector, f"exception {self.vector}")
 
     @property
+    def description(self) -> str:
+        """What a crash report says happened: the name, and the access of a page fault."""
+        if self.vector == PAGE_FAULT and self.access is not None:
+            return f"{self.name} on {self.access.name.lower()}"
+        return self.name
+
+    @property
     def default_signal(self) -> int:
         """What Linux delivers: SIGTRAP for int3/#DB, SIGSEGV for #BR, #GP, #PF, ..."""
         return SIGNALS.get(self.vector, SIGSEGV)

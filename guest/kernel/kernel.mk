@@ -6,7 +6,8 @@ KSRC := kernel
 KOBJ := $(OBJ)/kernel
 KERNEL_SOURCES := arch/i386/kernel/entry.S arch/i386/kernel/syscall_table.c \
 	arch/i386/kernel/time.c arch/i386/kernel/init_task.c \
-	arch/i386/lib/usercopy.c kernel/sched.c kernel/fork.c \
+	arch/i386/kernel/traps.c arch/i386/mm/fault.c \
+	arch/i386/lib/usercopy.c kernel/sched.c kernel/signal.c kernel/fork.c \
 	kernel/exit.c kernel/sys.c kernel/time.c kernel/timer.c kernel/module.c kernel/printk.c \
 	fs/read_write.c fs/open.c mm/mmap.c
 KERNEL_OBJECTS := $(addprefix $(KOBJ)/,$(addsuffix .o,$(basename $(KERNEL_SOURCES))))

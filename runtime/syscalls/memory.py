@@ -41,15 +41,24 @@ def sys_brk(m: Machine, p: Process, addr: int) -> int:
         return p.brk
     old_end, new_end = page_up(p.brk), page_up(addr)
     if new_end > old_end:
-        if new_end - old_end > m.memory.size:
-            return p.brk  # ENOMEM: more than the machine has
-        if any(v.start < new_end and v.end > old_end for v in p.space.vmas):
-            return p.brk  # would run into another mapping
-        p.space.map(old_end, new_end - old_end, Prot.READ | Prot.WRITE, name="[heap]")
+        if map_heap(m, p, old_end, new_end):
+            return p.brk
     elif new_end < old_end:
         p.space.unmap(new_end, old_end - new_end)
     p.brk = addr
     return addr
+
+
+def map_heap(m: Machine, p: Process, start: int, end: int) -> int:
+    """Grow the heap over the page-aligned ``[start, end)``: 0, or -ENOMEM if the machine
+    could never back it or it would run into another mapping (brk's bookkeeping is the
+    caller's: this function or, on the guest kernel, ``sys_brk`` in mm/mmap.c)."""
+    if end - start > m.memory.size:
+        return -ENOMEM
+    if any(v.start < end and v.end > start for v in p.space.vmas):
+        return -ENOMEM
+    p.space.map(start, end - start, Prot.READ | Prot.WRITE, name="[heap]")
+    return 0
 
 
 def _mmap(

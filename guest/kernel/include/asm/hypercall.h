@@ -3,7 +3,7 @@
 #ifndef _ASM_HYPERCALL_H
 #define _ASM_HYPERCALL_H
 
-#define HC_INTERFACE_VERSION 2
+#define HC_INTERFACE_VERSION 4
 #define HC_VECTOR 0x82
 
 /* HC_VERSION(): the interface version (VERSION) */
@@ -30,6 +30,12 @@
 #define HC_MODULE_UNLOAD 10
 /* HC_MODULE_FREE(): free the module HC_MODULE_UNLOAD named; 0 */
 #define HC_MODULE_FREE 11
+/* HC_FORCE_SIG(sig): current takes signal sig for the user-mode fault it entered a trap entry with: Linux's default action (the process ends; no return) */
+#define HC_FORCE_SIG 12
+/* HC_MAP_HEAP(start, end): map the page-aligned user range [start, end) read-write as current's heap; 0, or -ENOMEM if the machine could never back it or it meets another mapping */
+#define HC_MAP_HEAP 13
+/* HC_UNMAP(start, end): unmap [start, end) of current's memory; 0 */
+#define HC_UNMAP 14
 
 #ifndef __ASSEMBLY__
 static inline long hypercall(long nr, long a, long b, long c, long d)

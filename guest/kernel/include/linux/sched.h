@@ -21,9 +21,16 @@ struct thread_struct {
 	unsigned long esp0; /* top of the kernel stack */
 	unsigned long eip;
 	unsigned long esp;
+	unsigned long cr2, trap_no, error_code; /* the last fault: address, vector, error code */
 };
 
-/* The runtime fills pid, uid, comm and the list when it creates a process; the layout is read
+/* A process's memory as the kernel keeps it: the heap's start and its break (the host keeps
+   the page tables and the other mappings). */
+struct mm_struct {
+	unsigned long start_brk, brk;
+};
+
+/* The runtime fills pid, uid, comm, mm and the list when it creates a process; the layout is read
    from this image's DWARF, so this struct is the one definition of it. */
 struct task_struct {
 	volatile long state;
@@ -34,6 +41,8 @@ struct task_struct {
 	unsigned int uid;
 	char comm[TASK_COMM_LEN];
 	struct pt_regs *regs; /* the user registers saved at the last kernel entry */
+	struct mm_struct *mm; /* &own_mm: no two processes share an address space here */
+	struct mm_struct own_mm;
 	int exit_code;
 	struct thread_struct thread;
 	struct task_struct *next_task, *prev_task;
@@ -53,6 +62,7 @@ extern union task_union init_task_union;
 asmlinkage void schedule(void);
 void do_exit(long code) __attribute__((noreturn));
 long host_syscall(void);
+void force_sig(int sig, struct task_struct *p);
 
 /* The user registers of the current system call: at the top of its kernel stack. */
 static inline struct pt_regs *current_regs(void)
