@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from dprobes.compiler.pipeline import compile_rpn
-from dprobes.runtime.kernel import KernelImage
+from dprobes.runtime.kernel_image import KernelImage
 from dprobes.runtime.machine import Machine
 from dprobes.runtime.probes import ProbeManager
 from dprobes.tests.guest_expectations import BIN, RUNS
@@ -38,7 +38,7 @@ def qemu_brk_calls(program: str, *args: str) -> list[tuple[int, int]]:
 def test_a_probe_on_sys_brk_sees_the_break_the_kernel_keeps() -> None:
     calls = qemu_brk_calls("hello_glibc")
     assert len(calls) > 2
-    offsets = KernelImage.read().task.offsets
+    offsets = KernelImage.load().task.offsets
     mm_brk = offsets["own_mm.brk"] - offsets["own_mm"]
     mm_start = offsets["own_mm.start_brk"] - offsets["own_mm"]
     source = (
