@@ -169,17 +169,21 @@ class KmodProbes:
         offset = address - module.base
         code = module.image.code_map
         if address not in module or code.segment(offset) is None:
-            record.status |= RecordStatus.INVALID_OFFSET
-            record.notes.append(f"0x{address:x} is not in the code of module {module.name}")
+            record.refuse(
+                RecordStatus.INVALID_OFFSET,
+                f"0x{address:x} is not in the code of module {module.name}",
+            )
             return
         if not code.is_boundary(offset):
-            record.status |= RecordStatus.INVALID_OFFSET
-            record.notes.append(f"offset 0x{offset:x} is not an instruction boundary")
+            record.refuse(
+                RecordStatus.INVALID_OFFSET, f"offset 0x{offset:x} is not an instruction boundary"
+            )
             return
         holder = self.by_address.get(address)
         if holder is not None:
-            record.status |= RecordStatus.DUPLICATE
-            record.notes.append(f"0x{address:x} is already probed by {holder[0].name}")
+            record.refuse(
+                RecordStatus.DUPLICATE, f"0x{address:x} is already probed by {holder[0].name}"
+            )
             return
         original = read_virtual(
             self.manager.machine.memory,

@@ -240,12 +240,14 @@ class ProbeManager:
         assert file is not None
         offset = point.offset
         if codemap.segment(offset) is None:
-            record.status |= RecordStatus.INVALID_OFFSET
-            record.notes.append(f"offset 0x{offset:x} is not in an executable segment")
+            record.refuse(
+                RecordStatus.INVALID_OFFSET, f"offset 0x{offset:x} is not in an executable segment"
+            )
             return
         if not codemap.is_boundary(offset):
-            record.status |= RecordStatus.INVALID_OFFSET
-            record.notes.append(f"offset 0x{offset:x} is not an instruction boundary")
+            record.refuse(
+                RecordStatus.INVALID_OFFSET, f"offset 0x{offset:x} is not an instruction boundary"
+            )
             return
         key = (file.id, offset)
         planted = self._claim(self.user_probes, key, loaded, record, f"offset 0x{offset:x}")
@@ -267,16 +269,18 @@ class ProbeManager:
         address = point.offset if point.absolute else (KERNEL_BASE + point.offset) & WORD_MASK
         region = image.excluded(address)
         if region is not None:
-            record.status |= RecordStatus.EXCLUDED
-            record.notes.append(f"{address:#010x} is {region.describe()}")
+            record.refuse(RecordStatus.EXCLUDED, f"{address:#010x} is {region.describe()}")
             return
         if image.file_offset(address) is None:
-            record.status |= RecordStatus.INVALID_OFFSET
-            record.notes.append(f"{address:#010x} is not in the kernel text of {image.path}")
+            record.refuse(
+                RecordStatus.INVALID_OFFSET,
+                f"{address:#010x} is not in the kernel text of {image.path}",
+            )
             return
         if not image.is_boundary(address):
-            record.status |= RecordStatus.INVALID_OFFSET
-            record.notes.append(f"{address:#010x} is not an instruction boundary")
+            record.refuse(
+                RecordStatus.INVALID_OFFSET, f"{address:#010x} is not an instruction boundary"
+            )
             return
         planted = self._claim(self.kernel_probes, address, loaded, record, f"{address:#010x}")
         if planted is None:

@@ -61,6 +61,11 @@ class ProbeRecord:
         self.counters.count = -self.point.pass_count
         self.counters.max_hits = self.max_hits
 
+    def refuse(self, status: RecordStatus, why: str) -> None:
+        """Mark the probe not inserted, with ``status`` and the reason ``--query`` shows."""
+        self.status |= status
+        self.notes.append(why)
+
     @property
     def count(self) -> int:
         return self.counters.count
