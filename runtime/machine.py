@@ -19,6 +19,7 @@ import contextlib
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from signal import Signals
 
@@ -441,6 +442,10 @@ class Machine:
         handler = self.trap_handler
         if handler is not None and handler(self, proc, trap):
             return
+        eip = self.cpu.reg("eip")
+        if eip != trap.eip:  # the fault of a probed instruction stepped out of line, put
+            # back at the instruction itself by the probe manager: report it there
+            trap = replace(trap, eip=eip, instruction=eip + trap.instruction - trap.eip)
         if self.guest_kernel is not None and self.guest_kernel.enter_trap(trap):
             return  # its handler sends the signal (HC_FORCE_SIG)
         self.kill_process(proc, trap.default_signal, trap.description, trap)
