@@ -48,6 +48,7 @@ from dprobes.runtime.physmem import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PhysicalMe
 from dprobes.runtime.syscalls.abi import EBUSY, EFAULT, EINVAL, ENOENT, ENOEXEC, ENOSYS
 from dprobes.runtime.syscalls.files import read_bytes, write_bytes
 from dprobes.runtime.syscalls.memory import map_heap
+from dprobes.runtime.syscalls.table import host_call
 from dprobes.runtime.traps import BOUND, DIVIDE, PAGE_FAULT, Trap
 
 if TYPE_CHECKING:
@@ -370,10 +371,10 @@ class GuestKernel:
         number, *args = self._hypercall_registers.read()
         self.hypercalls += 1
         handler = self._by_number.get(number)
-        try:
-            result = -ENOSYS if handler is None or proc is None else handler(proc, *args)
-        except GuestFault:
-            result = -EFAULT
+        if handler is None or proc is None:
+            result = -ENOSYS
+        else:
+            result = host_call(machine, proc, lambda: handler(proc, *args))
         if result is not None and proc is not None and proc.alive:
             cpu.set_reg("eax", result & 0xFFFFFFFF)
 

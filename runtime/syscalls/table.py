@@ -51,11 +51,17 @@ def dispatch(machine: Machine, proc: Process, number: int, args: tuple[int, ...]
             machine.warn(unimplemented_message(number))
         machine.unknown_syscalls[number] = calls + 1
         return -ENOSYS
+    return host_call(machine, proc, lambda: fn(machine, proc, *args[: fn.__code__.co_argcount - 2]))
+
+
+def host_call(machine: Machine, proc: Process, call: Callable[[], int | None]) -> int | None:
+    """Run the host side of a system call (or of a guest kernel's hypercall): the value
+    for EAX, with what the host raised turned into -errno, or None if the process is gone."""
     try:
-        return fn(machine, proc, *args[: fn.__code__.co_argcount - 2])
+        return call()
     except GuestFault:
         return -EFAULT
-    except OSError as exc:  # a host file the guest may read said no
+    except OSError as exc:  # a host file said no, or a stop request interrupted a wait
         return -(exc.errno or EIO)
     except (ValueError, OverflowError):  # an argument no check above anticipated
         return -EINVAL
