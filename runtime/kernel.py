@@ -365,10 +365,13 @@ class GuestKernel:
         self, at: int, path: str | Path, params: Mapping[str, str] | None = None
     ) -> TimedInsmod:
         """Insmod ``path`` when the instruction counter reaches ``at`` (see TimedInsmod);
-        loads due at the same count are made in the order they were scheduled."""
+        loads due at the same count are made in the order they were scheduled. From a hook
+        while the CPU runs, the counter's stop limit is lowered so that it stops for it."""
         timed = TimedInsmod(at, str(path), dict(params or {}))
         self.timed.append(timed)
         self.timed.sort(key=lambda t: t.at)  # stable: scheduling order within a count
+        counter = self.machine.cpu.counter
+        counter.limit = min(counter.limit, at)
         return timed
 
     def run_due_insmods(self) -> None:
