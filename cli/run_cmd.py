@@ -31,6 +31,7 @@ from dprobes.vm.program import LogField, LogTarget, ModuleType, Program
 
 if TYPE_CHECKING:
     from dprobes.runtime.filesystem import FileSystemView
+    from dprobes.runtime.kernel import TimedInsmod
     from dprobes.runtime.logformat.writer import LogWriter, TraceWriter
     from dprobes.runtime.machine import Machine
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
@@ -127,9 +128,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--insmod",
         action="append",
         default=[],
-        metavar="MOD.o[:P=V,...]",
-        help="load a kernel module (parameters P=V) before the program starts; not with "
-        "--no-kernel (repeatable, loaded in order; a failed load ends the run with status 1)",
+        metavar="MOD.o[@N][:P=V,...]",
+        help="load a kernel module (parameters P=V) before the program starts, or with @N "
+        "when the machine has run N instructions (at the first block boundary from there in "
+        "user mode); not with --no-kernel (repeatable, loaded in order; a failed load: status "
+        "1, the program not run if it was to load before it)",
     )
     parser.add_argument(
         "--dmesg", action="store_true", help="print the guest kernel's log at the end"
@@ -333,6 +336,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     limit = _positive(args.max_instructions, "--max-instructions")
     if args.insmod and not args.kernel:
         raise UsageError("--insmod needs the guest kernel: drop --no-kernel")
+    modules = [_insmod_spec(spec) for spec in args.insmod]
     fs = _file_system(args)
     env = guest_environment(args)
     apply_tier_options(args)
@@ -391,7 +395,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     try:
         sys.stdout.flush()  # the guest writes to fd 1 itself, after anything dpc printed
         process = machine.spawn(command[0], command, env, stdio=Stdio.host())
-        failed_module = _insert_modules(machine, process, args.insmod)
+        failed_module, timed = _insert_modules(machine, process, modules)
         try:
             if failed_module is None:
                 with stop_on_signals(machine):
@@ -408,6 +412,7 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
         for stream in opened:
             stream.close()
     _warn_programs_not_run(inserted, machine)
+    failed_module = failed_module or _timed_insmods_failed(timed, machine)
     if args.dmesg and machine.guest_kernel is not None:
         sys.stderr.write(machine.guest_kernel.log.decode(errors="replace"))
     if process.crash is not None and process.signal != SIGPIPE:  # silent, as in a shell
@@ -429,23 +434,58 @@ def cmd_run(args: argparse.Namespace, options: BuildOptions) -> int:
     return code
 
 
-def _insert_modules(machine: Machine, process: Process, specs: list[str]) -> str | None:
-    """Load the ``--insmod`` modules in order, their init run as ``process`` (before its
-    first instruction); None, or what went wrong with the first that failed."""
+def _insmod_spec(spec: str) -> tuple[str, int | None, str]:
+    """An ``--insmod`` value ``MOD.o[@N][:P=V,...]``: the object's path, the instruction
+    count to load it at (None: before the program starts) and its parameters' text."""
+    path, colon, params = spec.rpartition(":")
+    if not colon or "=" not in params:
+        path, params = spec, ""
+    path, at_sign, count = path.rpartition("@")
+    if not at_sign:
+        return count, None, params
+    if not path:
+        raise UsageError(f"--insmod: no module object before '@' in '{spec}'")
+    what = f"--insmod {spec}: the instruction count after '@'"
+    return path, parse_at_least(count, what, 0), params
+
+
+def _insert_modules(
+    machine: Machine, process: Process, specs: list[tuple[str, int | None, str]]
+) -> tuple[str | None, list[TimedInsmod]]:
+    """Load the ``--insmod`` modules due before the program starts, in order, their init
+    run as ``process`` (before its first instruction), and schedule the others: None or
+    what went wrong with the first that failed, and the scheduled loads."""
     from dprobes.runtime.kernel import parse_params
     from dprobes.runtime.kmodule import ModuleError
 
     kernel = machine.guest_kernel
     assert kernel is not None or not specs
-    for spec in specs:
-        path, colon, params = spec.rpartition(":")
-        if not colon or "=" not in params:
-            path, params = spec, ""
+    timed = []
+    for path, at, params in specs:
         try:
-            kernel.insmod(process, path, parse_params(params))
+            if at is not None:
+                timed.append(kernel.schedule_insmod(at, path, parse_params(params)))
+            else:
+                kernel.insmod(process, path, parse_params(params))
         except ModuleError as error:
-            return str(error)
-    return None
+            return str(error), timed
+    return None, timed
+
+
+def _timed_insmods_failed(timed: list[TimedInsmod], machine: Machine) -> str | None:
+    """What went wrong with the first ``--insmod MOD.o@N`` that failed (None: none did);
+    a warning for each that was still due when the run ended."""
+    failed = None
+    for load in timed:
+        if load.loaded_at is None:
+            print(
+                f"dpc run: warning: --insmod {load.path}@{load.at}: not loaded: the run "
+                f"ended at instruction {machine.cpu.counter.executed}",
+                file=sys.stderr,
+            )
+        elif load.error is not None and failed is None:
+            failed = f"{load.error} (at instruction {load.loaded_at})"
+    return failed
 
 
 def _probe_program(path: str, options: BuildOptions) -> Program:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,21 @@ MODULE_IMAGE_MAX = 1 << 20
 PT_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "xds", "xes", "orig_eax")
 
 
+@dataclass
+class TimedInsmod:
+    """An insmod due when the machine's instruction counter reaches ``at`` (``dpc run
+    --insmod MOD.o@N``): done at the first block boundary from there at which the current
+    process is in user mode, its init run as that process."""
+
+    at: int
+    path: str
+    params: dict[str, str]
+    loaded_at: int | None = None
+    """The counter when the load was made (whether or not it succeeded)."""
+    error: str | None = None
+    """Why the load failed (None: it loaded, or is still due)."""
+
+
 def _protection(p_flags: int) -> Prot:
     """A segment's permission bits as page protection (always readable)."""
     return (
@@ -118,6 +134,8 @@ class GuestKernel:
         self._free_slots: list[int] = []
         self._next_slot = 0
         self.hypercalls = 0
+        self.timed: list[TimedInsmod] = []
+        """Scheduled insmods not yet made, in the order they are due."""
         self._load()
         self._current = self._physical(self.image.symbol("current"))
         self._gate_open = self._physical(self.image.symbol("gate_open"))
@@ -335,6 +353,41 @@ class GuestKernel:
             return False
         self.machine.cpu.set_reg("eip", target)
         return True
+
+    def next_stop(self) -> int | None:
+        """The counter value at which the machine must stop for the kernel: the next tick
+        or the next timed insmod (None: neither)."""
+        due = [
+            n for n in (self.next_tick, self.timed[0].at if self.timed else None) if n is not None
+        ]
+        return min(due, default=None)
+
+    def schedule_insmod(
+        self, at: int, path: str | Path, params: Mapping[str, str] | None = None
+    ) -> TimedInsmod:
+        """Insmod ``path`` when the instruction counter reaches ``at`` (see TimedInsmod);
+        loads due at the same count are made in the order they were scheduled. From a hook
+        while the CPU runs, the counter's stop limit is lowered so that it stops for it."""
+        timed = TimedInsmod(at, str(path), dict(params or {}))
+        self.timed.append(timed)
+        self.timed.sort(key=lambda t: t.at)  # stable: scheduling order within a count
+        counter = self.machine.cpu.counter
+        counter.limit = min(counter.limit, at)
+        return timed
+
+    def run_due_insmods(self) -> None:
+        """Make the timed insmods that are due, if the current process is in user mode
+        (``call`` needs its kernel stack free); otherwise they wait for a later boundary."""
+        proc, counter = self.machine.current, self.machine.cpu.counter
+        while self.timed and counter.executed >= self.timed[0].at:
+            if proc is None or not proc.alive or self.machine.cpu.reg("cs") & 3 != 3:
+                return
+            timed = self.timed.pop(0)
+            timed.loaded_at = counter.executed
+            try:
+                self.insmod(proc, timed.path, timed.params)
+            except ModuleError as error:
+                timed.error = str(error)
 
     def tick_due(self) -> bool:
         return self.next_tick is not None and self.machine.cpu.counter.executed >= self.next_tick

@@ -329,21 +329,24 @@ class Machine:
 
     def _emulate(self, proc: Process, begin: int, end: int) -> None:
         """Run ``proc`` from ``begin`` until the counter reaches ``end`` or emulation is
-        stopped, delivering the guest kernel's timer ticks on the way."""
+        stopped, delivering the guest kernel's timer ticks and timed insmods on the way."""
         counter, kernel = self.cpu.counter, self.guest_kernel
         while True:
             limit = end
-            if kernel is not None and kernel.next_tick is not None:
-                limit = min(end, max(kernel.next_tick, counter.executed + 1))
+            stop = kernel.next_stop() if kernel is not None else None
+            if stop is not None:
+                limit = min(end, max(stop, counter.executed + 1))
             counter.limit = limit
             self.cpu.uc.emu_start(begin, STOP_ADDRESS)
             if (
                 kernel is None
                 or counter.executed < limit
-                or counter.executed >= end
                 or not proc.alive
                 or self.stop_request is not None
             ):
+                return
+            kernel.run_due_insmods()  # before the tick, which would enter the kernel
+            if counter.executed >= end:
                 return
             if kernel.tick_due():
                 kernel.deliver_timer()  # (a tick it cannot take yet is retried a block later)

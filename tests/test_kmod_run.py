@@ -193,3 +193,99 @@ def test_init_module_and_delete_module_from_a_user_program() -> None:
     machine.run()
     assert junk.output()[0] == f"init_module({LOOP}) = -8\n"  # -ENOEXEC
     assert "is not a relocatable object" in machine.guest_kernel.log.decode()
+
+
+def loop_with_timed_hello(at: int) -> tuple[Machine, ProbeManager, int]:
+    """guest/bin/loop with hello.o due at instruction ``at`` and a probe in its init;
+    returns the counter value at which it loaded."""
+    machine, manager = setup()
+    manager.insert(kmod_program(HELLO, "hello_init", 4))
+    timed = machine.guest_kernel.schedule_insmod(at, HELLO)
+    machine.run()
+    assert timed.error is None and timed.loaded_at is not None
+    return machine, manager, timed.loaded_at
+
+
+def test_a_timed_insmod_loads_in_user_mode_at_the_same_count_in_every_run() -> None:
+    machine, manager, loaded_at = loop_with_timed_hello(250_000)
+    process = machine.processes[1]
+    assert 250_000 <= loaded_at < 250_000 + 100  # the first block boundary from there
+    assert logged(manager) == [(4, process.pid, "loop")]  # init's probe: once, as loop
+    assert machine.guest_kernel.log.decode() == HELLO_INIT_LOG
+    assert process.returncode == 7 and not machine.guest_kernel.timed
+    assert loop_with_timed_hello(250_000)[2] == loaded_at
+    assert loop_with_timed_hello(250_001)[2] >= 250_001
+
+
+def test_a_timed_insmod_due_inside_the_kernel_waits_for_user_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    machine, _ = setup()
+    kernel, cpu = machine.guest_kernel, machine.cpu
+    timed: list = []
+    rings_when_due: list[int] = []
+    enter, run_due, insmod = kernel.interrupt, kernel.run_due_insmods, kernel.insmod
+
+    def interrupt(vector: int) -> bool:  # the first system call schedules hello, due now
+        if vector == 0x80 and not timed:
+            timed.append(kernel.schedule_insmod(cpu.counter.executed, HELLO))
+        return enter(vector)
+
+    def run_due_insmods() -> None:
+        if kernel.timed:
+            rings_when_due.append(cpu.reg("cs") & 3)
+        run_due()
+
+    def ring_checked_insmod(*args):
+        assert cpu.reg("cs") & 3 == 3
+        return insmod(*args)
+
+    monkeypatch.setattr(kernel, "interrupt", interrupt)
+    monkeypatch.setattr(kernel, "run_due_insmods", run_due_insmods)
+    monkeypatch.setattr(kernel, "insmod", ring_checked_insmod)
+    machine.run()
+    (load,) = timed
+    assert rings_when_due[0] == 0 and rings_when_due[-1] == 3  # waited in the kernel
+    assert load.error is None and load.loaded_at > load.at
+    assert kernel.log.decode().startswith(HELLO_INIT_LOG.splitlines()[0])  # jiffies: later
+    assert machine.processes[1].returncode == 7
+
+
+def test_dpc_run_insmod_at_an_instruction_count(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    plain_status, plain_out, _ = run(capfd, "--", str(LOOP))
+    probes = tmp_path / "p.rpn"
+    probes.write_text(
+        f"name = {HELLO}\nmodtype = kmod\nlog = pid,procname\noffset = hello_init\n"
+        "opcode = 0x55\n    push 7\n    log 1\n    exit\n"
+    )
+    argv = ["--insmod", f"{HELLO}@300000", "--probes", str(probes), "--query", "--dmesg"]
+    status, out, err = run(capfd, *argv, "--", str(LOOP))
+    assert (status, out) == (plain_status, plain_out)
+    assert HELLO_INIT_LOG in err
+    assert "hello_init: compiled|active count=1 hits=1" in err
+    assert run(capfd, *argv, "--", str(LOOP)) == (status, out, err)  # deterministic
+
+    status, out, err = run(capfd, "--insmod", f"{HELLO}@10000000000", "--", str(LOOP))
+    assert (status, out) == (plain_status, plain_out)
+    assert f"--insmod {HELLO}@10000000000: not loaded: the run ended at instruction" in err
+    status, out, err = run(capfd, "--insmod", f"{CHAINED}@1000", "--", str(LOOP))
+    assert (status, out) == (1, plain_out)  # the program ran; the load failed
+    assert "unknown symbol hello_greet" in err and "(at instruction 10" in err
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (f"{HELLO}@", "the instruction count after '@': '' is not a number"),
+        (f"{HELLO}@ten", "the instruction count after '@': 'ten' is not a number"),
+        (f"{HELLO}@-1:x=1", "the instruction count after '@': must be 0 or more, got '-1'"),
+        ("@5", "--insmod: no module object before '@' in '@5'"),
+    ],
+)
+def test_dpc_run_insmod_count_usage_errors(
+    capfd: pytest.CaptureFixture[str], spec: str, message: str
+) -> None:
+    status, out, err = run(capfd, "--insmod", spec, "--", str(LOOP))
+    assert status == 2 and out == "" and message in err
