@@ -191,9 +191,7 @@ class KmodProbes:
             address,
             min(16, module.end - address),
         )
-        if self.manager.verify_opcodes and point.opcode not in (None, original[0]):
-            record.status |= RecordStatus.MISMATCH
-            record.actual_opcode = original[0]
+        if not self.manager.opcode_ok(record, original[0]):
             return
         record.original, record.address = original, address
         record.counters.count = -point.pass_count

@@ -254,7 +254,7 @@ class ProbeManager:
         if planted is None:
             return
         original = file.read(offset, 16)
-        if not self._opcode_ok(record, original[0]):
+        if not self.opcode_ok(record, original[0]):
             return
         record.original, record.address = original, codemap.vaddr(offset)
         record.status |= RecordStatus.ACTIVE
@@ -286,7 +286,7 @@ class ProbeManager:
         if planted is None:
             return
         original = image.read(address, 16)
-        if not self._opcode_ok(record, original[0]):
+        if not self.opcode_ok(record, original[0]):
             return
         record.original, record.address = original, address
         record.status |= RecordStatus.ACTIVE
@@ -321,7 +321,7 @@ class ProbeManager:
             self.native.forget(holder[1])
         return True
 
-    def _opcode_ok(self, record: ProbeRecord, actual: int) -> bool:
+    def opcode_ok(self, record: ProbeRecord, actual: int) -> bool:
         """The opcode check: a byte other than the probe's ``opcode`` is MISMATCH."""
         expected = record.point.opcode
         if expected is not None and actual != expected and self.verify_opcodes:
