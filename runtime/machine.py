@@ -42,6 +42,8 @@ from dprobes.runtime.traps import (
     GENERAL_PROTECTION,
     INVALID_OPCODE,
     PAGE_FAULT,
+    SIGKILL,
+    SIGSEGV,
     Trap,
     TrapHandler,
     describe_instruction,
@@ -51,7 +53,6 @@ QUANTUM = 200_000
 """Instructions a process runs before the scheduler moves on to the next one."""
 SOLO_QUANTA = 50
 """Quanta run in one ``emu_start`` when only one process is runnable."""
-SIGKILL = 9
 SYSCALL_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
@@ -434,12 +435,12 @@ class Machine:
             self._trap(proc, Trap.from_cpu(INVALID_OPCODE, eip))
         elif self.guest_kernel is not None and self.cpu.reg("cs") & 3 == 0:
             if self.cpu.last_fault is None or not self.guest_kernel.fixup(eip):
-                self.kill_process(proc, 11, f"kernel oops at EIP 0x{eip:08x}: {err}")
+                self.kill_process(proc, SIGSEGV, f"kernel oops at EIP 0x{eip:08x}: {err}")
         elif self.cpu.last_fault is not None:
             address, access = self.cpu.last_fault
             self._trap(proc, Trap.from_cpu(PAGE_FAULT, eip, address, access))
         else:
-            self.kill_process(proc, 11, f"CPU stopped: {err}")
+            self.kill_process(proc, SIGSEGV, f"CPU stopped: {err}")
 
     def _trap(self, proc: Process, trap: Trap) -> None:
         handler = self.trap_handler
