@@ -86,7 +86,22 @@ CALL_BUDGET = 10_000_000
 """Instructions a module entry point called by the host may run before it is stopped."""
 MODULE_IMAGE_MAX = 1 << 20
 """The largest module object ``init_module`` takes."""
-PT_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "xds", "xes", "orig_eax")
+PT_REGS = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "ds", "es", "orig_eax")
+"""``struct pt_regs`` below the ring-change frame (guest/kernel/include/asm/ptrace.h),
+named as the probe VM names the registers."""
+USER_FRAME = (*PT_REGS, "eip", "cs", "eflags", "esp", "ss")
+"""The whole frame a user-mode entry leaves at the top of the kernel stack (``regs``)."""
+
+
+@dataclass(frozen=True)
+class CurrentTask:
+    """What a kernel or kmod probe hit takes from ``current``: the log's pid, uid and
+    procname, and ``push u``'s user registers (its pt_regs frame)."""
+
+    pid: int
+    uid: int
+    comm: str
+    user_registers: dict[str, int]
 
 
 @dataclass
@@ -257,12 +272,16 @@ class GuestKernel:
         """The task_struct of ``proc`` (created on its first switch)."""
         return self.tasks[proc.pid]
 
-    def current_task(self) -> tuple[int, str]:
-        """pid and comm of the task ``current`` points at (what a kernel probe logs)."""
+    def current_task(self) -> CurrentTask:
+        """The task ``current`` points at, as a kernel probe hit sees it."""
         task, off = self.word("current"), self.image.task.offsets
-        pid = int.from_bytes(self.read(task + off["pid"], 4), "little", signed=True)
+        (pid,) = struct.unpack("<i", self.read(task + off["pid"], 4))
+        (uid,) = struct.unpack("<I", self.read(task + off["uid"], 4))
         comm = self.read(task + off["comm"], 16).split(b"\0", 1)[0]
-        return pid, comm.decode(errors="replace")
+        (regs,) = struct.unpack("<I", self.read(task + off["regs"], 4))
+        frame = struct.unpack(f"<{len(USER_FRAME)}I", self.read(regs, 4 * len(USER_FRAME)))
+        user = dict(zip(USER_FRAME, frame, strict=True))
+        return CurrentTask(pid, uid, comm.decode(errors="replace"), user)
 
     def _create_task(self, proc: Process) -> int:
         layout = self.image.task

@@ -91,7 +91,8 @@ class KmodProbes:
         loaded, record = found
         address, cpu, kernel = trap.instruction, machine.cpu, machine.guest_kernel
         registers = cpu.registers()
-        pid, procname = kernel.current_task() if kernel is not None else (0, "")
+        current = kernel.current_task() if kernel is not None else None
+        pid, procname = (current.pid, current.comm) if current is not None else (0, "")
         hit = hit_info(
             loaded.log_fields,
             machine.clock.ticks,

@@ -59,17 +59,11 @@ from dprobes.vm.logrecord import timeval
 from dprobes.vm.program import LogField
 
 if TYPE_CHECKING:
-    from dprobes.runtime.kernel import GuestKernel
     from dprobes.runtime.machine import Machine
     from dprobes.runtime.native_probes import NativeProbes
     from dprobes.runtime.probes import LoadedProgram, ProbeManager
     from dprobes.runtime.process import Process
 
-PT_REGS_NAMES = (
-    *("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "ds", "es", "orig_eax"),
-    *("eip", "cs", "eflags", "esp", "ss"),
-)
-"""``struct pt_regs`` (guest/kernel/include/asm/ptrace.h) as the VM names the registers."""
 SLOT_SIZE = 32
 SLOTS_PER_PAGE = PAGE_SIZE // SLOT_SIZE
 
@@ -132,19 +126,6 @@ def hit_info(
         microseconds=microseconds,
         procname=procname if selected & _PROCNAME else "",
     )
-
-
-def _current(kernel: GuestKernel) -> tuple[dict[str, int], int, int, str]:
-    """``current``'s user registers (its ``regs``: the pt_regs frame saved at kernel entry),
-    pid, uid and comm."""
-    task = kernel.word("current")
-    offsets = kernel.image.task.offsets
-    (regs,) = struct.unpack("<I", kernel.read(task + offsets["regs"], 4))
-    frame = struct.unpack(f"<{len(PT_REGS_NAMES)}I", kernel.read(regs, 4 * len(PT_REGS_NAMES)))
-    (pid,) = struct.unpack("<i", kernel.read(task + offsets["pid"], 4))
-    (uid,) = struct.unpack("<I", kernel.read(task + offsets["uid"], 4))
-    comm = kernel.read(task + offsets["comm"], 16).split(b"\0")[0].decode(errors="replace")
-    return dict(zip(PT_REGS_NAMES, frame, strict=True)), pid, uid, comm
 
 
 @dataclass(slots=True)
@@ -212,19 +193,19 @@ class StepTracker:
             return False
         loaded, record = found
         registers = machine.cpu.registers()
-        user, pid, uid, comm = _current(kernel)
+        current = kernel.current_task()
         hit = hit_info(
             loaded.log_fields,
             machine.clock.ticks,
-            pid,
-            uid,
+            current.pid,
+            current.uid,
             registers["cs"],
             address,
             registers["ss"],
             registers["esp"],
-            comm,
+            current.comm,
         )
-        outcome = self._handler(machine, process, loaded, record, registers, user)
+        outcome = self._handler(machine, process, loaded, record, registers, current.user_registers)
         return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
 
     # --- trap3 -------------------------------------------------------------------------
