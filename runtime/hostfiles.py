@@ -40,12 +40,6 @@ class HostFile(OpenFile):
         """The host path (what ``mmap`` maps through the page cache)."""
         return os.fsdecode(self.host_path)
 
-    def read(self, n: int) -> bytes:
-        return os.read(self.host_fd, n)
-
-    def write(self, data: bytes) -> int:
-        return os.write(self.host_fd, data)
-
     def close(self) -> None:
         if self.host_fd is not None:
             os.close(self.host_fd)

@@ -57,10 +57,16 @@ class OpenFile:
     """The host descriptor behind it, for questions only the host can answer (ioctl)."""
 
     def read(self, n: int) -> bytes:
-        raise OSError("not open for reading")
+        """At most ``n`` bytes from the host descriptor, if there is one."""
+        if self.host_fd is None:
+            raise OSError("not open for reading")
+        return os.read(self.host_fd, n)
 
     def write(self, data: bytes) -> int:
-        raise OSError("not open for writing")
+        """``data`` to the host descriptor, if there is one: the count written."""
+        if self.host_fd is None:
+            raise OSError("not open for writing")
+        return os.write(self.host_fd, data)
 
     def seek(self, offset: int, whence: int) -> int:
         """lseek: the host descriptor's, if there is one (a pipe or terminal says ESPIPE)."""

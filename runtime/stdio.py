@@ -47,12 +47,6 @@ class HostStream(OpenFile):
         info = os.fstat(self.host_fd)
         return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
-    def read(self, n: int) -> bytes:
-        return os.read(self.host_fd, n)
-
-    def write(self, data: bytes) -> int:
-        return os.write(self.host_fd, data)
-
 
 def terminal_ioctl(f: OpenFile, request: int) -> bytes | None:
     """The host's answer to terminal ``request`` on ``f``; None if ``f`` is no terminal
