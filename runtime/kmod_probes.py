@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 from dprobes.runtime.kmodule import LoadedModule, module_name
 from dprobes.runtime.paging import Prot, read_virtual
-from dprobes.runtime.probe_context import ProbeContext
 from dprobes.runtime.records import ProbeRecord, RecordStatus
-from dprobes.runtime.trap3 import Outcome, PendingStep, hit_info
+from dprobes.runtime.trap3 import PendingStep, hit_info
 from dprobes.runtime.traps import BREAKPOINT, DEBUG, Trap
 from dprobes.runtime.xol import TRAP_FLAG, plan_step
 from dprobes.vm.interp import ExitKind
@@ -104,15 +103,7 @@ class KmodProbes:
             registers["esp"],
             procname,
         )
-        outcome = None
-        if record.begin_hit():
-            self.manager.vm_state_to_python()
-            context = ProbeContext(machine, process, registers)
-            outcome = Outcome.of(loaded.vm.fire(record.index, context))
-            if context.changes:
-                cpu.write_registers(
-                    {k: v for k, v in context.changes.items() if k not in ("fs", "gs")}
-                )
+        outcome = self.manager.steps.run_handler(machine, process, loaded, record, registers, None)
         if outcome is not None and outcome.exit is ExitKind.EXIT_TO:
             self.manager.exits.append((pid, outcome.exit_to or 0, loaded.name))
         flags = cpu.reg("eflags")

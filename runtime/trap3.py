@@ -205,7 +205,9 @@ class StepTracker:
             registers["esp"],
             current.comm,
         )
-        outcome = self._handler(machine, process, loaded, record, registers, current.user_registers)
+        outcome = self.run_handler(
+            machine, process, loaded, record, registers, current.user_registers
+        )
         return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
 
     # --- trap3 -------------------------------------------------------------------------
@@ -243,10 +245,10 @@ class StepTracker:
             registers["esp"],
             process.name,
         )
-        outcome = self._handler(machine, process, loaded, record, registers, None)
+        outcome = self.run_handler(machine, process, loaded, record, registers, None)
         return self.continue_hit(process, loaded, record, address, registers, hit, outcome)
 
-    def _handler(
+    def run_handler(
         self,
         machine: Machine,
         process: Process,
